@@ -1,0 +1,199 @@
+"""Finding the primary and retrying one request across replicas until a deadline.
+
+A request goes first to the replica that answered last. When a replica is down (UNAVAILABLE,
+or silent past the per-attempt timeout) or is not the primary (FAILED_PRECONDITION), the same
+request -- same request_id, so the server applies it at most once -- goes next to the primary
+that replica named in its `chat-primary-address` trailer, else to the one its ClusterStatus
+names, else to the next address in the list. Once every address failed in a round, the client
+sleeps a short, growing backoff and starts another round, until the deadline passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from client.channels import ChannelPool, ChatStub
+from client.errors import ChatError, ChatUnavailableError
+from protos import chat_pb2
+
+logger = logging.getLogger(__name__)
+
+PRIMARY_ADDRESS_KEY = "chat-primary-address"
+
+# Worth another replica (or another try): the replica is down, is not the primary, did not
+# answer in time, or dropped the call while shutting down.
+RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+Result = TypeVar("Result")
+Attempt = Callable[[ChatStub, float], Result]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Pause between rounds: `initial` seconds, times `multiplier` each round, at most `maximum`."""
+
+    initial: float = 0.05
+    maximum: float = 0.5
+    multiplier: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial
+        while True:
+            yield delay
+            delay = min(delay * self.multiplier, self.maximum)
+
+
+class Failover:
+    """Routes requests to the primary among `addresses`; safe to share between threads."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        pool: ChannelPool,
+        *,
+        timeout: float,
+        attempt_timeout: float,
+        backoff: Backoff,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+        on_replica_change: Callable[[str], None] | None = None,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one replica address is needed")
+        self.addresses: tuple[str, ...] = tuple(addresses)
+        self._pool = pool
+        self._timeout = timeout
+        self._attempt_timeout = attempt_timeout
+        self._backoff = backoff
+        self._clock = clock
+        self._closed = threading.Event()
+        # Closing the client interrupts a backoff pause instead of waiting it out.
+        self._sleep = sleep if sleep is not None else self._closed.wait
+        self._on_replica_change = on_replica_change
+        self._lock = threading.Lock()
+        self._preferred = self.addresses[0]
+        self._connected: str | None = None
+
+    @property
+    def connected_address(self) -> str | None:
+        """The replica that answered the last successful request (None before the first)."""
+        with self._lock:
+            return self._connected
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def pause(self, seconds: float) -> None:
+        self._sleep(seconds)
+
+    def call(self, attempt: Attempt[Result], *, timeout: float | None = None) -> Result:
+        """Run `attempt(stub, attempt_timeout)` against replicas until one succeeds.
+
+        Raises ChatError at once for a domain error, ChatUnavailableError once `timeout`
+        (default: the client's) has passed without an answer from the primary.
+        """
+        deadline = self._clock() + (self._timeout if timeout is None else timeout)
+        delays = self._backoff.delays()
+        with self._lock:
+            address = self._preferred
+        round_start = address
+        tried: set[str] = set()
+        saw_not_primary = False
+        attempts = 0
+        while True:
+            if self._closed.is_set():
+                raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
+            remaining = deadline - self._clock()
+            if remaining <= 0 and attempts > 0:
+                raise self._give_up(saw_not_primary)
+            tried.add(address)
+            attempts += 1
+            try:
+                result = attempt(self._pool.stub(address), min(remaining, self._attempt_timeout))
+            except grpc.RpcError as error:
+                if error.code() not in RETRYABLE_CODES:
+                    raise ChatError.from_rpc_error(error) from None
+                logger.debug("%s answered %s: %s", address, error.code().name, error.details())
+                saw_not_primary |= error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                hint = self._primary_hint(error, address, remaining)
+            else:
+                self._record_success(address)
+                return result
+            if hint is not None:
+                round_start = hint
+            following = hint if hint is not None and hint not in tried else None
+            following = following or self._next_untried(address, tried)
+            if following is None:
+                # Every replica failed this round: pause, then start over.
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise self._give_up(saw_not_primary)
+                self._sleep(min(next(delays), remaining))
+                tried.clear()
+                following = round_start
+            address = following
+
+    def _primary_hint(self, error: grpc.RpcError, address: str, remaining: float) -> str | None:
+        if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            return None
+        for key, value in error.trailing_metadata() or ():
+            if key == PRIMARY_ADDRESS_KEY:
+                return value.decode() if isinstance(value, bytes) else value
+        return self._primary_from_cluster_status(address, remaining)
+
+    def _primary_from_cluster_status(self, address: str, remaining: float) -> str | None:
+        stub = self._pool.stub(address)
+        try:
+            status = stub.ClusterStatus(
+                chat_pb2.ClusterStatusRequest(),
+                timeout=max(0.0, min(remaining, self._attempt_timeout)),
+            )
+        except grpc.RpcError as error:
+            logger.debug("ClusterStatus at %s failed: %s", address, error.code().name)
+            return None
+        if not status.primary_known:
+            return None
+        for replica in status.replicas:
+            if replica.index == status.primary_index and replica.address:
+                return replica.address
+        return None
+
+    def _next_untried(self, after: str, tried: set[str]) -> str | None:
+        start = self.addresses.index(after) + 1 if after in self.addresses else 0
+        for offset in range(len(self.addresses)):
+            candidate = self.addresses[(start + offset) % len(self.addresses)]
+            if candidate not in tried:
+                return candidate
+        return None
+
+    def _record_success(self, address: str) -> None:
+        with self._lock:
+            self._preferred = address
+            changed = address != self._connected
+            self._connected = address
+        if changed:
+            logger.info("connected to replica at %s", address)
+            if self._on_replica_change is not None:
+                self._on_replica_change(address)
+
+    def _give_up(self, saw_not_primary: bool) -> ChatUnavailableError:
+        addresses = ", ".join(self.addresses)
+        if saw_not_primary:
+            message = f"no primary found among {addresses}"
+        else:
+            message = f"no replica reachable at {addresses}"
+        return ChatUnavailableError(grpc.StatusCode.UNAVAILABLE, message)

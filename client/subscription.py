@@ -1,0 +1,128 @@
+"""A Subscribe stream that follows the primary across failovers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from client.channels import ChatStub
+from client.errors import ChatError
+from client.failover import RETRYABLE_CODES, Failover
+from protos import chat_pb2
+
+logger = logging.getLogger(__name__)
+
+SubscriptionItem = chat_pb2.Message | chat_pb2.CaughtUp
+
+_Stream = grpc.CallIterator[chat_pb2.SubscribeReply]
+
+
+class _Cancelled(Exception):
+    """Raised inside a reconnect attempt to leave the failover loop after cancel()."""
+
+
+class Subscription:
+    """Iterates Messages and CaughtUp markers; reconnects to the primary when the stream breaks.
+
+    The server re-sends unacked messages after a reconnect; a message already yielded by this
+    subscription is not yielded again. A CaughtUp marker is yielded every time the server sends
+    one, i.e. once per (re)connection. `cancel()` may be called from any thread and ends the
+    iteration; a ChatError ends it for a refused subscription (e.g. UNAUTHENTICATED) or when no
+    primary answers within `reconnect_timeout` seconds.
+    """
+
+    def __init__(
+        self, failover: Failover, session_token: str, *, reconnect_timeout: float | None
+    ) -> None:
+        self._failover = failover
+        self._request = chat_pb2.SubscribeRequest(session_token=session_token)
+        self._reconnect_timeout = reconnect_timeout
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._stream: _Stream | None = None
+        self._yielded_ids: set[int] = set()
+        self._items = self._follow()
+
+    def __iter__(self) -> Iterator[SubscriptionItem]:
+        return self
+
+    def __next__(self) -> SubscriptionItem:
+        return next(self._items)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
+
+    def _follow(self) -> Iterator[SubscriptionItem]:
+        while not self._cancelled.is_set():
+            try:
+                stream, first = self._failover.call(self._open, timeout=self._reconnect_timeout)
+            except _Cancelled:
+                return
+            try:
+                replies = [first] if first is not None else []
+                for reply in _chain(replies, stream):
+                    item = self._accept(reply)
+                    if item is not None:
+                        yield item
+            except grpc.RpcError as error:
+                if self._cancelled.is_set():
+                    return
+                if error.code() not in RETRYABLE_CODES:
+                    raise ChatError.from_rpc_error(error) from None
+                logger.info(
+                    "subscription at %s broke (%s); reconnecting",
+                    self._failover.connected_address,
+                    error.code().name,
+                )
+            else:
+                logger.info("server ended the subscription; reconnecting")
+                # An immediately ending stream must not become a busy loop.
+                self._failover.pause(0.1)
+            finally:
+                stream.cancel()
+
+    def _open(self, stub: ChatStub, attempt_timeout: float) -> tuple[_Stream, chat_pb2.SubscribeReply | None]:
+        if self._cancelled.is_set():
+            raise _Cancelled
+        stream = stub.Subscribe(self._request)
+        with self._lock:
+            self._stream = stream
+        if self._cancelled.is_set():
+            stream.cancel()
+            raise _Cancelled
+        # A stream has no deadline, but its first item (a message or CaughtUp) must come soon;
+        # otherwise the replica is hung and another one should be asked.
+        watchdog = threading.Timer(attempt_timeout, stream.cancel)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            first = next(stream, None)
+        finally:
+            watchdog.cancel()
+        return stream, first
+
+    def _accept(self, reply: chat_pb2.SubscribeReply) -> SubscriptionItem | None:
+        kind = reply.WhichOneof("item")
+        if kind == "message":
+            if reply.message.message_id in self._yielded_ids:
+                return None
+            self._yielded_ids.add(reply.message.message_id)
+            return reply.message
+        if kind == "caught_up":
+            return reply.caught_up
+        logger.warning("ignoring a subscription item of unknown kind %r", kind)
+        return None
+
+
+def _chain(
+    first: list[chat_pb2.SubscribeReply], stream: _Stream
+) -> Iterator[chat_pb2.SubscribeReply]:
+    yield from first
+    yield from stream

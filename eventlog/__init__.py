@@ -1,0 +1,35 @@
+"""The append-only event log: schema, append, read from a position, truncate a tail.
+
+It knows nothing of chat: an event is a typed JSON payload at a contiguous sequence number,
+stamped with the leader epoch that appended it.
+"""
+
+from eventlog.log import (
+    EventLogError,
+    NonContiguousAppend,
+    append_events,
+    epoch_end_seq,
+    find_by_request_id,
+    last_position,
+    read_events,
+    truncate_after,
+)
+from eventlog.records import Event, Position, decode_payload, encode_payload
+from eventlog.schema import events, metadata
+
+__all__ = [
+    "Event",
+    "EventLogError",
+    "NonContiguousAppend",
+    "Position",
+    "append_events",
+    "decode_payload",
+    "encode_payload",
+    "epoch_end_seq",
+    "events",
+    "find_by_request_id",
+    "last_position",
+    "metadata",
+    "read_events",
+    "truncate_after",
+]

@@ -1,0 +1,106 @@
+"""Operations on the log. Each takes a SQLAlchemy Connection so the caller decides the
+transaction: appending events and applying them to projections commit together."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import sqlalchemy as sa
+
+from eventlog.records import Event, Position, decode_payload, encode_payload
+from eventlog.schema import events
+
+
+class EventLogError(Exception):
+    """The log refused an operation."""
+
+
+class NonContiguousAppend(EventLogError):
+    """An append would leave a gap or overwrite: seqs must continue the log one by one."""
+
+
+def _row_to_event(row: sa.Row[tuple[int, int, str, str, str | None, object]]) -> Event:
+    created_at = row.created_at
+    return Event(
+        seq=row.seq,
+        epoch=row.epoch,
+        type=row.type,
+        payload=decode_payload(row.payload),
+        request_id=row.request_id,
+        created_at=created_at,
+    )
+
+
+def last_position(conn: sa.Connection) -> Position:
+    """The position of the last event, or Position(0, 0) for an empty log."""
+    row = conn.execute(
+        sa.select(events.c.epoch, events.c.seq).order_by(events.c.seq.desc()).limit(1)
+    ).first()
+    return Position(0, 0) if row is None else Position(row.epoch, row.seq)
+
+
+def append_events(conn: sa.Connection, batch: Sequence[Event]) -> None:
+    """Append a batch whose seqs continue the log contiguously."""
+    if not batch:
+        return
+    expected = last_position(conn).seq + 1
+    for event in batch:
+        if event.seq != expected:
+            raise NonContiguousAppend(f"expected seq {expected}, got {event.seq}")
+        expected += 1
+    conn.execute(
+        events.insert(),
+        [
+            {
+                "seq": e.seq,
+                "epoch": e.epoch,
+                "type": e.type,
+                "payload": encode_payload(e.payload),
+                "request_id": e.request_id,
+                "created_at": e.created_at,
+            }
+            for e in batch
+        ],
+    )
+
+
+def read_events(conn: sa.Connection, after_seq: int, limit: int = 1000) -> list[Event]:
+    """Up to `limit` events with seq > after_seq, in order."""
+    rows = conn.execute(
+        sa.select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
+    )
+    return [_row_to_event(r) for r in rows]
+
+
+def iter_all_events(conn: sa.Connection, batch_size: int = 1000) -> Iterable[Event]:
+    after = 0
+    while True:
+        batch = read_events(conn, after, batch_size)
+        if not batch:
+            return
+        yield from batch
+        after = batch[-1].seq
+
+
+def find_by_request_id(conn: sa.Connection, request_id: str) -> Event | None:
+    row = conn.execute(sa.select(events).where(events.c.request_id == request_id)).first()
+    return None if row is None else _row_to_event(row)
+
+
+def truncate_after(conn: sa.Connection, seq: int) -> int:
+    """Remove every event with seq > `seq` (a deposed primary's unacknowledged tail).
+    Returns how many were removed. The only operation that deletes rows."""
+    result = conn.execute(events.delete().where(events.c.seq > seq))
+    return int(result.rowcount)
+
+
+def epoch_end_seq(conn: sa.Connection, epoch: int) -> Position:
+    """The last position of the log among events whose epoch is <= `epoch` (Kafka's
+    OffsetsForLeaderEpoch): a follower whose log goes past it diverged there."""
+    row = conn.execute(
+        sa.select(events.c.epoch, events.c.seq)
+        .where(events.c.epoch <= epoch)
+        .order_by(events.c.seq.desc())
+        .limit(1)
+    ).first()
+    return Position(0, 0) if row is None else Position(row.epoch, row.seq)

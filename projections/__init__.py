@@ -1,0 +1,30 @@
+"""Read models derived only by applying events in order.
+
+`statements_for(event)` is a pure function from an event to the SQL statements it causes;
+`apply_events` runs them and records the last applied seq in the caller's transaction, which
+is what makes apply exactly-once. Knows nothing of gRPC or replication.
+"""
+
+from projections.apply import (
+    EventTypes,
+    apply_events,
+    last_applied_seq,
+    rebuild,
+    reset_projections,
+    statements_for,
+)
+from projections.schema import accounts, messages, metadata, projection_position, sessions
+
+__all__ = [
+    "EventTypes",
+    "accounts",
+    "apply_events",
+    "last_applied_seq",
+    "messages",
+    "metadata",
+    "projection_position",
+    "rebuild",
+    "reset_projections",
+    "sessions",
+    "statements_for",
+]

@@ -1,0 +1,156 @@
+"""Applying events to the projection tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import sqlalchemy as sa
+
+from eventlog import Event, read_events
+from projections.schema import (
+    PROJECTION_TABLES,
+    accounts,
+    messages,
+    projection_position,
+    sessions,
+)
+
+POSITION_NAME: Final = "chat"
+
+
+class EventTypes:
+    ACCOUNT_REGISTERED: Final = "account_registered"
+    SESSION_OPENED: Final = "session_opened"
+    SESSION_CLOSED: Final = "session_closed"
+    MESSAGE_SENT: Final = "message_sent"
+    MESSAGES_ACKED: Final = "messages_acked"
+    ACCOUNT_DELETED: Final = "account_deleted"
+    # Written by a new primary to start its epoch; changes no projection.
+    EPOCH_STARTED: Final = "epoch_started"
+
+
+def statements_for(event: Event) -> list[sa.Executable]:
+    """The changes one event makes, as SQL statements. Pure: depends on the event alone, so
+    every replica that applies the same log makes the same changes."""
+    p = event.payload
+    t = event.type
+    if t == EventTypes.ACCOUNT_REGISTERED:
+        return [
+            accounts.insert().values(
+                account_id=event.seq,
+                username=p["username"],
+                password_hash=p["password_hash"],
+                created_at=event.created_at,
+            )
+        ]
+    if t == EventTypes.SESSION_OPENED:
+        return [
+            sessions.insert().values(
+                session_id=p["session_id"],
+                account_id=p["account_id"],
+                created_at=event.created_at,
+            )
+        ]
+    if t == EventTypes.SESSION_CLOSED:
+        return [sessions.delete().where(sessions.c.session_id == p["session_id"])]
+    if t == EventTypes.MESSAGE_SENT:
+        return [
+            messages.insert().values(
+                message_id=event.seq,
+                sender_id=p["sender_id"],
+                sender=p["sender"],
+                recipient_id=p["recipient_id"],
+                recipient=p["recipient"],
+                body=p["body"],
+                sent_at=event.created_at,
+                delivered=False,
+            )
+        ]
+    if t == EventTypes.MESSAGES_ACKED:
+        ids = [int(i) for i in p["message_ids"]]
+        if not ids:
+            return []
+        return [
+            messages.update()
+            .where(messages.c.recipient_id == p["account_id"])
+            .where(messages.c.message_id.in_(ids))
+            .values(delivered=True)
+        ]
+    if t == EventTypes.ACCOUNT_DELETED:
+        account_id = p["account_id"]
+        # Its inbox goes with it; what it sent stays with the recipients (see README).
+        return [
+            sessions.delete().where(sessions.c.account_id == account_id),
+            messages.delete().where(messages.c.recipient_id == account_id),
+            accounts.delete().where(accounts.c.account_id == account_id),
+        ]
+    if t == EventTypes.EPOCH_STARTED:
+        return []
+    raise ValueError(f"unknown event type {t!r} at seq {event.seq}")
+
+
+def last_applied_seq(conn: sa.Connection) -> int:
+    value = conn.execute(
+        sa.select(projection_position.c.last_applied_seq).where(
+            projection_position.c.name == POSITION_NAME
+        )
+    ).scalar()
+    return 0 if value is None else int(value)
+
+
+def _set_last_applied_seq(conn: sa.Connection, previous: int, seq: int) -> None:
+    if previous == 0 and conn.execute(
+        sa.select(projection_position.c.name).where(projection_position.c.name == POSITION_NAME)
+    ).first() is None:
+        conn.execute(projection_position.insert().values(name=POSITION_NAME, last_applied_seq=seq))
+        return
+    conn.execute(
+        projection_position.update()
+        .where(projection_position.c.name == POSITION_NAME)
+        .values(last_applied_seq=seq)
+    )
+
+
+def apply_events(conn: sa.Connection, batch: Sequence[Event]) -> int:
+    """Apply events that continue the projections' position, in the caller's transaction.
+    Events at or below the position are skipped (already applied: exactly-once).
+    Returns the new last applied seq."""
+    position = last_applied_seq(conn)
+    new_position = position
+    for event in batch:
+        if event.seq <= new_position:
+            continue
+        if event.seq != new_position + 1:
+            raise ValueError(f"cannot apply seq {event.seq}: projections are at {new_position}")
+        for statement in statements_for(event):
+            conn.execute(statement)
+        new_position = event.seq
+    if new_position != position:
+        _set_last_applied_seq(conn, position, new_position)
+    return new_position
+
+
+def reset_projections(conn: sa.Connection) -> None:
+    """Empty every projection table and the position (before a rebuild)."""
+    for table in (*PROJECTION_TABLES, projection_position):
+        conn.execute(table.delete())
+
+
+def rebuild(conn: sa.Connection, batch_size: int = 1000) -> int:
+    """Rebuild all projections from the log, in the caller's transaction."""
+    reset_projections(conn)
+    position = 0
+    while True:
+        batch = read_events(conn, position, batch_size)
+        if not batch:
+            return position
+        position = apply_events(conn, batch)
+
+
+def iter_table_rows(conn: sa.Connection) -> Iterable[tuple[str, list[tuple[object, ...]]]]:
+    """Every projection table's rows in primary-key order (for digests and comparisons)."""
+    for table in (*PROJECTION_TABLES, projection_position):
+        key = list(table.primary_key.columns)
+        rows = conn.execute(sa.select(table).order_by(*key)).all()
+        yield table.name, [tuple(r) for r in rows]

@@ -1,0 +1,135 @@
+"""Read queries on the projection tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from projections.schema import accounts, messages, sessions
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: int
+    username: str
+    password_hash: str
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    message_id: int
+    sender: str
+    recipient: str
+    body: str
+    sent_at: dt.datetime
+    delivered: bool
+
+
+def find_account(conn: sa.Connection, username: str) -> Account | None:
+    row = conn.execute(
+        sa.select(accounts.c.account_id, accounts.c.username, accounts.c.password_hash).where(
+            accounts.c.username == username
+        )
+    ).first()
+    return None if row is None else Account(row.account_id, row.username, row.password_hash)
+
+
+def find_session_account(conn: sa.Connection, session_id: str) -> Account | None:
+    row = conn.execute(
+        sa.select(accounts.c.account_id, accounts.c.username, accounts.c.password_hash)
+        .join(sessions, sessions.c.account_id == accounts.c.account_id)
+        .where(sessions.c.session_id == session_id)
+    ).first()
+    return None if row is None else Account(row.account_id, row.username, row.password_hash)
+
+
+def list_usernames(conn: sa.Connection, like: str, after: str, limit: int) -> list[str]:
+    query = (
+        sa.select(accounts.c.username)
+        .where(accounts.c.username.like(like, escape="\\"))
+        .order_by(accounts.c.username)
+        .limit(limit)
+    )
+    if after:
+        query = query.where(accounts.c.username > after)
+    return list(conn.execute(query).scalars())
+
+
+def _message(row: sa.Row[tuple[object, ...]]) -> StoredMessage:
+    return StoredMessage(
+        message_id=row.message_id,
+        sender=row.sender,
+        recipient=row.recipient,
+        body=row.body,
+        sent_at=row.sent_at,
+        delivered=bool(row.delivered),
+    )
+
+
+_MESSAGE_COLUMNS = (
+    messages.c.message_id,
+    messages.c.sender,
+    messages.c.recipient,
+    messages.c.body,
+    messages.c.sent_at,
+    messages.c.delivered,
+)
+
+
+def undelivered(
+    conn: sa.Connection, account_id: int, after_id: int, up_to_id: int, limit: int
+) -> list[StoredMessage]:
+    """Undelivered messages in an inbox with after_id < message_id <= up_to_id, oldest first."""
+    rows = conn.execute(
+        sa.select(*_MESSAGE_COLUMNS)
+        .where(messages.c.recipient_id == account_id)
+        .where(messages.c.delivered == sa.false())
+        .where(messages.c.message_id > after_id)
+        .where(messages.c.message_id <= up_to_id)
+        .order_by(messages.c.message_id)
+        .limit(limit)
+    )
+    return [_message(r) for r in rows]
+
+
+def count_undelivered(conn: sa.Connection, account_id: int, up_to_id: int) -> int:
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(messages)
+            .where(messages.c.recipient_id == account_id)
+            .where(messages.c.delivered == sa.false())
+            .where(messages.c.message_id <= up_to_id)
+        ).scalar_one()
+    )
+
+
+def inbox_ids(conn: sa.Connection, account_id: int, message_ids: list[int]) -> dict[int, bool]:
+    """Which of these ids are in the inbox, and whether each is delivered."""
+    rows = conn.execute(
+        sa.select(messages.c.message_id, messages.c.delivered)
+        .where(messages.c.recipient_id == account_id)
+        .where(messages.c.message_id.in_(message_ids))
+    )
+    return {r.message_id: bool(r.delivered) for r in rows}
+
+
+def conversation(
+    conn: sa.Connection, account_id: int, other_id: int, after_id: int, up_to_id: int, limit: int
+) -> list[StoredMessage]:
+    """Messages between two accounts, oldest first."""
+    between = sa.or_(
+        sa.and_(messages.c.sender_id == account_id, messages.c.recipient_id == other_id),
+        sa.and_(messages.c.sender_id == other_id, messages.c.recipient_id == account_id),
+    )
+    rows = conn.execute(
+        sa.select(*_MESSAGE_COLUMNS)
+        .where(between)
+        .where(messages.c.message_id > after_id)
+        .where(messages.c.message_id <= up_to_id)
+        .order_by(messages.c.message_id)
+        .limit(limit)
+    )
+    return [_message(r) for r in rows]

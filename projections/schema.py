@@ -1,0 +1,60 @@
+"""Tables the projections write. Every row is derived from events; none is written elsewhere."""
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+metadata = sa.MetaData()
+
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
+_mysql_table = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    # The seq of the event that registered it: a re-registered name is a different account.
+    sa.Column("account_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("username", sa.String(32), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("username", name="uq_accounts_username"),
+    **_mysql_table,
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_sessions_account_id", "account_id"),
+    **_mysql_table,
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    # The seq of the event that sent it.
+    sa.Column("message_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("sender_id", sa.BigInteger, nullable=False),
+    sa.Column("sender", sa.String(32), nullable=False),
+    sa.Column("recipient_id", sa.BigInteger, nullable=False),
+    sa.Column("recipient", sa.String(32), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("sent_at", Timestamp, nullable=False),
+    sa.Column("delivered", sa.Boolean, nullable=False),
+    sa.Index("ix_messages_inbox", "recipient_id", "delivered", "message_id"),
+    sa.Index("ix_messages_conversation", "sender_id", "recipient_id", "message_id"),
+    **_mysql_table,
+)
+
+# One row: the seq of the last event applied to the tables above, written in the same
+# transaction as the changes that event caused.
+projection_position = sa.Table(
+    "projection_position",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("last_applied_seq", sa.BigInteger, nullable=False),
+    **_mysql_table,
+)
+
+PROJECTION_TABLES = (accounts, sessions, messages)

@@ -1,0 +1,211 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("request_id", "username", "password")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    username: str
+    password: str
+    def __init__(self, request_id: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class RegisterReply(_message.Message):
+    __slots__ = ("username",)
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    def __init__(self, username: _Optional[str] = ...) -> None: ...
+
+class LoginRequest(_message.Message):
+    __slots__ = ("request_id", "username", "password")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    username: str
+    password: str
+    def __init__(self, request_id: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class LoginReply(_message.Message):
+    __slots__ = ("session_token", "username", "undelivered_count")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    UNDELIVERED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    username: str
+    undelivered_count: int
+    def __init__(self, session_token: _Optional[str] = ..., username: _Optional[str] = ..., undelivered_count: _Optional[int] = ...) -> None: ...
+
+class LogoutRequest(_message.Message):
+    __slots__ = ("request_id", "session_token")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    session_token: str
+    def __init__(self, request_id: _Optional[str] = ..., session_token: _Optional[str] = ...) -> None: ...
+
+class LogoutReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAccountsRequest(_message.Message):
+    __slots__ = ("pattern", "page_size", "page_token")
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    pattern: str
+    page_size: int
+    page_token: str
+    def __init__(self, pattern: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListAccountsReply(_message.Message):
+    __slots__ = ("usernames", "next_page_token")
+    USERNAMES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    usernames: _containers.RepeatedScalarFieldContainer[str]
+    next_page_token: str
+    def __init__(self, usernames: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SendRequest(_message.Message):
+    __slots__ = ("request_id", "session_token", "recipient", "body")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    session_token: str
+    recipient: str
+    body: str
+    def __init__(self, request_id: _Optional[str] = ..., session_token: _Optional[str] = ..., recipient: _Optional[str] = ..., body: _Optional[str] = ...) -> None: ...
+
+class SendReply(_message.Message):
+    __slots__ = ("message_id",)
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: int
+    def __init__(self, message_id: _Optional[int] = ...) -> None: ...
+
+class Message(_message.Message):
+    __slots__ = ("message_id", "sender", "recipient", "body", "sent_at_unix_ms")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    message_id: int
+    sender: str
+    recipient: str
+    body: str
+    sent_at_unix_ms: int
+    def __init__(self, message_id: _Optional[int] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., body: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("session_token",)
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    def __init__(self, session_token: _Optional[str] = ...) -> None: ...
+
+class CaughtUp(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SubscribeReply(_message.Message):
+    __slots__ = ("message", "caught_up")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    caught_up: CaughtUp
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ...) -> None: ...
+
+class AckRequest(_message.Message):
+    __slots__ = ("request_id", "session_token", "message_ids")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    session_token: str
+    message_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., session_token: _Optional[str] = ..., message_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AckReply(_message.Message):
+    __slots__ = ("acked_count",)
+    ACKED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    acked_count: int
+    def __init__(self, acked_count: _Optional[int] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("session_token", "other_user", "page_size", "page_token")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OTHER_USER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    other_user: str
+    page_size: int
+    page_token: str
+    def __init__(self, session_token: _Optional[str] = ..., other_user: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class HistoryReply(_message.Message):
+    __slots__ = ("messages", "next_page_token")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    next_page_token: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteAccountRequest(_message.Message):
+    __slots__ = ("request_id", "session_token", "password")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    session_token: str
+    password: str
+    def __init__(self, request_id: _Optional[str] = ..., session_token: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class DeleteAccountReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("index", "address", "role", "epoch", "last_seq", "applied_seq", "lag", "in_sync", "reachable")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    address: str
+    role: str
+    epoch: int
+    last_seq: int
+    applied_seq: int
+    lag: int
+    in_sync: bool
+    reachable: bool
+    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., last_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., lag: _Optional[int] = ..., in_sync: _Optional[bool] = ..., reachable: _Optional[bool] = ...) -> None: ...
+
+class ClusterStatusReply(_message.Message):
+    __slots__ = ("answered_by", "primary_index", "primary_known", "replicas")
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    answered_by: int
+    primary_index: int
+    primary_known: bool
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, answered_by: _Optional[int] = ..., primary_index: _Optional[int] = ..., primary_known: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The replica server: command validation, gRPC servicers, replication and election."""

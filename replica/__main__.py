@@ -1,0 +1,68 @@
+"""python -m replica --index N [--config cluster.toml] [--db URL] [--data-dir DIR]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from replica.config import ConfigError, ReplicaSettings, default_db_url, load_cluster_config
+from replica.database import SchemaError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m replica", description=__doc__)
+    parser.add_argument("--index", type=int, default=int(os.environ.get("CHAT_INDEX", "0")))
+    parser.add_argument("--config", default=os.environ.get("CHAT_CONFIG"), help="cluster TOML file")
+    parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in --data-dir)")
+    parser.add_argument("--data-dir", default=os.environ.get("CHAT_DATA_DIR", "data"))
+    parser.add_argument("--log-level", default=os.environ.get("CHAT_LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s [replica {args.index}] %(levelname)s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("replica")
+    try:
+        cluster = load_cluster_config(args.config)
+        me = cluster.replica(args.index)
+        data_dir = Path(args.data_dir)
+        db_url = (
+            args.db
+            or os.environ.get(f"CHAT_DB_URL_{args.index}")
+            or me.db
+            or default_db_url(args.index, data_dir)
+        )
+        settings = ReplicaSettings(args.index, cluster, db_url, data_dir)
+        from replica.node import ReplicaNode  # imported late: grpc start-up is slow
+
+        node = ReplicaNode(settings)
+        node.start()
+    except (ConfigError, SchemaError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("replica %d: %s, shutting down", args.index, signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done.wait()
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Chat commands and queries: validated input in, events out, replies derived from events.
+
+A reply is always computed from the event that was stored, so a retried request (same
+request_id) gets the first result even on another replica after a failover."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from eventlog import Event
+from projections import EventTypes
+from projections import queries as q
+from replica import validation as v
+from replica.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from replica.passwords import hash_password, verify_password
+from replica.tokens import SessionTokens
+from replica.writer import LogWriter, NewEvent
+
+# Each check runs in the writer's transaction, after the request was validated.
+_WRONG_LOGIN = "wrong username or password"
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    session_token: str
+    username: str
+    undelivered_count: int
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_page_token: str
+
+
+class ChatService:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        writer: LogWriter,
+        tokens: SessionTokens,
+        committed_seq: Callable[[], int],
+        *,
+        hash_password: Callable[[str], str] = hash_password,
+    ) -> None:
+        self._engine = engine
+        self._writer = writer
+        self._tokens = tokens
+        self._committed_seq = committed_seq
+        self._hash_password = hash_password
+
+    def _read(self) -> AbstractContextManager[sa.Connection]:
+        return self._engine.connect()
+
+    # -- commands ------------------------------------------------------------------------
+
+    def register(self, request_id: str, username: str, password: str) -> str:
+        request_id = v.request_id(request_id)
+        name = v.username(username)
+        password_hash = self._hash_password(v.password(password))
+
+        def decide(conn: sa.Connection) -> NewEvent:
+            if q.find_account(conn, name) is not None:
+                raise AlreadyExists(f"username {name!r} is taken; choose another")
+            return NewEvent(
+                EventTypes.ACCOUNT_REGISTERED, {"username": name, "password_hash": password_hash}
+            )
+
+        event = self._write(request_id, decide, EventTypes.ACCOUNT_REGISTERED, {"username": name})
+        return str(event.payload["username"])
+
+    def login(self, request_id: str, username: str, password: str) -> LoginResult:
+        request_id = v.request_id(request_id)
+        name = v.username(username)
+        v.password(password)
+        with self._read() as conn:
+            account = q.find_account(conn, name)
+        # Same message for an unknown user and a wrong password: names are not probed here.
+        if account is None or not verify_password(password, account.password_hash):
+            raise Unauthenticated(_WRONG_LOGIN)
+        session_id = self._tokens.new_session_id()
+
+        def decide(conn: sa.Connection) -> NewEvent:
+            current = q.find_account(conn, name)
+            if current is None or current.account_id != account.account_id:
+                raise Unauthenticated(_WRONG_LOGIN)
+            return NewEvent(
+                EventTypes.SESSION_OPENED,
+                {"session_id": session_id, "account_id": account.account_id, "username": name},
+            )
+
+        event = self._write(request_id, decide, EventTypes.SESSION_OPENED, {"username": name})
+        with self._read() as conn:
+            count = q.count_undelivered(conn, account.account_id, self._committed_seq())
+        return LoginResult(self._tokens.token_for(event.payload["session_id"]), name, count)
+
+    def logout(self, request_id: str, token: str) -> None:
+        request_id = v.request_id(request_id)
+        session_id = self._session_id(token)
+
+        def decide(conn: sa.Connection) -> NewEvent:
+            account = self._account_in(conn, session_id)
+            return NewEvent(
+                EventTypes.SESSION_CLOSED, {"session_id": session_id, "account_id": account.account_id}
+            )
+
+        self._write(request_id, decide, EventTypes.SESSION_CLOSED, {"session_id": session_id})
+
+    def send(self, request_id: str, token: str, recipient: str, body: str) -> int:
+        request_id = v.request_id(request_id)
+        session_id = self._session_id(token)
+        to = v.username(recipient, "recipient")
+        text = v.body(body)
+
+        def decide(conn: sa.Connection) -> NewEvent:
+            sender = self._account_in(conn, session_id)
+            target = q.find_account(conn, to)
+            if target is None:
+                raise NotFound(f"user {to!r} does not exist")
+            return NewEvent(
+                EventTypes.MESSAGE_SENT,
+                {
+                    "sender_id": sender.account_id,
+                    "sender": sender.username,
+                    "recipient_id": target.account_id,
+                    "recipient": target.username,
+                    "body": text,
+                },
+            )
+
+        event = self._write(
+            request_id, decide, EventTypes.MESSAGE_SENT, {"recipient": to, "body": text}
+        )
+        return event.seq
+
+    def ack(self, request_id: str, token: str, message_ids: list[int]) -> int:
+        request_id = v.request_id(request_id)
+        session_id = self._session_id(token)
+        ids = v.message_ids(message_ids)
+        # The count of newly acked ids; recomputed here for a duplicate request.
+        newly: list[int] = []
+
+        def decide(conn: sa.Connection) -> NewEvent | None:
+            account = self._account_in(conn, session_id)
+            found = q.inbox_ids(conn, account.account_id, ids)
+            missing = [i for i in ids if i not in found or i > self._committed_seq()]
+            if missing:
+                shown = ", ".join(str(i) for i in missing[:5])
+                raise NotFound(f"message(s) {shown} are not in your inbox")
+            newly.extend(i for i in ids if not found[i])
+            if not newly:
+                return None
+            return NewEvent(
+                EventTypes.MESSAGES_ACKED, {"account_id": account.account_id, "message_ids": newly}
+            )
+
+        outcome = self._writer.execute(request_id, decide)
+        if outcome.event is None:
+            return 0
+        self._check_same_request(outcome.event, EventTypes.MESSAGES_ACKED, {})
+        if outcome.duplicate and not set(outcome.event.payload["message_ids"]) <= set(ids):
+            raise InvalidArgument(_REUSED_ID)
+        return len(outcome.event.payload["message_ids"])
+
+    def delete_account(self, request_id: str, token: str, password: str) -> None:
+        request_id = v.request_id(request_id)
+        session_id = self._session_id(token)
+        with self._read() as conn:
+            account = self._account_in(conn, session_id)
+        if not verify_password(password, account.password_hash):
+            raise Unauthenticated("wrong password: the account was not deleted")
+
+        def decide(conn: sa.Connection) -> NewEvent:
+            current = self._account_in(conn, session_id)
+            if current.account_id != account.account_id:
+                raise Unauthenticated("session expired; log in again")
+            return NewEvent(
+                EventTypes.ACCOUNT_DELETED,
+                {"account_id": account.account_id, "username": account.username},
+            )
+
+        self._write(request_id, decide, EventTypes.ACCOUNT_DELETED, {"account_id": account.account_id})
+
+    # -- queries -------------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> q.Account:
+        session_id = self._session_id(token)
+        with self._read() as conn:
+            return self._account_in(conn, session_id)
+
+    def list_accounts(self, pattern: str, page_size: int, page_token: str) -> Page:
+        like = v.like_pattern(pattern)
+        size = v.page_size(page_size)
+        after = v.username_page_token(page_token)
+        with self._read() as conn:
+            names = q.list_usernames(conn, like, after, size + 1)
+        more = len(names) > size
+        names = names[:size]
+        return Page(names, names[-1] if more else "")
+
+    def history(self, token: str, other_user: str, page_size: int, page_token: str) -> Page:
+        other = v.username(other_user, "other_user")
+        size = v.page_size(page_size)
+        after = v.message_page_token(page_token)
+        session_id = self._session_id(token)
+        with self._read() as conn:
+            me = self._account_in(conn, session_id)
+            them = q.find_account(conn, other)
+            if them is None:
+                raise NotFound(f"user {other!r} does not exist")
+            found = q.conversation(
+                conn, me.account_id, them.account_id, after, self._committed_seq(), size + 1
+            )
+        more = len(found) > size
+        found = found[:size]
+        return Page(found, str(found[-1].message_id) if more else "")
+
+    def undelivered(self, account_id: int, after_id: int, limit: int) -> list[q.StoredMessage]:
+        with self._read() as conn:
+            return q.undelivered(conn, account_id, after_id, self._committed_seq(), limit)
+
+    def session_valid(self, session_id: str) -> bool:
+        with self._read() as conn:
+            return q.find_session_account(conn, session_id) is not None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _session_id(self, token: str) -> str:
+        session_id = self._tokens.session_id_of(token) if token else None
+        if session_id is None:
+            raise Unauthenticated("not logged in: the session token is missing or invalid")
+        return session_id
+
+    @staticmethod
+    def _account_in(conn: sa.Connection, session_id: str) -> q.Account:
+        account = q.find_session_account(conn, session_id)
+        if account is None:
+            raise Unauthenticated("your session has ended (logged out or account deleted); log in")
+        return account
+
+    def _write(
+        self,
+        request_id: str,
+        decide: Callable[[sa.Connection], NewEvent | None],
+        event_type: str,
+        expected: dict[str, Any],
+    ) -> Event:
+        outcome = self._writer.execute(request_id, decide)
+        if outcome.event is None:
+            raise Unavailable("the command produced no event")  # decide() never returns None here
+        if outcome.duplicate:
+            self._check_same_request(outcome.event, event_type, expected)
+        return outcome.event
+
+    @staticmethod
+    def _check_same_request(event: Event, event_type: str, expected: dict[str, Any]) -> None:
+        if event.type != event_type or any(event.payload.get(k) != val for k, val in expected.items()):
+            raise InvalidArgument(_REUSED_ID)
+
+
+_REUSED_ID = "request_id was already used for a different request; generate a new one"
+
+
+def sent_at_unix_ms(when: dt.datetime) -> int:
+    return int(when.replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+__all__ = ["ChatService", "LoginResult", "Page", "PermissionDenied", "sent_at_unix_ms"]

@@ -1,0 +1,122 @@
+"""Opening a replica's database and bringing its schema to the current revision."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
+
+import migrations
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+
+
+class SchemaError(Exception):
+    """The database's schema is at a revision this code does not know."""
+
+
+def make_engine(url: str, *, create_database: bool = True) -> sa.Engine:
+    """An engine for a replica's database. SQLite files get WAL and a busy timeout; a MySQL
+    database that does not exist yet is created (utf8mb4)."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        engine = sa.create_engine(parsed, **kwargs)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "mysql":
+        if create_database and parsed.database:
+            _create_mysql_database(parsed)
+        kwargs.update(pool_pre_ping=True, pool_recycle=3600, pool_size=8, max_overflow=16)
+        # READ COMMITTED: readers always see the latest committed projections.
+        kwargs["isolation_level"] = "READ COMMITTED"
+    return sa.create_engine(parsed, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _create_mysql_database(url: sa.URL) -> None:
+    server = sa.create_engine(url.set(database=""), poolclass=sa.pool.NullPool)
+    try:
+        with server.connect() as conn:
+            conn.execute(
+                sa.text(
+                    f"CREATE DATABASE IF NOT EXISTS {_quote_identifier(url.database or '')} "
+                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                )
+            )
+    finally:
+        server.dispose()
+
+
+def _quote_identifier(name: str) -> str:
+    # A database name cannot be a bound parameter; it comes from the operator's URL, and is
+    # quoted so that any character in it stays part of the name.
+    return "`" + name.replace("`", "``") + "`"
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade_schema(engine: sa.Engine) -> str:
+    """Upgrade the database to the newest revision; refuse one at an unknown revision (written
+    by a newer version of this code). Returns the head revision."""
+    config = alembic_config()
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
+    assert head is not None
+    revision = current_revision(engine)
+    if revision is not None:
+        try:
+            script.get_revision(revision)
+        except Exception as exc:  # alembic raises several types for an unknown revision
+            raise SchemaError(
+                f"database {engine.url.render_as_string(hide_password=True)} is at schema "
+                f"revision {revision!r}, which this version does not know (newest known: "
+                f"{head!r}); upgrade the software or point --db at another database"
+            ) from exc
+    if revision != head:
+        log.info("upgrading schema from %s to %s", revision, head)
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    return head
+
+
+def drop_mysql_database(url: str) -> None:
+    """Drop a MySQL database (tests and tools)."""
+    parsed = make_url(url)
+    server = sa.create_engine(parsed.set(database=""), poolclass=sa.pool.NullPool)
+    try:
+        with server.connect() as conn:
+            conn.execute(
+                sa.text(f"DROP DATABASE IF EXISTS {_quote_identifier(parsed.database or '')}")
+            )
+    finally:
+        server.dispose()

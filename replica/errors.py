@@ -1,0 +1,43 @@
+"""Domain errors. The servicer maps each to a gRPC status code in one place."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base of every error a client may see; the message is meant for a person."""
+
+
+class InvalidArgument(ChatError):
+    pass
+
+
+class AlreadyExists(ChatError):
+    pass
+
+
+class NotFound(ChatError):
+    pass
+
+
+class Unauthenticated(ChatError):
+    pass
+
+
+class PermissionDenied(ChatError):
+    pass
+
+
+class ResourceExhausted(ChatError):
+    pass
+
+
+class Unavailable(ChatError):
+    """The replica cannot serve now (shutting down, storage failing, no quorum)."""
+
+
+class NotPrimary(ChatError):
+    """Writes go to the primary; `primary_address` tells the client where, when known."""
+
+    def __init__(self, message: str, primary_address: str | None) -> None:
+        super().__init__(message)
+        self.primary_address = primary_address

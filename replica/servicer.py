@@ -1,0 +1,218 @@
+"""The gRPC servicer: a thin adapter between the proto and ChatService. Domain errors become
+status codes here, in one place."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from projections.queries import StoredMessage
+from protos import chat_pb2, chat_pb2_grpc
+from replica import errors
+from replica.chat import ChatService, sent_at_unix_ms
+from replica.commit import InboxNotifier
+from replica.role import Role, RoleState
+
+log = logging.getLogger(__name__)
+
+PRIMARY_ADDRESS_KEY = "chat-primary-address"
+_BACKLOG_BATCH = 100
+
+_STATUS: dict[type[errors.ChatError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.NotPrimary: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def abort_with(context: grpc.ServicerContext, error: errors.ChatError) -> None:
+    if isinstance(error, errors.NotPrimary) and error.primary_address:
+        context.set_trailing_metadata(((PRIMARY_ADDRESS_KEY, error.primary_address),))
+    context.abort(_STATUS.get(type(error), grpc.StatusCode.UNKNOWN), str(error))
+
+
+R = TypeVar("R")
+
+
+def _maps_errors(method: Callable[..., R]) -> Callable[..., R]:
+    @functools.wraps(method)
+    def wrapper(self: ChatServicer, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except errors.ChatError as exc:
+            abort_with(context, exc)
+            raise  # abort() raises; this line is never reached
+    return wrapper
+
+
+@dataclass(frozen=True)
+class ReplicaStatusView:
+    index: int
+    address: str
+    role: str
+    epoch: int
+    last_seq: int
+    applied_seq: int
+    lag: int
+    in_sync: bool
+    reachable: bool
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    answered_by: int
+    primary_index: int | None
+    replicas: list[ReplicaStatusView]
+
+
+def _message(m: StoredMessage) -> chat_pb2.Message:
+    return chat_pb2.Message(
+        message_id=m.message_id,
+        sender=m.sender,
+        recipient=m.recipient,
+        body=m.body,
+        sent_at_unix_ms=sent_at_unix_ms(m.sent_at),
+    )
+
+
+class ChatServicer(chat_pb2_grpc.ChatServicer):
+    def __init__(
+        self,
+        service: ChatService,
+        role: RoleState,
+        notifier: InboxNotifier,
+        cluster_view: Callable[[], ClusterView],
+        *,
+        max_subscriptions: int,
+        recheck_interval: float = 1.0,
+    ) -> None:
+        self._service = service
+        self._role = role
+        self._notifier = notifier
+        self._cluster_view = cluster_view
+        self._subscriptions = threading.BoundedSemaphore(max_subscriptions)
+        self._max_subscriptions = max_subscriptions
+        self._recheck_interval = recheck_interval
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._notifier.close()
+
+    @_maps_errors
+    def Register(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.RegisterReply:
+        name = self._service.register(request.request_id, request.username, request.password)
+        return chat_pb2.RegisterReply(username=name)
+
+    @_maps_errors
+    def Login(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.LoginReply:
+        result = self._service.login(request.request_id, request.username, request.password)
+        return chat_pb2.LoginReply(
+            session_token=result.session_token,
+            username=result.username,
+            undelivered_count=result.undelivered_count,
+        )
+
+    @_maps_errors
+    def Logout(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.LogoutReply:
+        self._service.logout(request.request_id, request.session_token)
+        return chat_pb2.LogoutReply()
+
+    @_maps_errors
+    def ListAccounts(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.ListAccountsReply:
+        page = self._service.list_accounts(request.pattern, request.page_size, request.page_token)
+        return chat_pb2.ListAccountsReply(usernames=page.items, next_page_token=page.next_page_token)
+
+    @_maps_errors
+    def Send(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.SendReply:
+        message_id = self._service.send(
+            request.request_id, request.session_token, request.recipient, request.body
+        )
+        return chat_pb2.SendReply(message_id=message_id)
+
+    @_maps_errors
+    def Ack(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.AckReply:
+        count = self._service.ack(request.request_id, request.session_token, list(request.message_ids))
+        return chat_pb2.AckReply(acked_count=count)
+
+    @_maps_errors
+    def History(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.HistoryReply:
+        page = self._service.history(
+            request.session_token, request.other_user, request.page_size, request.page_token
+        )
+        return chat_pb2.HistoryReply(
+            messages=[_message(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    @_maps_errors
+    def DeleteAccount(
+        self, request: Any, context: grpc.ServicerContext
+    ) -> chat_pb2.DeleteAccountReply:
+        self._service.delete_account(request.request_id, request.session_token, request.password)
+        return chat_pb2.DeleteAccountReply()
+
+    @_maps_errors
+    def ClusterStatus(
+        self, request: Any, context: grpc.ServicerContext
+    ) -> chat_pb2.ClusterStatusReply:
+        view = self._cluster_view()
+        return chat_pb2.ClusterStatusReply(
+            answered_by=view.answered_by,
+            primary_index=view.primary_index or 0,
+            primary_known=view.primary_index is not None,
+            replicas=[chat_pb2.ReplicaStatus(**vars(r)) for r in view.replicas],
+        )
+
+    def Subscribe(self, request: Any, context: grpc.ServicerContext) -> Iterator[chat_pb2.SubscribeReply]:
+        try:
+            self._role.require_primary()
+            account = self._service.authenticate(request.session_token)
+        except errors.ChatError as exc:
+            abort_with(context, exc)
+            return
+        if not self._subscriptions.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this replica already serves {self._max_subscriptions} subscriptions; retry later",
+            )
+        try:
+            yield from self._deliver(account.account_id, request.session_token, context)
+        except errors.ChatError as exc:
+            abort_with(context, exc)
+        finally:
+            self._subscriptions.release()
+
+    def _deliver(
+        self, account_id: int, token: str, context: grpc.ServicerContext
+    ) -> Iterator[chat_pb2.SubscribeReply]:
+        last_id = 0
+        caught_up = False
+        while context.is_active() and not self._stopping.is_set():
+            version = self._notifier.version(account_id)
+            batch = self._service.undelivered(account_id, last_id, _BACKLOG_BATCH)
+            for m in batch:
+                yield chat_pb2.SubscribeReply(message=_message(m))
+                last_id = m.message_id
+            if len(batch) == _BACKLOG_BATCH:
+                continue
+            if not caught_up:
+                caught_up = True
+                yield chat_pb2.SubscribeReply(caught_up=chat_pb2.CaughtUp())
+            self._notifier.wait(account_id, version, self._recheck_interval)
+            # A logout, a deleted account or a lost primary role ends the stream.
+            self._service.authenticate(token)
+            if self._role.snapshot.role is not Role.PRIMARY:
+                self._role.require_primary()
+        if self._stopping.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the replica is shutting down; reconnect")

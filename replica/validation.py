@@ -1,0 +1,120 @@
+"""Input validation: every field a client sends is checked here before it reaches a query."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from replica.errors import InvalidArgument
+
+USERNAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+REQUEST_ID_RE: Final = re.compile(r"[!-~]{1,64}")  # printable ASCII, no spaces
+MAX_PASSWORD_CHARS: Final = 1024
+MAX_BODY_BYTES: Final = 4096
+MAX_PATTERN_CHARS: Final = 64
+MAX_PAGE_SIZE: Final = 1000
+DEFAULT_PAGE_SIZE: Final = 100
+MAX_ACK_IDS: Final = 1000
+LIKE_ESCAPE: Final = "\\"
+
+
+def username(value: str, field: str = "username") -> str:
+    """The canonical (lower-case) username, or InvalidArgument."""
+    canonical = value.strip().lower()
+    if not USERNAME_RE.fullmatch(canonical):
+        raise InvalidArgument(
+            f"{field} {_show(value)} is not valid: use 1-32 characters from a-z, 0-9, '_', '.', "
+            "'-', starting with a letter or digit"
+        )
+    return canonical
+
+
+def password(value: str) -> str:
+    if not value:
+        raise InvalidArgument("password must not be empty")
+    if len(value) > MAX_PASSWORD_CHARS:
+        raise InvalidArgument(f"password is longer than {MAX_PASSWORD_CHARS} characters")
+    return value
+
+
+def body(value: str) -> str:
+    if not value:
+        raise InvalidArgument("message must not be empty")
+    size = len(value.encode("utf-8"))
+    if size > MAX_BODY_BYTES:
+        raise InvalidArgument(f"message is {size} bytes; the limit is {MAX_BODY_BYTES} bytes")
+    return value
+
+
+def request_id(value: str) -> str:
+    if not REQUEST_ID_RE.fullmatch(value):
+        raise InvalidArgument(
+            "request_id must be 1-64 printable ASCII characters without spaces (e.g. a UUID)"
+        )
+    return value
+
+
+def page_size(value: int) -> int:
+    if value == 0:
+        return DEFAULT_PAGE_SIZE
+    if value > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size {value} is above the limit of {MAX_PAGE_SIZE}")
+    return value
+
+
+def like_pattern(pattern: str) -> str:
+    """Translate a shell-style pattern (`*`, `?`) into a LIKE pattern with `\\` as the escape
+    character. No user-supplied regex is ever evaluated; LIKE's own wildcards are escaped."""
+    pattern = pattern or "*"
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise InvalidArgument(f"pattern is longer than {MAX_PATTERN_CHARS} characters")
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789_.-*?")
+    lowered = pattern.lower()
+    bad = sorted({c for c in lowered if c not in allowed})
+    if bad:
+        raise InvalidArgument(
+            f"pattern {_show(pattern)} contains {''.join(bad)!r}: usernames only use a-z, 0-9, "
+            "'_', '.', '-'; use '*' for any run of characters and '?' for one"
+        )
+    out = []
+    for c in lowered:
+        if c == "*":
+            out.append("%")
+        elif c == "?":
+            out.append("_")
+        elif c in ("%", "_", LIKE_ESCAPE):
+            out.append(LIKE_ESCAPE + c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def username_page_token(token: str) -> str:
+    """List pages continue after the last username returned."""
+    if token and not USERNAME_RE.fullmatch(token):
+        raise InvalidArgument("page_token is not one this server returned")
+    return token
+
+
+def message_page_token(token: str) -> int:
+    """History pages continue after the last message id returned."""
+    if not token:
+        return 0
+    if not token.isdigit() or len(token) > 19:
+        raise InvalidArgument("page_token is not one this server returned")
+    return int(token)
+
+
+def message_ids(ids: list[int]) -> list[int]:
+    if not ids:
+        raise InvalidArgument("message_ids must not be empty")
+    if len(ids) > MAX_ACK_IDS:
+        raise InvalidArgument(f"at most {MAX_ACK_IDS} message ids per ack")
+    if any(i <= 0 or i >= 2**63 for i in ids):
+        raise InvalidArgument("message ids are positive integers")
+    return sorted(set(ids))
+
+
+def _show(value: str) -> str:
+    shown = value if len(value) <= 40 else value[:37] + "..."
+    return repr(shown)

@@ -1,0 +1,90 @@
+"""Shared fixtures: a database per backend (SQLite file, MySQL database) with the schema."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from replica.database import drop_mysql_database, make_engine, upgrade_schema
+
+MYSQL_SERVER_URL = os.environ.get("CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _mysql_reachable() -> str | None:
+    """None if the server answers, else why not."""
+    engine = sa.create_engine(MYSQL_SERVER_URL + "/", poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return None
+    except Exception as exc:  # any driver error means "not reachable"
+        return f"MySQL at {MYSQL_SERVER_URL} is not reachable: {exc.__class__.__name__}: {exc}"
+    finally:
+        engine.dispose()
+
+
+_MYSQL_PROBLEM: list[str | None] = []
+
+
+def require_mysql() -> None:
+    if not _MYSQL_PROBLEM:
+        _MYSQL_PROBLEM.append(_mysql_reachable())
+    problem = _MYSQL_PROBLEM[0]
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{problem} (CI=true: MySQL tests must run, not skip)")
+    pytest.skip(problem)
+
+
+class DatabaseFactory:
+    """Makes fresh, migrated databases of one backend and removes them afterwards."""
+
+    def __init__(self, backend: str, tmp_path: Path) -> None:
+        self.backend = backend
+        self._tmp_path = tmp_path
+        self._made: list[tuple[str, sa.Engine]] = []
+
+    def url(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self._tmp_path / f'db-{uuid.uuid4().hex[:8]}.db'}"
+        return f"{MYSQL_SERVER_URL}/chat_test_{uuid.uuid4().hex[:12]}"
+
+    def engine(self, url: str | None = None, *, migrate: bool = True) -> sa.Engine:
+        url = url or self.url()
+        engine = make_engine(url)
+        if migrate:
+            upgrade_schema(engine)
+        self._made.append((url, engine))
+        return engine
+
+    def cleanup(self) -> None:
+        for url, engine in self._made:
+            engine.dispose()
+            if self.backend == "mysql":
+                drop_mysql_database(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "mysql":
+        require_mysql()
+    return str(request.param)
+
+
+@pytest.fixture
+def databases(backend: str, tmp_path: Path) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(backend, tmp_path)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def engine(databases: DatabaseFactory) -> sa.Engine:
+    return databases.engine()
