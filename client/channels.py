@@ -16,10 +16,11 @@ _MIB = 1024 * 1024
 DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", 16 * _MIB),
     ("grpc.max_receive_message_length", 16 * _MIB),
-    # Keepalive notices a dead primary under a quiet Subscribe stream. Pings are sent only while a
-    # call is open, and without data, so the server must accept pings every 20 s.
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    # Keepalive notices within ~10 s a primary that vanished without closing its connections
+    # (a partition, a frozen process) under a quiet Subscribe stream. Pings are sent only while
+    # a call is open; the server must accept pings without data every 5 s.
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
     # gRPC's default reconnect backoff (1 s growing to 120 s) would keep a restarted replica

@@ -27,7 +27,9 @@ class ChatError(Exception):
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> ChatError:
         code = error.code()
-        message = error.details() or _DEFAULT_MESSAGES.get(code, code.name.lower().replace("_", " "))
+        message = error.details() or _DEFAULT_MESSAGES.get(
+            code, code.name.lower().replace("_", " ")
+        )
         return cls(code, message)
 
 

@@ -150,8 +150,9 @@ class Failover:
     def _primary_hint(self, error: grpc.RpcError, address: str, remaining: float) -> str | None:
         if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
             return None
-        for key, value in error.trailing_metadata() or ():
-            if key == PRIMARY_ADDRESS_KEY:
+        for metadatum in error.trailing_metadata() or ():
+            if metadatum.key == PRIMARY_ADDRESS_KEY:
+                value: str | bytes = metadatum.value
                 return value.decode() if isinstance(value, bytes) else value
         return self._primary_from_cluster_status(address, remaining)
 

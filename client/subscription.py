@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Iterator
+from typing import TypeAlias
 
 import grpc
 
@@ -17,7 +19,9 @@ logger = logging.getLogger(__name__)
 
 SubscriptionItem = chat_pb2.Message | chat_pb2.CaughtUp
 
-_Stream = grpc.CallIterator[chat_pb2.SubscribeReply]
+# grpc.CallIterator exists only in grpc-stubs, so the alias must stay a string at runtime.
+_Stream: TypeAlias = "grpc.CallIterator[chat_pb2.SubscribeReply]"
+_Replies = Iterator[chat_pb2.SubscribeReply]
 
 
 class _Cancelled(Exception):
@@ -57,17 +61,20 @@ class Subscription:
         with self._lock:
             stream = self._stream
         if stream is not None:
-            stream.cancel()
+            _cancel(stream)
 
     def _follow(self) -> Iterator[SubscriptionItem]:
         while not self._cancelled.is_set():
             try:
-                stream, first = self._failover.call(self._open, timeout=self._reconnect_timeout)
+                stream, replies = self._failover.call(self._open, timeout=self._reconnect_timeout)
             except _Cancelled:
                 return
+            except ChatError:
+                if self._cancelled.is_set():
+                    return
+                raise
             try:
-                replies = [first] if first is not None else []
-                for reply in _chain(replies, stream):
+                for reply in replies:
                     item = self._accept(reply)
                     if item is not None:
                         yield item
@@ -86,27 +93,30 @@ class Subscription:
                 # An immediately ending stream must not become a busy loop.
                 self._failover.pause(0.1)
             finally:
-                stream.cancel()
+                _cancel(stream)
 
-    def _open(self, stub: ChatStub, attempt_timeout: float) -> tuple[_Stream, chat_pb2.SubscribeReply | None]:
+    def _open(self, stub: ChatStub, attempt_timeout: float) -> tuple[_Stream, _Replies]:
         if self._cancelled.is_set():
             raise _Cancelled
         stream = stub.Subscribe(self._request)
         with self._lock:
             self._stream = stream
         if self._cancelled.is_set():
-            stream.cancel()
+            _cancel(stream)
             raise _Cancelled
         # A stream has no deadline, but its first item (a message or CaughtUp) must come soon;
         # otherwise the replica is hung and another one should be asked.
-        watchdog = threading.Timer(attempt_timeout, stream.cancel)
+        watchdog = threading.Timer(attempt_timeout, _cancel, (stream,))
         watchdog.daemon = True
         watchdog.start()
+        replies = iter(stream)
         try:
-            first = next(stream, None)
+            first = next(replies, None)
         finally:
             watchdog.cancel()
-        return stream, first
+        if first is None:
+            return stream, iter(())
+        return stream, itertools.chain((first,), replies)
 
     def _accept(self, reply: chat_pb2.SubscribeReply) -> SubscriptionItem | None:
         kind = reply.WhichOneof("item")
@@ -121,8 +131,5 @@ class Subscription:
         return None
 
 
-def _chain(
-    first: list[chat_pb2.SubscribeReply], stream: _Stream
-) -> Iterator[chat_pb2.SubscribeReply]:
-    yield from first
-    yield from stream
+def _cancel(stream: _Stream) -> None:
+    stream.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves cancel() untyped

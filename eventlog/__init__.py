@@ -8,14 +8,16 @@ from eventlog.log import (
     EventLogError,
     NonContiguousAppend,
     append_events,
+    current_epoch,
     epoch_end_seq,
     find_by_request_id,
     last_position,
+    raise_current_epoch,
     read_events,
     truncate_after,
 )
 from eventlog.records import Event, Position, decode_payload, encode_payload
-from eventlog.schema import events, metadata
+from eventlog.schema import events, log_state, metadata
 
 __all__ = [
     "Event",
@@ -23,13 +25,16 @@ __all__ = [
     "NonContiguousAppend",
     "Position",
     "append_events",
+    "current_epoch",
     "decode_payload",
     "encode_payload",
     "epoch_end_seq",
     "events",
     "find_by_request_id",
     "last_position",
+    "log_state",
     "metadata",
+    "raise_current_epoch",
     "read_events",
     "truncate_after",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import sqlalchemy as sa
 
 from eventlog.records import Event, Position, decode_payload, encode_payload
-from eventlog.schema import events
+from eventlog.schema import events, log_state
 
 
 class EventLogError(Exception):
@@ -104,3 +104,28 @@ def epoch_end_seq(conn: sa.Connection, epoch: int) -> Position:
         .limit(1)
     ).first()
     return Position(0, 0) if row is None else Position(row.epoch, row.seq)
+
+
+CURRENT_EPOCH = "current_epoch"
+
+
+def current_epoch(conn: sa.Connection) -> int:
+    """The highest epoch this log's replica has seen (at least its last event's epoch)."""
+    value = conn.execute(
+        sa.select(log_state.c.value).where(log_state.c.name == CURRENT_EPOCH)
+    ).scalar()
+    return max(0 if value is None else int(value), last_position(conn).epoch)
+
+
+def raise_current_epoch(conn: sa.Connection, epoch: int) -> bool:
+    """Record that `epoch` has been seen; never lowers it. Returns whether it rose."""
+    value = conn.execute(
+        sa.select(log_state.c.value).where(log_state.c.name == CURRENT_EPOCH)
+    ).scalar()
+    if value is None:
+        conn.execute(log_state.insert().values(name=CURRENT_EPOCH, value=epoch))
+        return True
+    if int(value) >= epoch:
+        return False
+    conn.execute(log_state.update().where(log_state.c.name == CURRENT_EPOCH).values(value=epoch))
+    return True

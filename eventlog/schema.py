@@ -25,3 +25,16 @@ events = sa.Table(
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )
+
+# Durable facts about the log kept beside it, e.g. the highest epoch this replica has seen
+# ("current_epoch", Raft's currentTerm): a replica refuses primaries and candidates of older
+# epochs even after a restart.
+log_state = sa.Table(
+    "log_state",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)

@@ -100,9 +100,13 @@ def last_applied_seq(conn: sa.Connection) -> int:
 
 
 def _set_last_applied_seq(conn: sa.Connection, previous: int, seq: int) -> None:
-    if previous == 0 and conn.execute(
-        sa.select(projection_position.c.name).where(projection_position.c.name == POSITION_NAME)
-    ).first() is None:
+    if (
+        previous == 0
+        and conn.execute(
+            sa.select(projection_position.c.name).where(projection_position.c.name == POSITION_NAME)
+        ).first()
+        is None
+    ):
         conn.execute(projection_position.insert().values(name=POSITION_NAME, last_applied_seq=seq))
         return
     conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -57,7 +58,7 @@ def list_usernames(conn: sa.Connection, like: str, after: str, limit: int) -> li
     return list(conn.execute(query).scalars())
 
 
-def _message(row: sa.Row[tuple[object, ...]]) -> StoredMessage:
+def _message(row: Any) -> StoredMessage:
     return StoredMessage(
         message_id=row.message_id,
         sender=row.sender,

@@ -6,7 +6,11 @@ from sqlalchemy.dialects import mysql
 metadata = sa.MetaData()
 
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
-_mysql_table = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+_mysql_table = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
 
 accounts = sa.Table(
     "accounts",
@@ -17,7 +21,9 @@ accounts = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.UniqueConstraint("username", name="uq_accounts_username"),
-    **_mysql_table,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 sessions = sa.Table(
@@ -27,7 +33,9 @@ sessions = sa.Table(
     sa.Column("account_id", sa.BigInteger, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Index("ix_sessions_account_id", "account_id"),
-    **_mysql_table,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 messages = sa.Table(
@@ -44,7 +52,9 @@ messages = sa.Table(
     sa.Column("delivered", sa.Boolean, nullable=False),
     sa.Index("ix_messages_inbox", "recipient_id", "delivered", "message_id"),
     sa.Index("ix_messages_conversation", "sender_id", "recipient_id", "message_id"),
-    **_mysql_table,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 # One row: the seq of the last event applied to the tables above, written in the same
@@ -54,7 +64,9 @@ projection_position = sa.Table(
     metadata,
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("last_applied_seq", sa.BigInteger, nullable=False),
-    **_mysql_table,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 PROJECTION_TABLES = (accounts, sessions, messages)

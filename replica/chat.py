@@ -114,7 +114,8 @@ class ChatService:
         def decide(conn: sa.Connection) -> NewEvent:
             account = self._account_in(conn, session_id)
             return NewEvent(
-                EventTypes.SESSION_CLOSED, {"session_id": session_id, "account_id": account.account_id}
+                EventTypes.SESSION_CLOSED,
+                {"session_id": session_id, "account_id": account.account_id},
             )
 
         self._write(request_id, decide, EventTypes.SESSION_CLOSED, {"session_id": session_id})
@@ -179,20 +180,27 @@ class ChatService:
         request_id = v.request_id(request_id)
         session_id = self._session_id(token)
         with self._read() as conn:
-            account = self._account_in(conn, session_id)
-        if not verify_password(password, account.password_hash):
+            account = q.find_session_account(conn, session_id)
+        # No account: the session is gone, possibly with the account this very request deleted;
+        # then the writer finds the request_id and returns the first result (decide() is not
+        # called for a logged request_id), otherwise decide() reports the ended session.
+        if account is not None and not verify_password(password, account.password_hash):
             raise Unauthenticated("wrong password: the account was not deleted")
 
         def decide(conn: sa.Connection) -> NewEvent:
             current = self._account_in(conn, session_id)
-            if current.account_id != account.account_id:
+            if account is None or current.account_id != account.account_id:
                 raise Unauthenticated("session expired; log in again")
             return NewEvent(
                 EventTypes.ACCOUNT_DELETED,
-                {"account_id": account.account_id, "username": account.username},
+                {
+                    "account_id": account.account_id,
+                    "username": account.username,
+                    "session_id": session_id,
+                },
             )
 
-        self._write(request_id, decide, EventTypes.ACCOUNT_DELETED, {"account_id": account.account_id})
+        self._write(request_id, decide, EventTypes.ACCOUNT_DELETED, {"session_id": session_id})
 
     # -- queries -------------------------------------------------------------------------
 
@@ -267,7 +275,9 @@ class ChatService:
 
     @staticmethod
     def _check_same_request(event: Event, event_type: str, expected: dict[str, Any]) -> None:
-        if event.type != event_type or any(event.payload.get(k) != val for k, val in expected.items()):
+        if event.type != event_type or any(
+            event.payload.get(k) != val for k, val in expected.items()
+        ):
             raise InvalidArgument(_REUSED_ID)
 
 

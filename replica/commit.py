@@ -65,8 +65,10 @@ class CommitTracker:
     def wait_committed(self, seq: int, timeout: float) -> None:
         with self._cond:
             ok = self._cond.wait_for(
-                lambda: self._committed_seq >= seq
-                or (self._failed_from is not None and seq >= self._failed_from),
+                lambda: (
+                    self._committed_seq >= seq
+                    or (self._failed_from is not None and seq >= self._failed_from)
+                ),
                 timeout,
             )
             if self._committed_seq >= seq:

@@ -1,14 +1,14 @@
 """Cluster configuration: one TOML file, overridden by CLI flags and CHAT_* variables.
 
-    cluster_secret = "..."          # or CHAT_CLUSTER_SECRET; default: data_dir/cluster.secret
-    heartbeat_interval_ms = 100
-    peer_timeout_ms = 600           # a peer silent this long is considered dead
-    insync_timeout_ms = 1000        # a secondary this far behind leaves the in-sync set
-    min_insync = 1
-    [[replicas]]
-    index = 0
-    address = "127.0.0.1:50051"
-    db = "sqlite:///data/replica-0.db"   # optional
+cluster_secret = "..."          # or CHAT_CLUSTER_SECRET; default: data_dir/cluster.secret
+heartbeat_interval_ms = 100
+peer_timeout_ms = 600           # a peer silent this long is considered dead
+insync_timeout_ms = 1000        # a secondary this far behind leaves the in-sync set
+min_insync = 1
+[[replicas]]
+index = 0
+address = "127.0.0.1:50051"
+db = "sqlite:///data/replica-0.db"   # optional
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class ClusterConfig:
         return tuple(r for r in self.replicas if r.index != index)
 
 
-def load_cluster_config(path: str | Path | None, env: Mapping[str, str] = os.environ) -> ClusterConfig:
+def load_cluster_config(
+    path: str | Path | None, env: Mapping[str, str] = os.environ
+) -> ClusterConfig:
     config = ClusterConfig()
     if path is not None:
         try:
@@ -104,7 +106,11 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
         for entry in replicas:
             if "index" not in entry or "address" not in entry:
                 raise ConfigError(f"{source}: every [[replicas]] entry needs index and address")
-            parsed.append(ReplicaAddress(_int(entry["index"], "index"), str(entry["address"]), entry.get("db")))
+            parsed.append(
+                ReplicaAddress(
+                    _int(entry["index"], "index"), str(entry["address"]), entry.get("db")
+                )
+            )
         if len({r.index for r in parsed}) != len(parsed):
             raise ConfigError(f"{source}: replica indexes must be distinct")
         kwargs["replicas"] = tuple(sorted(parsed, key=lambda r: r.index))

@@ -1,4 +1,5 @@
-"""A replica process: wires storage, the log writer, the chat service and the gRPC server."""
+"""A replica process: wires storage, the log writer, replication, the chat service and the
+gRPC server."""
 
 from __future__ import annotations
 
@@ -12,53 +13,85 @@ from grpc_reflection.v1alpha import reflection
 
 import eventlog
 import projections
-from protos import chat_pb2, chat_pb2_grpc
+from protos import chat_pb2, chat_pb2_grpc, replication_pb2, replication_pb2_grpc
 from replica.chat import ChatService
 from replica.commit import CommitTracker, InboxNotifier
 from replica.config import ReplicaSettings, resolve_cluster_secret
 from replica.database import make_engine, upgrade_schema
+from replica.election import Coordinator
+from replica.leader import LeaderStream, ReplicationHub
+from replica.peers import Peers
+from replica.replication_service import ReplicationServicer
 from replica.role import Role, RoleState
 from replica.servicer import ChatServicer, ClusterView, ReplicaStatusView
 from replica.tokens import SessionTokens
-from replica.writer import Clock, LogWriter, NewEvent, utc_now
+from replica.writer import Clock, LogWriter, utc_now
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
 CHAT_SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name
+REPLICATION_SERVICE_NAME = replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name
 
 
 class ReplicaNode:
     def __init__(self, settings: ReplicaSettings, *, clock: Clock = utc_now) -> None:
         self.settings = settings
         self.index = settings.index
+        cluster = settings.cluster
         self.engine = make_engine(settings.db_url)
         upgrade_schema(self.engine)
+        secret = resolve_cluster_secret(cluster, settings.data_dir)
         self.role = RoleState(settings.index)
         self.commits = CommitTracker()
-        self.writer = LogWriter(self.engine, self.role, self.commits, clock=clock)
+        self.hub = ReplicationHub(self.index, cluster, self.commits)
+        self.writer = LogWriter(
+            self.engine, self.role, self.commits, clock=clock, admission=self.hub.check_writable
+        )
+        self.writer.add_append_listener(self.hub.on_appended)
         self.notifier = InboxNotifier()
         self.commits.add_listener(self.notifier.on_committed)
-        self.tokens = SessionTokens(resolve_cluster_secret(settings.cluster, settings.data_dir))
+        self.tokens = SessionTokens(secret)
         self.service = ChatService(
             self.engine, self.writer, self.tokens, lambda: self.commits.committed_seq
+        )
+        self.peers = Peers(self.index, cluster, secret)
+        self.coordinator = Coordinator(
+            self.index,
+            cluster,
+            self.engine,
+            self.role,
+            self.writer,
+            self.commits,
+            self.hub,
+            self.notifier,
+            self.peers,
         )
         self.servicer = ChatServicer(
             self.service,
             self.role,
             self.notifier,
             self.cluster_view,
-            max_subscriptions=settings.cluster.max_subscriptions,
+            max_subscriptions=cluster.max_subscriptions,
         )
+        leader_stream = LeaderStream(
+            self.hub,
+            self.engine,
+            self.commits,
+            cluster.heartbeat_interval_ms / 1000,
+            self.coordinator.observe_epoch,
+        )
+        self.replication_servicer = ReplicationServicer(self.coordinator, leader_stream)
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
@@ -67,25 +100,35 @@ class ReplicaNode:
 
     def start(self) -> None:
         self._recover_projections()
-        self._become_standalone_primary()
+        cluster = self.settings.cluster
         server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=self.settings.cluster.max_subscriptions + 32,
+                max_workers=cluster.max_subscriptions + 64,
                 thread_name_prefix=f"replica{self.index}",
             ),
             options=SERVER_OPTIONS,
-            maximum_concurrent_rpcs=self.settings.cluster.max_subscriptions + 1000,
+            maximum_concurrent_rpcs=cluster.max_subscriptions + 1000,
         )
-        chat_pb2_grpc.add_ChatServicer_to_server(self.servicer, server)
+        chat_pb2_grpc.add_ChatServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        replication_pb2_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]
+            self.replication_servicer, server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (CHAT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (
+                CHAT_SERVICE_NAME,
+                REPLICATION_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         address = self.settings.me.address
         if server.add_insecure_port(address) == 0:
             raise OSError(f"cannot listen on {address}")
         server.start()
         self._server = server
+        self.coordinator.start()
         for service in ("", CHAT_SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("replica %d: serving on %s", self.index, address)
@@ -95,9 +138,11 @@ class ReplicaNode:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        self.coordinator.stop()
         self.servicer.stop()
         if self._server is not None:
             self._server.stop(grace).wait()
+        self.peers.close()
         self.engine.dispose()
         log.info("replica %d: stopped", self.index)
 
@@ -118,33 +163,56 @@ class ReplicaNode:
                     break
                 applied = projections.apply_events(conn, batch)
 
-    def _become_standalone_primary(self) -> None:
-        """Alone, this replica leads: it starts a new epoch, durably, before any write."""
-        with self.engine.connect() as conn:
-            last = eventlog.last_position(conn)
-        epoch = last.epoch + 1
-        self.commits.reset(last.seq)
-        self.role.set(Role.PRIMARY, epoch, self.index, self.settings.me.address)
-        self.writer.add_append_listener(lambda events: self.commits.advance(events[-1].seq))
-        self.writer.append_system_event(
-            NewEvent(projections.EventTypes.EPOCH_STARTED, {"replica_index": self.index}), epoch
-        )
-        log.info("replica %d: primary for epoch %d from seq %d", self.index, epoch, last.seq)
-
     def cluster_view(self) -> ClusterView:
         snap = self.role.snapshot
         with self.engine.connect() as conn:
             last = eventlog.last_position(conn)
             applied = projections.last_applied_seq(conn)
-        me = ReplicaStatusView(
-            index=self.index,
-            address=self.settings.me.address,
-            role=snap.role.value,
-            epoch=snap.epoch,
-            last_seq=last.seq,
-            applied_seq=applied,
-            lag=0,
-            in_sync=True,
-            reachable=True,
-        )
-        return ClusterView(self.index, snap.primary_index, [me])
+        probes = {p.peer.index: p.reply for p in self.coordinator.last_probe()}
+        # In-sync and lag come from the primary's view of its secondaries.
+        primary_view: dict[int, replication_pb2.PeerState] = {}
+        if snap.role is Role.PRIMARY:
+            primary_view = {s.index: s for s in self.coordinator.probe_reply().secondaries}
+        elif snap.primary_index is not None and probes.get(snap.primary_index) is not None:
+            reply = probes[snap.primary_index]
+            assert reply is not None
+            primary_view = {s.index: s for s in reply.secondaries}
+        primary_last = last.seq if snap.role is Role.PRIMARY else 0
+        if snap.primary_index is not None and probes.get(snap.primary_index) is not None:
+            reply = probes[snap.primary_index]
+            assert reply is not None
+            primary_last = reply.self.position.seq
+        views = []
+        for replica in self.settings.cluster.replicas:
+            if replica.index == self.index:
+                role, epoch, last_seq, applied_seq, reachable = (
+                    snap.role.value,
+                    self.coordinator.current_epoch,
+                    last.seq,
+                    applied,
+                    True,
+                )
+            else:
+                reply = probes.get(replica.index)
+                if reply is None:
+                    role, epoch, last_seq, applied_seq, reachable = "unknown", 0, 0, 0, False
+                else:
+                    role, epoch = reply.self.role, reply.self.epoch
+                    last_seq, applied_seq = reply.self.position.seq, reply.self.applied_seq
+                    reachable = True
+            is_primary = replica.index == snap.primary_index
+            in_view = primary_view.get(replica.index)
+            views.append(
+                ReplicaStatusView(
+                    index=replica.index,
+                    address=replica.address,
+                    role=role,
+                    epoch=epoch,
+                    last_seq=last_seq,
+                    applied_seq=applied_seq,
+                    lag=0 if is_primary or not reachable else max(0, primary_last - last_seq),
+                    in_sync=is_primary or bool(in_view and in_view.in_sync),
+                    reachable=reachable,
+                )
+            )
+        return ClusterView(self.index, snap.primary_index, views)

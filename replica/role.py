@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from replica.errors import NotPrimary
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     PRIMARY = "primary"
     SECONDARY = "secondary"
     CANDIDATE = "candidate"
@@ -45,5 +45,7 @@ class RoleState:
                 if snap.primary_address
                 else "no primary is known yet; retry shortly"
             )
-            raise NotPrimary(f"replica {self.index} is not the primary; {where}", snap.primary_address)
+            raise NotPrimary(
+                f"replica {self.index} is not the primary; {where}", snap.primary_address
+            )
         return snap

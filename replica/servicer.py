@@ -53,6 +53,7 @@ def _maps_errors(method: Callable[..., R]) -> Callable[..., R]:
         except errors.ChatError as exc:
             abort_with(context, exc)
             raise  # abort() raises; this line is never reached
+
     return wrapper
 
 
@@ -130,9 +131,13 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         return chat_pb2.LogoutReply()
 
     @_maps_errors
-    def ListAccounts(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.ListAccountsReply:
+    def ListAccounts(
+        self, request: Any, context: grpc.ServicerContext
+    ) -> chat_pb2.ListAccountsReply:
         page = self._service.list_accounts(request.pattern, request.page_size, request.page_token)
-        return chat_pb2.ListAccountsReply(usernames=page.items, next_page_token=page.next_page_token)
+        return chat_pb2.ListAccountsReply(
+            usernames=page.items, next_page_token=page.next_page_token
+        )
 
     @_maps_errors
     def Send(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.SendReply:
@@ -143,7 +148,9 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
 
     @_maps_errors
     def Ack(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.AckReply:
-        count = self._service.ack(request.request_id, request.session_token, list(request.message_ids))
+        count = self._service.ack(
+            request.request_id, request.session_token, list(request.message_ids)
+        )
         return chat_pb2.AckReply(acked_count=count)
 
     @_maps_errors
@@ -174,7 +181,9 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             replicas=[chat_pb2.ReplicaStatus(**vars(r)) for r in view.replicas],
         )
 
-    def Subscribe(self, request: Any, context: grpc.ServicerContext) -> Iterator[chat_pb2.SubscribeReply]:
+    def Subscribe(
+        self, request: Any, context: grpc.ServicerContext
+    ) -> Iterator[chat_pb2.SubscribeReply]:
         try:
             self._role.require_primary()
             account = self._service.authenticate(request.session_token)

@@ -34,4 +34,6 @@ class SessionTokens:
         return session_id
 
     def _mac(self, session_id: str) -> str:
-        return hmac.new(self._secret, session_id.encode("ascii", "replace"), hashlib.sha256).hexdigest()
+        return hmac.new(
+            self._secret, session_id.encode("ascii", "replace"), hashlib.sha256
+        ).hexdigest()

@@ -55,12 +55,14 @@ class LogWriter:
         *,
         clock: Clock = utc_now,
         commit_timeout: float = 10.0,
+        admission: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
         self._role = role
         self._commits = commits
         self._clock = clock
         self._commit_timeout = commit_timeout
+        self._admission = admission  # raises when writes must be refused (too few in sync)
         self._lock = threading.Lock()
         self._on_appended: list[Callable[[list[Event]], None]] = []
 
@@ -82,11 +84,14 @@ class LogWriter:
                         if existing is not None:
                             outcome = Outcome(existing, duplicate=True)
                     if request_id is None or existing is None:
+                        self._admission()
                         new = decide(conn)
                         if new is None:
                             return Outcome(None, duplicate=False)
                         seq = eventlog.last_position(conn).seq + 1
-                        event = Event(seq, snap.epoch, new.type, new.payload, request_id, self._clock())
+                        event = Event(
+                            seq, snap.epoch, new.type, new.payload, request_id, self._clock()
+                        )
                         eventlog.append_events(conn, [event])
                         projections.apply_events(conn, [event])
                         outcome = Outcome(event, duplicate=False)

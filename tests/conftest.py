@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 
 from replica.database import drop_mysql_database, make_engine, upgrade_schema
+from tests.harness import ClusterProcesses, live_clusters
 
-MYSQL_SERVER_URL = os.environ.get("CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306")
+MYSQL_SERVER_URL = os.environ.get(
+    "CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306"
+)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Database round trips make example durations vary too much for a deadline; CI replays the
+# same examples on every run.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if IN_CI else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def _mysql_reachable() -> str | None:
@@ -88,3 +99,33 @@ def databases(backend: str, tmp_path: Path) -> Iterator[DatabaseFactory]:
 @pytest.fixture
 def engine(databases: DatabaseFactory) -> sa.Engine:
     return databases.engine()
+
+
+@pytest.fixture
+def cluster_processes(tmp_path: Path) -> Iterator[Callable[..., ClusterProcesses]]:
+    """A factory of ClusterProcesses (see tests/harness.py) under tmp_path:
+    `cluster_processes(3, hosts=[...], settings={...})`. Every process they started is killed
+    at teardown, pass or fail."""
+    made: list[ClusterProcesses] = []
+
+    def make(replicas: int = 1, **kwargs: Any) -> ClusterProcesses:
+        cluster = ClusterProcesses(tmp_path / f"cluster-{len(made)}", replicas, **kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report shows the log tail of every replica process still around."""
+    report: pytest.TestReport = yield
+    if report.when == "call" and report.failed:
+        for cluster in live_clusters():
+            for spec in cluster.specs:
+                if spec.log_path.exists():
+                    title = f"replica {spec.index} log ({cluster.base_dir.name})"
+                    report.sections.append((title, cluster.log_tail(spec.index, 60)))
+    return report

@@ -1,0 +1,275 @@
+"""`python -m client`: scriptable subcommands, or an interactive chat without one."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
+
+from client.errors import ChatError
+from client.library import ChatClient
+from client.output import history_line, inbox_line, status_table
+from protos import chat_pb2
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SERVERS = ("127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")
+SERVERS_ENV = "CHAT_SERVERS"
+PASSWORD_ENV = "CHAT_PASSWORD"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command line: printed as one line, exit status 2."""
+
+
+class CliError(Exception):
+    """A failure outside the service (e.g. no password to be had): exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m client",
+        description="Chat client. Without a command: an interactive chat.",
+        epilog=f"Passwords come from ${PASSWORD_ENV} or a prompt.",
+    )
+    parser.add_argument(
+        "--servers",
+        help=f"comma-separated host:port of every replica (default: ${SERVERS_ENV} or "
+        f"{','.join(DEFAULT_SERVERS)})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up on a request after this long without an answer from the primary",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log failover on stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    register = commands.add_parser("register", help="create an account")
+    register.add_argument("user")
+
+    send = commands.add_parser("send", help="send a message")
+    send.add_argument("--user", required=True)
+    send.add_argument("--to", required=True)
+    send.add_argument("text")
+
+    read = commands.add_parser("read", help="print and acknowledge undelivered messages")
+    read.add_argument("--user", required=True)
+    read.add_argument(
+        "--wait",
+        type=_non_negative_seconds,
+        metavar="SECONDS",
+        help="after catching up, keep printing new messages this long",
+    )
+
+    accounts = commands.add_parser("list", help="list usernames")
+    accounts.add_argument("pattern", nargs="?", default="", help="shell-style, e.g. 'al*'")
+
+    history = commands.add_parser("history", help="messages exchanged with another user")
+    history.add_argument("--user", required=True)
+    history.add_argument("--with", dest="other_user", required=True, metavar="USER")
+
+    delete = commands.add_parser("delete-account", help="delete an account")
+    delete.add_argument("--user", required=True)
+
+    commands.add_parser("status", help="show the replicas")
+    return parser
+
+
+def parse_servers(text: str) -> tuple[str, ...]:
+    servers = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not servers:
+        raise UsageError("no servers given")
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"server address {server!r} is not host:port")
+    return servers
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    try:
+        args = build_parser().parse_args(argv)
+        servers = parse_servers(
+            args.servers or environ.get(SERVERS_ENV) or ",".join(DEFAULT_SERVERS)
+        )
+    except UsageError as error:
+        return _fail(str(error), EXIT_USAGE)
+    except SystemExit as done:  # --help
+        return done.code if isinstance(done.code, int) else EXIT_OK
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _run(args, servers, environ)
+    except ChatError as error:
+        return _fail(str(error))
+    except CliError as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+    except BrokenPipeError:
+        # stdout was closed early (e.g. `| head`); nothing more can be printed there.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+    except Exception as error:  # the one-line promise holds for our own bugs too
+        logger.debug("unexpected failure", exc_info=True)
+        return _fail(f"unexpected {type(error).__name__}: {error}")
+
+
+def _run(args: argparse.Namespace, servers: Sequence[str], environ: Mapping[str, str]) -> int:
+    command: str | None = args.command
+    if command is None:
+        from client.interactive import run_interactive
+
+        return run_interactive(servers, timeout=args.timeout)
+    with ChatClient(servers, timeout=args.timeout) as client:
+        _COMMANDS[command](client, args, lambda prompt: _password(prompt, environ))
+    return EXIT_OK
+
+
+PasswordSource = Callable[[str], str]
+
+
+def _register(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
+    print(client.register(args.user, password(f"Password for new user {args.user}: ")))
+
+
+def _send(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
+    with _logged_in(client, args.user, password):
+        print(client.send(args.to, args.text))
+
+
+def _read(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
+    wait: float | None = args.wait
+    with _logged_in(client, args.user, password):
+        subscription = client.subscribe()
+        caught_up = False
+        unacked: list[int] = []
+        stop_timer: threading.Timer | None = None
+        try:
+            for item in subscription:
+                if isinstance(item, chat_pb2.Message):
+                    print(inbox_line(item), flush=True)
+                    unacked.append(item.message_id)
+                    if not caught_up:
+                        continue  # the backlog is acked in one request at the marker
+                elif not caught_up:
+                    caught_up = True
+                    if wait is None:
+                        break
+                    stop_timer = threading.Timer(wait, subscription.cancel)
+                    stop_timer.daemon = True
+                    stop_timer.start()
+                client.ack(unacked)
+                unacked.clear()
+            client.ack(unacked)
+        finally:
+            if stop_timer is not None:
+                stop_timer.cancel()
+            subscription.cancel()
+
+
+def _list(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
+    for username in client.list_accounts(args.pattern):
+        print(username)
+
+
+def _history(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
+    with _logged_in(client, args.user, password):
+        for message in client.history(args.other_user):
+            print(history_line(message))
+
+
+def _delete_account(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
+    with _logged_in(client, args.user, password) as secret:
+        client.delete_account(secret)
+
+
+def _status(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
+    print(status_table(client.cluster_status()))
+
+
+_COMMANDS: dict[str, Callable[[ChatClient, argparse.Namespace, PasswordSource], None]] = {
+    "register": _register,
+    "send": _send,
+    "read": _read,
+    "list": _list,
+    "history": _history,
+    "delete-account": _delete_account,
+    "status": _status,
+}
+
+
+@contextmanager
+def _logged_in(client: ChatClient, username: str, password: PasswordSource) -> Iterator[str]:
+    """Logs in for the duration of one command; yields the password."""
+    secret = password(f"Password for {username}: ")
+    client.login(username, secret)
+    try:
+        yield secret
+    finally:
+        if client.session is not None:
+            try:
+                client.logout()
+            except ChatError as error:
+                logger.warning("could not log out: %s", error)
+
+
+def _password(prompt: str, environ: Mapping[str, str]) -> str:
+    if PASSWORD_ENV in environ:
+        return environ[PASSWORD_ENV]
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        raise CliError(f"no password: set {PASSWORD_ENV} or run on a terminal")
+    return line.rstrip("\r\n")
+
+
+def _fail(message: str, status: int = EXIT_FAILURE) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = _seconds(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
+def _non_negative_seconds(text: str) -> float:
+    seconds = _seconds(text)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is a negative number of seconds")
+    return seconds
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if seconds != seconds or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+    return seconds

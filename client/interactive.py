@@ -1,0 +1,221 @@
+"""The interactive chat: a prompt_toolkit prompt, with incoming messages printed above it."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+
+import grpc
+from prompt_toolkit import PromptSession, prompt
+from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.patch_stdout import patch_stdout
+
+from client.errors import ChatError, ChatUnavailableError
+from client.library import ChatClient, LoginResult
+from client.output import status_table
+from client.subscription import Subscription
+from protos import chat_pb2
+
+COMMANDS = ("/to", "/msg", "/list", "/history", "/status", "/delete", "/help", "/quit")
+
+HELP = """\
+/to USER          send plain lines to USER from now on
+TEXT              send TEXT to the current recipient (start with // to send a leading /)
+/msg USER TEXT    send TEXT to USER
+/list [PATTERN]   list usernames, e.g. /list al*
+/history USER     messages exchanged with USER
+/status           the replicas of the cluster
+/delete           delete your account (asks for the password) and quit
+/help             this text
+/quit             log out and quit (Ctrl-D and Ctrl-C too)"""
+
+Emit = Callable[[str], None]
+Ask = Callable[[str], str]
+
+
+class ChatShell:
+    """Carries out one typed line at a time; everything it shows goes through `emit`."""
+
+    def __init__(self, client: ChatClient, *, emit: Emit, ask_password: Ask) -> None:
+        self._client = client
+        self._emit = emit
+        self._ask_password = ask_password
+        self.recipient: str | None = None
+        self.known_users: list[str] = []
+
+    def completions(self) -> list[str]:
+        return [*COMMANDS, *self.known_users]
+
+    def prompt_text(self) -> str:
+        session = self._client.session
+        me = session.username if session is not None else "?"
+        return f"{me} -> {self.recipient}> " if self.recipient else f"{me}> "
+
+    def handle(self, line: str) -> bool:
+        """Runs one line; returns False when the user is done."""
+        try:
+            return self._dispatch(line.strip())
+        except ChatError as error:
+            self._emit(f"error: {error}")
+            return True
+
+    def _dispatch(self, line: str) -> bool:
+        if not line:
+            return True
+        if not line.startswith("/") or line.startswith("//"):
+            self._send_to_recipient(line.removeprefix("/"))
+            return True
+        command, _, argument = line.partition(" ")
+        argument = argument.strip()
+        if command == "/quit":
+            return False
+        if command == "/delete":
+            self._delete_account()
+            return False
+        if command == "/to" and argument:
+            self.recipient = argument
+        elif command == "/msg" and len(argument.split(maxsplit=1)) == 2:
+            recipient, text = argument.split(maxsplit=1)
+            self._client.send(recipient, text)
+        elif command == "/list":
+            self.known_users = list(self._client.list_accounts(argument))
+            self._emit("\n".join(self.known_users) or "(no matching accounts)")
+        elif command == "/history" and argument:
+            self._show_history(argument)
+        elif command == "/status":
+            self._emit(status_table(self._client.cluster_status()))
+        elif command == "/help":
+            self._emit(HELP)
+        elif command in COMMANDS:
+            self._emit(f"error: {command} needs more; /help shows how")
+        else:
+            self._emit(f"error: unknown command {command}; /help lists them")
+        return True
+
+    def _send_to_recipient(self, text: str) -> None:
+        if self.recipient is None:
+            self._emit("error: no recipient yet; choose one with /to USER")
+        else:
+            self._client.send(self.recipient, text)
+
+    def _show_history(self, other_user: str) -> None:
+        lines = [
+            f"#{message.message_id} {message.sender} -> {message.recipient}: {message.body}"
+            for message in self._client.history(other_user)
+        ]
+        self._emit("\n".join(lines) or f"(no messages with {other_user})")
+
+    def _delete_account(self) -> None:
+        password = self._ask_password("password, to confirm deleting your account: ")
+        self._client.delete_account(password)
+        self._emit("account deleted")
+
+
+def run_interactive(servers: Sequence[str], *, timeout: float) -> int:
+    with ChatClient(servers, timeout=timeout, on_replica_change=_announce_replica) as client:
+        try:
+            login = log_in(client, ask=prompt, ask_password=_ask_password, emit=_emit)
+        except (KeyboardInterrupt, EOFError):
+            return 0
+        _emit(
+            f"logged in as {login.username}; {login.undelivered_count} unread message(s). "
+            "/help lists the commands."
+        )
+        shell = ChatShell(client, emit=_emit, ask_password=_ask_password)
+        subscription = client.subscribe(reconnect_timeout=math.inf)
+        receiver = threading.Thread(
+            target=receive, args=(client, subscription, _emit), name="receiver", daemon=True
+        )
+        session: PromptSession[str] = PromptSession(
+            completer=WordCompleter(shell.completions, WORD=True)
+        )
+        with patch_stdout():
+            receiver.start()
+            try:
+                while shell.handle(_next_line(session, shell)):
+                    pass
+            except (KeyboardInterrupt, EOFError):
+                pass
+            finally:
+                subscription.cancel()
+                receiver.join(timeout=2.0)
+        if client.session is not None:
+            try:
+                client.logout()
+            except ChatError as error:
+                _emit(f"error: could not log out: {error}")
+    return 0
+
+
+def log_in(client: ChatClient, *, ask: Ask, ask_password: Ask, emit: Emit) -> LoginResult:
+    """Asks for credentials until a login works, offering to register an unknown user.
+
+    ChatUnavailableError (no cluster) is not retried here: it ends the program.
+    """
+    while True:
+        username = ask("username: ").strip()
+        if not username:
+            continue
+        password = ask_password("password: ")
+        try:
+            return client.login(username, password)
+        except ChatUnavailableError:
+            raise
+        except ChatError as error:
+            emit(f"error: {error}")
+            if error.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
+                continue
+        answer = ask(f'register "{username}" as a new account? [y/N] ')
+        if answer.strip().lower() in ("y", "yes"):
+            registered = _register(client, username, password, ask_password, emit)
+            if registered is not None:
+                return registered
+
+
+def _register(
+    client: ChatClient, username: str, password: str, ask_password: Ask, emit: Emit
+) -> LoginResult | None:
+    if ask_password("repeat the password: ") != password:
+        emit("error: the passwords differ")
+        return None
+    try:
+        emit(f"registered {client.register(username, password)}")
+        return client.login(username, password)
+    except ChatUnavailableError:
+        raise
+    except ChatError as error:
+        emit(f"error: {error}")
+        return None
+
+
+def receive(client: ChatClient, subscription: Subscription, emit: Emit) -> None:
+    """Prints each incoming message, then acks it; runs until the subscription ends."""
+    try:
+        for item in subscription:
+            if not isinstance(item, chat_pb2.Message):
+                continue
+            emit(f"<{item.sender}> {item.body}")
+            try:
+                client.ack([item.message_id])
+            except ChatError as error:
+                emit(f"error: could not acknowledge message {item.message_id}: {error}")
+    except ChatError as error:
+        emit(f"error: no longer receiving messages: {error}")
+
+
+def _next_line(session: PromptSession[str], shell: ChatShell) -> str:
+    return session.prompt(shell.prompt_text())
+
+
+def _ask_password(text: str) -> str:
+    # A separate prompt keeps passwords out of the chat prompt's history.
+    return prompt(text, is_password=True)
+
+
+def _announce_replica(address: str) -> None:
+    _emit(f"-- connected to replica at {address}")
+
+
+def _emit(text: str) -> None:
+    print(text, flush=True)

@@ -1,0 +1,219 @@
+"""ChatClient: the chat API over a replicated cluster, with failover and idempotent retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from client.channels import DEFAULT_CHANNEL_OPTIONS, ChannelPool
+from client.errors import NotLoggedInError
+from client.failover import Backoff, Failover
+from client.subscription import Subscription
+from protos import chat_pb2
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Session:
+    username: str
+    session_token: str
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    username: str
+    undelivered_count: int
+
+
+class ChatClient:
+    """A client for the chat cluster at `servers` ("host:port" of every replica).
+
+    Every call retries across replicas until `timeout` seconds have passed (see
+    client.failover); a mutating call keeps one request_id through all its retries. Domain
+    errors raise ChatError; no answer in time raises ChatUnavailableError. After `login` the
+    client holds the session and uses it for the calls that need one. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        timeout: float = 10.0,
+        attempt_timeout: float = 3.0,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+        request_ids: Callable[[], str] = new_request_id,
+        on_replica_change: Callable[[str], None] | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> None:
+        if timeout <= 0 or attempt_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self._pool = ChannelPool(channel_options)
+        self._failover = Failover(
+            servers,
+            self._pool,
+            timeout=timeout,
+            attempt_timeout=attempt_timeout,
+            backoff=backoff if backoff is not None else Backoff(),
+            clock=clock,
+            sleep=sleep,
+            on_replica_change=on_replica_change,
+        )
+        self._request_ids = request_ids
+        self._lock = threading.Lock()
+        self._session: Session | None = None
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return self._failover.addresses
+
+    @property
+    def connected_address(self) -> str | None:
+        return self._failover.connected_address
+
+    @property
+    def session(self) -> Session | None:
+        with self._lock:
+            return self._session
+
+    def close(self) -> None:
+        """Ends every open call (a running subscription included) and releases the channels."""
+        self._failover.close()
+        self._pool.close()
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def register(self, username: str, password: str) -> str:
+        """Creates an account; returns its canonical (lower-case) username."""
+        request = chat_pb2.RegisterRequest(
+            request_id=self._request_ids(), username=username, password=password
+        )
+        reply = self._failover.call(lambda stub, timeout: stub.Register(request, timeout=timeout))
+        return reply.username
+
+    def login(self, username: str, password: str) -> LoginResult:
+        request = chat_pb2.LoginRequest(
+            request_id=self._request_ids(), username=username, password=password
+        )
+        reply = self._failover.call(lambda stub, timeout: stub.Login(request, timeout=timeout))
+        with self._lock:
+            self._session = Session(reply.username, reply.session_token)
+        return LoginResult(reply.username, reply.undelivered_count)
+
+    def logout(self) -> None:
+        """Revokes the session; the client forgets it even if the server could not be told."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is None:
+            return
+        request = chat_pb2.LogoutRequest(
+            request_id=self._request_ids(), session_token=session.session_token
+        )
+        self._failover.call(lambda stub, timeout: stub.Logout(request, timeout=timeout))
+
+    def list_accounts(self, pattern: str = "", *, page_size: int = 0) -> Iterator[str]:
+        """Usernames matching a shell-style pattern, fetching page after page as iterated."""
+        page_token = ""
+        while True:
+            page = self._accounts_page(pattern, page_size, page_token)
+            yield from page.usernames
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    def send(self, recipient: str, body: str) -> int:
+        """Sends a message; returns its message_id."""
+        request = chat_pb2.SendRequest(
+            request_id=self._request_ids(),
+            session_token=self._token(),
+            recipient=recipient,
+            body=body,
+        )
+        reply = self._failover.call(lambda stub, timeout: stub.Send(request, timeout=timeout))
+        return reply.message_id
+
+    def subscribe(self, *, reconnect_timeout: float | None = None) -> Subscription:
+        """Undelivered messages, a CaughtUp marker, then new messages live (see Subscription).
+
+        `reconnect_timeout` bounds each reconnect (default: the client's timeout; pass
+        math.inf to keep trying until cancelled).
+        """
+        return Subscription(self._failover, self._token(), reconnect_timeout=reconnect_timeout)
+
+    def ack(self, message_ids: Iterable[int]) -> int:
+        """Marks messages delivered so they are not sent again; returns how many were acked."""
+        ids = list(message_ids)
+        if not ids:
+            return 0
+        request = chat_pb2.AckRequest(
+            request_id=self._request_ids(), session_token=self._token(), message_ids=ids
+        )
+        reply = self._failover.call(lambda stub, timeout: stub.Ack(request, timeout=timeout))
+        return reply.acked_count
+
+    def history(self, other_user: str, *, page_size: int = 0) -> Iterator[chat_pb2.Message]:
+        """Messages exchanged with `other_user`, oldest first, fetching pages as iterated."""
+        token = self._token()
+        page_token = ""
+        while True:
+            page = self._history_page(token, other_user, page_size, page_token)
+            yield from page.messages
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    def delete_account(self, password: str) -> None:
+        """Deletes the logged-in account (the password confirms it) and forgets the session."""
+        request = chat_pb2.DeleteAccountRequest(
+            request_id=self._request_ids(), session_token=self._token(), password=password
+        )
+        self._failover.call(lambda stub, timeout: stub.DeleteAccount(request, timeout=timeout))
+        with self._lock:
+            self._session = None
+
+    def cluster_status(self) -> chat_pb2.ClusterStatusReply:
+        request = chat_pb2.ClusterStatusRequest()
+        return self._failover.call(
+            lambda stub, timeout: stub.ClusterStatus(request, timeout=timeout)
+        )
+
+    def _token(self) -> str:
+        with self._lock:
+            if self._session is None:
+                raise NotLoggedInError
+            return self._session.session_token
+
+    def _accounts_page(
+        self, pattern: str, page_size: int, page_token: str
+    ) -> chat_pb2.ListAccountsReply:
+        request = chat_pb2.ListAccountsRequest(
+            pattern=pattern, page_size=page_size, page_token=page_token
+        )
+        return self._failover.call(
+            lambda stub, timeout: stub.ListAccounts(request, timeout=timeout)
+        )
+
+    def _history_page(
+        self, token: str, other_user: str, page_size: int, page_token: str
+    ) -> chat_pb2.HistoryReply:
+        request = chat_pb2.HistoryRequest(
+            session_token=token, other_user=other_user, page_size=page_size, page_token=page_token
+        )
+        return self._failover.call(lambda stub, timeout: stub.History(request, timeout=timeout))

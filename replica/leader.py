@@ -1,0 +1,373 @@
+"""The primary's side of replication: who is in sync, the commit point, and the stream that
+feeds each secondary."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import sqlalchemy as sa
+
+import eventlog
+from eventlog import Event, Position
+from protos import replication_pb2 as rpb
+from replica import protocol
+from replica.commit import CommitTracker
+from replica.config import ClusterConfig
+from replica.errors import Unavailable
+from replica.wire import event_to_proto
+
+log = logging.getLogger(__name__)
+
+Monotonic = Callable[[], float]
+
+
+@dataclass
+class SecondaryState:
+    index: int
+    stream_id: int = 0
+    connected: bool = False
+    acked_seq: int = 0
+    in_sync: bool = False
+    behind_since: float | None = None
+    last_ack_at: float = 0.0
+    disconnected_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SecondaryView:
+    index: int
+    connected: bool
+    acked_seq: int
+    in_sync: bool
+
+
+@dataclass
+class _Stream:
+    index: int
+    stream_id: int
+    acked: Position = field(default_factory=lambda: Position(0, 0))
+
+
+class ReplicationHub:
+    """Tracks the secondaries of this primary; the commit point is the lowest seq acked by every
+    in-sync secondary (Kafka acks=all)."""
+
+    def __init__(
+        self,
+        index: int,
+        config: ClusterConfig,
+        commits: CommitTracker,
+        *,
+        clock: Monotonic = time.monotonic,
+    ) -> None:
+        self.index = index
+        self._config = config
+        self._commits = commits
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._active = False
+        self._epoch = 0
+        self._last_seq = 0
+        self._next_stream_id = 0
+        self._secondaries: dict[int, SecondaryState] = {}
+        self._membership_version = 0  # bumped when the in-sync set changes
+        # Removing a silent secondary from the in-sync set is safe only if this primary has been
+        # running, and so heartbeating, for longer than a secondary waits before electing: a
+        # paused (SIGSTOPped) primary must not wake up and count on a set it no longer leads.
+        self._awake_since = clock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def activate(self, epoch: int, last_seq: int) -> None:
+        with self._cond:
+            self._active = True
+            self._epoch = epoch
+            self._last_seq = last_seq
+            self._secondaries = {}
+            self._awake_since = self._clock()
+            self._cond.notify_all()
+
+    def deactivate(self) -> None:
+        with self._cond:
+            self._active = False
+            self._secondaries = {}
+            self._cond.notify_all()
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def note_pause(self) -> None:
+        """The process was not running for a while (e.g. SIGSTOP): restart the awake window."""
+        with self._cond:
+            self._awake_since = self._clock()
+
+    # -- writes --------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        with self._cond:
+            in_sync = sum(1 for s in self._secondaries.values() if s.in_sync)
+        if not protocol.enough_in_sync(in_sync, self._config.min_insync):
+            raise Unavailable(
+                f"only {in_sync + 1} replica(s) in sync, fewer than min_insync="
+                f"{self._config.min_insync}; writes are refused until a secondary catches up"
+            )
+
+    def on_appended(self, events: list[Event]) -> None:
+        if not events:
+            return
+        with self._cond:
+            self._last_seq = max(self._last_seq, events[-1].seq)
+            now = self._clock()
+            for s in self._secondaries.values():
+                if s.acked_seq < self._last_seq and s.behind_since is None:
+                    s.behind_since = now
+            self._cond.notify_all()
+        self._advance_commit()
+
+    def _advance_commit(self) -> None:
+        with self._cond:
+            if not self._active:
+                return
+            in_sync = {i: s.acked_seq for i, s in self._secondaries.items() if s.in_sync}
+            if not protocol.enough_in_sync(len(in_sync), self._config.min_insync):
+                return
+            point = protocol.commit_point(self._last_seq, in_sync)
+        self._commits.advance(point)
+
+    # -- streams -------------------------------------------------------------------------
+
+    def open_stream(self, index: int) -> int:
+        with self._cond:
+            self._next_stream_id += 1
+            state = self._secondaries.get(index)
+            if state is None:
+                state = self._secondaries[index] = SecondaryState(index)
+            state.stream_id = self._next_stream_id
+            state.connected = True
+            state.disconnected_at = None
+            state.in_sync = False  # rejoins once caught up
+            self._cond.notify_all()
+        self._advance_commit()
+        return self._next_stream_id
+
+    def close_stream(self, index: int, stream_id: int) -> None:
+        with self._cond:
+            state = self._secondaries.get(index)
+            if state is None or state.stream_id != stream_id:
+                return
+            state.connected = False
+            state.disconnected_at = self._clock()
+            self._evaluate_locked(self._clock())
+        self._advance_commit()
+
+    def on_ack(self, index: int, stream_id: int, seq: int) -> None:
+        with self._cond:
+            state = self._secondaries.get(index)
+            if state is None or state.stream_id != stream_id:
+                return
+            now = self._clock()
+            state.acked_seq = max(state.acked_seq, seq)
+            state.last_ack_at = now
+            if state.acked_seq >= self._last_seq:
+                state.behind_since = None
+                if not state.in_sync:
+                    state.in_sync = True
+                    self._membership_version += 1
+                    log.info(
+                        "replica %d: replica %d joined the in-sync set at seq %d",
+                        self.index,
+                        index,
+                        seq,
+                    )
+            elif state.behind_since is None:
+                state.behind_since = now
+            self._cond.notify_all()
+        self._advance_commit()
+
+    def tick(self) -> None:
+        """Called periodically: drop secondaries that left or fell behind for too long."""
+        with self._cond:
+            self._evaluate_locked(self._clock())
+        self._advance_commit()
+
+    def _evaluate_locked(self, now: float) -> None:
+        timeout = self._config.insync_timeout_ms / 1000
+        awake_for = now - self._awake_since
+        if awake_for < self._config.peer_timeout_ms / 1000 * 1.5:
+            return
+        for s in self._secondaries.values():
+            if not s.in_sync:
+                continue
+            if not s.connected:
+                reason = "disconnected"
+            elif s.behind_since is not None and now - s.behind_since > timeout:
+                reason = f"behind for more than {timeout:.1f}s"
+            else:
+                continue
+            s.in_sync = False
+            self._membership_version += 1
+            log.warning(
+                "replica %d: replica %d left the in-sync set (%s)", self.index, s.index, reason
+            )
+
+    def in_sync_of(self, index: int) -> bool:
+        with self._cond:
+            state = self._secondaries.get(index)
+            return state is not None and state.in_sync
+
+    @property
+    def membership_version(self) -> int:
+        return self._membership_version
+
+    def wait_for_change(self, seq: int, membership_version: int, timeout: float) -> None:
+        """Until the log grows past `seq`, the in-sync set changes, or `timeout`."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    self._last_seq > seq
+                    or self._membership_version != membership_version
+                    or not self._active
+                ),
+                timeout,
+            )
+
+    def views(self) -> list[SecondaryView]:
+        with self._cond:
+            return [
+                SecondaryView(s.index, s.connected, s.acked_seq, s.in_sync)
+                for s in self._secondaries.values()
+            ]
+
+
+class LeaderStream:
+    """Serves one secondary's Replicate stream on the primary."""
+
+    BATCH_EVENTS = 500
+    MAX_IN_FLIGHT = 5000
+
+    def __init__(
+        self,
+        hub: ReplicationHub,
+        engine: sa.Engine,
+        commits: CommitTracker,
+        heartbeat_interval: float,
+        on_newer_epoch: Callable[[int], None],
+    ) -> None:
+        self._hub = hub
+        self._engine = engine
+        self._commits = commits
+        self._heartbeat_interval = heartbeat_interval
+        self._on_newer_epoch = on_newer_epoch
+
+    def serve(
+        self, requests: Iterator[rpb.FollowerMessage], context: grpc.ServicerContext
+    ) -> Iterator[rpb.LeaderMessage]:
+        first = next(requests, None)
+        if first is None or not first.HasField("hello"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a Replicate stream starts with Hello")
+        hello = first.hello
+        epoch = self._hub.epoch
+        if hello.follower_epoch > epoch:
+            self._on_newer_epoch(hello.follower_epoch)
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "a newer epoch exists; stepping down"
+            )
+        if not self._hub.active:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this replica is not the primary")
+        follower = hello.follower_index
+        position = Position(hello.position.epoch, hello.position.seq)
+        # Divergence rounds: the follower truncates and says Hello again until it matches.
+        while True:
+            with self._engine.connect() as conn:
+                leader_end = eventlog.epoch_end_seq(conn, position.epoch)
+            yield rpb.LeaderMessage(
+                leader_epoch=epoch,
+                divergence=rpb.Divergence(
+                    leader_end=rpb.LogPosition(epoch=leader_end.epoch, seq=leader_end.seq)
+                ),
+            )
+            reply = next(requests, None)
+            if reply is None:
+                return
+            if reply.HasField("ack"):
+                start = reply.ack.position.seq
+                break
+            position = Position(reply.hello.position.epoch, reply.hello.position.seq)
+        stream_id = self._hub.open_stream(follower)
+        state = _Stream(follower, stream_id, Position(0, start))
+        self._hub.on_ack(follower, stream_id, start)
+        reader = threading.Thread(
+            target=self._read_acks, args=(requests, state), daemon=True, name=f"acks-{follower}"
+        )
+        reader.start()
+        try:
+            yield from self._send(state, start, epoch, context)
+        finally:
+            self._hub.close_stream(follower, stream_id)
+
+    def _read_acks(self, requests: Iterator[rpb.FollowerMessage], state: _Stream) -> None:
+        try:
+            for message in requests:
+                if message.HasField("ack"):
+                    state.acked = Position(message.ack.position.epoch, message.ack.position.seq)
+                    self._hub.on_ack(state.index, state.stream_id, message.ack.position.seq)
+        except grpc.RpcError:
+            pass  # the stream ended; serve() notices through the context
+        finally:
+            self._hub.close_stream(state.index, state.stream_id)
+
+    def _send(
+        self, state: _Stream, start: int, epoch: int, context: grpc.ServicerContext
+    ) -> Iterator[rpb.LeaderMessage]:
+        sent = start
+        last_sent_at = 0.0
+        told_in_sync: bool | None = None
+        while context.is_active() and self._hub.active and self._hub.epoch == epoch:
+            now = time.monotonic()
+            membership = self._hub.membership_version
+            in_sync = self._hub.in_sync_of(state.index)
+            in_flight = sent - state.acked.seq
+            if sent < self._hub.last_seq and in_flight < self.MAX_IN_FLIGHT:
+                with self._engine.connect() as conn:
+                    events = eventlog.read_events(conn, sent, self.BATCH_EVENTS)
+                if events:
+                    sent = events[-1].seq
+                    last_sent_at = now
+                    yield rpb.LeaderMessage(
+                        leader_epoch=epoch,
+                        batch=rpb.Batch(
+                            events=[event_to_proto(e) for e in events],
+                            committed_seq=self._commits.committed_seq,
+                            in_sync=in_sync,
+                        ),
+                    )
+                    told_in_sync = in_sync
+                    continue
+            # A secondary learns at once that it joined or left the in-sync set: until it
+            # knows, it cannot vouch for holding every acknowledged event in an election.
+            if now - last_sent_at >= self._heartbeat_interval or in_sync != told_in_sync:
+                last_sent_at = now
+                told_in_sync = in_sync
+                yield rpb.LeaderMessage(
+                    leader_epoch=epoch,
+                    heartbeat=rpb.Heartbeat(
+                        committed_seq=self._commits.committed_seq,
+                        last_seq=self._hub.last_seq,
+                        in_sync=in_sync,
+                    ),
+                )
+            self._hub.wait_for_change(sent, membership, self._heartbeat_interval / 2)

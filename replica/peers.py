@@ -1,0 +1,94 @@
+"""Channels to the other replicas, and the calls one replica makes on another."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from protos import replication_pb2 as rpb
+from protos import replication_pb2_grpc as rpb_grpc
+from replica.config import ClusterConfig, ReplicaAddress
+
+log = logging.getLogger(__name__)
+
+CLUSTER_SECRET_KEY = "x-chat-cluster-secret"
+
+PEER_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 1_000),
+    ("grpc.keepalive_timeout_ms", 1_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect quickly after a peer restarts (the default backoff grows to minutes).
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    peer: ReplicaAddress
+    reply: rpb.ProbeReply | None  # None: unreachable
+    refused: bool = False  # the connection was refused (the process is gone), not just slow
+
+
+class Peers:
+    def __init__(self, index: int, config: ClusterConfig, secret: bytes) -> None:
+        self.index = index
+        self.config = config
+        self._metadata = ((CLUSTER_SECRET_KEY, secret.decode("utf-8", "replace")),)
+        self._channels = {
+            p.index: grpc.insecure_channel(p.address, options=PEER_CHANNEL_OPTIONS)
+            for p in config.peers_of(index)
+        }
+        self._stubs = {
+            i: rpb_grpc.ReplicationStub(c)  # type: ignore[no-untyped-call]
+            for i, c in self._channels.items()
+        }
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def stub(self, index: int) -> rpb_grpc.ReplicationStub:
+        return self._stubs[index]
+
+    def probe_all(self, request: rpb.ProbeRequest, timeout: float) -> list[ProbeResult]:
+        calls = {
+            p.index: self._stubs[p.index].Probe.future(
+                request, timeout=timeout, metadata=self._metadata
+            )
+            for p in self.config.peers_of(self.index)
+        }
+        results = []
+        for peer in self.config.peers_of(self.index):
+            try:
+                results.append(ProbeResult(peer, calls[peer.index].result()))
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                results.append(ProbeResult(peer, None, code == grpc.StatusCode.UNAVAILABLE))
+        return results
+
+    def request_votes(
+        self, indexes: list[int], request: rpb.VoteRequest, timeout: float
+    ) -> dict[int, rpb.VoteReply | None]:
+        calls: dict[int, futures.Future[rpb.VoteReply]] = {
+            i: self._stubs[i].RequestVote.future(request, timeout=timeout, metadata=self._metadata)
+            for i in indexes
+        }
+        replies: dict[int, rpb.VoteReply | None] = {}
+        for i, call in calls.items():
+            try:
+                replies[i] = call.result()
+            except grpc.RpcError:
+                replies[i] = None
+        return replies
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()

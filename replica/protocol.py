@@ -1,0 +1,78 @@
+"""The replication protocol's decisions, as pure functions of what a replica knows.
+
+Kept free of threads, sockets and databases so that a hypothesis state machine can drive
+them through any interleaving (tests/replica/test_protocol_model.py); the gRPC code in
+leader.py, follower.py and election.py only gathers the inputs and carries out the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from eventlog import Position
+
+
+@dataclass(frozen=True)
+class CandidateView:
+    """What an election knows of one live replica."""
+
+    index: int
+    position: Position  # its log's last (epoch, seq)
+    epoch: int  # the highest epoch it has seen (and maybe voted in)
+    trusted: bool  # was in the in-sync set of the latest primary and has been up since
+
+
+def log_order_key(c: CandidateView) -> tuple[int, int, int]:
+    """The most up-to-date log wins (epoch of its last event, then seq); ties go to the lowest
+    index, the original design's rule."""
+    return (c.position.epoch, c.position.seq, -c.index)
+
+
+def electable(electorate: Iterable[CandidateView], cluster_size: int) -> bool:
+    """Whether the live replicas can be sure to hold every acknowledged event. They can when
+    one of them was in sync with the last primary and has been up since (it holds every event
+    that primary acknowledged), or when the whole cluster is present (the in-sync set is among
+    them). A restarted replica alone is not enough: it cannot know what was acknowledged
+    while it was down."""
+    members = list(electorate)
+    return len({c.index for c in members}) >= cluster_size or any(c.trusted for c in members)
+
+
+def choose_primary(electorate: Sequence[CandidateView], cluster_size: int) -> int | None:
+    """The index the live replicas should elect, or None when no safe choice exists yet."""
+    if not electorate or not electable(electorate, cluster_size):
+        return None
+    return max(electorate, key=log_order_key).index
+
+
+def next_epoch(max_known_epoch: int, slot: int, cluster_size: int) -> int:
+    """The smallest epoch above every epoch known whose remainder modulo the cluster size is
+    the candidate's slot: two candidates can never start the same epoch, so an epoch always
+    names a single primary (which divergence detection relies on)."""
+    return (max_known_epoch // cluster_size + 1) * cluster_size + slot
+
+
+def truncation_point(
+    own_last: Position, leader_end: Position, own_end_for_leader_epoch: Position
+) -> int:
+    """Where a follower's log must be cut, given the leader's last position among events with
+    epoch <= the follower's last epoch (`leader_end`) and the follower's own last position
+    among events with epoch <= leader_end.epoch. Repeat the exchange until nothing is cut."""
+    return min(own_last.seq, leader_end.seq, own_end_for_leader_epoch.seq)
+
+
+def commit_point(leader_last_seq: int, in_sync_acked: Mapping[int, int]) -> int:
+    """The highest seq stored by the leader and acknowledged by every in-sync secondary."""
+    return min([leader_last_seq, *in_sync_acked.values()])
+
+
+def enough_in_sync(in_sync_secondaries: int, min_insync: int) -> bool:
+    """min_insync counts the primary itself."""
+    return in_sync_secondaries + 1 >= min_insync
+
+
+def votes_needed(min_insync: int) -> int:
+    """Votes (the candidate's own included) a candidate needs. With min_insync >= 2, a majority
+    of a three-replica cluster, so that two sides of a partition cannot both elect."""
+    return max(1, min_insync)

@@ -1,0 +1,323 @@
+"""Failover and retry of ChatClient against scripted in-process replicas."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from client import Backoff, ChatClient, ChatError, ChatUnavailableError, NotLoggedInError
+from protos import chat_pb2
+from tests.client.chat_fakes import (
+    CAUGHT_UP,
+    FakeReplica,
+    FakeTime,
+    answer,
+    fail,
+    message,
+    stop_replica,
+    stream,
+)
+
+SENT = answer(chat_pb2.SendReply(message_id=7))
+LOGGED_IN = answer(chat_pb2.LoginReply(session_token="token-1", username="bob"))
+
+
+def make_client(addresses: list[str], fake_time: FakeTime, **options: object) -> ChatClient:
+    return ChatClient(
+        addresses,
+        timeout=options.pop("timeout", 5.0),  # type: ignore[arg-type]
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def logged_in(client: ChatClient, replica: FakeReplica) -> ChatClient:
+    replica.script("Login", LOGGED_IN)
+    client.login("bob", "secret")
+    return client
+
+
+def test_follows_the_primary_hint_with_the_same_request_id(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0, r1, r2 = replicas
+    changes: list[str] = []
+    client = make_client(
+        [r0.address, r1.address, r2.address], fake_time, on_replica_change=changes.append
+    )
+    logged_in(client, r0)
+    r0.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, "not primary", primary=r2.address))
+    r2.script("Send", SENT)
+
+    assert client.send("alice", "hello") == 7
+
+    assert r1.requests("Send") == []
+    (first,) = r0.requests("Send")
+    (second,) = r2.requests("Send")
+    assert first.request_id == second.request_id != ""
+    assert second.session_token == "token-1"
+    assert changes == [r0.address, r2.address]
+    assert fake_time.sleeps == []
+    assert client.connected_address == r2.address
+
+
+def test_stays_with_the_new_primary(replicas: list[FakeReplica], fake_time: FakeTime) -> None:
+    r0, r1, _ = replicas
+    client = logged_in(make_client([r0.address, r1.address], fake_time), r0)
+    r0.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, primary=r1.address))
+    r1.script("Send", SENT)
+
+    client.send("alice", "one")
+    client.send("alice", "two")
+
+    assert [request.body for request in r1.requests("Send")] == ["one", "two"]
+    assert len(r0.requests("Send")) == 1
+
+
+def test_without_a_hint_asks_cluster_status(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0, r1, r2 = replicas
+    client = logged_in(make_client([r0.address, r1.address, r2.address], fake_time), r0)
+    r0.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, "not primary"))
+    r0.script(
+        "ClusterStatus",
+        answer(
+            chat_pb2.ClusterStatusReply(
+                primary_known=True,
+                primary_index=2,
+                replicas=[
+                    chat_pb2.ReplicaStatus(index=index, address=replica.address)
+                    for index, replica in enumerate(replicas)
+                ],
+            )
+        ),
+    )
+    r2.script("Send", SENT)
+
+    assert client.send("alice", "hello") == 7
+    assert r1.requests("Send") == []
+
+
+def test_skips_a_dead_replica(
+    replicas: list[FakeReplica], dead_address: str, fake_time: FakeTime
+) -> None:
+    r0 = replicas[0]
+    r0.script("Register", answer(chat_pb2.RegisterReply(username="bob")))
+    client = make_client([dead_address, r0.address], fake_time)
+
+    assert client.register("Bob", "secret") == "bob"
+    assert fake_time.sleeps == []
+
+
+def test_retries_unavailable_after_a_backoff(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0 = replicas[0]
+    r0.script(
+        "Register",
+        fail(grpc.StatusCode.UNAVAILABLE, "no primary yet"),
+        fail(grpc.StatusCode.UNAVAILABLE, "no primary yet"),
+        answer(chat_pb2.RegisterReply(username="bob")),
+    )
+    client = make_client([r0.address], fake_time, backoff=Backoff(initial=0.05, maximum=0.5))
+
+    assert client.register("bob", "secret") == "bob"
+    assert fake_time.sleeps == [0.05, 0.1]
+    assert len({request.request_id for request in r0.requests("Register")}) == 1
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    ],
+)
+def test_domain_errors_are_raised_at_once(
+    replicas: list[FakeReplica], fake_time: FakeTime, code: grpc.StatusCode
+) -> None:
+    r0, r1, _ = replicas
+    r0.script("Register", fail(code, 'user "bob" says no'))
+    client = make_client([r0.address, r1.address], fake_time)
+
+    with pytest.raises(ChatError) as raised:
+        client.register("bob", "secret")
+
+    assert raised.value.code == code
+    assert str(raised.value) == f'user "bob" says no ({code.name})'
+    assert len(r0.requests("Register")) == 1
+    assert r1.received == []
+    assert fake_time.sleeps == []
+
+
+def test_gives_up_at_the_deadline(replicas: list[FakeReplica], fake_time: FakeTime) -> None:
+    r0, r1, _ = replicas
+    for replica in (r0, r1):
+        replica.script("Register", fail(grpc.StatusCode.UNAVAILABLE))
+    client = make_client(
+        [r0.address, r1.address], fake_time, timeout=1.0, backoff=Backoff(0.05, 0.5)
+    )
+
+    with pytest.raises(ChatUnavailableError) as raised:
+        client.register("bob", "secret")
+
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert raised.value.message == f"no replica reachable at {r0.address}, {r1.address}"
+    assert fake_time.sleeps == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.25])
+    requests = r0.requests("Register") + r1.requests("Register")
+    assert len(requests) == 2 * len(fake_time.sleeps)
+    assert len({request.request_id for request in requests}) == 1
+
+
+def test_replicas_pointing_at_each_other_end_in_no_primary(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0, r1, _ = replicas
+    r0.script("Register", fail(grpc.StatusCode.FAILED_PRECONDITION, primary=r1.address))
+    r1.script("Register", fail(grpc.StatusCode.FAILED_PRECONDITION, primary=r0.address))
+    client = make_client([r0.address, r1.address], fake_time, timeout=0.2)
+
+    with pytest.raises(ChatUnavailableError, match="no primary found"):
+        client.register("bob", "secret")
+
+    assert sum(fake_time.sleeps) == pytest.approx(0.2)
+
+
+def test_calls_needing_a_session_fail_before_login(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    client = make_client([replicas[0].address], fake_time)
+
+    with pytest.raises(NotLoggedInError):
+        client.send("alice", "hi")
+    assert replicas[0].received == []
+
+
+def test_logout_forgets_the_session(replicas: list[FakeReplica], fake_time: FakeTime) -> None:
+    r0 = replicas[0]
+    client = logged_in(make_client([r0.address], fake_time), r0)
+    r0.script("Logout", answer(chat_pb2.LogoutReply()))
+
+    client.logout()
+
+    assert client.session is None
+    assert r0.requests("Logout")[0].session_token == "token-1"
+
+
+def test_list_accounts_and_history_follow_page_tokens(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0 = replicas[0]
+    client = logged_in(make_client([r0.address], fake_time), r0)
+    r0.script(
+        "ListAccounts",
+        answer(chat_pb2.ListAccountsReply(usernames=["alice", "bob"], next_page_token="p2")),
+        answer(chat_pb2.ListAccountsReply(usernames=["carol"])),
+    )
+    r0.script(
+        "History",
+        answer(
+            chat_pb2.HistoryReply(messages=[chat_pb2.Message(message_id=1)], next_page_token="h2")
+        ),
+        answer(chat_pb2.HistoryReply(messages=[chat_pb2.Message(message_id=2)])),
+    )
+
+    assert list(client.list_accounts("*")) == ["alice", "bob", "carol"]
+    assert [m.message_id for m in client.history("alice")] == [1, 2]
+    assert [r.page_token for r in r0.requests("ListAccounts")] == ["", "p2"]
+    assert [r.page_token for r in r0.requests("History")] == ["", "h2"]
+
+
+def test_subscription_survives_failover_without_duplicates(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0, r1, _ = replicas
+    client = logged_in(make_client([r0.address, r1.address], fake_time), r0)
+    r0.script(
+        "Subscribe",
+        stream(message(1), message(2), then=fail(grpc.StatusCode.UNAVAILABLE, "shutting down")),
+        fail(grpc.StatusCode.FAILED_PRECONDITION, primary=r1.address),
+    )
+    r1.script("Subscribe", stream(message(1), message(2), message(3), CAUGHT_UP))
+    subscription = client.subscribe()
+
+    items = [next(subscription) for _ in range(4)]
+    subscription.cancel()
+
+    assert [getattr(item, "message_id", "caught up") for item in items] == [1, 2, 3, "caught up"]
+    assert list(subscription) == []
+    assert r1.requests("Subscribe")[0].session_token == "token-1"
+
+
+def test_subscription_moves_on_when_its_replica_goes_down(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0, r1, _ = replicas
+    client = logged_in(make_client([r0.address, r1.address], fake_time), r0)
+    r0.script("Subscribe", stream(message(1), CAUGHT_UP))
+    r1.script("Subscribe", stream(message(1), message(2), CAUGHT_UP))
+    subscription = client.subscribe()
+    assert [next(subscription), next(subscription)] == [message(1).message, CAUGHT_UP.caught_up]
+
+    stop_replica(r0)
+
+    assert [next(subscription), next(subscription)] == [message(2).message, CAUGHT_UP.caught_up]
+    assert client.connected_address == r1.address
+    subscription.cancel()
+
+
+def test_subscription_refused_raises(replicas: list[FakeReplica], fake_time: FakeTime) -> None:
+    r0 = replicas[0]
+    client = logged_in(make_client([r0.address], fake_time), r0)
+    r0.script("Subscribe", fail(grpc.StatusCode.UNAUTHENTICATED, "session revoked"))
+
+    with pytest.raises(ChatError, match="session revoked"):
+        next(client.subscribe())
+
+
+def test_cancel_from_another_thread_ends_the_subscription(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0 = replicas[0]
+    client = logged_in(make_client([r0.address], fake_time), r0)
+    r0.script("Subscribe", stream(CAUGHT_UP))
+    subscription = client.subscribe()
+    caught_up = threading.Event()
+    received: list[object] = []
+
+    def consume() -> None:
+        for item in subscription:
+            received.append(item)
+            caught_up.set()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert caught_up.wait(5)
+    subscription.cancel()
+    consumer.join(5)
+
+    assert not consumer.is_alive()
+    assert received == [chat_pb2.CaughtUp()]
+
+
+def test_close_ends_a_waiting_subscription(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    r0 = replicas[0]
+    client = logged_in(make_client([r0.address], fake_time), r0)
+    r0.script("Subscribe", stream(CAUGHT_UP))
+    subscription = client.subscribe()
+    assert isinstance(next(subscription), chat_pb2.CaughtUp)
+
+    client.close()
+
+    with pytest.raises(ChatError) as raised:
+        next(subscription)
+    assert raised.value.code == grpc.StatusCode.CANCELLED

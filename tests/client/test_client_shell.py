@@ -1,0 +1,124 @@
+"""The interactive chat's commands and login flow, without a terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from client import ChatClient
+from client.interactive import ChatShell, log_in, receive
+from protos import chat_pb2
+from tests.client.chat_fakes import CAUGHT_UP, FakeReplica, answer, fail, message, stream
+
+LOGGED_IN = answer(chat_pb2.LoginReply(session_token="token-1", username="bob"))
+
+
+@pytest.fixture
+def replica(replicas: list[FakeReplica]) -> FakeReplica:
+    replicas[0].script("Login", LOGGED_IN)
+    replicas[0].script("Send", answer(chat_pb2.SendReply(message_id=1)))
+    return replicas[0]
+
+
+@pytest.fixture
+def client(replica: FakeReplica) -> Iterator[ChatClient]:
+    with ChatClient([replica.address], timeout=2.0) as client:
+        yield client
+
+
+def make_shell(client: ChatClient, output: list[str]) -> ChatShell:
+    client.login("bob", "secret")
+    return ChatShell(client, emit=output.append, ask_password=lambda prompt: "secret")
+
+
+def test_plain_text_goes_to_the_chosen_recipient(client: ChatClient, replica: FakeReplica) -> None:
+    output: list[str] = []
+    shell = make_shell(client, output)
+
+    assert shell.handle("hello?")
+    assert shell.handle("/to alice")
+    assert shell.handle("hi alice")
+    assert shell.handle("//slash")
+    assert shell.handle("/msg carol hi carol")
+
+    assert output == ["error: no recipient yet; choose one with /to USER"]
+    assert [(r.recipient, r.body) for r in replica.requests("Send")] == [
+        ("alice", "hi alice"),
+        ("alice", "/slash"),
+        ("carol", "hi carol"),
+    ]
+    assert shell.prompt_text() == "bob -> alice> "
+
+
+def test_list_feeds_the_completer(client: ChatClient, replica: FakeReplica) -> None:
+    replica.script("ListAccounts", answer(chat_pb2.ListAccountsReply(usernames=["al", "alf"])))
+    output: list[str] = []
+    shell = make_shell(client, output)
+
+    shell.handle("/list al*")
+
+    assert output == ["al\nalf"]
+    assert {"/to", "al", "alf"} <= set(shell.completions())
+
+
+def test_errors_are_shown_and_the_shell_goes_on(client: ChatClient, replica: FakeReplica) -> None:
+    replica.script("Send", fail(grpc.StatusCode.NOT_FOUND, 'user "zed" does not exist'))
+    output: list[str] = []
+    shell = make_shell(client, output)
+
+    assert shell.handle("/msg zed hi")
+    assert shell.handle("/frob")
+    assert shell.handle("/to")
+
+    assert output == [
+        'error: user "zed" does not exist (NOT_FOUND)',
+        "error: unknown command /frob; /help lists them",
+        "error: /to needs more; /help shows how",
+    ]
+
+
+def test_quit_and_delete_end_the_shell(client: ChatClient, replica: FakeReplica) -> None:
+    replica.script("DeleteAccount", answer(chat_pb2.DeleteAccountReply()))
+    output: list[str] = []
+    shell = make_shell(client, output)
+
+    assert not shell.handle("/quit")
+    assert not shell.handle("/delete")
+    assert replica.requests("DeleteAccount")[0].password == "secret"
+    assert client.session is None
+
+
+def test_log_in_offers_to_register_an_unknown_user(
+    client: ChatClient, replica: FakeReplica
+) -> None:
+    replica.script("Login", fail(grpc.StatusCode.NOT_FOUND, 'user "bob" does not exist'), LOGGED_IN)
+    replica.script("Register", answer(chat_pb2.RegisterReply(username="bob")))
+    answers = iter(["bob", "y"])
+    output: list[str] = []
+
+    result = log_in(
+        client, ask=lambda prompt: next(answers), ask_password=lambda p: "pw", emit=output.append
+    )
+
+    assert result.username == "bob"
+    assert output == ['error: user "bob" does not exist (NOT_FOUND)', "registered bob"]
+    assert client.session is not None
+
+
+def test_receive_prints_and_acks_each_message(client: ChatClient, replica: FakeReplica) -> None:
+    replica.script("Subscribe", stream(message(5, "alice", "yo"), CAUGHT_UP))
+    replica.script("Ack", answer(chat_pb2.AckReply(acked_count=1)))
+    client.login("bob", "secret")
+    subscription = client.subscribe()
+    output: list[str] = []
+
+    def emit(line: str) -> None:
+        output.append(line)
+        subscription.cancel()  # the first line is all this test needs
+
+    receive(client, subscription, emit)
+
+    assert output == ["<alice> yo"]
+    assert [list(ack.message_ids) for ack in replica.requests("Ack")] == [[5]]

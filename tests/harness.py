@@ -1,0 +1,358 @@
+"""Real replica processes for integration tests.
+
+`ClusterProcesses` writes a cluster TOML file for N replicas, starts
+`python -m replica --index N --config FILE --data-dir DIR [--db URL]` with output to one log
+file per replica, waits for readiness by polling the gRPC health check, and kills every process
+it started when closed (it is a context manager; the `cluster_processes` fixture closes it even
+when a test fails).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SECRET = "integration-test-cluster-secret-0123456789"
+DEFAULT_STARTUP_TIMEOUT = 30.0
+POLL_INTERVAL = 0.05
+
+T = TypeVar("T")
+
+
+class ReplicaProcessError(RuntimeError):
+    """A replica process did not reach the expected state; the message has its log tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T | None],
+    timeout: float,
+    message: str | Callable[[], str] = "condition not met",
+    interval: float = POLL_INTERVAL,
+) -> T:
+    """Poll `condition` until it returns something truthy (which is returned), or raise
+    TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise TimeoutError(f"{text} (after {timeout:.1f}s)")
+        time.sleep(interval)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+@dataclass
+class ReplicaSpec:
+    index: int
+    host: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    db_url: str | None = None
+    """Passed as --db; None lets the replica use SQLite in its data dir."""
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class _Running:
+    process: subprocess.Popen[bytes]
+    log_file: Any
+
+
+@dataclass(eq=False)
+class ClusterProcesses:
+    """N replica processes of one cluster. Indexes are 0..N-1; `hosts[i]` is replica i's
+    listening host (e.g. 127.0.0.11-13 so that each replica has its own address)."""
+
+    base_dir: Path
+    replicas: int = 1
+    hosts: Sequence[str] | None = None
+    db_urls: Sequence[str | None] | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    cluster_secret: str = DEFAULT_SECRET
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    env: Mapping[str, str] | None = None
+    log_level: str = "INFO"
+    specs: list[ReplicaSpec] = field(init=False)
+    config_path: Path = field(init=False)
+    _running: dict[int, _Running] = field(init=False, default_factory=dict)
+    _channels: dict[int, grpc.Channel] = field(init=False, default_factory=dict)
+    _starts: dict[int, int] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        hosts = list(self.hosts or ["127.0.0.1"] * self.replicas)
+        db_urls = list(self.db_urls or [None] * self.replicas)
+        if len(hosts) != self.replicas or len(db_urls) != self.replicas:
+            raise ValueError("hosts and db_urls need one entry per replica")
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.specs = [
+            ReplicaSpec(
+                index=i,
+                host=host,
+                port=free_port(host),
+                data_dir=self.base_dir / f"replica-{i}",
+                log_path=self.base_dir / f"replica-{i}.log",
+                db_url=db_url,
+            )
+            for i, (host, db_url) in enumerate(zip(hosts, db_urls, strict=True))
+        ]
+        self.config_path = self.base_dir / "cluster.toml"
+        self.write_config()
+        _LIVE.add(self)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        """(Re)write the cluster TOML file (format: replica/config.py)."""
+        lines = [f"cluster_secret = {_toml_value(self.cluster_secret)}"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in self.settings.items()]
+        for spec in self.specs:
+            lines += ["", "[[replicas]]", f"index = {spec.index}"]
+            lines.append(f"address = {_toml_value(spec.address)}")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def address(self, index: int) -> str:
+        return self.specs[index].address
+
+    @property
+    def addresses(self) -> list[str]:
+        return [s.address for s in self.specs]
+
+    # -- processes -----------------------------------------------------------------------
+
+    def command(self, index: int) -> list[str]:
+        spec = self.specs[index]
+        cmd = [
+            sys.executable,
+            "-m",
+            "replica",
+            "--index",
+            str(index),
+            "--config",
+            str(self.config_path),
+            "--data-dir",
+            str(spec.data_dir),
+            "--log-level",
+            self.log_level,
+        ]
+        if spec.db_url is not None:
+            cmd += ["--db", spec.db_url]
+        return cmd
+
+    def _environment(self) -> dict[str, str]:
+        # The harness alone decides configuration: no CHAT_* from the developer's shell.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env or {})
+        return env
+
+    def start(self, index: int, *, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start replica `index` (again, after kill/terminate) and, unless wait=False, wait
+        until its health check answers SERVING."""
+        if self.is_running(index):
+            raise ReplicaProcessError(f"replica {index} is already running")
+        old = self._running.pop(index, None)
+        if old is not None:
+            old.log_file.close()
+        spec = self.specs[index]
+        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        starts = self._starts.get(index, 0) + 1
+        self._starts[index] = starts
+        log_file = open(spec.log_path, "ab")  # noqa: SIM115 -- closed when the replica is replaced or closed
+        log_file.write(f"==== harness: start #{starts} of replica {index} ====\n".encode())
+        log_file.flush()
+        process = subprocess.Popen(
+            self.command(index),
+            cwd=REPO_ROOT,
+            env=self._environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # Its own process group: a Ctrl-C in the terminal reaches pytest, which then kills
+            # replicas deliberately, instead of reaching every replica at once.
+            start_new_session=True,
+        )
+        self._running[index] = _Running(process, log_file)
+        if wait:
+            self.wait_healthy(index)
+        return process
+
+    def start_all(self, *, wait: bool = True) -> None:
+        for spec in self.specs:
+            self.start(spec.index, wait=False)
+        if wait:
+            for spec in self.specs:
+                self.wait_healthy(spec.index)
+
+    def process(self, index: int) -> subprocess.Popen[bytes]:
+        running = self._running.get(index)
+        if running is None:
+            raise ReplicaProcessError(f"replica {index} was never started")
+        return running.process
+
+    def is_running(self, index: int) -> bool:
+        running = self._running.get(index)
+        return running is not None and running.process.poll() is None
+
+    def returncode(self, index: int) -> int | None:
+        return self.process(index).poll()
+
+    def wait_exit(self, index: int, timeout: float) -> int:
+        """Wait until replica `index` exits by itself; its exit code."""
+        try:
+            return self.process(index).wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise ReplicaProcessError(
+                f"replica {index} did not exit within {timeout:.1f}s\n{self.log_tail(index)}"
+            ) from None
+
+    def kill(self, index: int) -> int:
+        """SIGKILL replica `index` and reap it; its exit code (-9 unless it had exited)."""
+        process = self.process(index)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        return process.wait(10)
+
+    def terminate(self, index: int, timeout: float = 15.0) -> int:
+        """SIGTERM replica `index` and wait for it to exit; its exit code. A replica that
+        ignores SIGTERM is killed, and that is an error."""
+        process = self.process(index)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            raise ReplicaProcessError(
+                f"replica {index} did not exit within {timeout:.1f}s of SIGTERM; killed it\n"
+                f"{self.log_tail(index)}"
+            ) from None
+
+    def close(self) -> None:
+        """Kill every process still running and close channels and log files."""
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        _LIVE.discard(self)
+        # Every process gets its SIGKILL before any wait, so one slow reap delays no kill.
+        for running in self._running.values():
+            if running.process.poll() is None:
+                running.process.kill()
+        for running in self._running.values():
+            running.process.wait(10)
+            running.log_file.close()
+
+    def __enter__(self) -> ClusterProcesses:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- readiness -----------------------------------------------------------------------
+
+    def channel(self, index: int) -> grpc.Channel:
+        """A channel to replica `index`, kept open until close()."""
+        channel = self._channels.get(index)
+        if channel is None:
+            channel = self._channels[index] = grpc.insecure_channel(self.address(index))
+        return channel
+
+    def health_status(self, index: int, service: str = "", timeout: float = 0.5) -> int | None:
+        """The health check's status, or None when the replica does not answer."""
+        stub = health_pb2_grpc.HealthStub(self.channel(index))
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return None
+        return int(reply.status)
+
+    def wait_healthy(self, index: int, timeout: float | None = None, service: str = "") -> None:
+        """Poll replica `index`'s health check until SERVING. Raises ReplicaProcessError with
+        the log tail if the process exits first or the deadline passes."""
+        timeout = self.startup_timeout if timeout is None else timeout
+        process = self.process(index)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.health_status(index, service) == health_pb2.HealthCheckResponse.SERVING:
+                return
+            code = process.poll()
+            if code is not None:
+                raise ReplicaProcessError(
+                    f"replica {index} exited with code {code} before it was healthy\n"
+                    f"{self.log_tail(index)}"
+                )
+            if time.monotonic() >= deadline:
+                raise ReplicaProcessError(
+                    f"replica {index} at {self.address(index)} was not healthy within "
+                    f"{timeout:.1f}s\n{self.log_tail(index)}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    # -- logs ----------------------------------------------------------------------------
+
+    def log_text(self, index: int) -> str:
+        path = self.specs[index].log_path
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_tail(self, index: int, lines: int = 40) -> str:
+        tail = self.log_text(index).splitlines()[-lines:]
+        header = f"---- last {len(tail)} lines of {self.specs[index].log_path} ----"
+        return "\n".join([header, *tail])
+
+
+# Belt and braces: processes of a harness that was never closed die with the test run.
+_LIVE: weakref.WeakSet[ClusterProcesses] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for cluster in list(_LIVE):
+        cluster.close()
+
+
+def live_clusters() -> list[ClusterProcesses]:
+    """Harnesses not closed yet (for failure reports)."""
+    return sorted(_LIVE, key=lambda c: str(c.base_dir))

@@ -1,0 +1,240 @@
+"""Helpers for multi-replica tests: waiting for a primary and for convergence, a load of
+concurrent senders that records what was acknowledged, and checks on what was delivered."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+import sqlalchemy as sa
+
+import eventlog
+from client.errors import ChatError
+from client.library import ChatClient
+from projections.apply import iter_table_rows
+from protos import chat_pb2, chat_pb2_grpc
+from replica.config import default_db_url
+from replica.database import make_engine
+from tests.harness import ClusterProcesses, wait_until
+
+PASSWORD = "correct horse"
+
+
+def status(cluster: ClusterProcesses, index: int) -> chat_pb2.ClusterStatusReply | None:
+    stub = chat_pb2_grpc.ChatStub(cluster.channel(index))
+    try:
+        return stub.ClusterStatus(chat_pb2.ClusterStatusRequest(), timeout=1.0)
+    except grpc.RpcError:
+        return None
+
+
+def primary_of(cluster: ClusterProcesses, index: int) -> int | None:
+    reply = status(cluster, index)
+    if reply is None:
+        return None
+    me = next(r for r in reply.replicas if r.index == index)
+    return index if me.role == "primary" else None
+
+
+def wait_for_primary(
+    cluster: ClusterProcesses, candidates: list[int] | None = None, timeout: float = 20.0
+) -> int:
+    """Until exactly one running replica says it is the primary; its index."""
+    indexes = candidates if candidates is not None else [s.index for s in cluster.specs]
+
+    def one_primary() -> int | None:
+        running = [i for i in indexes if cluster.is_running(i)]
+        primaries = [i for i in running if primary_of(cluster, i) is not None]
+        return primaries[0] + 1 if len(primaries) == 1 else None
+
+    return (
+        wait_until(
+            one_primary,
+            timeout,
+            lambda: (
+                "no single primary: "
+                + "; ".join(cluster.log_tail(i, 15) for i in indexes if cluster.is_running(i))
+            ),
+        )
+        - 1
+    )
+
+
+def db_url(cluster: ClusterProcesses, index: int) -> str:
+    spec = cluster.specs[index]
+    return spec.db_url or default_db_url(index, spec.data_dir)
+
+
+def replica_state(url: str) -> tuple[int, int, str]:
+    """(last seq, applied seq, digest of the log and every projection table)."""
+    engine = make_engine(url, create_database=False)
+    try:
+        with engine.connect() as conn:
+            digest = hashlib.sha256()
+            events = conn.execute(sa.select(eventlog.events).order_by(eventlog.events.c.seq)).all()
+            digest.update(repr([tuple(r) for r in events]).encode())
+            applied = 0
+            for name, rows in iter_table_rows(conn):
+                digest.update(name.encode())
+                digest.update(repr(rows).encode())
+                if name == "projection_position" and rows:
+                    applied = int(rows[0][1])
+            last = events[-1].seq if events else 0
+            return last, applied, digest.hexdigest()
+    finally:
+        engine.dispose()
+
+
+def wait_converged(cluster: ClusterProcesses, timeout: float = 30.0) -> str:
+    """Until every replica's log and projections are identical (compared by digest, straight
+    from each replica's own database); the common digest."""
+    indexes = [s.index for s in cluster.specs]
+
+    def converged() -> str | None:
+        states = [replica_state(db_url(cluster, i)) for i in indexes]
+        if len({s[2] for s in states}) == 1 and all(s[0] == s[1] for s in states):
+            return states[0][2]
+        return None
+
+    return wait_until(
+        converged,
+        timeout,
+        lambda: (
+            "replicas did not converge: "
+            + repr([replica_state(db_url(cluster, i))[:2] for i in indexes])
+        ),
+        interval=0.2,
+    )
+
+
+@dataclass
+class SendLog:
+    acknowledged: dict[str, int] = field(default_factory=dict)  # body -> message id
+    failed: list[str] = field(default_factory=list)  # bodies whose send raised
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Senders:
+    """`count` threads, each logged in as its own user, sending numbered messages to a
+    recipient until stopped. Every send that returned is recorded as acknowledged."""
+
+    def __init__(
+        self, cluster: ClusterProcesses, senders: list[str], recipient: str, timeout: float = 20.0
+    ) -> None:
+        self._cluster = cluster
+        self._senders = senders
+        self._recipient = recipient
+        self._timeout = timeout
+        self.log = SendLog()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+
+    def _run(self, user: str) -> None:
+        try:
+            with ChatClient(self._cluster.addresses, timeout=self._timeout) as client:
+                client.login(user, PASSWORD)
+                n = 0
+                while not self._stop.is_set():
+                    n += 1
+                    body = f"{user}#{n}"
+                    try:
+                        message_id = client.send(self._recipient, body)
+                    except ChatError:
+                        with self.log.lock:
+                            self.log.failed.append(body)
+                        continue
+                    with self.log.lock:
+                        self.log.acknowledged[body] = message_id
+        except BaseException as exc:  # reported by stop()
+            self._errors.append(exc)
+
+    def start(self) -> None:
+        for user in self._senders:
+            thread = threading.Thread(target=self._run, args=(user,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def acknowledged_count(self) -> int:
+        with self.log.lock:
+            return len(self.log.acknowledged)
+
+    def wait_for_acks(self, count: int, timeout: float = 30.0) -> None:
+        wait_until(lambda: self.acknowledged_count() >= count, timeout, f"{count} acked sends")
+
+    def stop(self) -> SendLog:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self._timeout + 10)
+        assert not self._errors, f"sender failed: {self._errors!r}"
+        return self.log
+
+
+@contextmanager
+def sending(cluster: ClusterProcesses, senders: list[str], recipient: str) -> Iterator[Senders]:
+    load = Senders(cluster, senders, recipient)
+    load.start()
+    try:
+        yield load
+    finally:
+        load.stop()
+
+
+def register_users(cluster: ClusterProcesses, names: list[str]) -> None:
+    with ChatClient(cluster.addresses, timeout=20.0) as client:
+        for name in names:
+            client.register(name, PASSWORD)
+
+
+def read_inbox(cluster: ClusterProcesses, user: str) -> list[chat_pb2.Message]:
+    """Every undelivered message of `user`, through a real subscription, acked afterwards."""
+    with ChatClient(cluster.addresses, timeout=20.0) as client:
+        client.login(user, PASSWORD)
+        received: list[chat_pb2.Message] = []
+        subscription = client.subscribe()
+        for item in subscription:
+            if isinstance(item, chat_pb2.CaughtUp):
+                break
+            received.append(item)
+        subscription.cancel()
+        for start in range(0, len(received), 1000):
+            client.ack([m.message_id for m in received[start : start + 1000]])
+        return received
+
+
+def check_exactly_once(log: SendLog, delivered: list[chat_pb2.Message]) -> None:
+    """Every acknowledged send delivered once; nothing delivered twice; nothing invented."""
+    bodies = Counter(m.body for m in delivered)
+    duplicated = {b: n for b, n in bodies.items() if n > 1}
+    assert not duplicated, f"delivered more than once: {duplicated}"
+    lost = sorted(set(log.acknowledged) - set(bodies))
+    assert not lost, f"{len(lost)} acknowledged sends were never delivered: {lost[:10]}"
+    # A send whose client gave up may still have been committed (once); nothing else may be.
+    invented = set(bodies) - set(log.acknowledged) - set(log.failed)
+    assert not invented, f"delivered but never sent: {sorted(invented)[:10]}"
+    by_body = {m.body: m.message_id for m in delivered}
+    wrong_ids = {b: i for b, i in log.acknowledged.items() if by_body.get(b) != i}
+    assert not wrong_ids, f"acknowledged ids differ from delivered ones: {wrong_ids}"
+
+
+def wait_all_running_follow(cluster: ClusterProcesses, primary: int, timeout: float = 20.0) -> None:
+    """Until every running secondary is in the primary's in-sync set."""
+
+    def all_in_sync() -> bool:
+        reply = status(cluster, primary)
+        if reply is None:
+            return False
+        running = {i for i in range(len(cluster.specs)) if cluster.is_running(i)}
+        return all(r.in_sync for r in reply.replicas if r.index in running)
+
+    wait_until(all_in_sync, timeout, lambda: f"secondaries not in sync: {status(cluster, primary)}")
+
+
+def now() -> float:
+    return time.monotonic()

@@ -1,0 +1,372 @@
+"""The replication protocol as a hypothesis state machine, in process.
+
+Each replica is modelled by its log, its durable epoch and its volatile state; the rules are
+the protocol's steps (client writes, delivery and loss on the replication stream, acks,
+crashes, restarts, pauses, elections), and every decision is taken by the same functions the
+server uses (replica/protocol.py). Invariants:
+
+- every acknowledged event is in the log of every replica that is or becomes primary;
+- no log disagrees with an acknowledged event at its seq (logs never diverge below it);
+- no request id is stored twice in a log (a retry after a failover is exactly-once);
+- once everything is restarted and quiet, all logs are identical.
+
+Fault model: crash-stop replicas with durable logs; a stream may break while both ends live
+(both ends notice); a paused primary is invisible to the others until it resumes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from eventlog import Position
+from replica import protocol
+
+N = 3
+
+
+@dataclass(frozen=True)
+class Entry:
+    epoch: int
+    request_id: str | None  # None: a new primary's epoch marker
+
+
+@dataclass
+class Replica:
+    index: int
+    log: list[Entry] = field(default_factory=list)  # seq = position + 1
+    current_epoch: int = 0  # durable
+    alive: bool = True
+    paused: bool = False
+    primary: bool = False
+    trusted: bool = False  # volatile: in the in-sync set of the latest primary, and knows it
+    following: int | None = None  # index of the primary whose stream it holds
+    diverged_checked: bool = False  # the stream passed its divergence exchange
+    # As primary:
+    acked: dict[int, int] = field(default_factory=dict)  # secondary -> acked seq
+    in_sync: set[int] = field(default_factory=set)
+
+    @property
+    def position(self) -> Position:
+        return Position(self.log[-1].epoch, len(self.log)) if self.log else Position(0, 0)
+
+    def end_for_epoch(self, epoch: int) -> Position:
+        for seq in range(len(self.log), 0, -1):
+            if self.log[seq - 1].epoch <= epoch:
+                return Position(self.log[seq - 1].epoch, seq)
+        return Position(0, 0)
+
+    @property
+    def visible(self) -> bool:
+        return self.alive and not self.paused
+
+
+class ReplicationModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.replicas: list[Replica] = []
+        self.min_insync = 1
+        self.acked: dict[str, int] = {}  # request id -> seq it was acknowledged at
+        self.pending: dict[str, int] = {}  # request id -> primary it was sent to
+        self.next_request = 0
+
+    @initialize(min_insync=st.sampled_from([1, 2]))
+    def start(self, min_insync: int) -> None:
+        self.min_insync = min_insync
+        self.replicas = [Replica(i) for i in range(N)]
+        self._elect_if_possible(0)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _primaries(self) -> list[Replica]:
+        return [r for r in self.replicas if r.alive and r.primary]
+
+    def _visible_primary(self) -> Replica | None:
+        live = [r for r in self._primaries() if not r.paused]
+        return max(live, key=lambda r: r.current_epoch) if live else None
+
+    def _commit_point(self, p: Replica) -> int:
+        in_sync = {i: p.acked.get(i, 0) for i in p.in_sync}
+        if not protocol.enough_in_sync(len(in_sync), self.min_insync):
+            return 0
+        return protocol.commit_point(len(p.log), in_sync)
+
+    def _ack_pending(self, p: Replica) -> None:
+        point = self._commit_point(p)
+        for request_id, where in list(self.pending.items()):
+            if where != p.index:
+                continue
+            seq = next((s for s, e in enumerate(p.log, 1) if e.request_id == request_id), None)
+            if seq is not None and seq <= point:
+                self.acked[request_id] = seq
+                del self.pending[request_id]
+
+    def _break_stream(self, s: Replica) -> None:
+        if s.following is None:
+            return
+        p = self.replicas[s.following]
+        s.following = None
+        s.diverged_checked = False
+        s.trusted = False
+        # The primary drops it from the in-sync set, unless the primary is paused: then its
+        # removal waits until it has been awake for longer than an election takes, and by
+        # then it has learnt of the newer epoch (see ReplicationHub._evaluate_locked).
+        if p.primary and not p.paused:
+            p.in_sync.discard(s.index)
+            p.acked.pop(s.index, None)
+            self._ack_pending(p)
+
+    def _step_down(self, p: Replica) -> None:
+        p.primary = False
+        p.in_sync = set()
+        p.acked = {}
+        for request_id, where in list(self.pending.items()):
+            if where == p.index:
+                del self.pending[request_id]  # the client sees an error and will retry
+        for s in self.replicas:
+            if s.following == p.index:
+                self._break_stream(s)
+
+    def _elect_if_possible(self, candidate_index: int) -> None:
+        c = self.replicas[candidate_index]
+        if not c.visible or c.primary or self._visible_primary() is not None:
+            return
+        voters = [r for r in self.replicas if r.visible and not r.primary and r is not c]
+        electorate = [
+            protocol.CandidateView(r.index, r.position, r.current_epoch, r.trusted)
+            for r in [c, *voters]
+        ]
+        choice = protocol.choose_primary(electorate, N)
+        if choice != c.index or len(electorate) < protocol.votes_needed(self.min_insync):
+            return
+        epoch = protocol.next_epoch(max(v.epoch for v in electorate), c.index, N)
+        for v in voters:
+            if epoch <= v.current_epoch or c.position < v.position:
+                return  # refused
+        # Votes granted: voters record the epoch and stop vouching until they catch up.
+        for v in [c, *voters]:
+            v.current_epoch = epoch
+            v.trusted = False
+            if v.following is not None:
+                self._break_stream(v)
+        for request_id in self.acked:
+            assert any(e.request_id == request_id for e in c.log), (
+                f"replica {c.index} became primary of epoch {epoch} without acknowledged "
+                f"request {request_id}"
+            )
+        c.primary = True
+        c.in_sync = set()
+        c.acked = {}
+        c.log.append(Entry(epoch, None))
+
+    # -- rules ---------------------------------------------------------------------------
+
+    @rule(data=st.data())
+    def client_write(self, data: st.DataObject) -> None:
+        p = self._visible_primary()
+        if p is None:
+            return
+        in_sync = len(p.in_sync)
+        if not protocol.enough_in_sync(in_sync, self.min_insync):
+            return  # refused: too few in sync
+        retry = sorted(set(self._unacked_requests()))
+        if retry and data.draw(st.booleans(), label="retry"):
+            request_id = data.draw(st.sampled_from(retry), label="request")
+        else:
+            self.next_request += 1
+            request_id = f"r{self.next_request}"
+        if any(e.request_id == request_id for e in p.log):
+            self.pending[request_id] = p.index  # a retry finds its event: wait for commit
+        else:
+            p.log.append(Entry(p.current_epoch, request_id))
+            self.pending[request_id] = p.index
+        self._ack_pending(p)
+
+    def _unacked_requests(self) -> list[str]:
+        seen = {e.request_id for r in self.replicas for e in r.log if e.request_id}
+        return [r for r in seen if r not in self.acked]
+
+    @rule(index=st.integers(0, N - 1))
+    def connect(self, index: int) -> None:
+        s = self.replicas[index]
+        p = self._visible_primary()
+        if not s.visible or s.primary or s.following is not None or p is None:
+            return
+        if p.current_epoch < s.current_epoch:
+            return  # fenced: a replica refuses a primary of an older epoch
+        s.current_epoch = p.current_epoch
+        s.following = p.index
+        s.diverged_checked = False
+
+    @rule(index=st.integers(0, N - 1))
+    def deliver(self, index: int) -> None:
+        """One step of the stream from the primary to this secondary."""
+        s = self.replicas[index]
+        if s.following is None or not s.visible:
+            return
+        p = self.replicas[s.following]
+        if not p.visible or not p.primary:
+            return
+        if not s.diverged_checked:
+            leader_end = p.end_for_epoch(s.position.epoch)
+            cut = protocol.truncation_point(
+                s.position, leader_end, s.end_for_epoch(leader_end.epoch)
+            )
+            if cut < len(s.log):
+                del s.log[cut:]
+                return  # says Hello again
+            s.diverged_checked = True
+            p.acked[s.index] = len(s.log)
+        elif len(s.log) < len(p.log):
+            s.log.append(p.log[len(s.log)])
+        self._ack(s, p)
+
+    def _ack(self, s: Replica, p: Replica) -> None:
+        p.acked[s.index] = len(s.log)
+        if len(s.log) >= len(p.log):
+            p.in_sync.add(s.index)
+        # The primary's next message tells it whether it is in sync.
+        s.trusted = s.index in p.in_sync
+        self._ack_pending(p)
+
+    @rule(index=st.integers(0, N - 1))
+    def lose_stream(self, index: int) -> None:
+        self._break_stream(self.replicas[index])
+
+    @rule(index=st.integers(0, N - 1))
+    def fall_behind(self, index: int) -> None:
+        """The primary drops a lagging secondary from the in-sync set (it is told so)."""
+        s = self.replicas[index]
+        if s.following is None:
+            return
+        p = self.replicas[s.following]
+        if p.visible and p.acked.get(s.index, 0) < len(p.log) and s.index in p.in_sync:
+            p.in_sync.discard(s.index)
+            s.trusted = False
+            self._ack_pending(p)
+
+    @rule(index=st.integers(0, N - 1))
+    def crash(self, index: int) -> None:
+        r = self.replicas[index]
+        if not r.alive:
+            return
+        if r.primary:
+            self._step_down(r)
+        self._break_stream(r)
+        for other in self.replicas:
+            if other.following == index:
+                self._break_stream(other)
+        r.alive = False
+        r.paused = False
+        r.trusted = False
+
+    @rule(index=st.integers(0, N - 1))
+    def restart(self, index: int) -> None:
+        r = self.replicas[index]
+        if not r.alive:
+            r.alive = True  # log and current_epoch survive; nothing volatile does
+
+    @rule(index=st.integers(0, N - 1))
+    def pause(self, index: int) -> None:
+        r = self.replicas[index]
+        if r.alive and r.primary:
+            r.paused = True
+
+    @rule(index=st.integers(0, N - 1))
+    def resume(self, index: int) -> None:
+        r = self.replicas[index]
+        if not r.paused:
+            return
+        r.paused = False
+        newest = max(x.current_epoch for x in self.replicas if x.visible)
+        if r.primary and newest > r.current_epoch:
+            r.current_epoch = newest
+            self._step_down(r)  # it learns of the newer epoch before it may shrink its set
+
+    @rule(index=st.integers(0, N - 1))
+    def elect(self, index: int) -> None:
+        self._elect_if_possible(index)
+
+    # -- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def acknowledged_events_are_on_the_primary(self) -> None:
+        p = self._visible_primary()
+        if p is None:
+            return
+        for request_id, seq in self.acked.items():
+            assert seq <= len(p.log) and p.log[seq - 1].request_id == request_id, (
+                f"primary {p.index} lost acknowledged request {request_id} (seq {seq})"
+            )
+
+    @invariant()
+    def logs_agree_below_acknowledged_events(self) -> None:
+        for r in self.replicas:
+            for request_id, seq in self.acked.items():
+                if seq <= len(r.log):
+                    assert r.log[seq - 1].request_id == request_id, (
+                        f"replica {r.index} holds {r.log[seq - 1]} where acknowledged "
+                        f"{request_id} is"
+                    )
+
+    @invariant()
+    def logs_match(self) -> None:
+        """An epoch names one primary, so two logs with the same epoch at a seq agree up to
+        there (Raft's log matching property; truncation relies on it)."""
+        for a in self.replicas:
+            for b in self.replicas:
+                common = min(len(a.log), len(b.log))
+                for seq in range(common, 0, -1):
+                    if a.log[seq - 1].epoch == b.log[seq - 1].epoch:
+                        assert a.log[:seq] == b.log[:seq], (
+                            f"replicas {a.index} and {b.index} agree on the epoch at seq {seq} "
+                            f"but not before: {a.log} / {b.log}"
+                        )
+                        break
+
+    @invariant()
+    def request_ids_are_unique(self) -> None:
+        for r in self.replicas:
+            ids = [e.request_id for e in r.log if e.request_id]
+            assert len(ids) == len(set(ids)), f"replica {r.index} stored a request twice"
+
+    @precondition(lambda self: bool(self.replicas))
+    @rule()
+    def quiesce(self) -> None:
+        """Restart everything, let an election and replication finish: logs converge."""
+        for r in self.replicas:
+            self.restart(r.index)
+            self.resume(r.index)
+        for _ in range(3):
+            for r in self.replicas:
+                self._elect_if_possible(r.index)
+        p = self._visible_primary()
+        assert p is not None, "no primary with every replica up"
+        for _ in range(4 * (len(p.log) + 2)):
+            for r in self.replicas:
+                if not r.primary:
+                    self.connect(r.index)
+                    self.deliver(r.index)
+        logs = {tuple(r.log) for r in self.replicas}
+        assert len(logs) == 1, f"logs differ after quiescence: {[r.log for r in self.replicas]}"
+        for request_id, seq in self.acked.items():
+            assert p.log[seq - 1].request_id == request_id
+
+
+TestReplicationModel = ReplicationModel.TestCase
+TestReplicationModel.settings = settings(
+    max_examples=int(os.environ.get("CHAT_MODEL_EXAMPLES", "300")),
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
