@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format=f"%(asctime)s [replica {args.index}] %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     log = logging.getLogger("replica")
     try:
         cluster = load_cluster_config(args.config)
