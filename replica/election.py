@@ -210,10 +210,15 @@ class Coordinator:
         gap = now - self._last_tick
         self._last_tick = now
         if gap > max(4 * self._interval, self._peer_timeout / 2):
-            # Paused (SIGSTOP, a stall): the in-sync set may have moved on without us.
+            # Paused (SIGSTOP, a stall): the others may have moved on without us.
             log.warning("replica %d: was paused for %.2fs", self.index, gap)
             self.follower_state.in_sync = False
             self._hub.note_pause()
+            if gap > self._peer_timeout * 0.75:
+                # Long enough for the others to have elected a new primary, which this one
+                # cannot rule out when it cannot reach them: acknowledging anything more
+                # could contradict what the new primary acknowledged.
+                self._step_down(f"paused for {gap:.2f}s, the others may have elected")
         probes = self._peers.probe_all(
             rpb.ProbeRequest(from_index=self.index, from_epoch=self._current_epoch),
             timeout=max(self._interval * 2, 0.2),

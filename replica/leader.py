@@ -171,8 +171,8 @@ class ReplicationHub:
                 return
             state.connected = False
             state.disconnected_at = self._clock()
-            self._evaluate_locked(self._clock())
-        self._advance_commit()
+        # It leaves the in-sync set at the coordinator's next tick, which first checks that
+        # this process was not paused (a paused primary must step down instead).
 
     def on_ack(self, index: int, stream_id: int, seq: int) -> None:
         with self._cond:

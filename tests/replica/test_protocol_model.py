@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -77,6 +77,7 @@ class ReplicationModel(RuleBasedStateMachine):
         self.replicas: list[Replica] = []
         self.min_insync = 1
         self.acked: dict[str, int] = {}  # request id -> seq it was acknowledged at
+        self._acked_epoch: dict[str, int] = {}
         self.pending: dict[str, int] = {}  # request id -> primary it was sent to
         self.next_request = 0
 
@@ -109,6 +110,7 @@ class ReplicationModel(RuleBasedStateMachine):
             seq = next((s for s, e in enumerate(p.log, 1) if e.request_id == request_id), None)
             if seq is not None and seq <= point:
                 self.acked[request_id] = seq
+                self._acked_epoch[request_id] = p.log[seq - 1].epoch
                 del self.pending[request_id]
 
     def _break_stream(self, s: Replica) -> None:
@@ -170,53 +172,79 @@ class ReplicationModel(RuleBasedStateMachine):
         c.log.append(Entry(epoch, None))
 
     # -- rules ---------------------------------------------------------------------------
+    # Each rule applies only where it can act, and picks its replica among those, so that
+    # every step of an example does something.
 
+    def _pick(self, data: st.DataObject, candidates: list[Replica], label: str) -> Replica:
+        return data.draw(st.sampled_from(candidates), label=label)
+
+    def _writable(self) -> bool:
+        p = self._visible_primary()
+        return p is not None and protocol.enough_in_sync(len(p.in_sync), self.min_insync)
+
+    @precondition(lambda self: self._writable())
     @rule(data=st.data())
     def client_write(self, data: st.DataObject) -> None:
         p = self._visible_primary()
-        if p is None:
-            return
-        in_sync = len(p.in_sync)
-        if not protocol.enough_in_sync(in_sync, self.min_insync):
-            return  # refused: too few in sync
+        assert p is not None
         retry = sorted(set(self._unacked_requests()))
         if retry and data.draw(st.booleans(), label="retry"):
             request_id = data.draw(st.sampled_from(retry), label="request")
         else:
             self.next_request += 1
             request_id = f"r{self.next_request}"
-        if any(e.request_id == request_id for e in p.log):
-            self.pending[request_id] = p.index  # a retry finds its event: wait for commit
-        else:
+        # A retry that finds its event in the log waits for it to commit; otherwise append.
+        if not any(e.request_id == request_id for e in p.log):
             p.log.append(Entry(p.current_epoch, request_id))
-            self.pending[request_id] = p.index
+        self.pending[request_id] = p.index
         self._ack_pending(p)
 
     def _unacked_requests(self) -> list[str]:
         seen = {e.request_id for r in self.replicas for e in r.log if e.request_id}
         return [r for r in seen if r not in self.acked]
 
-    @rule(index=st.integers(0, N - 1))
-    def connect(self, index: int) -> None:
-        s = self.replicas[index]
+    def _can_connect(self) -> list[Replica]:
         p = self._visible_primary()
-        if not s.visible or s.primary or s.following is not None or p is None:
-            return
-        if p.current_epoch < s.current_epoch:
-            return  # fenced: a replica refuses a primary of an older epoch
+        if p is None:
+            return []
+        return [
+            r
+            for r in self.replicas
+            if r.visible
+            and not r.primary
+            and r.following is None
+            and r.current_epoch <= p.current_epoch  # fenced: refuses an older primary
+        ]
+
+    @precondition(lambda self: bool(self._can_connect()))
+    @rule(data=st.data())
+    def connect(self, data: st.DataObject) -> None:
+        s = self._pick(data, self._can_connect(), "connects")
+        p = self._visible_primary()
+        assert p is not None
         s.current_epoch = p.current_epoch
         s.following = p.index
         s.diverged_checked = False
 
-    @rule(index=st.integers(0, N - 1))
-    def deliver(self, index: int) -> None:
-        """One step of the stream from the primary to this secondary."""
-        s = self.replicas[index]
-        if s.following is None or not s.visible:
-            return
+    def _streaming(self) -> list[Replica]:
+        return [
+            r
+            for r in self.replicas
+            if r.following is not None
+            and r.visible
+            and self.replicas[r.following].visible
+            and self.replicas[r.following].primary
+        ]
+
+    @precondition(lambda self: bool(self._streaming()))
+    @rule(data=st.data())
+    def deliver(self, data: st.DataObject) -> None:
+        """One step of the stream from the primary to a secondary."""
+        self._deliver(self._pick(data, self._streaming(), "receives"))
+
+    def _deliver(self, s: Replica) -> None:
+        assert s.following is not None
         p = self.replicas[s.following]
-        if not p.visible or not p.primary:
-            return
         if not s.diverged_checked:
             leader_end = p.end_for_epoch(s.position.epoch)
             cut = protocol.truncation_point(
@@ -226,7 +254,6 @@ class ReplicationModel(RuleBasedStateMachine):
                 del s.log[cut:]
                 return  # says Hello again
             s.diverged_checked = True
-            p.acked[s.index] = len(s.log)
         elif len(s.log) < len(p.log):
             s.log.append(p.log[len(s.log)])
         self._ack(s, p)
@@ -239,63 +266,84 @@ class ReplicationModel(RuleBasedStateMachine):
         s.trusted = s.index in p.in_sync
         self._ack_pending(p)
 
-    @rule(index=st.integers(0, N - 1))
-    def lose_stream(self, index: int) -> None:
-        self._break_stream(self.replicas[index])
+    def _followers(self) -> list[Replica]:
+        return [r for r in self.replicas if r.following is not None]
 
-    @rule(index=st.integers(0, N - 1))
-    def fall_behind(self, index: int) -> None:
-        """The primary drops a lagging secondary from the in-sync set (it is told so)."""
-        s = self.replicas[index]
-        if s.following is None:
-            return
+    @precondition(lambda self: bool(self._followers()))
+    @rule(data=st.data())
+    def lose_stream(self, data: st.DataObject) -> None:
+        self._break_stream(self._pick(data, self._followers(), "loses its stream"))
+
+    def _lagging(self) -> list[Replica]:
+        out = []
+        for s in self._streaming():
+            assert s.following is not None
+            p = self.replicas[s.following]
+            if s.index in p.in_sync and p.acked.get(s.index, 0) < len(p.log):
+                out.append(s)
+        return out
+
+    @precondition(lambda self: bool(self._lagging()))
+    @rule(data=st.data())
+    def fall_behind(self, data: st.DataObject) -> None:
+        """The primary drops a lagging secondary from the in-sync set (and tells it)."""
+        s = self._pick(data, self._lagging(), "falls behind")
+        assert s.following is not None
         p = self.replicas[s.following]
-        if p.visible and p.acked.get(s.index, 0) < len(p.log) and s.index in p.in_sync:
-            p.in_sync.discard(s.index)
-            s.trusted = False
-            self._ack_pending(p)
+        p.in_sync.discard(s.index)
+        s.trusted = False
+        self._ack_pending(p)
 
-    @rule(index=st.integers(0, N - 1))
-    def crash(self, index: int) -> None:
-        r = self.replicas[index]
-        if not r.alive:
-            return
+    @precondition(lambda self: any(r.alive for r in self.replicas))
+    @rule(data=st.data())
+    def crash(self, data: st.DataObject) -> None:
+        r = self._pick(data, [r for r in self.replicas if r.alive], "crashes")
         if r.primary:
             self._step_down(r)
         self._break_stream(r)
         for other in self.replicas:
-            if other.following == index:
+            if other.following == r.index:
                 self._break_stream(other)
         r.alive = False
         r.paused = False
         r.trusted = False
 
-    @rule(index=st.integers(0, N - 1))
-    def restart(self, index: int) -> None:
-        r = self.replicas[index]
-        if not r.alive:
-            r.alive = True  # log and current_epoch survive; nothing volatile does
+    @precondition(lambda self: any(not r.alive for r in self.replicas))
+    @rule(data=st.data())
+    def restart(self, data: st.DataObject) -> None:
+        # The log and current_epoch survive; nothing volatile does.
+        self._pick(data, [r for r in self.replicas if not r.alive], "restarts").alive = True
 
-    @rule(index=st.integers(0, N - 1))
-    def pause(self, index: int) -> None:
-        r = self.replicas[index]
-        if r.alive and r.primary:
-            r.paused = True
+    @precondition(lambda self: self._visible_primary() is not None)
+    @rule()
+    def pause_primary(self) -> None:
+        p = self._visible_primary()
+        assert p is not None
+        p.paused = True
 
-    @rule(index=st.integers(0, N - 1))
-    def resume(self, index: int) -> None:
-        r = self.replicas[index]
-        if not r.paused:
-            return
+    @precondition(lambda self: any(r.paused for r in self.replicas))
+    @rule(data=st.data())
+    def resume(self, data: st.DataObject) -> None:
+        self._resume(self._pick(data, [r for r in self.replicas if r.paused], "resumes"))
+
+    def _resume(self, r: Replica) -> None:
+        # A primary notices that it was paused for longer than the others wait before they
+        # elect, before anything else runs (Coordinator._tick), and steps down: it cannot tell
+        # whether a newer primary acknowledged writes it lacks.
         r.paused = False
-        newest = max(x.current_epoch for x in self.replicas if x.visible)
-        if r.primary and newest > r.current_epoch:
-            r.current_epoch = newest
-            self._step_down(r)  # it learns of the newer epoch before it may shrink its set
+        r.trusted = False
+        if r.primary:
+            self._step_down(r)
 
-    @rule(index=st.integers(0, N - 1))
-    def elect(self, index: int) -> None:
-        self._elect_if_possible(index)
+    def _candidates(self) -> list[Replica]:
+        if self._visible_primary() is not None:
+            return []
+        return [r for r in self.replicas if r.visible and not r.primary]
+
+    @precondition(lambda self: bool(self._candidates()))
+    @rule(data=st.data())
+    def elect(self, data: st.DataObject) -> None:
+        self._elect_if_possible(self._pick(data, self._candidates(), "candidate").index)
 
     # -- invariants ----------------------------------------------------------------------
 
@@ -311,13 +359,20 @@ class ReplicationModel(RuleBasedStateMachine):
 
     @invariant()
     def logs_agree_below_acknowledged_events(self) -> None:
+        """Where a log holds something else than an acknowledged event, that entry is of an
+        older epoch (a deposed primary's unacknowledged tail, which truncation removes), and
+        the replica neither serves as primary nor vouches for the log in an election."""
         for r in self.replicas:
             for request_id, seq in self.acked.items():
-                if seq <= len(r.log):
-                    assert r.log[seq - 1].request_id == request_id, (
-                        f"replica {r.index} holds {r.log[seq - 1]} where acknowledged "
-                        f"{request_id} is"
-                    )
+                if seq > len(r.log) or r.log[seq - 1].request_id == request_id:
+                    continue
+                acked_epoch = self._acked_epoch[request_id]
+                assert r.log[seq - 1].epoch < acked_epoch, (
+                    f"replica {r.index} holds {r.log[seq - 1]} where {request_id} was "
+                    f"acknowledged in epoch {acked_epoch}"
+                )
+                assert not r.trusted, f"replica {r.index} vouches for a stale log"
+                assert not (r.primary and r.visible), f"replica {r.index} leads a stale log"
 
     @invariant()
     def logs_match(self) -> None:
@@ -345,18 +400,21 @@ class ReplicationModel(RuleBasedStateMachine):
     def quiesce(self) -> None:
         """Restart everything, let an election and replication finish: logs converge."""
         for r in self.replicas:
-            self.restart(r.index)
-            self.resume(r.index)
+            r.alive = True
+            if r.paused:
+                self._resume(r)
         for _ in range(3):
             for r in self.replicas:
                 self._elect_if_possible(r.index)
         p = self._visible_primary()
         assert p is not None, "no primary with every replica up"
         for _ in range(4 * (len(p.log) + 2)):
-            for r in self.replicas:
-                if not r.primary:
-                    self.connect(r.index)
-                    self.deliver(r.index)
+            for r in self._can_connect():
+                r.current_epoch = p.current_epoch
+                r.following = p.index
+                r.diverged_checked = False
+            for r in self._streaming():
+                self._deliver(r)
         logs = {tuple(r.log) for r in self.replicas}
         assert len(logs) == 1, f"logs differ after quiescence: {[r.log for r in self.replicas]}"
         for request_id, seq in self.acked.items():
@@ -370,3 +428,55 @@ TestReplicationModel.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def _end_for_epoch(log: list[int], epoch: int) -> Position:
+    """A log of epochs (seq = position + 1): its last position with epoch <= `epoch`."""
+    for seq in range(len(log), 0, -1):
+        if log[seq - 1] <= epoch:
+            return Position(log[seq - 1], seq)
+    return Position(0, 0)
+
+
+@st.composite
+def diverged_logs(draw: st.DrawFn) -> tuple[list[int], list[int], int]:
+    """A leader's and a follower's logs (as epochs) sharing a prefix, then diverging: past the
+    prefix no epoch appears in both (an epoch names one primary, whose entries agree)."""
+    epochs = st.lists(st.integers(1, 40), max_size=12).map(sorted)
+    prefix = draw(epochs)
+    floor = prefix[-1] if prefix else 0
+    later = st.lists(st.integers(floor + 1, floor + 40), max_size=12).map(sorted)
+    leader_tail = draw(later)
+    follower_tail = draw(later.map(lambda xs: [x for x in xs if x not in leader_tail]))
+    if leader_tail and follower_tail and leader_tail[0] == follower_tail[0]:
+        follower_tail = []
+    return prefix + leader_tail, prefix + follower_tail, len(prefix)
+
+
+@settings(max_examples=500, deadline=None)
+@given(diverged_logs())
+def test_divergence_exchange_keeps_exactly_the_common_prefix(
+    logs: tuple[list[int], list[int], int],
+) -> None:
+    leader, follower, common = logs
+    for _ in range(len(follower) + 1):
+        own_last = Position(follower[-1], len(follower)) if follower else Position(0, 0)
+        leader_end = _end_for_epoch(leader, own_last.epoch)
+        cut = protocol.truncation_point(
+            own_last, leader_end, _end_for_epoch(follower, leader_end.epoch)
+        )
+        if cut >= len(follower):
+            break
+        del follower[cut:]
+    assert follower == leader[: len(follower)], "the follower kept a divergent entry"
+    assert len(follower) >= common, "the follower cut into the prefix it shares with the leader"
+
+
+@given(st.integers(0, 10**6), st.integers(0, 10**6))
+def test_candidates_never_share_an_epoch(known_a: int, known_b: int) -> None:
+    """Two candidates, whatever epochs each has seen, never start the same epoch; each starts
+    one above everything it knows."""
+    a = protocol.next_epoch(known_a, 0, N)
+    b = protocol.next_epoch(known_b, 1, N)
+    assert a != b
+    assert a > known_a and b > known_b
