@@ -69,6 +69,7 @@ class Coordinator:
             lambda: self._current_epoch,
             self.observe_epoch,
             self.follower_state,
+            on_committed=self._secondary_committed,
         )
         self._target: tuple[int, int] | None = None  # (primary index, epoch) to follow
         self._started_at = clock()
@@ -118,6 +119,10 @@ class Coordinator:
             self._current_epoch = epoch
             if self._role.snapshot.role is Role.PRIMARY:
                 self._step_down(f"a newer epoch {epoch} exists")
+
+    def _secondary_committed(self, seq: int) -> None:
+        if self._role.snapshot.role is not Role.PRIMARY:
+            self._commits.advance(seq)
 
     def my_position(self) -> Position:
         with self._engine.connect() as conn:

@@ -73,6 +73,7 @@ class Follower:
         state: FollowerState,
         *,
         on_truncated: Callable[[int], None] = lambda seq: None,
+        on_committed: Callable[[int], None] = lambda seq: None,
     ) -> None:
         self.index = index
         self._engine = engine
@@ -81,6 +82,9 @@ class Follower:
         self._observe_epoch = observe_epoch
         self.state = state
         self._on_truncated = on_truncated
+        # Reads on a secondary show what the primary reports committed, up to what is stored.
+        self._on_committed = on_committed
+        self._stored_seq = 0
 
     def follow(
         self,
@@ -124,6 +128,7 @@ class Follower:
                     position = self._store(message.batch)
                     self.state.in_sync = message.batch.in_sync
                     self.state.committed_seq = message.batch.committed_seq
+                    self._on_committed(min(message.batch.committed_seq, position.seq))
                     outbox.put(
                         rpb.FollowerMessage(
                             ack=rpb.Ack(
@@ -134,6 +139,7 @@ class Follower:
                 elif kind == "heartbeat":
                     self.state.in_sync = message.heartbeat.in_sync
                     self.state.committed_seq = message.heartbeat.committed_seq
+                    self._on_committed(min(message.heartbeat.committed_seq, self._stored_seq))
         finally:
             self.state.streaming = False
             outbox.close()
@@ -174,6 +180,7 @@ class Follower:
                 )
                 self._on_truncated(cut)
                 return self._hello_from(conn)
+            self._stored_seq = own_last.seq
             return rpb.FollowerMessage(
                 ack=rpb.Ack(position=rpb.LogPosition(epoch=own_last.epoch, seq=own_last.seq))
             )
@@ -196,5 +203,6 @@ class Follower:
             if fresh:
                 eventlog.append_events(conn, fresh)
                 projections.apply_events(conn, fresh)
-                return fresh[-1].position
-            return last
+                last = fresh[-1].position
+        self._stored_seq = last.seq
+        return last

@@ -238,3 +238,33 @@ def wait_all_running_follow(cluster: ClusterProcesses, primary: int, timeout: fl
 
 def now() -> float:
     return time.monotonic()
+
+
+def history_on_each_replica(cluster: ClusterProcesses, user: str, other: str) -> list[list[int]]:
+    """The ids of `user`'s conversation with `other`, read from every replica in turn (reads
+    may be served by secondaries: they show what the primary reported committed)."""
+    with ChatClient(cluster.addresses, timeout=20.0) as client:
+        client.login(user, PASSWORD)
+        session = client.session
+        assert session is not None
+        views = []
+        for index in range(len(cluster.specs)):
+            stub = chat_pb2_grpc.ChatStub(cluster.channel(index))
+            ids: list[int] = []
+            token = ""
+            while True:
+                reply = stub.History(
+                    chat_pb2.HistoryRequest(
+                        session_token=session.session_token,
+                        other_user=other,
+                        page_size=1000,
+                        page_token=token,
+                    ),
+                    timeout=5,
+                )
+                ids += [m.message_id for m in reply.messages]
+                token = reply.next_page_token
+                if not token:
+                    break
+            views.append(ids)
+        return views

@@ -20,6 +20,7 @@ from tests.harness import ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (
     check_exactly_once,
     db_url,
+    history_on_each_replica,
     read_inbox,
     register_users,
     sending,
@@ -78,6 +79,13 @@ def test_kill_primary_mid_stream(cluster: ClusterProcesses) -> None:
     wait_converged(cluster)
     check_exactly_once(log, read_inbox(cluster, "dave"))
     assert "stepping down" not in cluster.log_text(new_primary)
+    # Once heartbeats carry the commit point, every replica serves the same history.
+    wait_until(
+        lambda: len({tuple(v) for v in history_on_each_replica(cluster, "dave", "alice")}) == 1,
+        10,
+        "replicas serve different histories",
+    )
+    assert history_on_each_replica(cluster, "dave", "alice")[0], "history is empty"
 
 
 def test_kill_two_of_three_then_restart(cluster: ClusterProcesses) -> None:
