@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 import eventlog
 import projections
 from protos import chat_pb2, chat_pb2_grpc, replication_pb2, replication_pb2_grpc
+from replica.auth import ClusterSecretInterceptor
 from replica.chat import ChatService
 from replica.commit import CommitTracker, InboxNotifier
 from replica.config import ReplicaSettings, resolve_cluster_secret
@@ -92,6 +93,7 @@ class ReplicaNode:
             self.coordinator.observe_epoch,
         )
         self.replication_servicer = ReplicationServicer(self.coordinator, leader_stream)
+        self._secret = secret
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
@@ -108,6 +110,7 @@ class ReplicaNode:
             ),
             options=SERVER_OPTIONS,
             maximum_concurrent_rpcs=cluster.max_subscriptions + 1000,
+            interceptors=[ClusterSecretInterceptor(self._secret, f"/{REPLICATION_SERVICE_NAME}/")],
         )
         chat_pb2_grpc.add_ChatServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
         replication_pb2_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]

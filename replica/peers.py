@@ -46,6 +46,7 @@ class Peers:
             p.index: grpc.insecure_channel(p.address, options=PEER_CHANNEL_OPTIONS)
             for p in config.peers_of(index)
         }
+        self._refused_by: set[int] = set()  # peers that refused our secret (logged once)
         self._stubs = {
             i: rpb_grpc.ReplicationStub(c)  # type: ignore[no-untyped-call]
             for i, c in self._channels.items()
@@ -71,8 +72,28 @@ class Peers:
                 results.append(ProbeResult(peer, calls[peer.index].result()))
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
+                self._note_refusal(peer, exc, code)
                 results.append(ProbeResult(peer, None, code == grpc.StatusCode.UNAVAILABLE))
+            else:
+                self._refused_by.discard(peer.index)
         return results
+
+    def _note_refusal(
+        self, peer: ReplicaAddress, exc: grpc.RpcError, code: grpc.StatusCode | None
+    ) -> None:
+        if code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            return
+        if peer.index not in self._refused_by:
+            self._refused_by.add(peer.index)
+            details = exc.details() if isinstance(exc, grpc.Call) else ""
+            log.error(
+                "replica %d: replica %d at %s refused us (%s: %s)",
+                self.index,
+                peer.index,
+                peer.address,
+                code.name,
+                details,
+            )
 
     def request_votes(
         self, indexes: list[int], request: rpb.VoteRequest, timeout: float
