@@ -1,0 +1,111 @@
+"""A single replica's chat core without gRPC: ChatService and LogWriter wired as ReplicaNode
+wires them, plus helpers to snapshot and reset a database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+import eventlog
+import projections
+from eventlog import Position
+from projections.apply import iter_table_rows
+from projections.schema import PROJECTION_TABLES
+from replica.chat import ChatService
+from replica.commit import CommitTracker
+from replica.passwords import ScryptParams, hash_password
+from replica.role import Role, RoleState
+from replica.tokens import SessionTokens
+from replica.writer import LogWriter, NewEvent
+
+CLUSTER_SECRET = b"in-process-test-secret-0123456789"
+
+# verify_password reads the parameters from the stored hash, so a cheap hash is still checked.
+fast_hash_password: Callable[[str], str] = functools.partial(
+    hash_password, params=ScryptParams(n=16)
+)
+
+
+def counting_clock(start: dt.datetime = dt.datetime(2030, 1, 1)) -> Callable[[], dt.datetime]:
+    """Deterministic timestamps, one millisecond apart."""
+    ticks = itertools.count()
+    return lambda: start + dt.timedelta(milliseconds=next(ticks))
+
+
+@dataclass
+class InProcessReplica:
+    engine: sa.Engine
+    role: RoleState
+    commits: CommitTracker
+    writer: LogWriter
+    tokens: SessionTokens
+    service: ChatService
+
+    @classmethod
+    def start(
+        cls, engine: sa.Engine, *, clock: Callable[[], dt.datetime] | None = None
+    ) -> InProcessReplica:
+        """Like ReplicaNode.start() for a lone replica: catch the projections up, become
+        primary of the next epoch and write its epoch marker."""
+        with engine.begin() as conn:
+            projections.apply_events(conn, eventlog.read_events(conn, 0, 1_000_000))
+            last = eventlog.last_position(conn)
+        role = RoleState(0)
+        role.set(Role.PRIMARY, last.epoch + 1, 0, "in-process")
+        commits = CommitTracker(last.seq)
+        writer = LogWriter(engine, role, commits, clock=clock or counting_clock())
+        writer.add_append_listener(lambda events: commits.advance(events[-1].seq))
+        writer.append_system_event(
+            NewEvent(projections.EventTypes.EPOCH_STARTED, {"replica_index": 0}), last.epoch + 1
+        )
+        tokens = SessionTokens(CLUSTER_SECRET)
+        service = ChatService(
+            engine,
+            writer,
+            tokens,
+            lambda: commits.committed_seq,
+            hash_password=fast_hash_password,
+        )
+        return cls(engine, role, commits, writer, tokens, service)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a command can change: the log's end and every projection row."""
+
+    log_end: Position
+    tables: dict[str, list[tuple[Any, ...]]]
+
+
+def snapshot(engine: sa.Engine) -> Snapshot:
+    with engine.connect() as conn:
+        return Snapshot(eventlog.last_position(conn), dict(iter_table_rows(conn)))
+
+
+@contextmanager
+def assert_unchanged(engine: sa.Engine) -> Iterator[None]:
+    """The block must append nothing and change no projection row."""
+    before = snapshot(engine)
+    yield
+    after = snapshot(engine)
+    assert after.log_end == before.log_end, "a rejected command appended to the log"
+    assert after.tables == before.tables, "a rejected command changed the projections"
+
+
+def reset_database(engine: sa.Engine) -> None:
+    """Empty the log, its state and every projection table (cheaper than a new MySQL
+    database)."""
+    with engine.begin() as conn:
+        for table in (
+            *PROJECTION_TABLES,
+            projections.projection_position,
+            *eventlog.metadata.sorted_tables,
+        ):
+            conn.execute(table.delete())
