@@ -39,11 +39,14 @@ def last_position(conn: sa.Connection) -> Position:
     return Position(0, 0) if row is None else Position(row.epoch, row.seq)
 
 
-def append_events(conn: sa.Connection, batch: Sequence[Event]) -> None:
-    """Append a batch whose seqs continue the log contiguously."""
+def append_events(
+    conn: sa.Connection, batch: Sequence[Event], *, after_seq: int | None = None
+) -> None:
+    """Append a batch whose seqs continue the log contiguously. A caller that holds the only
+    write access and knows where the log ends passes it as `after_seq` (saving a query)."""
     if not batch:
         return
-    expected = last_position(conn).seq + 1
+    expected = (last_position(conn).seq if after_seq is None else after_seq) + 1
     for event in batch:
         if event.seq != expected:
             raise NonContiguousAppend(f"expected seq {expected}, got {event.seq}")

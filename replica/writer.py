@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +16,7 @@ import eventlog
 import projections
 from eventlog import Event
 from replica.commit import CommitTracker
-from replica.errors import Unavailable
+from replica.errors import ChatError, Unavailable
 from replica.role import RoleState
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,18 @@ class Outcome:
     duplicate: bool
 
 
+@dataclass(eq=False)
+class _Command:
+    request_id: str | None
+    decide: Decide
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+    error: ChatError | None = None
+
+
 class LogWriter:
+    MAX_BATCH = 256
+
     def __init__(
         self,
         engine: sa.Engine,
@@ -64,6 +75,8 @@ class LogWriter:
         self._commit_timeout = commit_timeout
         self._admission = admission  # raises when writes must be refused (too few in sync)
         self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Command] = []
         self._on_appended: list[Callable[[list[Event]], None]] = []
 
     @property
@@ -75,36 +88,97 @@ class LogWriter:
         self._on_appended.append(listener)
 
     def execute(self, request_id: str | None, decide: Decide) -> Outcome:
-        with self._lock:
-            snap = self._role.require_primary()
-            try:
-                with self._engine.begin() as conn:
-                    if request_id is not None:
-                        existing = eventlog.find_by_request_id(conn, request_id)
-                        if existing is not None:
-                            outcome = Outcome(existing, duplicate=True)
-                    if request_id is None or existing is None:
-                        self._admission()
-                        new = decide(conn)
-                        if new is None:
-                            return Outcome(None, duplicate=False)
-                        seq = eventlog.last_position(conn).seq + 1
-                        event = Event(
-                            seq, snap.epoch, new.type, new.payload, request_id, self._clock()
-                        )
-                        eventlog.append_events(conn, [event])
-                        projections.apply_events(conn, [event])
-                        outcome = Outcome(event, duplicate=False)
-            except sa.exc.OperationalError as exc:
-                log.error("replica %d: storage error while writing: %s", self._role.index, exc)
-                raise Unavailable("this replica's database is failing; retry shortly") from exc
-            if not outcome.duplicate and outcome.event is not None:
-                self._commits.appended([outcome.event])
-                for listener in self._on_appended:
-                    listener([outcome.event])
+        """Run one command. Commands that arrive while the log is being written are written
+        together in the next transaction (group commit): one commit, one replication round
+        trip, however many commands."""
+        command = _Command(request_id, decide)
+        with self._queue_lock:
+            self._queue.append(command)
+        while not command.done.is_set():
+            with self._lock:
+                if command.done.is_set():
+                    break
+                with self._queue_lock:
+                    batch = self._queue[: self.MAX_BATCH]
+                    del self._queue[: self.MAX_BATCH]
+                if batch:
+                    self._write_batch(batch)
+        if command.error is not None:
+            raise command.error
+        outcome = command.outcome
+        assert outcome is not None
         if outcome.event is not None:
             self._commits.wait_committed(outcome.event.seq, self._commit_timeout)
         return outcome
+
+    def _write_batch(self, batch: list[_Command]) -> None:
+        """Decide, append and apply each command in turn in one transaction (each decides on
+        the state the ones before it left); a command's domain error fails that command only."""
+        appended: list[Event] = []
+        try:
+            snap = self._role.require_primary()
+            with self._engine.begin() as conn:
+                seq = eventlog.last_position(conn).seq
+                in_batch: dict[str, Event] = {}
+                for command in batch:
+                    try:
+                        event = self._write_one(conn, command, snap.epoch, seq + 1, in_batch)
+                    except ChatError as exc:
+                        command.error = exc
+                        continue
+                    if event is not None:
+                        seq = event.seq
+                        appended.append(event)
+        except ChatError as exc:  # not the primary: nothing was written
+            self._fail(batch, exc)
+            appended = []
+        except sa.exc.OperationalError as exc:
+            log.error("replica %d: storage error while writing: %s", self._role.index, exc)
+            self._fail(batch, Unavailable("this replica's database is failing; retry shortly"))
+            appended = []
+        except Exception as exc:
+            log.exception("replica %d: writing a batch of commands failed", self._role.index)
+            self._fail(batch, Unavailable(f"the write failed ({exc.__class__.__name__}); retry"))
+            appended = []
+        if appended:
+            self._commits.appended(appended)
+            for listener in self._on_appended:
+                listener(appended)
+        for command in batch:
+            command.done.set()
+
+    def _write_one(
+        self,
+        conn: sa.Connection,
+        command: _Command,
+        epoch: int,
+        seq: int,
+        in_batch: dict[str, Event],
+    ) -> Event | None:
+        request_id = command.request_id
+        if request_id is not None:
+            existing = in_batch.get(request_id) or eventlog.find_by_request_id(conn, request_id)
+            if existing is not None:
+                command.outcome = Outcome(existing, duplicate=True)
+                return None
+        self._admission()
+        new = command.decide(conn)
+        if new is None:
+            command.outcome = Outcome(None, duplicate=False)
+            return None
+        event = Event(seq, epoch, new.type, new.payload, request_id, self._clock())
+        eventlog.append_events(conn, [event], after_seq=seq - 1)
+        projections.apply_events(conn, [event])
+        if request_id is not None:
+            in_batch[request_id] = event
+        command.outcome = Outcome(event, duplicate=False)
+        return event
+
+    @staticmethod
+    def _fail(batch: list[_Command], error: ChatError) -> None:
+        for command in batch:
+            command.outcome = None
+            command.error = error
 
     def append_system_event(self, new: NewEvent, epoch: int) -> Event:
         """An event the cluster writes itself (e.g. a new primary's epoch marker)."""
