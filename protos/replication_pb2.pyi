@@ -49,10 +49,12 @@ class Hello(_message.Message):
     def __init__(self, follower_index: _Optional[int] = ..., follower_epoch: _Optional[int] = ..., position: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("position",)
+    __slots__ = ("position", "in_sync")
     POSITION_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
     position: LogPosition
-    def __init__(self, position: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
+    in_sync: bool
+    def __init__(self, position: _Optional[_Union[LogPosition, _Mapping]] = ..., in_sync: _Optional[bool] = ...) -> None: ...
 
 class LeaderMessage(_message.Message):
     __slots__ = ("leader_epoch", "divergence", "batch", "heartbeat")
@@ -113,12 +115,14 @@ class VoteReply(_message.Message):
     def __init__(self, granted: _Optional[bool] = ..., epoch: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
-    __slots__ = ("from_index", "from_epoch")
+    __slots__ = ("from_index", "from_epoch", "from_primary")
     FROM_INDEX_FIELD_NUMBER: _ClassVar[int]
     FROM_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FROM_PRIMARY_FIELD_NUMBER: _ClassVar[int]
     from_index: int
     from_epoch: int
-    def __init__(self, from_index: _Optional[int] = ..., from_epoch: _Optional[int] = ...) -> None: ...
+    from_primary: bool
+    def __init__(self, from_index: _Optional[int] = ..., from_epoch: _Optional[int] = ..., from_primary: _Optional[bool] = ...) -> None: ...
 
 class PeerState(_message.Message):
     __slots__ = ("index", "role", "epoch", "position", "applied_seq", "in_sync", "reachable", "lag")

@@ -58,6 +58,10 @@ class Coordinator:
         self._tick_now = threading.Event()
         self._interval = config.heartbeat_interval_ms / 1000
         self._peer_timeout = config.peer_timeout_ms / 1000
+        # A primary drops an unreachable member after insync_timeout; the member stops
+        # vouching for its log well before that.
+        self._vouch_window = config.insync_timeout_ms / 1000 / 2
+        self._not_streaming_since: float | None = None
         self._slot = sorted(r.index for r in config.replicas).index(index)
         with engine.connect() as conn:
             self._current_epoch = eventlog.current_epoch(conn)
@@ -87,9 +91,13 @@ class Coordinator:
 
     @property
     def trusted(self) -> bool:
-        """Holds every event the latest primary acknowledged: in its in-sync set, and up and
-        listening since (see protocol.electable)."""
-        return self._role.snapshot.role is not Role.PRIMARY and self.follower_state.in_sync
+        """Holds every event the latest primary acknowledged: in its in-sync set and knows it,
+        and up and listening since (see protocol.electable). A follower stuck storing a batch
+        for half the in-sync timeout may have been dropped without hearing of it."""
+        if self._role.snapshot.role is Role.PRIMARY or not self.follower_state.in_sync:
+            return False
+        busy_since = self.follower_state.processing_since
+        return busy_since is None or self._clock() - busy_since < self._vouch_window
 
     def following_live_primary(self) -> bool:
         s = self.follower_state
@@ -146,9 +154,8 @@ class Coordinator:
             theirs = Position(request.position.epoch, request.position.seq)
             if theirs < mine:
                 return refuse(f"my log ({mine.epoch}, {mine.seq}) is more up to date")
-            # A vote for a new epoch: whatever that primary acknowledges, this replica will
-            # not have until it catches up, so it no longer vouches for holding every event.
-            self.follower_state.in_sync = False
+            # A voter keeps vouching for its log: the new primary counts it in its in-sync set
+            # from the start (ReplicationHub.activate), so acknowledges nothing without it.
             with self._engine.begin() as conn:
                 eventlog.raise_current_epoch(conn, request.epoch)
             self._current_epoch = request.epoch
@@ -160,6 +167,18 @@ class Coordinator:
                 request.epoch,
             )
             return rpb.VoteReply(granted=True, epoch=request.epoch)
+
+    def handle_probe(self, request: rpb.ProbeRequest) -> rpb.ProbeReply:
+        if (
+            request.from_primary
+            and request.from_epoch >= self._current_epoch
+            and self._role.snapshot.role is not Role.PRIMARY
+            and self._target != (request.from_index, request.from_epoch)
+            and request.from_index in {p.index for p in self.config.peers_of(self.index)}
+        ):
+            # A new primary announces itself: follow it now rather than at our next probe.
+            self._set_target(request.from_index, request.from_epoch)
+        return self.probe_reply()
 
     def probe_reply(self) -> rpb.ProbeReply:
         snap = self._role.snapshot
@@ -225,7 +244,11 @@ class Coordinator:
                 # could contradict what the new primary acknowledged.
                 self._step_down(f"paused for {gap:.2f}s, the others may have elected")
         probes = self._peers.probe_all(
-            rpb.ProbeRequest(from_index=self.index, from_epoch=self._current_epoch),
+            rpb.ProbeRequest(
+                from_index=self.index,
+                from_epoch=self._current_epoch,
+                from_primary=self._role.snapshot.role is Role.PRIMARY,
+            ),
             timeout=max(self._interval * 2, 0.2),
         )
         self._last_probe = probes
@@ -250,11 +273,16 @@ class Coordinator:
                 self.follower_state.streaming
                 and self.follower_state.primary_index == best.self.index
             ):
+                self._not_streaming_since = None
                 return
             # The primary is alive but we are not streaming from it: it will drop us from its
-            # in-sync set, so we no longer vouch for holding what it acknowledges.
-            self.follower_state.in_sync = False
+            # in-sync set after insync_timeout, so we stop vouching after half of that.
+            if self._not_streaming_since is None:
+                self._not_streaming_since = now
+            elif now - self._not_streaming_since > self._vouch_window:
+                self.follower_state.in_sync = False
             return
+        self._not_streaming_since = None
         if self.following_live_primary():
             return
         quiet_since = max(self.follower_state.last_contact, self._started_at)
@@ -332,7 +360,7 @@ class Coordinator:
                 if reply is not None and reply.epoch > epoch:
                     self.observe_epoch(reply.epoch)
             return
-        self._become_primary(epoch)
+        self._become_primary(epoch, others)
 
     def _log_election_view(
         self, electorate: list[protocol.CandidateView], choice: int | None
@@ -355,7 +383,7 @@ class Coordinator:
                 else f"replica {choice}",
             )
 
-    def _become_primary(self, epoch: int) -> None:
+    def _become_primary(self, epoch: int, voters: list[int]) -> None:
         with self._lock:
             if self._current_epoch != epoch or self._stop.is_set():
                 return  # a newer epoch appeared while votes were collected
@@ -363,7 +391,7 @@ class Coordinator:
             last = self.my_position()
             self.follower_state.in_sync = False
             self._commits.reset(min(self.follower_state.committed_seq, last.seq))
-            self._hub.activate(epoch, last.seq)
+            self._hub.activate(epoch, last.seq, voters)
             # The new epoch starts durably, in the log, before any client write: committing
             # this event also commits every earlier event the new primary holds.
             self._writer.append_system_event(
@@ -372,6 +400,7 @@ class Coordinator:
             )
             self._role.set(Role.PRIMARY, epoch, self.index, self.config.replica(self.index).address)
             self._target = None
+        self._tick_now.set()  # announce it to the others at once (handle_probe)
         log.info(
             "replica %d: primary for epoch %d (log was at %d.%d)",
             self.index,

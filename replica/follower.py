@@ -37,6 +37,7 @@ class FollowerState:
     in_sync: bool = False
     committed_seq: int = 0
     streaming: bool = False
+    processing_since: float | None = None  # set while a message is being stored
 
 
 class _Outbox:
@@ -84,7 +85,7 @@ class Follower:
         self._on_truncated = on_truncated
         # Reads on a secondary show what the primary reports committed, up to what is stored.
         self._on_committed = on_committed
-        self._stored_seq = 0
+        self._stored_position = Position(0, 0)
 
     def follow(
         self,
@@ -114,38 +115,53 @@ class Follower:
                         f"primary {primary_index} is at epoch {message.leader_epoch}, "
                         f"older than {self._current_epoch()}"
                     )
-                self._observe_epoch(message.leader_epoch)
-                self.state.primary_index = primary_index
-                self.state.primary_epoch = message.leader_epoch
+                self.state.processing_since = time.monotonic()
+                try:
+                    reply = self._handle(message, primary_index)
+                finally:
+                    self.state.processing_since = None
                 self.state.last_contact = time.monotonic()
-                kind = message.WhichOneof("kind")
-                if kind == "divergence":
-                    reply = self._resolve_divergence(message.divergence)
-                    if reply.HasField("ack"):
-                        self.state.streaming = True
+                if reply is not None:
                     outbox.put(reply)
-                elif kind == "batch":
-                    position = self._store(message.batch)
-                    self.state.in_sync = message.batch.in_sync
-                    self.state.committed_seq = message.batch.committed_seq
-                    self._on_committed(min(message.batch.committed_seq, position.seq))
-                    outbox.put(
-                        rpb.FollowerMessage(
-                            ack=rpb.Ack(
-                                position=rpb.LogPosition(epoch=position.epoch, seq=position.seq)
-                            )
-                        )
-                    )
-                elif kind == "heartbeat":
-                    self.state.in_sync = message.heartbeat.in_sync
-                    self.state.committed_seq = message.heartbeat.committed_seq
-                    self._on_committed(min(message.heartbeat.committed_seq, self._stored_seq))
         finally:
             self.state.streaming = False
             outbox.close()
             responses.cancel()
             if cancel_event is not None:
                 cancel_event.set()
+
+    def _handle(self, message: rpb.LeaderMessage, primary_index: int) -> rpb.FollowerMessage | None:
+        self._observe_epoch(message.leader_epoch)
+        self.state.primary_index = primary_index
+        self.state.primary_epoch = message.leader_epoch
+        kind = message.WhichOneof("kind")
+        if kind == "divergence":
+            reply = self._resolve_divergence(message.divergence)
+            if reply.HasField("ack"):
+                self.state.streaming = True
+            return reply
+        if kind == "batch":
+            position = self._store(message.batch)
+            self.state.in_sync = message.batch.in_sync
+            self.state.committed_seq = message.batch.committed_seq
+            self._on_committed(min(message.batch.committed_seq, position.seq))
+            return self._ack(position)
+        if kind == "heartbeat":
+            self.state.in_sync = message.heartbeat.in_sync
+            self.state.committed_seq = message.heartbeat.committed_seq
+            self._on_committed(min(message.heartbeat.committed_seq, self._stored_position.seq))
+            # Acked too: it tells the primary this replica is alive and what it believes
+            # about its membership (the primary removes a member only once it knows).
+            return self._ack(self._stored_position)
+        return None
+
+    def _ack(self, position: Position) -> rpb.FollowerMessage:
+        return rpb.FollowerMessage(
+            ack=rpb.Ack(
+                position=rpb.LogPosition(epoch=position.epoch, seq=position.seq),
+                in_sync=self.state.in_sync,
+            )
+        )
 
     def _position(self) -> Position:
         with self._engine.connect() as conn:
@@ -180,10 +196,8 @@ class Follower:
                 )
                 self._on_truncated(cut)
                 return self._hello_from(conn)
-            self._stored_seq = own_last.seq
-            return rpb.FollowerMessage(
-                ack=rpb.Ack(position=rpb.LogPosition(epoch=own_last.epoch, seq=own_last.seq))
-            )
+            self._stored_position = own_last
+            return self._ack(own_last)
 
     def _hello_from(self, conn: sa.Connection) -> rpb.FollowerMessage:
         position = eventlog.last_position(conn)
@@ -204,5 +218,5 @@ class Follower:
                 eventlog.append_events(conn, fresh)
                 projections.apply_events(conn, fresh)
                 last = fresh[-1].position
-        self._stored_seq = last.seq
+        self._stored_position = last
         return last

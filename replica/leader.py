@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -32,7 +32,10 @@ class SecondaryState:
     stream_id: int = 0
     connected: bool = False
     acked_seq: int = 0
+    # Counts for the commit point. A member leaves in two steps: it is told (`leaving`), and
+    # it is removed once it acks that it knows, or once it has been unreachable too long.
     in_sync: bool = False
+    leaving_since: float | None = None
     behind_since: float | None = None
     last_ack_at: float = 0.0
     disconnected_at: float | None = None
@@ -51,11 +54,19 @@ class _Stream:
     index: int
     stream_id: int
     acked: Position = field(default_factory=lambda: Position(0, 0))
+    # Ends of batches that reached the end of the log when they were sent.
+    tips: set[int] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class ReplicationHub:
     """Tracks the secondaries of this primary; the commit point is the lowest seq acked by every
-    in-sync secondary (Kafka acks=all)."""
+    in-sync secondary (Kafka acks=all).
+
+    A secondary may vouch for holding every acknowledged event in an election only while it is
+    in the set and knows it; so the set never shrinks behind a member's back: a connected
+    member is told first and removed when it confirms, and an unreachable one is removed only
+    after `insync_timeout_ms`, while it stops vouching after half of that (Coordinator)."""
 
     def __init__(
         self,
@@ -75,7 +86,7 @@ class ReplicationHub:
         self._last_seq = 0
         self._next_stream_id = 0
         self._secondaries: dict[int, SecondaryState] = {}
-        self._membership_version = 0  # bumped when the in-sync set changes
+        self._membership_version = 0  # bumped when what a member should be told changes
         # Removing a silent secondary from the in-sync set is safe only if this primary has been
         # running, and so heartbeating, for longer than a secondary waits before electing: a
         # paused (SIGSTOPped) primary must not wake up and count on a set it no longer leads.
@@ -83,13 +94,20 @@ class ReplicationHub:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def activate(self, epoch: int, last_seq: int) -> None:
+    def activate(self, epoch: int, last_seq: int, voters: Iterable[int] = ()) -> None:
+        """Lead `epoch`. The replicas that voted start in the in-sync set: they keep vouching
+        for their logs through the election, so nothing is acknowledged without them until
+        they catch up or are removed."""
         with self._cond:
+            now = self._clock()
             self._active = True
             self._epoch = epoch
             self._last_seq = last_seq
-            self._secondaries = {}
-            self._awake_since = self._clock()
+            self._secondaries = {
+                v: SecondaryState(v, in_sync=True, behind_since=now, disconnected_at=now)
+                for v in voters
+            }
+            self._awake_since = now
             self._cond.notify_all()
 
     def deactivate(self) -> None:
@@ -159,7 +177,6 @@ class ReplicationHub:
             state.stream_id = self._next_stream_id
             state.connected = True
             state.disconnected_at = None
-            state.in_sync = False  # rejoins once caught up
             self._cond.notify_all()
         self._advance_commit()
         return self._next_stream_id
@@ -171,10 +188,14 @@ class ReplicationHub:
                 return
             state.connected = False
             state.disconnected_at = self._clock()
-        # It leaves the in-sync set at the coordinator's next tick, which first checks that
-        # this process was not paused (a paused primary must step down instead).
+        # It leaves the in-sync set at a later tick of the coordinator, which first checks
+        # that this process was not paused (a paused primary must step down instead).
 
-    def on_ack(self, index: int, stream_id: int, seq: int) -> None:
+    def on_ack(
+        self, index: int, stream_id: int, seq: int, knows_in_sync: bool, was_tip: bool = False
+    ) -> None:
+        """`was_tip`: `seq` was the end of the log when it was sent, so the secondary is caught
+        up as of then (under steady writes it is never level with the log's end itself)."""
         with self._cond:
             state = self._secondaries.get(index)
             if state is None or state.stream_id != stream_id:
@@ -182,52 +203,69 @@ class ReplicationHub:
             now = self._clock()
             state.acked_seq = max(state.acked_seq, seq)
             state.last_ack_at = now
-            if state.acked_seq >= self._last_seq:
+            caught_up = state.acked_seq >= self._last_seq or was_tip
+            if caught_up:
                 state.behind_since = None
-                if not state.in_sync:
-                    state.in_sync = True
-                    self._membership_version += 1
-                    log.info(
-                        "replica %d: replica %d joined the in-sync set at seq %d",
-                        self.index,
-                        index,
-                        seq,
-                    )
             elif state.behind_since is None:
                 state.behind_since = now
+            if state.leaving_since is not None and not knows_in_sync:
+                self._remove_locked(state, "behind for too long")
+            elif caught_up and state.leaving_since is not None:
+                state.leaving_since = None  # caught up before it left: it stays
+                self._membership_version += 1
+            elif caught_up and not state.in_sync:
+                state.in_sync = True
+                self._membership_version += 1
+                log.info(
+                    "replica %d: replica %d joined the in-sync set at seq %d",
+                    self.index,
+                    index,
+                    seq,
+                )
             self._cond.notify_all()
         self._advance_commit()
 
     def tick(self) -> None:
-        """Called periodically: drop secondaries that left or fell behind for too long."""
+        """Called periodically by the coordinator, after it checked this process was not
+        paused: start or finish removing members that left or fell behind for too long."""
         with self._cond:
             self._evaluate_locked(self._clock())
         self._advance_commit()
 
     def _evaluate_locked(self, now: float) -> None:
         timeout = self._config.insync_timeout_ms / 1000
-        awake_for = now - self._awake_since
-        if awake_for < self._config.peer_timeout_ms / 1000 * 1.5:
+        if now - self._awake_since < self._config.peer_timeout_ms / 1000 * 1.5:
             return
         for s in self._secondaries.values():
             if not s.in_sync:
                 continue
-            if not s.connected:
-                reason = "disconnected"
-            elif s.behind_since is not None and now - s.behind_since > timeout:
-                reason = f"behind for more than {timeout:.1f}s"
-            else:
-                continue
-            s.in_sync = False
-            self._membership_version += 1
-            log.warning(
-                "replica %d: replica %d left the in-sync set (%s)", self.index, s.index, reason
-            )
+            if s.disconnected_at is not None and now - s.disconnected_at > timeout:
+                self._remove_locked(s, f"unreachable for more than {timeout:.1f}s")
+            elif s.leaving_since is not None and now - s.leaving_since > timeout:
+                self._remove_locked(s, "did not confirm leaving")
+            elif (
+                s.leaving_since is None
+                and s.behind_since is not None
+                and now - s.behind_since > timeout
+            ):
+                s.leaving_since = now  # told now; removed when it confirms
+                self._membership_version += 1
+                self._cond.notify_all()
+
+    def _remove_locked(self, state: SecondaryState, reason: str) -> None:
+        state.in_sync = False
+        state.leaving_since = None
+        self._membership_version += 1
+        self._cond.notify_all()
+        log.warning(
+            "replica %d: replica %d left the in-sync set (%s)", self.index, state.index, reason
+        )
 
     def in_sync_of(self, index: int) -> bool:
+        """What to tell a secondary: whether it is in the set and not on its way out."""
         with self._cond:
             state = self._secondaries.get(index)
-            return state is not None and state.in_sync
+            return state is not None and state.in_sync and state.leaving_since is None
 
     @property
     def membership_version(self) -> int:
@@ -309,7 +347,7 @@ class LeaderStream:
             position = Position(reply.hello.position.epoch, reply.hello.position.seq)
         stream_id = self._hub.open_stream(follower)
         state = _Stream(follower, stream_id, Position(0, start))
-        self._hub.on_ack(follower, stream_id, start)
+        self._hub.on_ack(follower, stream_id, start, reply.ack.in_sync)
         reader = threading.Thread(
             target=self._read_acks, args=(requests, state), daemon=True, name=f"acks-{follower}"
         )
@@ -323,8 +361,14 @@ class LeaderStream:
         try:
             for message in requests:
                 if message.HasField("ack"):
-                    state.acked = Position(message.ack.position.epoch, message.ack.position.seq)
-                    self._hub.on_ack(state.index, state.stream_id, message.ack.position.seq)
+                    seq = message.ack.position.seq
+                    state.acked = Position(message.ack.position.epoch, seq)
+                    with state.lock:
+                        was_tip = seq in state.tips
+                        state.tips = {t for t in state.tips if t > seq}
+                    self._hub.on_ack(
+                        state.index, state.stream_id, seq, message.ack.in_sync, was_tip
+                    )
         except grpc.RpcError:
             pass  # the stream ended; serve() notices through the context
         finally:
@@ -347,6 +391,9 @@ class LeaderStream:
                 if events:
                     sent = events[-1].seq
                     last_sent_at = now
+                    if sent >= self._hub.last_seq:
+                        with state.lock:
+                            state.tips.add(sent)
                     yield rpb.LeaderMessage(
                         leader_epoch=epoch,
                         batch=rpb.Batch(
@@ -362,6 +409,9 @@ class LeaderStream:
             if now - last_sent_at >= self._heartbeat_interval or in_sync != told_in_sync:
                 last_sent_at = now
                 told_in_sync = in_sync
+                if sent >= self._hub.last_seq:
+                    with state.lock:
+                        state.tips.add(sent)  # its ack then shows it holds the whole log
                 yield rpb.LeaderMessage(
                     leader_epoch=epoch,
                     heartbeat=rpb.Heartbeat(

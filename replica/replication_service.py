@@ -27,4 +27,4 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
         return self._coordinator.handle_vote(request)
 
     def Probe(self, request: Any, context: grpc.ServicerContext) -> rpb.ProbeReply:
-        return self._coordinator.probe_reply()
+        return self._coordinator.handle_probe(request)

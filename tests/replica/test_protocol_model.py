@@ -155,20 +155,22 @@ class ReplicationModel(RuleBasedStateMachine):
         for v in voters:
             if epoch <= v.current_epoch or c.position < v.position:
                 return  # refused
-        # Votes granted: voters record the epoch and stop vouching until they catch up.
+        # Votes granted: voters record the epoch and drop their stream to the old primary
+        # (which is gone or paused: it removes nobody meanwhile), but keep vouching: the new
+        # primary counts them in its in-sync set from the start.
         for v in [c, *voters]:
             v.current_epoch = epoch
-            v.trusted = False
-            if v.following is not None:
-                self._break_stream(v)
+            v.following = None
+            v.diverged_checked = False
+        c.trusted = False
         for request_id in self.acked:
             assert any(e.request_id == request_id for e in c.log), (
                 f"replica {c.index} became primary of epoch {epoch} without acknowledged "
                 f"request {request_id}"
             )
         c.primary = True
-        c.in_sync = set()
-        c.acked = {}
+        c.in_sync = {v.index for v in voters}
+        c.acked = {v.index: 0 for v in voters}
         c.log.append(Entry(epoch, None))
 
     # -- rules ---------------------------------------------------------------------------
@@ -291,6 +293,25 @@ class ReplicationModel(RuleBasedStateMachine):
         assert s.following is not None
         p = self.replicas[s.following]
         p.in_sync.discard(s.index)
+        s.trusted = False
+        self._ack_pending(p)
+
+    def _unconnected_members(self) -> list[Replica]:
+        p = self._visible_primary()
+        if p is None:
+            return []
+        return [self.replicas[i] for i in p.in_sync if self.replicas[i].following != p.index]
+
+    @precondition(lambda self: bool(self._unconnected_members()))
+    @rule(data=st.data())
+    def drop_unreachable_member(self, data: st.DataObject) -> None:
+        """A member that does not stream from the primary is removed after insync_timeout; if
+        it is alive it stopped vouching after half of that (the primary being visible to it)."""
+        s = self._pick(data, self._unconnected_members(), "dropped")
+        p = self._visible_primary()
+        assert p is not None
+        p.in_sync.discard(s.index)
+        p.acked.pop(s.index, None)
         s.trusted = False
         self._ack_pending(p)
 
