@@ -4,6 +4,7 @@ replica (config.attributes["connection"]), `-x db=URL`, CHAT_DB_URL, alembic.ini
 from __future__ import annotations
 
 import os
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
@@ -12,6 +13,9 @@ import eventlog
 import projections
 
 config = context.config
+if config.config_file_name is not None and "connection" not in config.attributes:
+    # Standalone (the alembic command): log as alembic.ini says. A replica logs its own way.
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 target_metadata = [eventlog.metadata, projections.metadata]
 
 

@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from replica.config import ConfigError, ReplicaSettings, default_db_url, load_cluster_config
 from replica.database import SchemaError
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s [replica {args.index}] %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mysql.connector").setLevel(logging.WARNING)
     log = logging.getLogger("replica")
     try:
         cluster = load_cluster_config(args.config)
@@ -47,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         from replica.node import ReplicaNode  # imported late: grpc start-up is slow
 
         node = ReplicaNode(settings)
-        node.start()
     except (ConfigError, SchemaError, OSError) as exc:
         log.error("%s", exc)
+        return 1
+    except SQLAlchemyError as exc:
+        log.error("cannot open the database: %s", str(exc).splitlines()[0])
         return 1
 
     done = threading.Event()
@@ -58,8 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("replica %d: %s, shutting down", args.index, signal.Signals(signum).name)
         done.set()
 
+    # Installed before the server starts: a SIGTERM right after it answers is a clean stop.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        node.start()
+    except OSError as exc:
+        log.error("%s", exc)
+        node.stop()
+        return 1
     done.wait()
     node.stop()
     return 0

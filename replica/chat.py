@@ -172,8 +172,12 @@ class ChatService:
         if outcome.event is None:
             return 0
         self._check_same_request(outcome.event, EventTypes.MESSAGES_ACKED, {})
-        if outcome.duplicate and not set(outcome.event.payload["message_ids"]) <= set(ids):
-            raise InvalidArgument(_REUSED_ID)
+        if outcome.duplicate:
+            caller = self.authenticate(token)
+            if outcome.event.payload["account_id"] != caller.account_id or not set(
+                outcome.event.payload["message_ids"]
+            ) <= set(ids):
+                raise InvalidArgument(_REUSED_ID)
         return len(outcome.event.payload["message_ids"])
 
     def delete_account(self, request_id: str, token: str, password: str) -> None:

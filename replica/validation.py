@@ -20,7 +20,8 @@ LIKE_ESCAPE: Final = "\\"
 
 def username(value: str, field: str = "username") -> str:
     """The canonical (lower-case) username, or InvalidArgument."""
-    canonical = value.strip().lower()
+    # ASCII before lower-casing: "\u212a" (KELVIN SIGN) would otherwise become "k".
+    canonical = value.strip().lower() if value.isascii() else value
     if not USERNAME_RE.fullmatch(canonical):
         raise InvalidArgument(
             f"{field} {_show(value)} is not valid: use 1-32 characters from a-z, 0-9, '_', '.', "
@@ -55,6 +56,8 @@ def request_id(value: str) -> str:
 
 
 def page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size must not be negative")
     if value == 0:
         return DEFAULT_PAGE_SIZE
     if value > MAX_PAGE_SIZE:
@@ -100,7 +103,8 @@ def message_page_token(token: str) -> int:
     """History pages continue after the last message id returned."""
     if not token:
         return 0
-    if not token.isdigit() or len(token) > 19:
+    # ASCII digits only (str.isdigit() also accepts e.g. '²'), within a BIGINT.
+    if not (token.isascii() and token.isdigit()) or len(token) > 19 or int(token) >= 2**63:
         raise InvalidArgument("page_token is not one this server returned")
     return int(token)
 

@@ -584,11 +584,6 @@ def test_error_status_and_message_and_nothing_changes(
     assert message.message_id == people.to_alice
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG replica/validation.py:103: a Unicode digit page token ('²') passes isdigit(), "
-    "int() raises ValueError and the client gets UNKNOWN 'Exception calling application'",
-)
 def test_unicode_digit_page_token_is_invalid_argument(server: Server, people: People) -> None:
     expect_error(
         server,

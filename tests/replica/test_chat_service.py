@@ -532,3 +532,14 @@ def test_a_replica_that_is_not_primary_refuses_writes(
     # Reads still work.
     assert chat.list_accounts("*", 0, "").items == ["alice"]
     assert log_end(engine) == 2
+
+
+def test_an_ack_request_id_reused_by_another_user_is_rejected(
+    engine: sa.Engine, chat: ChatService, login: Callable[[str], str]
+) -> None:
+    alice, bob, carol = login("alice"), login("bob"), login("carol")
+    to_bob = chat.send(rid(), alice, "bob", "for bob")
+    chat.send(rid(), alice, "carol", "for carol")
+    assert chat.ack("ack-1", bob, [to_bob]) == 1
+    rejected(engine, InvalidArgument, "request_id", lambda: chat.ack("ack-1", carol, [to_bob]))
+    assert chat.ack("ack-1", bob, [to_bob]) == 1  # the owner's retry still gets its result

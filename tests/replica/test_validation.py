@@ -212,22 +212,11 @@ def test_message_page_tokens() -> None:
             v.message_page_token(bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG replica/validation.py:103: str.isdigit() accepts Unicode digits such as '²', "
-    "then int() raises ValueError (an UNKNOWN status over gRPC) instead of InvalidArgument",
-)
 def test_message_page_token_rejects_unicode_digits() -> None:
     with pytest.raises(InvalidArgument):
         v.message_page_token("²")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG replica/validation.py:103: 19-digit tokens above 2**63-1 are accepted; SQLite "
-    "then raises OverflowError in the history query (an UNKNOWN status over gRPC)",
-)
 @pytest.mark.parametrize("token", [str(2**63), "9" * 19])
 def test_message_page_token_above_bigint_is_rejected(token: str) -> None:
     with pytest.raises(InvalidArgument):
@@ -242,11 +231,6 @@ def test_page_sizes() -> None:
         v.page_size(1001)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG replica/validation.py:57: a negative page_size is accepted (the proto field is "
-    "uint32, so only in-process callers can send one; ChatService then raises IndexError)",
-)
 def test_negative_page_size_is_rejected() -> None:
     with pytest.raises(InvalidArgument):
         v.page_size(-1)
@@ -266,3 +250,11 @@ def test_message_ids() -> None:
     for bad in ([0], [-1], [2**63], [1, 0]):
         with pytest.raises(InvalidArgument, match="positive integers"):
             v.message_ids(bad)
+
+
+@pytest.mark.parametrize("name", ["\u212aate", "caf\u00e9", "\u0430lice"])
+def test_non_ascii_names_are_rejected_not_folded(name: str) -> None:
+    """KELVIN SIGN lower-cases to 'k' and Cyrillic a (U+0430) looks like 'a': both must be refused
+    rather than turned into, or mistaken for, an ASCII name."""
+    with pytest.raises(InvalidArgument):
+        v.username(name)
