@@ -1,0 +1,483 @@
+"""Runs the phases on each backend, baselines first, and turns measurements into figures."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import catchup, failover, latency, throughput, users
+from bench.baselines import Rate, commit_rate, grpc_noop_rate
+from bench.cluster import REPLICAS, BenchCluster
+from bench.databases import Databases
+from bench.results import Figure, Results, Target
+from bench.sizes import Sizes
+from bench.stats import percentile
+from client.library import ChatClient
+
+PHASES = ("throughput", "latency", "failover", "catchup")
+SETUP_TIMEOUT = 60.0
+FAILOVER_TIMEOUT = 30.0
+MB = 1e6
+
+# The goals set for later work (docs/bench.md); measured and shown, not optimised for yet.
+THROUGHPUT_TARGET = Target(">=", 1.0, "ratio")  # 32 senders vs single-row commits, MySQL
+KILL_P50_TARGET = Target("<=", 100)
+KILL_MAX_TARGET = Target("<=", 500)
+STOP_MAX_TARGET = Target("<=", 1500)
+CATCHUP_TARGET = Target(">=", 20_000)
+LATENCY_P50_TARGET = Target("<=", 5)
+LATENCY_P99_TARGET = Target("<=", 25)
+RSS_TARGET = Target("<=", 150)
+
+
+@dataclass(frozen=True)
+class Options:
+    sizes: Sizes
+    backends: tuple[str, ...]
+    phases: frozenset[str]
+    work_dir: Path
+    mysql_url: str
+    tag: str
+
+
+def _rate_details(rate: Rate) -> dict[str, object]:
+    return {
+        "operations": rate.operations,
+        "seconds": round(rate.seconds, 3),
+        "each": rate.durations.as_dict(),
+    }
+
+
+def _mb(kb: int) -> float:
+    return kb * 1024 / MB
+
+
+class Runner:
+    def __init__(self, options: Options, results: Results, say: Callable[[str], None]) -> None:
+        self.options = options
+        self.sizes = options.sizes
+        self.results = results
+        self.say = say
+        self.failed = False
+        # Something happened that the figures do not show (e.g. a leadership change nobody
+        # caused); the replica logs are kept to look into it.
+        self.anomalies: list[str] = []
+
+    def run(self) -> None:
+        for backend in self.options.backends:
+            databases = Databases(
+                backend, self.options.work_dir, self.options.mysql_url, self.options.tag
+            )
+            try:
+                with self._phase(backend, "commit baselines"):
+                    self._commit_baselines(backend, databases)
+                with self._phase(backend, "cluster"):
+                    self._live_cluster(backend, databases)
+                if "catchup" in self.options.phases:
+                    with self._phase(backend, "catchup"):
+                        self._catchup(backend, databases)
+            finally:
+                databases.cleanup()
+
+    @contextmanager
+    def _phase(self, backend: str, phase: str) -> Iterator[None]:
+        began = time.monotonic()
+        self.say(f"[{backend}] {phase} ...")
+        try:
+            yield
+        except Exception as exc:
+            self.failed = True
+            first_line = next(iter(str(exc).splitlines()), "")
+            self.results.errors.append(
+                {
+                    "backend": backend,
+                    "phase": phase,
+                    "error": f"{exc.__class__.__name__}: {first_line}",
+                    "traceback": traceback.format_exc(),
+                }
+            )
+            self.say(f"[{backend}] {phase} FAILED:\n{traceback.format_exc()}")
+        else:
+            self.say(f"[{backend}] {phase} done in {time.monotonic() - began:.1f}s")
+
+    # -- baselines -----------------------------------------------------------------------
+
+    def _commit_baselines(self, backend: str, databases: Databases) -> None:
+        sizes = self.sizes
+        batched = f"batched insert ({sizes.batch_rows} rows/commit)"
+        for key, title, rows_per_commit in (
+            ("commit_single", "single-row commit", 1),
+            ("commit_batched", batched, sizes.batch_rows),
+        ):
+            engine = databases.migrated(key)
+            try:
+                rate = commit_rate(
+                    engine,
+                    rows_per_commit=rows_per_commit,
+                    seconds=sizes.commit_seconds,
+                    max_rows=max(sizes.commit_max_rows, rows_per_commit),
+                )
+            finally:
+                engine.dispose()
+            self.results.add(
+                _baseline(f"{key}.{backend}", title, backend, rate.per_second, "rows/s", rate)
+            )
+            self.say(f"[{backend}] {title}: {rate.per_second:,.0f} rows/s")
+
+    # -- one cluster for the gRPC baseline, idle memory, throughput, latency, failover ---
+
+    def _live_cluster(self, backend: str, databases: Databases) -> None:
+        urls = [databases.url(f"live_{i}") for i in range(REPLICAS)]
+        base_dir = self.options.work_dir / f"live-{backend}"
+        with BenchCluster(base_dir, urls) as cluster:
+            cluster.start_all()
+            primary = cluster.wait_primary(SETUP_TIMEOUT)
+            cluster.wait_in_sync(primary, SETUP_TIMEOUT)
+            self._idle_rss(backend, cluster)
+            rate = grpc_noop_rate(
+                cluster.address(primary),
+                seconds=self.sizes.grpc_seconds,
+                max_calls=self.sizes.grpc_max_calls,
+            )
+            self.results.add(
+                _baseline(
+                    f"grpc_noop.{backend}",
+                    "no-op gRPC call (health Check)",
+                    backend,
+                    rate.per_second,
+                    "calls/s",
+                    rate,
+                )
+            )
+            self.say(f"[{backend}] no-op gRPC call: {rate.per_second:,.0f} calls/s")
+            if not self.options.phases & {"throughput", "latency", "failover"}:
+                return
+            self._load_phases(backend, cluster)
+
+    def _idle_rss(self, backend: str, cluster: BenchCluster) -> None:
+        rss = {i: cluster.rss_kb(i) or 0 for i in range(REPLICAS)}
+        self.results.add(
+            _baseline(
+                f"replica_idle_rss.{backend}",
+                "idle replica RSS (mean of 3)",
+                backend,
+                statistics.fmean(_mb(kb) for kb in rss.values()),
+                "MB",
+                None,
+                {"replicas_mb": {str(i): round(_mb(kb), 1) for i, kb in rss.items()}},
+                "VmRSS " + ", ".join(f"{_mb(kb):.1f}" for kb in rss.values()) + " MB",
+            )
+        )
+
+    def _anomaly(self, backend: str, text: str) -> None:
+        self.anomalies.append(f"{backend}: {text}")
+        self.say(f"[{backend}] ANOMALY: {text}")
+
+    def _check_same_primary(self, backend: str, cluster: BenchCluster, before: int) -> None:
+        """No phase before the failover trials kills anything: the primary must not change."""
+        primary = cluster.primary()
+        epoch = None if primary is None else cluster.epoch_of(primary)
+        if epoch != before:
+            self._anomaly(
+                backend,
+                f"the primary changed without a fault: epoch {before} -> {epoch} "
+                f"(primary now {primary})",
+            )
+
+    def _load_phases(self, backend: str, cluster: BenchCluster) -> None:
+        sizes = self.sizes
+        senders = [f"bench_s{i:02d}" for i in range(sizes.max_senders)]
+        recipients = [f"bench_r{i}" for i in range(4)]
+        latency_recipient = "bench_latency"
+        failover_recipient = "bench_failover"
+        users.register(
+            cluster.addresses, [*senders, *recipients, latency_recipient, failover_recipient]
+        )
+        clients = users.logged_in_clients(cluster.addresses, [*senders, latency_recipient])
+        sender_clients, recipient_client = clients[:-1], clients[-1]
+        primary = cluster.wait_primary(SETUP_TIMEOUT)
+        epoch = cluster.epoch_of(primary)
+        try:
+            if "throughput" in self.options.phases:
+                with self._phase(backend, "throughput"):
+                    self._throughput(backend, sender_clients, recipients)
+            if "latency" in self.options.phases:
+                with self._phase(backend, "latency"):
+                    self._latency(backend, sender_clients, recipient_client, latency_recipient)
+            self._check_same_primary(backend, cluster, epoch or 0)
+            if "failover" in self.options.phases:
+                with self._phase(backend, "failover"):
+                    self._failover(backend, cluster, sender_clients[0], failover_recipient)
+        finally:
+            for client in clients:
+                client.close()
+
+    def _throughput(self, backend: str, clients: list[ChatClient], recipients: list[str]) -> None:
+        for count in self.sizes.sender_counts:
+            run = throughput.run_throughput(
+                clients[:count], recipients, self.sizes.throughput_seconds, f"{count}-senders"
+            )
+            plural = "sender" if count == 1 else "senders"
+            self.results.compared(
+                f"send_throughput.{backend}.senders_{count}",
+                f"send throughput, {count} {plural}",
+                backend,
+                run.per_second,
+                "msg/s",
+                f"commit_single.{backend}",
+                target=THROUGHPUT_TARGET if backend == "mysql" and count == 32 else None,
+                details={
+                    "senders": count,
+                    "seconds": run.seconds,
+                    "acknowledged": run.acknowledged,
+                    "errors": run.errors,
+                    "error_sample": run.error_sample,
+                    "send_latency": run.send_latency.as_dict(),
+                },
+                note=f"send p50 {run.send_latency.p50_ms:.1f} ms, p99 "
+                f"{run.send_latency.p99_ms:.1f} ms, {run.errors} errors",
+            )
+            self.say(
+                f"[{backend}] {count} {plural}: {run.per_second:,.0f} msg/s "
+                f"(send p50 {run.send_latency.p50_ms:.1f} ms, {run.errors} errors)"
+            )
+
+    def _latency(
+        self,
+        backend: str,
+        senders: list[ChatClient],
+        recipient_client: ChatClient,
+        recipient: str,
+    ) -> None:
+        sizes = self.sizes
+        run = latency.run_latency(
+            senders[: sizes.latency_senders],
+            recipient_client,
+            recipient,
+            rate=sizes.latency_rate,
+            seconds=sizes.latency_seconds,
+            label="latency",
+        )
+        grpc = self.results.figures.get(f"grpc_noop.{backend}")
+        call_ms = 1000 / grpc.value if grpc is not None and grpc.value > 0 else None
+        details = {
+            "rate": run.rate,
+            "seconds": run.seconds,
+            "scheduled": run.scheduled,
+            "skipped": run.skipped,
+            "acknowledged": run.acknowledged,
+            "received": run.received,
+            "lost": run.lost,
+            "errors": run.errors,
+            "achieved_rate": round(run.achieved_rate, 1),
+            "max_behind_schedule_ms": round(run.max_behind_schedule_ms, 3),
+            "delivery": run.delivery.as_dict(),
+            "send_latency": run.send_latency.as_dict(),
+            "paced_sender_threads": len(senders[: sizes.latency_senders]),
+        }
+        rate = f"{sizes.latency_rate:g} msg/s"
+        for name, value, target in (
+            ("p50", run.delivery.p50_ms, LATENCY_P50_TARGET),
+            ("p99", run.delivery.p99_ms, LATENCY_P99_TARGET),
+        ):
+            self.results.compared(
+                f"delivery_latency_{name}.{backend}",
+                f"delivery latency {name} at {rate}",
+                backend,
+                value,
+                "ms",
+                f"grpc_noop.{backend}",
+                baseline_value=call_ms,
+                baseline_title="no-op gRPC call",
+                baseline_unit="ms",
+                target=target,
+                details=details,
+                note=f"achieved {run.achieved_rate:.0f} msg/s, {run.skipped} skipped, "
+                f"{run.lost} lost, send p50 {run.send_latency.p50_ms:.1f} ms",
+            )
+        self.say(
+            f"[{backend}] delivery at {rate}: p50 {run.delivery.p50_ms:.1f} ms, "
+            f"p99 {run.delivery.p99_ms:.1f} ms ({run.received}/{run.acknowledged} received)"
+        )
+
+    def _failover(
+        self, backend: str, cluster: BenchCluster, client: ChatClient, recipient: str
+    ) -> None:
+        trials: dict[failover.FaultKind, list[failover.FailoverTrial]] = {
+            "sigkill": [],
+            "sigstop": [],
+        }
+        with failover.ContinuousSender(client, recipient, "failover") as sender:
+            for kind, done in trials.items():
+                for n in range(self.sizes.failover_trials):
+                    trial = failover.run_trial(cluster, sender, kind, FAILOVER_TIMEOUT)
+                    done.append(trial)
+                    self.say(
+                        f"[{backend}] {kind} trial {n + 1}: first ack after "
+                        f"{trial.failover_ms:.0f} ms (election seen after "
+                        f"{trial.election_ms or 0:.0f} ms)"
+                    )
+        steady = [
+            t.steady_send_p50_ms
+            for done in trials.values()
+            for t in done
+            if t.steady_send_p50_ms is not None
+        ]
+        self.results.add(
+            _baseline(
+                f"steady_send.{backend}",
+                "send latency before the fault (p50)",
+                backend,
+                statistics.median(steady) if steady else 0.0,
+                "ms",
+                None,
+                {"per_trial_ms": [round(s, 3) for s in steady]},
+                "the failover client, 2 s before each fault",
+            )
+        )
+        targets: dict[failover.FaultKind, tuple[Target | None, Target]] = {
+            "sigkill": (KILL_P50_TARGET, KILL_MAX_TARGET),
+            "sigstop": (None, STOP_MAX_TARGET),
+        }
+        for kind, done in trials.items():
+            times = [t.failover_ms for t in done]
+            elections = [t.election_ms for t in done if t.election_ms is not None]
+            note = "trials " + ", ".join(f"{t:.0f}" for t in times) + " ms"
+            if elections:
+                note += f"; new primary seen p50 {percentile(elections, 50):.0f} ms"
+            details = {
+                "trials": [t.as_dict() for t in done],
+                "client": {
+                    "timeout_s": users.CLIENT_TIMEOUT,
+                    "attempt_timeout_s": users.CLIENT_ATTEMPT_TIMEOUT,
+                },
+            }
+            for name, value, target in (
+                ("p50", percentile(times, 50), targets[kind][0]),
+                ("max", max(times), targets[kind][1]),
+            ):
+                self.results.compared(
+                    f"failover_{kind}_{name}.{backend}",
+                    f"failover after {kind.upper()} ({name}, {len(times)} trials)",
+                    backend,
+                    value,
+                    "ms",
+                    f"steady_send.{backend}",
+                    target=target,
+                    details=details,
+                    note=note,
+                )
+
+    # -- catch-up ------------------------------------------------------------------------
+
+    def _catchup(self, backend: str, databases: Databases) -> None:
+        wanted = catchup.scenarios(self.sizes)
+        began = time.monotonic()
+        urls = catchup.prepare(databases, wanted, self.sizes.seed_batch)
+        self.say(f"[{backend}] catch-up logs written in {time.monotonic() - began:.1f}s")
+        runs: list[catchup.CatchupRun] = []
+        for scenario in wanted:
+            timeout = 60 + scenario.missing / 200  # bounded even at 200 events/s
+            run = catchup.run_catchup(
+                databases,
+                scenario,
+                urls[scenario.name],
+                self.options.work_dir / f"catchup-{backend}-{scenario.name}",
+                timeout,
+                lambda text: self.say(f"[{backend}] {text}"),
+            )
+            runs.append(run)
+            self._catchup_figures(backend, run, runs[0])
+            self.say(
+                f"[{backend}] catch-up of {scenario.missing:,} of {scenario.log_size:,}: "
+                f"{run.per_second:,.0f} events/s, peak RSS "
+                f"{max(_mb(kb) for kb in run.peak_rss_kb.values()):.0f} MB"
+            )
+
+    def _catchup_figures(
+        self, backend: str, run: catchup.CatchupRun, first: catchup.CatchupRun
+    ) -> None:
+        s = run.scenario
+        details: dict[str, object] = {
+            "log_size": s.log_size,
+            "missing": s.missing,
+            "lagging_replica": catchup.LAGGING,
+            "primary": run.primary,
+            "caught_up_events": run.caught_up_events,
+            "seconds": round(run.seconds, 3),
+            "launch_to_level_s": round(run.launch_to_level_s, 3),
+            "extra_elections": run.extra_elections,
+        }
+        note = f"{run.seconds:.2f} s"
+        if run.extra_elections:
+            note += f"; {run.extra_elections} unprovoked election(s)"
+            self._anomaly(
+                backend,
+                f"catch-up {s.name}: {run.extra_elections} election(s) with no fault injected",
+            )
+        if run is not first and first.per_second > 0:
+            versus = run.per_second / first.per_second
+            details[f"rate_vs_{first.scenario.name}"] = round(versus, 3)
+            note += f"; {versus:.2f}x the rate with a {first.scenario.log_size:,} log"
+        self.results.compared(
+            f"catchup_rate.{backend}.{s.name}",
+            f"catch-up, {s.missing:,} missing of {s.log_size:,}",
+            backend,
+            run.per_second,
+            "events/s",
+            f"commit_batched.{backend}",
+            target=CATCHUP_TARGET,
+            details=details,
+            note=note,
+        )
+        peak = {i: _mb(kb) for i, kb in run.peak_rss_kb.items()}
+        roles = {
+            i: "primary" if i == run.primary else "lagging" if i == catchup.LAGGING else "secondary"
+            for i in range(REPLICAS)
+        }
+        self.results.compared(
+            f"catchup_peak_rss.{backend}.{s.name}",
+            "peak replica RSS in that catch-up (max of 3)",
+            backend,
+            max(peak.values()),
+            "MB",
+            f"replica_idle_rss.{backend}",
+            target=RSS_TARGET,
+            details={
+                "vm_hwm_mb": {str(i): round(mb, 1) for i, mb in peak.items()},
+                "sampled_vm_rss_mb": {
+                    str(i): round(_mb(kb), 1) for i, kb in run.sampled_peak_rss_kb.items()
+                },
+                "roles": {str(i): role for i, role in roles.items()},
+            },
+            note="VmHWM " + ", ".join(f"{roles[i]} {mb:.0f}" for i, mb in peak.items()) + " MB",
+        )
+
+
+def _baseline(
+    key: str,
+    title: str,
+    backend: str,
+    value: float,
+    unit: str,
+    rate: Rate | None,
+    details: dict[str, object] | None = None,
+    note: str = "",
+) -> Figure:
+    if rate is not None and not note:
+        each = rate.durations
+        note = f"each p50 {each.p50_ms:.2f} ms, p99 {each.p99_ms:.2f} ms"
+    return Figure(
+        key=key,
+        title=title,
+        backend=backend,
+        value=value,
+        unit=unit,
+        details={**(_rate_details(rate) if rate is not None else {}), **(details or {})},
+        note=note,
+    )
