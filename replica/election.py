@@ -231,14 +231,14 @@ class Coordinator:
 
     def _tick(self) -> None:
         now = self._clock()
-        gap = now - self._last_tick
-        self._last_tick = now
-        if gap > max(4 * self._interval, self._peer_timeout / 2):
-            # Paused (SIGSTOP, a stall): the others may have moved on without us.
+        previous, self._last_tick = self._last_tick, now
+        gap = now - previous
+        if gap > max(4 * self._interval, self._peer_timeout / 2) and self._was_frozen(previous):
+            # Paused (SIGSTOP, a stall of the whole process): the others may have moved on.
             log.warning("replica %d: was paused for %.2fs", self.index, gap)
             self.follower_state.in_sync = False
             self._hub.note_pause()
-            if gap > self._peer_timeout * 0.75:
+            if gap > self._peer_timeout:
                 # Long enough for the others to have elected a new primary, which this one
                 # cannot rule out when it cannot reach them: acknowledging anything more
                 # could contradict what the new primary acknowledged.
@@ -296,6 +296,13 @@ class Coordinator:
         if any(r.following_live_primary for r in live):
             return  # someone still hears a primary; we will learn of it
         self._elect(live)
+
+    def _was_frozen(self, since: float) -> bool:
+        """Whether nothing in this process heard from a peer since `since`: a late tick on a
+        busy machine, while the replication threads kept exchanging messages, is no pause."""
+        if self._role.snapshot.role is Role.PRIMARY:
+            return self._hub.last_ack_at < since
+        return self.follower_state.last_contact < since
 
     def _set_target(self, primary_index: int, epoch: int) -> None:
         with self._lock:

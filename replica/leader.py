@@ -87,6 +87,7 @@ class ReplicationHub:
         self._next_stream_id = 0
         self._secondaries: dict[int, SecondaryState] = {}
         self._membership_version = 0  # bumped when what a member should be told changes
+        self.last_ack_at = 0.0  # from any secondary (monotonic)
         # Removing a silent secondary from the in-sync set is safe only if this primary has been
         # running, and so heartbeating, for longer than a secondary waits before electing: a
         # paused (SIGSTOPped) primary must not wake up and count on a set it no longer leads.
@@ -202,7 +203,7 @@ class ReplicationHub:
                 return
             now = self._clock()
             state.acked_seq = max(state.acked_seq, seq)
-            state.last_ack_at = now
+            state.last_ack_at = self.last_ack_at = now
             caught_up = state.acked_seq >= self._last_seq or was_tip
             if caught_up:
                 state.behind_since = None
