@@ -26,6 +26,7 @@ from protos import chat_pb2
 logger = logging.getLogger(__name__)
 
 PRIMARY_ADDRESS_KEY = "chat-primary-address"
+SERVICE_ERROR_KEY = "chat-error"  # set by replicas on their own error statuses
 
 # Worth another replica (or another try): the replica is down, is not the primary, did not
 # answer in time, or dropped the call while shutting down.
@@ -113,13 +114,14 @@ class Failover:
         round_start = address
         tried: set[str] = set()
         saw_not_primary = False
+        refusal: str | None = None  # the service's own last reason for refusing
         attempts = 0
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
             remaining = deadline - self._clock()
             if remaining <= 0 and attempts > 0:
-                raise self._give_up(saw_not_primary)
+                raise self._give_up(saw_not_primary, refusal)
             tried.add(address)
             attempts += 1
             try:
@@ -129,6 +131,8 @@ class Failover:
                     raise ChatError.from_rpc_error(error) from None
                 logger.debug("%s answered %s: %s", address, error.code().name, error.details())
                 saw_not_primary |= error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                if error.code() == grpc.StatusCode.UNAVAILABLE and _from_service(error):
+                    refusal = f"{error.details()} (replica at {address})"
                 hint = self._primary_hint(error, address, remaining)
             else:
                 self._record_success(address)
@@ -141,7 +145,7 @@ class Failover:
                 # Every replica failed this round: pause, then start over.
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    raise self._give_up(saw_not_primary)
+                    raise self._give_up(saw_not_primary, refusal)
                 self._sleep(min(next(delays), remaining))
                 tried.clear()
                 following = round_start
@@ -191,10 +195,17 @@ class Failover:
             if self._on_replica_change is not None:
                 self._on_replica_change(address)
 
-    def _give_up(self, saw_not_primary: bool) -> ChatUnavailableError:
+    def _give_up(self, saw_not_primary: bool, refusal: str | None) -> ChatUnavailableError:
         addresses = ", ".join(self.addresses)
-        if saw_not_primary:
+        if refusal is not None:
+            message = refusal
+        elif saw_not_primary:
             message = f"no primary found among {addresses}"
         else:
             message = f"no replica reachable at {addresses}"
         return ChatUnavailableError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def _from_service(error: grpc.RpcError) -> bool:
+    """Whether the status is the service's own answer rather than a transport failure."""
+    return any(m.key == SERVICE_ERROR_KEY for m in error.trailing_metadata() or ())

@@ -21,6 +21,7 @@ class CommitTracker:
         self._pending: deque[Event] = deque()
         self._listeners: list[Callable[[list[Event]], None]] = []
         self._failed_from: int | None = None
+        self._stalled: str | None = None  # why the commit point cannot move now
 
     @property
     def committed_seq(self) -> int:
@@ -55,11 +56,21 @@ class CommitTracker:
             self._pending.clear()
             self._cond.notify_all()
 
+    def set_stalled(self, reason: str | None) -> None:
+        """While set, waiters get Unavailable(reason) at once instead of waiting out their
+        timeout (their events stay in the log: a retry with the same request_id returns the
+        first result once they commit)."""
+        with self._cond:
+            if reason != self._stalled:
+                self._stalled = reason
+                self._cond.notify_all()
+
     def reset(self, committed_seq: int) -> None:
         with self._cond:
             self._committed_seq = committed_seq
             self._pending.clear()
             self._failed_from = None
+            self._stalled = None
             self._cond.notify_all()
 
     def wait_committed(self, seq: int, timeout: float) -> None:
@@ -68,11 +79,14 @@ class CommitTracker:
                 lambda: (
                     self._committed_seq >= seq
                     or (self._failed_from is not None and seq >= self._failed_from)
+                    or self._stalled is not None
                 ),
                 timeout,
             )
             if self._committed_seq >= seq:
                 return
+            if self._stalled is not None:
+                raise Unavailable(self._stalled)
             if ok:
                 raise Unavailable(
                     "the request was not committed: this replica lost its primary role; "

@@ -162,9 +162,16 @@ class ReplicationHub:
             if not self._active:
                 return
             in_sync = {i: s.acked_seq for i, s in self._secondaries.items() if s.in_sync}
-            if not protocol.enough_in_sync(len(in_sync), self._config.min_insync):
-                return
+            enough = protocol.enough_in_sync(len(in_sync), self._config.min_insync)
             point = protocol.commit_point(self._last_seq, in_sync)
+        if not enough:
+            self._commits.set_stalled(
+                f"only {len(in_sync) + 1} replica(s) in sync, fewer than min_insync="
+                f"{self._config.min_insync}: not acknowledged yet; retry with the same "
+                "request_id once a secondary has caught up"
+            )
+            return
+        self._commits.set_stalled(None)
         self._commits.advance(point)
 
     # -- streams -------------------------------------------------------------------------

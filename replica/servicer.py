@@ -22,6 +22,7 @@ from replica.role import Role, RoleState
 log = logging.getLogger(__name__)
 
 PRIMARY_ADDRESS_KEY = "chat-primary-address"
+SERVICE_ERROR_KEY = "chat-error"
 _BACKLOG_BATCH = 100
 
 _STATUS: dict[type[errors.ChatError], grpc.StatusCode] = {
@@ -37,8 +38,12 @@ _STATUS: dict[type[errors.ChatError], grpc.StatusCode] = {
 
 
 def abort_with(context: grpc.ServicerContext, error: errors.ChatError) -> None:
+    # Marks the status as the service's own answer (not a transport failure), so a client
+    # that gives up can repeat the reason, e.g. "too few replicas in sync".
+    metadata = [(SERVICE_ERROR_KEY, type(error).__name__)]
     if isinstance(error, errors.NotPrimary) and error.primary_address:
-        context.set_trailing_metadata(((PRIMARY_ADDRESS_KEY, error.primary_address),))
+        metadata.append((PRIMARY_ADDRESS_KEY, error.primary_address))
+    context.set_trailing_metadata(tuple(metadata))
     context.abort(_STATUS.get(type(error), grpc.StatusCode.UNKNOWN), str(error))
 
 
