@@ -163,19 +163,9 @@ class Follower:
             )
         )
 
-    def _position(self) -> Position:
-        with self._engine.connect() as conn:
-            return eventlog.last_position(conn)
-
     def _hello(self) -> rpb.FollowerMessage:
-        position = self._position()
-        return rpb.FollowerMessage(
-            hello=rpb.Hello(
-                follower_index=self.index,
-                follower_epoch=self._current_epoch(),
-                position=rpb.LogPosition(epoch=position.epoch, seq=position.seq),
-            )
-        )
+        with self._engine.connect() as conn:
+            return self._hello_from(conn)
 
     def _resolve_divergence(self, divergence: rpb.Divergence) -> rpb.FollowerMessage:
         leader_end = Position(divergence.leader_end.epoch, divergence.leader_end.seq)
