@@ -21,7 +21,6 @@ from replica.errors import (
     AlreadyExists,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     Unauthenticated,
     Unavailable,
 )
@@ -165,19 +164,21 @@ class ChatService:
             if not newly:
                 return None
             return NewEvent(
-                EventTypes.MESSAGES_ACKED, {"account_id": account.account_id, "message_ids": newly}
+                EventTypes.MESSAGES_ACKED,
+                {"account_id": account.account_id, "message_ids": newly, "session_id": session_id},
             )
 
         outcome = self._writer.execute(request_id, decide)
         if outcome.event is None:
             return 0
         self._check_same_request(outcome.event, EventTypes.MESSAGES_ACKED, {})
-        if outcome.duplicate:
-            caller = self.authenticate(token)
-            if outcome.event.payload["account_id"] != caller.account_id or not set(
-                outcome.event.payload["message_ids"]
-            ) <= set(ids):
-                raise InvalidArgument(_REUSED_ID)
+        # A retry is the same session's (its token still names the session after a logout);
+        # another user reusing the id is not.
+        if outcome.duplicate and (
+            outcome.event.payload.get("session_id") != session_id
+            or not set(outcome.event.payload["message_ids"]) <= set(ids)
+        ):
+            raise InvalidArgument(_REUSED_ID)
         return len(outcome.event.payload["message_ids"])
 
     def delete_account(self, request_id: str, token: str, password: str) -> None:
@@ -292,4 +293,4 @@ def sent_at_unix_ms(when: dt.datetime) -> int:
     return int(when.replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
-__all__ = ["ChatService", "LoginResult", "Page", "PermissionDenied", "sent_at_unix_ms"]
+__all__ = ["ChatService", "LoginResult", "Page", "sent_at_unix_ms"]
