@@ -8,6 +8,7 @@ is what makes apply exactly-once. Knows nothing of gRPC or replication.
 from projections.apply import (
     EventTypes,
     apply_events,
+    catch_up,
     last_applied_seq,
     rebuild,
     reset_projections,
@@ -19,6 +20,7 @@ __all__ = [
     "EventTypes",
     "accounts",
     "apply_events",
+    "catch_up",
     "last_applied_seq",
     "messages",
     "metadata",

@@ -159,15 +159,21 @@ def reset_projections(conn: sa.Connection) -> None:
         conn.execute(table.delete())
 
 
-def rebuild(conn: sa.Connection, batch_size: int = 1000) -> int:
-    """Rebuild all projections from the log, in the caller's transaction."""
-    reset_projections(conn)
-    position = 0
+def catch_up(conn: sa.Connection, batch_size: int = 1000) -> int:
+    """Apply every logged event the projections have not seen yet, in the caller's
+    transaction; the new last applied seq."""
+    position = last_applied_seq(conn)
     while True:
         batch = read_events(conn, position, batch_size)
         if not batch:
             return position
         position = apply_events(conn, batch)
+
+
+def rebuild(conn: sa.Connection, batch_size: int = 1000) -> int:
+    """Rebuild all projections from the log, in the caller's transaction."""
+    reset_projections(conn)
+    return catch_up(conn, batch_size)
 
 
 def iter_table_rows(conn: sa.Connection) -> Iterable[tuple[str, list[tuple[object, ...]]]]:

@@ -73,7 +73,6 @@ class Follower:
         observe_epoch: Callable[[int], None],
         state: FollowerState,
         *,
-        on_truncated: Callable[[int], None] = lambda seq: None,
         on_committed: Callable[[int], None] = lambda seq: None,
     ) -> None:
         self.index = index
@@ -82,7 +81,6 @@ class Follower:
         self._current_epoch = current_epoch
         self._observe_epoch = observe_epoch
         self.state = state
-        self._on_truncated = on_truncated
         # Reads on a secondary show what the primary reports committed, up to what is stored.
         self._on_committed = on_committed
         self._stored_position = Position(0, 0)
@@ -184,7 +182,6 @@ class Follower:
                     cut,
                     own_last.epoch,
                 )
-                self._on_truncated(cut)
                 return self._hello_from(conn)
             self._stored_position = own_last
             return self._ack(own_last)

@@ -37,7 +37,6 @@ class SecondaryState:
     in_sync: bool = False
     leaving_since: float | None = None
     behind_since: float | None = None
-    last_ack_at: float = 0.0
     disconnected_at: float | None = None
 
 
@@ -210,7 +209,7 @@ class ReplicationHub:
                 return
             now = self._clock()
             state.acked_seq = max(state.acked_seq, seq)
-            state.last_ack_at = self.last_ack_at = now
+            self.last_ack_at = now
             caught_up = state.acked_seq >= self._last_seq or was_tip
             if caught_up:
                 state.behind_since = None

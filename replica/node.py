@@ -30,10 +30,11 @@ from replica.writer import Clock, LogWriter, utc_now
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Replication batches are the largest messages (500 events of up to 4 KiB bodies each).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 500),
@@ -149,22 +150,13 @@ class ReplicaNode:
         self.engine.dispose()
         log.info("replica %d: stopped", self.index)
 
-    def wait(self) -> None:
-        if self._server is not None:
-            self._server.wait_for_termination()
-
     # -- state ---------------------------------------------------------------------------
 
     def _recover_projections(self) -> None:
         """Apply any logged event the projections have not seen (normally none: both are
         written in one transaction)."""
         with self.engine.begin() as conn:
-            applied = projections.last_applied_seq(conn)
-            while True:
-                batch = eventlog.read_events(conn, applied, 1000)
-                if not batch:
-                    break
-                applied = projections.apply_events(conn, batch)
+            projections.catch_up(conn)
 
     def cluster_view(self) -> ClusterView:
         snap = self.role.snapshot
