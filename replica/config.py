@@ -5,9 +5,14 @@ heartbeat_interval_ms = 100
 peer_timeout_ms = 600           # a peer silent this long is considered dead
 insync_timeout_ms = 1000        # a secondary this far behind leaves the in-sync set
 min_insync = 1
+[tls]                           # optional; or CHAT_TLS_{CERT,KEY,CA}_FILE (see TlsConfig)
+cert_file = "tls/replica.pem"   # PEM; relative paths are relative to this file's directory
+key_file = "tls/replica.key"
+ca_file = "tls/ca.pem"          # the CA that signed every replica's certificate
 [[replicas]]
 index = 0
 address = "127.0.0.1:50051"
+peer_address = "127.0.0.1:50061"     # optional (required with [tls]): where replicas reach it
 db = "sqlite:///data/replica-0.db"   # optional
 """
 
@@ -31,6 +36,35 @@ class ReplicaAddress:
     index: int
     address: str
     db: str | None = None
+    peer_address: str | None = None
+    """A second port for replica-to-replica calls; with TLS it requires a client certificate."""
+
+    @property
+    def replication_address(self) -> str:
+        """Where the other replicas call this one."""
+        return self.peer_address or self.address
+
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        if self.peer_address is None or self.peer_address == self.address:
+            return (self.address,)
+        return (self.address, self.peer_address)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM files (checked and loaded by replica/tls.py). One certificate may serve every
+    replica if its subjectAltName lists all their hosts; or each host sets its own through
+    CHAT_TLS_CERT_FILE and CHAT_TLS_KEY_FILE. It must be signed by ca_file, and be usable
+    both as a server and as a client certificate (replicas present it to each other)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+TLS_FILE_SETTINGS = ("cert_file", "key_file", "ca_file")
+TLS_ENV = {name: f"CHAT_TLS_{name.upper()}" for name in TLS_FILE_SETTINGS}
 
 
 DEFAULT_REPLICAS = (
@@ -49,6 +83,7 @@ class ClusterConfig:
     insync_timeout_ms: int = 1000
     min_insync: int = 1
     max_subscriptions: int = 1000
+    tls: TlsConfig | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def replica(self, index: int) -> ReplicaAddress:
@@ -79,7 +114,46 @@ def load_cluster_config(
         config = replace(config, cluster_secret=env["CHAT_CLUSTER_SECRET"])
     if env.get("CHAT_MIN_INSYNC"):
         config = replace(config, min_insync=_int(env["CHAT_MIN_INSYNC"], "CHAT_MIN_INSYNC"))
+    config = _tls_from_env(config, env)
+    if config.tls is not None:
+        _check_peer_addresses(config, str(path) if path is not None else "the defaults")
     return config
+
+
+def _tls_from_env(config: ClusterConfig, env: Mapping[str, str]) -> ClusterConfig:
+    """CHAT_TLS_* replace single files of [tls] (relative to the working directory), or turn
+    TLS on when all three are given."""
+    given = {name: Path(env[var]) for name, var in TLS_ENV.items() if env.get(var)}
+    if not given:
+        return config
+    if config.tls is not None:
+        return replace(config, tls=replace(config.tls, **given))
+    missing = [TLS_ENV[name] for name in TLS_FILE_SETTINGS if name not in given]
+    if missing:
+        raise ConfigError(
+            f"TLS needs cert, key and CA files: set {', '.join(missing)} too "
+            "(or a [tls] table in the config)"
+        )
+    return replace(config, tls=TlsConfig(**given))
+
+
+def _check_peer_addresses(config: ClusterConfig, source: str) -> None:
+    """With TLS, replicas call each other on a port of their own: gRPC Python can require a
+    client certificate only for a whole port, and clients have none."""
+    clients = {r.address for r in config.replicas}
+    seen: set[str] = set()
+    for r in config.replicas:
+        if r.peer_address is None:
+            raise ConfigError(
+                f"{source}: with TLS, replica {r.index} needs a peer_address (a second "
+                "host:port where replicas reach it with client certificates)"
+            )
+        if r.peer_address in clients or r.peer_address in seen:
+            raise ConfigError(
+                f"{source}: replica {r.index}'s peer_address {r.peer_address} must differ "
+                "from every address and every other peer_address"
+            )
+        seen.add(r.peer_address)
 
 
 def _int(value: Any, name: str) -> int:
@@ -90,10 +164,13 @@ def _int(value: Any, name: str) -> int:
 
 
 def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
-    known = {f for f in ClusterConfig.__dataclass_fields__ if f not in ("replicas", "extra")}
+    known = {f for f in ClusterConfig.__dataclass_fields__ if f not in ("replicas", "extra", "tls")}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key == "replicas":
+            continue
+        if key == "tls":
+            kwargs["tls"] = _tls_from_table(value, source)
             continue
         if key not in known:
             raise ConfigError(f"{source}: unknown setting {key!r}")
@@ -106,9 +183,13 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
         for entry in replicas:
             if "index" not in entry or "address" not in entry:
                 raise ConfigError(f"{source}: every [[replicas]] entry needs index and address")
+            peer_address = entry.get("peer_address")
             parsed.append(
                 ReplicaAddress(
-                    _int(entry["index"], "index"), str(entry["address"]), entry.get("db")
+                    _int(entry["index"], "index"),
+                    str(entry["address"]),
+                    entry.get("db"),
+                    None if peer_address is None else str(peer_address),
                 )
             )
         if len({r.index for r in parsed}) != len(parsed):
@@ -118,6 +199,25 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
     if config.min_insync < 1 or config.min_insync > len(config.replicas):
         raise ConfigError(f"{source}: min_insync must be between 1 and {len(config.replicas)}")
     return config
+
+
+def _tls_from_table(table: Any, source: str) -> TlsConfig:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: tls must be a table ([tls])")
+    unknown = sorted(set(table) - set(TLS_FILE_SETTINGS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting {unknown[0]!r} in [tls]")
+    missing = [name for name in TLS_FILE_SETTINGS if name not in table]
+    if missing:
+        raise ConfigError(f"{source}: [tls] needs {', '.join(missing)}")
+    base = Path(source).parent
+    paths: dict[str, Path] = {}
+    for name in TLS_FILE_SETTINGS:
+        value = table[name]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{source}: [tls] {name} must be a file path")
+        paths[name] = base / Path(value).expanduser()
+    return TlsConfig(**paths)
 
 
 def resolve_cluster_secret(config: ClusterConfig, data_dir: Path) -> bytes:

@@ -25,6 +25,7 @@ from replica.peers import Peers
 from replica.replication_service import ReplicationServicer
 from replica.role import Role, RoleState
 from replica.servicer import ChatServicer, ClusterView, ReplicaStatusView
+from replica.tls import TlsMaterial, load_tls_material
 from replica.tokens import SessionTokens
 from replica.writer import Clock, LogWriter, utc_now
 
@@ -51,6 +52,10 @@ class ReplicaNode:
         self.settings = settings
         self.index = settings.index
         cluster = settings.cluster
+        # Checked first: a TLS mistake is reported before anything is created or opened.
+        self.tls: TlsMaterial | None = (
+            None if cluster.tls is None else load_tls_material(cluster.tls, settings.me)
+        )
         self.engine = make_engine(settings.db_url)
         upgrade_schema(self.engine)
         secret = resolve_cluster_secret(cluster, settings.data_dir)
@@ -67,7 +72,7 @@ class ReplicaNode:
         self.service = ChatService(
             self.engine, self.writer, self.tokens, lambda: self.commits.committed_seq
         )
-        self.peers = Peers(self.index, cluster, secret)
+        self.peers = Peers(self.index, cluster, secret, self.tls)
         self.coordinator = Coordinator(
             self.index,
             cluster,
@@ -111,7 +116,13 @@ class ReplicaNode:
             ),
             options=SERVER_OPTIONS,
             maximum_concurrent_rpcs=cluster.max_subscriptions + 1000,
-            interceptors=[ClusterSecretInterceptor(self._secret, f"/{REPLICATION_SERVICE_NAME}/")],
+            interceptors=[
+                ClusterSecretInterceptor(
+                    self._secret,
+                    f"/{REPLICATION_SERVICE_NAME}/",
+                    require_peer_certificate=self.tls is not None,
+                )
+            ],
         )
         chat_pb2_grpc.add_ChatServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
         replication_pb2_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]
@@ -127,15 +138,31 @@ class ReplicaNode:
             ),
             server,
         )
-        address = self.settings.me.address
-        if server.add_insecure_port(address) == 0:
-            raise OSError(f"cannot listen on {address}")
+        me = self.settings.me
+        for address in me.listen_addresses:
+            if self._add_port(server, address, is_peer_port=address == me.peer_address) == 0:
+                raise OSError(f"cannot listen on {address}")
         server.start()
         self._server = server
         self.coordinator.start()
         for service in ("", CHAT_SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("replica %d: serving on %s", self.index, address)
+        log.info(
+            "replica %d: serving on %s%s",
+            self.index,
+            " and ".join(me.listen_addresses),
+            "" if self.tls is None else " (TLS; mutual TLS for replicas on the second)",
+        )
+
+    def _add_port(self, server: grpc.Server, address: str, *, is_peer_port: bool) -> int:
+        try:
+            if self.tls is None:
+                return server.add_insecure_port(address)
+            if is_peer_port:
+                return server.add_secure_port(address, self.tls.peer_port_credentials())
+            return server.add_secure_port(address, self.tls.client_port_credentials())
+        except RuntimeError:  # newer gRPC raises where older ones returned 0
+            return 0
 
     def stop(self, grace: float = 2.0) -> None:
         if self._stopped.is_set():

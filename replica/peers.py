@@ -11,6 +11,7 @@ import grpc
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
 from replica.config import ClusterConfig, ReplicaAddress
+from replica.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,19 @@ PEER_CHANNEL_OPTIONS = [
 ]
 
 
+# In the details of a call that failed because the TLS handshake did (a peer with another CA,
+# a certificate not valid for the peer's host, a peer without TLS).
+TLS_FAILURE_SIGNS = ("Tls handshake failed", "Hostname Verification", "ssl_transport_security")
+
+
+def _channel(address: str, tls: TlsMaterial | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address, options=PEER_CHANNEL_OPTIONS)
+    return grpc.secure_channel(
+        address, tls.peer_channel_credentials(), options=PEER_CHANNEL_OPTIONS
+    )
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     peer: ReplicaAddress
@@ -38,13 +52,14 @@ class ProbeResult:
 
 
 class Peers:
-    def __init__(self, index: int, config: ClusterConfig, secret: bytes) -> None:
+    def __init__(
+        self, index: int, config: ClusterConfig, secret: bytes, tls: TlsMaterial | None = None
+    ) -> None:
         self.index = index
         self.config = config
         self._metadata = ((CLUSTER_SECRET_KEY, secret.decode("utf-8", "replace")),)
         self._channels = {
-            p.index: grpc.insecure_channel(p.address, options=PEER_CHANNEL_OPTIONS)
-            for p in config.peers_of(index)
+            p.index: _channel(p.replication_address, tls) for p in config.peers_of(index)
         }
         self._refused_by: set[int] = set()  # peers that refused our secret (logged once)
         self._stubs = {
@@ -81,17 +96,23 @@ class Peers:
     def _note_refusal(
         self, peer: ReplicaAddress, exc: grpc.RpcError, code: grpc.StatusCode | None
     ) -> None:
-        if code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        details = exc.details() if isinstance(exc, grpc.Call) else ""
+        tls_failure = code == grpc.StatusCode.UNAVAILABLE and any(
+            sign in (details or "") for sign in TLS_FAILURE_SIGNS
+        )
+        if not tls_failure and code not in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED,
+        ):
             return
         if peer.index not in self._refused_by:
             self._refused_by.add(peer.index)
-            details = exc.details() if isinstance(exc, grpc.Call) else ""
             log.error(
                 "replica %d: replica %d at %s refused us (%s: %s)",
                 self.index,
                 peer.index,
-                peer.address,
-                code.name,
+                peer.replication_address,
+                code.name if code is not None else "?",
                 details,
             )
 
