@@ -1,4 +1,5 @@
-"""One long-lived gRPC channel (and stub) per replica address, created on first use."""
+"""One long-lived gRPC channel (and stub) per replica address, created on first use; TLS when
+the pool is given the cluster's CA certificate."""
 
 from __future__ import annotations
 
@@ -53,10 +54,21 @@ class ChatStub(Protocol):
 
 
 class ChannelPool:
-    """Channels keyed by "host:port"; thread-safe; closing it ends every open call."""
+    """Channels keyed by "host:port"; thread-safe; closing it ends every open call. With
+    `root_certificates` (PEM: the CA that signed the replicas' certificates) they use TLS."""
 
-    def __init__(self, options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS) -> None:
+    def __init__(
+        self,
+        options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
+        *,
+        root_certificates: bytes | None = None,
+    ) -> None:
         self._options = tuple(options)
+        self._credentials = (
+            None
+            if root_certificates is None
+            else grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        )
         self._lock = threading.Lock()
         self._channels: dict[str, tuple[grpc.Channel, ChatStub]] = {}
         self._closed = False
@@ -67,11 +79,18 @@ class ChannelPool:
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
             entry = self._channels.get(address)
             if entry is None:
-                channel = grpc.insecure_channel(address, options=self._options)
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(address, options=self._options)
+                else:
+                    channel = grpc.secure_channel(address, self._credentials, self._options)
                 stub: ChatStub = chat_pb2_grpc.ChatStub(channel)  # type: ignore[no-untyped-call]
                 entry = (channel, stub)
                 self._channels[address] = entry
             return entry[1]
+
+    @property
+    def uses_tls(self) -> bool:
+        return self._credentials is not None
 
     def close(self) -> None:
         with self._lock:
@@ -80,3 +99,39 @@ class ChannelPool:
             self._channels.clear()
         for channel in channels:
             channel.close()
+
+
+def security_mismatch(error: grpc.RpcError, address: str, *, uses_tls: bool) -> str | None:
+    """What to do about a failed connection that looks like a TLS mismatch between this client
+    and the replica at `address` (None: it does not)."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    details = error.details() or ""
+    if not uses_tls:
+        # A TLS server closes a plaintext HTTP/2 connection at once, before any reply.
+        if details.endswith("Socket closed"):
+            return (
+                f"the replica at {address} closed the connection at once: it probably "
+                "requires TLS; give the client the cluster's CA certificate (--tls-ca FILE "
+                "or CHAT_TLS_CA)"
+            )
+        return None
+    if "WRONG_VERSION_NUMBER" in details:
+        return (
+            f"the replica at {address} does not speak TLS; connect without --tls-ca "
+            "(and CHAT_TLS_CA), or turn TLS on in the cluster config"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            f"the replica at {address} presented a certificate not signed by the CA given "
+            "with --tls-ca (or CHAT_TLS_CA); is it the cluster's ca_file?"
+        )
+    if "Hostname Verification" in details:
+        return (
+            f"the replica at {address} presented a certificate that is not valid for that "
+            "host; connect by a name or IP address in its subjectAltName"
+        )
+    if "Tls handshake failed" in details:
+        reason = details.rpartition("Tls handshake failed")[2].strip(" :")
+        return f"the TLS handshake with the replica at {address} failed: {reason}"
+    return None

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SERVERS = ("127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")
 SERVERS_ENV = "CHAT_SERVERS"
 PASSWORD_ENV = "CHAT_PASSWORD"
+TLS_CA_ENV = "CHAT_TLS_CA"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="give up on a request after this long without an answer from the primary",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help=f"talk TLS, trusting the replicas' certificates signed by this CA (PEM; default: "
+        f"${TLS_CA_ENV}; without either, plaintext)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log failover on stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -138,16 +145,30 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _run(args: argparse.Namespace, servers: Sequence[str], environ: Mapping[str, str]) -> int:
     command: str | None = args.command
+    root_certificates = _tls_ca(args.tls_ca or environ.get(TLS_CA_ENV))
     if command is None:
         from client.interactive import run_interactive
 
-        return run_interactive(servers, timeout=args.timeout)
-    with ChatClient(servers, timeout=args.timeout) as client:
+        return run_interactive(servers, timeout=args.timeout, root_certificates=root_certificates)
+    with ChatClient(servers, timeout=args.timeout, root_certificates=root_certificates) as client:
         _COMMANDS[command](client, args, lambda prompt: _password(prompt, environ))
     return EXIT_OK
 
 
 PasswordSource = Callable[[str], str]
+
+
+def _tls_ca(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as error:
+        raise CliError(f"cannot read the TLS CA file {path}: {error.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise CliError(f"the TLS CA file {path} holds no PEM certificate")
+    return pem
 
 
 def _register(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:

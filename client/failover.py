@@ -5,7 +5,9 @@ or silent past the per-attempt timeout) or is not the primary (FAILED_PRECONDITI
 request -- same request_id, so the server applies it at most once -- goes next to the primary
 that replica named in its `chat-primary-address` trailer, else to the one its ClusterStatus
 names, else to the next address in the list. Once every address failed in a round, the client
-sleeps a short, growing backoff and starts another round, until the deadline passes.
+sleeps a short, growing backoff and starts another round, until the deadline passes -- or at
+once, with what to change, when every replica failed twice running as a TLS mismatch (a
+plaintext client and TLS replicas, or the other way round, or a CA that does not fit).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TypeVar
 
 import grpc
 
-from client.channels import ChannelPool, ChatStub
+from client.channels import ChannelPool, ChatStub, security_mismatch
 from client.errors import ChatError, ChatUnavailableError
 from protos import chat_pb2
 
@@ -27,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 PRIMARY_ADDRESS_KEY = "chat-primary-address"
 SERVICE_ERROR_KEY = "chat-error"  # set by replicas on their own error statuses
+
+# Rounds in which every replica failed as a TLS mismatch before the client gives up early:
+# a mismatch does not go away by waiting, but a connection closed once may be a coincidence.
+MISMATCH_ROUNDS = 2
 
 # Worth another replica (or another try): the replica is down, is not the primary, did not
 # answer in time, or dropped the call while shutting down.
@@ -115,13 +121,15 @@ class Failover:
         tried: set[str] = set()
         saw_not_primary = False
         refusal: str | None = None  # the service's own last reason for refusing
+        mismatches: dict[str, str] = {}  # this round's TLS mismatches, by address
+        mismatch_rounds = 0
         attempts = 0
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
             remaining = deadline - self._clock()
             if remaining <= 0 and attempts > 0:
-                raise self._give_up(saw_not_primary, refusal)
+                raise self._give_up(saw_not_primary, refusal, mismatches)
             tried.add(address)
             attempts += 1
             try:
@@ -133,6 +141,9 @@ class Failover:
                 saw_not_primary |= error.code() == grpc.StatusCode.FAILED_PRECONDITION
                 if error.code() == grpc.StatusCode.UNAVAILABLE and _from_service(error):
                     refusal = f"{error.details()} (replica at {address})"
+                mismatch = security_mismatch(error, address, uses_tls=self._pool.uses_tls)
+                if mismatch is not None:
+                    mismatches[address] = mismatch
                 hint = self._primary_hint(error, address, remaining)
             else:
                 self._record_success(address)
@@ -143,11 +154,13 @@ class Failover:
             following = following or self._next_untried(address, tried)
             if following is None:
                 # Every replica failed this round: pause, then start over.
+                mismatch_rounds = mismatch_rounds + 1 if tried.issubset(mismatches) else 0
                 remaining = deadline - self._clock()
-                if remaining <= 0:
-                    raise self._give_up(saw_not_primary, refusal)
+                if remaining <= 0 or mismatch_rounds >= MISMATCH_ROUNDS:
+                    raise self._give_up(saw_not_primary, refusal, mismatches)
                 self._sleep(min(next(delays), remaining))
                 tried.clear()
+                mismatches.clear()
                 following = round_start
             address = following
 
@@ -195,10 +208,14 @@ class Failover:
             if self._on_replica_change is not None:
                 self._on_replica_change(address)
 
-    def _give_up(self, saw_not_primary: bool, refusal: str | None) -> ChatUnavailableError:
+    def _give_up(
+        self, saw_not_primary: bool, refusal: str | None, mismatches: dict[str, str]
+    ) -> ChatUnavailableError:
         addresses = ", ".join(self.addresses)
         if refusal is not None:
             message = refusal
+        elif mismatches:
+            message = next(iter(mismatches.values()))
         elif saw_not_primary:
             message = f"no primary found among {addresses}"
         else:

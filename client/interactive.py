@@ -112,8 +112,15 @@ class ChatShell:
         self._emit("account deleted")
 
 
-def run_interactive(servers: Sequence[str], *, timeout: float) -> int:
-    with ChatClient(servers, timeout=timeout, on_replica_change=_announce_replica) as client:
+def run_interactive(
+    servers: Sequence[str], *, timeout: float, root_certificates: bytes | None = None
+) -> int:
+    with ChatClient(
+        servers,
+        timeout=timeout,
+        on_replica_change=_announce_replica,
+        root_certificates=root_certificates,
+    ) as client:
         try:
             login = log_in(client, ask=prompt, ask_password=_ask_password, emit=_emit)
         except (KeyboardInterrupt, EOFError):

@@ -38,7 +38,8 @@ class ChatClient:
     Every call retries across replicas until `timeout` seconds have passed (see
     client.failover); a mutating call keeps one request_id through all its retries. Domain
     errors raise ChatError; no answer in time raises ChatUnavailableError. After `login` the
-    client holds the session and uses it for the calls that need one. Thread-safe.
+    client holds the session and uses it for the calls that need one. With
+    `root_certificates` (PEM bytes of the cluster's CA) it talks TLS. Thread-safe.
     """
 
     def __init__(
@@ -53,10 +54,11 @@ class ChatClient:
         request_ids: Callable[[], str] = new_request_id,
         on_replica_change: Callable[[str], None] | None = None,
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
+        root_certificates: bytes | None = None,
     ) -> None:
         if timeout <= 0 or attempt_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        self._pool = ChannelPool(channel_options)
+        self._pool = ChannelPool(channel_options, root_certificates=root_certificates)
         self._failover = Failover(
             servers,
             self._pool,
