@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from replica.config import TlsConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SECRET = "integration-test-cluster-secret-0123456789"
 DEFAULT_STARTUP_TIMEOUT = 30.0
@@ -84,10 +86,16 @@ class ReplicaSpec:
     log_path: Path
     db_url: str | None = None
     """Passed as --db; None lets the replica use SQLite in its data dir."""
+    peer_port: int | None = None
+    """Written as peer_address (set when the cluster has TLS)."""
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def peer_address(self) -> str | None:
+        return None if self.peer_port is None else f"{self.host}:{self.peer_port}"
 
 
 @dataclass
@@ -110,6 +118,8 @@ class ClusterProcesses:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     env: Mapping[str, str] | None = None
     log_level: str = "INFO"
+    tls: TlsConfig | None = None
+    """Written as [tls], with a peer_address per replica; channel() then speaks TLS."""
     specs: list[ReplicaSpec] = field(init=False)
     config_path: Path = field(init=False)
     _running: dict[int, _Running] = field(init=False, default_factory=dict)
@@ -133,6 +143,9 @@ class ClusterProcesses:
             )
             for i, (host, db_url) in enumerate(zip(hosts, db_urls, strict=True))
         ]
+        if self.tls is not None:
+            for spec in self.specs:
+                spec.peer_port = free_port(spec.host)
         self.config_path = self.base_dir / "cluster.toml"
         self.write_config()
         _LIVE.add(self)
@@ -143,9 +156,17 @@ class ClusterProcesses:
         """(Re)write the cluster TOML file (format: replica/config.py)."""
         lines = [f"cluster_secret = {_toml_value(self.cluster_secret)}"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in self.settings.items()]
+        if self.tls is not None:
+            lines += ["", "[tls]"]
+            lines += [
+                f"{key} = {_toml_value(str(getattr(self.tls, key)))}"
+                for key in ("cert_file", "key_file", "ca_file")
+            ]
         for spec in self.specs:
             lines += ["", "[[replicas]]", f"index = {spec.index}"]
             lines.append(f"address = {_toml_value(spec.address)}")
+            if spec.peer_address is not None:
+                lines.append(f"peer_address = {_toml_value(spec.peer_address)}")
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def address(self, index: int) -> str:
@@ -297,7 +318,12 @@ class ClusterProcesses:
         """A channel to replica `index`, kept open until close()."""
         channel = self._channels.get(index)
         if channel is None:
-            channel = self._channels[index] = grpc.insecure_channel(self.address(index))
+            if self.tls is None:
+                channel = grpc.insecure_channel(self.address(index))
+            else:
+                ca = grpc.ssl_channel_credentials(self.tls.ca_file.read_bytes())
+                channel = grpc.secure_channel(self.address(index), ca)
+            self._channels[index] = channel
         return channel
 
     def health_status(self, index: int, service: str = "", timeout: float = 0.5) -> int | None:
