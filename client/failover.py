@@ -121,7 +121,8 @@ class Failover:
         tried: set[str] = set()
         saw_not_primary = False
         refusal: str | None = None  # the service's own last reason for refusing
-        mismatches: dict[str, str] = {}  # this round's TLS mismatches, by address
+        # What to change about TLS, by address, while that address's latest failure says so.
+        mismatches: dict[str, str] = {}
         mismatch_rounds = 0
         attempts = 0
         while True:
@@ -142,7 +143,9 @@ class Failover:
                 if error.code() == grpc.StatusCode.UNAVAILABLE and _from_service(error):
                     refusal = f"{error.details()} (replica at {address})"
                 mismatch = security_mismatch(error, address, uses_tls=self._pool.uses_tls)
-                if mismatch is not None:
+                if mismatch is None:
+                    mismatches.pop(address, None)
+                else:
                     mismatches[address] = mismatch
                 hint = self._primary_hint(error, address, remaining)
             else:
@@ -160,7 +163,6 @@ class Failover:
                     raise self._give_up(saw_not_primary, refusal, mismatches)
                 self._sleep(min(next(delays), remaining))
                 tried.clear()
-                mismatches.clear()
                 following = round_start
             address = following
 

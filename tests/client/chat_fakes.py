@@ -113,11 +113,15 @@ class FakeReplica(chat_pb2_grpc.ChatServicer):
         yield from self._next("Subscribe", request, context)(request, context)
 
 
-def start_replica() -> FakeReplica:
+def start_replica(credentials: grpc.ServerCredentials | None = None) -> FakeReplica:
+    """A fake replica on a free port; TLS with `credentials`."""
     replica = FakeReplica()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     chat_pb2_grpc.add_ChatServicer_to_server(replica, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     replica.address = f"127.0.0.1:{port}"
     replica.server = server
