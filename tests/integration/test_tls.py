@@ -117,28 +117,29 @@ def test_a_plaintext_client_is_told_to_use_tls(cluster: ClusterProcesses) -> Non
     assert "--tls-ca" in str(refused.value)
 
 
+def cli(cluster: ClusterProcesses, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m client ARGS` against `cluster`, with no CHAT_* or GRPC_* from this shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "GRPC_"))}
+    env["CHAT_SERVERS"] = ",".join(cluster.addresses)
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_the_cli_without_tls_ca_fails_in_one_line(
     cluster: ClusterProcesses, tls: TlsConfig
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "GRPC_"))}
-    env["CHAT_SERVERS"] = ",".join(cluster.addresses)
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "client", *args],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    plain = cli("status")
+    plain = cli(cluster, "status")
     assert plain.returncode == 1
     assert plain.stderr.count("\n") == 1, plain.stderr
     assert plain.stderr.startswith("error: ") and "--tls-ca" in plain.stderr
-    with_ca = cli("--tls-ca", str(tls.ca_file), "status")
+    with_ca = cli(cluster, "--tls-ca", str(tls.ca_file), "status")
     assert with_ca.returncode == 0, with_ca.stderr
     assert "primary" in with_ca.stdout
 
@@ -243,3 +244,9 @@ def test_a_tls_client_is_told_when_the_cluster_does_not_speak_tls(
             client.register("frank", PASSWORD)
         assert time.monotonic() - started < 10
         assert "does not speak TLS" in str(refused.value)
+        # gRPC's own handshake log lines must not surround the CLI's one line.
+        with_ca = cli(plain, "--tls-ca", str(tls.ca_file), "status")
+        assert with_ca.returncode == 1
+        assert with_ca.stderr.count("\n") == 1, with_ca.stderr
+        assert with_ca.stderr.startswith("error: the replica at ")
+        assert "does not speak TLS" in with_ca.stderr
