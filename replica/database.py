@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +123,66 @@ def drop_mysql_database(url: str) -> None:
             )
     finally:
         server.dispose()
+
+
+def storage_problem(exc: sa.exc.DBAPIError) -> str:
+    """One line on what the database said (the driver's own message, without the SQL)."""
+    if exc.orig is not None:
+        return f"{exc.orig.__class__.__name__}: {exc.orig}".splitlines()[0]
+    return str(exc).splitlines()[0]
+
+
+class StorageOutageLog:
+    """Logs a failing database when it starts failing, then at most every `every` seconds while
+    it goes on (with how often it failed), and once when it works again -- instead of a
+    traceback on every tick of every thread that touches it."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        index: int,
+        what: str,
+        *,
+        every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._index = index
+        self._what = what
+        self._every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failing_since: float | None = None
+        self._logged_at = 0.0
+        self._failures = 0
+
+    def failed(self, exc: sa.exc.DBAPIError) -> None:
+        with self._lock:
+            now = self._clock()
+            self._failures += 1
+            if self._failing_since is None:
+                self._failing_since = now
+            elif now - self._logged_at < self._every:
+                return
+            self._logged_at = now
+            failures, self._failures = self._failures, 0
+        self._logger.warning(
+            "replica %d: database unavailable for %s (%d failure(s)): %s",
+            self._index,
+            self._what,
+            failures,
+            storage_problem(exc),
+        )
+
+    def succeeded(self) -> None:
+        if self._failing_since is None:
+            return
+        with self._lock:
+            since, self._failing_since, self._failures = self._failing_since, None, 0
+        if since is not None:
+            self._logger.warning(
+                "replica %d: database works again for %s after %.1fs",
+                self._index,
+                self._what,
+                self._clock() - since,
+            )

@@ -18,6 +18,7 @@ from protos import replication_pb2 as rpb
 from replica import protocol
 from replica.commit import CommitTracker, InboxNotifier
 from replica.config import ClusterConfig
+from replica.database import StorageOutageLog
 from replica.follower import Follower, FollowerState, StaleLeader
 from replica.leader import ReplicationHub
 from replica.peers import Peers, ProbeResult
@@ -62,6 +63,8 @@ class Coordinator:
         # vouching for its log well before that.
         self._vouch_window = config.insync_timeout_ms / 1000 / 2
         self._not_streaming_since: float | None = None
+        self._tick_outage = StorageOutageLog(log, index, "the coordinator", clock=clock)
+        self._follow_outage = StorageOutageLog(log, index, "replication", clock=clock)
         self._slot = sorted(r.index for r in config.replicas).index(index)
         with engine.connect() as conn:
             self._current_epoch = eventlog.current_epoch(conn)
@@ -94,10 +97,22 @@ class Coordinator:
         """Holds every event the latest primary acknowledged: in its in-sync set and knows it,
         and up and listening since (see protocol.electable). A follower stuck storing a batch
         for half the in-sync timeout may have been dropped without hearing of it."""
-        if self._role.snapshot.role is Role.PRIMARY or not self.follower_state.in_sync:
+        s = self.follower_state
+        if self._role.snapshot.role is Role.PRIMARY or not s.in_sync:
             return False
-        busy_since = self.follower_state.processing_since
-        return busy_since is None or self._clock() - busy_since < self._vouch_window
+        now = self._clock()
+        lost_at, busy_since = s.stream_lost_at, s.processing_since
+        if protocol.vouches(
+            True,
+            None if s.streaming or lost_at is None else now - lost_at,
+            None if busy_since is None else now - busy_since,
+            self._vouch_window,
+        ):
+            return True
+        if not s.streaming:
+            # For good: only the primary, over a new stream, can tell it it is in sync again.
+            s.in_sync = False
+        return False
 
     def following_live_primary(self) -> bool:
         s = self.follower_state
@@ -226,8 +241,14 @@ class Coordinator:
                 return
             try:
                 self._tick()
+            except sa.exc.DBAPIError as exc:  # elections wait for the database to come back
+                self._tick_outage.failed(exc)
             except Exception:  # a failing tick must not kill the coordinator
                 log.exception("replica %d: coordinator tick failed", self.index)
+            else:
+                self._tick_outage.succeeded()
+                if self.follower_state.streaming:
+                    self._follow_outage.succeeded()
 
     def _tick(self) -> None:
         now = self._clock()
@@ -259,7 +280,7 @@ class Coordinator:
             if newest > snap.epoch:
                 self.observe_epoch(newest)
             else:
-                self._hub.tick()
+                self._hub.tick(gone={p.peer.index for p in probes if p.process_gone})
             return
         primaries = [
             r
@@ -462,6 +483,8 @@ class Coordinator:
                 log.debug(
                     "replica %d: stream to replica %d ended: %s", self.index, primary_index, exc
                 )
+            except sa.exc.DBAPIError as exc:  # nothing stored, nothing acked: retried below
+                self._follow_outage.failed(exc)
             except Exception:
                 log.exception(
                     "replica %d: replication from replica %d failed", self.index, primary_index

@@ -38,6 +38,7 @@ class FollowerState:
     committed_seq: int = 0
     streaming: bool = False
     processing_since: float | None = None  # set while a message is being stored
+    stream_lost_at: float | None = None  # when the last stream ended (None while streaming)
 
 
 class _Outbox:
@@ -122,6 +123,8 @@ class Follower:
                 if reply is not None:
                     outbox.put(reply)
         finally:
+            if self.state.streaming or self.state.stream_lost_at is None:
+                self.state.stream_lost_at = time.monotonic()
             self.state.streaming = False
             outbox.close()
             responses.cancel()
@@ -137,6 +140,7 @@ class Follower:
             reply = self._resolve_divergence(message.divergence)
             if reply.HasField("ack"):
                 self.state.streaming = True
+                self.state.stream_lost_at = None
             return reply
         if kind == "batch":
             position = self._store(message.batch)

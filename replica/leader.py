@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -232,21 +232,26 @@ class ReplicationHub:
             self._cond.notify_all()
         self._advance_commit()
 
-    def tick(self) -> None:
+    def tick(self, gone: Collection[int] = ()) -> None:
         """Called periodically by the coordinator, after it checked this process was not
-        paused: start or finish removing members that left or fell behind for too long."""
+        paused: start or finish removing members that left or fell behind for too long.
+        `gone`: members whose host refused a connection just now (no process listens)."""
         with self._cond:
-            self._evaluate_locked(self._clock())
+            self._evaluate_locked(self._clock(), gone)
         self._advance_commit()
 
-    def _evaluate_locked(self, now: float) -> None:
+    def _evaluate_locked(self, now: float, gone: Collection[int]) -> None:
         timeout = self._config.insync_timeout_ms / 1000
         if now - self._awake_since < self._config.peer_timeout_ms / 1000 * 1.5:
             return
         for s in self._secondaries.values():
             if not s.in_sync:
                 continue
-            if s.disconnected_at is not None and now - s.disconnected_at > timeout:
+            if s.index in gone and not s.connected:
+                # A dead process vouches for nothing, and a restarted one starts out of sync:
+                # waiting out the timeout would only stall every write for it.
+                self._remove_locked(s, "its process is gone: connection refused")
+            elif s.disconnected_at is not None and now - s.disconnected_at > timeout:
                 self._remove_locked(s, f"unreachable for more than {timeout:.1f}s")
             elif s.leaving_since is not None and now - s.leaving_since > timeout:
                 self._remove_locked(s, "did not confirm leaving")

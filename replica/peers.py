@@ -16,6 +16,7 @@ from replica.tls import TlsMaterial
 log = logging.getLogger(__name__)
 
 CLUSTER_SECRET_KEY = "x-chat-cluster-secret"
+CONNECTION_REFUSED = "Connection refused"  # gRPC core's wording of ECONNREFUSED
 
 PEER_CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -48,7 +49,10 @@ def _channel(address: str, tls: TlsMaterial | None) -> grpc.Channel:
 class ProbeResult:
     peer: ReplicaAddress
     reply: rpb.ProbeReply | None  # None: unreachable
-    refused: bool = False  # the connection was refused (the process is gone), not just slow
+    refused: bool = False  # UNAVAILABLE: down or unreachable, not just slow
+    # The peer's host answered that nothing listens on its port (TCP RST): its process is gone,
+    # and with it every belief it held; a partitioned peer times out instead.
+    process_gone: bool = False
 
 
 class Peers:
@@ -88,7 +92,10 @@ class Peers:
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 self._note_refusal(peer, exc, code)
-                results.append(ProbeResult(peer, None, code == grpc.StatusCode.UNAVAILABLE))
+                unavailable = code == grpc.StatusCode.UNAVAILABLE
+                details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+                gone = unavailable and CONNECTION_REFUSED in details
+                results.append(ProbeResult(peer, None, unavailable, gone))
             else:
                 self._refused_by.discard(peer.index)
         return results

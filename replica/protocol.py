@@ -76,3 +76,24 @@ def votes_needed(min_insync: int) -> int:
     """Votes (the candidate's own included) a candidate needs. With min_insync >= 2, a majority
     of a three-replica cluster, so that two sides of a partition cannot both elect."""
     return max(1, min_insync)
+
+
+def vouches(
+    in_sync: bool,
+    stream_lost_for: float | None,
+    processing_for: float | None,
+    vouch_window: float,
+) -> bool:
+    """Whether a secondary may vouch in an election for holding every acknowledged event.
+
+    Only while the primary counts it in sync and it knows so -- and the primary drops a member
+    `insync_timeout` after its stream broke, or once it is stuck storing, so the member must stop
+    vouching well before: half of that (`vouch_window`) after its own stream ended
+    (`stream_lost_for`, None while streaming), or after it started storing a batch it has not
+    finished (`processing_for`). A silent but open stream (a paused primary) keeps the vouch:
+    that primary cannot drop anyone while it is paused."""
+    if not in_sync:
+        return False
+    if stream_lost_for is not None and stream_lost_for >= vouch_window:
+        return False
+    return processing_for is None or processing_for < vouch_window

@@ -2,29 +2,55 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
+import sqlalchemy as sa
 
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
+from replica.database import StorageOutageLog, storage_problem
 from replica.election import Coordinator
 from replica.leader import LeaderStream
+
+log = logging.getLogger(__name__)
 
 
 class ReplicationServicer(rpb_grpc.ReplicationServicer):
     def __init__(self, coordinator: Coordinator, stream: LeaderStream) -> None:
         self._coordinator = coordinator
         self._stream = stream
+        self._outage = StorageOutageLog(log, coordinator.index, "replica-to-replica calls")
+
+    def _unavailable(self, context: grpc.ServicerContext, exc: sa.exc.DBAPIError) -> NoReturn:
+        # A replica that cannot read its own log has nothing to say about it: to its peers it
+        # is as good as down until its database answers again.
+        self._outage.failed(exc)
+        context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"replica {self._coordinator.index} cannot read its database: {storage_problem(exc)}",
+        )
 
     def Replicate(
         self, request_iterator: Iterator[rpb.FollowerMessage], context: grpc.ServicerContext
     ) -> Iterator[rpb.LeaderMessage]:
-        yield from self._stream.serve(request_iterator, context)
+        try:
+            yield from self._stream.serve(request_iterator, context)
+        except sa.exc.DBAPIError as exc:
+            self._unavailable(context, exc)
 
     def RequestVote(self, request: Any, context: grpc.ServicerContext) -> rpb.VoteReply:
-        return self._coordinator.handle_vote(request)
+        try:
+            return self._coordinator.handle_vote(request)
+        except sa.exc.DBAPIError as exc:
+            self._unavailable(context, exc)
 
     def Probe(self, request: Any, context: grpc.ServicerContext) -> rpb.ProbeReply:
-        return self._coordinator.handle_probe(request)
+        try:
+            reply = self._coordinator.handle_probe(request)
+        except sa.exc.DBAPIError as exc:
+            self._unavailable(context, exc)
+        self._outage.succeeded()
+        return reply

@@ -501,3 +501,21 @@ def test_candidates_never_share_an_epoch(known_a: int, known_b: int) -> None:
     b = protocol.next_epoch(known_b, 1, N)
     assert a != b
     assert a > known_a and b > known_b
+
+
+HALF_INSYNC = 0.5  # vouch window for insync_timeout_ms = 1000
+optional_age = st.none() | st.floats(0, 10, allow_nan=False)
+
+
+@given(optional_age, optional_age)
+def test_a_secondary_vouches_only_before_the_primary_can_have_dropped_it(
+    stream_lost_for: float | None, processing_for: float | None
+) -> None:
+    """The primary drops a member insync_timeout after its stream broke (or after it got stuck
+    storing); the member must have stopped vouching by then, whatever it can or cannot see of
+    the primary (a failing database makes a live primary look dead to it). This is what made
+    a lone secondary elect itself without events its old primary had acknowledged alone."""
+    vouches = protocol.vouches(True, stream_lost_for, processing_for, HALF_INSYNC)
+    stale = [age for age in (stream_lost_for, processing_for) if age is not None]
+    assert vouches == all(age < HALF_INSYNC for age in stale)
+    assert not protocol.vouches(False, None, None, HALF_INSYNC)

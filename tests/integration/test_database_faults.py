@@ -1,0 +1,102 @@
+"""A replica whose own database fails, on MySQL with real processes: it must stop vouching for
+its log, so that it cannot later elect itself without what the others acknowledged meanwhile."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from replica.database import drop_mysql_database
+from tests.conftest import MYSQL_SERVER_URL, require_mysql
+from tests.harness import ClusterProcesses, wait_until
+from tests.integration.cluster_checks import (
+    check_exactly_once,
+    db_url,
+    primary_of,
+    read_inbox,
+    register_users,
+    sending,
+    status,
+    wait_all_running_follow,
+    wait_converged,
+    wait_for_primary,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.mysql]
+
+HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+SETTINGS = {"heartbeat_interval_ms": 100, "peer_timeout_ms": 600, "insync_timeout_ms": 1000}
+
+
+@pytest.fixture
+def cluster(cluster_processes: Callable[..., ClusterProcesses]) -> Iterator[ClusterProcesses]:
+    require_mysql()
+    tag = os.urandom(4).hex()
+    urls: list[str | None] = [f"{MYSQL_SERVER_URL}/chat_dbfault_{tag}_{i}" for i in range(3)]
+    made = cluster_processes(3, hosts=HOSTS, db_urls=urls, settings=SETTINGS)
+    made.start_all()
+    try:
+        yield made
+    finally:
+        made.close()
+        for url in urls:
+            assert url is not None
+            drop_mysql_database(url)
+
+
+def rename_events_table(cluster: ClusterProcesses, index: int, old: str, new: str) -> None:
+    """Every statement of replica `index` on its log fails while the table is renamed away."""
+    database = make_url(db_url(cluster, index)).database
+    server = sa.create_engine(MYSQL_SERVER_URL + "/", poolclass=sa.pool.NullPool)
+    try:
+        with server.connect() as conn:
+            conn.execute(sa.text(f"RENAME TABLE `{database}`.`{old}` TO `{database}`.`{new}`"))
+    finally:
+        server.dispose()
+
+
+def test_a_secondary_with_a_failing_database_does_not_elect_itself_alone(
+    cluster: ClusterProcesses,
+) -> None:
+    primary = wait_for_primary(cluster)
+    register_users(cluster, ["alice", "dave"])
+    wait_all_running_follow(cluster, primary)
+    broken, other = [i for i in range(3) if i != primary]
+    rename_events_table(cluster, broken, "events", "events_hidden")
+    try:
+        with sending(cluster, ["alice"], "dave") as load:
+            # Its next store fails, its stream breaks, and the primary drops it.
+            wait_until(
+                lambda: (
+                    (reply := status(cluster, primary)) is not None
+                    and not next(r for r in reply.replicas if r.index == broken).in_sync
+                ),
+                20,
+                f"replica {broken} to leave the in-sync set",
+            )
+            # Acknowledged by the primary and `other` only.
+            load.wait_for_acks(load.acknowledged_count() + 30)
+        cluster.kill(primary)
+        cluster.kill(other)
+    finally:
+        rename_events_table(cluster, broken, "events_hidden", "events")
+    # Alone and working again, it knows it may lack acknowledged events: it must wait for the
+    # others rather than lead. (A bounded observation of something that must not happen.)
+    deadline = time.monotonic() + 3 * SETTINGS["peer_timeout_ms"] / 1000
+    while time.monotonic() < deadline:
+        assert primary_of(cluster, broken) is None, (
+            f"replica {broken} elected itself without the events acknowledged while its "
+            f"database was failing\n{cluster.log_tail(broken)}"
+        )
+        time.sleep(0.05)
+    cluster.start(primary)
+    cluster.start(other)
+    new_primary = wait_for_primary(cluster)
+    wait_all_running_follow(cluster, new_primary)
+    wait_converged(cluster)
+    check_exactly_once(load.log, read_inbox(cluster, "dave"))
