@@ -32,6 +32,12 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Rounds of random faults under load (SIGKILL one/two/all, SIGSTOP the primary, MySQL
+# connections dropped, MariaDB restarted); prints rounds, acknowledged sends, lost, duplicated.
+# CHAOS_ARGS="--backend sqlite --rounds 20 --seed N" narrows or replays a run.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --rounds 100 --backend mysql $(CHAOS_ARGS)
+
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)
 

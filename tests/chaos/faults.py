@@ -1,0 +1,253 @@
+"""The faults a chaos round injects into a running three-replica cluster.
+
+Each fault breaks something, waits until the cluster has visibly kept (or resumed) taking
+acknowledged sends, and returns how long that took; the runner then heals whatever is still
+broken (restarts killed replicas) and waits for every replica to be back in sync before the
+next round.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tests.harness import ClusterProcesses, wait_until
+from tests.integration.cluster_checks import Senders, primary_of, wait_for_primary
+
+PROGRESS_TIMEOUT = 45.0  # a fault after which no send is acknowledged for this long is a failure
+STEP_DOWN_TIMEOUT = 15.0
+
+
+class ChaosFailure(AssertionError):
+    """The cluster broke a promise during a round (no progress, two primaries, no step-down)."""
+
+
+@dataclass
+class ChaosContext:
+    cluster: ClusterProcesses
+    load: Senders
+    rng: random.Random
+    backend: str
+    server_url: str | None  # MySQL server (no database) for connection-level faults
+    recovery: float | None = None  # seconds from the last fault to its first acknowledged send
+
+    def acked(self) -> int:
+        return self.load.acknowledged_count()
+
+    def wait_progress(self, since: int, count: int, what: str) -> None:
+        """Until `count` more sends than `since` are acknowledged; `recovery` becomes the
+        seconds it took for the first one."""
+        start = time.monotonic()
+        first: list[float] = []
+
+        def progressed() -> bool:
+            now = self.acked()
+            if now > since and not first:
+                first.append(time.monotonic() - start)
+            return now >= since + count
+
+        try:
+            wait_until(progressed, PROGRESS_TIMEOUT, f"acknowledged sends after {what}")
+        except TimeoutError as exc:
+            raise ChaosFailure(f"no progress after {what}: {exc}") from None
+        self.recovery = first[0] if first else 0.0
+
+    def running(self) -> list[int]:
+        return [s.index for s in self.cluster.specs if self.cluster.is_running(s.index)]
+
+    def current_primary(self) -> int:
+        try:
+            return wait_for_primary(self.cluster, self.running(), timeout=PROGRESS_TIMEOUT)
+        except TimeoutError as exc:
+            raise ChaosFailure(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    inject: Callable[[ChaosContext], str]  # returns a description of what it did
+    backends: tuple[str, ...] = ("sqlite", "mysql")
+
+
+# -- process faults ----------------------------------------------------------------------------
+
+
+def kill_one(ctx: ChaosContext) -> str:
+    victim = ctx.rng.choice(ctx.running())
+    role = "primary" if primary_of(ctx.cluster, victim) is not None else "secondary"
+    ctx.cluster.kill(victim)
+    before = ctx.acked()
+    ctx.wait_progress(before, 10, f"SIGKILL of replica {victim}")
+    return f"SIGKILL replica {victim} ({role})"
+
+
+def kill_two(ctx: ChaosContext) -> str:
+    victims = sorted(ctx.rng.sample(ctx.running(), 2))
+    for victim in victims:
+        ctx.cluster.kill(victim)
+    before = ctx.acked()
+    # The survivor was in sync (every round starts with all three in sync): it carries on.
+    ctx.wait_progress(before, 10, f"SIGKILL of replicas {victims}")
+    return f"SIGKILL replicas {victims[0]} and {victims[1]}"
+
+
+def kill_all(ctx: ChaosContext) -> str:
+    for index in range(len(ctx.cluster.specs)):
+        ctx.cluster.kill(index)
+    before = ctx.acked()
+    order = list(range(len(ctx.cluster.specs)))
+    ctx.rng.shuffle(order)
+    for index in order:
+        ctx.cluster.start(index, wait=False)
+    ctx.wait_progress(before, 10, "SIGKILL of all three replicas and restart")
+    return f"SIGKILL all three, restarted in order {order}"
+
+
+def pause_primary(ctx: ChaosContext) -> str:
+    old = ctx.current_primary()
+    pid = ctx.cluster.process(old).pid
+    os.kill(pid, signal.SIGSTOP)
+    before = ctx.acked()
+    try:
+        others = [i for i in ctx.running() if i != old]
+        try:
+            new = wait_for_primary(ctx.cluster, others, timeout=PROGRESS_TIMEOUT)
+        except TimeoutError as exc:
+            raise ChaosFailure(f"no new primary while {old} was paused: {exc}") from None
+        ctx.wait_progress(before, 10, f"SIGSTOP of primary {old}")
+        # Keep it frozen a little longer sometimes: its clients' calls and its peers' streams
+        # must all have given up on it.
+        time.sleep(ctx.rng.uniform(0.0, 1.0))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        wait_until(
+            lambda: primary_of(ctx.cluster, old) is None,
+            STEP_DOWN_TIMEOUT,
+            f"replica {old} to step down after SIGCONT",
+        )
+    except TimeoutError as exc:
+        raise ChaosFailure(str(exc)) from None
+    return f"SIGSTOP primary {old} until {new} took over, then SIGCONT"
+
+
+# -- database faults (MySQL) -------------------------------------------------------------------
+
+
+def _database_name(ctx: ChaosContext, index: int) -> str:
+    url = ctx.cluster.specs[index].db_url
+    assert url is not None, "database faults need a MySQL database per replica"
+    name = make_url(url).database
+    assert name
+    return name
+
+
+def drop_connections(ctx: ChaosContext) -> str:
+    """Kill every server-side connection of one replica's database, mid-whatever."""
+    assert ctx.server_url is not None
+    victim = ctx.rng.choice(ctx.running())
+    database = _database_name(ctx, victim)
+    before = ctx.acked()
+    server = sa.create_engine(ctx.server_url + "/", poolclass=sa.pool.NullPool)
+    try:
+        with server.connect() as conn:
+            ids = conn.execute(
+                sa.text("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = :db"),
+                {"db": database},
+            ).scalars()
+            killed = 0
+            for connection_id in list(ids):
+                try:
+                    conn.execute(sa.text(f"KILL CONNECTION {int(connection_id)}"))
+                    killed += 1
+                except sa.exc.DBAPIError:
+                    pass  # it ended by itself in the meantime
+    finally:
+        server.dispose()
+    ctx.wait_progress(before, 10, f"dropping replica {victim}'s database connections")
+    return f"killed {killed} MySQL connections of replica {victim}"
+
+
+def _mariadb_up() -> bool:
+    return (
+        subprocess.run(
+            ["mysqladmin", "--host=127.0.0.1", "--port=3306", "--user=root", "ping"],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+
+
+def restart_mariadb(ctx: ChaosContext) -> str:
+    """Shut the MySQL server down under all three replicas and start it again."""
+    subprocess.run(
+        ["mysqladmin", "--host=127.0.0.1", "--port=3306", "--user=root", "shutdown"],
+        capture_output=True,
+        check=True,
+    )
+    _wait_mariadbd_gone()
+    before = ctx.acked()
+    down = ctx.rng.uniform(0.2, 2.0)
+    time.sleep(down)  # the outage itself: a duration, not a synchronisation
+    start_mariadb()
+    ctx.wait_progress(before, 10, "a MariaDB restart")
+    return f"MariaDB down for {down:.1f}s"
+
+
+def _mariadbd_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "mariadbd"], capture_output=True).returncode == 0
+
+
+def _wait_mariadbd_gone() -> None:
+    # `mysqladmin shutdown` returns before the server process has exited; starting another
+    # meanwhile would find it "already running" and start nothing.
+    wait_until(lambda: not _mariadbd_running(), 60, "mariadbd to exit", interval=0.1)
+
+
+def start_mariadb() -> None:
+    if _mariadb_up():
+        return
+    _wait_mariadbd_gone()
+    os.makedirs("/run/mysqld", exist_ok=True)
+    subprocess.run(["chown", "mysql:mysql", "/run/mysqld"], check=False)
+    subprocess.run(
+        [
+            "start-stop-daemon",
+            "--start",
+            "--oknodo",
+            "--background",
+            "--exec",
+            "/usr/sbin/mariadbd",
+        ],
+        check=True,
+    )
+    wait_until(_mariadb_up, 120, "MariaDB to answer again", interval=0.2)
+
+
+FAULTS = (
+    Fault("kill_one", kill_one),
+    Fault("kill_two", kill_two),
+    Fault("kill_all", kill_all),
+    Fault("pause_primary", pause_primary),
+    Fault("drop_connections", drop_connections, ("mysql",)),
+    Fault("restart_mariadb", restart_mariadb, ("mysql",)),
+)
+
+
+def faults_for(backend: str, names: list[str] | None = None) -> list[Fault]:
+    chosen = [f for f in FAULTS if backend in f.backends]
+    if names:
+        unknown = set(names) - {f.name for f in FAULTS}
+        if unknown:
+            raise ValueError(f"unknown faults: {sorted(unknown)}")
+        chosen = [f for f in chosen if f.name in names]
+    return chosen

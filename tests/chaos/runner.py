@@ -1,0 +1,251 @@
+"""Rounds of random faults under concurrent load, and the exactly-once check at the end.
+
+Three real replica processes (on 127.0.0.11-13) take sends from several concurrent senders
+to one offline recipient. Each round injects one fault (see faults.py), waits until sends are
+acknowledged again, restarts whatever was killed and waits until every replica is back in
+sync. At the end every replica's log and projections must be identical, and the recipient's
+inbox must hold every acknowledged send exactly once: `lost` and `duplicated` must be 0.
+
+The fault sequence comes from a seeded generator, printed with the report, so that a failing
+run can be replayed (`--seed`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from replica.database import drop_mysql_database
+from tests.chaos.faults import ChaosContext, ChaosFailure, Fault, faults_for, start_mariadb
+from tests.harness import ClusterProcesses
+from tests.integration.cluster_checks import (
+    Senders,
+    SendLog,
+    read_inbox,
+    register_users,
+    wait_all_running_follow,
+    wait_converged,
+    wait_for_primary,
+)
+
+HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+SETTINGS = {"heartbeat_interval_ms": 100, "peer_timeout_ms": 600, "insync_timeout_ms": 1000}
+RECIPIENT = "inbox"
+MYSQL_SERVER_URL = os.environ.get(
+    "CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306"
+)
+HEAL_TIMEOUT = 60.0
+
+
+@dataclass
+class RoundResult:
+    number: int
+    acked_before: int  # acknowledged sends when the round began
+    fault: str
+    what: str
+    recovery_s: float | None
+    seconds: float
+
+
+@dataclass
+class ChaosReport:
+    backend: str
+    seed: int
+    rounds_planned: int
+    rounds: list[RoundResult] = field(default_factory=list)
+    acknowledged: int = 0
+    unacknowledged_attempts: int = 0  # sends whose client gave up (may or may not be stored)
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    invented: int = 0
+    wrong_ids: int = 0
+    converged: bool = False
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.failures
+            and self.converged
+            and len(self.rounds) == self.rounds_planned
+            and self.lost == self.duplicated == self.invented == self.wrong_ids == 0
+        )
+
+    def recovery_by_fault(self) -> dict[str, tuple[int, float, float]]:
+        """fault -> (rounds, p50, max) seconds from fault to the first acknowledged send."""
+        out: dict[str, tuple[int, float, float]] = {}
+        for name in sorted({r.fault for r in self.rounds}):
+            times = [r.recovery_s for r in self.rounds if r.fault == name and r.recovery_s]
+            count = sum(1 for r in self.rounds if r.fault == name)
+            out[name] = (
+                count,
+                statistics.median(times) if times else 0.0,
+                max(times) if times else 0.0,
+            )
+        return out
+
+    def summary(self) -> str:
+        lines = [
+            f"chaos ({self.backend}, seed {self.seed}): {len(self.rounds)}/{self.rounds_planned}"
+            f" rounds in {self.seconds:.0f}s",
+            f"  acknowledged sends: {self.acknowledged}   unacknowledged attempts: "
+            f"{self.unacknowledged_attempts}   delivered: {self.delivered}",
+            f"  lost: {self.lost}   duplicated: {self.duplicated}   invented: {self.invented}"
+            f"   wrong ids: {self.wrong_ids}   replicas converged: {self.converged}",
+            "  recovery (fault -> first acknowledged send): rounds, p50, max",
+        ]
+        for name, (count, p50, worst) in self.recovery_by_fault().items():
+            lines.append(
+                f"    {name:<18} {count:>4}  {p50 * 1000:>7.0f} ms  {worst * 1000:>7.0f} ms"
+            )
+        lines += [f"  FAILURE: {f}" for f in self.failures]
+        lines.append("  RESULT: " + ("PASS" if self.ok else "FAIL"))
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return json.dumps(data, indent=2)
+
+
+def score(report: ChaosReport, log: SendLog, delivered: list[str], ids: dict[str, int]) -> None:
+    counts = Counter(delivered)
+    report.acknowledged = len(log.acknowledged)
+    report.unacknowledged_attempts = len(log.failed)
+    report.delivered = len(delivered)
+    report.duplicated = sum(n - 1 for n in counts.values() if n > 1)
+    if report.duplicated:
+        twice = sorted(b for b, n in counts.items() if n > 1)[:20]
+        report.failures.append(f"delivered more than once: {', '.join(twice)}")
+    lost = sorted(set(log.acknowledged) - set(counts), key=lambda b: log.acknowledged[b])
+    report.lost = len(lost)
+    if lost:
+        sample = ", ".join(f"{b} (id {log.acknowledged[b]})" for b in lost[:20])
+        report.failures.append(f"acknowledged but never delivered: {sample}")
+    report.invented = len(set(counts) - set(log.acknowledged) - set(log.failed))
+    report.wrong_ids = sum(1 for body, i in log.acknowledged.items() if ids.get(body, i) != i)
+
+
+def heal(ctx: ChaosContext, *, under_load: bool = True) -> None:
+    """Restart every replica that is down and wait until all three follow one primary (and,
+    `under_load`, acknowledge sends again)."""
+    if ctx.backend == "mysql":
+        start_mariadb()
+    down = [s.index for s in ctx.cluster.specs if not ctx.cluster.is_running(s.index)]
+    for index in down:
+        ctx.cluster.start(index, wait=False)
+    for index in down:
+        ctx.cluster.wait_healthy(index, timeout=HEAL_TIMEOUT)
+    primary = ctx.current_primary()
+    try:
+        wait_all_running_follow(ctx.cluster, primary, timeout=HEAL_TIMEOUT)
+    except TimeoutError as exc:
+        raise ChaosFailure(f"replicas did not get back in sync: {exc}") from None
+    if not under_load:
+        return
+    before = ctx.acked()
+    recovery = ctx.recovery
+    ctx.wait_progress(before, 3, "healing")
+    ctx.recovery = recovery
+
+
+def run_chaos(
+    base_dir: Path,
+    *,
+    rounds: int,
+    backend: str = "sqlite",
+    seed: int | None = None,
+    fault_names: list[str] | None = None,
+    schedule: str = "random",
+    senders: int = 4,
+    progress: Callable[[str], None] = print,
+) -> ChaosReport:
+    """`schedule`: "random" draws each round's fault; "cycle" takes them in turn (so a short
+    run covers every fault)."""
+    seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)
+    faults: list[Fault] = faults_for(backend, fault_names)
+    report = ChaosReport(backend, seed, rounds)
+    started = time.monotonic()
+    urls: list[str | None] = [None] * len(HOSTS)
+    if backend == "mysql":
+        tag = os.urandom(4).hex()
+        urls = [f"{MYSQL_SERVER_URL}/chat_chaos_{tag}_{i}" for i in range(len(HOSTS))]
+    names = [f"sender{i}" for i in range(senders)]
+    cluster = ClusterProcesses(base_dir, len(HOSTS), hosts=HOSTS, db_urls=urls, settings=SETTINGS)
+    try:
+        cluster.start_all()
+        primary = wait_for_primary(cluster)
+        register_users(cluster, [*names, RECIPIENT])
+        wait_all_running_follow(cluster, primary)
+        load = Senders(cluster, names, RECIPIENT)
+        server_url = MYSQL_SERVER_URL if backend == "mysql" else None
+        ctx = ChaosContext(cluster, load, rng, backend, server_url)
+        load.start()
+        try:
+            load.wait_for_acks(20)
+            for number in range(1, rounds + 1):
+                fault = faults[(number - 1) % len(faults)] if schedule == "cycle" else None
+                fault = fault or rng.choice(faults)
+                round_start = time.monotonic()
+                acked_before = ctx.acked()
+                ctx.recovery = None
+                try:
+                    what = fault.inject(ctx)
+                    heal(ctx)
+                except ChaosFailure as exc:
+                    report.failures.append(f"round {number} ({fault.name}): {exc}")
+                    break
+                result = RoundResult(
+                    number,
+                    acked_before,
+                    fault.name,
+                    what,
+                    ctx.recovery,
+                    time.monotonic() - round_start,
+                )
+                report.rounds.append(result)
+                recovery = "-" if result.recovery_s is None else f"{result.recovery_s:.2f}s"
+                progress(
+                    f"round {number:>3}/{rounds} {fault.name:<16} {what}; first ack after "
+                    f"{recovery}; round {result.seconds:.1f}s; {ctx.acked()} acked so far"
+                )
+        finally:
+            try:
+                send_log = load.stop()
+            except AssertionError as exc:
+                report.failures.append(str(exc))
+                send_log = load.log
+        try:
+            heal(ctx, under_load=False)
+            wait_converged(cluster, timeout=HEAL_TIMEOUT)
+            report.converged = True
+        except (ChaosFailure, TimeoutError) as exc:
+            report.failures.append(f"after the last round: {exc}")
+        inbox = read_inbox(cluster, RECIPIENT)
+        score(report, send_log, [m.body for m in inbox], {m.body: m.message_id for m in inbox})
+        if not report.ok:
+            for spec in cluster.specs:
+                report.failures.append(cluster.log_tail(spec.index, 30))
+    finally:
+        cluster.close()
+        if backend == "mysql":
+            start_mariadb()
+            for url in urls:
+                if url is None:
+                    continue
+                if report.ok:
+                    drop_mysql_database(url)
+                else:  # kept for the post-mortem
+                    report.failures.append(f"database kept: {url}")
+        report.seconds = time.monotonic() - started
+    return report
