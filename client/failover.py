@@ -4,7 +4,10 @@ A request goes first to the replica that answered last. When a replica is down (
 or silent past the per-attempt timeout) or is not the primary (FAILED_PRECONDITION), the same
 request -- same request_id, so the server applies it at most once -- goes next to the primary
 that replica named in its `chat-primary-address` trailer, else to the one its ClusterStatus
-names, else to the next address in the list. Once every address failed in a round, the client
+names, else to the next address in the list. A unary call that gets no answer for a while
+checks that its replica still answers at all (a frozen process does not, and its own timeout
+would be seconds away); if not, the call moves on at once and that replica is skipped until it
+answers again. Once every address failed in a round, the client
 sleeps a short, growing backoff and starts another round, until the deadline passes -- or at
 once, with what to change, when every replica failed twice running as a TLS mismatch (a
 plaintext client and TLS replicas, or the other way round, or a CA that does not fit).
@@ -47,6 +50,37 @@ RETRYABLE_CODES = frozenset(
 
 Result = TypeVar("Result")
 Attempt = Callable[[ChatStub, float], Result]
+StartAttempt = Callable[[ChatStub, float], "grpc.Future[Result]"]
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How a unary call notices a replica that stopped answering (a frozen process, found by no
+    timeout of its own): after `check_after` seconds without an answer, and every as long
+    again, the client asks the replica for its ClusterStatus; if that takes longer than
+    `probe_timeout`, the call is abandoned there and the request (same request_id) goes on to
+    the other replicas, the silent one being tried last for a while (`suspect_for`)."""
+
+    check_after: float = 0.4
+    probe_timeout: float = 0.3
+    suspect_for: float = 3.0
+
+
+class _Unresponsive(grpc.RpcError):
+    """An attempt abandoned because its replica stopped answering (handled as a timeout)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self._address = address
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return f"replica at {self._address} stopped answering"
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
 
 
 @dataclass(frozen=True)
@@ -54,7 +88,7 @@ class Backoff:
     """Pause between rounds: `initial` seconds, times `multiplier` each round, at most `maximum`."""
 
     initial: float = 0.05
-    maximum: float = 0.5
+    maximum: float = 0.2
     multiplier: float = 2.0
 
     def delays(self) -> Iterator[float]:
@@ -78,6 +112,7 @@ class Failover:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
         on_replica_change: Callable[[str], None] | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("at least one replica address is needed")
@@ -94,6 +129,8 @@ class Failover:
         self._lock = threading.Lock()
         self._preferred = self.addresses[0]
         self._connected: str | None = None
+        self._liveness = liveness if liveness is not None else Liveness()
+        self._suspect_until: dict[str, float] = {}  # address -> until when it is tried last
 
     @property
     def connected_address(self) -> str | None:
@@ -113,10 +150,74 @@ class Failover:
         Raises ChatError at once for a domain error, ChatUnavailableError once `timeout`
         (default: the client's) has passed without an answer from the primary.
         """
+        return self._retrying(
+            lambda address, t: attempt(self._pool.stub(address), t), timeout=timeout
+        )
+
+    def call_unary(self, start: StartAttempt[Result], *, timeout: float | None = None) -> Result:
+        """Like call(), for a unary call started as a future (`stub.Method.future(...)`): an
+        attempt on a replica that stops answering is abandoned early (see Liveness)."""
+        return self._retrying(
+            lambda address, t: self._await(start(self._pool.stub(address), t), address, t),
+            timeout=timeout,
+        )
+
+    def _await(self, future: grpc.Future[Result], address: str, timeout: float) -> Result:
+        deadline = self._clock() + timeout
+        while True:
+            wait = min(self._liveness.check_after, max(0.0, deadline - self._clock()))
+            try:
+                return future.result(timeout=wait)
+            except grpc.FutureTimeoutError:
+                pass
+            if self._clock() >= deadline:
+                return future.result()  # gRPC's own deadline ends it now
+            if not self._answers(address):
+                future.cancel()
+                with self._lock:
+                    self._suspect_until[address] = self._clock() + self._liveness.suspect_for
+                raise _Unresponsive(address) from None
+
+    def _answers(self, address: str) -> bool:
+        try:
+            self._pool.stub(address).ClusterStatus(
+                chat_pb2.ClusterStatusRequest(), timeout=self._liveness.probe_timeout
+            )
+        except grpc.RpcError as error:
+            return error.code() not in (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.UNAVAILABLE,
+            )
+        return True
+
+    def _recheck_suspects(self) -> bool:
+        """Ask each replica that stopped answering lately whether it answers again (it may
+        only have been slow, and still be the primary the others name); whether there were
+        any (their checks took the place of the pause between rounds)."""
+        suspects = [a for a in self.addresses if self._suspect(a)]
+        for address in suspects:
+            if self._answers(address):
+                with self._lock:
+                    self._suspect_until.pop(address, None)
+        return bool(suspects)
+
+    def _suspect(self, address: str) -> bool:
+        with self._lock:
+            until = self._suspect_until.get(address)
+            if until is not None and until <= self._clock():
+                del self._suspect_until[address]
+                return False
+            return until is not None
+
+    def _retrying(
+        self, run: Callable[[str, float], Result], *, timeout: float | None = None
+    ) -> Result:
         deadline = self._clock() + (self._timeout if timeout is None else timeout)
         delays = self._backoff.delays()
         with self._lock:
             address = self._preferred
+        if self._suspect(address):
+            address = self._next_untried(address, {address}) or address
         round_start = address
         tried: set[str] = set()
         saw_not_primary = False
@@ -134,7 +235,7 @@ class Failover:
             tried.add(address)
             attempts += 1
             try:
-                result = attempt(self._pool.stub(address), min(remaining, self._attempt_timeout))
+                result = run(address, min(remaining, self._attempt_timeout))
             except grpc.RpcError as error:
                 if error.code() not in RETRYABLE_CODES:
                     raise ChatError.from_rpc_error(error) from None
@@ -153,7 +254,8 @@ class Failover:
                 return result
             if hint is not None:
                 round_start = hint
-            following = hint if hint is not None and hint not in tried else None
+            usable_hint = hint is not None and hint not in tried and not self._suspect(hint)
+            following = hint if usable_hint else None
             following = following or self._next_untried(address, tried)
             if following is None:
                 # Every replica failed this round: pause, then start over.
@@ -161,9 +263,12 @@ class Failover:
                 remaining = deadline - self._clock()
                 if remaining <= 0 or mismatch_rounds >= MISMATCH_ROUNDS:
                     raise self._give_up(saw_not_primary, refusal, mismatches)
-                self._sleep(min(next(delays), remaining))
+                if not self._recheck_suspects():
+                    self._sleep(min(next(delays), remaining))
                 tried.clear()
                 following = round_start
+                if self._suspect(round_start):
+                    following = self._next_untried(round_start, {round_start}) or round_start
             address = following
 
     def _primary_hint(self, error: grpc.RpcError, address: str, remaining: float) -> str | None:
@@ -193,15 +298,19 @@ class Failover:
         return None
 
     def _next_untried(self, after: str, tried: set[str]) -> str | None:
+        """The next address after `after` not tried yet, skipping those that stopped answering
+        lately (unless every replica did)."""
         start = self.addresses.index(after) + 1 if after in self.addresses else 0
-        for offset in range(len(self.addresses)):
-            candidate = self.addresses[(start + offset) % len(self.addresses)]
-            if candidate not in tried:
-                return candidate
-        return None
+        order = [
+            self.addresses[(start + i) % len(self.addresses)] for i in range(len(self.addresses))
+        ]
+        untried = [a for a in order if a not in tried]
+        fallback = untried[0] if untried and all(map(self._suspect, self.addresses)) else None
+        return next((a for a in untried if not self._suspect(a)), fallback)
 
     def _record_success(self, address: str) -> None:
         with self._lock:
+            self._suspect_until.pop(address, None)
             self._preferred = address
             changed = address != self._connected
             self._connected = address

@@ -11,7 +11,7 @@ from types import TracebackType
 
 from client.channels import DEFAULT_CHANNEL_OPTIONS, ChannelPool
 from client.errors import NotLoggedInError
-from client.failover import Backoff, Failover
+from client.failover import Backoff, Failover, Liveness
 from client.subscription import Subscription
 from protos import chat_pb2
 
@@ -55,6 +55,7 @@ class ChatClient:
         on_replica_change: Callable[[str], None] | None = None,
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
         root_certificates: bytes | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         if timeout <= 0 or attempt_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -68,6 +69,7 @@ class ChatClient:
             clock=clock,
             sleep=sleep,
             on_replica_change=on_replica_change,
+            liveness=liveness,
         )
         self._request_ids = request_ids
         self._lock = threading.Lock()
@@ -107,14 +109,18 @@ class ChatClient:
         request = chat_pb2.RegisterRequest(
             request_id=self._request_ids(), username=username, password=password
         )
-        reply = self._failover.call(lambda stub, timeout: stub.Register(request, timeout=timeout))
+        reply = self._failover.call_unary(
+            lambda stub, timeout: stub.Register.future(request, timeout=timeout)
+        )
         return reply.username
 
     def login(self, username: str, password: str) -> LoginResult:
         request = chat_pb2.LoginRequest(
             request_id=self._request_ids(), username=username, password=password
         )
-        reply = self._failover.call(lambda stub, timeout: stub.Login(request, timeout=timeout))
+        reply = self._failover.call_unary(
+            lambda stub, timeout: stub.Login.future(request, timeout=timeout)
+        )
         with self._lock:
             self._session = Session(reply.username, reply.session_token)
         return LoginResult(reply.username, reply.undelivered_count)
@@ -128,7 +134,9 @@ class ChatClient:
         request = chat_pb2.LogoutRequest(
             request_id=self._request_ids(), session_token=session.session_token
         )
-        self._failover.call(lambda stub, timeout: stub.Logout(request, timeout=timeout))
+        self._failover.call_unary(
+            lambda stub, timeout: stub.Logout.future(request, timeout=timeout)
+        )
 
     def list_accounts(self, pattern: str = "", *, page_size: int = 0) -> Iterator[str]:
         """Usernames matching a shell-style pattern, fetching page after page as iterated."""
@@ -148,7 +156,9 @@ class ChatClient:
             recipient=recipient,
             body=body,
         )
-        reply = self._failover.call(lambda stub, timeout: stub.Send(request, timeout=timeout))
+        reply = self._failover.call_unary(
+            lambda stub, timeout: stub.Send.future(request, timeout=timeout)
+        )
         return reply.message_id
 
     def subscribe(self, *, reconnect_timeout: float | None = None) -> Subscription:
@@ -167,7 +177,9 @@ class ChatClient:
         request = chat_pb2.AckRequest(
             request_id=self._request_ids(), session_token=self._token(), message_ids=ids
         )
-        reply = self._failover.call(lambda stub, timeout: stub.Ack(request, timeout=timeout))
+        reply = self._failover.call_unary(
+            lambda stub, timeout: stub.Ack.future(request, timeout=timeout)
+        )
         return reply.acked_count
 
     def history(self, other_user: str, *, page_size: int = 0) -> Iterator[chat_pb2.Message]:
@@ -186,14 +198,16 @@ class ChatClient:
         request = chat_pb2.DeleteAccountRequest(
             request_id=self._request_ids(), session_token=self._token(), password=password
         )
-        self._failover.call(lambda stub, timeout: stub.DeleteAccount(request, timeout=timeout))
+        self._failover.call_unary(
+            lambda stub, timeout: stub.DeleteAccount.future(request, timeout=timeout)
+        )
         with self._lock:
             self._session = None
 
     def cluster_status(self) -> chat_pb2.ClusterStatusReply:
         request = chat_pb2.ClusterStatusRequest()
-        return self._failover.call(
-            lambda stub, timeout: stub.ClusterStatus(request, timeout=timeout)
+        return self._failover.call_unary(
+            lambda stub, timeout: stub.ClusterStatus.future(request, timeout=timeout)
         )
 
     def _token(self) -> str:
@@ -208,8 +222,8 @@ class ChatClient:
         request = chat_pb2.ListAccountsRequest(
             pattern=pattern, page_size=page_size, page_token=page_token
         )
-        return self._failover.call(
-            lambda stub, timeout: stub.ListAccounts(request, timeout=timeout)
+        return self._failover.call_unary(
+            lambda stub, timeout: stub.ListAccounts.future(request, timeout=timeout)
         )
 
     def _history_page(
@@ -218,4 +232,6 @@ class ChatClient:
         request = chat_pb2.HistoryRequest(
             session_token=token, other_user=other_user, page_size=page_size, page_token=page_token
         )
-        return self._failover.call(lambda stub, timeout: stub.History(request, timeout=timeout))
+        return self._failover.call_unary(
+            lambda stub, timeout: stub.History.future(request, timeout=timeout)
+        )

@@ -42,10 +42,12 @@ class ChaosContext:
     def acked(self) -> int:
         return self.load.acknowledged_count()
 
-    def wait_progress(self, since: int, count: int, what: str) -> None:
+    def wait_progress(
+        self, since: int, count: int, what: str, fault_at: float | None = None
+    ) -> None:
         """Until `count` more sends than `since` are acknowledged; `recovery` becomes the
-        seconds it took for the first one."""
-        start = time.monotonic()
+        seconds from `fault_at` (default: now) to the first one."""
+        start = time.monotonic() if fault_at is None else fault_at
         first: list[float] = []
 
         def progressed() -> bool:
@@ -115,6 +117,7 @@ def pause_primary(ctx: ChaosContext) -> str:
     old = ctx.current_primary()
     pid = ctx.cluster.process(old).pid
     os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
     before = ctx.acked()
     try:
         others = [i for i in ctx.running() if i != old]
@@ -122,7 +125,7 @@ def pause_primary(ctx: ChaosContext) -> str:
             new = wait_for_primary(ctx.cluster, others, timeout=PROGRESS_TIMEOUT)
         except TimeoutError as exc:
             raise ChaosFailure(f"no new primary while {old} was paused: {exc}") from None
-        ctx.wait_progress(before, 10, f"SIGSTOP of primary {old}")
+        ctx.wait_progress(before, 10, f"SIGSTOP of primary {old}", stopped_at)
         # Keep it frozen a little longer sometimes: its clients' calls and its peers' streams
         # must all have given up on it.
         time.sleep(ctx.rng.uniform(0.0, 1.0))

@@ -1,0 +1,90 @@
+"""A replica that stops answering (a SIGSTOPped primary) is abandoned within a second, not after
+the per-attempt timeout; a slow one that still answers is waited for. Real clock, real gRPC."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from client import ChatClient
+from protos import chat_pb2
+from tests.client.chat_fakes import FakeReplica, answer, fail, start_replica, stop_replica
+
+STATUS = answer(chat_pb2.ClusterStatusReply())
+
+
+@pytest.fixture
+def released() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[FakeReplica, FakeReplica]]:
+    a, b = start_replica(), start_replica()
+    yield a, b
+    stop_replica(a)
+    stop_replica(b)
+
+
+def hang(released: threading.Event) -> Any:
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        released.wait(20)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "released")
+
+    return handler
+
+
+def slow(seconds: float, reply: Any) -> Any:
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        time.sleep(seconds)  # the server being slow is what is under test
+        return reply
+
+    return handler
+
+
+def logged_in(client: ChatClient, replica: FakeReplica) -> ChatClient:
+    replica.script("Login", answer(chat_pb2.LoginReply(session_token="t", username="bob")))
+    client.login("bob", "secret")
+    return client
+
+
+def test_a_replica_that_stops_answering_is_left_well_before_the_attempt_timeout(
+    pair: tuple[FakeReplica, FakeReplica], released: threading.Event
+) -> None:
+    frozen, alive = pair
+    with ChatClient([frozen.address, alive.address], timeout=10, attempt_timeout=3) as client:
+        logged_in(client, frozen)
+        frozen.script("Send", hang(released))
+        frozen.script("ClusterStatus", hang(released))
+        alive.script("Send", answer(chat_pb2.SendReply(message_id=42)))
+        start = time.monotonic()
+        assert client.send("alice", "hello") == 42
+        elapsed = time.monotonic() - start
+        assert elapsed < 1.5, f"took {elapsed:.2f}s to leave a silent replica"
+        (first,) = frozen.requests("Send")
+        (second,) = alive.requests("Send")
+        assert first.request_id == second.request_id, "the retry must keep its request_id"
+        # The next call starts at the replica that answered, not at the silent one.
+        assert client.send("alice", "again") == 42
+        assert len(frozen.requests("Send")) == 1
+
+
+def test_a_slow_replica_that_still_answers_is_waited_for(
+    pair: tuple[FakeReplica, FakeReplica],
+) -> None:
+    busy, other = pair
+    with ChatClient([busy.address, other.address], timeout=10, attempt_timeout=3) as client:
+        logged_in(client, busy)
+        busy.script("Send", slow(1.2, chat_pb2.SendReply(message_id=7)))
+        busy.script("ClusterStatus", STATUS)
+        other.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, "not the primary"))
+        assert client.send("alice", "hello") == 7
+        assert other.requests("Send") == [], "left a replica that was only slow"
+        assert len(busy.requests("ClusterStatus")) >= 2, "never checked it was alive"
