@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from typing import Final
+
+# What token_for() makes: 32 lower-case hex digits, a dot, 64 lower-case hex digits. Anything
+# else (other characters, non-ASCII, other lengths) is refused before the MAC is computed.
+_TOKEN_RE: Final = re.compile(r"([0-9a-f]{32})\.([0-9a-f]{64})")
 
 
 class SessionTokens:
@@ -26,14 +32,13 @@ class SessionTokens:
 
     def session_id_of(self, token: str) -> str | None:
         """The session id in a well-formed, authentic token; None otherwise."""
-        session_id, sep, mac = token.partition(".")
-        if not sep or len(session_id) != 32 or len(mac) != 64:
+        match = _TOKEN_RE.fullmatch(token)
+        if match is None:
             return None
+        session_id, mac = match.groups()
         if not hmac.compare_digest(mac, self._mac(session_id)):
             return None
         return session_id
 
     def _mac(self, session_id: str) -> str:
-        return hmac.new(
-            self._secret, session_id.encode("ascii", "replace"), hashlib.sha256
-        ).hexdigest()
+        return hmac.new(self._secret, session_id.encode("ascii"), hashlib.sha256).hexdigest()
