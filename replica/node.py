@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 import eventlog
 import projections
-from protos import chat_pb2, chat_pb2_grpc, replication_pb2, replication_pb2_grpc
+from protos import chat_pb2, replication_pb2, replication_pb2_grpc
 from replica.auth import ClusterSecretInterceptor
 from replica.chat import ChatService
 from replica.commit import CommitTracker, InboxNotifier
@@ -24,7 +24,7 @@ from replica.leader import LeaderStream, ReplicationHub
 from replica.peers import Peers
 from replica.replication_service import ReplicationServicer
 from replica.role import Role, RoleState
-from replica.servicer import ChatServicer, ClusterView, ReplicaStatusView
+from replica.servicer import ChatServicer, ClusterView, ReplicaStatusView, add_chat_servicer
 from replica.tls import TlsMaterial, load_tls_material
 from replica.tokens import SessionTokens
 from replica.writer import Clock, LogWriter, utc_now
@@ -124,7 +124,7 @@ class ReplicaNode:
                 )
             ],
         )
-        chat_pb2_grpc.add_ChatServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        add_chat_servicer(self.servicer, server)
         replication_pb2_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]
             self.replication_servicer, server
         )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from projections.queries import StoredMessage
 from protos import chat_pb2, chat_pb2_grpc
@@ -21,6 +22,7 @@ from replica.role import Role, RoleState
 
 log = logging.getLogger(__name__)
 
+CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
 PRIMARY_ADDRESS_KEY = "chat-primary-address"
 SERVICE_ERROR_KEY = "chat-error"
 _BACKLOG_BATCH = 100
@@ -89,6 +91,67 @@ def _message(m: StoredMessage) -> chat_pb2.Message:
         recipient=m.recipient,
         body=m.body,
         sent_at_unix_ms=sent_at_unix_ms(m.sent_at),
+    )
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Request bytes that do not parse as the method's message (e.g. a string field that is
+    not UTF-8): handed to the method handler, which refuses them with the reason."""
+
+    message_type: str
+    reason: str
+
+
+def _lenient_decoder(message_class: type[Message]) -> Callable[[bytes], Any]:
+    # gRPC answers a request its deserializer cannot parse with INTERNAL ("Exception
+    # deserializing request!"), as if the server were broken; it is the client's mistake.
+    def decode(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            reason = str(exc).rpartition(": ")[2] or "the bytes do not parse"
+            return MalformedRequest(message_class.DESCRIPTOR.full_name, reason)
+
+    return decode
+
+
+def _refusing_malformed(behavior: Callable[[Any, grpc.ServicerContext], R]) -> Callable[..., R]:
+    @functools.wraps(behavior)
+    def handle(request: Any, context: grpc.ServicerContext) -> R:
+        if isinstance(request, MalformedRequest):
+            abort_with(
+                context,
+                errors.InvalidArgument(
+                    f"the request is not a valid {request.message_type} message "
+                    f"({request.reason}); strings must be UTF-8"
+                ),
+            )
+        return behavior(request, context)
+
+    return handle
+
+
+def add_chat_servicer(servicer: ChatServicer, server: grpc.Server) -> None:
+    """Serve chat.v1.Chat, like the generated add_ChatServicer_to_server, except that a request
+    whose bytes do not parse is refused with INVALID_ARGUMENT and the reason."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in CHAT_SERVICE.methods:
+        request_class = getattr(chat_pb2, method.input_type.name)
+        reply_class = getattr(chat_pb2, method.output_type.name)
+        behavior = _refusing_malformed(getattr(servicer, method.name))
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            behavior,
+            request_deserializer=_lenient_decoder(request_class),
+            response_serializer=reply_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(CHAT_SERVICE.full_name, handlers),)
     )
 
 

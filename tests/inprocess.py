@@ -1,5 +1,5 @@
 """A single replica's chat core without gRPC: ChatService and LogWriter wired as ReplicaNode
-wires them, plus helpers to snapshot and reset a database."""
+wires them, plus helpers to snapshot and reset a database, and to serve it over real gRPC."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import datetime as dt
 import functools
 import itertools
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import sqlalchemy as sa
 
 import eventlog
@@ -19,9 +21,10 @@ from eventlog import Position
 from projections.apply import iter_table_rows
 from projections.schema import PROJECTION_TABLES
 from replica.chat import ChatService
-from replica.commit import CommitTracker
+from replica.commit import CommitTracker, InboxNotifier
 from replica.passwords import ScryptParams, hash_password
 from replica.role import Role, RoleState
+from replica.servicer import ChatServicer, ClusterView, add_chat_servicer
 from replica.tokens import SessionTokens
 from replica.writer import LogWriter, NewEvent
 
@@ -109,3 +112,29 @@ def reset_database(engine: sa.Engine) -> None:
             *eventlog.metadata.sorted_tables,
         ):
             conn.execute(table.delete())
+
+
+@contextmanager
+def serve_grpc(replica: InProcessReplica, max_subscriptions: int = 16) -> Iterator[grpc.Channel]:
+    """The real ChatServicer over `replica`, on a gRPC server in this process (so status codes
+    and details are what a client gets); a channel to it. Everything stops on exit."""
+    notifier = InboxNotifier()
+    replica.commits.add_listener(notifier.on_committed)
+    servicer = ChatServicer(
+        replica.service,
+        replica.role,
+        notifier,
+        lambda: ClusterView(0, 0, []),
+        max_subscriptions=max_subscriptions,
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_subscriptions + 8))
+    add_chat_servicer(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel
+    finally:
+        channel.close()
+        servicer.stop()
+        server.stop(None).wait()

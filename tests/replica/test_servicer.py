@@ -1,0 +1,86 @@
+"""The gRPC servicer over an in-process replica, through a real gRPC server: requests that are
+not valid messages at all get INVALID_ARGUMENT with the reason (gRPC's own answer would be
+INTERNAL "Exception deserializing request!"), and hostile tokens get UNAUTHENTICATED."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from protos import chat_pb2, chat_pb2_grpc
+from replica.servicer import CHAT_SERVICE
+from tests.inprocess import InProcessReplica, assert_unchanged, serve_grpc
+
+Code = grpc.StatusCode
+# A string field (number 1 in every request that has one) holding bytes that are not UTF-8.
+NOT_UTF8 = b"\x0a\x02\xff\xfe"
+
+
+@pytest.fixture
+def channel(engine: sa.Engine) -> Iterator[grpc.Channel]:
+    with serve_grpc(InProcessReplica.start(engine)) as made:
+        yield made
+
+
+def refusal(call: Any) -> tuple[Code, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    error: Any = info.value
+    return error.code(), error.details()
+
+
+@pytest.mark.parametrize(
+    "method",
+    [m.name for m in CHAT_SERVICE.methods if m.input_type.fields and not m.server_streaming],
+)
+def test_a_string_that_is_not_utf8_is_invalid_argument(
+    engine: sa.Engine, channel: grpc.Channel, method: str
+) -> None:
+    call = channel.unary_unary(f"/chat.v1.Chat/{method}")
+    with assert_unchanged(engine):
+        code, details = refusal(lambda: call(NOT_UTF8, timeout=10))
+    assert code == Code.INVALID_ARGUMENT
+    request_type = CHAT_SERVICE.methods_by_name[method].input_type.full_name
+    assert details == (
+        f"the request is not a valid {request_type} message (String field had bad UTF-8); "
+        "strings must be UTF-8"
+    )
+
+
+@pytest.mark.parametrize("payload", [NOT_UTF8, b"\xff" * 12, b"\x10\xff\xff"])
+def test_subscribe_with_bytes_that_do_not_parse_is_invalid_argument(
+    channel: grpc.Channel, payload: bytes
+) -> None:
+    stream = channel.unary_stream("/chat.v1.Chat/Subscribe")(payload, timeout=10)
+    code, details = refusal(lambda: next(iter(stream)))
+    assert code == Code.INVALID_ARGUMENT
+    assert details.startswith("the request is not a valid chat.v1.SubscribeRequest message (")
+
+
+def test_even_a_request_without_fields_must_parse(channel: grpc.Channel) -> None:
+    call = channel.unary_unary("/chat.v1.Chat/ClusterStatus")
+    code, details = refusal(lambda: call(b"\xff" * 12, timeout=10))
+    assert code == Code.INVALID_ARGUMENT
+    assert "ClusterStatusRequest" in details
+    # An empty message parses.
+    assert chat_pb2.ClusterStatusReply.FromString(call(b"", timeout=10)).primary_known
+
+
+@pytest.mark.parametrize(
+    "token", [f"{'0' * 32}.{'é' * 64}", f"{'é' * 32}.{'0' * 64}", "é", "\x00" * 97]
+)
+def test_a_non_ascii_token_is_unauthenticated(
+    engine: sa.Engine, channel: grpc.Channel, token: str
+) -> None:
+    stub: Any = chat_pb2_grpc.ChatStub(channel)
+    request = chat_pb2.LogoutRequest(request_id="r-1", session_token=token)
+    with assert_unchanged(engine):
+        code, details = refusal(lambda: stub.Logout(request, timeout=10))
+    assert (code, details) == (
+        Code.UNAUTHENTICATED,
+        "not logged in: the session token is missing or invalid",
+    )
