@@ -78,7 +78,14 @@ class ChatService:
                 EventTypes.ACCOUNT_REGISTERED, {"username": name, "password_hash": password_hash}
             )
 
-        event = self._write(request_id, decide, EventTypes.ACCOUNT_REGISTERED, {"username": name})
+        event = self._write(
+            request_id,
+            decide,
+            EventTypes.ACCOUNT_REGISTERED,
+            {"username": name},
+            # A retry repeats the password too; another password is another request.
+            same_request=lambda first: verify_password(password, first.payload["password_hash"]),
+        )
         return str(event.payload["username"])
 
     def login(self, request_id: str, username: str, password: str) -> LoginResult:
@@ -138,11 +145,16 @@ class ChatService:
                     "recipient_id": target.account_id,
                     "recipient": target.username,
                     "body": text,
+                    "session_id": session_id,
                 },
             )
 
         event = self._write(
-            request_id, decide, EventTypes.MESSAGE_SENT, {"recipient": to, "body": text}
+            request_id,
+            decide,
+            EventTypes.MESSAGE_SENT,
+            {"recipient": to, "body": text},
+            session_id=session_id,
         )
         return event.seq
 
@@ -165,20 +177,30 @@ class ChatService:
                 return None
             return NewEvent(
                 EventTypes.MESSAGES_ACKED,
-                {"account_id": account.account_id, "message_ids": newly, "session_id": session_id},
+                {
+                    "account_id": account.account_id,
+                    "message_ids": newly,
+                    "requested_ids": ids,
+                    "session_id": session_id,
+                },
             )
 
         outcome = self._writer.execute(request_id, decide)
         if outcome.event is None:
             return 0
         self._check_same_request(outcome.event, EventTypes.MESSAGES_ACKED, {})
-        # A retry is the same session's (its token still names the session after a logout);
-        # another user reusing the id is not.
-        if outcome.duplicate and (
-            outcome.event.payload.get("session_id") != session_id
-            or not set(outcome.event.payload["message_ids"]) <= set(ids)
-        ):
-            raise InvalidArgument(_REUSED_ID)
+        if outcome.duplicate:
+            # A retry is the same session's (its token still names the session after a
+            # logout) with the same ids; "message_ids" holds only those newly acked, so older
+            # events without "requested_ids" are checked against it as a subset.
+            first = outcome.event.payload
+            same_ids = (
+                first["requested_ids"] == ids
+                if "requested_ids" in first
+                else set(first["message_ids"]) <= set(ids)
+            )
+            if first.get("session_id") != session_id or not same_ids:
+                raise InvalidArgument(_REUSED_ID)
         return len(outcome.event.payload["message_ids"])
 
     def delete_account(self, request_id: str, token: str, password: str) -> None:
@@ -270,12 +292,24 @@ class ChatService:
         decide: Callable[[sa.Connection], NewEvent | None],
         event_type: str,
         expected: dict[str, Any],
+        *,
+        session_id: str | None = None,
+        same_request: Callable[[Event], bool] | None = None,
     ) -> Event:
+        """Run the command; for a request_id already in the log, its first result, provided
+        the request is the same (payload fields in `expected`, the same session, and whatever
+        `same_request` checks)."""
         outcome = self._writer.execute(request_id, decide)
         if outcome.event is None:
             raise Unavailable("the command produced no event")  # decide() never returns None here
         if outcome.duplicate:
-            self._check_same_request(outcome.event, event_type, expected)
+            event = outcome.event
+            self._check_same_request(event, event_type, expected)
+            # Events logged before they carried the session are taken to be the same session's.
+            if session_id is not None and event.payload.get("session_id", session_id) != session_id:
+                raise InvalidArgument(_REUSED_ID)
+            if same_request is not None and not same_request(event):
+                raise InvalidArgument(_REUSED_ID)
         return outcome.event
 
     @staticmethod

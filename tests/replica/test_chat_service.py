@@ -25,6 +25,7 @@ from replica.errors import (
 from replica.passwords import verify_password
 from replica.role import Role
 from replica.tokens import SessionTokens
+from replica.writer import NewEvent
 from tests.inprocess import InProcessReplica, assert_unchanged, snapshot
 
 WRONG_LOGIN = "^wrong username or password$"
@@ -142,7 +143,15 @@ def test_register_retry_returns_the_first_result_and_appends_nothing(
     assert chat.register("r-1", "Alice", "pw") == "alice"
     with assert_unchanged(engine):
         assert chat.register("r-1", "Alice", "pw") == "alice"
-        assert chat.register("r-1", "alice", "other password") == "alice"
+        assert chat.register("r-1", "alice", "pw") == "alice"
+    # Another password is another request: "success" would leave its sender believing in a
+    # password the account does not have.
+    rejected(
+        engine,
+        InvalidArgument,
+        "^request_id was already used for a different request",
+        lambda: chat.register("r-1", "alice", "other password"),
+    )
 
 
 def test_reusing_a_request_id_for_another_request_is_rejected(
@@ -252,6 +261,8 @@ def test_send_appends_a_message_event(
         "recipient_id": event.payload["recipient_id"],
         "recipient": "bob",
         "body": "hello 👋",
+        # So that a retry can be told from another session reusing the request id.
+        "session_id": alice.partition(".")[0],
     }
     [message] = chat.undelivered(event.payload["recipient_id"], 0, 10)
     assert (message.message_id, message.sender, message.body) == (message_id, "alice", "hello 👋")
@@ -543,3 +554,68 @@ def test_an_ack_request_id_reused_by_another_user_is_rejected(
     assert chat.ack("ack-1", bob, [to_bob]) == 1
     rejected(engine, InvalidArgument, "request_id", lambda: chat.ack("ack-1", carol, [to_bob]))
     assert chat.ack("ack-1", bob, [to_bob]) == 1  # the owner's retry still gets its result
+
+
+def test_a_send_request_id_reused_by_another_session_is_rejected(
+    engine: sa.Engine, chat: ChatService, login: Callable[[str], str]
+) -> None:
+    alice, bob = login("alice"), login("bob")
+    login("carol")
+    message_id = chat.send("send-1", alice, "carol", "hi")
+    # Same recipient and body: before, bob got alice's message id as if he had sent it.
+    rejected(engine, InvalidArgument, "request_id", lambda: chat.send("send-1", bob, "carol", "hi"))
+    # Alice in another session is another sender too (a retry reuses its request, token and all).
+    other_alice = chat.login(rid(), "alice", "pw-alice").session_token
+    rejected(
+        engine,
+        InvalidArgument,
+        "request_id",
+        lambda: chat.send("send-1", other_alice, "carol", "hi"),
+    )
+    chat.logout(rid(), bob)
+    rejected(engine, InvalidArgument, "request_id", lambda: chat.send("send-1", bob, "carol", "hi"))
+    chat.logout(rid(), alice)
+    with assert_unchanged(engine):
+        assert chat.send("send-1", alice, "carol", "hi") == message_id  # the owner's retry
+
+
+def test_an_ack_request_id_reused_for_other_ids_is_rejected(
+    engine: sa.Engine, chat: ChatService, login: Callable[[str], str]
+) -> None:
+    alice, bob = login("alice"), login("bob")
+    first, second, third = (chat.send(rid(), alice, "bob", f"m{i}") for i in range(3))
+    assert chat.ack(rid(), bob, [first]) == 1
+    assert chat.ack("ack-1", bob, [first, second]) == 1  # the event holds only `second`
+    with assert_unchanged(engine):
+        assert chat.ack("ack-1", bob, [second, first, second]) == 1  # the same ids: a retry
+    # Before, any superset of the newly acked ids passed as a retry: `third` stayed unacked
+    # while the caller was told its ack went through.
+    for other_ids in ([second, third], [second], [first, second, third]):
+        rejected(
+            engine, InvalidArgument, "request_id", lambda ids=other_ids: chat.ack("ack-1", bob, ids)
+        )
+    assert [m.message_id for m in chat.undelivered(login_account(chat, bob), 0, 10)] == [third]
+
+
+def login_account(chat: ChatService, token: str) -> int:
+    return chat.authenticate(token).account_id
+
+
+def test_an_old_ack_event_without_the_requested_ids_is_still_a_retry(
+    engine: sa.Engine, replica: InProcessReplica, login: Callable[[str], str]
+) -> None:
+    """Events logged before "requested_ids" existed: a retry is any superset of the ids."""
+    chat = replica.service
+    alice, bob = login("alice"), login("bob")
+    message_id = chat.send(rid(), alice, "bob", "hi")
+    account_id = login_account(chat, bob)
+    session_id = replica.tokens.session_id_of(bob)
+    replica.writer.execute(
+        "old-ack",
+        lambda conn: NewEvent(
+            EventTypes.MESSAGES_ACKED,
+            {"account_id": account_id, "message_ids": [message_id], "session_id": session_id},
+        ),
+    )
+    with assert_unchanged(engine):
+        assert chat.ack("old-ack", bob, [message_id]) == 1
