@@ -45,12 +45,20 @@ def statements_for(event: Event) -> list[sa.Executable]:
             )
         ]
     if t == EventTypes.SESSION_OPENED:
+        opened = sessions.insert().values(
+            session_id=p["session_id"],
+            account_id=p["account_id"],
+            created_at=event.created_at,
+        )
+        # The oldest sessions a login ends when the account is at its cap of open sessions.
+        closes = [str(i) for i in p.get("closes", [])]
+        if not closes:
+            return [opened]
         return [
-            sessions.insert().values(
-                session_id=p["session_id"],
-                account_id=p["account_id"],
-                created_at=event.created_at,
-            )
+            sessions.delete()
+            .where(sessions.c.account_id == p["account_id"])
+            .where(sessions.c.session_id.in_(closes)),
+            opened,
         ]
     if t == EventTypes.SESSION_CLOSED:
         return [sessions.delete().where(sessions.c.session_id == p["session_id"])]

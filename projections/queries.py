@@ -46,6 +46,17 @@ def find_session_account(conn: sa.Connection, session_id: str) -> Account | None
     return None if row is None else Account(row.account_id, row.username, row.password_hash)
 
 
+def open_session_ids(conn: sa.Connection, account_id: int) -> list[str]:
+    """The account's open sessions, oldest first."""
+    return list(
+        conn.execute(
+            sa.select(sessions.c.session_id)
+            .where(sessions.c.account_id == account_id)
+            .order_by(sessions.c.created_at, sessions.c.session_id)
+        ).scalars()
+    )
+
+
 def list_usernames(conn: sa.Connection, like: str, after: str, limit: int) -> list[str]:
     query = (
         sa.select(accounts.c.username)

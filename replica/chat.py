@@ -6,6 +6,7 @@ request_id) gets the first result even on another replica after a failover."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ from replica.writer import LogWriter, NewEvent
 
 # Each check runs in the writer's transaction, after the request was validated.
 _WRONG_LOGIN = "wrong username or password"
+# A scrypt hash takes 16 MiB and releases the GIL: without a bound, a burst of logins on a
+# thousand gRPC threads would take gigabytes. More than the cores gain nothing anyway.
+DEFAULT_PASSWORD_WORKERS = 4
+DEFAULT_MAX_SESSIONS_PER_ACCOUNT = 100
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,18 @@ class ChatService:
         committed_seq: Callable[[], int],
         *,
         hash_password: Callable[[str], str] = hash_password,
+        password_workers: int = DEFAULT_PASSWORD_WORKERS,
+        max_sessions_per_account: int = DEFAULT_MAX_SESSIONS_PER_ACCOUNT,
     ) -> None:
+        if max_sessions_per_account < 1:
+            raise ValueError("max_sessions_per_account must be at least 1")
         self._engine = engine
         self._writer = writer
         self._tokens = tokens
         self._committed_seq = committed_seq
         self._hash_password = hash_password
+        self._password_slots = threading.BoundedSemaphore(password_workers)
+        self._max_sessions = max_sessions_per_account
 
     def _read(self) -> AbstractContextManager[sa.Connection]:
         return self._engine.connect()
@@ -69,7 +80,8 @@ class ChatService:
     def register(self, request_id: str, username: str, password: str) -> str:
         request_id = v.request_id(request_id)
         name = v.username(username)
-        password_hash = self._hash_password(v.password(password))
+        with self._password_slots:
+            password_hash = self._hash_password(v.password(password))
 
         def decide(conn: sa.Connection) -> NewEvent:
             if q.find_account(conn, name) is not None:
@@ -84,7 +96,7 @@ class ChatService:
             EventTypes.ACCOUNT_REGISTERED,
             {"username": name},
             # A retry repeats the password too; another password is another request.
-            same_request=lambda first: verify_password(password, first.payload["password_hash"]),
+            same_request=lambda first: self._verify(password, first.payload["password_hash"]),
         )
         return str(event.payload["username"])
 
@@ -95,7 +107,7 @@ class ChatService:
         with self._read() as conn:
             account = q.find_account(conn, name)
         # Same message for an unknown user and a wrong password: names are not probed here.
-        if account is None or not verify_password(password, account.password_hash):
+        if account is None or not self._verify(password, account.password_hash):
             raise Unauthenticated(_WRONG_LOGIN)
         session_id = self._tokens.new_session_id()
 
@@ -103,10 +115,18 @@ class ChatService:
             current = q.find_account(conn, name)
             if current is None or current.account_id != account.account_id:
                 raise Unauthenticated(_WRONG_LOGIN)
-            return NewEvent(
-                EventTypes.SESSION_OPENED,
-                {"session_id": session_id, "account_id": account.account_id, "username": name},
-            )
+            payload: dict[str, Any] = {
+                "session_id": session_id,
+                "account_id": account.account_id,
+                "username": name,
+            }
+            # Sessions never expire, and a client that lost its token cannot log it out: at
+            # the cap the oldest sessions end (refusing the login would lock the user out).
+            open_ids = q.open_session_ids(conn, account.account_id)
+            excess = len(open_ids) + 1 - self._max_sessions
+            if excess > 0:
+                payload["closes"] = open_ids[:excess]
+            return NewEvent(EventTypes.SESSION_OPENED, payload)
 
         event = self._write(request_id, decide, EventTypes.SESSION_OPENED, {"username": name})
         with self._read() as conn:
@@ -211,7 +231,7 @@ class ChatService:
         # No account: the session is gone, possibly with the account this very request deleted;
         # then the writer finds the request_id and returns the first result (decide() is not
         # called for a logged request_id), otherwise decide() reports the ended session.
-        if account is not None and not verify_password(password, account.password_hash):
+        if account is not None and not self._verify(password, account.password_hash):
             raise Unauthenticated("wrong password: the account was not deleted")
 
         def decide(conn: sa.Connection) -> NewEvent:
@@ -285,6 +305,10 @@ class ChatService:
         if account is None:
             raise Unauthenticated("your session has ended (logged out or account deleted); log in")
         return account
+
+    def _verify(self, password: str, password_hash: str) -> bool:
+        with self._password_slots:
+            return verify_password(password, password_hash)
 
     def _write(
         self,

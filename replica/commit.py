@@ -112,10 +112,12 @@ class InboxNotifier:
         accounts = {
             int(e.payload["recipient_id"]) for e in events if e.type == EventTypes.MESSAGE_SENT
         }
+        # Sessions that ended: their subscriptions notice at once.
         accounts |= {
             int(e.payload["account_id"])
             for e in events
             if e.type in (EventTypes.ACCOUNT_DELETED, EventTypes.SESSION_CLOSED)
+            or (e.type == EventTypes.SESSION_OPENED and e.payload.get("closes"))
         }
         if events and not accounts:
             return

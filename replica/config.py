@@ -83,6 +83,7 @@ class ClusterConfig:
     insync_timeout_ms: int = 1000
     min_insync: int = 1
     max_subscriptions: int = 1000
+    max_sessions_per_account: int = 100  # a login beyond it ends the oldest session
     tls: TlsConfig | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -198,6 +199,8 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
     config = ClusterConfig(**kwargs)
     if config.min_insync < 1 or config.min_insync > len(config.replicas):
         raise ConfigError(f"{source}: min_insync must be between 1 and {len(config.replicas)}")
+    if config.max_sessions_per_account < 1:
+        raise ConfigError(f"{source}: max_sessions_per_account must be at least 1")
     return config
 
 

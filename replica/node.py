@@ -70,7 +70,11 @@ class ReplicaNode:
         self.commits.add_listener(self.notifier.on_committed)
         self.tokens = SessionTokens(secret)
         self.service = ChatService(
-            self.engine, self.writer, self.tokens, lambda: self.commits.committed_seq
+            self.engine,
+            self.writer,
+            self.tokens,
+            lambda: self.commits.committed_seq,
+            max_sessions_per_account=cluster.max_sessions_per_account,
         )
         self.peers = Peers(self.index, cluster, secret, self.tls)
         self.coordinator = Coordinator(

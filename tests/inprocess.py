@@ -115,7 +115,9 @@ def reset_database(engine: sa.Engine) -> None:
 
 
 @contextmanager
-def serve_grpc(replica: InProcessReplica, max_subscriptions: int = 16) -> Iterator[grpc.Channel]:
+def serve_grpc(
+    replica: InProcessReplica, max_subscriptions: int = 16, recheck_interval: float = 1.0
+) -> Iterator[grpc.Channel]:
     """The real ChatServicer over `replica`, on a gRPC server in this process (so status codes
     and details are what a client gets); a channel to it. Everything stops on exit."""
     notifier = InboxNotifier()
@@ -126,6 +128,7 @@ def serve_grpc(replica: InProcessReplica, max_subscriptions: int = 16) -> Iterat
         notifier,
         lambda: ClusterView(0, 0, []),
         max_subscriptions=max_subscriptions,
+        recheck_interval=recheck_interval,
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_subscriptions + 8))
     add_chat_servicer(servicer, server)

@@ -5,6 +5,7 @@ Every rejected command is checked to append nothing and change no projection row
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from collections.abc import Callable
 
@@ -12,7 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 import eventlog
+import projections
 from projections import EventTypes, messages, sessions
+from projections import queries as q
 from replica.chat import ChatService
 from replica.errors import (
     AlreadyExists,
@@ -26,7 +29,8 @@ from replica.passwords import verify_password
 from replica.role import Role
 from replica.tokens import SessionTokens
 from replica.writer import NewEvent
-from tests.inprocess import InProcessReplica, assert_unchanged, snapshot
+from tests.harness import wait_until
+from tests.inprocess import InProcessReplica, assert_unchanged, fast_hash_password, snapshot
 
 WRONG_LOGIN = "^wrong username or password$"
 SESSION_ENDED = "your session has ended"
@@ -619,3 +623,91 @@ def test_an_old_ack_event_without_the_requested_ids_is_still_a_retry(
     )
     with assert_unchanged(engine):
         assert chat.ack("old-ack", bob, [message_id]) == 1
+
+
+class SessionCap:
+    def __init__(self, replica: InProcessReplica, cap: int) -> None:
+        self.chat = ChatService(
+            replica.engine,
+            replica.writer,
+            replica.tokens,
+            lambda: replica.commits.committed_seq,
+            hash_password=fast_hash_password,
+            max_sessions_per_account=cap,
+        )
+
+
+def test_a_login_beyond_the_session_cap_ends_the_oldest_session(
+    engine: sa.Engine, replica: InProcessReplica
+) -> None:
+    chat = SessionCap(replica, 3).chat
+    chat.register(rid(), "alice", "pw")
+    chat.register(rid(), "bob", "pw")
+    bob = chat.login(rid(), "bob", "pw").session_token
+    tokens = [chat.login(rid(), "alice", "pw").session_token for _ in range(3)]
+    assert last_event(engine).payload.get("closes") is None
+    fourth = chat.login(rid(), "alice", "pw").session_token
+    event = last_event(engine)
+    assert event.payload["closes"] == [replica.tokens.session_id_of(tokens[0])]
+    rejected(engine, Unauthenticated, SESSION_ENDED, lambda: chat.authenticate(tokens[0]))
+    for token in (*tokens[1:], fourth, bob):
+        assert chat.authenticate(token).username in ("alice", "bob")
+    with engine.connect() as conn:
+        alice_id = chat.authenticate(fourth).account_id
+        assert len(q.open_session_ids(conn, alice_id)) == 3
+    # Logins keep the account at the cap, oldest out first, whatever the number.
+    more = [chat.login(rid(), "alice", "pw").session_token for _ in range(5)]
+    for token in (*tokens, fourth, *more[:2]):
+        rejected(engine, Unauthenticated, SESSION_ENDED, lambda t=token: chat.authenticate(t))
+    for token in more[2:]:
+        assert chat.authenticate(token).username == "alice"
+    # The log says which sessions ended: replaying it gives the same sessions.
+    before = snapshot(engine)
+    with engine.begin() as conn:
+        projections.rebuild(conn)
+    assert snapshot(engine) == before
+
+
+def test_the_session_cap_must_be_positive(replica: InProcessReplica) -> None:
+    with pytest.raises(ValueError, match="max_sessions_per_account"):
+        SessionCap(replica, 0)
+
+
+def test_password_hashing_runs_at_most_password_workers_at_once(
+    replica: InProcessReplica,
+) -> None:
+    """Each scrypt takes 16 MiB outside the GIL: a burst of registrations must queue."""
+    active = 0
+    most = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def slow_hash(password: str) -> str:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        release.wait(30)
+        with lock:
+            active -= 1
+        return fast_hash_password(password)
+
+    chat = ChatService(
+        replica.engine,
+        replica.writer,
+        replica.tokens,
+        lambda: replica.commits.committed_seq,
+        hash_password=slow_hash,
+        password_workers=2,
+    )
+    threads = [
+        threading.Thread(target=chat.register, args=(rid(), f"user{i}", "pw")) for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: active == 2, 10, "two hashes running")
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert most == 2
+    assert len(chat.list_accounts("user*", 0, "").items) == 6

@@ -4,6 +4,7 @@ INTERNAL "Exception deserializing request!"), and hostile tokens get UNAUTHENTIC
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +13,14 @@ import pytest
 import sqlalchemy as sa
 
 from protos import chat_pb2, chat_pb2_grpc
+from replica.chat import ChatService
 from replica.servicer import CHAT_SERVICE
-from tests.inprocess import InProcessReplica, assert_unchanged, serve_grpc
+from tests.inprocess import (
+    InProcessReplica,
+    assert_unchanged,
+    fast_hash_password,
+    serve_grpc,
+)
 
 Code = grpc.StatusCode
 # A string field (number 1 in every request that has one) holding bytes that are not UTF-8.
@@ -84,3 +91,32 @@ def test_a_non_ascii_token_is_unauthenticated(
         Code.UNAUTHENTICATED,
         "not logged in: the session token is missing or invalid",
     )
+
+
+def test_a_subscription_ends_at_once_when_a_login_beyond_the_cap_ends_its_session(
+    engine: sa.Engine,
+) -> None:
+    replica = InProcessReplica.start(engine)
+    replica.service = ChatService(
+        engine,
+        replica.writer,
+        replica.tokens,
+        lambda: replica.commits.committed_seq,
+        hash_password=fast_hash_password,
+        max_sessions_per_account=2,
+    )
+    replica.service.register("r-1", "alice", "pw")
+    first = replica.service.login("l-1", "alice", "pw").session_token
+    replica.service.login("l-2", "alice", "pw")
+    # Without a wake-up the stream would only notice at its next recheck, a minute away.
+    with serve_grpc(replica, recheck_interval=60) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        stream = stub.Subscribe(chat_pb2.SubscribeRequest(session_token=first), timeout=20)
+        items = iter(stream)
+        assert next(items).WhichOneof("item") == "caught_up"
+        replica.service.login("l-3", "alice", "pw")  # the cap is 2: `first` ends
+        started = time.monotonic()
+        code, details = refusal(lambda: next(items))
+        assert time.monotonic() - started < 10
+    assert code == Code.UNAUTHENTICATED
+    assert details.startswith("your session has ended")

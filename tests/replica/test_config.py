@@ -1,0 +1,23 @@
+"""Cluster settings that bound resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replica.config import ConfigError, load_cluster_config
+
+
+def test_max_sessions_per_account_defaults_to_100_and_can_be_set(tmp_path: Path) -> None:
+    assert load_cluster_config(None, env={}).max_sessions_per_account == 100
+    path = tmp_path / "cluster.toml"
+    path.write_text("max_sessions_per_account = 5\n")
+    assert load_cluster_config(path, env={}).max_sessions_per_account == 5
+
+
+def test_max_sessions_per_account_must_be_positive(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text("max_sessions_per_account = 0\n")
+    with pytest.raises(ConfigError, match="max_sessions_per_account must be at least 1"):
+        load_cluster_config(path, env={})
