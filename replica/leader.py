@@ -3,9 +3,11 @@ feeds each secondary."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -48,6 +50,38 @@ class SecondaryView:
     in_sync: bool
 
 
+class RecentEvents:
+    """The newest appended events, already in their wire form, so that a stream feeding a
+    secondary that keeps up neither reads them back from the database nor converts them once
+    per secondary. Holds a contiguous run of seqs; anything older comes from the database."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._events: deque[rpb.Event] = deque()
+
+    def add(self, events: list[Event]) -> None:
+        protos = [event_to_proto(e) for e in events]
+        with self._lock:
+            if self._events and protos and protos[0].seq != self._events[-1].seq + 1:
+                self._events.clear()  # a gap (e.g. an in-doubt commit): start a new run
+            self._events.extend(protos)
+            while len(self._events) > self._capacity:
+                self._events.popleft()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._events.clear()
+
+    def after(self, seq: int, limit: int) -> list[rpb.Event] | None:
+        """Up to `limit` events from seq + 1 on, or None if seq + 1 is not held."""
+        with self._lock:
+            if not self._events or not self._events[0].seq <= seq + 1 <= self._events[-1].seq:
+                return None
+            start = seq + 1 - self._events[0].seq
+            return list(itertools.islice(self._events, start, start + limit))
+
+
 @dataclass
 class _Stream:
     index: int
@@ -67,6 +101,8 @@ class ReplicationHub:
     member is told first and removed when it confirms, and an unreachable one is removed only
     after `insync_timeout_ms`, while it stops vouching after half of that (Coordinator)."""
 
+    RECENT_EVENTS = 4096  # kept in wire form for the streams (RecentEvents)
+
     def __init__(
         self,
         index: int,
@@ -85,6 +121,7 @@ class ReplicationHub:
         self._last_seq = 0
         self._next_stream_id = 0
         self._secondaries: dict[int, SecondaryState] = {}
+        self.recent = RecentEvents(self.RECENT_EVENTS)
         self._membership_version = 0  # bumped when what a member should be told changes
         self.last_ack_at = 0.0  # from any secondary (monotonic)
         # Removing a silent secondary from the in-sync set is safe only if this primary has been
@@ -108,12 +145,14 @@ class ReplicationHub:
                 for v in voters
             }
             self._awake_since = now
+            self.recent.clear()
             self._cond.notify_all()
 
     def deactivate(self) -> None:
         with self._cond:
             self._active = False
             self._secondaries = {}
+            self.recent.clear()
             self._cond.notify_all()
 
     @property
@@ -147,6 +186,7 @@ class ReplicationHub:
     def on_appended(self, events: list[Event]) -> None:
         if not events:
             return
+        self.recent.add(events)
         with self._cond:
             self._last_seq = max(self._last_seq, events[-1].seq)
             now = self._clock()
@@ -398,8 +438,11 @@ class LeaderStream:
             in_sync = self._hub.in_sync_of(state.index)
             in_flight = sent - state.acked.seq
             if sent < self._hub.last_seq and in_flight < self.MAX_IN_FLIGHT:
-                with self._engine.connect() as conn:
-                    events = eventlog.read_events(conn, sent, self.BATCH_EVENTS)
+                events = self._hub.recent.after(sent, self.BATCH_EVENTS)
+                if events is None:  # catching up from further back
+                    with self._engine.connect() as conn:
+                        stored = eventlog.read_events(conn, sent, self.BATCH_EVENTS)
+                    events = [event_to_proto(e) for e in stored]
                 if events:
                     sent = events[-1].seq
                     last_sent_at = now
@@ -409,7 +452,7 @@ class LeaderStream:
                     yield rpb.LeaderMessage(
                         leader_epoch=epoch,
                         batch=rpb.Batch(
-                            events=[event_to_proto(e) for e in events],
+                            events=events,
                             committed_seq=self._commits.committed_seq,
                             in_sync=in_sync,
                         ),

@@ -8,7 +8,7 @@ from eventlog import Event
 from projections import EventTypes
 from replica.commit import CommitTracker
 from replica.config import ClusterConfig
-from replica.leader import ReplicationHub
+from replica.leader import RecentEvents, ReplicationHub
 
 CONFIG = ClusterConfig(peer_timeout_ms=600, insync_timeout_ms=1000)
 AWAKE = 1.0  # past the 1.5 x peer_timeout window a new primary waits before dropping anyone
@@ -78,3 +78,18 @@ def test_a_primary_just_awake_drops_no_one() -> None:
     hub.close_stream(1, stream)
     hub.tick(gone={1})
     assert hub.in_sync_of(1), "a primary may have been paused: it must step down, not shrink"
+
+
+def test_recent_events_serve_a_contiguous_run_and_nothing_else() -> None:
+    recent = RecentEvents(capacity=5)
+    assert recent.after(0, 10) is None
+    recent.add([event(s) for s in range(1, 5)])  # 1..4
+    assert [e.seq for e in recent.after(0, 10) or []] == [1, 2, 3, 4]
+    assert [e.seq for e in recent.after(2, 1) or []] == [3]
+    assert recent.after(4, 10) is None, "nothing after the newest"
+    recent.add([event(s) for s in range(5, 8)])  # 1..7, capacity 5 keeps 3..7
+    assert recent.after(1, 10) is None, "seq 2 was evicted: read it from the database"
+    assert [e.seq for e in recent.after(2, 10) or []] == [3, 4, 5, 6, 7]
+    recent.add([event(10)])  # a gap (8 and 9 never passed through here)
+    assert recent.after(6, 10) is None, "never serve across a gap"
+    assert [e.seq for e in recent.after(9, 10) or []] == [10]
