@@ -259,9 +259,12 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             abort_with(context, exc)
             return
         if not self._subscriptions.acquire(blocking=False):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this replica already serves {self._max_subscriptions} subscriptions; retry later",
+            abort_with(
+                context,
+                errors.ResourceExhausted(
+                    f"this replica already serves {self._max_subscriptions} subscriptions; "
+                    "retry later"
+                ),
             )
         try:
             yield from self._deliver(account.account_id, request.session_token, context)
@@ -292,4 +295,4 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             if self._role.snapshot.role is not Role.PRIMARY:
                 self._role.require_primary()
         if self._stopping.is_set():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the replica is shutting down; reconnect")
+            abort_with(context, errors.Unavailable("the replica is shutting down; reconnect"))

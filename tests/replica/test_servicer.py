@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from protos import chat_pb2, chat_pb2_grpc
 from replica.chat import ChatService
 from replica.servicer import CHAT_SERVICE
+from tests.harness import wait_until
 from tests.inprocess import (
     InProcessReplica,
     assert_unchanged,
@@ -120,3 +121,35 @@ def test_a_subscription_ends_at_once_when_a_login_beyond_the_cap_ends_its_sessio
         assert time.monotonic() - started < 10
     assert code == Code.UNAUTHENTICATED
     assert details.startswith("your session has ended")
+
+
+def test_subscriptions_beyond_the_cap_are_resource_exhausted(engine: sa.Engine) -> None:
+    replica = InProcessReplica.start(engine)
+    replica.service.register("r-1", "alice", "pw")
+    token = replica.service.login("l-1", "alice", "pw").session_token
+    with serve_grpc(replica, max_subscriptions=1, recheck_interval=0.1) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        first = stub.Subscribe(chat_pb2.SubscribeRequest(session_token=token), timeout=20)
+        assert next(iter(first)).WhichOneof("item") == "caught_up"
+        second = stub.Subscribe(chat_pb2.SubscribeRequest(session_token=token), timeout=20)
+        with pytest.raises(grpc.RpcError) as info:
+            next(iter(second))
+        error: Any = info.value
+        assert (error.code(), error.details()) == (
+            Code.RESOURCE_EXHAUSTED,
+            "this replica already serves 1 subscriptions; retry later",
+        )
+        assert ("chat-error", "ResourceExhausted") in tuple(error.trailing_metadata())
+        # A cancelled stream gives its slot back.
+        first.cancel()
+
+        def subscribed() -> bool:
+            stream = stub.Subscribe(chat_pb2.SubscribeRequest(session_token=token), timeout=20)
+            try:
+                return next(iter(stream)).WhichOneof("item") == "caught_up"
+            except grpc.RpcError:
+                return False
+            finally:
+                stream.cancel()
+
+        wait_until(subscribed, 10, "a subscription slot to come back")
