@@ -76,8 +76,8 @@ def like_pattern(pattern: str) -> str:
     bad = sorted({c for c in lowered if c not in allowed})
     if bad:
         raise InvalidArgument(
-            f"pattern {_show(pattern)} contains {''.join(bad)!r}: usernames only use a-z, 0-9, "
-            "'_', '.', '-'; use '*' for any run of characters and '?' for one"
+            f"pattern {_show(pattern)} contains {_show(''.join(bad))}: usernames only use a-z, "
+            "0-9, '_', '.', '-'; use '*' for any run of characters and '?' for one"
         )
     out = []
     for c in lowered:
@@ -119,6 +119,12 @@ def message_ids(ids: list[int]) -> list[int]:
     return sorted(set(ids))
 
 
-def _show(value: str) -> str:
-    shown = value if len(value) <= 40 else value[:37] + "..."
-    return repr(shown)
+def _show(value: str, limit: int = 40) -> str:
+    """repr() of client input, cut short: every character may take 10 escaped (e.g. '\U0001f600'),
+    and a status message must stay a sentence, not a dump."""
+    if len(value) <= limit and len(repr(value)) <= limit + 2:
+        return repr(value)
+    cut = value[:limit]
+    while len(repr(cut + "...")) > limit + 2:
+        cut = cut[:-1]
+    return repr(cut + "...")

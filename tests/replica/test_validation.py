@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from replica import validation as v
 from replica.errors import InvalidArgument
@@ -258,3 +260,27 @@ def test_non_ascii_names_are_rejected_not_folded(name: str) -> None:
     rather than turned into, or mistaken for, an ASCII name."""
     with pytest.raises(InvalidArgument):
         v.username(name)
+
+
+# -- error messages ------------------------------------------------------------------------
+
+# Characters whose repr() takes 10 characters each: before, a 64-character pattern of them
+# made a 1130-character status message.
+ESCAPED = st.characters(min_codepoint=0xA0000, max_codepoint=0xAFFFF)
+
+
+@given(st.one_of(st.text(max_size=200), st.text(ESCAPED, max_size=200)))
+def test_an_error_message_quotes_at_most_a_short_excerpt_of_the_input(text: str) -> None:
+    for check in (v.like_pattern, v.username, v.username_page_token):
+        try:
+            check(text)
+        except InvalidArgument as exc:
+            assert len(str(exc)) <= 200, str(exc)
+
+
+def test_a_long_input_is_shown_cut_short_inside_its_quotes() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        v.like_pattern("\U000a7b70" * 64)
+    assert str(info.value).startswith("pattern '\\U000a7b70\\U000a7b70\\U000a7b70...' contains ")
+    with pytest.raises(InvalidArgument, match=r"^username 'a{37}\.\.\.' is not valid"):
+        v.username("a" * 50)
