@@ -120,11 +120,12 @@ def _refusing_malformed(behavior: Callable[[Any, grpc.ServicerContext], R]) -> C
     @functools.wraps(behavior)
     def handle(request: Any, context: grpc.ServicerContext) -> R:
         if isinstance(request, MalformedRequest):
+            hint = "; strings must be UTF-8" if "UTF-8" in request.reason else ""
             abort_with(
                 context,
                 errors.InvalidArgument(
                     f"the request is not a valid {request.message_type} message "
-                    f"({request.reason}); strings must be UTF-8"
+                    f"({request.reason}){hint}"
                 ),
             )
         return behavior(request, context)
