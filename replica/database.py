@@ -40,12 +40,24 @@ def make_engine(url: str, *, create_database: bool = True) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "mysql":
+        _warn_if_pure_python_driver()
         if create_database and parsed.database:
             _create_mysql_database(parsed)
         kwargs.update(pool_pre_ping=True, pool_recycle=3600, pool_size=8, max_overflow=16)
         # READ COMMITTED: readers always see the latest committed projections.
         kwargs["isolation_level"] = "READ COMMITTED"
     return sa.create_engine(parsed, **kwargs)
+
+
+def _warn_if_pure_python_driver() -> None:
+    import mysql.connector
+
+    if not mysql.connector.HAVE_CEXT:
+        log.warning(
+            "mysql-connector-python %s runs without its C extension (often: the system's "
+            "OpenSSL is older than the extension needs); every statement costs more CPU",
+            mysql.connector.__version__,
+        )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
