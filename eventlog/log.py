@@ -90,6 +90,20 @@ def find_by_request_id(conn: sa.Connection, request_id: str) -> Event | None:
     return None if row is None else _row_to_event(row)
 
 
+def find_by_request_ids(conn: sa.Connection, request_ids: Iterable[str]) -> dict[str, Event]:
+    """The logged events of those request ids that are in the log (one query per 500 ids)."""
+    wanted = sorted(set(request_ids))
+    found: dict[str, Event] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        rows = conn.execute(sa.select(events).where(events.c.request_id.in_(chunk)))
+        for row in rows:
+            event = _row_to_event(row)
+            assert event.request_id is not None
+            found[event.request_id] = event
+    return found
+
+
 def truncate_after(conn: sa.Connection, seq: int) -> int:
     """Remove every event with seq > `seq` (a deposed primary's unacknowledged tail).
     Returns how many were removed. The only operation that deletes rows."""

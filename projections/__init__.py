@@ -6,6 +6,7 @@ is what makes apply exactly-once. Knows nothing of gRPC or replication.
 """
 
 from projections.apply import (
+    Applier,
     EventTypes,
     apply_events,
     catch_up,
@@ -17,6 +18,7 @@ from projections.apply import (
 from projections.schema import accounts, messages, metadata, projection_position, sessions
 
 __all__ = [
+    "Applier",
     "EventTypes",
     "accounts",
     "apply_events",

@@ -128,37 +128,55 @@ def _set_last_applied_seq(conn: sa.Connection, previous: int, seq: int) -> None:
     )
 
 
+class Applier:
+    """Applies events in seq order in the caller's transaction, with fewer statements than one
+    event at a time: runs of message_sent events (pure inserts, by far the most common) go in
+    as one multi-row INSERT -- when another event comes, or at flush_messages() before a read
+    of the messages table -- and the position is written once, by finish(). Events at or below
+    the position are skipped (already applied: exactly-once)."""
+
+    def __init__(self, conn: sa.Connection, position: int | None = None) -> None:
+        self._conn = conn
+        self._start = last_applied_seq(conn) if position is None else position
+        self.position = self._start
+        self._messages: list[dict[str, Any]] = []
+
+    def add(self, event: Event) -> None:
+        if event.seq <= self.position:
+            return
+        if event.seq != self.position + 1:
+            raise ValueError(f"cannot apply seq {event.seq}: projections are at {self.position}")
+        if event.type == EventTypes.MESSAGE_SENT:
+            self._messages.append(message_row(event))
+        else:
+            self.flush_messages()
+            for statement in statements_for(event):
+                self._conn.execute(statement)
+        self.position = event.seq
+
+    def flush_messages(self) -> None:
+        """Insert the message rows held back so far (before anything reads messages)."""
+        if self._messages:
+            self._conn.execute(messages.insert(), self._messages)
+            self._messages = []
+
+    def finish(self) -> int:
+        """Write what is held back and the new position; the new last applied seq."""
+        self.flush_messages()
+        if self.position != self._start:
+            _set_last_applied_seq(self._conn, self._start, self.position)
+            self._start = self.position
+        return self.position
+
+
 def apply_events(conn: sa.Connection, batch: Sequence[Event]) -> int:
     """Apply events that continue the projections' position, in the caller's transaction.
     Events at or below the position are skipped (already applied: exactly-once).
     Returns the new last applied seq."""
-    position = last_applied_seq(conn)
-    new_position = position
-    # Runs of message_sent events (pure inserts, by far the most common) go in as one
-    # multi-row INSERT: the same rows statements_for() would insert one by one.
-    new_messages: list[dict[str, Any]] = []
+    applier = Applier(conn)
     for event in batch:
-        if event.seq <= new_position:
-            continue
-        if event.seq != new_position + 1:
-            raise ValueError(f"cannot apply seq {event.seq}: projections are at {new_position}")
-        if event.type == EventTypes.MESSAGE_SENT:
-            new_messages.append(message_row(event))
-        else:
-            _insert_messages(conn, new_messages)
-            for statement in statements_for(event):
-                conn.execute(statement)
-        new_position = event.seq
-    _insert_messages(conn, new_messages)
-    if new_position != position:
-        _set_last_applied_seq(conn, position, new_position)
-    return new_position
-
-
-def _insert_messages(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(messages.insert(), rows)
-        rows.clear()
+        applier.add(event)
+    return applier.finish()
 
 
 def reset_projections(conn: sa.Connection) -> None:

@@ -175,6 +175,7 @@ class ChatService:
             EventTypes.MESSAGE_SENT,
             {"recipient": to, "body": text},
             session_id=session_id,
+            reads_inboxes=False,  # sessions and accounts only
         )
         return event.seq
 
@@ -319,11 +320,12 @@ class ChatService:
         *,
         session_id: str | None = None,
         same_request: Callable[[Event], bool] | None = None,
+        reads_inboxes: bool = True,
     ) -> Event:
         """Run the command; for a request_id already in the log, its first result, provided
         the request is the same (payload fields in `expected`, the same session, and whatever
         `same_request` checks)."""
-        outcome = self._writer.execute(request_id, decide)
+        outcome = self._writer.execute(request_id, decide, reads_inboxes=reads_inboxes)
         if outcome.event is None:
             raise Unavailable("the command produced no event")  # decide() never returns None here
         if outcome.duplicate:

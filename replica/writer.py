@@ -54,6 +54,7 @@ class Outcome:
 class _Command:
     request_id: str | None
     decide: Decide
+    reads_inboxes: bool = True  # decide() reads the messages table
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
     error: ChatError | None = None
@@ -91,11 +92,15 @@ class LogWriter:
     def add_append_listener(self, listener: Callable[[list[Event]], None]) -> None:
         self._on_appended.append(listener)
 
-    def execute(self, request_id: str | None, decide: Decide) -> Outcome:
+    def execute(
+        self, request_id: str | None, decide: Decide, *, reads_inboxes: bool = True
+    ) -> Outcome:
         """Run one command. Commands that arrive while the log is being written are written
         together in the next transaction (group commit): one commit, one replication round
-        trip, however many commands."""
-        command = _Command(request_id, decide)
+        trip, however many commands. A `decide` that does not read the messages table says so
+        (`reads_inboxes=False`): the messages the batch has sent so far need not be inserted
+        before it runs."""
+        command = _Command(request_id, decide, reads_inboxes)
         with self._queue_lock:
             self._queue.append(command)
         while not command.done.is_set():
@@ -122,17 +127,25 @@ class LogWriter:
         try:
             snap = self._role.require_primary()
             with self._engine.begin() as conn:
-                seq = eventlog.last_position(conn).seq
-                in_batch: dict[str, Event] = {}
+                start = eventlog.last_position(conn).seq
+                seq = start
+                logged = eventlog.find_by_request_ids(
+                    conn, [c.request_id for c in batch if c.request_id is not None]
+                )
+                applier = projections.Applier(conn)
                 for command in batch:
                     try:
-                        event = self._write_one(conn, command, snap.epoch, seq + 1, in_batch)
+                        event = self._write_one(conn, command, snap.epoch, seq + 1, logged, applier)
                     except ChatError as exc:
                         command.error = exc
                         continue
                     if event is not None:
                         seq = event.seq
                         appended.append(event)
+                # One INSERT for the batch's events: nothing a decide() reads comes from the
+                # log itself (request ids are looked up above and kept in `logged`).
+                eventlog.append_events(conn, appended, after_seq=start)
+                applier.finish()
         except ChatError as exc:  # not the primary: nothing was written
             self._fail(batch, exc)
             appended = []
@@ -159,24 +172,28 @@ class LogWriter:
         command: _Command,
         epoch: int,
         seq: int,
-        in_batch: dict[str, Event],
+        logged: dict[str, Event],
+        applier: projections.Applier,
     ) -> Event | None:
+        """Decide one command and apply its event (appended with the batch's); `logged`: the
+        events of request ids already in the log or earlier in this batch."""
         request_id = command.request_id
         if request_id is not None:
-            existing = in_batch.get(request_id) or eventlog.find_by_request_id(conn, request_id)
+            existing = logged.get(request_id)
             if existing is not None:
                 command.outcome = Outcome(existing, duplicate=True)
                 return None
         self._admission()
+        if command.reads_inboxes:
+            applier.flush_messages()
         new = command.decide(conn)
         if new is None:
             command.outcome = Outcome(None, duplicate=False)
             return None
         event = Event(seq, epoch, new.type, new.payload, request_id, self._clock())
-        eventlog.append_events(conn, [event], after_seq=seq - 1)
-        projections.apply_events(conn, [event])
+        applier.add(event)
         if request_id is not None:
-            in_batch[request_id] = event
+            logged[request_id] = event
         command.outcome = Outcome(event, duplicate=False)
         return event
 

@@ -16,6 +16,7 @@ from eventlog import (
     epoch_end_seq,
     events,
     find_by_request_id,
+    find_by_request_ids,
     last_position,
     raise_current_epoch,
     read_events,
@@ -187,6 +188,16 @@ def test_find_by_request_id(engine: sa.Engine) -> None:
         # Request ids are compared exactly (utf8mb4_bin on MySQL: case matters).
         assert find_by_request_id(conn, "b") is None
         assert find_by_request_id(conn, "A") is None
+
+
+def test_find_by_request_ids(engine: sa.Engine) -> None:
+    ids = [f"r{n}" for n in range(1, 1201)]  # more than one query's worth
+    append(engine, [event(n, request_id=ids[n - 1]) for n in range(1, 1201)])
+    with engine.connect() as conn:
+        found = find_by_request_ids(conn, ["r7", "r1200", "r7", "R7", "nope", *ids[500:1100]])
+        assert found["r7"].seq == 7 and found["r1200"].seq == 1200
+        assert set(found) == {"r7", "r1200", *ids[500:1100]}
+        assert find_by_request_ids(conn, []) == {}
 
 
 def test_request_id_is_unique(engine: sa.Engine) -> None:
