@@ -206,7 +206,7 @@ class Follower:
             last = eventlog.last_position(conn)
             fresh = [e for e in events if e.seq > last.seq]
             if fresh:
-                eventlog.append_events(conn, fresh)
+                eventlog.append_events(conn, fresh, after_seq=last.seq)
                 projections.apply_events(conn, fresh)
                 last = fresh[-1].position
         self._stored_position = last
