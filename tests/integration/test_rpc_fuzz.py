@@ -540,12 +540,20 @@ class ChatFuzz(RuleBasedStateMachine):
             st.text(min_size=1, max_size=10), min_size=len(POOL), max_size=len(POOL)
         ),
         logged_in=st.sets(st.integers(0, len(POOL) - 1), min_size=1),
+        bodies=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4),
     )
-    def start_with_accounts(self, passwords: list[str], logged_in: set[int]) -> None:
+    def start_with_accounts(
+        self, passwords: list[str], logged_in: set[int], bodies: list[str]
+    ) -> None:
+        """Accounts, sessions and some mail, so that every rule has something to work on."""
         for index, password in enumerate(passwords):
             self.register(("pool", index, "exact"), password, "valid")
         for index in sorted(logged_in):
             self.login(("pool", index, "exact"), True, "", "valid")
+        for n, body in enumerate(bodies):
+            sender = self.sessions[n % len(self.sessions)]
+            recipient = self.sessions[(n + 1) % len(self.sessions)].account.name
+            self.send(("session", self.sessions.index(sender)), ("as-is", recipient), body, "valid")
 
     @rule(name=name_specs, password=passwords, request_id=request_ids)
     def register(self, name: tuple[Any, ...], password: str, request_id: str) -> None:
@@ -695,7 +703,10 @@ class ChatFuzz(RuleBasedStateMachine):
         assert outcome.reply.acked_count == len(newly)
         for i in newly:
             mine[i].acked = True
-        self.done.append(Done("Ack", request, outcome.reply, session))
+        if newly:
+            # An ack that changes nothing appends no event, so its request id is not kept: the
+            # same id again is a new request.
+            self.done.append(Done("Ack", request, outcome.reply, session))
 
     @rule(
         token=token_specs,
@@ -897,37 +908,51 @@ class ChatFuzz(RuleBasedStateMachine):
         else:
             assert outcome.reply == done.reply
 
-    @precondition(lambda self: bool(self.done))
-    @rule(pick=st.integers(0, 1000), change=st.sampled_from(["token", "body", "name", "password"]))
-    def reuse_a_request_id(self, pick: int, change: str) -> None:
-        """A used request id with a different request (another user's token, another body...)
-        is refused and changes nothing; it never returns the first request's result."""
-        done = self.done[pick % len(self.done)]
+    def reuses(self) -> list[tuple[Done, str]]:
+        """Every (request done, way to change it) that applies now."""
+        out = []
+        for done in self.done:
+            if hasattr(done.request, "session_token") and self.other_sessions(done):
+                out.append((done, "token"))
+            if done.method in ("Send", "Ack"):
+                out.append((done, "body"))
+            if done.method in ("Register", "Login"):
+                out.append((done, "name"))
+            if done.method == "Register":
+                out.append((done, "password"))
+        return out
+
+    def other_sessions(self, done: Done) -> list[ModelSession]:
+        """Sessions other than the request's own: other users', and the same user's others."""
+        return [s for s in self.sessions if s is not done.session]
+
+    @precondition(lambda self: bool(self.reuses()))
+    @rule(kind=st.integers(0, 1000), pick=st.integers(0, 10_000))
+    def reuse_a_request_id(self, kind: int, pick: int) -> None:
+        """A used request id with a different request (another session's token, another body,
+        name or password) is refused and changes nothing; it never returns the first
+        request's result."""
+        # Each kind of change to each RPC is as likely as any other, however many of each
+        # request were made.
+        by_kind: dict[tuple[str, str], list[Done]] = {}
+        for done, change in self.reuses():
+            by_kind.setdefault((done.method, change), []).append(done)
+        kinds = sorted(by_kind)
+        method, change = kinds[kind % len(kinds)]
+        done = by_kind[method, change][pick % len(by_kind[method, change])]
         request = type(done.request)()
         request.CopyFrom(done.request)
-        other_sessions = [
-            s
-            for s in self.sessions
-            if done.session is None or s.account is not done.session.account
-        ]
-        changed = False
-        if change == "token" and hasattr(request, "session_token") and other_sessions:
-            request.session_token = other_sessions[pick % len(other_sessions)].token
-            changed = True
+        if change == "token":
+            others = self.other_sessions(done)
+            request.session_token = others[pick % len(others)].token
         elif change == "body" and done.method == "Send":
             request.body = request.body + "!" if len(request.body) < MAX_BODY_BYTES else "short"
-            changed = True
-        elif change == "body" and done.method == "Ack":
+        elif change == "body":
             request.message_ids.append(max(request.message_ids) + 1)
-            changed = True
-        elif change == "name" and done.method in ("Register", "Login"):
+        elif change == "name":
             request.username = canonical(request.username) + "x"
-            changed = True
-        elif change == "password" and done.method == "Register":
+        else:
             request.password = request.password + "x"
-            changed = True
-        if not changed:
-            return
         refusals = {Code.INVALID_ARGUMENT}
         if done.method in ("Login", "DeleteAccount"):
             # Their password is checked before the request id is looked up.
