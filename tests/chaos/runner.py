@@ -26,6 +26,8 @@ from replica.database import drop_mysql_database
 from tests.chaos.faults import ChaosContext, ChaosFailure, Fault, faults_for, start_mariadb
 from tests.harness import ClusterProcesses
 from tests.integration.cluster_checks import (
+    HOSTS,
+    SETTINGS,
     Senders,
     SendLog,
     read_inbox,
@@ -35,8 +37,6 @@ from tests.integration.cluster_checks import (
     wait_for_primary,
 )
 
-HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
-SETTINGS = {"heartbeat_interval_ms": 100, "peer_timeout_ms": 600, "insync_timeout_ms": 1000}
 RECIPIENT = "inbox"
 MYSQL_SERVER_URL = os.environ.get(
     "CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306"

@@ -24,6 +24,9 @@ from replica.database import make_engine
 from tests.harness import ClusterProcesses, wait_until
 
 PASSWORD = "correct horse"
+# Three replicas on distinct loopback addresses, with the timeouts the tests are written for.
+HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+SETTINGS = {"heartbeat_interval_ms": 100, "peer_timeout_ms": 600, "insync_timeout_ms": 1000}
 
 
 def status(cluster: ClusterProcesses, index: int) -> chat_pb2.ClusterStatusReply | None:

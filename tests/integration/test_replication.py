@@ -18,6 +18,8 @@ from replica.database import drop_mysql_database, make_engine
 from tests.conftest import MYSQL_SERVER_URL
 from tests.harness import ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (
+    HOSTS,
+    SETTINGS,
     check_exactly_once,
     db_url,
     history_on_each_replica,
@@ -31,9 +33,6 @@ from tests.integration.cluster_checks import (
 )
 
 pytestmark = pytest.mark.slow
-
-HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
-SETTINGS = {"heartbeat_interval_ms": 100, "peer_timeout_ms": 600, "insync_timeout_ms": 1000}
 
 
 @pytest.fixture
