@@ -17,7 +17,7 @@ from eventlog.log import (
     read_events,
     truncate_after,
 )
-from eventlog.records import Event, Position, decode_payload, encode_payload
+from eventlog.records import Event, Position, decode_payload, encode_payload, stored_payload
 from eventlog.schema import events, log_state, metadata
 
 __all__ = [
@@ -38,5 +38,6 @@ __all__ = [
     "metadata",
     "raise_current_epoch",
     "read_events",
+    "stored_payload",
     "truncate_after",
 ]

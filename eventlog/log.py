@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 
-from eventlog.records import Event, Position, decode_payload, encode_payload
+from eventlog.records import Event, Position, decode_payload, stored_payload
 from eventlog.schema import events, log_state
 
 
@@ -28,6 +28,7 @@ def _row_to_event(row: sa.Row[tuple[int, int, str, str, str | None, object]]) ->
         payload=decode_payload(row.payload),
         request_id=row.request_id,
         created_at=created_at,
+        payload_json=row.payload,
     )
 
 
@@ -58,7 +59,7 @@ def append_events(
                 "seq": e.seq,
                 "epoch": e.epoch,
                 "type": e.type,
-                "payload": encode_payload(e.payload),
+                "payload": stored_payload(e),
                 "request_id": e.request_id,
                 "created_at": e.created_at,
             }

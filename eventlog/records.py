@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -25,10 +25,19 @@ class Event:
     payload: dict[str, Any]
     request_id: str | None
     created_at: dt.datetime
+    # The payload's canonical JSON when it is already at hand (read from the log, or received
+    # from the primary, which sends what its log holds): storing or sending the event again
+    # then skips encoding it. Not part of the event's identity.
+    payload_json: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def position(self) -> Position:
         return Position(self.epoch, self.seq)
+
+
+def stored_payload(event: Event) -> str:
+    """The text to store or send for the event's payload."""
+    return event.payload_json if event.payload_json is not None else encode_payload(event.payload)
 
 
 def encode_payload(payload: dict[str, Any]) -> str:

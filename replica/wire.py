@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from eventlog import Event, decode_payload, encode_payload
+from eventlog import Event, decode_payload, stored_payload
 from protos import replication_pb2 as rpb
 
 _EPOCH = dt.datetime(1970, 1, 1)
@@ -16,7 +16,7 @@ def event_to_proto(event: Event) -> rpb.Event:
         seq=event.seq,
         epoch=event.epoch,
         type=event.type,
-        payload=encode_payload(event.payload),
+        payload=stored_payload(event),
         request_id=event.request_id or "",
         created_at_unix_us=micros,
     )
@@ -30,4 +30,5 @@ def event_from_proto(message: rpb.Event) -> Event:
         payload=decode_payload(message.payload),
         request_id=message.request_id or None,
         created_at=_EPOCH + dt.timedelta(microseconds=message.created_at_unix_us),
+        payload_json=message.payload,
     )
