@@ -62,7 +62,6 @@ class Coordinator:
         # A primary drops an unreachable member after insync_timeout; the member stops
         # vouching for its log well before that.
         self._vouch_window = config.insync_timeout_ms / 1000 / 2
-        self._not_streaming_since: float | None = None
         self._tick_outage = StorageOutageLog(log, index, "the coordinator", clock=clock)
         self._follow_outage = StorageOutageLog(log, index, "replication", clock=clock)
         self._slot = sorted(r.index for r in config.replicas).index(index)
@@ -290,20 +289,8 @@ class Coordinator:
         if primaries:
             best = max(primaries, key=lambda r: r.self.epoch)
             self._set_target(best.self.index, best.self.epoch)
-            if (
-                self.follower_state.streaming
-                and self.follower_state.primary_index == best.self.index
-            ):
-                self._not_streaming_since = None
-                return
-            # The primary is alive but we are not streaming from it: it will drop us from its
-            # in-sync set after insync_timeout, so we stop vouching after half of that.
-            if self._not_streaming_since is None:
-                self._not_streaming_since = now
-            elif now - self._not_streaming_since > self._vouch_window:
-                self.follower_state.in_sync = False
+            # Not streaming from it yet: the vouch ends with the stream anyway (`trusted`).
             return
-        self._not_streaming_since = None
         if self.following_live_primary():
             return
         quiet_since = max(self.follower_state.last_contact, self._started_at)
