@@ -57,19 +57,46 @@ class ClusterSecretInterceptor(_Interceptor):
         return handler
 
 
+# The four shapes of a method handler: the attribute holding its behaviour, and the factory.
+_HANDLER_SHAPES = (
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+)
+
+
+def _replace_behaviour(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrap: Callable[[Callable[[Any, grpc.ServicerContext], Any]], Callable[..., Any]],
+    *,
+    parse_requests: bool = True,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape whose behaviour is wrap(behaviour); it parses requests and
+    serializes replies as the original does, unless not `parse_requests` (a refusal needs
+    neither, and must not fail on bytes that do not parse before refusing)."""
+    serialization = (
+        {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if parse_requests
+        else {}
+    )
+    for attribute, make in _HANDLER_SHAPES:
+        behaviour = getattr(handler, attribute)
+        if behaviour is not None:
+            return make(wrap(behaviour), **serialization)
+    raise ValueError("a method handler without a behaviour")
+
+
 def _refusal(
     handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     def deny(_request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(deny)
+    return _replace_behaviour(handler, lambda _behaviour: deny, parse_requests=False)
 
 
 def _with_peer_certificate_check(
@@ -78,50 +105,18 @@ def _with_peer_certificate_check(
     """The handler, refusing calls without a verified client certificate (the interceptor
     cannot see the connection; the call's context can)."""
 
-    def check(context: grpc.ServicerContext) -> None:
-        if not context.auth_context().get(PEER_CERTIFICATE_KEY):
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "replica-to-replica calls need mutual TLS: call the peer_address with a "
-                "client certificate signed by the cluster's ca_file",
-            )
+    def guarded(
+        behaviour: Callable[[Any, grpc.ServicerContext], Any],
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def call(request_or_requests: Any, context: grpc.ServicerContext) -> Any:
+            if not context.auth_context().get(PEER_CERTIFICATE_KEY):
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "replica-to-replica calls need mutual TLS: call the peer_address with a "
+                    "client certificate signed by the cluster's ca_file",
+                )
+            return behaviour(request_or_requests, context)
 
-    options = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        stream_stream = handler.stream_stream
-        assert stream_stream is not None
+        return call
 
-        def guarded_stream_stream(requests: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return stream_stream(requests, context)
-
-        return grpc.stream_stream_rpc_method_handler(guarded_stream_stream, **options)
-    if handler.request_streaming:
-        stream_unary = handler.stream_unary
-        assert stream_unary is not None
-
-        def guarded_stream_unary(requests: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return stream_unary(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(guarded_stream_unary, **options)
-    if handler.response_streaming:
-        unary_stream = handler.unary_stream
-        assert unary_stream is not None
-
-        def guarded_unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return unary_stream(request, context)
-
-        return grpc.unary_stream_rpc_method_handler(guarded_unary_stream, **options)
-    unary_unary = handler.unary_unary
-    assert unary_unary is not None
-
-    def guarded_unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-        check(context)
-        return unary_unary(request, context)
-
-    return grpc.unary_unary_rpc_method_handler(guarded_unary_unary, **options)
+    return _replace_behaviour(handler, guarded)
