@@ -10,7 +10,6 @@ against apply_events itself in tests/bench."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -18,7 +17,7 @@ import eventlog
 import projections
 from eventlog import Event
 from projections import EventTypes
-from projections.apply import POSITION_NAME
+from projections.apply import POSITION_NAME, message_row
 from replica.passwords import hash_password
 from replica.writer import utc_now
 
@@ -37,22 +36,9 @@ class SeedMismatch(Exception):
     and this module must follow."""
 
 
-def message_row(event: Event) -> dict[str, Any]:
-    """The `messages` row that applying this message_sent event inserts."""
-    payload = event.payload
-    return {
-        "message_id": event.seq,
-        "sender_id": payload["sender_id"],
-        "sender": payload["sender"],
-        "recipient_id": payload["recipient_id"],
-        "recipient": payload["recipient"],
-        "body": payload["body"],
-        "sent_at": event.created_at,
-        "delivered": False,
-    }
-
-
 def check_message_row(event: Event) -> None:
+    """The bulk row (the one the projections' batched apply inserts) is what applying the
+    event alone inserts."""
     statements = projections.statements_for(event)
     statement = statements[0] if len(statements) == 1 else None
     if (
