@@ -24,6 +24,7 @@ from pathlib import Path
 
 from replica.database import drop_mysql_database
 from tests.chaos.faults import ChaosContext, ChaosFailure, Fault, faults_for, start_mariadb
+from tests.conftest import MYSQL_SERVER_URL
 from tests.harness import ClusterProcesses
 from tests.integration.cluster_checks import (
     HOSTS,
@@ -38,9 +39,6 @@ from tests.integration.cluster_checks import (
 )
 
 RECIPIENT = "inbox"
-MYSQL_SERVER_URL = os.environ.get(
-    "CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306"
-)
 HEAL_TIMEOUT = 60.0
 
 

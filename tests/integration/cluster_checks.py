@@ -4,10 +4,11 @@ concurrent senders that records what was acknowledged, and checks on what was de
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -20,13 +21,35 @@ from client.library import ChatClient
 from projections.apply import iter_table_rows
 from protos import chat_pb2, chat_pb2_grpc
 from replica.config import default_db_url
-from replica.database import make_engine
+from replica.database import drop_mysql_database, make_engine
+from tests.conftest import MYSQL_SERVER_URL
 from tests.harness import ClusterProcesses, wait_until
 
 PASSWORD = "correct horse"
 # Three replicas on distinct loopback addresses, with the timeouts the tests are written for.
 HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
 SETTINGS = {"heartbeat_interval_ms": 100, "peer_timeout_ms": 600, "insync_timeout_ms": 1000}
+
+
+@contextmanager
+def three_replicas(
+    make: Callable[..., ClusterProcesses], backend: str, name: str
+) -> Iterator[ClusterProcesses]:
+    """Three started replicas on HOSTS with SETTINGS (`make`: the cluster_processes fixture);
+    on MySQL each has its own database `chat_<name>_<tag>_<i>`, dropped afterwards."""
+    urls: list[str | None] = [None] * len(HOSTS)
+    if backend == "mysql":
+        tag = os.urandom(4).hex()
+        urls = [f"{MYSQL_SERVER_URL}/chat_{name}_{tag}_{i}" for i in range(len(HOSTS))]
+    made = make(len(HOSTS), hosts=HOSTS, db_urls=urls, settings=SETTINGS)
+    try:
+        made.start_all()
+        yield made
+    finally:
+        made.close()
+        for url in urls:
+            if url is not None:
+                drop_mysql_database(url)
 
 
 def status(cluster: ClusterProcesses, index: int) -> chat_pb2.ClusterStatusReply | None:

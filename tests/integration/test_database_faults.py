@@ -3,7 +3,6 @@ its log, so that it cannot later elect itself without what the others acknowledg
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -11,11 +10,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from replica.database import drop_mysql_database
 from tests.conftest import MYSQL_SERVER_URL, require_mysql
 from tests.harness import ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (
-    HOSTS,
     SETTINGS,
     check_exactly_once,
     db_url,
@@ -24,6 +21,7 @@ from tests.integration.cluster_checks import (
     register_users,
     sending,
     status,
+    three_replicas,
     wait_all_running_follow,
     wait_converged,
     wait_for_primary,
@@ -35,17 +33,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.mysql]
 @pytest.fixture
 def cluster(cluster_processes: Callable[..., ClusterProcesses]) -> Iterator[ClusterProcesses]:
     require_mysql()
-    tag = os.urandom(4).hex()
-    urls: list[str | None] = [f"{MYSQL_SERVER_URL}/chat_dbfault_{tag}_{i}" for i in range(3)]
-    made = cluster_processes(3, hosts=HOSTS, db_urls=urls, settings=SETTINGS)
-    made.start_all()
-    try:
+    with three_replicas(cluster_processes, "mysql", "dbfault") as made:
         yield made
-    finally:
-        made.close()
-        for url in urls:
-            assert url is not None
-            drop_mysql_database(url)
 
 
 def rename_events_table(cluster: ClusterProcesses, index: int, old: str, new: str) -> None:

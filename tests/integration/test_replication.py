@@ -7,19 +7,16 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 import eventlog
 import projections
 from eventlog import Event
-from replica.database import drop_mysql_database, make_engine
-from tests.conftest import MYSQL_SERVER_URL
+from replica.database import make_engine
 from tests.harness import ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (
     HOSTS,
-    SETTINGS,
     check_exactly_once,
     db_url,
     history_on_each_replica,
@@ -27,6 +24,7 @@ from tests.integration.cluster_checks import (
     register_users,
     sending,
     status,
+    three_replicas,
     wait_all_running_follow,
     wait_converged,
     wait_for_primary,
@@ -37,21 +35,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def cluster(
-    backend: str, cluster_processes: Callable[..., ClusterProcesses], tmp_path: Path
+    backend: str, cluster_processes: Callable[..., ClusterProcesses]
 ) -> Iterator[ClusterProcesses]:
-    urls: list[str | None] = [None, None, None]
-    if backend == "mysql":
-        tag = os.urandom(4).hex()
-        urls = [f"{MYSQL_SERVER_URL}/chat_repl_{tag}_{i}" for i in range(3)]
-    made = cluster_processes(3, hosts=HOSTS, db_urls=urls, settings=SETTINGS)
-    made.start_all()
-    try:
+    with three_replicas(cluster_processes, backend, "repl") as made:
         yield made
-    finally:
-        made.close()
-        for url in urls:
-            if url is not None:
-                drop_mysql_database(url)
 
 
 def test_every_replica_has_its_own_address(cluster: ClusterProcesses) -> None:
