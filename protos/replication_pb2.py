@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/replication.proto\x12\x13\x63hat.replication.v1\")\n\x0bLogPosition\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"r\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_us\x18\x06 \x01(\x03\"o\n\x0f\x46ollowerMessage\x12+\n\x05hello\x18\x01 \x01(\x0b\x32\x1a.chat.replication.v1.HelloH\x00\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x18.chat.replication.v1.AckH\x00\x42\x06\n\x04kind\"k\n\x05Hello\x12\x16\n\x0e\x66ollower_index\x18\x01 \x01(\r\x12\x16\n\x0e\x66ollower_epoch\x18\x02 \x01(\x04\x12\x32\n\x08position\x18\x03 \x01(\x0b\x32 .chat.replication.v1.LogPosition\"J\n\x03\x41\x63k\x12\x32\n\x08position\x18\x01 \x01(\x0b\x32 .chat.replication.v1.LogPosition\x12\x0f\n\x07in_sync\x18\x02 \x01(\x08\"\xc6\x01\n\rLeaderMessage\x12\x14\n\x0cleader_epoch\x18\x01 \x01(\x04\x12\x35\n\ndivergence\x18\x02 \x01(\x0b\x32\x1f.chat.replication.v1.DivergenceH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.chat.replication.v1.BatchH\x00\x12\x33\n\theartbeat\x18\x04 \x01(\x0b\x32\x1e.chat.replication.v1.HeartbeatH\x00\x42\x06\n\x04kind\"B\n\nDivergence\x12\x34\n\nleader_end\x18\x01 \x01(\x0b\x32 .chat.replication.v1.LogPosition\"[\n\x05\x42\x61tch\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.chat.replication.v1.Event\x12\x15\n\rcommitted_seq\x18\x02 \x01(\x04\x12\x0f\n\x07in_sync\x18\x03 \x01(\x08\"E\n\tHeartbeat\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x0f\n\x07in_sync\x18\x03 \x01(\x08\"i\n\x0bVoteRequest\x12\x17\n\x0f\x63\x61ndidate_index\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x32\n\x08position\x18\x03 \x01(\x0b\x32 .chat.replication.v1.LogPosition\";\n\tVoteReply\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"L\n\x0cProbeRequest\x12\x12\n\nfrom_index\x18\x01 \x01(\r\x12\x12\n\nfrom_epoch\x18\x02 \x01(\x04\x12\x14\n\x0c\x66rom_primary\x18\x03 \x01(\x08\"\xb1\x01\n\tPeerState\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x32\n\x08position\x18\x04 \x01(\x0b\x32 .chat.replication.v1.LogPosition\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x0f\n\x07in_sync\x18\x06 \x01(\x08\x12\x11\n\treachable\x18\x07 \x01(\x08\x12\x0b\n\x03lag\x18\x08 \x01(\x04\"\xce\x01\n\nProbeReply\x12,\n\x04self\x18\x01 \x01(\x0b\x32\x1e.chat.replication.v1.PeerState\x12\x15\n\rprimary_known\x18\x02 \x01(\x08\x12\x15\n\rprimary_index\x18\x03 \x01(\r\x12\x33\n\x0bsecondaries\x18\x04 \x03(\x0b\x32\x1e.chat.replication.v1.PeerState\x12\x0f\n\x07trusted\x18\x05 \x01(\x08\x12\x1e\n\x16\x66ollowing_live_primary\x18\x06 \x01(\x08\x32\x86\x02\n\x0bReplication\x12Y\n\tReplicate\x12$.chat.replication.v1.FollowerMessage\x1a\".chat.replication.v1.LeaderMessage(\x01\x30\x01\x12O\n\x0bRequestVote\x12 .chat.replication.v1.VoteRequest\x1a\x1e.chat.replication.v1.VoteReply\x12K\n\x05Probe\x12!.chat.replication.v1.ProbeRequest\x1a\x1f.chat.replication.v1.ProbeReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/replication.proto\x12\x13\x63hat.replication.v1\")\n\x0bLogPosition\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"r\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_us\x18\x06 \x01(\x03\"p\n\x10SecondaryMessage\x12+\n\x05hello\x18\x01 \x01(\x0b\x32\x1a.chat.replication.v1.HelloH\x00\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x18.chat.replication.v1.AckH\x00\x42\x06\n\x04kind\"m\n\x05Hello\x12\x17\n\x0fsecondary_index\x18\x01 \x01(\r\x12\x17\n\x0fsecondary_epoch\x18\x02 \x01(\x04\x12\x32\n\x08position\x18\x03 \x01(\x0b\x32 .chat.replication.v1.LogPosition\"J\n\x03\x41\x63k\x12\x32\n\x08position\x18\x01 \x01(\x0b\x32 .chat.replication.v1.LogPosition\x12\x0f\n\x07in_sync\x18\x02 \x01(\x08\"\xc8\x01\n\x0ePrimaryMessage\x12\x15\n\rprimary_epoch\x18\x01 \x01(\x04\x12\x35\n\ndivergence\x18\x02 \x01(\x0b\x32\x1f.chat.replication.v1.DivergenceH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.chat.replication.v1.BatchH\x00\x12\x33\n\theartbeat\x18\x04 \x01(\x0b\x32\x1e.chat.replication.v1.HeartbeatH\x00\x42\x06\n\x04kind\"C\n\nDivergence\x12\x35\n\x0bprimary_end\x18\x01 \x01(\x0b\x32 .chat.replication.v1.LogPosition\"[\n\x05\x42\x61tch\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.chat.replication.v1.Event\x12\x15\n\rcommitted_seq\x18\x02 \x01(\x04\x12\x0f\n\x07in_sync\x18\x03 \x01(\x08\"E\n\tHeartbeat\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x0f\n\x07in_sync\x18\x03 \x01(\x08\"i\n\x0bVoteRequest\x12\x17\n\x0f\x63\x61ndidate_index\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x32\n\x08position\x18\x03 \x01(\x0b\x32 .chat.replication.v1.LogPosition\";\n\tVoteReply\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"L\n\x0cProbeRequest\x12\x12\n\nfrom_index\x18\x01 \x01(\r\x12\x12\n\nfrom_epoch\x18\x02 \x01(\x04\x12\x14\n\x0c\x66rom_primary\x18\x03 \x01(\x08\"\xb1\x01\n\tPeerState\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x32\n\x08position\x18\x04 \x01(\x0b\x32 .chat.replication.v1.LogPosition\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x0f\n\x07in_sync\x18\x06 \x01(\x08\x12\x11\n\treachable\x18\x07 \x01(\x08\x12\x0b\n\x03lag\x18\x08 \x01(\x04\"\xce\x01\n\nProbeReply\x12,\n\x04self\x18\x01 \x01(\x0b\x32\x1e.chat.replication.v1.PeerState\x12\x15\n\rprimary_known\x18\x02 \x01(\x08\x12\x15\n\rprimary_index\x18\x03 \x01(\r\x12\x33\n\x0bsecondaries\x18\x04 \x03(\x0b\x32\x1e.chat.replication.v1.PeerState\x12\x0f\n\x07trusted\x18\x05 \x01(\x08\x12\x1e\n\x16\x66ollowing_live_primary\x18\x06 \x01(\x08\x32\x88\x02\n\x0bReplication\x12[\n\tReplicate\x12%.chat.replication.v1.SecondaryMessage\x1a#.chat.replication.v1.PrimaryMessage(\x01\x30\x01\x12O\n\x0bRequestVote\x12 .chat.replication.v1.VoteRequest\x1a\x1e.chat.replication.v1.VoteReply\x12K\n\x05Probe\x12!.chat.replication.v1.ProbeRequest\x1a\x1f.chat.replication.v1.ProbeReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGPOSITION']._serialized_end=90
   _globals['_EVENT']._serialized_start=92
   _globals['_EVENT']._serialized_end=206
-  _globals['_FOLLOWERMESSAGE']._serialized_start=208
-  _globals['_FOLLOWERMESSAGE']._serialized_end=319
-  _globals['_HELLO']._serialized_start=321
-  _globals['_HELLO']._serialized_end=428
-  _globals['_ACK']._serialized_start=430
-  _globals['_ACK']._serialized_end=504
-  _globals['_LEADERMESSAGE']._serialized_start=507
-  _globals['_LEADERMESSAGE']._serialized_end=705
-  _globals['_DIVERGENCE']._serialized_start=707
-  _globals['_DIVERGENCE']._serialized_end=773
-  _globals['_BATCH']._serialized_start=775
-  _globals['_BATCH']._serialized_end=866
-  _globals['_HEARTBEAT']._serialized_start=868
-  _globals['_HEARTBEAT']._serialized_end=937
-  _globals['_VOTEREQUEST']._serialized_start=939
-  _globals['_VOTEREQUEST']._serialized_end=1044
-  _globals['_VOTEREPLY']._serialized_start=1046
-  _globals['_VOTEREPLY']._serialized_end=1105
-  _globals['_PROBEREQUEST']._serialized_start=1107
-  _globals['_PROBEREQUEST']._serialized_end=1183
-  _globals['_PEERSTATE']._serialized_start=1186
-  _globals['_PEERSTATE']._serialized_end=1363
-  _globals['_PROBEREPLY']._serialized_start=1366
-  _globals['_PROBEREPLY']._serialized_end=1572
-  _globals['_REPLICATION']._serialized_start=1575
-  _globals['_REPLICATION']._serialized_end=1837
+  _globals['_SECONDARYMESSAGE']._serialized_start=208
+  _globals['_SECONDARYMESSAGE']._serialized_end=320
+  _globals['_HELLO']._serialized_start=322
+  _globals['_HELLO']._serialized_end=431
+  _globals['_ACK']._serialized_start=433
+  _globals['_ACK']._serialized_end=507
+  _globals['_PRIMARYMESSAGE']._serialized_start=510
+  _globals['_PRIMARYMESSAGE']._serialized_end=710
+  _globals['_DIVERGENCE']._serialized_start=712
+  _globals['_DIVERGENCE']._serialized_end=779
+  _globals['_BATCH']._serialized_start=781
+  _globals['_BATCH']._serialized_end=872
+  _globals['_HEARTBEAT']._serialized_start=874
+  _globals['_HEARTBEAT']._serialized_end=943
+  _globals['_VOTEREQUEST']._serialized_start=945
+  _globals['_VOTEREQUEST']._serialized_end=1050
+  _globals['_VOTEREPLY']._serialized_start=1052
+  _globals['_VOTEREPLY']._serialized_end=1111
+  _globals['_PROBEREQUEST']._serialized_start=1113
+  _globals['_PROBEREQUEST']._serialized_end=1189
+  _globals['_PEERSTATE']._serialized_start=1192
+  _globals['_PEERSTATE']._serialized_end=1369
+  _globals['_PROBEREPLY']._serialized_start=1372
+  _globals['_PROBEREPLY']._serialized_end=1578
+  _globals['_REPLICATION']._serialized_start=1581
+  _globals['_REPLICATION']._serialized_end=1845
 # @@protoc_insertion_point(module_scope)

@@ -30,7 +30,7 @@ class Event(_message.Message):
     created_at_unix_us: int
     def __init__(self, seq: _Optional[int] = ..., epoch: _Optional[int] = ..., type: _Optional[str] = ..., payload: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at_unix_us: _Optional[int] = ...) -> None: ...
 
-class FollowerMessage(_message.Message):
+class SecondaryMessage(_message.Message):
     __slots__ = ("hello", "ack")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
@@ -39,14 +39,14 @@ class FollowerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("follower_index", "follower_epoch", "position")
-    FOLLOWER_INDEX_FIELD_NUMBER: _ClassVar[int]
-    FOLLOWER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("secondary_index", "secondary_epoch", "position")
+    SECONDARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SECONDARY_EPOCH_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
-    follower_index: int
-    follower_epoch: int
+    secondary_index: int
+    secondary_epoch: int
     position: LogPosition
-    def __init__(self, follower_index: _Optional[int] = ..., follower_epoch: _Optional[int] = ..., position: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
+    def __init__(self, secondary_index: _Optional[int] = ..., secondary_epoch: _Optional[int] = ..., position: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("position", "in_sync")
@@ -56,23 +56,23 @@ class Ack(_message.Message):
     in_sync: bool
     def __init__(self, position: _Optional[_Union[LogPosition, _Mapping]] = ..., in_sync: _Optional[bool] = ...) -> None: ...
 
-class LeaderMessage(_message.Message):
-    __slots__ = ("leader_epoch", "divergence", "batch", "heartbeat")
-    LEADER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+class PrimaryMessage(_message.Message):
+    __slots__ = ("primary_epoch", "divergence", "batch", "heartbeat")
+    PRIMARY_EPOCH_FIELD_NUMBER: _ClassVar[int]
     DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
-    leader_epoch: int
+    primary_epoch: int
     divergence: Divergence
     batch: Batch
     heartbeat: Heartbeat
-    def __init__(self, leader_epoch: _Optional[int] = ..., divergence: _Optional[_Union[Divergence, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    def __init__(self, primary_epoch: _Optional[int] = ..., divergence: _Optional[_Union[Divergence, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class Divergence(_message.Message):
-    __slots__ = ("leader_end",)
-    LEADER_END_FIELD_NUMBER: _ClassVar[int]
-    leader_end: LogPosition
-    def __init__(self, leader_end: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
+    __slots__ = ("primary_end",)
+    PRIMARY_END_FIELD_NUMBER: _ClassVar[int]
+    primary_end: LogPosition
+    def __init__(self, primary_end: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("events", "committed_seq", "in_sync")

@@ -36,8 +36,8 @@ class ReplicationStub:
         """
         self.Replicate = channel.stream_stream(
                 '/chat.replication.v1.Replication/Replicate',
-                request_serializer=protos_dot_replication__pb2.FollowerMessage.SerializeToString,
-                response_deserializer=protos_dot_replication__pb2.LeaderMessage.FromString,
+                request_serializer=protos_dot_replication__pb2.SecondaryMessage.SerializeToString,
+                response_deserializer=protos_dot_replication__pb2.PrimaryMessage.FromString,
                 _registered_method=True)
         self.RequestVote = channel.unary_unary(
                 '/chat.replication.v1.Replication/RequestVote',
@@ -84,8 +84,8 @@ def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Replicate': grpc.stream_stream_rpc_method_handler(
                     servicer.Replicate,
-                    request_deserializer=protos_dot_replication__pb2.FollowerMessage.FromString,
-                    response_serializer=protos_dot_replication__pb2.LeaderMessage.SerializeToString,
+                    request_deserializer=protos_dot_replication__pb2.SecondaryMessage.FromString,
+                    response_serializer=protos_dot_replication__pb2.PrimaryMessage.SerializeToString,
             ),
             'RequestVote': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestVote,
@@ -123,8 +123,8 @@ class Replication:
             request_iterator,
             target,
             '/chat.replication.v1.Replication/Replicate',
-            protos_dot_replication__pb2.FollowerMessage.SerializeToString,
-            protos_dot_replication__pb2.LeaderMessage.FromString,
+            protos_dot_replication__pb2.SecondaryMessage.SerializeToString,
+            protos_dot_replication__pb2.PrimaryMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,7 +10,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from eventlog import Event
-from projections import EventTypes
 from replica.errors import Unavailable
 
 
@@ -22,6 +21,7 @@ class CommitTracker:
         self._listeners: list[Callable[[list[Event]], None]] = []
         self._failed_from: int | None = None
         self._stalled: str | None = None  # why the commit point cannot move now
+        self._stalled_version = 0
 
     @property
     def committed_seq(self) -> int:
@@ -56,11 +56,16 @@ class CommitTracker:
             self._pending.clear()
             self._cond.notify_all()
 
-    def set_stalled(self, reason: str | None) -> None:
+    def set_stalled(self, reason: str | None, version: int | None = None) -> None:
         """While set, waiters get Unavailable(reason) at once instead of waiting out their
         timeout (their events stay in the log: a retry with the same request_id returns the
-        first result once they commit)."""
+        first result once they commit). `version`: the protocol core's (CommitStalled); an
+        older one than the last is ignored."""
         with self._cond:
+            if version is not None:
+                if version <= self._stalled_version:
+                    return
+                self._stalled_version = version
             if reason != self._stalled:
                 self._stalled = reason
                 self._cond.notify_all()
@@ -96,69 +101,3 @@ class CommitTracker:
                 "the request was not acknowledged by the in-sync replicas in time; "
                 "retry with the same request_id"
             )
-
-
-class InboxNotifier:
-    """Wakes the subscriptions of accounts that just received a committed message."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._versions: dict[int, int] = {}
-        self._conditions: dict[int, threading.Condition] = {}
-        self._waiters: dict[int, int] = {}
-        self._closed = False
-
-    def on_committed(self, events: list[Event]) -> None:
-        accounts = {
-            int(e.payload["recipient_id"]) for e in events if e.type == EventTypes.MESSAGE_SENT
-        }
-        # Sessions that ended: their subscriptions notice at once.
-        accounts |= {
-            int(e.payload["account_id"])
-            for e in events
-            if e.type in (EventTypes.ACCOUNT_DELETED, EventTypes.SESSION_CLOSED)
-            or (e.type == EventTypes.SESSION_OPENED and e.payload.get("closes"))
-        }
-        if events and not accounts:
-            return
-        with self._lock:
-            for account_id in accounts:
-                self._versions[account_id] = self._versions.get(account_id, 0) + 1
-                cond = self._conditions.get(account_id)
-                if cond is not None:
-                    cond.notify_all()
-
-    def wake_all(self) -> None:
-        with self._lock:
-            for account_id, cond in self._conditions.items():
-                self._versions[account_id] = self._versions.get(account_id, 0) + 1
-                cond.notify_all()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self.wake_all()
-
-    def version(self, account_id: int) -> int:
-        with self._lock:
-            return self._versions.get(account_id, 0)
-
-    def wait(self, account_id: int, seen_version: int, timeout: float) -> int:
-        """Block until the account's version moves past `seen_version` or `timeout` passes;
-        returns the current version."""
-        with self._lock:
-            cond = self._conditions.get(account_id)
-            if cond is None:
-                cond = self._conditions[account_id] = threading.Condition(self._lock)
-            self._waiters[account_id] = self._waiters.get(account_id, 0) + 1
-            try:
-                cond.wait_for(
-                    lambda: self._closed or self._versions.get(account_id, 0) != seen_version,
-                    timeout,
-                )
-                return self._versions.get(account_id, 0)
-            finally:
-                self._waiters[account_id] -= 1
-                if self._waiters[account_id] == 0:
-                    del self._waiters[account_id]
-                    del self._conditions[account_id]

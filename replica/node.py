@@ -11,20 +11,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-import eventlog
 import projections
 from protos import chat_pb2, replication_pb2, replication_pb2_grpc
 from replica.auth import ClusterSecretInterceptor
 from replica.chat import ChatService
-from replica.commit import CommitTracker, InboxNotifier
+from replica.cluster_status import ClusterView, cluster_view
+from replica.commit import CommitTracker
 from replica.config import ReplicaSettings, resolve_cluster_secret
+from replica.coordinator import Coordinator
 from replica.database import make_engine, upgrade_schema
-from replica.election import Coordinator
-from replica.leader import LeaderStream, ReplicationHub
+from replica.notifier import InboxNotifier
 from replica.peers import Peers
+from replica.primary import PrimaryStreams
 from replica.replication_service import ReplicationServicer
-from replica.role import Role, RoleState
-from replica.servicer import ChatServicer, ClusterView, ReplicaStatusView, add_chat_servicer
+from replica.role import RoleState
+from replica.secondary import Secondary
+from replica.servicer import ChatServicer, add_chat_servicer
 from replica.tls import TlsMaterial, load_tls_material
 from replica.tokens import SessionTokens
 from replica.writer import Clock, LogWriter, utc_now
@@ -61,11 +63,7 @@ class ReplicaNode:
         secret = resolve_cluster_secret(cluster, settings.data_dir)
         self.role = RoleState(settings.index)
         self.commits = CommitTracker()
-        self.hub = ReplicationHub(self.index, cluster, self.commits)
-        self.writer = LogWriter(
-            self.engine, self.role, self.commits, clock=clock, admission=self.hub.check_writable
-        )
-        self.writer.add_append_listener(self.hub.on_appended)
+        self.writer = LogWriter(self.engine, self.role, self.commits, clock=clock)
         self.notifier = InboxNotifier()
         self.commits.add_listener(self.notifier.on_committed)
         self.tokens = SessionTokens(secret)
@@ -84,9 +82,14 @@ class ReplicaNode:
             self.role,
             self.writer,
             self.commits,
-            self.hub,
             self.notifier,
             self.peers,
+        )
+        self.writer.set_admission(self.coordinator.check_writable)
+        self.primary_streams = PrimaryStreams(self.coordinator, self.engine)
+        self.writer.add_append_listener(self.primary_streams.on_appended)
+        self.secondary = Secondary(
+            self.index, self.engine, self.writer.lock, self.coordinator, self.peers
         )
         self.servicer = ChatServicer(
             self.service,
@@ -95,14 +98,7 @@ class ReplicaNode:
             self.cluster_view,
             max_subscriptions=cluster.max_subscriptions,
         )
-        leader_stream = LeaderStream(
-            self.hub,
-            self.engine,
-            self.commits,
-            cluster.heartbeat_interval_ms / 1000,
-            self.coordinator.observe_epoch,
-        )
-        self.replication_servicer = ReplicationServicer(self.coordinator, leader_stream)
+        self.replication_servicer = ReplicationServicer(self.coordinator, self.primary_streams)
         self._secret = secret
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
@@ -148,6 +144,7 @@ class ReplicaNode:
                 raise OSError(f"cannot listen on {address}")
         server.start()
         self._server = server
+        self.secondary.start()
         self.coordinator.start()
         for service in ("", CHAT_SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -174,6 +171,7 @@ class ReplicaNode:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.coordinator.stop()
+        self.secondary.stop()
         self.servicer.stop()
         if self._server is not None:
             self._server.stop(grace).wait()
@@ -190,55 +188,6 @@ class ReplicaNode:
             projections.catch_up(conn)
 
     def cluster_view(self) -> ClusterView:
-        snap = self.role.snapshot
-        with self.engine.connect() as conn:
-            last = eventlog.last_position(conn)
-            applied = projections.last_applied_seq(conn)
-        probes = {p.peer.index: p.reply for p in self.coordinator.last_probe()}
-        # In-sync and lag come from the primary's view of its secondaries.
-        primary_view: dict[int, replication_pb2.PeerState] = {}
-        if snap.role is Role.PRIMARY:
-            primary_view = {s.index: s for s in self.coordinator.probe_reply().secondaries}
-        elif snap.primary_index is not None and probes.get(snap.primary_index) is not None:
-            reply = probes[snap.primary_index]
-            assert reply is not None
-            primary_view = {s.index: s for s in reply.secondaries}
-        primary_last = last.seq if snap.role is Role.PRIMARY else 0
-        if snap.primary_index is not None and probes.get(snap.primary_index) is not None:
-            reply = probes[snap.primary_index]
-            assert reply is not None
-            primary_last = reply.self.position.seq
-        views = []
-        for replica in self.settings.cluster.replicas:
-            if replica.index == self.index:
-                role, epoch, last_seq, applied_seq, reachable = (
-                    snap.role.value,
-                    self.coordinator.current_epoch,
-                    last.seq,
-                    applied,
-                    True,
-                )
-            else:
-                reply = probes.get(replica.index)
-                if reply is None:
-                    role, epoch, last_seq, applied_seq, reachable = "unknown", 0, 0, 0, False
-                else:
-                    role, epoch = reply.self.role, reply.self.epoch
-                    last_seq, applied_seq = reply.self.position.seq, reply.self.applied_seq
-                    reachable = True
-            is_primary = replica.index == snap.primary_index
-            in_view = primary_view.get(replica.index)
-            views.append(
-                ReplicaStatusView(
-                    index=replica.index,
-                    address=replica.address,
-                    role=role,
-                    epoch=epoch,
-                    last_seq=last_seq,
-                    applied_seq=applied_seq,
-                    lag=0 if is_primary or not reachable else max(0, primary_last - last_seq),
-                    in_sync=is_primary or bool(in_view and in_view.in_sync),
-                    reachable=reachable,
-                )
-            )
-        return ClusterView(self.index, snap.primary_index, views)
+        return cluster_view(
+            self.settings.cluster, self.index, self.engine, self.role.snapshot, self.coordinator
+        )

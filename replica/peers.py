@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from concurrent import futures
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -78,27 +79,47 @@ class Peers:
     def stub(self, index: int) -> rpb_grpc.ReplicationStub:
         return self._stubs[index]
 
-    def probe_all(self, request: rpb.ProbeRequest, timeout: float) -> list[ProbeResult]:
-        calls = {
-            p.index: self._stubs[p.index].Probe.future(
+    def probe_all(
+        self,
+        request: rpb.ProbeRequest,
+        timeout: float,
+        done: Callable[[list[ProbeResult]], None],
+    ) -> None:
+        """Probe every peer at once; `done` gets every result (in config order) when the last
+        call finished or timed out. It runs on a gRPC thread: it must not block."""
+        peers = self.config.peers_of(self.index)
+        results: dict[int, ProbeResult] = {}
+        lock = threading.Lock()
+
+        def finished(peer: ReplicaAddress, call: grpc.Future[rpb.ProbeReply]) -> None:
+            result = self._probe_result(peer, call)
+            with lock:
+                results[peer.index] = result
+                complete = len(results) == len(peers)
+            if complete:
+                done([results[p.index] for p in peers])
+
+        if not peers:
+            done([])
+            return
+        for peer in peers:
+            call = self._stubs[peer.index].Probe.future(
                 request, timeout=timeout, metadata=self._metadata
             )
-            for p in self.config.peers_of(self.index)
-        }
-        results = []
-        for peer in self.config.peers_of(self.index):
-            try:
-                results.append(ProbeResult(peer, calls[peer.index].result()))
-            except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                self._note_refusal(peer, exc, code)
-                unavailable = code == grpc.StatusCode.UNAVAILABLE
-                details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
-                gone = unavailable and CONNECTION_REFUSED in details
-                results.append(ProbeResult(peer, None, unavailable, gone))
-            else:
-                self._refused_by.discard(peer.index)
-        return results
+            call.add_done_callback(lambda c, peer=peer: finished(peer, c))
+
+    def _probe_result(self, peer: ReplicaAddress, call: grpc.Future[rpb.ProbeReply]) -> ProbeResult:
+        try:
+            reply = call.result()
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            self._note_refusal(peer, exc, code)
+            unavailable = code == grpc.StatusCode.UNAVAILABLE
+            details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+            gone = unavailable and CONNECTION_REFUSED in details
+            return ProbeResult(peer, None, unavailable, gone)
+        self._refused_by.discard(peer.index)
+        return ProbeResult(peer, reply)
 
     def _note_refusal(
         self, peer: ReplicaAddress, exc: grpc.RpcError, code: grpc.StatusCode | None
@@ -124,19 +145,27 @@ class Peers:
             )
 
     def request_votes(
-        self, indexes: list[int], request: rpb.VoteRequest, timeout: float
-    ) -> dict[int, rpb.VoteReply | None]:
-        calls: dict[int, futures.Future[rpb.VoteReply]] = {
-            i: self._stubs[i].RequestVote.future(request, timeout=timeout, metadata=self._metadata)
-            for i in indexes
-        }
-        replies: dict[int, rpb.VoteReply | None] = {}
-        for i, call in calls.items():
+        self,
+        indexes: Sequence[int],
+        request: rpb.VoteRequest,
+        timeout: float,
+        on_reply: Callable[[int, rpb.VoteReply | None], None],
+    ) -> None:
+        """Ask each of `indexes` for a vote; `on_reply(index, reply or None)` once per voter
+        (None: the call failed or timed out). It runs on a gRPC thread: it must not block."""
+
+        def finished(index: int, call: grpc.Future[rpb.VoteReply]) -> None:
             try:
-                replies[i] = call.result()
+                reply = call.result()
             except grpc.RpcError:
-                replies[i] = None
-        return replies
+                reply = None
+            on_reply(index, reply)
+
+        for index in indexes:
+            call = self._stubs[index].RequestVote.future(
+                request, timeout=timeout, metadata=self._metadata
+            )
+            call.add_done_callback(lambda c, index=index: finished(index, c))
 
     def close(self) -> None:
         for channel in self._channels.values():

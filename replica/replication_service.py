@@ -11,17 +11,17 @@ import sqlalchemy as sa
 
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
+from replica.coordinator import Coordinator
 from replica.database import StorageOutageLog, storage_problem
-from replica.election import Coordinator
-from replica.leader import LeaderStream
+from replica.primary import PrimaryStreams
 
 log = logging.getLogger(__name__)
 
 
 class ReplicationServicer(rpb_grpc.ReplicationServicer):
-    def __init__(self, coordinator: Coordinator, stream: LeaderStream) -> None:
+    def __init__(self, coordinator: Coordinator, streams: PrimaryStreams) -> None:
         self._coordinator = coordinator
-        self._stream = stream
+        self._streams = streams
         self._outage = StorageOutageLog(log, coordinator.index, "replica-to-replica calls")
 
     def _unavailable(self, context: grpc.ServicerContext, exc: sa.exc.DBAPIError) -> NoReturn:
@@ -34,10 +34,10 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
         )
 
     def Replicate(
-        self, request_iterator: Iterator[rpb.FollowerMessage], context: grpc.ServicerContext
-    ) -> Iterator[rpb.LeaderMessage]:
+        self, request_iterator: Iterator[rpb.SecondaryMessage], context: grpc.ServicerContext
+    ) -> Iterator[rpb.PrimaryMessage]:
         try:
-            yield from self._stream.serve(request_iterator, context)
+            yield from self._streams.serve(request_iterator, context)
         except sa.exc.DBAPIError as exc:
             self._unavailable(context, exc)
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from enum import StrEnum
 
 from replica.errors import NotPrimary
+from replica.protocol import Role
 
-
-class Role(StrEnum):
-    PRIMARY = "primary"
-    SECONDARY = "secondary"
-    CANDIDATE = "candidate"
+__all__ = ["Role", "RoleSnapshot", "RoleState"]
 
 
 @dataclass(frozen=True)
@@ -28,13 +24,26 @@ class RoleState:
         self.index = index
         self._lock = threading.Lock()
         self._snapshot = RoleSnapshot(Role.CANDIDATE, 0, None, None)
+        self._version = 0
 
     @property
     def snapshot(self) -> RoleSnapshot:
         return self._snapshot
 
-    def set(self, role: Role, epoch: int, primary_index: int | None, address: str | None) -> None:
+    def set(
+        self,
+        role: Role,
+        epoch: int,
+        primary_index: int | None,
+        address: str | None,
+        version: int | None = None,
+    ) -> None:
+        """`version`: the protocol core's (SetRole); an older one than shown is ignored."""
         with self._lock:
+            if version is not None:
+                if version <= self._version:
+                    return
+                self._version = version
             self._snapshot = RoleSnapshot(role, epoch, primary_index, address)
 
     def require_primary(self) -> RoleSnapshot:

@@ -17,7 +17,8 @@ from projections.queries import StoredMessage
 from protos import chat_pb2, chat_pb2_grpc
 from replica import errors
 from replica.chat import ChatService, sent_at_unix_ms
-from replica.commit import InboxNotifier
+from replica.cluster_status import ClusterView
+from replica.notifier import InboxNotifier
 from replica.role import Role, RoleState
 
 log = logging.getLogger(__name__)
@@ -62,26 +63,6 @@ def _maps_errors(method: Callable[..., R]) -> Callable[..., R]:
             raise  # abort() raises; this line is never reached
 
     return wrapper
-
-
-@dataclass(frozen=True)
-class ReplicaStatusView:
-    index: int
-    address: str
-    role: str
-    epoch: int
-    last_seq: int
-    applied_seq: int
-    lag: int
-    in_sync: bool
-    reachable: bool
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    answered_by: int
-    primary_index: int | None
-    replicas: list[ReplicaStatusView]
 
 
 def _message(m: StoredMessage) -> chat_pb2.Message:

@@ -84,6 +84,10 @@ class LogWriter:
         self._queue: list[_Command] = []
         self._on_appended: list[Callable[[list[Event]], None]] = []
 
+    def set_admission(self, admission: Callable[[], None]) -> None:
+        """What raises when writes must be refused (too few replicas in sync)."""
+        self._admission = admission
+
     @property
     def lock(self) -> threading.Lock:
         """Held while the log is written; replication holds it to truncate or append."""

@@ -21,7 +21,8 @@ from eventlog import Position
 from projections.apply import iter_table_rows
 from projections.schema import PROJECTION_TABLES
 from replica.chat import ChatService
-from replica.commit import CommitTracker, InboxNotifier
+from replica.commit import CommitTracker
+from replica.notifier import InboxNotifier
 from replica.passwords import ScryptParams, hash_password
 from replica.role import Role, RoleState
 from replica.servicer import ChatServicer, ClusterView, add_chat_servicer

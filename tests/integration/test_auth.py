@@ -49,7 +49,7 @@ def test_replication_rpcs_need_the_cluster_secret(cluster: ClusterProcesses) -> 
     assert probe(cluster, 0, "not-the-secret") == grpc.StatusCode.PERMISSION_DENIED
     assert probe(cluster, 0, DEFAULT_SECRET) == grpc.StatusCode.OK
     stub = rpb_grpc.ReplicationStub(cluster.channel(wait_for_primary(cluster)))
-    hello = rpb.FollowerMessage(hello=rpb.Hello(follower_index=1))
+    hello = rpb.SecondaryMessage(hello=rpb.Hello(secondary_index=1))
     with pytest.raises(grpc.RpcError) as refused:
         next(iter(stub.Replicate(iter([hello]), timeout=5)))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]

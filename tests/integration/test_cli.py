@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -100,16 +103,21 @@ def test_read_wait_gets_a_live_message(cluster: ClusterProcesses) -> None:
         text=True,
     )
     try:
+        assert reader.stdout is not None
+        stdout = reader.stdout
+        # A thread reads what the reader prints (a non-blocking read of a text pipe can fail
+        # mid-character).
+        lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
         deadline = time.monotonic() + 30
         sent = 0
-        assert reader.stdout is not None
-        # Send until the reader prints one (it may not be subscribed yet for the first).
-        os.set_blocking(reader.stdout.fileno(), False)
         received = ""
+        # Send until the reader prints one (it may not be subscribed yet for the first).
         while "live" not in received and time.monotonic() < deadline:
             sent += 1
             ok(run_cli(cluster, "send", "--user", "carol", "--to", "dan", f"live {sent}"))
-            received += reader.stdout.read() or ""
+            with contextlib.suppress(queue.Empty):
+                received += lines.get(timeout=0.5)
         assert "\tcarol\tlive 1" in received
     finally:
         reader.kill()

@@ -1,25 +1,33 @@
-"""The replication protocol as a hypothesis state machine, in process.
+"""The replication protocol as a hypothesis state machine: three real `ReplicaCore` objects
+(replica/protocol/) in a simulated world (protocol_sim.py).
 
-Each replica is modelled by its log, its durable epoch and its volatile state; the rules are
-the protocol's steps (client writes, delivery and loss on the replication stream, acks,
-crashes, restarts, pauses, elections), and every decision is taken by the same functions the
-server uses (replica/protocol.py). Invariants:
+Every protocol decision is the core's. The rules only make things happen in some order: ticks
+and time passing, messages delivered, calls answered or timed out, durable writes that take a
+while, client writes (to whichever replica shows itself primary, new or retried), streams that
+break, crashes (volatile state lost, the disk kept), restarts and pauses -- and, with
+min_insync = 2, partitions in one direction or both and unbounded delays. With min_insync = 1
+the network is the one that mode assumes (docs/replication.md): nothing that can happen waits
+longer than MAX_DELAY, though a paused or busy replica may.
 
-- every acknowledged event is in the log of every replica that is or becomes primary;
-- no log disagrees with an acknowledged event at its seq (logs never diverge below it);
-- no request id is stored twice in a log (a retry after a failover is exactly-once);
-- once everything is restarted and quiet, all logs are identical.
-
-Fault model: crash-stop replicas with durable logs; a stream may break while both ends live
-(both ends notice); a paused primary is invisible to the others until it resumes.
+Invariants (checked after every step, and where an effect is carried out):
+- every acknowledged write is in the log of every replica that is primary of its epoch or a
+  later one, and of every replica that vouches for its log;
+- logs never disagree at an acknowledged position except in an older epoch's tail;
+- two logs that agree on the epoch at a seq agree up to it; each epoch's events start with its
+  epoch_started event;
+- at most one primary per epoch; a primary's commit point never moves back nor past its log;
+- no replica acks what it has not stored, asks for or grants a vote before it recorded the
+  epoch, or shows as committed what it does not hold;
+- no request id is stored twice in a log, and no two writes are acknowledged at one seq;
+- `quiesce`: with every replica up and the network healed, one primary emerges and all logs
+  and commit points converge.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -29,493 +37,214 @@ from hypothesis.stateful import (
     rule,
 )
 
-from eventlog import Position
-from replica import protocol
+from replica.protocol import effects as fx
+from tests.replica.protocol_sim import Link, World
 
 N = 3
+QUIESCE_ROUNDS = 400  # x HEARTBEAT / 2 of logical time
 
 
-@dataclass(frozen=True)
-class Entry:
-    epoch: int
-    request_id: str | None  # None: a new primary's epoch marker
-
-
-@dataclass
-class Replica:
-    index: int
-    log: list[Entry] = field(default_factory=list)  # seq = position + 1
-    current_epoch: int = 0  # durable
-    alive: bool = True
-    paused: bool = False
-    primary: bool = False
-    trusted: bool = False  # volatile: in the in-sync set of the latest primary, and knows it
-    following: int | None = None  # index of the primary whose stream it holds
-    diverged_checked: bool = False  # the stream passed its divergence exchange
-    # As primary:
-    acked: dict[int, int] = field(default_factory=dict)  # secondary -> acked seq
-    in_sync: set[int] = field(default_factory=set)
-
-    @property
-    def position(self) -> Position:
-        return Position(self.log[-1].epoch, len(self.log)) if self.log else Position(0, 0)
-
-    def end_for_epoch(self, epoch: int) -> Position:
-        for seq in range(len(self.log), 0, -1):
-            if self.log[seq - 1].epoch <= epoch:
-                return Position(self.log[seq - 1].epoch, seq)
-        return Position(0, 0)
-
-    @property
-    def visible(self) -> bool:
-        return self.alive and not self.paused
-
-
-class ReplicationModel(RuleBasedStateMachine):
+class ProtocolModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.replicas: list[Replica] = []
-        self.min_insync = 1
-        self.acked: dict[str, int] = {}  # request id -> seq it was acknowledged at
-        self._acked_epoch: dict[str, int] = {}
-        self.pending: dict[str, int] = {}  # request id -> primary it was sent to
-        self.next_request = 0
+        self.world: World | None = None
+        self._data: st.DataObject | None = None
 
-    @initialize(min_insync=st.sampled_from([1, 2]))
-    def start(self, min_insync: int) -> None:
-        self.min_insync = min_insync
-        self.replicas = [Replica(i) for i in range(N)]
-        self._elect_if_possible(0)
+    def _slow(self, effect: fx.Effect) -> bool:
+        """Whether a durable effect is still under way when the rule ends."""
+        if self._data is None:
+            return False
+        return self._data.draw(st.booleans(), label=f"{type(effect).__name__} takes a while")
 
-    # -- helpers -------------------------------------------------------------------------
+    @initialize(
+        min_insync=st.sampled_from([1, 2]), batch=st.sampled_from([1, 2, 3]), data=st.data()
+    )
+    def start(self, min_insync: int, batch: int, data: st.DataObject) -> None:
+        self._data = data
+        self.world = World(N, min_insync, suspend=self._slow, batch_events=batch)
 
-    def _primaries(self) -> list[Replica]:
-        return [r for r in self.replicas if r.alive and r.primary]
+    @property
+    def w(self) -> World:
+        assert self.world is not None
+        return self.world
 
-    def _visible_primary(self) -> Replica | None:
-        live = [r for r in self._primaries() if not r.paused]
-        return max(live, key=lambda r: r.current_epoch) if live else None
+    def _pick(self, data: st.DataObject, options: list, label: str):  # type: ignore[no-untyped-def,type-arg]
+        self._data = data
+        return data.draw(st.sampled_from(options), label=label)
 
-    def _commit_point(self, p: Replica) -> int:
-        in_sync = {i: p.acked.get(i, 0) for i in p.in_sync}
-        if not protocol.enough_in_sync(len(in_sync), self.min_insync):
-            return 0
-        return protocol.commit_point(len(p.log), in_sync)
+    # -- progress --------------------------------------------------------------------------
 
-    def _ack_pending(self, p: Replica) -> None:
-        point = self._commit_point(p)
-        for request_id, where in list(self.pending.items()):
-            if where != p.index:
-                continue
-            seq = next((s for s, e in enumerate(p.log, 1) if e.request_id == request_id), None)
-            if seq is not None and seq <= point:
-                self.acked[request_id] = seq
-                self._acked_epoch[request_id] = p.log[seq - 1].epoch
-                del self.pending[request_id]
+    def _moves(self) -> list[tuple[str, object]]:
+        w = self.w
+        moves: list[tuple[str, object]] = []
+        for node in w.nodes:
+            if node.running and node.idle("coordinator"):
+                moves.append(("tick", node.index))
+                if node.inbox:
+                    moves.append(("inbox", node.index))
+        moves += [("io", x) for x in w.blocked_threads() if w.nodes[x[0]].running]
+        moves += [("stream", x) for x in w.stream_deliveries()]
+        moves += [("call", c) for c in w.call_deliveries()]
+        return moves
 
-    def _break_stream(self, s: Replica) -> None:
-        if s.following is None:
+    @precondition(lambda self: self.world is not None)
+    @rule(data=st.data())
+    def progress(self, data: st.DataObject) -> None:
+        """One thing happens: a tick, the coordinator's next piece of work, a durable write
+        completing, a stream message or end-of-stream notice arriving, a sender sending, a
+        call or its reply arriving."""
+        moves = self._moves()
+        if not moves:
             return
-        p = self.replicas[s.following]
-        s.following = None
-        s.diverged_checked = False
-        s.trusted = False
-        # The primary drops it from the in-sync set, unless the primary is paused: then its
-        # removal waits until it has been awake for longer than an election takes, and by
-        # then it has learnt of the newer epoch (see ReplicationHub._evaluate_locked).
-        if p.primary and not p.paused:
-            p.in_sync.discard(s.index)
-            p.acked.pop(s.index, None)
-            self._ack_pending(p)
+        kind, move = self._pick(data, moves, "move")
+        w = self.w
+        if kind == "tick":
+            w.tick(move)  # type: ignore[arg-type]
+        elif kind == "inbox":
+            w.run_inbox(move)  # type: ignore[arg-type]
+        elif kind == "io":
+            w.resume(*move)  # type: ignore[misc]
+        elif kind == "stream":
+            w.deliver(*move)  # type: ignore[misc]
+        else:
+            w.deliver_call(move)  # type: ignore[arg-type]
 
-    def _step_down(self, p: Replica) -> None:
-        p.primary = False
-        p.in_sync = set()
-        p.acked = {}
-        for request_id, where in list(self.pending.items()):
-            if where == p.index:
-                del self.pending[request_id]  # the client sees an error and will retry
-        for s in self.replicas:
-            if s.following == p.index:
-                self._break_stream(s)
+    @precondition(lambda self: self.world is not None)
+    @rule(
+        rounds=st.integers(1, 12),
+        held=st.none() | st.integers(0, N - 1),
+        data=st.data(),
+    )
+    def run_for(self, rounds: int, held: int | None, data: st.DataObject) -> None:
+        """Everything runs and is delivered for a while (half a heartbeat a round), except
+        the stream messages to replica `held`, which wait (a slow replica or link) -- as
+        long as the network's delay bound allows."""
+        self._data = data
+        w = self.w
 
-    def _elect_if_possible(self, candidate_index: int) -> None:
-        c = self.replicas[candidate_index]
-        if not c.visible or c.primary or self._visible_primary() is not None:
-            return
-        voters = [r for r in self.replicas if r.visible and not r.primary and r is not c]
-        electorate = [
-            protocol.CandidateView(r.index, r.position, r.current_epoch, r.trusted)
-            for r in [c, *voters]
-        ]
-        choice = protocol.choose_primary(electorate, N)
-        if choice != c.index or len(electorate) < protocol.votes_needed(self.min_insync):
-            return
-        epoch = protocol.next_epoch(max(v.epoch for v in electorate), c.index, N)
-        for v in voters:
-            if epoch <= v.current_epoch or c.position < v.position:
-                return  # refused
-        # Votes granted: voters record the epoch and drop their stream to the old primary
-        # (which is gone or paused: it removes nobody meanwhile), but keep vouching: the new
-        # primary counts them in its in-sync set from the start.
-        for v in [c, *voters]:
-            v.current_epoch = epoch
-            v.following = None
-            v.diverged_checked = False
-        c.trusted = False
-        for request_id in self.acked:
-            assert any(e.request_id == request_id for e in c.log), (
-                f"replica {c.index} became primary of epoch {epoch} without acknowledged "
-                f"request {request_id}"
+        def hold(link: Link, what: str) -> bool:
+            if held is None or w.now + 0.05 >= w.deadline():
+                return False
+            return (what == "down" and link.secondary == held) or (
+                what == "up" and link.primary == held
             )
-        c.primary = True
-        c.in_sync = {v.index for v in voters}
-        c.acked = {v.index: 0 for v in voters}
-        c.log.append(Entry(epoch, None))
 
-    # -- rules ---------------------------------------------------------------------------
-    # Each rule applies only where it can act, and picks its replica among those, so that
-    # every step of an example does something.
+        w.settle(rounds, hold=hold, respect_deadline=True)
 
-    def _pick(self, data: st.DataObject, candidates: list[Replica], label: str) -> Replica:
-        return data.draw(st.sampled_from(candidates), label=label)
+    @precondition(lambda self: bool(self.world and self.w.deadline() > self.w.now + 0.01))
+    @rule(dt=st.sampled_from([0.05, 0.1, 0.2, 0.35, 0.7, 1.3]))
+    def time_passes(self, dt: float) -> None:
+        self.w.now = min(self.w.now + dt, self.w.deadline())
 
-    def _writable(self) -> bool:
-        p = self._visible_primary()
-        return p is not None and protocol.enough_in_sync(len(p.in_sync), self.min_insync)
+    # -- faults ------------------------------------------------------------------------------
 
-    @precondition(lambda self: self._writable())
+    def _faults(self) -> list[tuple[str, object]]:
+        w = self.w
+        faults: list[tuple[str, object]] = []
+        for node in w.nodes:
+            if node.alive:
+                faults.append(("crash", node.index))
+                faults.append(("resume" if node.paused else "pause", node.index))
+            else:
+                faults.append(("restart", node.index))
+        faults += [("break", link) for link in w.links if not link.broken]
+        faults += [("timeout", call) for call in w.timeouts()]
+        if not w.bounded:
+            faults += [("cut", (a, b)) for a in range(N) for b in range(N) if a != b]
+            if w.cut:
+                faults.append(("heal", None))
+        return faults
+
+    @precondition(lambda self: self.world is not None)
+    @rule(data=st.data())
+    def fault(self, data: st.DataObject) -> None:
+        """A process crashes (volatile state lost, its disk kept), restarts, pauses or
+        resumes; a stream breaks (each end notices in its own time); a call times out; with
+        min_insync = 2, a direction a -> b is cut (neither end can tell that from a pause or
+        a dead host) or every cut heals."""
+        kind, what = self._pick(data, self._faults(), "fault")
+        w = self.w
+        if kind == "crash":
+            w.crash(what)  # type: ignore[arg-type]
+        elif kind == "restart":
+            w.restart(what)  # type: ignore[arg-type]
+        elif kind == "pause":
+            w.nodes[what].paused = True  # type: ignore[index]
+        elif kind == "resume":
+            w.nodes[what].paused = False  # type: ignore[index]
+        elif kind == "break":
+            w.break_link(what)  # type: ignore[arg-type]
+        elif kind == "timeout":
+            w.time_out(what)  # type: ignore[arg-type]
+        elif kind == "cut":
+            w.cut.add(what)  # type: ignore[arg-type]
+        else:
+            w.cut.clear()
+
+    # -- clients ---------------------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.world and self.w.writable()))
     @rule(data=st.data())
     def client_write(self, data: st.DataObject) -> None:
-        p = self._visible_primary()
-        assert p is not None
-        retry = sorted(set(self._unacked_requests()))
+        node = self._pick(data, self.w.writable(), "written to")
+        stored = {e.request_id for n in self.w.nodes for e in n.disk.log if e.request_id}
+        retry = sorted(r for r in stored if r not in self.w.acked)
         if retry and data.draw(st.booleans(), label="retry"):
             request_id = data.draw(st.sampled_from(retry), label="request")
         else:
-            self.next_request += 1
-            request_id = f"r{self.next_request}"
-        # A retry that finds its event in the log waits for it to commit; otherwise append.
-        if not any(e.request_id == request_id for e in p.log):
-            p.log.append(Entry(p.current_epoch, request_id))
-        self.pending[request_id] = p.index
-        self._ack_pending(p)
+            self.w.next_request += 1
+            request_id = f"r{self.w.next_request}"
+        self.w.client_write(node, request_id)
 
-    def _unacked_requests(self) -> list[str]:
-        seen = {e.request_id for r in self.replicas for e in r.log if e.request_id}
-        return [r for r in seen if r not in self.acked]
+    # -- quiescence ------------------------------------------------------------------------
 
-    def _can_connect(self) -> list[Replica]:
-        p = self._visible_primary()
-        if p is None:
-            return []
-        return [
-            r
-            for r in self.replicas
-            if r.visible
-            and not r.primary
-            and r.following is None
-            and r.current_epoch <= p.current_epoch  # fenced: refuses an older primary
-        ]
-
-    @precondition(lambda self: bool(self._can_connect()))
-    @rule(data=st.data())
-    def connect(self, data: st.DataObject) -> None:
-        s = self._pick(data, self._can_connect(), "connects")
-        p = self._visible_primary()
-        assert p is not None
-        s.current_epoch = p.current_epoch
-        s.following = p.index
-        s.diverged_checked = False
-
-    def _streaming(self) -> list[Replica]:
-        return [
-            r
-            for r in self.replicas
-            if r.following is not None
-            and r.visible
-            and self.replicas[r.following].visible
-            and self.replicas[r.following].primary
-        ]
-
-    @precondition(lambda self: bool(self._streaming()))
-    @rule(data=st.data())
-    def deliver(self, data: st.DataObject) -> None:
-        """One step of the stream from the primary to a secondary."""
-        self._deliver(self._pick(data, self._streaming(), "receives"))
-
-    def _deliver(self, s: Replica) -> None:
-        assert s.following is not None
-        p = self.replicas[s.following]
-        if not s.diverged_checked:
-            leader_end = p.end_for_epoch(s.position.epoch)
-            cut = protocol.truncation_point(
-                s.position, leader_end, s.end_for_epoch(leader_end.epoch)
-            )
-            if cut < len(s.log):
-                del s.log[cut:]
-                return  # says Hello again
-            s.diverged_checked = True
-        elif len(s.log) < len(p.log):
-            s.log.append(p.log[len(s.log)])
-        self._ack(s, p)
-
-    def _ack(self, s: Replica, p: Replica) -> None:
-        p.acked[s.index] = len(s.log)
-        if len(s.log) >= len(p.log):
-            p.in_sync.add(s.index)
-        # The primary's next message tells it whether it is in sync.
-        s.trusted = s.index in p.in_sync
-        self._ack_pending(p)
-
-    def _followers(self) -> list[Replica]:
-        return [r for r in self.replicas if r.following is not None]
-
-    @precondition(lambda self: bool(self._followers()))
-    @rule(data=st.data())
-    def lose_stream(self, data: st.DataObject) -> None:
-        self._break_stream(self._pick(data, self._followers(), "loses its stream"))
-
-    def _lagging(self) -> list[Replica]:
-        out = []
-        for s in self._streaming():
-            assert s.following is not None
-            p = self.replicas[s.following]
-            if s.index in p.in_sync and p.acked.get(s.index, 0) < len(p.log):
-                out.append(s)
-        return out
-
-    @precondition(lambda self: bool(self._lagging()))
-    @rule(data=st.data())
-    def fall_behind(self, data: st.DataObject) -> None:
-        """The primary drops a lagging secondary from the in-sync set (and tells it)."""
-        s = self._pick(data, self._lagging(), "falls behind")
-        assert s.following is not None
-        p = self.replicas[s.following]
-        p.in_sync.discard(s.index)
-        s.trusted = False
-        self._ack_pending(p)
-
-    def _unconnected_members(self) -> list[Replica]:
-        p = self._visible_primary()
-        if p is None:
-            return []
-        return [self.replicas[i] for i in p.in_sync if self.replicas[i].following != p.index]
-
-    @precondition(lambda self: bool(self._unconnected_members()))
-    @rule(data=st.data())
-    def drop_unreachable_member(self, data: st.DataObject) -> None:
-        """A member that does not stream from the primary is removed after insync_timeout; if
-        it is alive it stopped vouching after half of that (the primary being visible to it)."""
-        s = self._pick(data, self._unconnected_members(), "dropped")
-        p = self._visible_primary()
-        assert p is not None
-        p.in_sync.discard(s.index)
-        p.acked.pop(s.index, None)
-        s.trusted = False
-        self._ack_pending(p)
-
-    @precondition(lambda self: any(r.alive for r in self.replicas))
-    @rule(data=st.data())
-    def crash(self, data: st.DataObject) -> None:
-        r = self._pick(data, [r for r in self.replicas if r.alive], "crashes")
-        if r.primary:
-            self._step_down(r)
-        self._break_stream(r)
-        for other in self.replicas:
-            if other.following == r.index:
-                self._break_stream(other)
-        r.alive = False
-        r.paused = False
-        r.trusted = False
-
-    @precondition(lambda self: any(not r.alive for r in self.replicas))
-    @rule(data=st.data())
-    def restart(self, data: st.DataObject) -> None:
-        # The log and current_epoch survive; nothing volatile does.
-        self._pick(data, [r for r in self.replicas if not r.alive], "restarts").alive = True
-
-    @precondition(lambda self: self._visible_primary() is not None)
-    @rule()
-    def pause_primary(self) -> None:
-        p = self._visible_primary()
-        assert p is not None
-        p.paused = True
-
-    @precondition(lambda self: any(r.paused for r in self.replicas))
-    @rule(data=st.data())
-    def resume(self, data: st.DataObject) -> None:
-        self._resume(self._pick(data, [r for r in self.replicas if r.paused], "resumes"))
-
-    def _resume(self, r: Replica) -> None:
-        # A primary notices that it was paused for longer than the others wait before they
-        # elect, before anything else runs (Coordinator._tick), and steps down: it cannot tell
-        # whether a newer primary acknowledged writes it lacks.
-        r.paused = False
-        r.trusted = False
-        if r.primary:
-            self._step_down(r)
-
-    def _candidates(self) -> list[Replica]:
-        if self._visible_primary() is not None:
-            return []
-        return [r for r in self.replicas if r.visible and not r.primary]
-
-    @precondition(lambda self: bool(self._candidates()))
-    @rule(data=st.data())
-    def elect(self, data: st.DataObject) -> None:
-        self._elect_if_possible(self._pick(data, self._candidates(), "candidate").index)
-
-    # -- invariants ----------------------------------------------------------------------
-
-    @invariant()
-    def acknowledged_events_are_on_the_primary(self) -> None:
-        p = self._visible_primary()
-        if p is None:
-            return
-        for request_id, seq in self.acked.items():
-            assert seq <= len(p.log) and p.log[seq - 1].request_id == request_id, (
-                f"primary {p.index} lost acknowledged request {request_id} (seq {seq})"
-            )
-
-    @invariant()
-    def logs_agree_below_acknowledged_events(self) -> None:
-        """Where a log holds something else than an acknowledged event, that entry is of an
-        older epoch (a deposed primary's unacknowledged tail, which truncation removes), and
-        the replica neither serves as primary nor vouches for the log in an election."""
-        for r in self.replicas:
-            for request_id, seq in self.acked.items():
-                if seq > len(r.log) or r.log[seq - 1].request_id == request_id:
-                    continue
-                acked_epoch = self._acked_epoch[request_id]
-                assert r.log[seq - 1].epoch < acked_epoch, (
-                    f"replica {r.index} holds {r.log[seq - 1]} where {request_id} was "
-                    f"acknowledged in epoch {acked_epoch}"
-                )
-                assert not r.trusted, f"replica {r.index} vouches for a stale log"
-                assert not (r.primary and r.visible), f"replica {r.index} leads a stale log"
-
-    @invariant()
-    def logs_match(self) -> None:
-        """An epoch names one primary, so two logs with the same epoch at a seq agree up to
-        there (Raft's log matching property; truncation relies on it)."""
-        for a in self.replicas:
-            for b in self.replicas:
-                common = min(len(a.log), len(b.log))
-                for seq in range(common, 0, -1):
-                    if a.log[seq - 1].epoch == b.log[seq - 1].epoch:
-                        assert a.log[:seq] == b.log[:seq], (
-                            f"replicas {a.index} and {b.index} agree on the epoch at seq {seq} "
-                            f"but not before: {a.log} / {b.log}"
-                        )
-                        break
-
-    @invariant()
-    def request_ids_are_unique(self) -> None:
-        for r in self.replicas:
-            ids = [e.request_id for e in r.log if e.request_id]
-            assert len(ids) == len(set(ids)), f"replica {r.index} stored a request twice"
-
-    @precondition(lambda self: bool(self.replicas))
+    @precondition(lambda self: self.world is not None)
     @rule()
     def quiesce(self) -> None:
-        """Restart everything, let an election and replication finish: logs converge."""
-        for r in self.replicas:
-            r.alive = True
-            if r.paused:
-                self._resume(r)
-        for _ in range(3):
-            for r in self.replicas:
-                self._elect_if_possible(r.index)
-        p = self._visible_primary()
-        assert p is not None, "no primary with every replica up"
-        for _ in range(4 * (len(p.log) + 2)):
-            for r in self._can_connect():
-                r.current_epoch = p.current_epoch
-                r.following = p.index
-                r.diverged_checked = False
-            for r in self._streaming():
-                self._deliver(r)
-        logs = {tuple(r.log) for r in self.replicas}
-        assert len(logs) == 1, f"logs differ after quiescence: {[r.log for r in self.replicas]}"
-        for request_id, seq in self.acked.items():
-            assert p.log[seq - 1].request_id == request_id
+        """Everything up and healed, the processes running and the network delivering: one
+        primary, and every log and commit point the same."""
+        w = self.w
+        self._data = None  # durable writes complete at once from here on
+        w.cut.clear()
+        for node in w.nodes:
+            node.paused = False
+            if not node.alive:
+                w.restart(node.index)
+        assert w.settle(QUIESCE_ROUNDS, self._converged), self._describe()
 
-
-TestReplicationModel = ReplicationModel.TestCase
-TestReplicationModel.settings = settings(
-    max_examples=int(os.environ.get("CHAT_MODEL_EXAMPLES", "300")),
-    stateful_step_count=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-
-
-def _end_for_epoch(log: list[int], epoch: int) -> Position:
-    """A log of epochs (seq = position + 1): its last position with epoch <= `epoch`."""
-    for seq in range(len(log), 0, -1):
-        if log[seq - 1] <= epoch:
-            return Position(log[seq - 1], seq)
-    return Position(0, 0)
-
-
-@st.composite
-def diverged_logs(draw: st.DrawFn) -> tuple[list[int], list[int], int]:
-    """A leader's and a follower's logs (as epochs) sharing a prefix, then diverging: past the
-    prefix no epoch appears in both (an epoch names one primary, whose entries agree)."""
-    epochs = st.lists(st.integers(1, 40), max_size=12).map(sorted)
-    prefix = draw(epochs)
-    floor = prefix[-1] if prefix else 0
-    later = st.lists(st.integers(floor + 1, floor + 40), max_size=12).map(sorted)
-    leader_tail = draw(later)
-    follower_tail = draw(later.map(lambda xs: [x for x in xs if x not in leader_tail]))
-    if leader_tail and follower_tail and leader_tail[0] == follower_tail[0]:
-        follower_tail = []
-    return prefix + leader_tail, prefix + follower_tail, len(prefix)
-
-
-@settings(max_examples=500, deadline=None)
-@given(diverged_logs())
-def test_divergence_exchange_keeps_exactly_the_common_prefix(
-    logs: tuple[list[int], list[int], int],
-) -> None:
-    leader, follower, common = logs
-    for _ in range(len(follower) + 1):
-        own_last = Position(follower[-1], len(follower)) if follower else Position(0, 0)
-        leader_end = _end_for_epoch(leader, own_last.epoch)
-        cut = protocol.truncation_point(
-            own_last, leader_end, _end_for_epoch(follower, leader_end.epoch)
+    def _converged(self) -> bool:
+        w = self.w
+        primaries = w.primaries()
+        if len(primaries) != 1:
+            return False
+        p = primaries[0]
+        assert p.core is not None
+        return p.core.commit_point == len(p.disk.log) and all(
+            n.disk.log == p.disk.log and n.committed == len(p.disk.log) for n in w.nodes
         )
-        if cut >= len(follower):
-            break
-        del follower[cut:]
-    assert follower == leader[: len(follower)], "the follower kept a divergent entry"
-    assert len(follower) >= common, "the follower cut into the prefix it shares with the leader"
+
+    def _describe(self) -> str:
+        lines = ["did not converge:"]
+        for n in self.w.nodes:
+            core = n.core
+            role = core.role.value if core else "down"
+            epoch = core.current_epoch if core else n.disk.epoch
+            lines.append(
+                f"  replica {n.index}: {role} epoch {epoch} committed {n.committed} "
+                f"log {[(e.epoch, e.request_id) for e in n.disk.log]}"
+            )
+        return "\n".join(lines)
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        if self.world is not None:
+            self.w.check()
 
 
-@given(st.integers(0, 10**6), st.integers(0, 10**6))
-def test_candidates_never_share_an_epoch(known_a: int, known_b: int) -> None:
-    """Two candidates, whatever epochs each has seen, never start the same epoch; each starts
-    one above everything it knows."""
-    a = protocol.next_epoch(known_a, 0, N)
-    b = protocol.next_epoch(known_b, 1, N)
-    assert a != b
-    assert a > known_a and b > known_b
-
-
-HALF_INSYNC = 0.5  # vouch window for insync_timeout_ms = 1000
-optional_age = st.none() | st.floats(0, 10, allow_nan=False)
-
-
-@given(optional_age, optional_age)
-def test_a_secondary_vouches_only_before_the_primary_can_have_dropped_it(
-    stream_lost_for: float | None, processing_for: float | None
-) -> None:
-    """The primary drops a member insync_timeout after its stream broke (or after it got stuck
-    storing); the member must have stopped vouching by then, whatever it can or cannot see of
-    the primary (a failing database makes a live primary look dead to it). This is what made
-    a lone secondary elect itself without events its old primary had acknowledged alone."""
-    vouches = protocol.vouches(True, stream_lost_for, processing_for, HALF_INSYNC)
-    stale = [age for age in (stream_lost_for, processing_for) if age is not None]
-    assert vouches == all(age < HALF_INSYNC for age in stale)
-    assert not protocol.vouches(False, None, None, HALF_INSYNC)
+TestProtocolModel = ProtocolModel.TestCase
+TestProtocolModel.settings = settings(
+    max_examples=int(os.environ.get("CHAT_MODEL_EXAMPLES", "200")),
+    stateful_step_count=int(os.environ.get("CHAT_MODEL_STEPS", "80")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)

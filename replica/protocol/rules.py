@@ -1,16 +1,32 @@
-"""The replication protocol's decisions, as pure functions of what a replica knows.
-
-Kept free of threads, sockets and databases so that a hypothesis state machine can drive
-them through any interleaving (tests/replica/test_protocol_model.py); the gRPC code in
-leader.py, follower.py and election.py only gathers the inputs and carries out the result.
-"""
+"""The protocol's leaf rules: pure functions of what a replica knows, used by the core
+(core.py, in_sync.py) and tested on their own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from eventlog import Position
+
+class LogPosition(Protocol):
+    """Where a log ends: the epoch of its last event, then its seq (eventlog.Position is one).
+    The core compares positions but never makes them: they are facts the shell read."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def seq(self) -> int: ...
+
+
+def position_key(position: LogPosition) -> tuple[int, int]:
+    """Logs are compared as in an election: the higher epoch of the last event wins, then the
+    higher seq."""
+    return (position.epoch, position.seq)
+
+
+def less_up_to_date(a: LogPosition, b: LogPosition) -> bool:
+    return position_key(a) < position_key(b)
 
 
 @dataclass(frozen=True)
@@ -18,7 +34,7 @@ class CandidateView:
     """What an election knows of one live replica."""
 
     index: int
-    position: Position  # its log's last (epoch, seq)
+    position: LogPosition  # its log's last (epoch, seq)
     epoch: int  # the highest epoch it has seen (and maybe voted in)
     trusted: bool  # was in the in-sync set of the latest primary and has been up since
 
@@ -54,17 +70,18 @@ def next_epoch(max_known_epoch: int, slot: int, cluster_size: int) -> int:
 
 
 def truncation_point(
-    own_last: Position, leader_end: Position, own_end_for_leader_epoch: Position
+    own_last: LogPosition, primary_end: LogPosition, own_end_for_primary_epoch: LogPosition
 ) -> int:
-    """Where a follower's log must be cut, given the leader's last position among events with
-    epoch <= the follower's last epoch (`leader_end`) and the follower's own last position
-    among events with epoch <= leader_end.epoch. Repeat the exchange until nothing is cut."""
-    return min(own_last.seq, leader_end.seq, own_end_for_leader_epoch.seq)
+    """Where a secondary's log must be cut, given the primary's last position among events
+    with epoch <= the secondary's last epoch (`primary_end`) and the secondary's own last
+    position among events with epoch <= primary_end.epoch. Repeat the exchange until nothing
+    is cut."""
+    return min(own_last.seq, primary_end.seq, own_end_for_primary_epoch.seq)
 
 
-def commit_point(leader_last_seq: int, in_sync_acked: Mapping[int, int]) -> int:
-    """The highest seq stored by the leader and acknowledged by every in-sync secondary."""
-    return min([leader_last_seq, *in_sync_acked.values()])
+def commit_point(primary_last_seq: int, in_sync_acked: Iterable[int]) -> int:
+    """The highest seq stored by the primary and acknowledged by every in-sync secondary."""
+    return min([primary_last_seq, *in_sync_acked])
 
 
 def enough_in_sync(in_sync_secondaries: int, min_insync: int) -> bool:

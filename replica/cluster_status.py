@@ -1,0 +1,93 @@
+"""The cluster as one replica sees it, for ClusterStatus: its own state, what its last probes
+said of the others, and the primary's view of who is in sync."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+import eventlog
+import projections
+from protos import replication_pb2
+from replica.config import ClusterConfig
+from replica.coordinator import Coordinator
+from replica.protocol import Role
+from replica.role import RoleSnapshot
+
+
+@dataclass(frozen=True)
+class ReplicaStatusView:
+    index: int
+    address: str
+    role: str
+    epoch: int
+    last_seq: int
+    applied_seq: int
+    lag: int
+    in_sync: bool
+    reachable: bool
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    answered_by: int
+    primary_index: int | None
+    replicas: list[ReplicaStatusView]
+
+
+def cluster_view(
+    config: ClusterConfig,
+    index: int,
+    engine: sa.Engine,
+    snap: RoleSnapshot,
+    coordinator: Coordinator,
+) -> ClusterView:
+    with engine.connect() as conn:
+        last = eventlog.last_position(conn)
+        applied = projections.last_applied_seq(conn)
+    probes = {p.peer.index: p.reply for p in coordinator.last_probe()}
+    primary_reply = probes.get(snap.primary_index) if snap.primary_index is not None else None
+    # In-sync and lag come from the primary's view of its secondaries.
+    primary_view: dict[int, replication_pb2.PeerState] = {}
+    if snap.role is Role.PRIMARY:
+        primary_view = {s.index: s for s in coordinator.probe_reply().secondaries}
+    elif primary_reply is not None:
+        primary_view = {s.index: s for s in primary_reply.secondaries}
+    primary_last = last.seq if snap.role is Role.PRIMARY else 0
+    if primary_reply is not None:
+        primary_last = primary_reply.self.position.seq
+    views = []
+    for replica in config.replicas:
+        if replica.index == index:
+            role, epoch, last_seq, applied_seq, reachable = (
+                snap.role.value,
+                coordinator.current_epoch,
+                last.seq,
+                applied,
+                True,
+            )
+        else:
+            reply = probes.get(replica.index)
+            if reply is None:
+                role, epoch, last_seq, applied_seq, reachable = "unknown", 0, 0, 0, False
+            else:
+                role, epoch = reply.self.role, reply.self.epoch
+                last_seq, applied_seq = reply.self.position.seq, reply.self.applied_seq
+                reachable = True
+        is_primary = replica.index == snap.primary_index
+        in_view = primary_view.get(replica.index)
+        views.append(
+            ReplicaStatusView(
+                index=replica.index,
+                address=replica.address,
+                role=role,
+                epoch=epoch,
+                last_seq=last_seq,
+                applied_seq=applied_seq,
+                lag=0 if is_primary or not reachable else max(0, primary_last - last_seq),
+                in_sync=is_primary or bool(in_view and in_view.in_sync),
+                reachable=reachable,
+            )
+        )
+    return ClusterView(index, snap.primary_index, views)

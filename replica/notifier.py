@@ -1,0 +1,74 @@
+"""Wakes the subscriptions of accounts that just received a committed message."""
+
+from __future__ import annotations
+
+import threading
+
+from eventlog import Event
+from projections import EventTypes
+
+
+class InboxNotifier:
+    """Wakes the subscriptions of accounts that just received a committed message."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._versions: dict[int, int] = {}
+        self._conditions: dict[int, threading.Condition] = {}
+        self._waiters: dict[int, int] = {}
+        self._closed = False
+
+    def on_committed(self, events: list[Event]) -> None:
+        accounts = {
+            int(e.payload["recipient_id"]) for e in events if e.type == EventTypes.MESSAGE_SENT
+        }
+        # Sessions that ended: their subscriptions notice at once.
+        accounts |= {
+            int(e.payload["account_id"])
+            for e in events
+            if e.type in (EventTypes.ACCOUNT_DELETED, EventTypes.SESSION_CLOSED)
+            or (e.type == EventTypes.SESSION_OPENED and e.payload.get("closes"))
+        }
+        if events and not accounts:
+            return
+        with self._lock:
+            for account_id in accounts:
+                self._versions[account_id] = self._versions.get(account_id, 0) + 1
+                cond = self._conditions.get(account_id)
+                if cond is not None:
+                    cond.notify_all()
+
+    def wake_all(self) -> None:
+        with self._lock:
+            for account_id, cond in self._conditions.items():
+                self._versions[account_id] = self._versions.get(account_id, 0) + 1
+                cond.notify_all()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.wake_all()
+
+    def version(self, account_id: int) -> int:
+        with self._lock:
+            return self._versions.get(account_id, 0)
+
+    def wait(self, account_id: int, seen_version: int, timeout: float) -> int:
+        """Block until the account's version moves past `seen_version` or `timeout` passes;
+        returns the current version."""
+        with self._lock:
+            cond = self._conditions.get(account_id)
+            if cond is None:
+                cond = self._conditions[account_id] = threading.Condition(self._lock)
+            self._waiters[account_id] = self._waiters.get(account_id, 0) + 1
+            try:
+                cond.wait_for(
+                    lambda: self._closed or self._versions.get(account_id, 0) != seen_version,
+                    timeout,
+                )
+                return self._versions.get(account_id, 0)
+            finally:
+                self._waiters[account_id] -= 1
+                if self._waiters[account_id] == 0:
+                    del self._waiters[account_id]
+                    del self._conditions[account_id]

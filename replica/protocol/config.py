@@ -1,0 +1,54 @@
+"""The protocol's settings, in seconds and replica indexes (built from the cluster config by
+the shell: this package reads no files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    index: int
+    members: tuple[int, ...]  # every replica's index, this one's included
+    min_insync: int = 1
+    heartbeat_interval: float = 0.1
+    peer_timeout: float = 0.6  # a primary silent this long may be replaced
+    insync_timeout: float = 1.0  # a secondary behind or gone this long leaves the in-sync set
+    batch_events: int = 500  # events per replication batch
+    max_in_flight: int = 5000  # events sent to a secondary and not yet acked
+
+    def __post_init__(self) -> None:
+        if self.index not in self.members:
+            raise ValueError(f"replica {self.index} is not among the members {self.members}")
+
+    @property
+    def cluster_size(self) -> int:
+        return len(self.members)
+
+    @property
+    def peers(self) -> tuple[int, ...]:
+        return tuple(i for i in self.members if i != self.index)
+
+    @property
+    def slot(self) -> int:
+        """This replica's place among the sorted members: the remainder of its epochs."""
+        return sorted(self.members).index(self.index)
+
+    @property
+    def vouch_window(self) -> float:
+        """A primary drops an unreachable member after insync_timeout; the member stops
+        vouching for its log well before that."""
+        return self.insync_timeout / 2
+
+    @property
+    def pause_threshold(self) -> float:
+        """A gap this long between two inputs means the process did not run (SIGSTOP, a stall
+        of the whole process): the shell ticks every heartbeat interval and never blocks its
+        tick on I/O, so on a merely busy machine inputs keep coming."""
+        return max(4 * self.heartbeat_interval, self.peer_timeout / 2)
+
+    @property
+    def awake_window(self) -> float:
+        """Removing a silent secondary is safe only once a primary has been running, and so
+        heartbeating, for longer than a secondary waits before electing."""
+        return self.peer_timeout * 1.5

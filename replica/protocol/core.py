@@ -1,0 +1,628 @@
+"""One replica's replication protocol as a pure state machine.
+
+`ReplicaCore.step(now, input)` takes what happened (inputs.py) and returns what to do
+(effects.py), in the order it must be done. It holds everything the protocol decides on --
+role, current epoch, follow target, what this replica knows of its own membership (the
+vouch), the primary's in-sync set and each secondary's acked position (in_sync.py), pause
+detection, the commit point -- and nothing else: no threads, sockets, storage, clock or
+randomness. Time comes in with every input; storage facts (log positions) come in the inputs
+that need them. The shell (replica/coordinator.py, primary_stream.py, secondary.py) turns RPCs,
+stream messages and database results into inputs and carries out the effects; the hypothesis
+model (tests/replica/test_protocol_model.py) drives the same object through simulated
+networks, crashes and pauses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from replica.protocol import rules
+from replica.protocol.config import ProtocolConfig
+from replica.protocol.effects import (
+    AppendEpochStarted,
+    CancelStream,
+    Effect,
+    EndStream,
+    LogNote,
+    OpenStream,
+    PersistEpoch,
+    ProbeAll,
+    RefuseStream,
+    ReplicaStatus,
+    ReplyProbe,
+    ReplyVote,
+    RequestVotes,
+    ResetCommit,
+    SecondaryCommitted,
+    SendAck,
+    SendDivergence,
+    SendHello,
+    SetRole,
+    StepDown,
+    StoreBatch,
+    Truncate,
+    WakeSenders,
+)
+from replica.protocol.in_sync import InSyncSet
+from replica.protocol.inputs import (
+    Appended,
+    BatchReceived,
+    BatchStored,
+    DivergenceReceived,
+    EpochStartAppended,
+    EpochStartFailed,
+    HeartbeatReceived,
+    Input,
+    PeerView,
+    ProbeReceived,
+    ProbesAnswered,
+    ReplicationStreamEnded,
+    SecondaryAcked,
+    SecondaryDisconnected,
+    SecondaryHello,
+    SendWanted,
+    StoreFailed,
+    Tick,
+    VoteReplied,
+    VoteRequested,
+)
+from replica.protocol.roles import Role
+from replica.protocol.rules import LogPosition
+
+
+@dataclass(slots=True)
+class Following:
+    """A secondary's side: whom it follows, its stream, and what it knows of its membership."""
+
+    target: tuple[int, int] | None = None  # (primary index, epoch) to follow
+    stream_id: int | None = None  # the stream the core currently wants
+    stream_primary: int | None = None
+    streaming: bool = False  # past the divergence exchange of the current stream
+    in_sync: bool = False  # the primary said so in its last message
+    committed_seq: int = 0  # the primary's commit point, as last heard
+    stored: LogPosition | None = None  # the log's end as of the last store or exchange
+    last_contact: float = float("-inf")  # when the primary was last heard on a stream
+    processing_since: float | None = None  # storing or truncating since
+    stream_lost_at: float | None = None  # when the last stream ended (None while streaming)
+    stream_opened_at: float = float("-inf")  # when the last stream was opened
+
+
+@dataclass(slots=True)
+class Election:
+    epoch: int
+    position: LogPosition
+    voters: tuple[int, ...]
+    waiting: set[int] = field(default_factory=set)
+    started_at: float = 0.0
+
+
+class ReplicaCore:
+    def __init__(self, config: ProtocolConfig, current_epoch: int, now: float) -> None:
+        self.config = config
+        self.current_epoch = current_epoch  # durable (as far as the effects were carried out)
+        self.role = Role.CANDIDATE
+        self.primary_index: int | None = None
+        self.following = Following()
+        self.in_sync_set: InSyncSet | None = None  # while primary (or about to be)
+        self.election: Election | None = None
+        self.started_at = now
+        self._last_input_at = now
+        self._next_stream_id = 0
+        self._announced: tuple[Role, int, int | None] | None = None
+        self._published = 0  # version of the last SetRole / CommitStalled
+        self._last_election_view: object = None
+        self._out: list[Effect] = []
+        self._handlers: dict[type[Any], Callable[[Any, float], None]] = {
+            Tick: self._tick,
+            ProbesAnswered: self._probes_answered,
+            ProbeReceived: self._probe_received,
+            VoteRequested: self._vote_requested,
+            VoteReplied: self._vote_replied,
+            EpochStartAppended: self._epoch_start_appended,
+            EpochStartFailed: self._epoch_start_failed,
+            Appended: self._appended,
+            DivergenceReceived: self._divergence_received,
+            BatchReceived: self._batch_received,
+            BatchStored: self._batch_stored,
+            StoreFailed: self._store_failed,
+            HeartbeatReceived: self._heartbeat_received,
+            ReplicationStreamEnded: self._replication_stream_ended,
+            SecondaryHello: self._secondary_hello,
+            SecondaryAcked: self._secondary_acked,
+            SendWanted: self._send_wanted,
+            SecondaryDisconnected: self._secondary_disconnected,
+        }
+
+    # -- the one entry point -------------------------------------------------------------
+
+    def step(self, now: float, event: Input) -> list[Effect]:
+        """Advance the state machine by one input observed at monotonic time `now`."""
+        out: list[Effect] = []
+        self._out = out
+        self._observe_time(now)
+        self._expire_vouch(now)
+        self._handlers[type(event)](event, now)
+        self._announce_role()
+        self._out = []
+        return out
+
+    # -- views (read-only) -----------------------------------------------------------------
+
+    def trusted(self, now: float) -> bool:
+        """Holds every event the latest primary acknowledged: in its in-sync set and knows it,
+        and up and listening since (see rules.electable). A secondary stuck storing a batch
+        for half the in-sync timeout may have been dropped without hearing of it."""
+        f = self.following
+        if self.role is Role.PRIMARY or self.in_sync_set is not None:
+            return False
+        lost_for = None if f.streaming or f.stream_lost_at is None else now - f.stream_lost_at
+        busy_for = None if f.processing_since is None else now - f.processing_since
+        return rules.vouches(f.in_sync, lost_for, busy_for, self.config.vouch_window)
+
+    def following_live_primary(self, now: float) -> bool:
+        f = self.following
+        return f.streaming and now - f.last_contact < self.config.peer_timeout
+
+    def status(self, now: float) -> ReplicaStatus:
+        iss = self.in_sync_set
+        primary = self.role is Role.PRIMARY
+        return ReplicaStatus(
+            index=self.config.index,
+            role=self.role,
+            epoch=self.current_epoch,
+            primary_index=self.primary_index,
+            in_sync=primary or self.following.in_sync,
+            trusted=self.trusted(now),
+            following_live_primary=self.following_live_primary(now),
+            secondaries=iss.statuses() if primary and iss is not None else (),
+            last_seq=iss.last_seq if iss is not None else 0,
+        )
+
+    def write_refusal(self) -> str | None:
+        """Why a client write must be refused now (too few in sync), if it must. Whether this
+        replica is primary at all is told by SetRole."""
+        iss = self.in_sync_set
+        if iss is None or self.role is not Role.PRIMARY:
+            return "this replica is not the primary"
+        return iss.refusal()
+
+    @property
+    def commit_point(self) -> int | None:
+        """A primary's commit point (None when not primary)."""
+        iss = self.in_sync_set
+        return iss.commit_point if iss is not None and self.role is Role.PRIMARY else None
+
+    # -- time ------------------------------------------------------------------------------
+
+    def _observe_time(self, now: float) -> None:
+        gap = now - self._last_input_at
+        if now > self._last_input_at:
+            self._last_input_at = now
+        if gap > self.config.pause_threshold:
+            self._woke_from_pause(gap, now)
+
+    def _woke_from_pause(self, gap: float, now: float) -> None:
+        """No input for `gap` seconds: this process was not running (SIGSTOP, a stall of the
+        whole process), and the others may have moved on meanwhile."""
+        self._out.append(LogNote("warning", f"was paused for {gap:.2f}s"))
+        self.following.in_sync = False
+        iss = self.in_sync_set
+        if iss is None:
+            return
+        iss.woke(now)
+        if gap > self.config.peer_timeout:
+            # Long enough for the others to have elected a new primary, which this one
+            # cannot rule out when it cannot reach them: acknowledging anything more
+            # could contradict what the new primary acknowledged.
+            self._step_down(f"paused for {gap:.2f}s, the others may have elected")
+
+    def _expire_vouch(self, now: float) -> None:
+        f = self.following
+        if f.in_sync and not f.streaming and not self.trusted(now):
+            # For good: only the primary, over a new stream, can tell it it is in sync again.
+            f.in_sync = False
+
+    # -- epochs and roles ------------------------------------------------------------------
+
+    def _observe_epoch(self, epoch: int) -> None:
+        """Durably record a newer epoch; a primary that sees one steps down."""
+        if epoch <= self.current_epoch:
+            return
+        self.current_epoch = epoch
+        self._out.append(PersistEpoch(epoch))
+        if self.election is not None and self.election.epoch < epoch:
+            self.election = None
+        if self.in_sync_set is not None:
+            self._step_down(f"a newer epoch {epoch} exists")
+
+    def _step_down(self, reason: str) -> None:
+        if self.in_sync_set is None:
+            return
+        self.in_sync_set = None
+        self.role = Role.SECONDARY
+        self.primary_index = None
+        self._out.append(StepDown(reason))
+        self._out.append(WakeSenders())
+
+    def _announce_role(self) -> None:
+        state = (self.role, self.current_epoch, self.primary_index)
+        if state != self._announced:
+            self._announced = state
+            self._out.append(SetRole(*state, self._next_version()))
+
+    def _next_version(self) -> int:
+        self._published += 1
+        return self._published
+
+    # -- following -------------------------------------------------------------------------
+
+    def _set_target(self, primary: int, epoch: int) -> None:
+        self._observe_epoch(epoch)
+        self._step_down(f"replica {primary} is primary of epoch {epoch}")
+        self.election = None
+        if self.following.target != (primary, epoch):
+            self._out.append(LogNote("info", f"following replica {primary} (epoch {epoch})"))
+            self.following.target = (primary, epoch)
+            self._open_stream()
+        self.role = Role.SECONDARY
+        self.primary_index = primary
+
+    def _open_stream(self) -> None:
+        f = self.following
+        assert f.target is not None
+        self._end_stream()
+        self._next_stream_id += 1
+        f.stream_id = self._next_stream_id
+        f.stream_primary = f.target[0]
+        f.stream_opened_at = self._last_input_at
+        self._out.append(OpenStream(f.stream_id, f.target[0], self.current_epoch))
+
+    def _end_stream(self, reason: str = "") -> None:
+        f = self.following
+        if f.stream_id is not None:
+            self._out.append(CancelStream(f.stream_id, reason))
+            self._stream_lost(self._last_input_at)  # the time of the input being handled
+
+    def _stream_lost(self, now: float) -> None:
+        f = self.following
+        if f.streaming or f.stream_lost_at is None:
+            f.stream_lost_at = now
+        f.streaming = False
+        f.stream_id = None
+        f.stream_primary = None
+        f.processing_since = None
+
+    def _forget_target(self) -> None:
+        self.following.target = None
+        self._end_stream()
+
+    def _on_current_stream(self, stream_id: int) -> bool:
+        if stream_id == self.following.stream_id:
+            return True
+        self._out.append(CancelStream(stream_id, "no longer wanted"))
+        return False
+
+    def _accept_primary_epoch(self, stream_id: int, primary_epoch: int) -> bool:
+        """Fencing: a stream from a primary of an older epoch than this replica has seen is
+        refused (that primary was deposed)."""
+        if primary_epoch >= self.current_epoch:
+            self._observe_epoch(primary_epoch)
+            return True
+        f = self.following
+        primary = f.stream_primary
+        self._out.append(
+            LogNote(
+                "info",
+                f"primary {primary} is at epoch {primary_epoch}, older than "
+                f"{self.current_epoch}: stream refused",
+            )
+        )
+        if f.target is not None and f.target[0] == primary:
+            f.target = None
+        self._end_stream("older epoch")
+        return False
+
+    # -- inputs: the cluster ---------------------------------------------------------------
+
+    def _tick(self, _event: Tick, now: float) -> None:
+        self._out.append(ProbeAll(self.current_epoch, self.role is Role.PRIMARY))
+        f = self.following
+        if (
+            f.target is not None
+            and f.stream_id is None
+            and self.in_sync_set is None
+            and self.election is None
+            # A primary that refuses at once is retried once a heartbeat interval, no faster.
+            and now - f.stream_opened_at >= self.config.heartbeat_interval
+        ):
+            self._open_stream()
+        e = self.election
+        if e is not None and now - e.started_at > 2 * self.config.peer_timeout:
+            # Every vote call has a deadline of peer_timeout: an answer that never came means
+            # the shell lost it. Give up; a later round may elect.
+            self.election = None
+
+    def _probes_answered(self, event: ProbesAnswered, now: float) -> None:
+        live = [o.view for o in event.outcomes if o.view is not None]
+        newest = max((v.epoch for v in live), default=0)
+        iss = self.in_sync_set
+        if iss is not None:
+            if newest > self.current_epoch:
+                self._observe_epoch(newest)
+            elif self.role is Role.PRIMARY:
+                iss.evaluate(now, {o.index for o in event.outcomes if o.process_gone}, self._out)
+            return  # (or waiting for its epoch_started event to be durable)
+        primaries = [v for v in live if v.role is Role.PRIMARY and v.epoch >= self.current_epoch]
+        if primaries:
+            best = max(primaries, key=lambda v: v.epoch)
+            self._set_target(best.index, best.epoch)
+            # Not streaming from it yet: the vouch ends with the stream anyway (`trusted`).
+            return
+        if self.following_live_primary(now) or self.election is not None:
+            return
+        f = self.following
+        quiet_since = max(f.last_contact, self.started_at)
+        # A primary whose stream broke and that refuses connections is gone (a killed process
+        # closes its sockets at once); only a silent one needs the full timeout.
+        target_gone = f.target is not None and any(
+            o.index == f.target[0] and o.refused for o in event.outcomes
+        )
+        quiet = now - quiet_since < self.config.peer_timeout
+        if f.target is not None and not target_gone and quiet:
+            return
+        if any(v.following_live_primary for v in live):
+            return  # someone still hears a primary; we will learn of it
+        self._elect(live, event.own_position, now)
+
+    def _elect(self, live: list[PeerView], own_position: LogPosition, now: float) -> None:
+        self._forget_target()
+        mine = rules.CandidateView(
+            self.config.index, own_position, self.current_epoch, self.trusted(now)
+        )
+        electorate = [mine] + [
+            rules.CandidateView(v.index, v.position, v.epoch, v.trusted)
+            for v in live
+            if v.role is not Role.PRIMARY
+        ]
+        choice = rules.choose_primary(electorate, self.config.cluster_size)
+        self.role = Role.CANDIDATE
+        self.primary_index = None
+        self._note_electorate(electorate, choice)
+        if choice != self.config.index:
+            return
+        if len(electorate) < rules.votes_needed(self.config.min_insync):
+            return
+        epoch = rules.next_epoch(
+            max(c.epoch for c in electorate), self.config.slot, self.config.cluster_size
+        )
+        self._observe_epoch(epoch)
+        voters = tuple(c.index for c in electorate if c.index != self.config.index)
+        self.election = Election(epoch, own_position, voters, set(voters), now)
+        if voters:
+            self._out.append(RequestVotes(epoch, own_position, voters))
+        else:
+            self._become_primary(now)
+
+    def _note_electorate(self, electorate: list[rules.CandidateView], choice: int | None) -> None:
+        summary = (
+            tuple((c.index, c.position.epoch, c.position.seq, c.trusted) for c in electorate),
+            choice,
+        )
+        if summary == self._last_election_view:
+            return
+        self._last_election_view = summary
+        members = ", ".join(
+            f"{c.index}@{c.position.epoch}.{c.position.seq}{'*' if c.trusted else ''}"
+            for c in electorate
+        )
+        outcome = (
+            "none yet (waiting for a replica that was in sync, or for all replicas)"
+            if choice is None
+            else f"replica {choice}"
+        )
+        self._out.append(LogNote("info", f"no live primary; electorate {members} -> {outcome}"))
+
+    def _probe_received(self, event: ProbeReceived, now: float) -> None:
+        if (
+            event.from_primary
+            and event.from_epoch >= self.current_epoch
+            and self.role is not Role.PRIMARY
+            and self.following.target != (event.from_index, event.from_epoch)
+            and event.from_index in self.config.peers
+        ):
+            # A new primary announces itself: follow it now rather than at our next probe.
+            self._set_target(event.from_index, event.from_epoch)
+        self._announce_role()
+        self._out.append(ReplyProbe(self.status(now)))
+
+    def _vote_requested(self, event: VoteRequested, now: float) -> None:
+        def refuse(reason: str) -> None:
+            self._out.append(ReplyVote(False, self.current_epoch, reason))
+
+        if event.epoch <= self.current_epoch:
+            return refuse(f"epoch {event.epoch} is not newer than {self.current_epoch}")
+        if self.in_sync_set is not None:
+            return refuse("I am the primary and alive")
+        if self.following_live_primary(now):
+            return refuse(f"I follow a live primary (replica {self.following.stream_primary})")
+        mine = event.own_position
+        if rules.less_up_to_date(event.position, mine):
+            return refuse(f"my log ({mine.epoch}, {mine.seq}) is more up to date")
+        # A voter keeps vouching for its log: the new primary counts it in its in-sync set
+        # from the start, so acknowledges nothing without it. The vote is the epoch, recorded
+        # durably before the reply (an epoch names one candidate).
+        self._observe_epoch(event.epoch)
+        self._end_stream("voted in a newer epoch")
+        self._out.append(
+            LogNote("info", f"voted for replica {event.candidate} in epoch {event.epoch}")
+        )
+        self._out.append(ReplyVote(True, event.epoch))
+
+    def _vote_replied(self, event: VoteReplied, now: float) -> None:
+        e = self.election
+        if e is None or e.epoch != event.epoch:
+            return
+        if event.granted:
+            e.waiting.discard(event.voter)
+            if not e.waiting:
+                self._become_primary(now)
+            return
+        self.election = None
+        self._out.append(
+            LogNote(
+                "info",
+                f"election for epoch {e.epoch} failed: replica {event.voter}: {event.reason}",
+            )
+        )
+        self._observe_epoch(event.voter_epoch)
+
+    def _become_primary(self, now: float) -> None:
+        e = self.election
+        self.election = None
+        if e is None or self.current_epoch != e.epoch or self.in_sync_set is not None:
+            return  # a newer epoch appeared while votes were collected
+        self._forget_target()
+        f = self.following
+        f.in_sync = False
+        point = min(f.committed_seq, e.position.seq)
+        self._out.append(ResetCommit(point))
+        self.in_sync_set = InSyncSet(
+            self.config, e.epoch, e.position.seq, point, e.voters, now, self._next_version
+        )
+        # The new epoch starts durably, in the log, before any client write: committing
+        # this event also commits every earlier event the new primary holds. Until then the
+        # role stays candidate, so nothing else is written in this epoch.
+        self._out.append(AppendEpochStarted(e.epoch))
+
+    def _epoch_start_appended(self, event: EpochStartAppended, now: float) -> None:
+        iss = self.in_sync_set
+        if iss is None or self.role is Role.PRIMARY or iss.epoch != self.current_epoch:
+            return
+        self.role = Role.PRIMARY
+        self.primary_index = self.config.index
+        iss.started(event.position.seq, now, self._out)
+        self._out.append(
+            LogNote("info", f"primary for epoch {iss.epoch} (epoch started at seq {iss.last_seq})")
+        )
+        self._announce_role()
+        self._out.append(ProbeAll(self.current_epoch, True, announce=True))
+
+    def _epoch_start_failed(self, event: EpochStartFailed, now: float) -> None:
+        if self.in_sync_set is None or self.role is Role.PRIMARY:
+            return
+        self.in_sync_set = None
+        self._out.append(WakeSenders())
+        self._out.append(
+            LogNote("warning", f"could not start epoch {self.current_epoch}: {event.reason}")
+        )
+
+    def _appended(self, event: Appended, now: float) -> None:
+        iss = self.in_sync_set
+        if iss is not None and self.role is Role.PRIMARY:
+            iss.appended(event.last_seq, now, self._out)
+
+    # -- inputs: a secondary's stream ------------------------------------------------------
+
+    def _divergence_received(self, event: DivergenceReceived, now: float) -> None:
+        if not self._on_current_stream(event.stream_id):
+            return
+        if not self._accept_primary_epoch(event.stream_id, event.primary_epoch):
+            return
+        f = self.following
+        f.last_contact = now
+        cut = rules.truncation_point(
+            event.own_last, event.primary_end, event.own_end_for_primary_epoch
+        )
+        if cut < event.own_last.seq:
+            f.processing_since = now
+            self._out.append(Truncate(cut))
+            self._out.append(SendHello(event.stream_id, self.current_epoch))
+            return
+        f.processing_since = None
+        f.streaming = True
+        f.stream_lost_at = None
+        f.stored = event.own_last
+        self._out.append(SendAck(event.stream_id, event.own_last, f.in_sync))
+
+    def _batch_received(self, event: BatchReceived, now: float) -> None:
+        if not self._on_current_stream(event.stream_id):
+            return
+        if not self._accept_primary_epoch(event.stream_id, event.primary_epoch):
+            return
+        self.following.processing_since = now
+        self._out.append(StoreBatch(event.stream_id))
+
+    def _batch_stored(self, event: BatchStored, now: float) -> None:
+        f = self.following
+        if event.stream_id != f.stream_id:
+            return  # stored, but its stream is gone: no ack
+        f.processing_since = None
+        f.last_contact = now
+        f.in_sync = event.in_sync
+        f.committed_seq = event.committed_seq
+        f.stored = event.position
+        self._out.append(SendAck(event.stream_id, event.position, event.in_sync))
+        self._out.append(SecondaryCommitted(min(event.committed_seq, event.position.seq)))
+
+    def _store_failed(self, event: StoreFailed, now: float) -> None:
+        if event.stream_id == self.following.stream_id:
+            self._end_stream(f"storing failed: {event.reason}")
+
+    def _heartbeat_received(self, event: HeartbeatReceived, now: float) -> None:
+        if not self._on_current_stream(event.stream_id):
+            return
+        if not self._accept_primary_epoch(event.stream_id, event.primary_epoch):
+            return
+        f = self.following
+        if f.stored is None or not f.streaming:
+            return
+        f.last_contact = now
+        f.in_sync = event.in_sync
+        f.committed_seq = event.committed_seq
+        # Acked too: it tells the primary this replica is alive and what it believes about
+        # its membership (the primary removes a member only once it knows).
+        self._out.append(SendAck(event.stream_id, f.stored, event.in_sync))
+        self._out.append(SecondaryCommitted(min(event.committed_seq, f.stored.seq)))
+
+    def _replication_stream_ended(self, event: ReplicationStreamEnded, now: float) -> None:
+        if event.stream_id == self.following.stream_id:
+            self._stream_lost(now)
+
+    # -- inputs: a primary's streams -------------------------------------------------------
+
+    def _secondary_hello(self, event: SecondaryHello, now: float) -> None:
+        if event.secondary_epoch > self.current_epoch:
+            self._observe_epoch(event.secondary_epoch)
+            self._out.append(RefuseStream(event.secondary, "a newer epoch exists; stepping down"))
+            return
+        iss = self.in_sync_set
+        if iss is None or iss.epoch != self.current_epoch:
+            self._out.append(RefuseStream(event.secondary, "this replica is not the primary"))
+            return
+        stream_id = event.stream_id
+        if stream_id is None:
+            self._next_stream_id += 1
+            stream_id = self._next_stream_id
+        iss.hello(event.secondary, stream_id)
+        self._out.append(SendDivergence(event.secondary, stream_id, iss.epoch))
+
+    def _secondary_acked(self, event: SecondaryAcked, now: float) -> None:
+        iss = self.in_sync_set
+        if iss is not None:
+            iss.acked(
+                event.secondary, event.stream_id, event.seq, event.knows_in_sync, now, self._out
+            )
+
+    def _send_wanted(self, event: SendWanted, now: float) -> None:
+        iss = self.in_sync_set
+        if iss is None or iss.epoch != self.current_epoch:
+            self._out.append(EndStream(event.secondary, event.stream_id, "no longer primary"))
+            return
+        iss.next_send(event.secondary, event.stream_id, now, self._out)
+
+    def _secondary_disconnected(self, event: SecondaryDisconnected, now: float) -> None:
+        iss = self.in_sync_set
+        if iss is not None:
+            iss.disconnected(event.secondary, event.stream_id, now)

@@ -1,0 +1,282 @@
+"""What the core decides, as plain values: its effects, carried out by the shell in order.
+
+The order is part of the decision: a durable effect (PersistEpoch, Truncate, StoreBatch,
+AppendEpochStarted) comes before every message that depends on it, and the shell carries out
+an effect only once the ones before it are done."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replica.protocol.roles import Role
+from replica.protocol.rules import LogPosition
+
+# -- durable ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PersistEpoch:
+    """Record durably that `epoch` has been seen (granting a vote in it is seeing it: an epoch
+    names one candidate, so a replica that saw it votes in it at most once)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    """Remove every event after `after_seq` from the log and derive the projections again."""
+
+    after_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBatch:
+    """Append and apply the batch just received on `stream_id`, then report BatchStored."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEpochStarted:
+    """Append the new primary's epoch_started event, then report EpochStartAppended."""
+
+    epoch: int
+
+
+# -- this replica's state, for the rest of the process ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetRole:
+    """Show this role to the rest of the process. Effects of different steps may be carried
+    out out of order (by several threads, or a step taken while carrying out another's
+    effects): `version` grows with every SetRole, and an older one than shown is ignored."""
+
+    role: Role
+    epoch: int
+    primary_index: int | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """No longer primary: fail every pending write (the client retries elsewhere)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCommit:
+    """A new primary's commit point starts here."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdvanceCommit:
+    """The commit point moved up to `seq`: answer the writes at or below it."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStalled:
+    """Too few replicas in sync to commit anything (`reason`), or None: no longer stalled.
+    `version`: as SetRole's, for the same reason."""
+
+    reason: str | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecondaryCommitted:
+    """On a secondary: the primary reports committed what this log holds up to `seq`."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class WakeSenders:
+    """The primary's log grew, its in-sync set changed or it stepped down: the stream
+    senders waiting for something to send should ask again (SendWanted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogNote:
+    """Something an operator should see in the log; `level` is "info" or "warning"."""
+
+    level: str
+    text: str
+
+
+# -- calls and replies -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAll:
+    """Probe every peer; report the round as ProbesAnswered. `announce`: a new primary tells
+    the others at once, even if a round is still under way."""
+
+    epoch: int
+    from_primary: bool
+    announce: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """The primary's view of one secondary."""
+
+    index: int
+    connected: bool
+    in_sync: bool
+    acked_seq: int
+    lag: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """What this replica says of itself in a probe reply (the shell adds its log's position)."""
+
+    index: int
+    role: Role
+    epoch: int
+    primary_index: int | None
+    in_sync: bool
+    trusted: bool
+    following_live_primary: bool
+    secondaries: tuple[MemberStatus, ...]
+    last_seq: int  # a primary's last seq, for lag
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyProbe:
+    status: ReplicaStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVotes:
+    epoch: int
+    position: LogPosition
+    voters: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyVote:
+    granted: bool
+    epoch: int
+    reason: str = ""
+
+
+# -- a secondary's stream from its primary -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """Open a replication stream to `primary` and say Hello with `epoch` and the log's end."""
+
+    stream_id: int
+    primary: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelStream:
+    stream_id: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SendHello:
+    """Say Hello again on `stream_id` (after truncating), with the log's new end."""
+
+    stream_id: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendAck:
+    stream_id: int
+    position: LogPosition
+    in_sync: bool
+
+
+# -- a primary's stream to one secondary -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendDivergence:
+    """Answer the secondary's Hello with this log's last position among events of epoch <= the
+    Hello's last epoch, on `stream_id` (a new stream gets its id here)."""
+
+    secondary: int
+    stream_id: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseStream:
+    secondary: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendEvents:
+    """Send the events after `after_seq` up to `through_seq`."""
+
+    secondary: int
+    stream_id: int
+    epoch: int
+    after_seq: int
+    through_seq: int
+    committed_seq: int
+    in_sync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendHeartbeat:
+    secondary: int
+    stream_id: int
+    epoch: int
+    committed_seq: int
+    last_seq: int
+    in_sync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndStream:
+    """The primary ends its stream to `secondary` (it is no longer primary of that epoch)."""
+
+    secondary: int
+    stream_id: int
+    reason: str
+
+
+Effect = (
+    PersistEpoch
+    | Truncate
+    | StoreBatch
+    | AppendEpochStarted
+    | SetRole
+    | StepDown
+    | ResetCommit
+    | AdvanceCommit
+    | CommitStalled
+    | SecondaryCommitted
+    | WakeSenders
+    | LogNote
+    | ProbeAll
+    | ReplyProbe
+    | RequestVotes
+    | ReplyVote
+    | OpenStream
+    | CancelStream
+    | SendHello
+    | SendAck
+    | SendDivergence
+    | RefuseStream
+    | SendEvents
+    | SendHeartbeat
+    | EndStream
+)
+
+DURABLE = (PersistEpoch, Truncate, StoreBatch, AppendEpochStarted)

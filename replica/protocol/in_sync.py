@@ -1,0 +1,293 @@
+"""The primary's view of its secondaries: the in-sync set, each one's acked position, what
+each stream has been sent and told, and the commit point (Kafka acks=all).
+
+A secondary may vouch in an election for holding every acknowledged event only while it is in
+the set and knows it; so the set never shrinks behind a member's back: a connected member is
+told first and removed when it confirms, and an unreachable one is removed only after
+`insync_timeout`, while it stops vouching after half of that (ReplicaCore.trusted)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+
+from replica.protocol import rules
+from replica.protocol.config import ProtocolConfig
+from replica.protocol.effects import (
+    AdvanceCommit,
+    CommitStalled,
+    Effect,
+    EndStream,
+    LogNote,
+    MemberStatus,
+    SendEvents,
+    SendHeartbeat,
+    WakeSenders,
+)
+
+
+@dataclass(slots=True)
+class ServedStream:
+    stream_id: int
+    connected: bool = False  # past its divergence exchange: its acks count
+    acked_seq: int = 0
+    sent_seq: int = 0
+    # Ends of batches (or heartbeats) sent when they reached the end of the log: an ack of
+    # one shows the secondary was caught up as of sending (under steady writes it is never
+    # level with the log's end itself).
+    tips: set[int] = field(default_factory=set)
+    told_in_sync: bool | None = None
+    last_sent_at: float = float("-inf")
+
+
+@dataclass(slots=True)
+class Member:
+    index: int
+    stream: ServedStream | None = None
+    acked_seq: int = 0
+    # Counts for the commit point. A member leaves in two steps: it is told (`leaving_since`),
+    # and it is removed once it acks that it knows, or once it has been unreachable too long.
+    in_sync: bool = False
+    leaving_since: float | None = None
+    behind_since: float | None = None
+    disconnected_at: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.stream is not None and self.stream.connected
+
+    @property
+    def told_in_sync(self) -> bool:
+        """What the member is told: in the set and not on its way out."""
+        return self.in_sync and self.leaving_since is None
+
+
+class InSyncSet:
+    def __init__(
+        self,
+        config: ProtocolConfig,
+        epoch: int,
+        last_seq: int,
+        commit_point: int,
+        voters: Iterable[int],
+        now: float,
+        versions: Callable[[], int],
+    ) -> None:
+        """Lead `epoch`. The replicas that voted start in the in-sync set: they keep vouching
+        for their logs through the election, so nothing is acknowledged without them until
+        they catch up or are removed."""
+        self._config = config
+        self._versions = versions  # the core's counter of published state (CommitStalled)
+        self.epoch = epoch
+        self.last_seq = last_seq
+        self.commit_point = commit_point
+        # Where this primary's epoch_started event is, once durable. Nothing is committed
+        # before it is: acks of an older epoch's events alone do not make them safe (a replica
+        # whose last event is of an epoch between theirs and this one may still win an
+        # election without them -- Raft's "figure 8"); committing this event commits them.
+        self.epoch_start_seq: int | None = None
+        self.stalled: str | None = None
+        self.awake_since = now
+        self.members: dict[int, Member] = {
+            v: Member(v, in_sync=True, behind_since=now, disconnected_at=now) for v in voters
+        }
+        self._pending_streams: dict[int, int] = {}  # stream id -> secondary, before its 1st ack
+
+    # -- the log and the commit point ------------------------------------------------------
+
+    def started(self, seq: int, now: float, out: list[Effect]) -> None:
+        """This primary's epoch_started event is durable at `seq`."""
+        self.epoch_start_seq = seq
+        self.appended(seq, now, out)
+
+    def appended(self, last_seq: int, now: float, out: list[Effect]) -> None:
+        if last_seq <= self.last_seq:
+            return
+        self.last_seq = last_seq
+        for m in self.members.values():
+            if m.acked_seq < last_seq and m.behind_since is None:
+                m.behind_since = now
+        out.append(WakeSenders())
+        self.advance_commit(out)
+
+    def in_sync_count(self) -> int:
+        return sum(1 for m in self.members.values() if m.in_sync)
+
+    def refusal(self) -> str | None:
+        """Why a client write must be refused now, if it must."""
+        count = self.in_sync_count()
+        if rules.enough_in_sync(count, self._config.min_insync):
+            return None
+        return (
+            f"only {count + 1} replica(s) in sync, fewer than min_insync="
+            f"{self._config.min_insync}; writes are refused until a secondary catches up"
+        )
+
+    def advance_commit(self, out: list[Effect]) -> None:
+        acked = [m.acked_seq for m in self.members.values() if m.in_sync]
+        if not rules.enough_in_sync(len(acked), self._config.min_insync):
+            reason = (
+                f"only {len(acked) + 1} replica(s) in sync, fewer than min_insync="
+                f"{self._config.min_insync}: not acknowledged yet; retry with the same "
+                "request_id once a secondary has caught up"
+            )
+            if reason != self.stalled:
+                self.stalled = reason
+                out.append(CommitStalled(reason, self._versions()))
+            return
+        if self.stalled is not None:
+            self.stalled = None
+            out.append(CommitStalled(None, self._versions()))
+        point = rules.commit_point(self.last_seq, acked)
+        if self.epoch_start_seq is None or point < self.epoch_start_seq:
+            return
+        if point > self.commit_point:
+            self.commit_point = point
+            out.append(AdvanceCommit(point))
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def hello(self, secondary: int, stream_id: int) -> None:
+        self._pending_streams[stream_id] = secondary
+
+    def acked(
+        self,
+        secondary: int,
+        stream_id: int,
+        seq: int,
+        knows_in_sync: bool,
+        now: float,
+        out: list[Effect],
+    ) -> None:
+        m = self.members.get(secondary)
+        if self._pending_streams.get(stream_id) == secondary:
+            # Its first ack: the divergence exchange is over and the stream starts at `seq`.
+            del self._pending_streams[stream_id]
+            if m is None:
+                m = self.members[secondary] = Member(secondary)
+            m.stream = ServedStream(stream_id, connected=True, acked_seq=seq, sent_seq=seq)
+            m.disconnected_at = None
+            was_tip = False
+        elif m is None or m.stream is None or m.stream.stream_id != stream_id:
+            return  # an old stream's
+        else:
+            stream = m.stream
+            stream.acked_seq = max(stream.acked_seq, seq)
+            was_tip = seq in stream.tips
+            stream.tips = {t for t in stream.tips if t > seq}
+        m.acked_seq = max(m.acked_seq, seq)
+        caught_up = m.acked_seq >= self.last_seq or was_tip
+        if caught_up:
+            m.behind_since = None
+        elif m.behind_since is None:
+            m.behind_since = now
+        if m.leaving_since is not None and not knows_in_sync:
+            self._remove(m, "behind for too long", out)
+        elif caught_up and m.leaving_since is not None:
+            m.leaving_since = None  # caught up before it left: it stays
+            out.append(WakeSenders())
+        elif caught_up and not m.in_sync:
+            m.in_sync = True
+            out.append(WakeSenders())
+            out.append(LogNote("info", f"replica {secondary} joined the in-sync set at seq {seq}"))
+        self.advance_commit(out)
+
+    def disconnected(self, secondary: int, stream_id: int, now: float) -> None:
+        self._pending_streams.pop(stream_id, None)
+        m = self.members.get(secondary)
+        if m is None or m.stream is None or m.stream.stream_id != stream_id:
+            return
+        m.stream = None
+        m.disconnected_at = now
+        # It leaves the in-sync set at a later evaluation, which first checks that this
+        # process was not paused (a paused primary must step down instead).
+
+    def next_send(self, secondary: int, stream_id: int, now: float, out: list[Effect]) -> None:
+        """What the stream to `secondary` sends next: the events it lacks, a heartbeat when
+        idle or when its membership changed, or nothing yet."""
+        m = self.members.get(secondary)
+        if m is None or m.stream is None or m.stream.stream_id != stream_id:
+            out.append(EndStream(secondary, stream_id, "the stream was replaced"))
+            return
+        stream = m.stream
+        in_sync = m.told_in_sync
+        config = self._config
+        in_flight = stream.sent_seq - stream.acked_seq
+        if stream.sent_seq < self.last_seq and in_flight < config.max_in_flight:
+            after = stream.sent_seq
+            through = min(self.last_seq, after + config.batch_events)
+            stream.sent_seq = through
+            stream.last_sent_at = now
+            stream.told_in_sync = in_sync
+            if through >= self.last_seq:
+                stream.tips.add(through)
+            out.append(
+                SendEvents(
+                    secondary, stream_id, self.epoch, after, through, self.commit_point, in_sync
+                )
+            )
+            return
+        # A secondary learns at once that it joined or left the in-sync set: until it
+        # knows, it cannot vouch for holding every acknowledged event in an election.
+        if now - stream.last_sent_at >= config.heartbeat_interval or in_sync != stream.told_in_sync:
+            stream.last_sent_at = now
+            stream.told_in_sync = in_sync
+            if stream.sent_seq >= self.last_seq:
+                stream.tips.add(stream.sent_seq)  # its ack then shows it holds the whole log
+            out.append(
+                SendHeartbeat(
+                    secondary, stream_id, self.epoch, self.commit_point, self.last_seq, in_sync
+                )
+            )
+
+    # -- removing members ------------------------------------------------------------------
+
+    def woke(self, now: float) -> None:
+        """The process was not running for a while: restart the awake window."""
+        self.awake_since = now
+
+    def evaluate(self, now: float, gone: Collection[int], out: list[Effect]) -> None:
+        """Start or finish removing members that left or fell behind for too long. `gone`:
+        members whose host refused a connection just now (no process listens)."""
+        timeout = self._config.insync_timeout
+        if now - self.awake_since < self._config.awake_window:
+            return
+        for m in self.members.values():
+            if not m.in_sync:
+                continue
+            if m.index in gone and not m.connected:
+                # A dead process vouches for nothing, and a restarted one starts out of sync:
+                # waiting out the timeout would only stall every write for it.
+                self._remove(m, "its process is gone: connection refused", out)
+            elif m.disconnected_at is not None and now - m.disconnected_at > timeout:
+                self._remove(m, f"unreachable for more than {timeout:.1f}s", out)
+            elif m.leaving_since is not None and now - m.leaving_since > timeout:
+                self._remove(m, "did not confirm leaving", out)
+            elif (
+                m.leaving_since is None
+                and m.behind_since is not None
+                and now - m.behind_since > timeout
+            ):
+                m.leaving_since = now  # told now; removed when it confirms
+                out.append(WakeSenders())
+        self.advance_commit(out)
+
+    def _remove(self, m: Member, reason: str, out: list[Effect]) -> None:
+        m.in_sync = False
+        m.leaving_since = None
+        out.append(WakeSenders())
+        out.append(LogNote("warning", f"replica {m.index} left the in-sync set ({reason})"))
+
+    # -- views -----------------------------------------------------------------------------
+
+    def told_in_sync(self, secondary: int) -> bool:
+        m = self.members.get(secondary)
+        return m is not None and m.told_in_sync
+
+    def statuses(self) -> tuple[MemberStatus, ...]:
+        return tuple(
+            MemberStatus(
+                m.index, m.connected, m.in_sync, m.acked_seq, max(0, self.last_seq - m.acked_seq)
+            )
+            for m in self.members.values()
+        )

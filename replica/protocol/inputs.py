@@ -1,0 +1,205 @@
+"""What happens to a replica, as plain values: the core's inputs.
+
+The shell turns RPCs, stream messages, database results and its clock into these and hands
+them to `ReplicaCore.step(now, input)`. Positions are facts the shell read from its log just
+before (the core never reads storage); stream ids name one replication stream, so that what
+arrives on a stream the core has already given up is recognised and ignored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replica.protocol.roles import Role
+from replica.protocol.rules import LogPosition
+
+# -- the cluster: ticks, probes, votes -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Logical time passes (the shell ticks every heartbeat interval)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    """What a probed replica said of itself."""
+
+    index: int
+    role: Role
+    epoch: int
+    position: LogPosition
+    in_sync: bool
+    trusted: bool
+    following_live_primary: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    index: int
+    view: PeerView | None  # None: no answer
+    # No answer because the call failed at once (UNAVAILABLE), not because it timed out.
+    refused: bool = False
+    # The peer's host answered that nothing listens on its port (TCP RST): its process is gone,
+    # and with it every belief it held. A partitioned peer times out instead.
+    process_gone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProbesAnswered:
+    """A probe round (ProbeAll) finished: one outcome per peer."""
+
+    own_position: LogPosition
+    outcomes: tuple[ProbeOutcome, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReceived:
+    from_index: int
+    from_epoch: int
+    from_primary: bool  # the caller leads from_epoch
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRequested:
+    candidate: int
+    epoch: int
+    position: LogPosition  # the candidate's log
+    own_position: LogPosition
+
+
+@dataclass(frozen=True, slots=True)
+class VoteReplied:
+    """The answer to RequestVotes from one voter; granted=False with reason "unreachable" when
+    the call failed or timed out."""
+
+    voter: int
+    epoch: int  # the epoch the vote was asked for
+    granted: bool
+    voter_epoch: int = 0
+    reason: str = ""
+
+
+# -- this replica's own log -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EpochStartAppended:
+    """The new primary's epoch_started event is durable at `position`."""
+
+    position: LogPosition
+
+
+@dataclass(frozen=True, slots=True)
+class EpochStartFailed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Client writes are durable in the primary's log up to `last_seq`."""
+
+    last_seq: int
+
+
+# -- a secondary's stream from its primary -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DivergenceReceived:
+    stream_id: int
+    primary_epoch: int
+    primary_end: LogPosition  # the primary's last position with epoch <= our last epoch
+    own_last: LogPosition
+    own_end_for_primary_epoch: LogPosition  # ours with epoch <= primary_end.epoch
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReceived:
+    stream_id: int
+    primary_epoch: int
+    batch_end: LogPosition
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStored:
+    stream_id: int
+    position: LogPosition  # the log's end after storing
+    committed_seq: int
+    in_sync: bool  # what the batch said
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFailed:
+    stream_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived:
+    stream_id: int
+    primary_epoch: int
+    committed_seq: int
+    in_sync: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationStreamEnded:
+    """The stream to the primary broke, was refused, or was cancelled."""
+
+    stream_id: int
+
+
+# -- a primary's stream to one secondary -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SecondaryHello:
+    """A secondary opened a stream (stream_id None) or said Hello again after truncating."""
+
+    secondary: int
+    stream_id: int | None
+    secondary_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecondaryAcked:
+    secondary: int
+    stream_id: int
+    seq: int
+    knows_in_sync: bool  # what the secondary believes of its membership
+
+
+@dataclass(frozen=True, slots=True)
+class SendWanted:
+    """The stream's sender is ready to send its next message."""
+
+    secondary: int
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecondaryDisconnected:
+    secondary: int
+    stream_id: int
+
+
+Input = (
+    Tick
+    | ProbesAnswered
+    | ProbeReceived
+    | VoteRequested
+    | VoteReplied
+    | EpochStartAppended
+    | EpochStartFailed
+    | Appended
+    | DivergenceReceived
+    | BatchReceived
+    | BatchStored
+    | StoreFailed
+    | HeartbeatReceived
+    | ReplicationStreamEnded
+    | SecondaryHello
+    | SecondaryAcked
+    | SendWanted
+    | SecondaryDisconnected
+)

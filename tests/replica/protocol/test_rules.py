@@ -1,0 +1,81 @@
+"""The protocol's leaf rules (replica/protocol/rules.py), each on its own."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventlog import Position
+from replica.protocol import rules as protocol
+
+N = 3
+
+
+def _end_for_epoch(log: list[int], epoch: int) -> Position:
+    """A log of epochs (seq = position + 1): its last position with epoch <= `epoch`."""
+    for seq in range(len(log), 0, -1):
+        if log[seq - 1] <= epoch:
+            return Position(log[seq - 1], seq)
+    return Position(0, 0)
+
+
+@st.composite
+def diverged_logs(draw: st.DrawFn) -> tuple[list[int], list[int], int]:
+    """A leader's and a follower's logs (as epochs) sharing a prefix, then diverging: past the
+    prefix no epoch appears in both (an epoch names one primary, whose entries agree)."""
+    epochs = st.lists(st.integers(1, 40), max_size=12).map(sorted)
+    prefix = draw(epochs)
+    floor = prefix[-1] if prefix else 0
+    later = st.lists(st.integers(floor + 1, floor + 40), max_size=12).map(sorted)
+    leader_tail = draw(later)
+    follower_tail = draw(later.map(lambda xs: [x for x in xs if x not in leader_tail]))
+    if leader_tail and follower_tail and leader_tail[0] == follower_tail[0]:
+        follower_tail = []
+    return prefix + leader_tail, prefix + follower_tail, len(prefix)
+
+
+@settings(max_examples=500, deadline=None)
+@given(diverged_logs())
+def test_divergence_exchange_keeps_exactly_the_common_prefix(
+    logs: tuple[list[int], list[int], int],
+) -> None:
+    leader, follower, common = logs
+    for _ in range(len(follower) + 1):
+        own_last = Position(follower[-1], len(follower)) if follower else Position(0, 0)
+        leader_end = _end_for_epoch(leader, own_last.epoch)
+        cut = protocol.truncation_point(
+            own_last, leader_end, _end_for_epoch(follower, leader_end.epoch)
+        )
+        if cut >= len(follower):
+            break
+        del follower[cut:]
+    assert follower == leader[: len(follower)], "the follower kept a divergent entry"
+    assert len(follower) >= common, "the follower cut into the prefix it shares with the leader"
+
+
+@given(st.integers(0, 10**6), st.integers(0, 10**6))
+def test_candidates_never_share_an_epoch(known_a: int, known_b: int) -> None:
+    """Two candidates, whatever epochs each has seen, never start the same epoch; each starts
+    one above everything it knows."""
+    a = protocol.next_epoch(known_a, 0, N)
+    b = protocol.next_epoch(known_b, 1, N)
+    assert a != b
+    assert a > known_a and b > known_b
+
+
+HALF_INSYNC = 0.5  # vouch window for insync_timeout_ms = 1000
+optional_age = st.none() | st.floats(0, 10, allow_nan=False)
+
+
+@given(optional_age, optional_age)
+def test_a_secondary_vouches_only_before_the_primary_can_have_dropped_it(
+    stream_lost_for: float | None, processing_for: float | None
+) -> None:
+    """The primary drops a member insync_timeout after its stream broke (or after it got stuck
+    storing); the member must have stopped vouching by then, whatever it can or cannot see of
+    the primary (a failing database makes a live primary look dead to it). This is what made
+    a lone secondary elect itself without events its old primary had acknowledged alone."""
+    vouches = protocol.vouches(True, stream_lost_for, processing_for, HALF_INSYNC)
+    stale = [age for age in (stream_lost_for, processing_for) if age is not None]
+    assert vouches == all(age < HALF_INSYNC for age in stale)
+    assert not protocol.vouches(False, None, None, HALF_INSYNC)

@@ -1,0 +1,954 @@
+"""A simulated world for the protocol core: replicas with durable disks, their shells'
+threads, and a network of ordered streams and calls -- around real `ReplicaCore` objects.
+
+Nothing here decides anything the protocol decides: every decision comes from the core. This
+module only does what the real shell (replica/coordinator.py, primary.py, secondary.py) and
+the environment do -- carry out effects in order, one thread at a time, with durable effects
+that may take a while; deliver, delay, lose and break messages; crash, restart and pause
+processes -- and records the plain facts the invariants need (logs, acknowledged writes).
+Where the real shell would only assume something (a replica acks only what it stored, votes
+only once the vote is durable), this module checks it at the moment the effect is carried out.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventlog import Position
+from replica.protocol import ProtocolConfig, ReplicaCore, Role
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
+
+HEARTBEAT = 0.1
+PEER_TIMEOUT = 0.6
+INSYNC_TIMEOUT = 1.0
+# min_insync = 1 is safe only on a network whose delays are far below the timeouts, with
+# threads that run (a process that does not run is paused, and notices). In that mode
+# nothing actionable may wait longer than this.
+MAX_DELAY = 0.3
+
+
+class Violation(AssertionError):
+    """An invariant of the protocol does not hold."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    epoch: int
+    request_id: str | None  # None: a new primary's epoch_started event
+
+
+@dataclass
+class Disk:
+    """What survives a crash: the log and the recorded epoch (log_state's current_epoch)."""
+
+    log: list[Entry] = field(default_factory=list)
+    epoch: int = 0
+
+    def position(self) -> Position:
+        return Position(self.log[-1].epoch, len(self.log)) if self.log else Position(0, 0)
+
+    def end_for_epoch(self, epoch: int) -> Position:
+        for seq in range(len(self.log), 0, -1):
+            if self.log[seq - 1].epoch <= epoch:
+                return Position(self.log[seq - 1].epoch, seq)
+        return Position(0, 0)
+
+    def current_epoch(self) -> int:
+        return max(self.epoch, self.log[-1].epoch if self.log else 0)
+
+
+# -- the network ------------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    sent_at: float
+    kind: str  # hello, ack (up); divergence, batch, heartbeat (down)
+    body: dict[str, Any]
+
+
+@dataclass
+class Link:
+    """One replication stream: a secondary's call to a primary."""
+
+    link_id: int
+    secondary: int
+    primary: int
+    secondary_incarnation: int
+    primary_incarnation: int
+    secondary_stream: int  # the secondary core's stream id
+    primary_stream: int | None = None  # the primary core's, once it answered the first Hello
+    acked_once: bool = False  # the primary's sender and ack reader run from the first ack
+    up: deque[Message] = field(default_factory=deque)  # to the primary
+    down: deque[Message] = field(default_factory=deque)  # to the secondary
+    broken: bool = False
+    # When each end learns that the stream ended (None: told already, or nothing to tell).
+    secondary_notice: float | None = None
+    primary_notice: float | None = None
+    last_send_wanted: float = 0.0
+
+
+@dataclass
+class Call:
+    """A probe or vote call: the request travels to the callee, the reply back."""
+
+    call_id: int
+    kind: str  # probe, vote
+    caller: int
+    callee: int
+    caller_incarnation: int
+    sent_at: float
+    request: dict[str, Any]
+    round_id: int = 0
+    reply: dict[str, Any] | None = None  # in flight back once set
+    replied_at: float = 0.0
+    handling: bool = False  # the callee's handler thread is carrying it out
+
+
+# -- replicas ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    """What a thread's effects refer to: the call it answers, the stream, the batch."""
+
+    call: Call | None = None
+    link: Link | None = None
+    batch: list[tuple[int, Entry]] | None = None
+    batch_meta: tuple[int, bool] = (0, False)  # committed_seq, in_sync of the batch
+    hello_epoch: int = 0
+
+
+@dataclass
+class Frame:
+    effects: deque[fx.Effect]
+    ctx: Ctx
+
+
+@dataclass
+class Node:
+    index: int
+    disk: Disk = field(default_factory=Disk)
+    core: ReplicaCore | None = None
+    incarnation: int = 0
+    paused: bool = False
+    # What the rest of the process sees (RoleState, CommitTracker).
+    role: tuple[Role, int, int | None] = (Role.CANDIDATE, 0, None)
+    role_version: int = 0
+    committed: int = 0
+    term_commit: int = -1  # the highest AdvanceCommit of this term
+    # Each shell thread's effects being carried out; `blocked`: waiting for its durable head.
+    stacks: dict[str, list[Frame]] = field(default_factory=dict)
+    blocked: set[str] = field(default_factory=set)
+    inbox: deque[ins.Input] = field(default_factory=deque)  # the coordinator's work queue
+    probing: bool = False
+    round_id: int = 0
+    round: dict[int, ins.ProbeOutcome] = field(default_factory=dict)
+    follow: Link | None = None
+    pending: dict[str, int] = field(default_factory=dict)  # request id -> seq awaited
+
+    @property
+    def alive(self) -> bool:
+        return self.core is not None
+
+    @property
+    def running(self) -> bool:
+        return self.core is not None and not self.paused
+
+    def idle(self, thread: str) -> bool:
+        return not self.stacks.get(thread)
+
+
+class World:
+    """N replicas, their shells and the network between them, on one logical clock."""
+
+    def __init__(
+        self,
+        n: int,
+        min_insync: int,
+        suspend: Callable[[fx.Effect], bool] = lambda effect: False,
+        batch_events: int = 2,
+    ) -> None:
+        self.n = n
+        self.batch_events = batch_events
+        self.min_insync = min_insync
+        self.bounded = min_insync == 1  # see MAX_DELAY
+        self.suspend = suspend  # whether a durable effect takes a while (drawn by the model)
+        self.now = 0.0
+        self.nodes = [Node(i) for i in range(n)]
+        self.links: list[Link] = []
+        self.calls: list[Call] = []
+        self.cut: set[tuple[int, int]] = set()  # directions a -> b that deliver nothing
+        self._ids = itertools.count(1)
+        # Plain facts for the invariants.
+        # request id -> (seq, epoch of the primary that acknowledged it)
+        self.acked: dict[str, tuple[int, int]] = {}
+        self.acked_at_seq: dict[int, str] = {}
+        self.primary_of_epoch: dict[int, int] = {}
+        self.next_request = 0
+        for node in self.nodes:
+            self.restart(node.index)
+
+    # -- replicas --------------------------------------------------------------------------
+
+    def config(self, index: int) -> ProtocolConfig:
+        return ProtocolConfig(
+            index=index,
+            members=tuple(range(self.n)),
+            min_insync=self.min_insync,
+            heartbeat_interval=HEARTBEAT,
+            peer_timeout=PEER_TIMEOUT,
+            insync_timeout=INSYNC_TIMEOUT,
+            batch_events=self.batch_events,
+            max_in_flight=2 * self.batch_events,
+        )
+
+    def restart(self, index: int) -> None:
+        node = self.nodes[index]
+        assert node.core is None
+        node.incarnation += 1
+        node.core = ReplicaCore(self.config(index), node.disk.current_epoch(), self.now)
+        node.role, node.role_version, node.committed, node.term_commit = (
+            (Role.CANDIDATE, 0, None),
+            0,
+            0,
+            -1,
+        )
+
+    def crash(self, index: int) -> None:
+        node = self.nodes[index]
+        node.core = None
+        node.paused = False
+        node.stacks.clear()
+        node.blocked.clear()  # an unfinished durable effect never happened
+        node.inbox.clear()
+        node.probing = False
+        node.round = {}
+        node.pending.clear()
+        node.follow = None
+        for link in self.links:
+            if not link.broken and index in (link.secondary, link.primary):
+                self.break_link(link)
+
+    def step(self, node: Node, thread: str, event: ins.Input, ctx: Ctx | None = None) -> None:
+        """A shell thread hands the core an input and carries out the effects."""
+        assert node.core is not None
+        effects = node.core.step(self.now, event)
+        self._check_core(node)
+        self._push(node, thread, effects, ctx or Ctx())
+
+    def _push(self, node: Node, thread: str, effects: list[fx.Effect], ctx: Ctx) -> None:
+        stack = node.stacks.setdefault(thread, [])
+        stack.append(Frame(deque(effects), ctx))
+        if len(stack) == 1 or thread not in node.blocked:
+            self._drain(node, thread)
+
+    def _drain(self, node: Node, thread: str) -> None:
+        stack = node.stacks.get(thread, [])
+        while stack and thread not in node.blocked and node.core is not None:
+            frame = stack[-1]
+            if not frame.effects:
+                stack.pop()
+                continue
+            effect = frame.effects[0]
+            if isinstance(effect, fx.DURABLE) and self.suspend(effect):
+                node.blocked.add(thread)  # the I/O is under way; resume() completes it
+                return
+            frame.effects.popleft()
+            depth = len(stack)
+            self._carry_out(node, thread, effect, frame.ctx)
+            if len(stack) > depth:
+                return  # a nested step took over this thread and drained or blocked it
+        if not stack:
+            node.stacks.pop(thread, None)
+
+    def blocked_threads(self) -> list[tuple[int, str]]:
+        return [(n.index, t) for n in self.nodes for t in sorted(n.blocked) if n.alive]
+
+    def resume(self, index: int, thread: str) -> None:
+        """The durable effect a thread waits for completes; the thread goes on."""
+        node = self.nodes[index]
+        node.blocked.discard(thread)
+        stack = node.stacks[thread]
+        frame = stack[-1]
+        effect = frame.effects.popleft()
+        depth = len(stack)
+        self._carry_out(node, thread, effect, frame.ctx)
+        if len(stack) == depth:
+            self._drain(node, thread)
+        else:
+            # A nested step ran; once it finished, the frames below go on.
+            self._drain(node, thread)
+
+    # -- carrying out effects --------------------------------------------------------------
+
+    def _carry_out(self, node: Node, thread: str, effect: fx.Effect, ctx: Ctx) -> None:
+        disk = node.disk
+        match effect:
+            case fx.PersistEpoch(epoch):
+                disk.epoch = max(disk.epoch, epoch)
+            case fx.Truncate(after_seq):
+                del disk.log[after_seq:]
+            case fx.StoreBatch(stream_id):
+                self._store(node, thread, stream_id, ctx)
+            case fx.AppendEpochStarted(epoch):
+                disk.log.append(Entry(epoch, None))
+                self.step(node, thread, ins.EpochStartAppended(disk.position()))
+            case fx.SetRole(role, epoch, primary, version):
+                if version > node.role_version:
+                    node.role_version = version
+                    node.role = (role, epoch, primary)
+                    if role is Role.PRIMARY:
+                        holder = self.primary_of_epoch.setdefault(epoch, node.index)
+                        if holder != node.index:
+                            raise Violation(
+                                f"replicas {holder} and {node.index} both primary of epoch {epoch}"
+                            )
+            case fx.StepDown():
+                node.pending.clear()  # the clients see an error and retry
+            case fx.ResetCommit(seq):
+                node.committed = seq
+                node.term_commit = seq
+                node.pending.clear()
+            case fx.AdvanceCommit(seq):
+                self._advance_commit(node, seq)
+            case fx.SecondaryCommitted(seq):
+                if seq > len(disk.log):
+                    raise Violation(
+                        f"replica {node.index} shows seq {seq} committed, beyond its log"
+                    )
+                node.committed = max(node.committed, seq)
+            case fx.CommitStalled(reason):
+                if reason is not None:
+                    node.pending.clear()  # waiters get UNAVAILABLE at once, and retry
+            case fx.WakeSenders() | fx.LogNote():
+                pass
+            case fx.ProbeAll(epoch, from_primary, announce):
+                self._probe_all(node, epoch, from_primary, announce)
+            case fx.ReplyProbe(status):
+                assert ctx.call is not None
+                self._reply(ctx.call, {"status": status, "position": disk.position()})
+            case fx.RequestVotes(epoch, position, voters):
+                if disk.epoch < epoch:
+                    raise Violation(
+                        f"replica {node.index} asked for votes in epoch {epoch} before "
+                        f"recording it (recorded {disk.epoch})"
+                    )
+                for voter in voters:
+                    self._call(node, "vote", voter, {"epoch": epoch, "position": position})
+            case fx.ReplyVote(granted, epoch, reason):
+                assert ctx.call is not None
+                if granted and disk.epoch < epoch:
+                    raise Violation(
+                        f"replica {node.index} granted a vote in epoch {epoch} before "
+                        f"recording it (recorded {disk.epoch})"
+                    )
+                self._reply(ctx.call, {"granted": granted, "epoch": epoch, "reason": reason})
+            case fx.OpenStream(stream_id, primary, epoch):
+                self._open_stream(node, stream_id, primary, epoch)
+            case fx.CancelStream(stream_id):
+                link = node.follow
+                if link is not None and link.secondary_stream == stream_id:
+                    self.break_link(link)
+            case fx.SendHello(stream_id, epoch):
+                link = node.follow
+                if link is not None and link.secondary_stream == stream_id and not link.broken:
+                    link.up.append(self._hello(node, epoch))
+            case fx.SendAck(stream_id, position, in_sync):
+                if position.seq > len(disk.log) or (
+                    position.seq > 0 and disk.log[position.seq - 1].epoch != position.epoch
+                ):
+                    raise Violation(
+                        f"replica {node.index} acked {position} but stores {disk.position()}"
+                    )
+                link = node.follow
+                if link is not None and link.secondary_stream == stream_id and not link.broken:
+                    link.up.append(
+                        Message(self.now, "ack", {"seq": position.seq, "in_sync": in_sync})
+                    )
+            case fx.SendDivergence(_, stream_id, epoch):
+                link = ctx.link
+                assert link is not None
+                link.primary_stream = stream_id
+                end = disk.end_for_epoch(ctx.hello_epoch)
+                if not link.broken:
+                    link.down.append(Message(self.now, "divergence", {"epoch": epoch, "end": end}))
+            case fx.RefuseStream():
+                assert ctx.link is not None
+                self.break_link(ctx.link, tell_primary=False)
+            case fx.SendEvents(_, stream_id, epoch, after, through, committed, in_sync):
+                link = self._served(node, stream_id)
+                if link is None:
+                    return
+                entries = [(s, disk.log[s - 1]) for s in range(after + 1, through + 1)]
+                if through > len(disk.log):
+                    self.break_link(link)  # the shell cannot read them: the stream ends
+                    return
+                link.down.append(
+                    Message(
+                        self.now,
+                        "batch",
+                        {
+                            "epoch": epoch,
+                            "entries": entries,
+                            "committed": committed,
+                            "in_sync": in_sync,
+                        },
+                    )
+                )
+            case fx.SendHeartbeat(_, stream_id, epoch, committed, _, in_sync):
+                link = self._served(node, stream_id)
+                if link is not None:
+                    link.down.append(
+                        Message(
+                            self.now,
+                            "heartbeat",
+                            {"epoch": epoch, "committed": committed, "in_sync": in_sync},
+                        )
+                    )
+            case fx.EndStream(_, stream_id):
+                link = self._served(node, stream_id)
+                if link is not None:
+                    self.break_link(link)
+            case _:
+                raise AssertionError(f"unknown effect {effect}")
+
+    def _advance_commit(self, node: Node, seq: int) -> None:
+        if seq < node.term_commit:
+            raise Violation(f"replica {node.index}'s commit point moved back to {seq}")
+        node.term_commit = seq
+        node.committed = max(node.committed, seq)
+        log = node.disk.log
+        if seq > len(log):
+            raise Violation(f"replica {node.index} committed seq {seq} beyond its log")
+        for request_id, awaited in list(node.pending.items()):
+            if awaited <= seq:
+                del node.pending[request_id]
+                self._acknowledge(node, request_id, awaited)
+
+    def _acknowledge(self, node: Node, request_id: str, seq: int) -> None:
+        entry = node.disk.log[seq - 1]
+        assert entry.request_id == request_id
+        other = self.acked_at_seq.get(seq)
+        if other is not None and other != request_id:
+            raise Violation(
+                f"replica {node.index} acknowledged {request_id} at seq {seq}, where {other} "
+                "was acknowledged before: one of them is lost"
+            )
+        before = self.acked.get(request_id)
+        if before is not None and before[0] != seq:
+            raise Violation(f"request {request_id} acknowledged at seqs {before[0]} and {seq}")
+        assert node.core is not None
+        self.acked[request_id] = (seq, node.core.current_epoch)
+        self.acked_at_seq[seq] = request_id
+
+    def _store(self, node: Node, thread: str, stream_id: int, ctx: Ctx) -> None:
+        assert ctx.batch is not None
+        log = node.disk.log
+        for seq, entry in ctx.batch:
+            if seq <= len(log):
+                if log[seq - 1] != entry:
+                    raise Violation(
+                        f"replica {node.index} holds {log[seq - 1]} at seq {seq} where its "
+                        f"primary sent {entry}: logs disagree below the stream's start"
+                    )
+                continue
+            if seq != len(log) + 1:
+                raise Violation(
+                    f"replica {node.index} was sent seq {seq} after its log's end {len(log)}"
+                )
+            log.append(entry)
+        committed, in_sync = ctx.batch_meta
+        self.step(
+            node, thread, ins.BatchStored(stream_id, node.disk.position(), committed, in_sync)
+        )
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def _hello(self, node: Node, epoch: int) -> Message:
+        return Message(self.now, "hello", {"epoch": epoch, "position": node.disk.position()})
+
+    def _open_stream(self, node: Node, stream_id: int, primary: int, epoch: int) -> None:
+        if node.follow is not None and not node.follow.broken:
+            self.break_link(node.follow)
+        target = self.nodes[primary]
+        link = Link(
+            next(self._ids),
+            node.index,
+            primary,
+            node.incarnation,
+            target.incarnation,
+            stream_id,
+        )
+        node.follow = link
+        self.links.append(link)
+        if not target.alive:
+            # Nothing listens: the call fails at once.
+            link.broken = True
+            link.secondary_notice = self.now
+            return
+        link.up.append(self._hello(node, epoch))
+
+    def _served(self, node: Node, stream_id: int) -> Link | None:
+        for link in self.links:
+            if (
+                link.primary == node.index
+                and link.primary_stream == stream_id
+                and link.primary_incarnation == node.incarnation
+                and not link.broken
+            ):
+                return link
+        return None
+
+    def break_link(self, link: Link, tell_primary: bool = True) -> None:
+        """The stream ends: what was in flight is lost, and each end will notice."""
+        if link.broken:
+            return
+        link.broken = True
+        link.up.clear()
+        link.down.clear()
+        if self.nodes[link.secondary].incarnation == link.secondary_incarnation:
+            link.secondary_notice = self.now
+        if (
+            tell_primary
+            and link.primary_stream is not None
+            and self.nodes[link.primary].incarnation == link.primary_incarnation
+        ):
+            link.primary_notice = self.now
+
+    def _link_alive_at(self, link: Link, end: str) -> bool:
+        node = self.nodes[link.secondary if end == "secondary" else link.primary]
+        incarnation = link.secondary_incarnation if end == "secondary" else link.primary_incarnation
+        return node.alive and node.incarnation == incarnation
+
+    # What can happen next on streams (the model picks among these).
+
+    def stream_deliveries(self) -> list[tuple[Link, str]]:
+        out = []
+        for link in self.links:
+            if link.broken:
+                if link.secondary_notice is not None and self._can_act(link.secondary, "follow"):
+                    out.append((link, "secondary_notice"))
+                if link.primary_notice is not None and self._can_act(
+                    link.primary, f"serve:{link.link_id}"
+                ):
+                    out.append((link, "primary_notice"))
+                continue
+            if (
+                link.down
+                and (link.primary, link.secondary) not in self.cut
+                and self._can_act(link.secondary, "follow")
+            ):
+                out.append((link, "down"))
+            if (
+                link.up
+                and (link.secondary, link.primary) not in self.cut
+                and self._can_act(link.primary, f"serve:{link.link_id}")
+            ):
+                out.append((link, "up"))
+            if link.acked_once and self._can_act(link.primary, f"send:{link.link_id}"):
+                out.append((link, "send"))
+        return out
+
+    def _can_act(self, index: int, thread: str) -> bool:
+        node = self.nodes[index]
+        return node.running and node.idle(thread)
+
+    def deliver(self, link: Link, what: str) -> None:
+        if what == "secondary_notice":
+            link.secondary_notice = None
+            node = self.nodes[link.secondary]
+            if node.incarnation == link.secondary_incarnation:
+                if node.follow is link:
+                    node.follow = None
+                self.step(node, "follow", ins.ReplicationStreamEnded(link.secondary_stream))
+        elif what == "primary_notice":
+            link.primary_notice = None
+            node = self.nodes[link.primary]
+            assert link.primary_stream is not None
+            if node.incarnation == link.primary_incarnation:
+                self.step(
+                    node,
+                    f"serve:{link.link_id}",
+                    ins.SecondaryDisconnected(link.secondary, link.primary_stream),
+                )
+        elif what == "down":
+            self._deliver_down(link)
+        elif what == "up":
+            self._deliver_up(link)
+        elif what == "send":
+            link.last_send_wanted = self.now
+            assert link.primary_stream is not None
+            self.step(
+                self.nodes[link.primary],
+                f"send:{link.link_id}",
+                ins.SendWanted(link.secondary, link.primary_stream),
+            )
+        else:
+            raise AssertionError(what)
+
+    def _deliver_down(self, link: Link) -> None:
+        message = link.down.popleft()
+        node = self.nodes[link.secondary]
+        sid, body, disk = link.secondary_stream, message.body, node.disk
+        if message.kind == "divergence":
+            end = body["end"]
+            self.step(
+                node,
+                "follow",
+                ins.DivergenceReceived(
+                    sid, body["epoch"], end, disk.position(), disk.end_for_epoch(end.epoch)
+                ),
+            )
+        elif message.kind == "batch":
+            entries = body["entries"]
+            last_seq, last = entries[-1]
+            ctx = Ctx(batch=entries, batch_meta=(body["committed"], body["in_sync"]))
+            self.step(
+                node,
+                "follow",
+                ins.BatchReceived(sid, body["epoch"], Position(last.epoch, last_seq)),
+                ctx,
+            )
+        else:
+            self.step(
+                node,
+                "follow",
+                ins.HeartbeatReceived(sid, body["epoch"], body["committed"], body["in_sync"]),
+            )
+
+    def _deliver_up(self, link: Link) -> None:
+        message = link.up.popleft()
+        node = self.nodes[link.primary]
+        thread = f"serve:{link.link_id}"
+        if message.kind == "hello":
+            position = message.body["position"]
+            self.step(
+                node,
+                thread,
+                ins.SecondaryHello(link.secondary, link.primary_stream, message.body["epoch"]),
+                Ctx(link=link, hello_epoch=position.epoch),
+            )
+        else:
+            assert link.primary_stream is not None
+            link.acked_once = True
+            self.step(
+                node,
+                thread,
+                ins.SecondaryAcked(
+                    link.secondary,
+                    link.primary_stream,
+                    message.body["seq"],
+                    message.body["in_sync"],
+                ),
+            )
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def _call(self, node: Node, kind: str, callee: int, request: dict[str, Any]) -> Call:
+        call = Call(next(self._ids), kind, node.index, callee, node.incarnation, self.now, request)
+        call.round_id = node.round_id
+        self.calls.append(call)
+        return call
+
+    def _probe_all(self, node: Node, epoch: int, from_primary: bool, announce: bool) -> None:
+        if node.probing and not announce:
+            return
+        node.probing = True
+        node.round_id += 1
+        node.round = {}
+        for peer in range(self.n):
+            if peer != node.index:
+                self._call(
+                    node,
+                    "probe",
+                    peer,
+                    {"from": node.index, "epoch": epoch, "from_primary": from_primary},
+                )
+
+    def _reply(self, call: Call, reply: dict[str, Any]) -> None:
+        call.handling = False
+        call.reply = reply
+        call.replied_at = self.now
+
+    def call_deliveries(self) -> list[Call]:
+        out = []
+        for call in self.calls:
+            if call.handling:
+                continue
+            if call.reply is None:
+                if (call.caller, call.callee) in self.cut:
+                    continue
+                callee = self.nodes[call.callee]
+                if not callee.alive or callee.running:
+                    out.append(call)
+            else:
+                if (call.callee, call.caller) in self.cut:
+                    continue
+                caller = self.nodes[call.caller]
+                if not caller.alive or caller.incarnation != call.caller_incarnation:
+                    out.append(call)  # dropped on delivery
+                elif caller.running:
+                    out.append(call)
+        return out
+
+    def deliver_call(self, call: Call) -> None:
+        if call.reply is None:
+            callee = self.nodes[call.callee]
+            if not callee.alive:
+                # Nothing listens on its port: the call fails at once (TCP RST).
+                self._fail(call, refused=True, gone=True)
+                return
+            call.handling = True
+            thread = f"rpc:{call.call_id}"
+            request = call.request
+            if call.kind == "probe":
+                event: ins.Input = ins.ProbeReceived(
+                    request["from"], request["epoch"], request["from_primary"]
+                )
+            else:
+                event = ins.VoteRequested(
+                    call.caller, request["epoch"], request["position"], callee.disk.position()
+                )
+            self.step(callee, thread, event, Ctx(call=call))
+            return
+        self.calls.remove(call)
+        caller = self.nodes[call.caller]
+        if not caller.alive or caller.incarnation != call.caller_incarnation:
+            return
+        reply = call.reply
+        if call.kind == "probe":
+            status: fx.ReplicaStatus = reply["status"]
+            view = ins.PeerView(
+                status.index,
+                status.role,
+                status.epoch,
+                reply["position"],
+                status.in_sync,
+                status.trusted,
+                status.following_live_primary,
+            )
+            self._probe_outcome(caller, call, ins.ProbeOutcome(call.callee, view))
+        else:
+            caller.inbox.append(
+                ins.VoteReplied(
+                    call.callee,
+                    call.request["epoch"],
+                    reply["granted"],
+                    reply["epoch"],
+                    reply["reason"],
+                )
+            )
+
+    def timeouts(self) -> list[Call]:
+        """Calls that may time out now: on a bounded network, only those whose other end does
+        not run (or is busy); otherwise any call still under way."""
+        out = []
+        for call in self.calls:
+            if call.handling and self.nodes[call.callee].alive:
+                thread = f"rpc:{call.call_id}"
+                if self.bounded and thread not in self.nodes[call.callee].blocked:
+                    continue
+            if not self.bounded:
+                out.append(call)
+                continue
+            other = self.nodes[call.callee if call.reply is None else call.caller]
+            if (other.alive and other.paused) or call.handling:
+                out.append(call)
+        return out
+
+    def time_out(self, call: Call) -> None:
+        self._fail(call, refused=False, gone=False)
+
+    def _fail(self, call: Call, refused: bool, gone: bool) -> None:
+        if call in self.calls:
+            self.calls.remove(call)
+        caller = self.nodes[call.caller]
+        if not caller.alive or caller.incarnation != call.caller_incarnation:
+            return
+        if call.kind == "probe":
+            self._probe_outcome(caller, call, ins.ProbeOutcome(call.callee, None, refused, gone))
+        else:
+            caller.inbox.append(
+                ins.VoteReplied(call.callee, call.request["epoch"], False, 0, "unreachable")
+            )
+
+    def _probe_outcome(self, caller: Node, call: Call, outcome: ins.ProbeOutcome) -> None:
+        if call.round_id != caller.round_id:
+            return  # an older round's
+        caller.round[call.callee] = outcome
+        if len(caller.round) == self.n - 1:
+            outcomes = tuple(caller.round[i] for i in sorted(caller.round))
+            caller.probing = False
+            caller.round = {}
+            caller.inbox.append(ins.ProbesAnswered(Position(0, 0), outcomes))
+
+    def run_inbox(self, index: int) -> None:
+        node = self.nodes[index]
+        event = node.inbox.popleft()
+        if isinstance(event, ins.ProbesAnswered):  # the shell reads its position now
+            event = ins.ProbesAnswered(node.disk.position(), event.outcomes)
+        self.step(node, "coordinator", event)
+
+    def tick(self, index: int) -> None:
+        self.step(self.nodes[index], "coordinator", ins.Tick())
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def writable(self) -> list[Node]:
+        return [
+            n for n in self.nodes if n.running and n.role[0] is Role.PRIMARY and n.idle("writer")
+        ]
+
+    def client_write(self, node: Node, request_id: str) -> bool:
+        """What the writer does with one command: refused unless the role shown is primary; a
+        request id already in the log waits for its event; otherwise admission, then append."""
+        assert node.core is not None
+        log = node.disk.log
+        for seq, entry in enumerate(log, 1):
+            if entry.request_id == request_id:
+                node.pending[request_id] = seq
+                if node.committed >= seq and node.core.commit_point is not None:
+                    del node.pending[request_id]
+                    self._acknowledge(node, request_id, seq)
+                return True
+        if node.core.write_refusal() is not None:
+            return False
+        log.append(Entry(node.role[1], request_id))
+        node.pending[request_id] = len(log)
+        self.step(node, "writer", ins.Appended(len(log)))
+        return True
+
+    # -- time ------------------------------------------------------------------------------
+
+    def deadline(self) -> float:
+        """On a bounded network: the latest time things that can happen must have happened
+        by (inf when unbounded)."""
+        if not self.bounded:
+            return float("inf")
+        times = [float("inf")]
+        for link, what in self.stream_deliveries():
+            if what == "down":
+                times.append(link.down[0].sent_at)
+            elif what == "up":
+                times.append(link.up[0].sent_at)
+            elif what == "secondary_notice":
+                assert link.secondary_notice is not None
+                times.append(link.secondary_notice)
+            elif what == "primary_notice":
+                assert link.primary_notice is not None
+                times.append(link.primary_notice)
+            else:
+                times.append(link.last_send_wanted)
+        for call in self.call_deliveries():
+            times.append(call.sent_at if call.reply is None else call.replied_at)
+        return min(times) + MAX_DELAY
+
+    # -- a fair schedule -------------------------------------------------------------------
+
+    def settle(
+        self,
+        rounds: int,
+        until: Callable[[], bool] = lambda: False,
+        hold: Callable[[Link, str], bool] = lambda link, what: False,
+        respect_deadline: bool = False,
+    ) -> bool:
+        """Run every replica and deliver everything (except what `hold` keeps back), half a
+        heartbeat of logical time per round, until `until()` or `rounds` ran out. With
+        `respect_deadline`, time passes no further than the network's delay bound allows."""
+        for _ in range(rounds):
+            while self.blocked_threads():
+                index, thread = self.blocked_threads()[0]
+                self.resume(index, thread)
+            for _ in range(200):
+                streams = [x for x in self.stream_deliveries() if x[1] != "send" and not hold(*x)]
+                if streams:
+                    self.deliver(*streams[0])
+                    continue
+                calls = self.call_deliveries()
+                if not calls:
+                    break
+                self.deliver_call(calls[0])
+            for link, what in self.stream_deliveries():
+                if what == "send" and not hold(link, what):
+                    self.deliver(link, what)
+            for node in self.nodes:
+                while node.running and node.inbox and node.idle("coordinator"):
+                    self.run_inbox(node.index)
+                if node.running and node.idle("coordinator"):
+                    self.tick(node.index)
+            self.check()
+            if until():
+                return True
+            step = HEARTBEAT / 2
+            if respect_deadline:
+                step = min(step, self.deadline() - self.now)
+                if step <= 0:
+                    return until()
+            self.now += step
+        return until()
+
+    def primaries(self) -> list[Node]:
+        return [n for n in self.nodes if n.core is not None and n.core.role is Role.PRIMARY]
+
+    # -- invariants ------------------------------------------------------------------------
+
+    def _check_core(self, node: Node) -> None:
+        core = node.core
+        assert core is not None
+        point = core.commit_point
+        if point is not None and point > len(node.disk.log):
+            raise Violation(f"replica {node.index}'s commit point {point} is beyond its log")
+
+    def check(self) -> None:
+        for node in self.nodes:
+            log = node.disk.log
+            ids = [e.request_id for e in log if e.request_id is not None]
+            if len(ids) != len(set(ids)):
+                raise Violation(f"replica {node.index} stored a request twice: {log}")
+            for seq, entry in enumerate(log, 1):
+                if entry.request_id is not None and (seq == 1 or log[seq - 2].epoch != entry.epoch):
+                    raise Violation(
+                        f"replica {node.index}'s log has a client write at seq {seq} before its "
+                        f"epoch {entry.epoch} started: {log}"
+                    )
+            core = node.core
+            if core is None:
+                continue
+            if core.role is Role.PRIMARY:
+                for request_id, (seq, epoch) in self.acked.items():
+                    if epoch <= core.current_epoch and (
+                        seq > len(log) or log[seq - 1].request_id != request_id
+                    ):
+                        raise Violation(
+                            f"primary {node.index} (epoch {core.current_epoch}) lacks "
+                            f"acknowledged {request_id} at seq {seq}: {log}"
+                        )
+            for request_id, (seq, epoch) in self.acked.items():
+                if seq > len(log) or log[seq - 1].request_id == request_id:
+                    continue
+                if log[seq - 1].epoch >= epoch:
+                    raise Violation(
+                        f"replica {node.index} holds {log[seq - 1]} where {request_id} was "
+                        f"acknowledged in epoch {epoch}"
+                    )
+                if core.trusted(self.now):
+                    raise Violation(f"replica {node.index} vouches for a log without {request_id}")
+        for a in self.nodes:
+            for b in self.nodes:
+                if a.index >= b.index:
+                    continue
+                common = min(len(a.disk.log), len(b.disk.log))
+                for seq in range(common, 0, -1):
+                    if a.disk.log[seq - 1].epoch == b.disk.log[seq - 1].epoch:
+                        if a.disk.log[:seq] != b.disk.log[:seq]:
+                            raise Violation(
+                                f"replicas {a.index} and {b.index} agree on the epoch at seq "
+                                f"{seq} but not before: {a.disk.log} / {b.disk.log}"
+                            )
+                        break

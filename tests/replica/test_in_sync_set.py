@@ -1,0 +1,109 @@
+"""The primary's in-sync set: when a secondary may be dropped from it, on logical time; and the
+primary's recent-events cache."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+from eventlog import Event
+from projections import EventTypes
+from replica.primary import RecentEvents
+from replica.protocol import ProtocolConfig
+from replica.protocol.effects import AdvanceCommit, Effect
+from replica.protocol.in_sync import InSyncSet
+
+CONFIG = ProtocolConfig(0, (0, 1, 2), peer_timeout=0.6, insync_timeout=1.0)
+AWAKE = 1.0  # past the 1.5 x peer_timeout window a new primary waits before dropping anyone
+STREAMS = {1: 101, 2: 102}
+
+
+def event(seq: int) -> Event:
+    return Event(seq, 3, EventTypes.EPOCH_STARTED, {}, None, dt.datetime(2030, 1, 1))
+
+
+def committed(out: list[Effect]) -> list[int]:
+    return [e.seq for e in out if isinstance(e, AdvanceCommit)]
+
+
+def set_with_two_secondaries() -> tuple[InSyncSet, float]:
+    now = 100.0
+    versions = itertools.count(1)
+    iss = InSyncSet(CONFIG, 3, 0, 0, [1, 2], now, lambda: next(versions))
+    out: list[Effect] = []
+    for i in (1, 2):
+        iss.hello(i, STREAMS[i])
+        iss.acked(i, STREAMS[i], 0, True, now, out)
+    iss.started(1, now, out)  # the epoch_started event
+    for i in (1, 2):
+        iss.acked(i, STREAMS[i], 1, True, now, out)
+    assert iss.commit_point == 1
+    return iss, now + AWAKE
+
+
+def test_a_secondary_whose_process_is_gone_leaves_at_once() -> None:
+    iss, now = set_with_two_secondaries()
+    out: list[Effect] = []
+    iss.disconnected(1, STREAMS[1], now)
+    iss.appended(2, now, out)
+    iss.acked(2, STREAMS[2], 2, True, now, out)
+    assert iss.commit_point == 1, "committed without the in-sync secondary 1"
+    iss.evaluate(now, {1}, out)
+    assert not iss.told_in_sync(1)
+    assert iss.told_in_sync(2)
+    assert iss.commit_point == 2
+    assert committed(out) == [2]
+
+
+def test_a_silent_secondary_that_is_not_known_gone_waits_out_the_timeout() -> None:
+    iss, now = set_with_two_secondaries()
+    out: list[Effect] = []
+    iss.disconnected(1, STREAMS[1], now)
+    iss.evaluate(now + 0.5, (), out)
+    assert iss.told_in_sync(1), "dropped before insync_timeout: it may still vouch"
+    iss.evaluate(now + 1.1, (), out)
+    assert not iss.told_in_sync(1)
+
+
+def test_a_connected_secondary_is_not_dropped_for_a_refused_probe() -> None:
+    # Its stream is up, so whatever refused the probe, this member is alive (e.g. restarted).
+    iss, now = set_with_two_secondaries()
+    iss.evaluate(now, {1}, [])
+    assert iss.told_in_sync(1)
+
+
+def test_a_primary_just_awake_drops_no_one() -> None:
+    iss = InSyncSet(CONFIG, 3, 0, 0, [1, 2], 100.0, lambda: 1)
+    iss.hello(1, 7)
+    iss.acked(1, 7, 0, True, 100.0, [])
+    iss.disconnected(1, 7, 100.0)
+    iss.evaluate(100.0, {1}, [])
+    assert iss.told_in_sync(1), "a primary may have been paused: it must step down, not shrink"
+
+
+def test_nothing_commits_before_the_primarys_own_epoch_started() -> None:
+    """Acks of an older epoch's events alone commit nothing (Raft's figure 8; see
+    tests/replica/protocol/test_scenarios.py for the history that loses a write without it)."""
+    iss = InSyncSet(CONFIG, 6, 4, 2, [1], 100.0, lambda: 1)
+    out: list[Effect] = []
+    iss.hello(1, 7)
+    iss.acked(1, 7, 4, True, 100.0, out)
+    assert iss.commit_point == 2 and committed(out) == []
+    iss.started(5, 100.0, out)
+    iss.acked(1, 7, 5, True, 100.0, out)
+    assert committed(out) == [5]
+
+
+def test_recent_events_serve_a_contiguous_run_and_nothing_else() -> None:
+    recent = RecentEvents(capacity=5)
+    assert recent.after(0, 10) is None
+    recent.add([event(s) for s in range(1, 5)])  # 1..4
+    assert [e.seq for e in recent.after(0, 10) or []] == [1, 2, 3, 4]
+    assert [e.seq for e in recent.after(2, 1) or []] == [3]
+    assert recent.after(4, 10) is None, "nothing after the newest"
+    recent.add([event(s) for s in range(5, 8)])  # 1..7, capacity 5 keeps 3..7
+    assert recent.after(1, 10) is None, "seq 2 was evicted: read it from the database"
+    assert [e.seq for e in recent.after(2, 10) or []] == [3, 4, 5, 6, 7]
+    recent.add([event(10)])  # a gap (8 and 9 never passed through here)
+    assert recent.after(6, 10) is None, "never serve across a gap"
+    assert [e.seq for e in recent.after(9, 10) or []] == [10]
