@@ -98,6 +98,7 @@ class Coordinator:
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._probing = False
+        self._next_tick = clock()
         self._last_probe: list[ProbeResult] = []
         self._tick_outage = StorageOutageLog(log, index, "the coordinator", clock=clock)
         self._term_listeners: list[Callable[[], None]] = []
@@ -115,6 +116,7 @@ class Coordinator:
         with self._lock:
             # Time starts now: whatever start-up took is not a pause.
             self._core = ReplicaCore(self._protocol, self._core.current_epoch, self._clock())
+        self._next_tick = self._clock()
         self._thread = threading.Thread(
             target=self._loop, name=f"coordinator-{self.index}", daemon=True
         )
@@ -258,27 +260,32 @@ class Coordinator:
         self._inbox.put(lambda: self.run(ins.Tick()))
 
     def _loop(self) -> None:
-        interval = self._protocol.heartbeat_interval
-        next_tick = self._clock()
         while not self._stop.is_set():
-            try:
-                work = self._inbox.get(timeout=max(0.0, next_tick - self._clock()))
-            except queue.Empty:
-                work = None
-            if self._stop.is_set():
-                return
-            try:
-                if work is not None:
-                    work()
-                if self._clock() >= next_tick:
-                    next_tick = self._clock() + interval
-                    self.run(ins.Tick())
-            except sa.exc.DBAPIError as exc:  # elections wait for the database to come back
-                self._tick_outage.failed(exc)
-            except Exception:  # a failing step must not kill the coordinator
-                log.exception("replica %d: coordinator step failed", self.index)
-            else:
-                self._tick_outage.succeeded()
+            self.work_once(block=True)
+
+    def work_once(self, block: bool = False) -> None:
+        """One turn of the tick loop: the next piece of queued work (a finished probe round, a
+        vote reply, a requested tick), then a tick if one is due. `block`: wait for work
+        until the next tick is due."""
+        timeout = max(0.0, self._next_tick - self._clock()) if block else 0.0
+        try:
+            work = self._inbox.get(timeout=timeout) if timeout else self._inbox.get_nowait()
+        except queue.Empty:
+            work = None
+        if self._stop.is_set():
+            return
+        try:
+            if work is not None:
+                work()
+            if self._clock() >= self._next_tick:
+                self._next_tick = self._clock() + self._protocol.heartbeat_interval
+                self.run(ins.Tick())
+        except sa.exc.DBAPIError as exc:  # elections wait for the database to come back
+            self._tick_outage.failed(exc)
+        except Exception:  # a failing step must not kill the coordinator
+            log.exception("replica %d: coordinator step failed", self.index)
+        else:
+            self._tick_outage.succeeded()
 
     # -- probes ----------------------------------------------------------------------------
 

@@ -190,10 +190,12 @@ def test_paused_primary_steps_down_and_loses_nothing(cluster: ClusterProcesses) 
             load.wait_for_acks(load.acknowledged_count() + 20)
         finally:
             os.kill(cluster.process(old).pid, signal.SIGCONT)
+        # By its own pause detection, before anything else it does (a probe showing the newer
+        # epoch would depose it too, a moment later).
         wait_until(
-            lambda: "stepping down" in cluster.log_text(old),
+            lambda: "stepping down: paused for" in cluster.log_text(old),
             10,
-            "the paused primary did not step down",
+            lambda: "the paused primary did not notice its pause: " + cluster.log_tail(old, 15),
         )
         load.wait_for_acks(load.acknowledged_count() + 10)
     assert wait_for_primary(cluster) == new

@@ -1,0 +1,384 @@
+"""Each rule of the protocol core, driven directly: one input at a time, on logical time.
+
+Every test here fails when the rule it names is taken out of replica/protocol/ (see
+`make mutants`, which does exactly that)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from eventlog import Position
+from replica.protocol import ProtocolConfig, ReplicaCore, Role
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
+
+MEMBERS = (0, 1, 2)
+
+
+def config(index: int, **kw: object) -> ProtocolConfig:
+    return ProtocolConfig(index, MEMBERS, **kw)  # type: ignore[arg-type]
+
+
+def of(effects: Sequence[fx.Effect], kind: type) -> list:  # type: ignore[type-arg]
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def view(index: int, role: Role = Role.CANDIDATE, epoch: int = 3, seq: int = 5, **kw: bool):
+    return ins.ProbeOutcome(
+        index,
+        ins.PeerView(
+            index,
+            role,
+            epoch,
+            Position(epoch if seq else 0, seq),
+            kw.get("in_sync", False),
+            kw.get("trusted", False),
+            kw.get("following_live_primary", False),
+        ),
+    )
+
+
+class Secondary:
+    """Replica 1, following primary 0 in epoch 3, streaming and told it is in sync."""
+
+    def __init__(self, now: float = 10.0, **kw: object) -> None:
+        self.core = ReplicaCore(config(1, **kw), 3, now)
+        self.now = now
+        out = self.step(ins.ProbeReceived(0, 3, True))
+        (opened,) = of(out, fx.OpenStream)
+        self.stream = opened.stream_id
+        self.step(
+            ins.DivergenceReceived(self.stream, 3, Position(3, 5), Position(3, 5), Position(3, 5))
+        )
+        self.step(ins.HeartbeatReceived(self.stream, 3, 5, True))
+
+    def step(self, event: ins.Input, after: float = 0.05) -> list[fx.Effect]:
+        self.now += after
+        return self.core.step(self.now, event)
+
+
+class Primary:
+    """Replica 0, elected in epoch 3 with the votes of 1 and 2, its epoch_started at seq 6;
+    both secondaries connected and caught up."""
+
+    def __init__(self, now: float = 10.0, **kw: object) -> None:
+        self.core = ReplicaCore(config(0, **kw), 0, now)
+        self.now = now
+        out = self.step(ins.ProbesAnswered(Position(2, 5), (view(1, epoch=2), view(2, epoch=2))))
+        (request,) = of(out, fx.RequestVotes)
+        self.epoch = request.epoch
+        self.step(ins.VoteReplied(1, self.epoch, True, self.epoch))
+        self.step(ins.VoteReplied(2, self.epoch, True, self.epoch))
+        self.step(ins.EpochStartAppended(Position(self.epoch, 6)))
+        self.streams = {}
+        for s in (1, 2):
+            (div,) = of(self.step(ins.SecondaryHello(s, None, self.epoch)), fx.SendDivergence)
+            self.streams[s] = div.stream_id
+            self.step(ins.SecondaryAcked(s, div.stream_id, 5, True))
+            self.send(s)
+            self.step(ins.SecondaryAcked(s, div.stream_id, 6, True))
+        assert self.core.commit_point == 6
+
+    def step(self, event: ins.Input, after: float = 0.05) -> list[fx.Effect]:
+        self.now += after
+        return self.core.step(self.now, event)
+
+    def send(self, s: int) -> list[fx.Effect]:
+        return self.step(ins.SendWanted(s, self.streams[s]), after=0)
+
+    def ack(self, s: int, seq: int, knows: bool = True) -> list[fx.Effect]:
+        return self.step(ins.SecondaryAcked(s, self.streams[s], seq, knows))
+
+    def run(self, seconds: float, gone: Sequence[int] = ()) -> None:
+        """Time passes with a probe round every heartbeat (a running process)."""
+        for _ in range(round(seconds / 0.1)):
+            self.tick_probes(gone, after=0.1)
+
+    def tick_probes(self, gone: Sequence[int] = (), after: float = 0.05) -> list[fx.Effect]:
+        outcomes = tuple(
+            ins.ProbeOutcome(i, None, True, True)
+            if i in gone
+            else view(i, Role.SECONDARY, self.epoch, 6)
+            for i in (1, 2)
+        )
+        return self.step(ins.ProbesAnswered(Position(self.epoch, 6), outcomes), after)
+
+
+# -- votes -----------------------------------------------------------------------------------
+
+
+def test_a_vote_is_refused_to_a_less_up_to_date_log() -> None:
+    core = ReplicaCore(config(1), 3, 0.0)
+    out = core.step(1.0, ins.VoteRequested(2, 5, Position(3, 4), Position(3, 5)))
+    assert of(out, fx.ReplyVote) == [fx.ReplyVote(False, 3, "my log (3, 5) is more up to date")]
+    assert not of(out, fx.PersistEpoch) and core.current_epoch == 3
+    # A newer last epoch beats a longer log.
+    out = core.step(1.1, ins.VoteRequested(2, 5, Position(4, 1), Position(3, 5)))
+    assert of(out, fx.ReplyVote)[0].granted
+
+
+def test_a_vote_is_durable_before_it_is_granted() -> None:
+    core = ReplicaCore(config(1), 3, 0.0)
+    out = core.step(1.0, ins.VoteRequested(2, 5, Position(3, 5), Position(3, 5)))
+    kinds = [type(e) for e in out]
+    assert kinds.index(fx.PersistEpoch) < kinds.index(fx.ReplyVote)
+    assert of(out, fx.PersistEpoch) == [fx.PersistEpoch(5)]
+    assert of(out, fx.ReplyVote) == [fx.ReplyVote(True, 5)]
+    # One vote per epoch: the same epoch again is refused.
+    again = core.step(1.1, ins.VoteRequested(0, 5, Position(3, 5), Position(3, 5)))
+    assert not of(again, fx.ReplyVote)[0].granted
+
+
+def test_no_vote_while_following_a_live_primary_or_as_primary() -> None:
+    s = Secondary()
+    out = s.step(ins.VoteRequested(2, 8, Position(3, 9), Position(3, 5)))
+    assert not of(out, fx.ReplyVote)[0].granted
+    p = Primary()
+    out = p.step(ins.VoteRequested(2, 8, Position(9, 9), Position(3, 6)))
+    assert of(out, fx.ReplyVote)[0].reason == "I am the primary and alive"
+
+
+# -- elections --------------------------------------------------------------------------------
+
+
+def test_an_electorate_without_a_trusted_replica_elects_no_one() -> None:
+    """Two restarted replicas cannot know what the third acknowledged alone."""
+    core = ReplicaCore(config(1), 3, 0.0)
+    gone = ins.ProbeOutcome(0, None, True, True)
+    out = core.step(1.0, ins.ProbesAnswered(Position(3, 5), (gone, view(2))))
+    assert not of(out, fx.RequestVotes) and not of(out, fx.PersistEpoch)
+    out = core.step(1.1, ins.ProbesAnswered(Position(3, 5), (gone, view(2, trusted=True))))
+    assert of(out, fx.RequestVotes)  # replica 1 has the longest log of an electable set
+    core = ReplicaCore(config(1), 3, 0.0)
+    out = core.step(1.0, ins.ProbesAnswered(Position(3, 5), (view(0, seq=4), view(2, seq=4))))
+    assert of(out, fx.RequestVotes), "the whole cluster may elect"
+
+
+def test_an_election_asks_for_votes_only_once_the_epoch_is_recorded() -> None:
+    core = ReplicaCore(config(2), 3, 0.0)
+    out = core.step(1.0, ins.ProbesAnswered(Position(3, 5), (view(0, seq=4), view(1, seq=4))))
+    kinds = [type(e) for e in out]
+    assert kinds.index(fx.PersistEpoch) < kinds.index(fx.RequestVotes)
+    (persist,) = of(out, fx.PersistEpoch)
+    assert persist.epoch == 8 and persist.epoch % 3 == 2  # above 3, in replica 2's slot
+    assert of(out, fx.RequestVotes) == [fx.RequestVotes(8, Position(3, 5), (0, 1))]
+
+
+def test_client_writes_wait_for_the_durable_epoch_started() -> None:
+    core = ReplicaCore(config(0), 0, 0.0)
+    out = core.step(1.0, ins.ProbesAnswered(Position(0, 0), (view(1, seq=0), view(2, seq=0))))
+    epoch = of(out, fx.RequestVotes)[0].epoch
+    core.step(1.0, ins.VoteReplied(1, epoch, True, epoch))
+    out = core.step(1.0, ins.VoteReplied(2, epoch, True, epoch))
+    assert of(out, fx.AppendEpochStarted) == [fx.AppendEpochStarted(epoch)]
+    assert all(e.role is not Role.PRIMARY for e in of(out, fx.SetRole))
+    assert core.role is not Role.PRIMARY and core.write_refusal() is not None
+    out = core.step(1.1, ins.EpochStartAppended(Position(epoch, 1)))
+    assert [e.role for e in of(out, fx.SetRole)] == [Role.PRIMARY]
+    assert core.write_refusal() is None
+
+
+# -- the primary's in-sync set ------------------------------------------------------------
+
+
+def test_a_secondary_joins_only_once_caught_up() -> None:
+    p = Primary()
+    p.step(ins.Appended(9))
+    p.run(1.0)
+    p.step(ins.SecondaryDisconnected(2, p.streams[2]))
+    p.tick_probes(gone=[2])
+    assert not p.core.in_sync_set.told_in_sync(2)  # type: ignore[union-attr]
+    (div,) = of(p.step(ins.SecondaryHello(2, None, p.epoch)), fx.SendDivergence)
+    p.streams[2] = div.stream_id
+    p.step(ins.SecondaryAcked(2, div.stream_id, 6, False))
+    assert not p.core.in_sync_set.told_in_sync(2), "joined while behind"  # type: ignore[union-attr]
+    (batch,) = of(p.send(2), fx.SendEvents)
+    assert (batch.after_seq, batch.through_seq) == (6, 9)
+    p.ack(2, 8, knows=False)
+    assert not p.core.in_sync_set.told_in_sync(2), "joined before acking the tip"  # type: ignore[union-attr]
+    out = p.ack(2, 9, knows=False)
+    assert p.core.in_sync_set.told_in_sync(2)  # type: ignore[union-attr]
+    assert of(out, fx.WakeSenders), "it must be told at once"
+    (beat,) = of(p.send(2), fx.SendHeartbeat)
+    assert beat.in_sync
+
+
+def test_an_ack_from_outside_the_in_sync_set_does_not_commit() -> None:
+    p = Primary()
+    p.run(1.0)
+    p.step(ins.SecondaryDisconnected(2, p.streams[2]))
+    p.tick_probes(gone=[2])  # 2 leaves; 1 stays
+    p.step(ins.Appended(8))
+    (div,) = of(p.step(ins.SecondaryHello(2, None, p.epoch)), fx.SendDivergence)
+    p.streams[2] = div.stream_id
+    p.step(ins.SecondaryAcked(2, div.stream_id, 6, False))  # behind: out of sync
+    p.send(2)
+    p.send(1)
+    out = p.ack(2, 8, knows=False)  # the tip: it joins, and its ack counts from now on
+    assert p.core.in_sync_set.told_in_sync(2)  # type: ignore[union-attr]
+    assert p.core.commit_point == 6 and not of(out, fx.AdvanceCommit), "1 has not acked"
+    out = p.ack(1, 8)
+    assert of(out, fx.AdvanceCommit) == [fx.AdvanceCommit(8)]
+    # A member out of sync acking alone moves nothing.
+    p.step(ins.Appended(9))
+    p.run(1.5)  # 1 and 2 ack nothing: both are told to leave
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 8, knows=False)
+    assert not any(m.in_sync for m in p.core.in_sync_set.members.values())  # type: ignore[union-attr]
+    assert p.core.commit_point == 9, "min_insync = 1: the primary alone commits"
+
+
+def test_an_ack_of_a_member_out_of_sync_is_not_counted() -> None:
+    p = Primary(min_insync=2)
+    p.step(ins.Appended(8))
+    p.send(1)
+    p.send(2)
+    p.run(1.5)  # neither acks: both told to leave
+    p.ack(1, 6, knows=False)  # 1 confirms and leaves
+    assert not p.core.in_sync_set.members[1].in_sync  # type: ignore[union-attr]
+    p.ack(2, 6, knows=False)
+    assert p.core.commit_point == 6
+    out = p.ack(1, 7, knows=False)  # not the tip: 1 stays out
+    assert p.core.commit_point == 6 and not of(out, fx.AdvanceCommit)
+
+
+def test_the_primarys_own_append_is_not_committed_without_the_in_sync_acks() -> None:
+    p = Primary()
+    out = p.step(ins.Appended(7))
+    assert not of(out, fx.AdvanceCommit) and p.core.commit_point == 6
+    p.send(1)
+    p.send(2)
+    assert not of(p.ack(1, 7), fx.AdvanceCommit)
+    assert of(p.ack(2, 7), fx.AdvanceCommit) == [fx.AdvanceCommit(7)]
+
+
+def test_a_lagging_secondary_is_told_before_it_is_removed() -> None:
+    p = Primary()
+    p.step(ins.Appended(9))
+    p.send(1)
+    p.send(2)
+    p.ack(2, 9)
+    for _ in range(30):  # 1.5 s: replica 1 acks nothing more
+        p.tick_probes()
+        p.send(2)
+    iss = p.core.in_sync_set
+    assert iss is not None
+    assert iss.members[1].in_sync, "removed without being told"
+    assert not iss.told_in_sync(1)
+    (beat,) = of(p.send(1), fx.SendHeartbeat)
+    assert not beat.in_sync, "the next heartbeat tells it"
+    assert p.core.commit_point == 6
+    p.ack(1, 6, knows=True)  # it did not get the message yet: still counted
+    assert iss.members[1].in_sync and p.core.commit_point == 6
+    out = p.ack(1, 6, knows=False)  # it knows now
+    assert not iss.members[1].in_sync
+    assert of(out, fx.AdvanceCommit) == [fx.AdvanceCommit(9)]
+
+
+def test_an_unreachable_member_is_removed_only_after_the_in_sync_timeout() -> None:
+    p = Primary()
+    p.run(1.0)
+    p.step(ins.SecondaryDisconnected(1, p.streams[1]))
+    p.run(0.9)
+    assert p.core.in_sync_set.told_in_sync(1)  # type: ignore[union-attr]
+    p.run(0.2)
+    assert not p.core.in_sync_set.members[1].in_sync  # type: ignore[union-attr]
+
+
+# -- the secondary's vouch ----------------------------------------------------------------
+
+
+def test_a_lost_stream_ends_the_vouch_after_half_the_in_sync_timeout() -> None:
+    s = Secondary()
+    assert s.core.trusted(s.now)
+    s.step(ins.ReplicationStreamEnded(s.stream))
+    lost = s.now
+    assert s.core.trusted(lost + 0.45)
+    assert not s.core.trusted(lost + 0.5)
+    s.core.step(lost + 0.6, ins.Tick())
+    assert not s.core.following.in_sync, "for good: only a new stream can restore it"
+    assert not s.core.trusted(lost + 0.6)
+
+
+def test_a_secondary_stuck_storing_stops_vouching() -> None:
+    s = Secondary()
+    s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
+    assert s.core.trusted(s.now + 0.4)
+    assert not s.core.trusted(s.now + 0.5)
+
+
+def test_a_silent_stream_keeps_the_vouch() -> None:
+    """A paused primary drops no one, so its silent secondaries still vouch."""
+    s = Secondary()
+    for _ in range(20):
+        s.step(ins.Tick(), after=0.1)
+    assert s.core.trusted(s.now) and not s.core.following_live_primary(s.now)
+
+
+def test_a_stream_from_an_older_epoch_is_refused() -> None:
+    s = Secondary()
+    s.step(ins.VoteRequested(2, 5, Position(3, 5), Position(3, 5)), after=0.7)
+    # A stream to the old primary (its target still) opens again at the next tick...
+    (opened,) = of(s.step(ins.Tick(), after=0.1), fx.OpenStream)
+    assert opened.epoch == 5
+    out = s.step(
+        ins.DivergenceReceived(opened.stream_id, 3, Position(3, 5), Position(3, 5), Position(3, 5))
+    )
+    assert of(out, fx.CancelStream) and not of(out, fx.SendAck)
+    assert s.core.following.target is None
+
+
+def test_acks_follow_the_store() -> None:
+    s = Secondary()
+    out = s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
+    assert of(out, fx.StoreBatch) and not of(out, fx.SendAck)
+    out = s.step(ins.BatchStored(s.stream, Position(3, 6), 5, True))
+    assert of(out, fx.SendAck) == [fx.SendAck(s.stream, Position(3, 6), True)]
+
+
+# -- pauses -------------------------------------------------------------------------------
+
+
+def test_a_primary_frozen_past_the_peer_timeout_steps_down_at_its_first_input() -> None:
+    """Even when an ack arrived just before it froze (the detector once looked only at the
+    gap since the last tick and missed exactly this)."""
+    p = Primary()
+    p.step(ins.Tick(), after=0.1)
+    p.ack(1, 6)  # the last thing before SIGSTOP
+    out = p.step(ins.Tick(), after=1.2)  # SIGCONT
+    assert of(out, fx.StepDown)
+    kinds = [type(e) for e in out]
+    assert kinds.index(fx.StepDown) < kinds.index(fx.ProbeAll)
+    assert p.core.role is not Role.PRIMARY
+
+
+def test_a_short_pause_restarts_the_primarys_awake_window() -> None:
+    p = Primary()
+    p.run(1.0)
+    p.step(ins.SecondaryDisconnected(1, p.streams[1]))
+    out = p.step(ins.Tick(), after=0.5)  # a pause under the peer timeout
+    assert not of(out, fx.StepDown) and of(out, fx.LogNote)
+    p.tick_probes(gone=[1], after=0.1)
+    assert p.core.in_sync_set.told_in_sync(1), "dropped a member right after a pause"  # type: ignore[union-attr]
+    for _ in range(10):
+        p.tick_probes(gone=[1], after=0.1)
+    assert not p.core.in_sync_set.members[1].in_sync  # type: ignore[union-attr]
+
+
+def test_a_busy_replica_is_not_paused() -> None:
+    """Inputs keep coming on a busy machine even when a tick is late."""
+    p = Primary()
+    for _ in range(12):
+        out = p.ack(1, 6) + p.step(ins.Tick(), after=0.0)
+        p.now += 0.1
+        assert not of(out, fx.StepDown)
+    assert p.core.role is Role.PRIMARY
+
+
+def test_a_newer_epoch_deposes_the_primary() -> None:
+    p = Primary()
+    out = p.step(ins.SecondaryHello(2, None, p.epoch + 2))
+    assert of(out, fx.PersistEpoch) == [fx.PersistEpoch(p.epoch + 2)]
+    assert of(out, fx.StepDown) and of(out, fx.RefuseStream)
+    assert of(p.send(1), fx.EndStream)
