@@ -1,0 +1,162 @@
+"""`make mutants`: apply each known-wrong change (catalog.py) to a copy of the repository and
+check that the fast unit tests of the protocol and the hypothesis model catch it.
+
+For every mutant it runs the unit tests (tests/replica/protocol, test_in_sync_set.py) and the
+model (test_protocol_model.py, a fixed seed, up to --model-seconds), both whatever the other
+found, and prints what caught it: the failing unit tests, and how many examples and seconds
+the model took. Exits 1 if any mutant survived both.
+
+    python -m tests.mutants [--only NAME,...] [--model-seconds 240] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.mutants.catalog import MUTANTS, Mutant
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT_TESTS = ("tests/replica/protocol", "tests/replica/test_in_sync_set.py")
+MODEL_TEST = "tests/replica/test_protocol_model.py"
+SEED = "20261201"
+
+
+@dataclass
+class Verdict:
+    mutant: Mutant
+    unit_failures: list[str]
+    model_caught: bool
+    model_examples: int | None
+    model_seconds: float
+    model_message: str
+
+    @property
+    def caught(self) -> bool:
+        return bool(self.unit_failures) or self.model_caught
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [line for line in out.splitlines() if line and (REPO / line).is_file()]
+
+
+def mutated_copy(mutant: Mutant, into: Path) -> None:
+    for name in tracked_files():
+        target = into / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    for file, old, new in mutant.replacements:
+        path = into / file
+        text = path.read_text()
+        count = text.count(old)
+        if count != 1:
+            raise SystemExit(
+                f"mutant {mutant.name}: the text to replace occurs {count} times in {file} "
+                "(the catalog no longer matches the code)"
+            )
+        path.write_text(text.replace(old, new))
+
+
+def pytest(cwd: Path, args: list[str], timeout: float) -> tuple[int | None, str, float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env["CHAT_MODEL_EXAMPLES"] = "1000000"
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stdout or ""
+        text = output.decode() if isinstance(output, bytes) else output
+        return None, text, time.monotonic() - started
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - started
+
+
+def judge(mutant: Mutant, model_seconds: float) -> Verdict:
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+        root = Path(tmp)
+        mutated_copy(mutant, root)
+        code, output, _ = pytest(root, ["--timeout=120", *UNIT_TESTS], 180)
+        unit_failures = re.findall(r"^FAILED (\S+)", output, re.M)
+        if code not in (0, 1) and not unit_failures:
+            unit_failures = [f"(pytest exit {code}: {output.strip().splitlines()[-1:]})"]
+        code, output, seconds = pytest(
+            root,
+            [
+                "--timeout=0",
+                f"--hypothesis-seed={SEED}",
+                "--hypothesis-show-statistics",
+                MODEL_TEST,
+            ],
+            model_seconds,
+        )
+        examples = None
+        found = re.search(r"(\d+) passing examples?, (\d+) failing", output)
+        if found:
+            examples = int(found.group(1)) + 1
+        message = ""
+        if code == 1:
+            errors = re.findall(r"^E\s+(\S.*)$", output, re.M)
+            message = errors[-1] if errors else output.strip().splitlines()[-1]
+        return Verdict(mutant, unit_failures, code == 1, examples, seconds, message)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__)
+    parser.add_argument("--only", help="comma-separated mutant names")
+    parser.add_argument("--model-seconds", type=float, default=240.0)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    mutants = list(MUTANTS)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {m.name for m in mutants}
+        if unknown:
+            parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
+        mutants = [m for m in mutants if m.name in wanted]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        verdicts = list(pool.map(lambda m: judge(m, args.model_seconds), mutants))
+    print(f"\n{'mutant':30} {'unit tests':12} {'model':28}  what")
+    for v in verdicts:
+        unit = f"{len(v.unit_failures)} failed" if v.unit_failures else "passed"
+        if v.model_caught:
+            examples = "?" if v.model_examples is None else str(v.model_examples)
+            model = f"caught: {examples} ex, {v.model_seconds:.0f}s"
+        else:
+            model = f"missed in {v.model_seconds:.0f}s"
+        print(f"{v.mutant.name:30} {unit:12} {model:28}  {v.mutant.why}")
+        for failure in v.unit_failures[:3]:
+            print(f"{'':30}   unit: {failure}")
+        if v.model_message:
+            print(f"{'':30}   model: {v.model_message[:150]}")
+    survivors = [v.mutant.name for v in verdicts if not v.caught]
+    print(
+        f"\n{len(verdicts) - len(survivors)} of {len(verdicts)} mutants caught"
+        + (f"; SURVIVED: {', '.join(survivors)}" if survivors else "")
+    )
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Known-wrong changes to the protocol core: each one a plausible bug that the model and the
+fast unit tests must catch (`make mutants`). A mutant is a set of exact text replacements in
+replica/protocol/; each `old` must occur exactly once, so a catalog that no longer matches the
+code fails loudly instead of testing nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CORE = "replica/protocol/core.py"
+IN_SYNC = "replica/protocol/in_sync.py"
+RULES = "replica/protocol/rules.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    why: str
+    replacements: tuple[tuple[str, str, str], ...]  # (file, old, new)
+
+
+MUTANTS = (
+    Mutant(
+        "vote-for-older-log",
+        "a vote is granted to a less up-to-date log",
+        (
+            (
+                CORE,
+                "        if rules.less_up_to_date(event.position, mine):",
+                "        if False:",
+            ),
+        ),
+    ),
+    Mutant(
+        "vote-before-persist",
+        "a vote is replied before it is persisted",
+        (
+            (
+                CORE,
+                """        self._observe_epoch(event.epoch)
+        self._end_stream("voted in a newer epoch")
+        self._out.append(
+            LogNote("info", f"voted for replica {event.candidate} in epoch {event.epoch}")
+        )
+        self._out.append(ReplyVote(True, event.epoch))""",
+                """        self._out.append(ReplyVote(True, event.epoch))
+        self._observe_epoch(event.epoch)
+        self._end_stream("voted in a newer epoch")""",
+            ),
+        ),
+    ),
+    Mutant(
+        "remove-without-telling",
+        "a lagging secondary is removed from the in-sync set without being told first",
+        (
+            (
+                IN_SYNC,
+                "                m.leaving_since = now  # told now; removed when it confirms",
+                '                self._remove(m, "behind", out)',
+            ),
+        ),
+    ),
+    Mutant(
+        "lost-stream-keeps-vouch",
+        "a secondary keeps vouching after its stream was lost",
+        (
+            (
+                CORE,
+                "        lost_for = None if f.streaming or f.stream_lost_at is None "
+                "else now - f.stream_lost_at",
+                "        lost_for = None",
+            ),
+        ),
+    ),
+    Mutant(
+        "no-pause-step-down",
+        "a primary resumed after a pause longer than peer_timeout does not step down",
+        (
+            (
+                CORE,
+                "            self._step_down("
+                'f"paused for {gap:.2f}s, the others may have elected")',
+                "            pass",
+            ),
+        ),
+    ),
+    Mutant(
+        "pause-seen-only-by-ticks",
+        "only a tick can notice a pause (an ack or probe reply first after it hides it)",
+        (
+            (
+                CORE,
+                "        self._observe_time(now)\n        self._expire_vouch(now)",
+                "        if isinstance(event, Tick):\n            self._observe_time(now)\n"
+                "        else:\n            self._last_input_at = max(self._last_input_at, now)\n"
+                "        self._expire_vouch(now)",
+            ),
+        ),
+    ),
+    Mutant(
+        "older-epoch-stream",
+        "a stream from a primary of an older epoch is accepted",
+        ((CORE, "        if primary_epoch >= self.current_epoch:", "        if True:"),),
+    ),
+    Mutant(
+        "writes-before-epoch-started",
+        "client writes are served before the new primary's epoch_started is durable",
+        (
+            (
+                CORE,
+                "        self._out.append(ResetCommit(point))",
+                "        self._out.append(ResetCommit(point))\n"
+                "        self.role = Role.PRIMARY\n"
+                "        self.primary_index = self.config.index",
+            ),
+            (
+                CORE,
+                "        if iss is None or self.role is Role.PRIMARY "
+                "or iss.epoch != self.current_epoch:",
+                "        if iss is None or iss.epoch != self.current_epoch:",
+            ),
+        ),
+    ),
+    Mutant(
+        "in-sync-while-behind",
+        "a secondary is counted in sync while it is behind",
+        (
+            (
+                IN_SYNC,
+                "        caught_up = m.acked_seq >= self.last_seq or was_tip",
+                "        caught_up = True",
+            ),
+        ),
+    ),
+    Mutant(
+        "ack-from-outside-the-set",
+        "the commit point counts an ack from a replica outside the in-sync set",
+        (
+            (
+                IN_SYNC,
+                "        point = rules.commit_point(self.last_seq, acked)",
+                "        point = rules.commit_point(\n"
+                "            self.last_seq,\n"
+                "            [max([0, *(m.acked_seq for m in self.members.values())])],\n"
+                "        )",
+            ),
+        ),
+    ),
+    Mutant(
+        "epoch-not-persisted",
+        "a newer epoch is not persisted",
+        ((CORE, "        self._out.append(PersistEpoch(epoch))", "        pass"),),
+    ),
+    Mutant(
+        "commit-without-acks",
+        "the primary commits its own appends without the in-sync acks",
+        (
+            (
+                IN_SYNC,
+                "        point = rules.commit_point(self.last_seq, acked)",
+                "        point = self.last_seq",
+            ),
+        ),
+    ),
+    Mutant(
+        "elect-without-trusted",
+        "an electorate that holds no trusted replica elects",
+        (
+            (
+                RULES,
+                "    return len({c.index for c in members}) >= cluster_size "
+                "or any(c.trusted for c in members)",
+                "    return True",
+            ),
+        ),
+    ),
+    Mutant(
+        "older-epoch-commit",
+        "a new primary commits an older epoch's events before its own epoch_started (Raft's "
+        "figure 8)",
+        (
+            (
+                IN_SYNC,
+                "        if self.epoch_start_seq is None or point < self.epoch_start_seq:\n"
+                "            return\n",
+                "",
+            ),
+        ),
+    ),
+    Mutant(
+        "ack-before-store",
+        "a secondary acks a batch before storing it",
+        (
+            (
+                CORE,
+                "        self.following.processing_since = now\n"
+                "        self._out.append(StoreBatch(event.stream_id))",
+                "        self.following.processing_since = now\n"
+                "        self._out.append(SendAck(event.stream_id, event.batch_end, "
+                "self.following.in_sync))\n"
+                "        self._out.append(StoreBatch(event.stream_id))",
+            ),
+        ),
+    ),
+    Mutant(
+        "truncate-off-by-one",
+        "a divergent tail is cut one event too late",
+        (
+            (
+                RULES,
+                "    return min(own_last.seq, primary_end.seq, own_end_for_primary_epoch.seq)",
+                "    return min(own_last.seq, primary_end.seq + 1, own_end_for_primary_epoch.seq)",
+            ),
+        ),
+    ),
+    Mutant(
+        "commit-ignores-disconnected",
+        "the commit point ignores an in-sync member whose stream is down",
+        (
+            (
+                IN_SYNC,
+                "        acked = [m.acked_seq for m in self.members.values() if m.in_sync]",
+                "        acked = [m.acked_seq for m in self.members.values() "
+                "if m.in_sync and m.connected]",
+            ),
+        ),
+    ),
+)
