@@ -11,12 +11,11 @@ import grpc
 
 from client.errors import ChatError
 from protos import chat_pb2, chat_pb2_grpc
-
-_MIB = 1024 * 1024
+from protos.wire import CLIENT_MAX_MESSAGE_BYTES
 
 DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", 16 * _MIB),
-    ("grpc.max_receive_message_length", 16 * _MIB),
+    ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE_BYTES),
     # Keepalive notices within ~10 s a primary that vanished without closing its connections
     # (a partition, a frozen process) under a quiet Subscribe stream. Pings are sent only while
     # a call is open; the server must accept pings without data every 5 s.

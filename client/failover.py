@@ -27,11 +27,10 @@ import grpc
 from client.channels import ChannelPool, ChatStub, security_mismatch
 from client.errors import ChatError, ChatUnavailableError
 from protos import chat_pb2
+from protos.wire import PRIMARY_ADDRESS_KEY, SERVICE_ERROR_KEY
 
 logger = logging.getLogger(__name__)
 
-PRIMARY_ADDRESS_KEY = "chat-primary-address"
-SERVICE_ERROR_KEY = "chat-error"  # set by replicas on their own error statuses
 
 # Rounds in which every replica failed as a TLS mismatch before the client gives up early:
 # a mismatch does not go away by waiting, but a connection closed once may be a coincidence.

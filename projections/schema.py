@@ -6,11 +6,6 @@ from sqlalchemy.dialects import mysql
 metadata = sa.MetaData()
 
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
-_mysql_table = {
-    "mysql_engine": "InnoDB",
-    "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
-}
 
 accounts = sa.Table(
     "accounts",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from replica.peers import CLUSTER_SECRET_KEY
+from protos.wire import CLUSTER_SECRET_KEY
 from replica.tls import PEER_CERTIFICATE_KEY
 
 if TYPE_CHECKING:

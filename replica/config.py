@@ -22,7 +22,7 @@ import os
 import secrets
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,6 @@ class ClusterConfig:
     max_subscriptions: int = 1000
     max_sessions_per_account: int = 100  # a login beyond it ends the oldest session
     tls: TlsConfig | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def replica(self, index: int) -> ReplicaAddress:
         for r in self.replicas:
@@ -165,7 +164,7 @@ def _int(value: Any, name: str) -> int:
 
 
 def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
-    known = {f for f in ClusterConfig.__dataclass_fields__ if f not in ("replicas", "extra", "tls")}
+    known = {f for f in ClusterConfig.__dataclass_fields__ if f not in ("replicas", "tls")}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key == "replicas":

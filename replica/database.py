@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +18,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 import migrations
+from replica.errors import ChatError, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+# MySQL's "disk full" (1021), "table is full" (1114) and "error writing file" (3, e.g. ENOSPC).
+_MYSQL_STORAGE_FULL = frozenset({3, 1021, 1114})
 
 
 class SchemaError(Exception):
@@ -201,3 +205,23 @@ class StorageOutageLog:
                 self._what,
                 self._clock() - since,
             )
+
+
+def storage_error(exc: sa.exc.DBAPIError) -> ChatError:
+    """What a client is told when the database refused a write: RESOURCE_EXHAUSTED when it is
+    full (retrying will not help until someone frees space), UNAVAILABLE otherwise. The
+    driver's own message is kept, never the SQL or its parameters."""
+    reason = str(exc.orig).strip() or exc.orig.__class__.__name__
+    if _storage_full(exc.orig):
+        return ResourceExhausted(
+            f"the replica could not store the command (disk full?): {reason}; nothing was applied"
+        )
+    return Unavailable(
+        f"the replica could not store the command: {reason}; nothing was applied, retry shortly"
+    )
+
+
+def _storage_full(error: BaseException | None) -> bool:
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return getattr(error, "errno", None) in _MYSQL_STORAGE_FULL

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 import projections
 from protos import chat_pb2, replication_pb2, replication_pb2_grpc
+from protos.wire import REPLICA_MAX_MESSAGE_BYTES
 from replica.auth import ClusterSecretInterceptor
 from replica.chat import ChatService
 from replica.cluster_status import ClusterView, cluster_view
@@ -33,11 +34,9 @@ from replica.writer import Clock, LogWriter, utc_now
 
 log = logging.getLogger(__name__)
 
-# Replication batches are the largest messages (500 events of up to 4 KiB bodies each).
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", REPLICA_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", REPLICA_MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 500),

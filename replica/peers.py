@@ -11,17 +11,17 @@ import grpc
 
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
+from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES
 from replica.config import ClusterConfig, ReplicaAddress
 from replica.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 
-CLUSTER_SECRET_KEY = "x-chat-cluster-secret"
 CONNECTION_REFUSED = "Connection refused"  # gRPC core's wording of ECONNREFUSED
 
 PEER_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", REPLICA_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", REPLICA_MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 1_000),
     ("grpc.keepalive_timeout_ms", 1_000),
     ("grpc.keepalive_permit_without_calls", 1),

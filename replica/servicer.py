@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError, Message
 
 from projections.queries import StoredMessage
 from protos import chat_pb2, chat_pb2_grpc
+from protos.wire import PRIMARY_ADDRESS_KEY, SERVICE_ERROR_KEY
 from replica import errors
 from replica.chat import ChatService, sent_at_unix_ms
 from replica.cluster_status import ClusterView
@@ -24,8 +25,6 @@ from replica.role import Role, RoleState
 log = logging.getLogger(__name__)
 
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
-PRIMARY_ADDRESS_KEY = "chat-primary-address"
-SERVICE_ERROR_KEY = "chat-error"
 _BACKLOG_BATCH = 100
 
 _STATUS: dict[type[errors.ChatError], grpc.StatusCode] = {

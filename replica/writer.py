@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,15 +16,13 @@ import eventlog
 import projections
 from eventlog import Event
 from replica.commit import CommitTracker
-from replica.errors import ChatError, ResourceExhausted, Unavailable
+from replica.database import storage_error
+from replica.errors import ChatError, Unavailable
 from replica.role import RoleState
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
-
-# MySQL's "disk full" (1021), "table is full" (1114) and "error writing file" (3, e.g. ENOSPC).
-_MYSQL_STORAGE_FULL = frozenset({3, 1021, 1114})
 
 
 def utc_now() -> dt.datetime:
@@ -218,23 +215,3 @@ class LogWriter:
         for listener in self._on_appended:
             listener([event])
         return event
-
-
-def storage_error(exc: sa.exc.DBAPIError) -> ChatError:
-    """What a client is told when the database refused a write: RESOURCE_EXHAUSTED when it is
-    full (retrying will not help until someone frees space), UNAVAILABLE otherwise. The
-    driver's own message is kept, never the SQL or its parameters."""
-    reason = str(exc.orig).strip() or exc.orig.__class__.__name__
-    if _storage_full(exc.orig):
-        return ResourceExhausted(
-            f"the replica could not store the command (disk full?): {reason}; nothing was applied"
-        )
-    return Unavailable(
-        f"the replica could not store the command: {reason}; nothing was applied, retry shortly"
-    )
-
-
-def _storage_full(error: BaseException | None) -> bool:
-    if isinstance(error, sqlite3.Error):
-        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-    return getattr(error, "errno", None) in _MYSQL_STORAGE_FULL

@@ -11,7 +11,7 @@ import pytest
 from client.library import ChatClient
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
-from replica.peers import CLUSTER_SECRET_KEY
+from protos.wire import CLUSTER_SECRET_KEY
 from tests.harness import DEFAULT_SECRET, ClusterProcesses
 from tests.integration.cluster_checks import (
     PASSWORD,

@@ -18,8 +18,8 @@ from client.library import ChatClient
 from protos import chat_pb2
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
+from protos.wire import CLUSTER_SECRET_KEY
 from replica.config import TlsConfig
-from replica.peers import CLUSTER_SECRET_KEY
 from tests.certs import Authority, cluster_tls, issue, make_authority, require_openssl
 from tests.harness import DEFAULT_SECRET, REPO_ROOT, ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (

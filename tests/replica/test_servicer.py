@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from protos import chat_pb2, chat_pb2_grpc
+from protos.wire import SERVICE_ERROR_KEY
 from replica.chat import ChatService
 from replica.servicer import CHAT_SERVICE
 from tests.harness import wait_until
@@ -141,7 +142,7 @@ def test_subscriptions_beyond_the_cap_are_resource_exhausted(engine: sa.Engine) 
             Code.RESOURCE_EXHAUSTED,
             "this replica already serves 1 subscriptions; retry later",
         )
-        assert ("chat-error", "ResourceExhausted") in tuple(error.trailing_metadata())
+        assert (SERVICE_ERROR_KEY, "ResourceExhausted") in tuple(error.trailing_metadata())
         # A cancelled stream gives its slot back.
         first.cancel()
 

@@ -16,9 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from protos import chat_pb2, chat_pb2_grpc
-from replica.database import make_engine, upgrade_schema
+from replica.database import make_engine, storage_error, upgrade_schema
 from replica.errors import ResourceExhausted, Unavailable
-from replica.writer import storage_error
 from tests.inprocess import InProcessReplica, serve_grpc, snapshot
 
 PASSWORD = "correct horse"

@@ -1,0 +1,17 @@
+"""What client and replicas agree on besides the messages themselves: metadata keys and
+message size limits. Defined once here; both sides import them."""
+
+from __future__ import annotations
+
+# Replica-to-replica calls carry the cluster secret in this metadata key.
+CLUSTER_SECRET_KEY = "x-chat-cluster-secret"
+# A replica that is not the primary names the primary's address in this trailer.
+PRIMARY_ADDRESS_KEY = "chat-primary-address"
+# Set by replicas on their own error statuses (not a transport failure), with the error's kind.
+SERVICE_ERROR_KEY = "chat-error"
+
+_MIB = 1024 * 1024
+# Replication batches are the largest messages (500 events of up to 4 KiB bodies each).
+REPLICA_MAX_MESSAGE_BYTES = 64 * _MIB
+# A client's requests and replies (a history page, a backlog batch) stay far below this.
+CLIENT_MAX_MESSAGE_BYTES = 16 * _MIB
