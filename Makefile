@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install protos lint typecheck clean bench bench-smoke chaos
+.PHONY: run test install protos lint typecheck clean bench bench-smoke chaos mutants
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ bench: $(STAMP)
 # CHAOS_ARGS="--backend sqlite --rounds 20 --seed N" narrows or replays a run.
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --rounds 100 --backend mysql $(CHAOS_ARGS)
+
+# Known-wrong changes to the protocol core (tests/mutants/catalog.py), each applied to a copy
+# of the repository: the protocol's unit tests and the model must catch every one. About
+# 10 minutes; MUTANTS_ARGS="--only NAME --model-seconds 120" narrows it.
+mutants: $(STAMP)
+	$(BIN)/python -m tests.mutants $(MUTANTS_ARGS)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)

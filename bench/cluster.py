@@ -1,4 +1,4 @@
-"""A three-replica cluster of real processes on loopback (tests/harness.py starts them), and
+"""A three-replica cluster of real processes on loopback (testsupport/harness.py starts them), and
 the questions the bench asks it: who is primary, is everyone in sync, how much memory."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import grpc
 from bench.memory import proc_status_kb
 from client.channels import ChatStub
 from protos import chat_pb2, chat_pb2_grpc
-from tests.harness import ClusterProcesses, wait_until
+from testsupport.harness import ClusterProcesses, wait_until
 
 HOST = "127.0.0.1"
 REPLICAS = 3

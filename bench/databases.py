@@ -13,7 +13,8 @@ from sqlalchemy.engine import make_url
 
 import eventlog
 import projections
-from replica.database import drop_mysql_database, make_engine, upgrade_schema
+from replica.database import make_engine, upgrade_schema
+from testsupport.databases import drop_mysql_database
 
 BACKENDS = ("sqlite", "mysql")
 

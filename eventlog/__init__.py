@@ -1,7 +1,7 @@
 """The append-only event log: schema, append, read from a position, truncate a tail.
 
 It knows nothing of chat: an event is a typed JSON payload at a contiguous sequence number,
-stamped with the leader epoch that appended it.
+stamped with the epoch of the primary that appended it.
 """
 
 from eventlog.log import (

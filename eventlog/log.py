@@ -76,16 +76,6 @@ def read_events(conn: sa.Connection, after_seq: int, limit: int = 1000) -> list[
     return [_row_to_event(r) for r in rows]
 
 
-def iter_all_events(conn: sa.Connection, batch_size: int = 1000) -> Iterable[Event]:
-    after = 0
-    while True:
-        batch = read_events(conn, after, batch_size)
-        if not batch:
-            return
-        yield from batch
-        after = batch[-1].seq
-
-
 def find_by_request_id(conn: sa.Connection, request_id: str) -> Event | None:
     row = conn.execute(sa.select(events).where(events.c.request_id == request_id)).first()
     return None if row is None else _row_to_event(row)

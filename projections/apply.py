@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -200,11 +200,3 @@ def rebuild(conn: sa.Connection, batch_size: int = 1000) -> int:
     """Rebuild all projections from the log, in the caller's transaction."""
     reset_projections(conn)
     return catch_up(conn, batch_size)
-
-
-def iter_table_rows(conn: sa.Connection) -> Iterable[tuple[str, list[tuple[object, ...]]]]:
-    """Every projection table's rows in primary-key order (for digests and comparisons)."""
-    for table in (*PROJECTION_TABLES, projection_position):
-        key = list(table.primary_key.columns)
-        rows = conn.execute(sa.select(table).order_by(*key)).all()
-        yield table.name, [tuple(r) for r in rows]

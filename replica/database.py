@@ -81,7 +81,7 @@ def _create_mysql_database(url: sa.URL) -> None:
         with server.connect() as conn:
             conn.execute(
                 sa.text(
-                    f"CREATE DATABASE IF NOT EXISTS {_quote_identifier(url.database or '')} "
+                    f"CREATE DATABASE IF NOT EXISTS {quote_identifier(url.database or '')} "
                     "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
                 )
             )
@@ -89,9 +89,10 @@ def _create_mysql_database(url: sa.URL) -> None:
         server.dispose()
 
 
-def _quote_identifier(name: str) -> str:
-    # A database name cannot be a bound parameter; it comes from the operator's URL, and is
-    # quoted so that any character in it stays part of the name.
+def quote_identifier(name: str) -> str:
+    """A MySQL identifier (a database name) quoted for a statement: it cannot be a bound
+    parameter; it comes from the operator's URL, and is quoted so that any character in it
+    stays part of the name."""
     return "`" + name.replace("`", "``") + "`"
 
 
@@ -129,19 +130,6 @@ def upgrade_schema(engine: sa.Engine) -> str:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     return head
-
-
-def drop_mysql_database(url: str) -> None:
-    """Drop a MySQL database (tests and tools)."""
-    parsed = make_url(url)
-    server = sa.create_engine(parsed.set(database=""), poolclass=sa.pool.NullPool)
-    try:
-        with server.connect() as conn:
-            conn.execute(
-                sa.text(f"DROP DATABASE IF EXISTS {_quote_identifier(parsed.database or '')}")
-            )
-    finally:
-        server.dispose()
 
 
 def storage_problem(exc: sa.exc.DBAPIError) -> str:

@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import settings
 
-from replica.database import drop_mysql_database, make_engine, upgrade_schema
-from tests.harness import ClusterProcesses, live_clusters
+from replica.database import make_engine, upgrade_schema
+from testsupport.databases import drop_mysql_database
+from testsupport.harness import ClusterProcesses, live_clusters
 
 MYSQL_SERVER_URL = os.environ.get(
     "CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306"
@@ -103,7 +104,7 @@ def engine(databases: DatabaseFactory) -> sa.Engine:
 
 @pytest.fixture
 def cluster_processes(tmp_path: Path) -> Iterator[Callable[..., ClusterProcesses]]:
-    """A factory of ClusterProcesses (see tests/harness.py) under tmp_path:
+    """A factory of ClusterProcesses (see testsupport/harness.py) under tmp_path:
     `cluster_processes(3, hosts=[...], settings={...})`. Every process they started is killed
     at teardown, pass or fail."""
     made: list[ClusterProcesses] = []

@@ -18,7 +18,6 @@ import sqlalchemy as sa
 import eventlog
 import projections
 from eventlog import Position
-from projections.apply import iter_table_rows
 from projections.schema import PROJECTION_TABLES
 from replica.chat import ChatService
 from replica.commit import CommitTracker
@@ -28,6 +27,7 @@ from replica.role import Role, RoleState
 from replica.servicer import ChatServicer, ClusterView, add_chat_servicer
 from replica.tokens import SessionTokens
 from replica.writer import LogWriter, NewEvent
+from testsupport.databases import iter_table_rows
 
 CLUSTER_SECRET = b"in-process-test-secret-0123456789"
 

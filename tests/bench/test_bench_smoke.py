@@ -18,9 +18,9 @@ import eventlog
 import projections
 from bench.databases import Databases
 from bench.seed import LogSeeder
-from projections.apply import iter_table_rows
 from tests.conftest import MYSQL_SERVER_URL, DatabaseFactory
-from tests.harness import REPO_ROOT
+from testsupport.databases import iter_table_rows
+from testsupport.harness import REPO_ROOT
 
 SMOKE_TIMEOUT = 240
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.harness import ClusterProcesses, wait_until
 from tests.integration.cluster_checks import Senders, primary_of, wait_for_primary
+from testsupport.harness import ClusterProcesses, wait_until
 
 PROGRESS_TIMEOUT = 45.0  # a fault after which no send is acknowledged for this long is a failure
 STEP_DOWN_TIMEOUT = 15.0

@@ -22,10 +22,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from replica.database import drop_mysql_database
 from tests.chaos.faults import ChaosContext, ChaosFailure, Fault, faults_for, start_mariadb
 from tests.conftest import MYSQL_SERVER_URL
-from tests.harness import ClusterProcesses
 from tests.integration.cluster_checks import (
     HOSTS,
     SETTINGS,
@@ -37,6 +35,8 @@ from tests.integration.cluster_checks import (
     wait_converged,
     wait_for_primary,
 )
+from testsupport.databases import drop_mysql_database
+from testsupport.harness import ClusterProcesses
 
 RECIPIENT = "inbox"
 HEAL_TIMEOUT = 60.0

@@ -22,7 +22,7 @@ from eventlog import (
     read_events,
     truncate_after,
 )
-from eventlog.log import iter_all_events
+from testsupport.databases import iter_all_events
 
 T0 = dt.datetime(2030, 1, 2, 3, 4, 5, 123456)
 

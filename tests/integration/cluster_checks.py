@@ -18,12 +18,12 @@ import sqlalchemy as sa
 import eventlog
 from client.errors import ChatError
 from client.library import ChatClient
-from projections.apply import iter_table_rows
 from protos import chat_pb2, chat_pb2_grpc
 from replica.config import default_db_url
-from replica.database import drop_mysql_database, make_engine
+from replica.database import make_engine
 from tests.conftest import MYSQL_SERVER_URL
-from tests.harness import ClusterProcesses, wait_until
+from testsupport.databases import drop_mysql_database, iter_table_rows
+from testsupport.harness import ClusterProcesses, wait_until
 
 PASSWORD = "correct horse"
 # Three replicas on distinct loopback addresses, with the timeouts the tests are written for.

@@ -12,7 +12,6 @@ from client.library import ChatClient
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
 from protos.wire import CLUSTER_SECRET_KEY
-from tests.harness import DEFAULT_SECRET, ClusterProcesses
 from tests.integration.cluster_checks import (
     PASSWORD,
     db_url,
@@ -21,6 +20,7 @@ from tests.integration.cluster_checks import (
     wait_all_running_follow,
     wait_for_primary,
 )
+from testsupport.harness import DEFAULT_SECRET, ClusterProcesses
 
 pytestmark = pytest.mark.slow
 

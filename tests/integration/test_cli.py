@@ -16,13 +16,13 @@ import pytest
 import eventlog
 from projections import EventTypes
 from replica.database import make_engine
-from tests.harness import REPO_ROOT, ClusterProcesses
 from tests.integration.cluster_checks import (
     db_url,
     replica_state,
     wait_all_running_follow,
     wait_for_primary,
 )
+from testsupport.harness import REPO_ROOT, ClusterProcesses
 
 pytestmark = pytest.mark.slow
 

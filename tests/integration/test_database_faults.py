@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.conftest import MYSQL_SERVER_URL, require_mysql
-from tests.harness import ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (
     SETTINGS,
     check_exactly_once,
@@ -26,6 +25,7 @@ from tests.integration.cluster_checks import (
     wait_converged,
     wait_for_primary,
 )
+from testsupport.harness import ClusterProcesses, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.mysql]
 

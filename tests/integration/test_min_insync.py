@@ -9,13 +9,13 @@ import pytest
 
 from client.errors import ChatError
 from client.library import ChatClient
-from tests.harness import ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (
     PASSWORD,
     read_inbox,
     wait_all_running_follow,
     wait_for_primary,
 )
+from testsupport.harness import ClusterProcesses, wait_until
 
 pytestmark = pytest.mark.slow
 

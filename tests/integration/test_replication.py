@@ -14,7 +14,6 @@ import eventlog
 import projections
 from eventlog import Event
 from replica.database import make_engine
-from tests.harness import ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (
     HOSTS,
     check_exactly_once,
@@ -29,6 +28,7 @@ from tests.integration.cluster_checks import (
     wait_converged,
     wait_for_primary,
 )
+from testsupport.harness import ClusterProcesses, wait_until
 
 pytestmark = pytest.mark.slow
 

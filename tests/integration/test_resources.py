@@ -20,8 +20,8 @@ import grpc
 import pytest
 
 from protos import chat_pb2, chat_pb2_grpc
-from tests.harness import ClusterProcesses
 from tests.integration.cluster_checks import wait_for_primary
+from testsupport.harness import ClusterProcesses
 
 pytestmark = pytest.mark.slow
 

@@ -43,9 +43,9 @@ from hypothesis.stateful import (
 from protos import chat_pb2, chat_pb2_grpc
 from replica.database import make_engine
 from replica.node import MAX_MESSAGE_BYTES
-from tests.harness import ClusterProcesses
 from tests.inprocess import Snapshot, snapshot
 from tests.integration.cluster_checks import db_url, wait_for_primary
+from testsupport.harness import ClusterProcesses
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import eventlog
-from projections.apply import iter_table_rows
 from protos import chat_pb2, chat_pb2_grpc
-from replica.database import drop_mysql_database, make_engine
+from replica.database import make_engine
 from tests.conftest import MYSQL_SERVER_URL, require_mysql
-from tests.harness import ClusterProcesses, ReplicaProcessError
 from tests.integration.cluster_checks import db_url, wait_for_primary
+from testsupport.databases import drop_mysql_database, iter_table_rows
+from testsupport.harness import ClusterProcesses, ReplicaProcessError
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,6 @@ from protos import replication_pb2_grpc as rpb_grpc
 from protos.wire import CLUSTER_SECRET_KEY
 from replica.config import TlsConfig
 from tests.certs import Authority, cluster_tls, issue, make_authority, require_openssl
-from tests.harness import DEFAULT_SECRET, REPO_ROOT, ClusterProcesses, wait_until
 from tests.integration.cluster_checks import (
     PASSWORD,
     status,
@@ -29,6 +28,7 @@ from tests.integration.cluster_checks import (
     wait_converged,
     wait_for_primary,
 )
+from testsupport.harness import DEFAULT_SECRET, REPO_ROOT, ClusterProcesses, wait_until
 
 pytestmark = pytest.mark.slow
 

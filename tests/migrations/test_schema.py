@@ -25,7 +25,7 @@ from replica.database import (
     upgrade_schema,
 )
 from tests.conftest import DatabaseFactory
-from tests.harness import REPO_ROOT, ClusterProcesses
+from testsupport.harness import REPO_ROOT, ClusterProcesses
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 TABLES = {

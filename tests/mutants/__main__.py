@@ -56,11 +56,16 @@ def tracked_files() -> list[str]:
     return [line for line in out.splitlines() if line and (REPO / line).is_file()]
 
 
-def mutated_copy(mutant: Mutant, into: Path) -> None:
+def snapshot(into: Path) -> None:
+    """The repository's files as they are now (edits made during the run do not leak in)."""
     for name in tracked_files():
         target = into / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, target)
+
+
+def mutated_copy(base: Path, mutant: Mutant, into: Path) -> None:
+    shutil.copytree(base, into, dirs_exist_ok=True)
     for file, old, new in mutant.replacements:
         path = into / file
         text = path.read_text()
@@ -93,14 +98,15 @@ def pytest(cwd: Path, args: list[str], timeout: float) -> tuple[int | None, str,
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 
-def judge(mutant: Mutant, model_seconds: float) -> Verdict:
+def judge(base: Path, mutant: Mutant, model_seconds: float) -> Verdict:
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         root = Path(tmp)
-        mutated_copy(mutant, root)
+        mutated_copy(base, mutant, root)
         code, output, _ = pytest(root, ["--timeout=120", *UNIT_TESTS], 180)
+        if code not in (0, 1):
+            # A mutant that breaks collection or times out tells nothing about the tests.
+            raise SystemExit(f"mutant {mutant.name}: the unit tests did not run (exit {code})")
         unit_failures = re.findall(r"^FAILED (\S+)", output, re.M)
-        if code not in (0, 1) and not unit_failures:
-            unit_failures = [f"(pytest exit {code}: {output.strip().splitlines()[-1:]})"]
         code, output, seconds = pytest(
             root,
             [
@@ -116,6 +122,8 @@ def judge(mutant: Mutant, model_seconds: float) -> Verdict:
         if found:
             examples = int(found.group(1)) + 1
         message = ""
+        if code not in (0, 1, None):
+            raise SystemExit(f"mutant {mutant.name}: the model did not run (exit {code})")
         if code == 1:
             errors = re.findall(r"^E\s+(\S.*)$", output, re.M)
             message = errors[-1] if errors else output.strip().splitlines()[-1]
@@ -135,8 +143,15 @@ def main() -> int:
         if unknown:
             parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
         mutants = [m for m in mutants if m.name in wanted]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        verdicts = list(pool.map(lambda m: judge(m, args.model_seconds), mutants))
+    with tempfile.TemporaryDirectory(prefix="mutants-base-") as tmp:
+        base = Path(tmp)
+        snapshot(base)
+        code, output, _ = pytest(base, ["--timeout=120", *UNIT_TESTS], 180)
+        if code != 0:
+            print(output)
+            raise SystemExit("the unit tests fail without any mutant: fix them first")
+        with ThreadPoolExecutor(args.jobs) as pool:
+            verdicts = list(pool.map(lambda m: judge(base, m, args.model_seconds), mutants))
     print(f"\n{'mutant':30} {'unit tests':12} {'model':28}  what")
     for v in verdicts:
         unit = f"{len(v.unit_failures)} failed" if v.unit_failures else "passed"

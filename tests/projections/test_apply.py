@@ -22,8 +22,8 @@ from projections import (
     sessions,
     statements_for,
 )
-from projections.apply import iter_table_rows
 from tests.conftest import DatabaseFactory
+from testsupport.databases import iter_table_rows
 
 T0 = dt.datetime(2030, 5, 6, 7, 8, 9, 250000)
 

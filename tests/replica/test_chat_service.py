@@ -29,8 +29,8 @@ from replica.passwords import verify_password
 from replica.role import Role
 from replica.tokens import SessionTokens
 from replica.writer import NewEvent
-from tests.harness import wait_until
 from tests.inprocess import InProcessReplica, assert_unchanged, fast_hash_password, snapshot
+from testsupport.harness import wait_until
 
 WRONG_LOGIN = "^wrong username or password$"
 SESSION_ENDED = "your session has ended"

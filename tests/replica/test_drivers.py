@@ -29,7 +29,7 @@ from replica.protocol import Role
 from replica.role import RoleState
 from replica.secondary import Secondary
 from replica.writer import LogWriter
-from tests.harness import wait_until
+from testsupport.harness import wait_until
 
 CONFIG = ClusterConfig(
     replicas=tuple(ReplicaAddress(i, f"127.0.0.1:{50100 + i}") for i in range(3))

@@ -16,13 +16,13 @@ from protos import chat_pb2, chat_pb2_grpc
 from protos.wire import SERVICE_ERROR_KEY
 from replica.chat import ChatService
 from replica.servicer import CHAT_SERVICE
-from tests.harness import wait_until
 from tests.inprocess import (
     InProcessReplica,
     assert_unchanged,
     fast_hash_password,
     serve_grpc,
 )
+from testsupport.harness import wait_until
 
 Code = grpc.StatusCode
 # A string field (number 1 in every request that has one) holding bytes that are not UTF-8.

@@ -21,17 +21,17 @@ def _end_for_epoch(log: list[int], epoch: int) -> Position:
 
 @st.composite
 def diverged_logs(draw: st.DrawFn) -> tuple[list[int], list[int], int]:
-    """A leader's and a follower's logs (as epochs) sharing a prefix, then diverging: past the
+    """A primary's and a secondary's logs (as epochs) sharing a prefix, then diverging: past the
     prefix no epoch appears in both (an epoch names one primary, whose entries agree)."""
     epochs = st.lists(st.integers(1, 40), max_size=12).map(sorted)
     prefix = draw(epochs)
     floor = prefix[-1] if prefix else 0
     later = st.lists(st.integers(floor + 1, floor + 40), max_size=12).map(sorted)
-    leader_tail = draw(later)
-    follower_tail = draw(later.map(lambda xs: [x for x in xs if x not in leader_tail]))
-    if leader_tail and follower_tail and leader_tail[0] == follower_tail[0]:
-        follower_tail = []
-    return prefix + leader_tail, prefix + follower_tail, len(prefix)
+    primary_tail = draw(later)
+    secondary_tail = draw(later.map(lambda xs: [x for x in xs if x not in primary_tail]))
+    if primary_tail and secondary_tail and primary_tail[0] == secondary_tail[0]:
+        secondary_tail = []
+    return prefix + primary_tail, prefix + secondary_tail, len(prefix)
 
 
 @settings(max_examples=500, deadline=None)
@@ -39,18 +39,18 @@ def diverged_logs(draw: st.DrawFn) -> tuple[list[int], list[int], int]:
 def test_divergence_exchange_keeps_exactly_the_common_prefix(
     logs: tuple[list[int], list[int], int],
 ) -> None:
-    leader, follower, common = logs
-    for _ in range(len(follower) + 1):
-        own_last = Position(follower[-1], len(follower)) if follower else Position(0, 0)
-        leader_end = _end_for_epoch(leader, own_last.epoch)
+    primary, secondary, common = logs
+    for _ in range(len(secondary) + 1):
+        own_last = Position(secondary[-1], len(secondary)) if secondary else Position(0, 0)
+        primary_end = _end_for_epoch(primary, own_last.epoch)
         cut = protocol.truncation_point(
-            own_last, leader_end, _end_for_epoch(follower, leader_end.epoch)
+            own_last, primary_end, _end_for_epoch(secondary, primary_end.epoch)
         )
-        if cut >= len(follower):
+        if cut >= len(secondary):
             break
-        del follower[cut:]
-    assert follower == leader[: len(follower)], "the follower kept a divergent entry"
-    assert len(follower) >= common, "the follower cut into the prefix it shares with the leader"
+        del secondary[cut:]
+    assert secondary == primary[: len(secondary)], "the secondary kept a divergent entry"
+    assert len(secondary) >= common, "the secondary cut into the prefix it shares with the primary"
 
 
 @given(st.integers(0, 10**6), st.integers(0, 10**6))
