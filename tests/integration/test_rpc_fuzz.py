@@ -41,8 +41,8 @@ from hypothesis.stateful import (
 )
 
 from protos import chat_pb2, chat_pb2_grpc
+from protos.wire import REPLICA_MAX_MESSAGE_BYTES
 from replica.database import make_engine
-from replica.node import MAX_MESSAGE_BYTES
 from tests.inprocess import Snapshot, snapshot
 from tests.integration.cluster_checks import db_url, wait_for_primary
 from testsupport.harness import ClusterProcesses
@@ -1054,7 +1054,7 @@ def test_every_rpc_survives_hostile_input(fuzz_server: FuzzServer) -> None:
         (MAX_BODY_BYTES + 1, Code.INVALID_ARGUMENT, r"^message is 4097 bytes; the limit is 4096"),
         (8 * 1024 * 1024, Code.INVALID_ARGUMENT, r"^message is 8388608 bytes; the limit is 4096"),
         # Past the replica's gRPC limit, gRPC itself refuses the request before it is parsed.
-        (MAX_MESSAGE_BYTES, Code.RESOURCE_EXHAUSTED, r"larger than max"),
+        (REPLICA_MAX_MESSAGE_BYTES, Code.RESOURCE_EXHAUSTED, r"larger than max"),
     ],
     ids=["over-the-body-limit", "megabytes", "over-the-grpc-limit"],
 )
