@@ -96,7 +96,10 @@ class PrimaryStreams:
             # Divergence rounds: the secondary truncates and says Hello again until it matches.
             while True:
                 hello = message.hello
-                stream_id, divergence = self._answer_hello(secondary, stream_id, hello)
+                try:
+                    stream_id, divergence = self._answer_hello(secondary, stream_id, hello)
+                except _Refused as refused:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused.reason)
                 yield divergence
                 reply = next(requests, None)
                 if reply is None:
@@ -108,10 +111,6 @@ class PrimaryStreams:
                         grpc.StatusCode.INVALID_ARGUMENT, "expected Hello or Ack after Divergence"
                     )
                 message = reply
-        except _Refused as refused:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused.reason)
-        assert stream_id is not None
-        try:
             self._coordinator.run(
                 ins.SecondaryAcked(secondary, stream_id, reply.ack.position.seq, reply.ack.in_sync)
             )
@@ -124,7 +123,8 @@ class PrimaryStreams:
             reader.start()
             yield from self._send(secondary, stream_id, context)
         finally:
-            self._coordinator.run(ins.SecondaryDisconnected(secondary, stream_id))
+            if stream_id is not None:  # (also while still in its divergence rounds)
+                self._coordinator.run(ins.SecondaryDisconnected(secondary, stream_id))
 
     def _answer_hello(
         self, secondary: int, stream_id: int | None, hello: rpb.Hello

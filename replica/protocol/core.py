@@ -177,7 +177,6 @@ class ReplicaCore:
             trusted=self.trusted(now),
             following_live_primary=self.following_live_primary(now),
             secondaries=iss.statuses() if primary and iss is not None else (),
-            last_seq=iss.last_seq if iss is not None else 0,
         )
 
     def write_refusal(self) -> str | None:

@@ -145,7 +145,6 @@ class ReplicaStatus:
     trusted: bool
     following_live_primary: bool
     secondaries: tuple[MemberStatus, ...]
-    last_seq: int  # a primary's last seq, for lag
 
 
 @dataclass(frozen=True, slots=True)
