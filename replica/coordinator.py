@@ -132,6 +132,11 @@ class Coordinator:
             self._thread.join(timeout=2)
 
     @property
+    def clock(self) -> Monotonic:
+        """The process's one monotonic clock (injected; the core's inputs are stamped by it)."""
+        return self._clock
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 

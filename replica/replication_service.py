@@ -22,7 +22,9 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
     def __init__(self, coordinator: Coordinator, streams: PrimaryStreams) -> None:
         self._coordinator = coordinator
         self._streams = streams
-        self._outage = StorageOutageLog(log, coordinator.index, "replica-to-replica calls")
+        self._outage = StorageOutageLog(
+            log, coordinator.index, "replica-to-replica calls", clock=coordinator.clock
+        )
 
     def _unavailable(self, context: grpc.ServicerContext, exc: sa.exc.DBAPIError) -> NoReturn:
         # A replica that cannot read its own log has nothing to say about it: to its peers it

@@ -95,7 +95,7 @@ class Secondary(StreamControl):
         self._cancelled: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._outage = StorageOutageLog(log, index, "replication")
+        self._outage = StorageOutageLog(log, index, "replication", clock=coordinator.clock)
         coordinator.attach_stream_control(self)
 
     # -- StreamControl (called by the coordinator, from any thread) ------------------------

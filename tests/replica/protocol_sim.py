@@ -13,6 +13,7 @@ only once the vote is durable), this module checks it at the moment the effect i
 from __future__ import annotations
 
 import itertools
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ INSYNC_TIMEOUT = 1.0
 # threads that run (a process that does not run is paused, and notices). In that mode
 # nothing actionable may wait longer than this.
 MAX_DELAY = 0.3
+
+
+def _kind(text: str) -> str:
+    """A decision's wording without its numbers or details, to count decisions by kind."""
+    return re.sub(r"\d+(\.\d+)?", "N", text.split(" (")[0].split(": ")[-1])[:70]
 
 
 class Violation(AssertionError):
@@ -173,12 +179,14 @@ class World:
         min_insync: int,
         suspend: Callable[[fx.Effect], bool] = lambda effect: False,
         batch_events: int = 2,
+        observe: Callable[[str], None] = lambda what: None,
     ) -> None:
         self.n = n
         self.batch_events = batch_events
         self.min_insync = min_insync
         self.bounded = min_insync == 1  # see MAX_DELAY
         self.suspend = suspend  # whether a durable effect takes a while (drawn by the model)
+        self.observe = observe  # told of the protocol's notable decisions (hypothesis events)
         self.now = 0.0
         self.nodes = [Node(i) for i in range(n)]
         self.links: list[Link] = []
@@ -293,6 +301,9 @@ class World:
             case fx.PersistEpoch(epoch):
                 disk.epoch = max(disk.epoch, epoch)
             case fx.Truncate(after_seq):
+                self.observe(
+                    f"truncated a divergent tail ({len(disk.log) - after_seq} events)"[:38]
+                )
                 del disk.log[after_seq:]
             case fx.StoreBatch(stream_id):
                 self._store(node, thread, stream_id, ctx)
@@ -304,12 +315,15 @@ class World:
                     node.role_version = version
                     node.role = (role, epoch, primary)
                     if role is Role.PRIMARY:
+                        if self.acked:
+                            self.observe("a new primary after acknowledged writes")
                         holder = self.primary_of_epoch.setdefault(epoch, node.index)
                         if holder != node.index:
                             raise Violation(
                                 f"replicas {holder} and {node.index} both primary of epoch {epoch}"
                             )
-            case fx.StepDown():
+            case fx.StepDown(reason):
+                self.observe("step down: " + _kind(reason))
                 node.pending.clear()  # the clients see an error and retry
             case fx.ResetCommit(seq):
                 node.committed = seq
@@ -326,7 +340,9 @@ class World:
             case fx.CommitStalled(reason):
                 if reason is not None:
                     node.pending.clear()  # waiters get UNAVAILABLE at once, and retry
-            case fx.WakeSenders() | fx.LogNote():
+            case fx.LogNote(_, text):
+                self.observe(_kind(text))
+            case fx.WakeSenders():
                 pass
             case fx.ProbeAll(epoch, from_primary, announce):
                 self._probe_all(node, epoch, from_primary, announce)
@@ -348,6 +364,7 @@ class World:
                         f"replica {node.index} granted a vote in epoch {epoch} before "
                         f"recording it (recorded {disk.epoch})"
                     )
+                self.observe("vote granted" if granted else "vote refused: " + _kind(reason))
                 self._reply(ctx.call, {"granted": granted, "epoch": epoch, "reason": reason})
             case fx.OpenStream(stream_id, primary, epoch):
                 self._open_stream(node, stream_id, primary, epoch)
@@ -445,6 +462,7 @@ class World:
             raise Violation(f"request {request_id} acknowledged at seqs {before[0]} and {seq}")
         assert node.core is not None
         self.acked[request_id] = (seq, node.core.current_epoch)
+        self.observe("write acknowledged")
         self.acked_at_seq[seq] = request_id
 
     def _store(self, node: Node, thread: str, stream_id: int, ctx: Ctx) -> None:

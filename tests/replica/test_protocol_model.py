@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -38,10 +38,16 @@ from hypothesis.stateful import (
 )
 
 from replica.protocol import effects as fx
-from tests.replica.protocol_sim import Link, World
+from tests.replica.protocol_sim import HEARTBEAT, Link, World
 
 N = 3
 QUIESCE_ROUNDS = 400  # x HEARTBEAT / 2 of logical time
+
+
+def _observe(what: str) -> None:
+    # Counted per example and shown by --hypothesis-show-statistics: how often each guarded
+    # path of the protocol runs in the model.
+    event(what)
 
 
 class ProtocolModel(RuleBasedStateMachine):
@@ -57,11 +63,19 @@ class ProtocolModel(RuleBasedStateMachine):
         return self._data.draw(st.booleans(), label=f"{type(effect).__name__} takes a while")
 
     @initialize(
-        min_insync=st.sampled_from([1, 2]), batch=st.sampled_from([1, 2, 3]), data=st.data()
+        min_insync=st.sampled_from([1, 2]),
+        batch=st.sampled_from([1, 2, 3]),
+        settled=st.booleans(),
+        data=st.data(),
     )
-    def start(self, min_insync: int, batch: int, data: st.DataObject) -> None:
+    def start(self, min_insync: int, batch: int, settled: bool, data: st.DataObject) -> None:
+        """Three replicas with empty logs -- or, `settled`, already past their first election,
+        with every secondary streaming (more of an example's steps then go to what follows)."""
+        self._data = None
+        self.world = World(N, min_insync, suspend=self._slow, batch_events=batch, observe=_observe)
+        if settled:
+            assert self.world.settle(QUIESCE_ROUNDS, self._converged), self._describe()
         self._data = data
-        self.world = World(N, min_insync, suspend=self._slow, batch_events=batch)
 
     @property
     def w(self) -> World:
@@ -88,15 +102,18 @@ class ProtocolModel(RuleBasedStateMachine):
         return moves
 
     @precondition(lambda self: self.world is not None)
-    @rule(data=st.data())
-    def progress(self, data: st.DataObject) -> None:
-        """One thing happens: a tick, the coordinator's next piece of work, a durable write
-        completing, a stream message or end-of-stream notice arriving, a sender sending, a
-        call or its reply arriving."""
-        moves = self._moves()
-        if not moves:
-            return
-        kind, move = self._pick(data, moves, "move")
+    @rule(data=st.data(), count=st.integers(1, 4))
+    def progress(self, data: st.DataObject, count: int) -> None:
+        """A few things happen, one at a time: a tick, the coordinator's next piece of work, a
+        durable write completing, a stream message or end-of-stream notice arriving, a sender
+        sending, a call or its reply arriving."""
+        for _ in range(count):
+            moves = self._moves()
+            if not moves:
+                return
+            self._move(*self._pick(data, moves, "move"))
+
+    def _move(self, kind: str, move: object) -> None:
         w = self.w
         if kind == "tick":
             w.tick(move)  # type: ignore[arg-type]
@@ -132,9 +149,18 @@ class ProtocolModel(RuleBasedStateMachine):
         w.settle(rounds, hold=hold, respect_deadline=True)
 
     @precondition(lambda self: bool(self.world and self.w.deadline() > self.w.now + 0.01))
-    @rule(dt=st.sampled_from([0.05, 0.1, 0.2, 0.35, 0.7, 1.3]))
-    def time_passes(self, dt: float) -> None:
-        self.w.now = min(self.w.now + dt, self.w.deadline())
+    @rule(dt=st.sampled_from([0.05, 0.1, 0.2, 0.35, 0.7, 1.3]), data=st.data())
+    def time_passes(self, dt: float, data: st.DataObject) -> None:
+        """Time passes while the processes run: each ticks every heartbeat (unless it is
+        paused or its tick thread is busy); nothing else is delivered meanwhile."""
+        self._data = data
+        w = self.w
+        end = min(w.now + dt, w.deadline())
+        while w.now < end:
+            w.now = min(end, w.now + HEARTBEAT)
+            for node in w.nodes:
+                if node.running and node.idle("coordinator"):
+                    w.tick(node.index)
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -184,17 +210,23 @@ class ProtocolModel(RuleBasedStateMachine):
     # -- clients ---------------------------------------------------------------------------
 
     @precondition(lambda self: bool(self.world and self.w.writable()))
-    @rule(data=st.data())
-    def client_write(self, data: st.DataObject) -> None:
-        node = self._pick(data, self.w.writable(), "written to")
-        stored = {e.request_id for n in self.w.nodes for e in n.disk.log if e.request_id}
-        retry = sorted(r for r in stored if r not in self.w.acked)
-        if retry and data.draw(st.booleans(), label="retry"):
-            request_id = data.draw(st.sampled_from(retry), label="request")
-        else:
-            self.w.next_request += 1
-            request_id = f"r{self.w.next_request}"
-        self.w.client_write(node, request_id)
+    @rule(data=st.data(), count=st.integers(1, 3))
+    def client_write(self, data: st.DataObject, count: int) -> None:
+        """Clients write to a replica that shows itself primary (a deposed one too, until it
+        knows): new requests, or retries of ones not acknowledged yet."""
+        for _ in range(count):
+            writable = self.w.writable()
+            if not writable:
+                return
+            node = self._pick(data, writable, "written to")
+            stored = {e.request_id for n in self.w.nodes for e in n.disk.log if e.request_id}
+            retry = sorted(r for r in stored if r not in self.w.acked)
+            if retry and data.draw(st.booleans(), label="retry"):
+                request_id = data.draw(st.sampled_from(retry), label="request")
+            else:
+                self.w.next_request += 1
+                request_id = f"r{self.w.next_request}"
+            self.w.client_write(node, request_id)
 
     # -- quiescence ------------------------------------------------------------------------
 
