@@ -118,8 +118,8 @@ def judge(base: Path, mutant: Mutant, model_seconds: float) -> Verdict:
             model_seconds,
         )
         examples = None
-        found = re.search(r"(\d+) passing examples?, (\d+) failing", output)
-        if found:
+        found = re.search(r"during generate phase.*?(\d+) passing", output, re.S)
+        if found:  # the examples that passed before the first failing one, and that one
             examples = int(found.group(1)) + 1
         message = ""
         if code not in (0, 1, None):

@@ -353,6 +353,17 @@ def test_a_primary_frozen_past_the_peer_timeout_steps_down_at_its_first_input() 
     assert p.core.role is not Role.PRIMARY
 
 
+def test_a_frozen_primary_notices_whatever_input_comes_first() -> None:
+    """After SIGCONT every thread runs again: an ack or a sender may step before the tick."""
+    p = Primary()
+    p.step(ins.Tick(), after=0.1)
+    out = p.ack(1, 6)
+    assert not of(out, fx.StepDown)
+    out = p.step(ins.SendWanted(2, p.streams[2]), after=1.2)
+    assert of(out, fx.StepDown) and of(out, fx.EndStream)
+    assert not of(p.step(ins.Tick(), after=0.0), fx.StepDown), "noticed once"
+
+
 def test_a_short_pause_restarts_the_primarys_awake_window() -> None:
     p = Primary()
     p.run(1.0)
