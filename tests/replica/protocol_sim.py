@@ -143,6 +143,9 @@ class Node:
     core: ReplicaCore | None = None
     incarnation: int = 0
     paused: bool = False
+    # Its database does not answer: every read and write fails (connections killed, the
+    # server restarting, a full disk); the process runs on.
+    db_down: bool = False
     # What the rest of the process sees (RoleState, CommitTracker).
     role: tuple[Role, int, int | None] = (Role.CANDIDATE, 0, None)
     role_version: int = 0
@@ -232,6 +235,7 @@ class World:
         node = self.nodes[index]
         node.core = None
         node.paused = False
+        node.db_down = False  # (its database is another process; a restart finds it up)
         node.stacks.clear()
         node.blocked.clear()  # an unfinished durable effect never happened
         node.inbox.clear()
@@ -267,6 +271,9 @@ class World:
             if isinstance(effect, fx.DURABLE) and self.suspend(effect):
                 node.blocked.add(thread)  # the I/O is under way; resume() completes it
                 return
+            if isinstance(effect, fx.DURABLE) and node.db_down:
+                self._database_failed(node, thread, frame.ctx)
+                return
             frame.effects.popleft()
             depth = len(stack)
             self._carry_out(node, thread, effect, frame.ctx)
@@ -279,11 +286,15 @@ class World:
         return [(n.index, t) for n in self.nodes for t in sorted(n.blocked) if n.alive]
 
     def resume(self, index: int, thread: str) -> None:
-        """The durable effect a thread waits for completes; the thread goes on."""
+        """The durable effect a thread waits for completes (or fails, if the database went
+        down meanwhile); the thread goes on."""
         node = self.nodes[index]
         node.blocked.discard(thread)
         stack = node.stacks[thread]
         frame = stack[-1]
+        if node.db_down:
+            self._database_failed(node, thread, frame.ctx)
+            return
         effect = frame.effects.popleft()
         depth = len(stack)
         self._carry_out(node, thread, effect, frame.ctx)
@@ -292,6 +303,41 @@ class World:
         else:
             # A nested step ran; once it finished, the frames below go on.
             self._drain(node, thread)
+
+    def _database_failed(self, node: Node, thread: str, ctx: Ctx) -> None:
+        """A durable effect raised: what the shell does then. The thread's work unwinds; the
+        core hears of the effects after it that will now not happen; and the thread's own
+        context ends -- its call fails, its stream ends."""
+        self.observe("a durable write failed: the database is down")
+        stack = node.stacks.pop(thread, [])
+        node.blocked.discard(thread)
+        for frame in stack:
+            for effect in frame.effects:
+                if isinstance(effect, fx.OpenStream):
+                    node.inbox.append(ins.ReplicationStreamEnded(effect.stream_id))
+                elif isinstance(effect, fx.AppendEpochStarted):
+                    node.inbox.append(ins.EpochStartFailed("the database is down"))
+                elif isinstance(effect, fx.RequestVotes):
+                    for voter in effect.voters:
+                        node.inbox.append(
+                            ins.VoteReplied(voter, effect.epoch, False, 0, "not asked")
+                        )
+        if thread == "follow":
+            link = node.follow
+            if link is not None and ctx.batch is not None:
+                self.step(node, "follow", ins.StoreFailed(link.secondary_stream, "down"))
+            if link is not None:
+                self.break_link(link)
+        elif thread.startswith("rpc:") and ctx.call is not None:
+            ctx.call.handling = False
+            self._fail(ctx.call, refused=True, gone=False)
+        elif ctx.link is not None:
+            self.break_link(ctx.link)
+        elif thread.startswith("send:"):
+            link_id = int(thread.split(":")[1])
+            for link in self.links:
+                if link.link_id == link_id:
+                    self.break_link(link)
 
     # -- carrying out effects --------------------------------------------------------------
 
@@ -375,7 +421,10 @@ class World:
             case fx.SendHello(stream_id, epoch):
                 link = node.follow
                 if link is not None and link.secondary_stream == stream_id and not link.broken:
-                    link.up.append(self._hello(node, epoch))
+                    if node.db_down:
+                        self.break_link(link)  # the position cannot be read: the stream ends
+                    else:
+                        link.up.append(self._hello(node, epoch))
             case fx.SendAck(stream_id, position, in_sync):
                 if position.seq > len(disk.log) or (
                     position.seq > 0 and disk.log[position.seq - 1].epoch != position.epoch
@@ -392,6 +441,9 @@ class World:
                 link = ctx.link
                 assert link is not None
                 link.primary_stream = stream_id
+                if node.db_down:
+                    self.break_link(link)  # its epoch's end cannot be read: UNAVAILABLE
+                    return
                 end = disk.end_for_epoch(ctx.hello_epoch)
                 if not link.broken:
                     link.down.append(Message(self.now, "divergence", {"epoch": epoch, "end": end}))
@@ -403,7 +455,7 @@ class World:
                 if link is None:
                     return
                 entries = [(s, disk.log[s - 1]) for s in range(after + 1, through + 1)]
-                if through > len(disk.log):
+                if through > len(disk.log) or node.db_down:
                     self.break_link(link)  # the shell cannot read them: the stream ends
                     return
                 link.down.append(
@@ -505,7 +557,8 @@ class World:
         )
         node.follow = link
         self.links.append(link)
-        if not target.alive:
+        if not target.alive or node.db_down:
+            # Nothing listens (the call fails at once), or the Hello's position cannot be read.
             # Nothing listens: the call fails at once.
             link.broken = True
             link.secondary_notice = self.now
@@ -614,7 +667,9 @@ class World:
         message = link.down.popleft()
         node = self.nodes[link.secondary]
         sid, body, disk = link.secondary_stream, message.body, node.disk
-        if message.kind == "divergence":
+        if message.kind == "divergence" and node.db_down:
+            self.break_link(link)  # its own log's end cannot be read: the stream ends
+        elif message.kind == "divergence":
             end = body["end"]
             self.step(
                 node,
@@ -722,6 +777,10 @@ class World:
                 # Nothing listens on its port: the call fails at once (TCP RST).
                 self._fail(call, refused=True, gone=True)
                 return
+            if callee.db_down:
+                # It reads its log before answering: UNAVAILABLE, like a refused connection.
+                self._fail(call, refused=True, gone=False)
+                return
             call.handling = True
             thread = f"rpc:{call.call_id}"
             request = call.request
@@ -810,6 +869,8 @@ class World:
         node = self.nodes[index]
         event = node.inbox.popleft()
         if isinstance(event, ins.ProbesAnswered):  # the shell reads its position now
+            if node.db_down:
+                return  # it cannot: the round is dropped, the next tick probes again
             event = ins.ProbesAnswered(node.disk.position(), event.outcomes)
         self.step(node, "coordinator", event)
 
@@ -827,6 +888,8 @@ class World:
         """What the writer does with one command: refused unless the role shown is primary; a
         request id already in the log waits for its event; otherwise admission, then append."""
         assert node.core is not None
+        if node.db_down:
+            return False  # UNAVAILABLE, nothing applied
         log = node.disk.log
         for seq, entry in enumerate(log, 1):
             if entry.request_id == request_id:

@@ -171,6 +171,7 @@ class ProtocolModel(RuleBasedStateMachine):
             if node.alive:
                 faults.append(("crash", node.index))
                 faults.append(("resume" if node.paused else "pause", node.index))
+                faults.append(("db up" if node.db_down else "db down", node.index))
             else:
                 faults.append(("restart", node.index))
         faults += [("break", link) for link in w.links if not link.broken]
@@ -185,9 +186,9 @@ class ProtocolModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def fault(self, data: st.DataObject) -> None:
         """A process crashes (volatile state lost, its disk kept), restarts, pauses or
-        resumes; a stream breaks (each end notices in its own time); a call times out; with
-        min_insync = 2, a direction a -> b is cut (neither end can tell that from a pause or
-        a dead host) or every cut heals."""
+        resumes; its database stops answering, or answers again; a stream breaks (each end
+        notices in its own time); a call times out; with min_insync = 2, a direction a -> b is
+        cut (neither end can tell that from a pause or a dead host) or every cut heals."""
         kind, what = self._pick(data, self._faults(), "fault")
         w = self.w
         if kind == "crash":
@@ -198,6 +199,10 @@ class ProtocolModel(RuleBasedStateMachine):
             w.nodes[what].paused = True  # type: ignore[index]
         elif kind == "resume":
             w.nodes[what].paused = False  # type: ignore[index]
+        elif kind == "db down":
+            w.nodes[what].db_down = True  # type: ignore[index]
+        elif kind == "db up":
+            w.nodes[what].db_down = False  # type: ignore[index]
         elif kind == "break":
             w.break_link(what)  # type: ignore[arg-type]
         elif kind == "timeout":
@@ -240,6 +245,7 @@ class ProtocolModel(RuleBasedStateMachine):
         w.cut.clear()
         for node in w.nodes:
             node.paused = False
+            node.db_down = False
             if not node.alive:
                 w.restart(node.index)
         assert w.settle(QUIESCE_ROUNDS, self._converged), self._describe()
