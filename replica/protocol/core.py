@@ -303,6 +303,12 @@ class ReplicaCore:
         self._out.append(CancelStream(stream_id, "no longer wanted"))
         return False
 
+    def _from_current_primary(self, stream_id: int, primary_epoch: int) -> bool:
+        """A message on the stream this replica wants, from a primary it may follow."""
+        return self._on_current_stream(stream_id) and self._accept_primary_epoch(
+            stream_id, primary_epoch
+        )
+
     def _accept_primary_epoch(self, stream_id: int, primary_epoch: int) -> bool:
         """Fencing: a stream from a primary of an older epoch than this replica has seen is
         refused (that primary was deposed)."""
@@ -525,9 +531,7 @@ class ReplicaCore:
     # -- inputs: a secondary's stream ------------------------------------------------------
 
     def _divergence_received(self, event: DivergenceReceived, now: float) -> None:
-        if not self._on_current_stream(event.stream_id):
-            return
-        if not self._accept_primary_epoch(event.stream_id, event.primary_epoch):
+        if not self._from_current_primary(event.stream_id, event.primary_epoch):
             return
         f = self.following
         f.last_contact = now
@@ -546,9 +550,7 @@ class ReplicaCore:
         self._out.append(SendAck(event.stream_id, event.own_last, f.in_sync))
 
     def _batch_received(self, event: BatchReceived, now: float) -> None:
-        if not self._on_current_stream(event.stream_id):
-            return
-        if not self._accept_primary_epoch(event.stream_id, event.primary_epoch):
+        if not self._from_current_primary(event.stream_id, event.primary_epoch):
             return
         self.following.processing_since = now
         self._out.append(StoreBatch(event.stream_id))
@@ -558,32 +560,32 @@ class ReplicaCore:
         if event.stream_id != f.stream_id:
             return  # stored, but its stream is gone: no ack
         f.processing_since = None
-        f.last_contact = now
-        f.in_sync = event.in_sync
-        f.committed_seq = event.committed_seq
         f.stored = event.position
-        self._out.append(SendAck(event.stream_id, event.position, event.in_sync))
-        self._out.append(SecondaryCommitted(min(event.committed_seq, event.position.seq)))
+        self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, now)
 
     def _store_failed(self, event: StoreFailed, now: float) -> None:
         if event.stream_id == self.following.stream_id:
             self._end_stream(f"storing failed: {event.reason}")
 
     def _heartbeat_received(self, event: HeartbeatReceived, now: float) -> None:
-        if not self._on_current_stream(event.stream_id):
+        if not self._from_current_primary(event.stream_id, event.primary_epoch):
             return
-        if not self._accept_primary_epoch(event.stream_id, event.primary_epoch):
+        if self.following.stored is None or not self.following.streaming:
             return
-        f = self.following
-        if f.stored is None or not f.streaming:
-            return
-        f.last_contact = now
-        f.in_sync = event.in_sync
-        f.committed_seq = event.committed_seq
         # Acked too: it tells the primary this replica is alive and what it believes about
         # its membership (the primary removes a member only once it knows).
-        self._out.append(SendAck(event.stream_id, f.stored, event.in_sync))
-        self._out.append(SecondaryCommitted(min(event.committed_seq, f.stored.seq)))
+        self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, now)
+
+    def _heard_primary(self, stream_id: int, in_sync: bool, committed_seq: int, now: float) -> None:
+        """The primary's batch is stored, or its heartbeat arrived: note what it said of this
+        replica's membership and of the commit point, and ack the log's end."""
+        f = self.following
+        assert f.stored is not None
+        f.last_contact = now
+        f.in_sync = in_sync
+        f.committed_seq = committed_seq
+        self._out.append(SendAck(stream_id, f.stored, in_sync))
+        self._out.append(SecondaryCommitted(min(committed_seq, f.stored.seq)))
 
     def _replication_stream_ended(self, event: ReplicationStreamEnded, now: float) -> None:
         if event.stream_id == self.following.stream_id:

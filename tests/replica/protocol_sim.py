@@ -977,6 +977,20 @@ class World:
     def primaries(self) -> list[Node]:
         return [n for n in self.nodes if n.core is not None and n.core.role is Role.PRIMARY]
 
+    def converged(self, everyone: bool = True) -> bool:
+        """One primary, its commit point at its log's end, and every replica (every live one,
+        unless `everyone`) holding that log and showing it committed."""
+        primaries = self.primaries()
+        if len(primaries) != 1:
+            return False
+        p = primaries[0]
+        assert p.core is not None
+        return p.core.commit_point == len(p.disk.log) and all(
+            n.disk.log == p.disk.log and (n.committed == len(p.disk.log) or not everyone)
+            for n in self.nodes
+            if everyone or n.alive
+        )
+
     # -- invariants ------------------------------------------------------------------------
 
     def _check_core(self, node: Node) -> None:

@@ -251,15 +251,7 @@ class ProtocolModel(RuleBasedStateMachine):
         assert w.settle(QUIESCE_ROUNDS, self._converged), self._describe()
 
     def _converged(self) -> bool:
-        w = self.w
-        primaries = w.primaries()
-        if len(primaries) != 1:
-            return False
-        p = primaries[0]
-        assert p.core is not None
-        return p.core.commit_point == len(p.disk.log) and all(
-            n.disk.log == p.disk.log and n.committed == len(p.disk.log) for n in w.nodes
-        )
+        return self.w.converged()
 
     def _describe(self) -> str:
         lines = ["did not converge:"]

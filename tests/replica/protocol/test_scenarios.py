@@ -13,14 +13,7 @@ def one_primary(w: World) -> bool:
 
 
 def caught_up(w: World) -> bool:
-    primaries = w.primaries()
-    if len(primaries) != 1:
-        return False
-    p = primaries[0]
-    assert p.core is not None
-    return p.core.commit_point == len(p.disk.log) and all(
-        n.disk.log == p.disk.log for n in w.nodes if n.alive
-    )
+    return w.converged(everyone=False)
 
 
 @pytest.mark.parametrize("min_insync", [1, 2])
