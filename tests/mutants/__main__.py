@@ -84,7 +84,7 @@ def pytest(cwd: Path, args: list[str], timeout: float) -> tuple[int | None, str,
     started = time.monotonic()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
             cwd=cwd,
             env=env,
             capture_output=True,
@@ -110,6 +110,7 @@ def judge(base: Path, mutant: Mutant, model_seconds: float) -> Verdict:
         code, output, seconds = pytest(
             root,
             [
+                "-x",
                 "--timeout=0",
                 f"--hypothesis-seed={SEED}",
                 "--hypothesis-show-statistics",
@@ -161,8 +162,8 @@ def main() -> int:
         else:
             model = f"missed in {v.model_seconds:.0f}s"
         print(f"{v.mutant.name:30} {unit:12} {model:28}  {v.mutant.why}")
-        for failure in v.unit_failures[:3]:
-            print(f"{'':30}   unit: {failure}")
+        for failure in v.unit_failures:
+            print(f"{'':30}   unit: {failure.split('::', 1)[-1]}")
         if v.model_message:
             print(f"{'':30}   model: {v.model_message[:150]}")
     survivors = [v.mutant.name for v in verdicts if not v.caught]

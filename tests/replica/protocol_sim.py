@@ -938,6 +938,7 @@ class World:
         until: Callable[[], bool] = lambda: False,
         hold: Callable[[Link, str], bool] = lambda link, what: False,
         respect_deadline: bool = False,
+        hold_calls: Callable[[Call], bool] = lambda call: False,
     ) -> bool:
         """Run every replica and deliver everything (except what `hold` keeps back), half a
         heartbeat of logical time per round, until `until()` or `rounds` ran out. With
@@ -951,7 +952,7 @@ class World:
                 if streams:
                     self.deliver(*streams[0])
                     continue
-                calls = self.call_deliveries()
+                calls = [c for c in self.call_deliveries() if not hold_calls(c)]
                 if not calls:
                     break
                 self.deliver_call(calls[0])

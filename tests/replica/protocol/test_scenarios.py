@@ -52,3 +52,94 @@ def test_a_new_primary_commits_an_older_epochs_event_only_with_its_own(min_insyn
     assert w.settle(60, lambda: one_primary(w))  # World.check() raises on a lost write
     w.restart(a)
     assert w.settle(200, lambda: caught_up(w))
+
+
+def test_two_restarted_replicas_do_not_elect_without_the_third() -> None:
+    """With min_insync = 1 the primary acknowledges alone once both secondaries are gone;
+    two replicas restarted after that cannot know it, so they must wait for the third."""
+    w = World(3, 1)
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    others = [n.index for n in w.nodes if n is not p]
+    for i in others:
+        w.crash(i)
+    assert p.core is not None
+    assert w.settle(60, lambda: p.core is not None and p.core.write_refusal() is None)
+    w.client_write(p, "alone")
+    assert w.settle(20, lambda: "alone" in w.acked)
+    w.crash(p.index)
+    for i in others:
+        w.restart(i)
+    w.settle(60)  # World.check() raises if one of them leads without "alone"
+    assert not w.primaries(), "two replicas that cannot know what was acknowledged elected"
+    w.restart(p.index)
+    assert w.settle(200, lambda: caught_up(w))
+    assert w.primaries()[0].disk.log[w.acked["alone"][0] - 1].request_id == "alone"
+
+
+def test_a_replica_that_rejoins_vouches_only_once_caught_up() -> None:
+    """A restarted secondary misses what was acknowledged while it was down. Were it told it
+    is in sync before it caught up, it would vouch for a log without those writes."""
+    w = World(3, 1, batch_events=1)
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    lagging, other = (n.index for n in w.nodes if n is not p)
+    w.crash(lagging)
+    for i in range(3):
+        w.client_write(p, f"while-down-{i}")
+    assert w.settle(60, lambda: len(w.acked) == 3)
+    w.restart(lagging)
+    start = len(w.nodes[lagging].disk.log)
+
+    def hold(link: Link, what: str) -> bool:
+        # It stores one batch more (the first one it is sent), then nothing: it stays behind.
+        return (
+            link.secondary == lagging and what == "down" and len(w.nodes[lagging].disk.log) > start
+        )
+
+    w.settle(20, lambda: len(w.nodes[lagging].disk.log) > start, hold)
+    w.settle(4, hold=hold)
+    assert len(w.nodes[lagging].disk.log) < len(p.disk.log)
+    w.crash(p.index)
+    w.crash(other)
+    w.settle(40, hold=hold)  # World.check() raises if it vouches or leads without the writes
+    assert not w.primaries()
+
+
+def test_a_secondary_stops_vouching_before_the_primary_can_drop_it() -> None:
+    """The primary's database fails, and a blip ends one secondary's stream: it cannot start
+    again (the primary cannot read its log to answer), the primary's probes answer
+    UNAVAILABLE like a dead host's, and its election fails (the other secondary still hears
+    the primary). Once its database answers, the primary drops it -- unreachable past the
+    in-sync timeout -- and acknowledges with the other secondary alone. If both then die,
+    the first must have stopped vouching by then, or it would elect itself without that
+    write."""
+    w = World(3, 1)
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    cut_off, other = (n.index for n in w.nodes if n is not p)
+    p.db_down = True
+    for link in w.links:
+        if not link.broken and link.secondary == cut_off:
+            w.break_link(link)
+    w.settle(24)  # 1.2 s
+    assert w.primaries() == [p], "the other secondary, still streaming, refuses its vote"
+    p.db_down = False
+
+    def hold(link: Link, what: str) -> bool:
+        return link.secondary == cut_off and what == "up"  # the primary's probes come first
+
+    def dropped() -> bool:
+        iss = p.core.in_sync_set if p.core is not None else None
+        return iss is not None and not iss.told_in_sync(cut_off)
+
+    assert w.settle(10, dropped, hold)
+    w.client_write(p, "without-it")
+    assert w.settle(4, lambda: "without-it" in w.acked, hold)
+    w.crash(p.index)
+    w.crash(other)
+    w.settle(40, hold=hold)  # World.check() raises if it vouches or leads without the write
+    assert not w.primaries()
+    w.restart(p.index)
+    w.restart(other)
+    assert w.settle(200, lambda: caught_up(w))
