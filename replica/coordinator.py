@@ -98,6 +98,7 @@ class Coordinator:
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._probing = False
+        self._probe_now = False  # a tick was asked for: probe even if a round is under way
         self._next_tick = clock()
         self._last_probe: list[ProbeResult] = []
         self._tick_outage = StorageOutageLog(log, index, "the coordinator", clock=clock)
@@ -261,8 +262,14 @@ class Coordinator:
     # -- the tick loop -------------------------------------------------------------------
 
     def request_tick(self) -> None:
-        """Look at the cluster now rather than at the next tick."""
-        self._inbox.put(lambda: self.run(ins.Tick()))
+        """Look at the cluster now rather than at the next tick (e.g. the primary's stream
+        just ended: a round already under way may have left before that)."""
+
+        def tick() -> None:
+            self._probe_now = True
+            self.run(ins.Tick())
+
+        self._inbox.put(tick)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -295,9 +302,10 @@ class Coordinator:
     # -- probes ----------------------------------------------------------------------------
 
     def _probe_all(self, effect: fx.ProbeAll) -> None:
-        if self._probing and not effect.announce:
+        if self._probing and not (effect.announce or self._probe_now):
             return  # the round under way reports soon
         self._probing = True
+        self._probe_now = False
         request = rpb.ProbeRequest(
             from_index=self.index, from_epoch=effect.epoch, from_primary=effect.from_primary
         )
