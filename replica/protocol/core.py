@@ -369,10 +369,12 @@ class ReplicaCore:
             return
         f = self.following
         quiet_since = max(f.last_contact, self.started_at)
-        # A primary whose stream broke and that refuses connections is gone (a killed process
-        # closes its sockets at once); only a silent one needs the full timeout.
+        # A primary whose stream broke and whose host refuses connections is gone (a killed
+        # process closes its sockets at once); only a silent one needs the full timeout. Any
+        # other UNAVAILABLE is not gone: a primary whose database fails answers probes that
+        # way while it lives on, and may acknowledge again once its database is back.
         target_gone = f.target is not None and any(
-            o.index == f.target[0] and o.refused for o in event.outcomes
+            o.index == f.target[0] and o.process_gone for o in event.outcomes
         )
         quiet = now - quiet_since < self.config.peer_timeout
         if f.target is not None and not target_gone and quiet:

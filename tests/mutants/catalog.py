@@ -188,6 +188,17 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "unavailable-means-dead",
+        "a primary that answers probes UNAVAILABLE (its database failed) is taken for dead",
+        (
+            (
+                CORE,
+                "            o.index == f.target[0] and o.process_gone for o in event.outcomes",
+                "            o.index == f.target[0] and o.refused for o in event.outcomes",
+            ),
+        ),
+    ),
+    Mutant(
         "ack-before-store",
         "a secondary acks a batch before storing it",
         (

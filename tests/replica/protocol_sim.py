@@ -27,10 +27,15 @@ from replica.protocol import inputs as ins
 HEARTBEAT = 0.1
 PEER_TIMEOUT = 0.6
 INSYNC_TIMEOUT = 1.0
+# The shell's deadlines for its calls (replica/coordinator.py): a call not answered by then
+# fails, and its caller goes on.
+PROBE_TIMEOUT = max(2 * HEARTBEAT, 0.2)
+VOTE_TIMEOUT = PEER_TIMEOUT
 # min_insync = 1 is safe only on a network whose delays are far below the timeouts, with
 # threads that run (a process that does not run is paused, and notices). In that mode
-# nothing actionable may wait longer than this.
-MAX_DELAY = 0.3
+# nothing actionable may wait longer than this -- below the probe deadline: a probe between
+# two running replicas is answered.
+MAX_DELAY = 0.15
 
 
 def _kind(text: str) -> str:
@@ -98,6 +103,12 @@ class Link:
     primary_notice: float | None = None
     last_send_wanted: float = 0.0
 
+    def __repr__(self) -> str:  # (how hypothesis prints a chosen one)
+        return f"<stream {self.link_id}: {self.secondary} -> {self.primary}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
+        printer.text(repr(self))
+
 
 @dataclass
 class Call:
@@ -111,9 +122,17 @@ class Call:
     sent_at: float
     request: dict[str, Any]
     round_id: int = 0
+    timeout: float = PROBE_TIMEOUT
     reply: dict[str, Any] | None = None  # in flight back once set
     replied_at: float = 0.0
     handling: bool = False  # the callee's handler thread is carrying it out
+
+    def __repr__(self) -> str:
+        way = "reply" if self.reply is not None else "request"
+        return f"<{self.kind} {self.call_id} {way}: {self.caller} -> {self.callee}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
+        printer.text(repr(self))
 
 
 # -- replicas ---------------------------------------------------------------------------------
@@ -171,6 +190,12 @@ class Node:
 
     def idle(self, thread: str) -> bool:
         return not self.stacks.get(thread)
+
+    def __repr__(self) -> str:
+        return f"<replica {self.index}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
+        printer.text(repr(self))
 
 
 class World:
@@ -726,6 +751,7 @@ class World:
     def _call(self, node: Node, kind: str, callee: int, request: dict[str, Any]) -> Call:
         call = Call(next(self._ids), kind, node.index, callee, node.incarnation, self.now, request)
         call.round_id = node.round_id
+        call.timeout = PROBE_TIMEOUT if kind == "probe" else VOTE_TIMEOUT
         self.calls.append(call)
         return call
 
@@ -822,25 +848,12 @@ class World:
                 )
             )
 
-    def timeouts(self) -> list[Call]:
-        """Calls that may time out now: on a bounded network, only those whose other end does
-        not run (or is busy); otherwise any call still under way."""
-        out = []
-        for call in self.calls:
-            if call.handling and self.nodes[call.callee].alive:
-                thread = f"rpc:{call.call_id}"
-                if self.bounded and thread not in self.nodes[call.callee].blocked:
-                    continue
-            if not self.bounded:
-                out.append(call)
-                continue
-            other = self.nodes[call.callee if call.reply is None else call.caller]
-            if (other.alive and other.paused) or call.handling:
-                out.append(call)
-        return out
-
-    def time_out(self, call: Call) -> None:
-        self._fail(call, refused=False, gone=False)
+    def advance(self, to: float) -> None:
+        """Time passes; every call whose deadline passed fails, as its gRPC deadline makes it
+        (its caller hears a timeout; a reply still on its way is lost)."""
+        self.now = max(self.now, to)
+        for call in [c for c in self.calls if self.now >= c.sent_at + c.timeout]:
+            self._fail(call, refused=False, gone=False)
 
     def _fail(self, call: Call, refused: bool, gone: bool) -> None:
         if call in self.calls:
@@ -927,7 +940,10 @@ class World:
             else:
                 times.append(link.last_send_wanted)
         for call in self.call_deliveries():
-            times.append(call.sent_at if call.reply is None else call.replied_at)
+            if call.reply is None or call.replied_at <= call.sent_at + MAX_DELAY:
+                times.append(call.sent_at)  # the whole call, both ways
+            else:
+                times.append(call.replied_at - MAX_DELAY)  # it was slow to answer: due now
         return min(times) + MAX_DELAY
 
     # -- a fair schedule -------------------------------------------------------------------
@@ -972,7 +988,7 @@ class World:
                 step = min(step, self.deadline() - self.now)
                 if step <= 0:
                     return until()
-            self.now += step
+            self.advance(self.now + step)
         return until()
 
     def primaries(self) -> list[Node]:

@@ -158,7 +158,7 @@ class ProtocolModel(RuleBasedStateMachine):
         w = self.w
         end = min(w.now + dt, w.deadline())
         while w.now < end:
-            w.now = min(end, w.now + HEARTBEAT)
+            w.advance(min(end, w.now + HEARTBEAT))
             for node in w.nodes:
                 if node.running and node.idle("coordinator"):
                     w.tick(node.index)
@@ -167,7 +167,7 @@ class ProtocolModel(RuleBasedStateMachine):
 
     def _faults(self) -> dict[str, list[object]]:
         """What can go wrong now, by kind (a kind is drawn first, then its target: a crash is
-        as likely as a timeout, however many calls are in flight)."""
+        as likely as a broken stream, however many streams there are)."""
         w = self.w
         alive = [n.index for n in w.nodes if n.alive]
         faults: dict[str, list[object]] = {
@@ -178,7 +178,6 @@ class ProtocolModel(RuleBasedStateMachine):
             "db down": [n.index for n in w.nodes if n.alive and not n.db_down],
             "db up": [n.index for n in w.nodes if n.alive and n.db_down],
             "break": [link for link in w.links if not link.broken],
-            "timeout": list(w.timeouts()),
         }
         if not w.bounded:
             faults["cut"] = [(a, b) for a in range(N) for b in range(N) if a != b]
@@ -190,8 +189,9 @@ class ProtocolModel(RuleBasedStateMachine):
     def fault(self, data: st.DataObject) -> None:
         """A process crashes (volatile state lost, its disk kept), restarts, pauses or
         resumes; its database stops answering, or answers again; a stream breaks (each end
-        notices in its own time); a call times out; with min_insync = 2, a direction a -> b is
-        cut (neither end can tell that from a pause or a dead host) or every cut heals."""
+        notices in its own time); with min_insync = 2, a direction a -> b is cut (neither end
+        can tell that from a pause or a dead host) or every cut heals. A call nobody answers
+        fails at its deadline, as in the shell."""
         faults = self._faults()
         kind = self._pick(data, sorted(faults), "fault")
         what = self._pick(data, faults[kind], kind)
@@ -206,8 +206,6 @@ class ProtocolModel(RuleBasedStateMachine):
             w.nodes[what].db_down = kind == "db down"  # type: ignore[index]
         elif kind == "break":
             w.break_link(what)  # type: ignore[arg-type]
-        elif kind == "timeout":
-            w.time_out(what)  # type: ignore[arg-type]
         elif kind == "cut":
             w.cut.add(what)  # type: ignore[arg-type]
         else:
@@ -285,4 +283,6 @@ TestProtocolModel.settings = settings(
     stateful_step_count=int(os.environ.get("CHAT_MODEL_STEPS", "80")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    report_multiple_bugs=False,
+    print_blob=True,  # a failure prints the @reproduce_failure line that replays it
 )

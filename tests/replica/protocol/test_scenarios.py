@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from replica.protocol import Role
 from tests.replica.protocol_sim import Link, World
 
 
@@ -143,3 +144,33 @@ def test_a_secondary_stops_vouching_before_the_primary_can_drop_it() -> None:
     w.restart(p.index)
     w.restart(other)
     assert w.settle(200, lambda: caught_up(w))
+
+
+def test_a_primary_whose_database_fails_is_not_taken_for_dead() -> None:
+    """Its probes answer UNAVAILABLE while it lives on. Had the secondaries read that as a
+    dead host and elected at once, a new primary could acknowledge writes and die with its
+    voter; the old one, its database back and nobody alive to tell it of the newer epoch,
+    would then acknowledge alone at the same seqs. (The protocol model found this history.)"""
+    w = World(3, 1)
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    a, b = (n for n in w.nodes if n is not p)
+    p.db_down = True
+    for link in w.links:
+        if not link.broken and link.primary == p.index:
+            w.break_link(link)  # a blip: neither can reconnect while its database is down
+    w.settle(24)  # 1.2 s
+    for n in (a, b):
+        if n.core is not None and n.core.role is Role.PRIMARY:
+            w.client_write(n, "to-a-replacement")
+    w.settle(6)
+    w.crash(a.index)
+    w.crash(b.index)
+    p.db_down = False
+    w.settle(30)
+    w.client_write(p, "after-its-database-is-back")
+    w.settle(30)  # World.check() raises if one write is acknowledged where another was
+    w.restart(a.index)
+    w.restart(b.index)
+    assert w.settle(200, lambda: caught_up(w))
+    assert "to-a-replacement" not in w.acked, "the secondaries elected without it"
