@@ -287,7 +287,9 @@ class ReplicaCore:
     def _stream_lost(self, now: float) -> None:
         f = self.following
         if f.streaming or f.stream_lost_at is None:
-            f.stream_lost_at = now
+            # The vouch runs out counted from when this replica last kept up: a store under
+            # way when the stream ended counts from its start (rules.vouches).
+            f.stream_lost_at = now if f.processing_since is None else min(now, f.processing_since)
         f.streaming = False
         f.stream_id = None
         f.stream_primary = None
@@ -561,9 +563,15 @@ class ReplicaCore:
         f = self.following
         if event.stream_id != f.stream_id:
             return  # stored, but its stream is gone: no ack
+        took = None if f.processing_since is None else now - f.processing_since
         f.processing_since = None
         f.stored = event.position
-        self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, now)
+        in_sync = event.in_sync
+        if took is not None and took >= self.config.vouch_window:
+            # The batch said so when it was sent; storing it took long enough for the primary
+            # to have dropped this replica meanwhile. Its next message tells again.
+            in_sync = False
+        self._heard_primary(event.stream_id, in_sync, event.committed_seq, now)
 
     def _store_failed(self, event: StoreFailed, now: float) -> None:
         if event.stream_id == self.following.stream_id:
@@ -584,9 +592,14 @@ class ReplicaCore:
         f = self.following
         assert f.stored is not None
         f.last_contact = now
-        f.in_sync = in_sync
+        # In the set is not yet holding every acknowledged event: a new primary counts its
+        # voters in sync from the start, caught up or not (it acknowledges nothing without
+        # them). A voter that vouched when it voted still does; any other replica vouches
+        # only once it holds this epoch's epoch_started, and with it all the primary held
+        # when the epoch began (its log is a prefix of the primary's).
+        f.in_sync = in_sync and (f.in_sync or f.stored.epoch >= self.current_epoch)
         f.committed_seq = committed_seq
-        self._out.append(SendAck(stream_id, f.stored, in_sync))
+        self._out.append(SendAck(stream_id, f.stored, f.in_sync))
         self._out.append(SecondaryCommitted(min(committed_seq, f.stored.seq)))
 
     def _replication_stream_ended(self, event: ReplicationStreamEnded, now: float) -> None:

@@ -236,4 +236,39 @@ MUTANTS = (
             ),
         ),
     ),
+    Mutant(
+        "voter-trusts-before-epoch",
+        "a voter that was behind vouches as soon as the new primary counts it in sync",
+        (
+            (
+                CORE,
+                "        f.in_sync = in_sync and (f.in_sync or f.stored.epoch >= "
+                "self.current_epoch)",
+                "        f.in_sync = in_sync",
+            ),
+        ),
+    ),
+    Mutant(
+        "stale-batch-vouch",
+        "a batch stored after a long stall renews the vouch with what it said when sent",
+        (
+            (
+                CORE,
+                "        if took is not None and took >= self.config.vouch_window:",
+                "        if False:",
+            ),
+        ),
+    ),
+    Mutant(
+        "stream-loss-forgets-store",
+        "a stream lost while a store was under way starts the vouch window afresh",
+        (
+            (
+                CORE,
+                "            f.stream_lost_at = now if f.processing_since is None else "
+                "min(now, f.processing_since)",
+                "            f.stream_lost_at = now",
+            ),
+        ),
+    ),
 )

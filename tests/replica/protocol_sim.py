@@ -205,7 +205,7 @@ class World:
         self,
         n: int,
         min_insync: int,
-        suspend: Callable[[fx.Effect], bool] = lambda effect: False,
+        suspend: Callable[[int, fx.Effect], bool] = lambda index, effect: False,
         batch_events: int = 2,
         observe: Callable[[str], None] = lambda what: None,
     ) -> None:
@@ -213,7 +213,8 @@ class World:
         self.batch_events = batch_events
         self.min_insync = min_insync
         self.bounded = min_insync == 1  # see MAX_DELAY
-        self.suspend = suspend  # whether a durable effect takes a while (drawn by the model)
+        # Whether replica `index`'s durable effect takes a while (drawn by the model).
+        self.suspend = suspend
         self.observe = observe  # told of the protocol's notable decisions (hypothesis events)
         self.now = 0.0
         self.nodes = [Node(i) for i in range(n)]
@@ -293,7 +294,7 @@ class World:
                 stack.pop()
                 continue
             effect = frame.effects[0]
-            if isinstance(effect, fx.DURABLE) and self.suspend(effect):
+            if isinstance(effect, fx.DURABLE) and self.suspend(node.index, effect):
                 node.blocked.add(thread)  # the I/O is under way; resume() completes it
                 return
             if isinstance(effect, fx.DURABLE) and node.db_down:
@@ -955,14 +956,15 @@ class World:
         hold: Callable[[Link, str], bool] = lambda link, what: False,
         respect_deadline: bool = False,
         hold_calls: Callable[[Call], bool] = lambda call: False,
+        keep_blocked: Callable[[int, str], bool] = lambda index, thread: False,
     ) -> bool:
         """Run every replica and deliver everything (except what `hold` keeps back), half a
         heartbeat of logical time per round, until `until()` or `rounds` ran out. With
-        `respect_deadline`, time passes no further than the network's delay bound allows."""
+        `respect_deadline`, time passes no further than the network's delay bound allows.
+        Durable effects under way complete, except those of the threads `keep_blocked` names."""
         for _ in range(rounds):
-            while self.blocked_threads():
-                index, thread = self.blocked_threads()[0]
-                self.resume(index, thread)
+            while waiting := [x for x in self.blocked_threads() if not keep_blocked(*x)]:
+                self.resume(*waiting[0])
             for _ in range(200):
                 streams = [x for x in self.stream_deliveries() if x[1] != "send" and not hold(*x)]
                 if streams:

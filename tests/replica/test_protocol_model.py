@@ -57,7 +57,7 @@ class ProtocolModel(RuleBasedStateMachine):
         self._data: st.DataObject | None = None
         self._since_quiesce = 0
 
-    def _slow(self, effect: fx.Effect) -> bool:
+    def _slow(self, index: int, effect: fx.Effect) -> bool:
         """Whether a durable effect is still under way when the rule ends."""
         if self._data is None:
             return False

@@ -308,6 +308,71 @@ def test_a_secondary_stuck_storing_stops_vouching() -> None:
     assert not s.core.trusted(s.now + 0.5)
 
 
+def test_a_batch_stored_too_slowly_does_not_renew_the_vouch() -> None:
+    """The batch said "in sync" when it was sent; the primary may have dropped the replica
+    while it was storing. Only a fresh word from the primary renews the vouch."""
+    s = Secondary()
+    s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
+    for _ in range(5):
+        s.step(ins.Tick(), after=0.1)  # (running, not paused)
+    out = s.step(ins.BatchStored(s.stream, Position(3, 6), 5, True))
+    assert not s.core.trusted(s.now)
+    assert of(out, fx.SendAck) == [fx.SendAck(s.stream, Position(3, 6), False)]
+    s.step(ins.HeartbeatReceived(s.stream, 3, 6, True))
+    assert s.core.trusted(s.now)
+
+
+def test_a_stream_lost_while_storing_ends_the_vouch_from_when_the_store_began() -> None:
+    s = Secondary()
+    s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
+    began = s.now
+    for _ in range(4):
+        s.step(ins.Tick(), after=0.1)
+    s.step(ins.ReplicationStreamEnded(s.stream))
+    assert s.core.trusted(began + 0.45)
+    assert not s.core.trusted(began + 0.5), "the primary may drop it counting from the store"
+
+
+def _voter_streaming_from_new_primary(s: Secondary) -> int:
+    """Replica 1's primary is gone; it votes for replica 2 in epoch 5 and starts streaming
+    from it at (3, 5)."""
+    if s.core.following.stream_id is not None:
+        s.step(ins.ReplicationStreamEnded(s.core.following.stream_id))
+    (reply,) = of(s.step(ins.VoteRequested(2, 5, Position(3, 8), Position(3, 5))), fx.ReplyVote)
+    assert reply.granted
+    (opened,) = of(s.step(ins.ProbeReceived(2, 5, True)), fx.OpenStream)
+    stream = opened.stream_id
+    s.step(ins.DivergenceReceived(stream, 5, Position(3, 5), Position(3, 5), Position(3, 5)))
+    return stream
+
+
+def test_a_voter_that_was_behind_vouches_only_once_it_holds_the_new_epoch() -> None:
+    """A new primary counts its voters in sync from the start; a voter that vouched for
+    nothing when it voted (it restarted) must not take that word as holding every
+    acknowledged event while it lacks the older epoch's tail."""
+    s = Secondary()
+    s.core = ReplicaCore(config(1), 3, s.now)  # restarted: it vouches for nothing
+    stream = _voter_streaming_from_new_primary(s)
+    s.step(ins.BatchReceived(stream, 5, Position(3, 6)))
+    out = s.step(ins.BatchStored(stream, Position(3, 6), 0, True))
+    assert not s.core.trusted(s.now)
+    assert of(out, fx.SendAck) == [fx.SendAck(stream, Position(3, 6), False)]
+    s.step(ins.BatchReceived(stream, 5, Position(5, 9)))
+    out = s.step(ins.BatchStored(stream, Position(5, 9), 0, True))
+    assert s.core.trusted(s.now)
+    assert of(out, fx.SendAck) == [fx.SendAck(stream, Position(5, 9), True)]
+
+
+def test_a_voter_that_vouched_keeps_vouching_for_the_new_primary() -> None:
+    s = Secondary()
+    assert s.core.trusted(s.now)
+    stream = _voter_streaming_from_new_primary(s)
+    assert s.core.trusted(s.now)
+    s.step(ins.BatchReceived(stream, 5, Position(3, 6)))
+    s.step(ins.BatchStored(stream, Position(3, 6), 0, True))
+    assert s.core.trusted(s.now + 5), "the new primary counts it: it cannot be dropped silently"
+
+
 def test_a_silent_stream_keeps_the_vouch() -> None:
     """A paused primary drops no one, so its silent secondaries still vouch."""
     s = Secondary()
