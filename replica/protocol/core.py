@@ -209,6 +209,9 @@ class ReplicaCore:
         self.following.in_sync = False
         iss = self.in_sync_set
         if iss is None:
+            # What waits on its stream was sent while it was paused: a primary's "in sync"
+            # from before it was dropped. A new stream carries only what is said from now on.
+            self._end_stream(f"paused for {gap:.2f}s; reconnecting for fresh news")
             return
         iss.woke(now)
         if gap > self.config.peer_timeout:
@@ -566,12 +569,14 @@ class ReplicaCore:
         took = None if f.processing_since is None else now - f.processing_since
         f.processing_since = None
         f.stored = event.position
-        in_sync = event.in_sync
         if took is not None and took >= self.config.vouch_window:
-            # The batch said so when it was sent; storing it took long enough for the primary
-            # to have dropped this replica meanwhile. Its next message tells again.
-            in_sync = False
-        self._heard_primary(event.stream_id, in_sync, event.committed_seq, now)
+            # Storing took long enough for the primary to have dropped this replica meanwhile:
+            # the batch's "in sync", and that of whatever waits behind it on the stream, is
+            # old news. A new stream carries only what the primary says from now on.
+            f.in_sync = False
+            self._end_stream(f"storing a batch took {took:.2f}s; reconnecting for fresh news")
+            return
+        self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, now)
 
     def _store_failed(self, event: StoreFailed, now: float) -> None:
         if event.stream_id == self.following.stream_id:

@@ -250,12 +250,24 @@ MUTANTS = (
     ),
     Mutant(
         "stale-batch-vouch",
-        "a batch stored after a long stall renews the vouch with what it said when sent",
+        "after a long stall storing a batch, the stream's queued 'in sync' renews the vouch",
         (
             (
                 CORE,
                 "        if took is not None and took >= self.config.vouch_window:",
                 "        if False:",
+            ),
+        ),
+    ),
+    Mutant(
+        "pause-keeps-stream",
+        "a secondary woken from a pause believes what waited on its stream",
+        (
+            (
+                CORE,
+                '            self._end_stream(f"paused for {gap:.2f}s; reconnecting for '
+                'fresh news")\n',
+                "",
             ),
         ),
     ),

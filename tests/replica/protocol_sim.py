@@ -1018,6 +1018,17 @@ class World:
         point = core.commit_point
         if point is not None and point > len(node.disk.log):
             raise Violation(f"replica {node.index}'s commit point {point} is beyond its log")
+        if self.bounded and core.trusted(self.now):
+            # What its probe replies and its own elections would say, as of this step. (With
+            # min_insync = 2 a cut leaves a secondary vouching over a silent stream; votes
+            # from a majority, not the vouch, keep the writes there.)
+            log = node.disk.log
+            for request_id, (seq, _epoch) in self.acked.items():
+                if seq > len(log) or log[seq - 1].request_id != request_id:
+                    raise Violation(
+                        f"replica {node.index} vouches for a log without acknowledged "
+                        f"{request_id} at seq {seq}: {log}"
+                    )
 
     def check(self) -> None:
         for node in self.nodes:

@@ -309,17 +309,32 @@ def test_a_secondary_stuck_storing_stops_vouching() -> None:
 
 
 def test_a_batch_stored_too_slowly_does_not_renew_the_vouch() -> None:
-    """The batch said "in sync" when it was sent; the primary may have dropped the replica
-    while it was storing. Only a fresh word from the primary renews the vouch."""
+    """The batch said "in sync" when it was sent, and so did the heartbeats queued behind it;
+    the primary may have dropped the replica while it was storing. It takes a new stream, which
+    carries only what the primary says from now on, to renew the vouch."""
     s = Secondary()
-    s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
+    old = s.stream
+    s.step(ins.BatchReceived(old, 3, Position(3, 6)))
     for _ in range(5):
         s.step(ins.Tick(), after=0.1)  # (running, not paused)
-    out = s.step(ins.BatchStored(s.stream, Position(3, 6), 5, True))
+    out = s.step(ins.BatchStored(old, Position(3, 6), 5, True))
     assert not s.core.trusted(s.now)
-    assert of(out, fx.SendAck) == [fx.SendAck(s.stream, Position(3, 6), False)]
-    s.step(ins.HeartbeatReceived(s.stream, 3, 6, True))
+    assert of(out, fx.CancelStream) and not of(out, fx.SendAck)
+    out = s.step(ins.HeartbeatReceived(old, 3, 6, True))  # queued behind the batch
+    assert not s.core.trusted(s.now) and not of(out, fx.SendAck)
+    (opened,) = of(s.step(ins.Tick(), after=0.1), fx.OpenStream)
+    new = opened.stream_id
+    s.step(ins.DivergenceReceived(new, 3, Position(3, 6), Position(3, 6), Position(3, 6)))
+    s.step(ins.HeartbeatReceived(new, 3, 6, True))
     assert s.core.trusted(s.now)
+
+
+def test_a_secondary_woken_from_a_pause_reads_nothing_more_from_its_old_stream() -> None:
+    s = Secondary()
+    old = s.stream
+    out = s.step(ins.HeartbeatReceived(old, 3, 5, True), after=1.0)  # sent before the pause
+    assert of(out, fx.CancelStream) and not of(out, fx.SendAck)
+    assert not s.core.trusted(s.now)
 
 
 def test_a_stream_lost_while_storing_ends_the_vouch_from_when_the_store_began() -> None:

@@ -261,3 +261,35 @@ def test_a_replica_whose_disk_stalls_vouches_not_on_its_primarys_old_word(
     w.restart(p.index)
     w.restart(other)
     assert w.settle(200, lambda: caught_up(w))
+
+
+def test_what_a_stalled_replica_finds_queued_on_its_stream_is_stale() -> None:
+    """As above, but the primary lives on: behind the stalled batch wait heartbeats it sent
+    while the replica was still in the set. Read after the stall, their "in sync" is old
+    news -- the primary has dropped the replica and acknowledged without it since."""
+    w = World(3, 1)
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    slow = next(n.index for n in w.nodes if n is not p)
+    stalled = True
+    w.suspend = lambda index, effect: (
+        stalled and index == slow and isinstance(effect, fx.StoreBatch)
+    )
+
+    def kept(index: int, thread: str) -> bool:
+        return stalled and index == slow
+
+    w.client_write(p, "stalled")
+
+    def dropped() -> bool:
+        iss = p.core.in_sync_set if p.core is not None else None
+        return iss is not None and not iss.members[slow].in_sync
+
+    assert w.settle(100, dropped, keep_blocked=kept)
+    w.client_write(p, "without-it")
+    assert w.settle(10, lambda: "without-it" in w.acked, keep_blocked=kept)
+    queued = [link for link in w.links if link.secondary == slow and not link.broken]
+    assert any(m.kind == "heartbeat" for link in queued for m in link.down)
+    stalled = False
+    # World.check() raises if it vouches, on a queued word, for a log without the write.
+    assert w.settle(200, lambda: caught_up(w))
