@@ -574,7 +574,9 @@ class ReplicaCore:
             # the batch's "in sync", and that of whatever waits behind it on the stream, is
             # old news. A new stream carries only what the primary says from now on.
             f.in_sync = False
-            self._end_stream(f"storing a batch took {took:.2f}s; reconnecting for fresh news")
+            reason = f"storing a batch took {took:.2f}s; reconnecting for fresh news"
+            self._out.append(LogNote("warning", reason))
+            self._end_stream(reason)
             return
         self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, now)
 
