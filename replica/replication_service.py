@@ -14,6 +14,7 @@ from protos import replication_pb2_grpc as rpb_grpc
 from replica.coordinator import Coordinator
 from replica.database import StorageOutageLog, storage_problem
 from replica.primary import PrimaryStreams
+from replica.protocol import inputs as ins
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
         # A replica that cannot read its own log has nothing to say about it: to its peers it
         # is as good as down until its database answers again.
         self._outage.failed(exc)
+        # Told first: a peer may elect without it on this answer, so it stops vouching now.
+        self._coordinator.run(ins.DatabaseFailed(storage_problem(exc)))
         context.abort(
             grpc.StatusCode.UNAVAILABLE,
             f"replica {self._coordinator.index} cannot read its database: {storage_problem(exc)}",

@@ -50,6 +50,7 @@ from replica.protocol.inputs import (
     Appended,
     BatchReceived,
     BatchStored,
+    DatabaseFailed,
     DivergenceReceived,
     EpochStartAppended,
     EpochStartFailed,
@@ -133,6 +134,7 @@ class ReplicaCore:
             SecondaryAcked: self._secondary_acked,
             SendWanted: self._send_wanted,
             SecondaryDisconnected: self._secondary_disconnected,
+            DatabaseFailed: self._database_failed,
         }
 
     # -- the one entry point -------------------------------------------------------------
@@ -228,12 +230,16 @@ class ReplicaCore:
 
     # -- epochs and roles ------------------------------------------------------------------
 
-    def _observe_epoch(self, epoch: int) -> None:
-        """Durably record a newer epoch; a primary that sees one steps down."""
+    def _observe_epoch(self, epoch: int, own: bool = False) -> None:
+        """Durably record a newer epoch; a primary that sees one steps down. Unless the epoch
+        is this replica's own (its vote, its candidacy), its primary did not count this
+        replica and may acknowledge without it: the vouch ends."""
         if epoch <= self.current_epoch:
             return
         self.current_epoch = epoch
         self._out.append(PersistEpoch(epoch))
+        if not own:
+            self.following.in_sync = False
         if self.election is not None and self.election.epoch < epoch:
             self.election = None
         if self.in_sync_set is not None:
@@ -409,7 +415,7 @@ class ReplicaCore:
         epoch = rules.next_epoch(
             max(c.epoch for c in electorate), self.config.slot, self.config.cluster_size
         )
-        self._observe_epoch(epoch)
+        self._observe_epoch(epoch, own=True)
         voters = tuple(c.index for c in electorate if c.index != self.config.index)
         self.election = Election(epoch, own_position, voters, set(voters), now)
         if voters:
@@ -465,7 +471,7 @@ class ReplicaCore:
         # A voter keeps vouching for its log: the new primary counts it in its in-sync set
         # from the start, so acknowledges nothing without it. The vote is the epoch, recorded
         # durably before the reply (an epoch names one candidate).
-        self._observe_epoch(event.epoch)
+        self._observe_epoch(event.epoch, own=True)
         self._end_stream("voted in a newer epoch")
         self._out.append(
             LogNote("info", f"voted for replica {event.candidate} in epoch {event.epoch}")
@@ -612,6 +618,20 @@ class ReplicaCore:
     def _replication_stream_ended(self, event: ReplicationStreamEnded, now: float) -> None:
         if event.stream_id == self.following.stream_id:
             self._stream_lost(now)
+
+    def _database_failed(self, event: DatabaseFailed, now: float) -> None:
+        """Its peer is about to hear UNAVAILABLE, and may elect without it on that answer (a
+        replica that cannot read its log has no say): by then it must have stopped vouching,
+        or it would vouch later -- its database back -- for a log without what that election
+        brought. Only a new stream from a primary that counts it can renew the vouch."""
+        if self.in_sync_set is not None:
+            return  # a primary's writes fail on their own; it vouches for nothing anyway
+        if self.following.in_sync:
+            self._out.append(
+                LogNote("warning", f"its database failed ({event.reason}): stops vouching")
+            )
+        self.following.in_sync = False
+        self._end_stream(f"its database failed: {event.reason}")
 
     # -- inputs: a primary's streams -------------------------------------------------------
 

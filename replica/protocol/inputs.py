@@ -183,6 +183,14 @@ class SecondaryDisconnected:
     stream_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class DatabaseFailed:
+    """A read or write of this replica's own database failed where a peer asked something of
+    it: the shell is about to answer that peer UNAVAILABLE."""
+
+    reason: str
+
+
 Input = (
     Tick
     | ProbesAnswered
@@ -202,4 +210,5 @@ Input = (
     | SecondaryAcked
     | SendWanted
     | SecondaryDisconnected
+    | DatabaseFailed
 )

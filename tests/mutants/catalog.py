@@ -37,14 +37,14 @@ MUTANTS = (
         (
             (
                 CORE,
-                """        self._observe_epoch(event.epoch)
+                """        self._observe_epoch(event.epoch, own=True)
         self._end_stream("voted in a newer epoch")
         self._out.append(
             LogNote("info", f"voted for replica {event.candidate} in epoch {event.epoch}")
         )
         self._out.append(ReplyVote(True, event.epoch))""",
                 """        self._out.append(ReplyVote(True, event.epoch))
-        self._observe_epoch(event.epoch)
+        self._observe_epoch(event.epoch, own=True)
         self._end_stream("voted in a newer epoch")""",
             ),
         ),
@@ -280,6 +280,28 @@ MUTANTS = (
                 "            f.stream_lost_at = now if f.processing_since is None else "
                 "min(now, f.processing_since)",
                 "            f.stream_lost_at = now",
+            ),
+        ),
+    ),
+    Mutant(
+        "database-failure-keeps-vouch",
+        "a replica that answers UNAVAILABLE (its database failed) goes on vouching",
+        (
+            (
+                CORE,
+                "            DatabaseFailed: self._database_failed,\n",
+                "            DatabaseFailed: lambda event, now: None,\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "foreign-epoch-keeps-vouch",
+        "a replica that learns of an epoch it did not vote in goes on vouching",
+        (
+            (
+                CORE,
+                "        if not own:\n            self.following.in_sync = False\n",
+                "",
             ),
         ),
     ),

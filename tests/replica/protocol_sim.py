@@ -356,6 +356,7 @@ class World:
                 self.break_link(link)
         elif thread.startswith("rpc:") and ctx.call is not None:
             ctx.call.handling = False
+            self.step(node, thread, ins.DatabaseFailed("down"))
             self._fail(ctx.call, refused=True, gone=False)
         elif ctx.link is not None:
             self.break_link(ctx.link)
@@ -805,7 +806,9 @@ class World:
                 self._fail(call, refused=True, gone=True)
                 return
             if callee.db_down:
-                # It reads its log before answering: UNAVAILABLE, like a refused connection.
+                # It reads its log before answering: UNAVAILABLE, like a refused connection,
+                # and its core hears why first.
+                self.step(callee, f"rpc:{call.call_id}", ins.DatabaseFailed("down"))
                 self._fail(call, refused=True, gone=False)
                 return
             call.handling = True

@@ -348,6 +348,37 @@ def test_a_stream_lost_while_storing_ends_the_vouch_from_when_the_store_began() 
     assert not s.core.trusted(began + 0.5), "the primary may drop it counting from the store"
 
 
+def test_a_replica_whose_database_fails_stops_vouching_before_its_peer_hears_so() -> None:
+    """A peer that hears UNAVAILABLE may elect without it; it must not vouch afterwards on
+    what its old stream still says."""
+    s = Secondary()
+    old = s.stream
+    out = s.step(ins.DatabaseFailed("OperationalError: gone away"))
+    assert not s.core.trusted(s.now) and of(out, fx.CancelStream)
+    s.step(ins.HeartbeatReceived(old, 3, 5, True))
+    assert not s.core.trusted(s.now)
+
+
+def test_news_of_an_epoch_it_did_not_vote_in_ends_the_vouch() -> None:
+    """That epoch's primary did not count this replica and may acknowledge without it."""
+    s = Secondary()
+    s.step(ins.ProbeReceived(2, 5, True))  # replica 2 announces itself primary of epoch 5
+    assert not s.core.trusted(s.now)
+
+
+def test_its_own_candidacy_keeps_the_vouch() -> None:
+    """A candidate whose election fails must still be electable: no one acknowledged anything
+    in its epoch."""
+    s = Secondary()
+    s.step(ins.ReplicationStreamEnded(s.stream))
+    out = s.step(
+        ins.ProbesAnswered(Position(3, 5), (ins.ProbeOutcome(0, None, True, True), view(2)))
+    )
+    (request,) = of(out, fx.RequestVotes)
+    s.step(ins.VoteReplied(2, request.epoch, False, request.epoch, "busy"))
+    assert s.core.trusted(s.now)
+
+
 def _voter_streaming_from_new_primary(s: Secondary) -> int:
     """Replica 1's primary is gone; it votes for replica 2 in epoch 5 and starts streaming
     from it at (3, 5)."""

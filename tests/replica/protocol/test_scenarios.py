@@ -293,3 +293,28 @@ def test_what_a_stalled_replica_finds_queued_on_its_stream_is_stale() -> None:
     stalled = False
     # World.check() raises if it vouches, on a queued word, for a log without the write.
     assert w.settle(200, lambda: caught_up(w))
+
+
+def test_a_replica_whose_database_fails_stops_vouching_before_it_says_so() -> None:
+    """The primary is paused and one secondary's database fails. The other secondary, unable
+    to reach either, elects itself alone and acknowledges a write. The first still streams from
+    the paused primary -- a silent stream keeps the vouch -- so were it to go on vouching, it
+    would, once its database is back and the new primary gone, elect itself without that
+    write. Answering UNAVAILABLE is what let the election go ahead without it: it must have
+    stopped vouching by then. (The protocol model found this history.)"""
+    w = World(3, 1)
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    down, other = (n for n in w.nodes if n is not p)
+    p.paused = True
+    down.db_down = True
+    assert w.settle(40, lambda: other in w.primaries())  # (the paused one still thinks it is)
+    w.client_write(other, "while-it-was-down")
+    assert w.settle(10, lambda: "while-it-was-down" in w.acked)
+    # World.check() raises if it vouches for a log without the write.
+    w.crash(other.index)
+    down.db_down = False
+    p.paused = False
+    w.settle(40)
+    w.restart(other.index)
+    assert w.settle(200, lambda: caught_up(w))
