@@ -11,7 +11,9 @@ longer than MAX_DELAY, though a paused or busy replica may.
 
 Invariants (checked after every step, and where an effect is carried out):
 - every acknowledged write is in the log of every replica that is primary of its epoch or a
-  later one, and of every replica that vouches for its log;
+  later one; with min_insync = 1 (where the vouch decides elections), in the log of every
+  replica that vouches for its log, as of each of its steps -- what its probe replies and
+  its own elections would claim;
 - logs never disagree at an acknowledged position except in an older epoch's tail;
 - two logs that agree on the epoch at a seq agree up to it; each epoch's events start with its
   epoch_started event;
