@@ -392,6 +392,11 @@ class ReplicaCore:
             return
         if any(v.following_live_primary for v in live):
             return  # someone still hears a primary; we will learn of it
+        lost = f.target[0] if f.target is not None else None
+        silent = rules.may_be_vouching_unheard(event.outcomes, lost, self.config.min_insync)
+        if silent:
+            self._note_waiting(silent)
+            return
         self._elect(live, event.own_position, now)
 
     def _elect(self, live: list[PeerView], own_position: LogPosition, now: float) -> None:
@@ -422,6 +427,20 @@ class ReplicaCore:
             self._out.append(RequestVotes(epoch, own_position, voters))
         else:
             self._become_primary(now)
+
+    def _note_waiting(self, silent: tuple[int, ...]) -> None:
+        summary = ("waiting", silent)
+        if summary == self._last_election_view:
+            return
+        self._last_election_view = summary
+        names = ", ".join(str(i) for i in silent)
+        self._out.append(
+            LogNote(
+                "info",
+                f"no live primary; waiting for replica(s) {names}: no answer, and may be "
+                "vouching for a log",
+            )
+        )
 
     def _note_electorate(self, electorate: list[rules.CandidateView], choice: int | None) -> None:
         summary = (

@@ -29,6 +29,22 @@ def less_up_to_date(a: LogPosition, b: LogPosition) -> bool:
     return position_key(a) < position_key(b)
 
 
+class ProbeOutcomeLike(Protocol):
+    """One peer's answer to a probe round (inputs.ProbeOutcome is one)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def view(self) -> object | None: ...
+
+    @property
+    def refused(self) -> bool: ...
+
+    @property
+    def process_gone(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class CandidateView:
     """What an election knows of one live replica."""
@@ -53,6 +69,27 @@ def electable(electorate: Iterable[CandidateView], cluster_size: int) -> bool:
     while it was down."""
     members = list(electorate)
     return len({c.index for c in members}) >= cluster_size or any(c.trusted for c in members)
+
+
+def may_be_vouching_unheard(
+    outcomes: Iterable[ProbeOutcomeLike], lost_primary: int | None, min_insync: int
+) -> tuple[int, ...]:
+    """The peers an election must wait for: with min_insync = 1 the vouch, not a majority,
+    keeps acknowledged writes, so every replica that may be vouching must be in the electorate
+    -- counted as a voter by the new primary -- or have stopped. One that does not answer at all
+    (no refusal: a timeout) may be running and vouching -- a pause shorter than the pause
+    detector notices, a stalled thread -- and would go on vouching while the new primary
+    acknowledged writes without it. A refusal is safe: a dead process restarts vouching for
+    nothing, and a replica that answers UNAVAILABLE stopped vouching first. The primary that
+    was lost is not waited for: a primary vouches for nothing, and steps down when it wakes.
+    With min_insync >= 2 a majority of votes keeps the writes, and no one is waited for."""
+    if min_insync >= 2:
+        return ()
+    return tuple(
+        o.index
+        for o in outcomes
+        if o.view is None and not o.refused and not o.process_gone and o.index != lost_primary
+    )
 
 
 def choose_primary(electorate: Sequence[CandidateView], cluster_size: int) -> int | None:

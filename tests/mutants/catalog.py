@@ -305,4 +305,15 @@ MUTANTS = (
             ),
         ),
     ),
+    Mutant(
+        "elect-without-the-silent",
+        "with min_insync = 1, an election goes ahead without a peer that timed out",
+        (
+            (
+                CORE,
+                "        if silent:\n            self._note_waiting(silent)\n            return\n",
+                "",
+            ),
+        ),
+    ),
 )

@@ -79,3 +79,17 @@ def test_a_secondary_vouches_only_before_the_primary_can_have_dropped_it(
     stale = [age for age in (stream_lost_for, processing_for) if age is not None]
     assert vouches == all(age < HALF_INSYNC for age in stale)
     assert not protocol.vouches(False, None, None, HALF_INSYNC)
+
+
+def test_an_election_waits_only_for_peers_that_may_be_vouching() -> None:
+    from replica.protocol.inputs import PeerView, ProbeOutcome
+    from replica.protocol.roles import Role
+
+    answered = ProbeOutcome(0, PeerView(0, Role.SECONDARY, 3, Position(3, 5), True, True, False))
+    timed_out = ProbeOutcome(1, None)
+    unavailable = ProbeOutcome(2, None, refused=True)
+    gone = ProbeOutcome(3, None, refused=True, process_gone=True)
+    outcomes = (answered, timed_out, unavailable, gone)
+    assert protocol.may_be_vouching_unheard(outcomes, None, 1) == (1,)
+    assert protocol.may_be_vouching_unheard(outcomes, 1, 1) == (), "the lost primary"
+    assert protocol.may_be_vouching_unheard(outcomes, None, 2) == (), "a majority decides"

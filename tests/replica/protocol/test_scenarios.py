@@ -318,3 +318,27 @@ def test_a_replica_whose_database_fails_stops_vouching_before_it_says_so() -> No
     w.settle(40)
     w.restart(other.index)
     assert w.settle(200, lambda: caught_up(w))
+
+
+def test_an_election_waits_for_a_replica_that_does_not_answer() -> None:
+    """With min_insync = 1, a secondary paused for less than the pause detector notices
+    misses the probes of the election that follows the primary's death. Had the other
+    secondary elected alone and acknowledged a write, the paused one, once running again,
+    would still vouch for its log, without that write. (The protocol model found this.)"""
+    w = World(3, 1)
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    paused = next(n for n in w.nodes if n is not p)
+    paused.paused = True
+    w.crash(p.index)
+    w.settle(6)  # 0.3 s: its probes time out, yet it is not paused long enough to notice
+    for n in w.primaries():
+        w.client_write(n, "while-it-was-paused")
+    w.settle(2)
+    paused.paused = False
+    w.settle(4)  # World.check() raises if it vouches for a log without the write
+    assert w.settle(40, lambda: one_primary(w))
+    w.client_write(w.primaries()[0], "after")
+    assert w.settle(10, lambda: "after" in w.acked)
+    w.restart(p.index)
+    assert w.settle(200, lambda: caught_up(w))
