@@ -11,7 +11,7 @@ import grpc
 
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
-from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES
+from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES, SERVICE_ERROR_KEY
 from replica.config import ClusterConfig, ReplicaAddress
 from replica.tls import TlsMaterial
 
@@ -50,7 +50,10 @@ def _channel(address: str, tls: TlsMaterial | None) -> grpc.Channel:
 class ProbeResult:
     peer: ReplicaAddress
     reply: rpb.ProbeReply | None  # None: unreachable
-    refused: bool = False  # UNAVAILABLE: down or unreachable, not just slow
+    # The peer itself answered UNAVAILABLE (its database failed: it stopped vouching before
+    # it said so), or its process is gone. A transport failure (a timeout, a connection that
+    # could not be made) is neither: the peer may be running and vouching.
+    refused: bool = False
     # The peer's host answered that nothing listens on its port (TCP RST): its process is gone,
     # and with it every belief it held; a partitioned peer times out instead.
     process_gone: bool = False
@@ -117,7 +120,8 @@ class Peers:
             unavailable = code == grpc.StatusCode.UNAVAILABLE
             details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
             gone = unavailable and CONNECTION_REFUSED in details
-            return ProbeResult(peer, None, unavailable, gone)
+            said_so = unavailable and _answered_by_peer(exc)
+            return ProbeResult(peer, None, said_so or gone, gone)
         self._refused_by.discard(peer.index)
         return ProbeResult(peer, reply)
 
@@ -170,3 +174,10 @@ class Peers:
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
+
+
+def _answered_by_peer(exc: grpc.RpcError) -> bool:
+    """The status came from the peer's servicer (marked so), not from the transport."""
+    if not isinstance(exc, grpc.Call):
+        return False
+    return any(m.key == SERVICE_ERROR_KEY for m in exc.trailing_metadata() or ())

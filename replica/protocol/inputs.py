@@ -37,7 +37,9 @@ class PeerView:
 class ProbeOutcome:
     index: int
     view: PeerView | None  # None: no answer
-    # No answer because the call failed at once (UNAVAILABLE), not because it timed out.
+    # No view because the peer itself answered UNAVAILABLE (its database failed; it stopped
+    # vouching first: DatabaseFailed), or its process is gone -- not a timeout or another
+    # transport failure, behind which it may be running and vouching.
     refused: bool = False
     # The peer's host answered that nothing listens on its port (TCP RST): its process is gone,
     # and with it every belief it held. A partitioned peer times out instead.

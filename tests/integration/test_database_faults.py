@@ -3,6 +3,7 @@ its log, so that it cannot later elect itself without what the others acknowledg
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Callable, Iterator
 
@@ -10,6 +11,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from protos import replication_pb2 as rpb
+from replica.config import load_cluster_config
+from replica.peers import Peers, ProbeResult
 from tests.conftest import MYSQL_SERVER_URL, require_mysql
 from tests.integration.cluster_checks import (
     SETTINGS,
@@ -88,3 +92,33 @@ def test_a_secondary_with_a_failing_database_does_not_elect_itself_alone(
     wait_all_running_follow(cluster, new_primary)
     wait_converged(cluster)
     check_exactly_once(load.log, read_inbox(cluster, "dave"))
+
+
+def _probe(peers: Peers, index: int) -> ProbeResult:
+    done: queue.Queue[list[ProbeResult]] = queue.Queue()
+    peers.probe_all(rpb.ProbeRequest(from_index=peers.index, from_epoch=0), 5.0, done.put)
+    return next(r for r in done.get(timeout=10) if r.peer.index == index)
+
+
+def test_a_replica_whose_database_fails_stops_vouching_before_it_answers_unavailable(
+    cluster: ClusterProcesses,
+) -> None:
+    """Its peers may elect without it on that answer, so it must have stopped vouching first;
+    and they must be able to tell its own UNAVAILABLE from a transport failure (behind which it
+    may be running and vouching) and from a dead process."""
+    primary = wait_for_primary(cluster)
+    wait_all_running_follow(cluster, primary)
+    broken, other = [i for i in range(3) if i != primary]
+    config = load_cluster_config(cluster.config_path)
+    peers = Peers(other, config, cluster.cluster_secret.encode())
+    assert _probe(peers, broken).reply is not None
+    rename_events_table(cluster, broken, "events", "events_hidden")
+    try:
+        result = _probe(peers, broken)
+        assert result.reply is None and result.refused and not result.process_gone, result
+        assert "stops vouching" in cluster.log_text(broken), cluster.log_tail(broken)
+    finally:
+        rename_events_table(cluster, broken, "events_hidden", "events")
+    cluster.kill(broken)
+    result = _probe(peers, broken)
+    assert result.refused and result.process_gone, result
