@@ -51,6 +51,10 @@ class Member:
     leaving_since: float | None = None
     behind_since: float | None = None
     disconnected_at: float | None = None
+    # The commit point when it entered the set. Counted from then on, it is told it is in
+    # sync -- and may vouch -- only once it holds that far: it may have joined on the ack of a
+    # batch that reached the log's end when sent, while the commit point went on without it.
+    joined_at_commit: int = 0
 
     @property
     def connected(self) -> bool:
@@ -58,8 +62,11 @@ class Member:
 
     @property
     def told_in_sync(self) -> bool:
-        """What the member is told: in the set and not on its way out."""
-        return self.in_sync and self.leaving_since is None
+        """What the member is told: in the set, holding every committed event, and not on
+        its way out."""
+        return (
+            self.in_sync and self.leaving_since is None and self.acked_seq >= self.joined_at_commit
+        )
 
 
 class InSyncSet:
@@ -89,7 +96,14 @@ class InSyncSet:
         self.stalled: str | None = None
         self.awake_since = now
         self.members: dict[int, Member] = {
-            v: Member(v, in_sync=True, behind_since=now, disconnected_at=now) for v in voters
+            v: Member(
+                v,
+                in_sync=True,
+                behind_since=now,
+                disconnected_at=now,
+                joined_at_commit=commit_point,
+            )
+            for v in voters
         }
         self._pending_streams: dict[int, int] = {}  # stream id -> secondary, before its 1st ack
 
@@ -188,6 +202,7 @@ class InSyncSet:
             out.append(WakeSenders())
         elif caught_up and not m.in_sync:
             m.in_sync = True
+            m.joined_at_commit = self.commit_point
             out.append(WakeSenders())
             out.append(LogNote("info", f"replica {secondary} joined the in-sync set at seq {seq}"))
         self.advance_commit(out)

@@ -316,4 +316,16 @@ MUTANTS = (
             ),
         ),
     ),
+    Mutant(
+        "joined-behind-told",
+        "a secondary that joined behind the commit point is told it is in sync at once",
+        (
+            (
+                IN_SYNC,
+                "            self.in_sync and self.leaving_since is None and self.acked_seq >= "
+                "self.joined_at_commit",
+                "            self.in_sync and self.leaving_since is None",
+            ),
+        ),
+    ),
 )

@@ -94,6 +94,33 @@ def test_nothing_commits_before_the_primarys_own_epoch_started() -> None:
     assert committed(out) == [5]
 
 
+def test_a_secondary_that_joins_behind_the_commit_point_is_told_once_it_holds_it() -> None:
+    """It joins on the ack of a batch that reached the log's end when sent; meanwhile the
+    primary, alone in sync (min_insync = 1), committed more. Counted from its join, it must
+    not be told it is in sync -- and vouch -- before it holds what was committed without it."""
+    iss, now = set_with_two_secondaries()
+    out: list[Effect] = []
+    iss.disconnected(1, STREAMS[1], now)
+    iss.disconnected(2, STREAMS[2], now)
+    iss.evaluate(now, {1, 2}, out)  # both gone: the primary commits alone
+    iss.appended(3, now, out)
+    assert iss.commit_point == 3
+    iss.hello(1, 201)
+    iss.acked(1, 201, 1, False, now, out)  # it starts behind, at seq 1
+    iss.next_send(1, 201, now, out)  # seqs 2-3: the log's end as sent
+    iss.appended(5, now, out)
+    assert iss.commit_point == 5, "committed alone"
+    iss.acked(1, 201, 3, False, now, out)  # caught up as of sending: it joins
+    assert iss.members[1].in_sync, "counted from its join"
+    assert not iss.told_in_sync(1), "told in sync while it lacks committed seqs 4-5"
+    iss.appended(6, now, out)
+    assert iss.commit_point == 5, "nothing more commits without it"
+    iss.acked(1, 201, 5, False, now, out)
+    assert iss.told_in_sync(1)
+    iss.acked(1, 201, 6, True, now, out)
+    assert iss.commit_point == 6
+
+
 def test_recent_events_serve_a_contiguous_run_and_nothing_else() -> None:
     recent = RecentEvents(capacity=5)
     assert recent.after(0, 10) is None
