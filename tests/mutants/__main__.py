@@ -81,6 +81,7 @@ def mutated_copy(base: Path, mutant: Mutant, into: Path) -> None:
 def pytest(cwd: Path, args: list[str], timeout: float) -> tuple[int | None, str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
     env["CHAT_MODEL_EXAMPLES"] = "1000000"
+    env["CHAT_MODEL_SHRINK"] = "0"  # found is what counts; shrinking could outlast the budget
     started = time.monotonic()
     try:
         done = subprocess.run(
@@ -126,7 +127,11 @@ def judge(base: Path, mutant: Mutant, model_seconds: float) -> Verdict:
         if code not in (0, 1, None):
             raise SystemExit(f"mutant {mutant.name}: the model did not run (exit {code})")
         if code == 1:
-            errors = re.findall(r"^E\s+(\S.*)$", output, re.M)
+            errors = [
+                e
+                for e in re.findall(r"^E\s+(\S.*)$", output, re.M)
+                if "Violation" in e or "Error" in e
+            ]
             message = errors[-1] if errors else output.strip().splitlines()[-1]
         return Verdict(mutant, unit_failures, code == 1, examples, seconds, message)
 

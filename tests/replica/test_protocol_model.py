@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -287,4 +287,10 @@ TestProtocolModel.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     report_multiple_bugs=False,
     print_blob=True,  # a failure prints the @reproduce_failure line that replays it
+    # `make mutants` only asks whether a failure is found, and how soon: no shrinking.
+    phases=(
+        [Phase.explicit, Phase.reuse, Phase.generate]
+        if os.environ.get("CHAT_MODEL_SHRINK") == "0"
+        else list(Phase)
+    ),
 )
