@@ -11,7 +11,7 @@ import grpc
 
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
-from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES, SERVICE_ERROR_KEY
+from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES
 from replica.config import ClusterConfig, ReplicaAddress
 from replica.tls import TlsMaterial
 
@@ -35,6 +35,8 @@ PEER_CHANNEL_OPTIONS = [
 
 # In the details of a call that failed because the TLS handshake did (a peer with another CA,
 # a certificate not valid for the peer's host, a peer without TLS).
+# gRPC core's wordings of a connection attempt that timed out.
+TIMEOUT_SIGNS = ("timed out", "timeout", "deadline")
 TLS_FAILURE_SIGNS = ("Tls handshake failed", "Hostname Verification", "ssl_transport_security")
 
 
@@ -50,9 +52,10 @@ def _channel(address: str, tls: TlsMaterial | None) -> grpc.Channel:
 class ProbeResult:
     peer: ReplicaAddress
     reply: rpb.ProbeReply | None  # None: unreachable
-    # The peer itself answered UNAVAILABLE (its database failed: it stopped vouching before
-    # it said so), or its process is gone. A transport failure (a timeout, a connection that
-    # could not be made) is neither: the peer may be running and vouching.
+    # The call failed without timing out: the peer answered an error (UNAVAILABLE when its
+    # database failed -- it stopped vouching before it said so), or its host reset or refused
+    # the connection (a killed process; on these networks nothing else sends resets). Only a
+    # timeout may hide a peer that is running and vouching.
     refused: bool = False
     # The peer's host answered that nothing listens on its port (TCP RST): its process is gone,
     # and with it every belief it held; a partitioned peer times out instead.
@@ -120,8 +123,7 @@ class Peers:
             unavailable = code == grpc.StatusCode.UNAVAILABLE
             details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
             gone = unavailable and CONNECTION_REFUSED in details
-            said_so = unavailable and _answered_by_peer(exc)
-            return ProbeResult(peer, None, said_so or gone, gone)
+            return ProbeResult(peer, None, not _timed_out(code, details), gone)
         self._refused_by.discard(peer.index)
         return ProbeResult(peer, reply)
 
@@ -176,8 +178,10 @@ class Peers:
             channel.close()
 
 
-def _answered_by_peer(exc: grpc.RpcError) -> bool:
-    """The status came from the peer's servicer (marked so), not from the transport."""
-    if not isinstance(exc, grpc.Call):
-        return False
-    return any(m.key == SERVICE_ERROR_KEY for m in exc.trailing_metadata() or ())
+def _timed_out(code: grpc.StatusCode | None, details: str) -> bool:
+    """No answer in time -- the deadline passed, or a connection could not be made in time
+    (a channel in back-off after that reports UNAVAILABLE with the timeout as its last error)."""
+    if code is None or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return True
+    text = details.lower()
+    return code == grpc.StatusCode.UNAVAILABLE and any(s in text for s in TIMEOUT_SIGNS)

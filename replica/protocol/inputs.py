@@ -37,9 +37,9 @@ class PeerView:
 class ProbeOutcome:
     index: int
     view: PeerView | None  # None: no answer
-    # No view because the peer itself answered UNAVAILABLE (its database failed; it stopped
-    # vouching first: DatabaseFailed), or its process is gone -- not a timeout or another
-    # transport failure, behind which it may be running and vouching.
+    # No view because the call failed without timing out: the peer answered an error (its
+    # database failed; it stopped vouching first: DatabaseFailed), or its process is gone.
+    # Only a timeout may hide a peer that is running and vouching.
     refused: bool = False
     # The peer's host answered that nothing listens on its port (TCP RST): its process is gone,
     # and with it every belief it held. A partitioned peer times out instead.

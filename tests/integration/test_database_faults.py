@@ -4,6 +4,7 @@ its log, so that it cannot later elect itself without what the others acknowledg
 from __future__ import annotations
 
 import queue
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -94,9 +95,9 @@ def test_a_secondary_with_a_failing_database_does_not_elect_itself_alone(
     check_exactly_once(load.log, read_inbox(cluster, "dave"))
 
 
-def _probe(peers: Peers, index: int) -> ProbeResult:
+def _probe(peers: Peers, index: int, timeout: float = 5.0) -> ProbeResult:
     done: queue.Queue[list[ProbeResult]] = queue.Queue()
-    peers.probe_all(rpb.ProbeRequest(from_index=peers.index, from_epoch=0), 5.0, done.put)
+    peers.probe_all(rpb.ProbeRequest(from_index=peers.index, from_epoch=0), timeout, done.put)
     return next(r for r in done.get(timeout=10) if r.peer.index == index)
 
 
@@ -104,14 +105,18 @@ def test_a_replica_whose_database_fails_stops_vouching_before_it_answers_unavail
     cluster: ClusterProcesses,
 ) -> None:
     """Its peers may elect without it on that answer, so it must have stopped vouching first;
-    and they must be able to tell its own UNAVAILABLE from a transport failure (behind which it
-    may be running and vouching) and from a dead process."""
+    and they must be able to tell that answer from a timeout (behind which it may be running
+    and vouching: an election waits for it) and from a dead process."""
     primary = wait_for_primary(cluster)
     wait_all_running_follow(cluster, primary)
     broken, other = [i for i in range(3) if i != primary]
     config = load_cluster_config(cluster.config_path)
     peers = Peers(other, config, cluster.cluster_secret.encode())
-    assert _probe(peers, broken).reply is not None
+    wait_until(
+        lambda: (reply := _probe(peers, broken).reply) is not None and reply.trusted,
+        20,
+        f"replica {broken} to vouch for its log",
+    )
     rename_events_table(cluster, broken, "events", "events_hidden")
     try:
         result = _probe(peers, broken)
@@ -119,6 +124,12 @@ def test_a_replica_whose_database_fails_stops_vouching_before_it_answers_unavail
         assert "stops vouching" in cluster.log_text(broken), cluster.log_tail(broken)
     finally:
         rename_events_table(cluster, broken, "events_hidden", "events")
+    cluster.process(broken).send_signal(signal.SIGSTOP)
+    try:
+        result = _probe(peers, broken, timeout=0.5)
+        assert result.reply is None and not result.refused and not result.process_gone, result
+    finally:
+        cluster.process(broken).send_signal(signal.SIGCONT)
     cluster.kill(broken)
     result = _probe(peers, broken)
     assert result.refused and result.process_gone, result
