@@ -394,12 +394,18 @@ class ReplicaCore:
             return  # someone still hears a primary; we will learn of it
         lost = f.target[0] if f.target is not None else None
         silent = rules.may_be_vouching_unheard(event.outcomes, lost, self.config.min_insync)
-        if silent:
-            self._note_waiting(silent)
-            return
-        self._elect(live, event.own_position, now)
+        self._elect(live, event.own_position, now, silent)
 
-    def _elect(self, live: list[PeerView], own_position: LogPosition, now: float) -> None:
+    def _elect(
+        self,
+        live: list[PeerView],
+        own_position: LogPosition,
+        now: float,
+        silent: tuple[int, ...] = (),
+    ) -> None:
+        """`silent`: peers that did not answer in time but may be running and vouching
+        (rules.may_be_vouching_unheard): they are asked for their votes too, and the election
+        succeeds only with them -- so the new primary counts them in its in-sync set."""
         self._forget_target()
         mine = rules.CandidateView(
             self.config.index, own_position, self.current_epoch, self.trusted(now)
@@ -412,7 +418,7 @@ class ReplicaCore:
         choice = rules.choose_primary(electorate, self.config.cluster_size)
         self.role = Role.CANDIDATE
         self.primary_index = None
-        self._note_electorate(electorate, choice)
+        self._note_electorate(electorate, choice, silent)
         if choice != self.config.index:
             return
         if len(electorate) < rules.votes_needed(self.config.min_insync):
@@ -421,31 +427,23 @@ class ReplicaCore:
             max(c.epoch for c in electorate), self.config.slot, self.config.cluster_size
         )
         self._observe_epoch(epoch, own=True)
-        voters = tuple(c.index for c in electorate if c.index != self.config.index)
+        voters = tuple(c.index for c in electorate if c.index != self.config.index) + silent
         self.election = Election(epoch, own_position, voters, set(voters), now)
         if voters:
             self._out.append(RequestVotes(epoch, own_position, voters))
         else:
             self._become_primary(now)
 
-    def _note_waiting(self, silent: tuple[int, ...]) -> None:
-        summary = ("waiting", silent)
-        if summary == self._last_election_view:
-            return
-        self._last_election_view = summary
-        names = ", ".join(str(i) for i in silent)
-        self._out.append(
-            LogNote(
-                "info",
-                f"no live primary; waiting for replica(s) {names}: no answer, and may be "
-                "vouching for a log",
-            )
-        )
-
-    def _note_electorate(self, electorate: list[rules.CandidateView], choice: int | None) -> None:
+    def _note_electorate(
+        self,
+        electorate: list[rules.CandidateView],
+        choice: int | None,
+        silent: tuple[int, ...],
+    ) -> None:
         summary = (
             tuple((c.index, c.position.epoch, c.position.seq, c.trusted) for c in electorate),
             choice,
+            silent,
         )
         if summary == self._last_election_view:
             return
@@ -459,6 +457,9 @@ class ReplicaCore:
             if choice is None
             else f"replica {choice}"
         )
+        if silent and choice is not None:
+            names = ", ".join(str(i) for i in silent)
+            outcome += f", whose votes must include replica(s) {names} (no answer: may be vouching)"
         self._out.append(LogNote("info", f"no live primary; electorate {members} -> {outcome}"))
 
     def _probe_received(self, event: ProbeReceived, now: float) -> None:

@@ -74,9 +74,10 @@ def electable(electorate: Iterable[CandidateView], cluster_size: int) -> bool:
 def may_be_vouching_unheard(
     outcomes: Iterable[ProbeOutcomeLike], lost_primary: int | None, min_insync: int
 ) -> tuple[int, ...]:
-    """The peers an election must wait for: with min_insync = 1 the vouch, not a majority,
-    keeps acknowledged writes, so every replica that may be vouching must be in the electorate
-    -- counted as a voter by the new primary -- or have stopped. One that does not answer at all
+    """The peers whose votes an election needs though they did not answer its probes: with
+    min_insync = 1 the vouch, not a majority, keeps acknowledged writes, so every replica that
+    may be vouching must vote -- and be counted in sync by the new primary -- or have stopped.
+    One that does not answer at all
     (no refusal: a timeout) may be running and vouching -- a pause shorter than the pause
     detector notices, a stalled thread -- and would go on vouching while the new primary
     acknowledged writes without it. A refusal is safe: a dead process restarts vouching for

@@ -307,12 +307,14 @@ MUTANTS = (
     ),
     Mutant(
         "elect-without-the-silent",
-        "with min_insync = 1, an election goes ahead without a peer that timed out",
+        "with min_insync = 1, an election goes ahead without the vote of a peer that timed out",
         (
             (
                 CORE,
-                "        if silent:\n            self._note_waiting(silent)\n            return\n",
-                "",
+                "        voters = tuple(c.index for c in electorate if c.index != "
+                "self.config.index) + silent",
+                "        voters = tuple(c.index for c in electorate if c.index != "
+                "self.config.index)",
             ),
         ),
     ),

@@ -366,6 +366,18 @@ def test_news_of_an_epoch_it_did_not_vote_in_ends_the_vouch() -> None:
     assert not s.core.trusted(s.now)
 
 
+def test_with_min_insync_1_a_peer_that_does_not_answer_must_vote_too() -> None:
+    """It may be running and vouching (a short pause, a stalled thread); a refusal or a dead
+    process may not, nor the primary that was lost."""
+    s = Secondary()
+    s.step(ins.ReplicationStreamEnded(s.stream))
+    gone = ins.ProbeOutcome(0, None, True, True)  # the primary, killed
+    out = s.step(ins.ProbesAnswered(Position(3, 5), (gone, ins.ProbeOutcome(2, None))))
+    assert s.core.role is Role.CANDIDATE, "a primary without the silent peer's vote"
+    (request,) = of(out, fx.RequestVotes)
+    assert request.voters == (2,)
+
+
 def test_its_own_candidacy_keeps_the_vouch() -> None:
     """A candidate whose election fails must still be electable: no one acknowledged anything
     in its epoch."""

@@ -324,7 +324,8 @@ def test_an_election_waits_for_a_replica_that_does_not_answer() -> None:
     """With min_insync = 1, a secondary paused for less than the pause detector notices
     misses the probes of the election that follows the primary's death. Had the other
     secondary elected alone and acknowledged a write, the paused one, once running again,
-    would still vouch for its log, without that write. (The protocol model found this.)"""
+    would still vouch for its log, without that write. (The protocol model found this.) Its
+    vote is needed: the new primary then counts it in sync."""
     w = World(3, 1)
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
