@@ -7,7 +7,7 @@ import pytest
 
 from replica.protocol import Role
 from replica.protocol import effects as fx
-from tests.replica.protocol_sim import Link, World
+from tests.replica.protocol_sim import Link, Node, World
 
 
 def one_primary(w: World) -> bool:
@@ -16,6 +16,44 @@ def one_primary(w: World) -> bool:
 
 def caught_up(w: World) -> bool:
     return w.converged(everyone=False)
+
+
+def restarted_after_writes(w: World) -> tuple[Node, int, int, int]:
+    """One secondary is down while the primary acknowledges three writes, then restarts:
+    (primary, that secondary, the other one, the length of its log as it restarts)."""
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    lagging, other = (n.index for n in w.nodes if n is not p)
+    w.crash(lagging)
+    for i in range(3):
+        w.client_write(p, f"while-down-{i}")
+    assert w.settle(60, lambda: len(w.acked) == 3)
+    w.restart(lagging)
+    return p, lagging, other, len(w.nodes[lagging].disk.log)
+
+
+class StalledStore:
+    """Secondary `slow`'s disk stalls on a batch (the write "stalled") until the primary has
+    dropped it from the in-sync set and acknowledged "without-it" with the other alone."""
+
+    def __init__(self, w: World, p: Node, slow: int) -> None:
+        self.slow = slow
+        self.stalled = True
+        w.suspend = lambda index, effect: (
+            self.stalled and index == slow and isinstance(effect, fx.StoreBatch)
+        )
+        w.client_write(p, "stalled")
+
+        def dropped() -> bool:
+            iss = p.core.in_sync_set if p.core is not None else None
+            return iss is not None and not iss.members[slow].in_sync
+
+        assert w.settle(100, dropped, keep_blocked=self.kept)
+        w.client_write(p, "without-it")
+        assert w.settle(10, lambda: "without-it" in w.acked, keep_blocked=self.kept)
+
+    def kept(self, index: int, thread: str) -> bool:
+        return self.stalled and index == self.slow
 
 
 @pytest.mark.parametrize("min_insync", [1, 2])
@@ -83,15 +121,7 @@ def test_a_replica_that_rejoins_vouches_only_once_caught_up() -> None:
     """A restarted secondary misses what was acknowledged while it was down. Were it told it
     is in sync before it caught up, it would vouch for a log without those writes."""
     w = World(3, 1, batch_events=1)
-    assert w.settle(100, lambda: caught_up(w))
-    p = w.primaries()[0]
-    lagging, other = (n.index for n in w.nodes if n is not p)
-    w.crash(lagging)
-    for i in range(3):
-        w.client_write(p, f"while-down-{i}")
-    assert w.settle(60, lambda: len(w.acked) == 3)
-    w.restart(lagging)
-    start = len(w.nodes[lagging].disk.log)
+    p, lagging, other, start = restarted_after_writes(w)
 
     def hold(link: Link, what: str) -> bool:
         # It stores one batch more (the first one it is sent), then nothing: it stays behind.
@@ -184,15 +214,7 @@ def test_a_voter_that_was_behind_vouches_only_once_it_holds_the_new_epoch() -> N
     the new primary dying, it would elect itself without them. Only its log reaching the new
     epoch's epoch_started shows it holds all the new primary held. (The model found this.)"""
     w = World(3, 1, batch_events=1)
-    assert w.settle(100, lambda: caught_up(w))
-    p = w.primaries()[0]
-    restarted, other = (n.index for n in w.nodes if n is not p)
-    w.crash(restarted)
-    for i in range(3):
-        w.client_write(p, f"while-down-{i}")
-    assert w.settle(60, lambda: len(w.acked) == 3)
-    w.restart(restarted)
-    start = len(w.nodes[restarted].disk.log)
+    p, restarted, other, start = restarted_after_writes(w)
 
     def hold(link: Link, what: str) -> bool:
         # The restarted replica stores one batch more, then nothing: it stays behind.
@@ -232,30 +254,13 @@ def test_a_replica_whose_disk_stalls_vouches_not_on_its_primarys_old_word(
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
     slow, other = (n.index for n in w.nodes if n is not p)
-    stalled = True
-
-    def stalls(index: int, effect: fx.Effect) -> bool:
-        return stalled and index == slow and isinstance(effect, fx.StoreBatch)
-
-    def kept(index: int, thread: str) -> bool:
-        return stalled and index == slow
-
-    w.suspend = stalls
-    w.client_write(p, "stalled")
-
-    def dropped() -> bool:
-        iss = p.core.in_sync_set if p.core is not None else None
-        return iss is not None and not iss.members[slow].in_sync
-
-    assert w.settle(100, dropped, keep_blocked=kept)
-    w.client_write(p, "without-it")
-    assert w.settle(10, lambda: "without-it" in w.acked, keep_blocked=kept)
+    stall = StalledStore(w, p, slow)
     w.crash(p.index)
     w.crash(other)
     if stream_end_first:
-        w.settle(2, keep_blocked=kept)
+        w.settle(2, keep_blocked=stall.kept)
         assert w.nodes[slow].core is not None and w.nodes[slow].core.following.stream_id is None
-    stalled = False
+    stall.stalled = False
     w.settle(40)  # World.check() raises if it vouches or leads without the write
     assert not w.primaries()
     w.restart(p.index)
@@ -271,26 +276,10 @@ def test_what_a_stalled_replica_finds_queued_on_its_stream_is_stale() -> None:
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
     slow = next(n.index for n in w.nodes if n is not p)
-    stalled = True
-    w.suspend = lambda index, effect: (
-        stalled and index == slow and isinstance(effect, fx.StoreBatch)
-    )
-
-    def kept(index: int, thread: str) -> bool:
-        return stalled and index == slow
-
-    w.client_write(p, "stalled")
-
-    def dropped() -> bool:
-        iss = p.core.in_sync_set if p.core is not None else None
-        return iss is not None and not iss.members[slow].in_sync
-
-    assert w.settle(100, dropped, keep_blocked=kept)
-    w.client_write(p, "without-it")
-    assert w.settle(10, lambda: "without-it" in w.acked, keep_blocked=kept)
+    stall = StalledStore(w, p, slow)
     queued = [link for link in w.links if link.secondary == slow and not link.broken]
     assert any(m.kind == "heartbeat" for link in queued for m in link.down)
-    stalled = False
+    stall.stalled = False
     # World.check() raises if it vouches, on a queued word, for a log without the write.
     assert w.settle(200, lambda: caught_up(w))
 
