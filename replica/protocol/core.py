@@ -625,7 +625,7 @@ class ReplicaCore:
         f = self.following
         assert f.stored is not None
         f.last_contact = now
-        # In the set is not yet holding every acknowledged event: a new primary counts its
+        # Being in the set is not yet holding every acknowledged event: a new primary counts its
         # voters in sync from the start, caught up or not (it acknowledges nothing without
         # them). A voter that vouched when it voted still does; any other replica vouches
         # only once it holds this epoch's epoch_started, and with it all the primary held
