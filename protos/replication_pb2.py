@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/replication.proto\x12\x13\x63hat.replication.v1\")\n\x0bLogPosition\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"r\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_us\x18\x06 \x01(\x03\"p\n\x10SecondaryMessage\x12+\n\x05hello\x18\x01 \x01(\x0b\x32\x1a.chat.replication.v1.HelloH\x00\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x18.chat.replication.v1.AckH\x00\x42\x06\n\x04kind\"m\n\x05Hello\x12\x17\n\x0fsecondary_index\x18\x01 \x01(\r\x12\x17\n\x0fsecondary_epoch\x18\x02 \x01(\x04\x12\x32\n\x08position\x18\x03 \x01(\x0b\x32 .chat.replication.v1.LogPosition\"J\n\x03\x41\x63k\x12\x32\n\x08position\x18\x01 \x01(\x0b\x32 .chat.replication.v1.LogPosition\x12\x0f\n\x07in_sync\x18\x02 \x01(\x08\"\xc8\x01\n\x0ePrimaryMessage\x12\x15\n\rprimary_epoch\x18\x01 \x01(\x04\x12\x35\n\ndivergence\x18\x02 \x01(\x0b\x32\x1f.chat.replication.v1.DivergenceH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.chat.replication.v1.BatchH\x00\x12\x33\n\theartbeat\x18\x04 \x01(\x0b\x32\x1e.chat.replication.v1.HeartbeatH\x00\x42\x06\n\x04kind\"C\n\nDivergence\x12\x35\n\x0bprimary_end\x18\x01 \x01(\x0b\x32 .chat.replication.v1.LogPosition\"[\n\x05\x42\x61tch\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.chat.replication.v1.Event\x12\x15\n\rcommitted_seq\x18\x02 \x01(\x04\x12\x0f\n\x07in_sync\x18\x03 \x01(\x08\"E\n\tHeartbeat\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x0f\n\x07in_sync\x18\x03 \x01(\x08\"i\n\x0bVoteRequest\x12\x17\n\x0f\x63\x61ndidate_index\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x32\n\x08position\x18\x03 \x01(\x0b\x32 .chat.replication.v1.LogPosition\";\n\tVoteReply\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"L\n\x0cProbeRequest\x12\x12\n\nfrom_index\x18\x01 \x01(\r\x12\x12\n\nfrom_epoch\x18\x02 \x01(\x04\x12\x14\n\x0c\x66rom_primary\x18\x03 \x01(\x08\"\xb1\x01\n\tPeerState\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x32\n\x08position\x18\x04 \x01(\x0b\x32 .chat.replication.v1.LogPosition\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x0f\n\x07in_sync\x18\x06 \x01(\x08\x12\x11\n\treachable\x18\x07 \x01(\x08\x12\x0b\n\x03lag\x18\x08 \x01(\x04\"\xce\x01\n\nProbeReply\x12,\n\x04self\x18\x01 \x01(\x0b\x32\x1e.chat.replication.v1.PeerState\x12\x15\n\rprimary_known\x18\x02 \x01(\x08\x12\x15\n\rprimary_index\x18\x03 \x01(\r\x12\x33\n\x0bsecondaries\x18\x04 \x03(\x0b\x32\x1e.chat.replication.v1.PeerState\x12\x0f\n\x07trusted\x18\x05 \x01(\x08\x12\x1e\n\x16\x66ollowing_live_primary\x18\x06 \x01(\x08\x32\x88\x02\n\x0bReplication\x12[\n\tReplicate\x12%.chat.replication.v1.SecondaryMessage\x1a#.chat.replication.v1.PrimaryMessage(\x01\x30\x01\x12O\n\x0bRequestVote\x12 .chat.replication.v1.VoteRequest\x1a\x1e.chat.replication.v1.VoteReply\x12K\n\x05Probe\x12!.chat.replication.v1.ProbeRequest\x1a\x1f.chat.replication.v1.ProbeReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/replication.proto\x12\x13\x63hat.replication.v1\")\n\x0bLogPosition\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"r\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_us\x18\x06 \x01(\x03\"p\n\x10SecondaryMessage\x12+\n\x05hello\x18\x01 \x01(\x0b\x32\x1a.chat.replication.v1.HelloH\x00\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x18.chat.replication.v1.AckH\x00\x42\x06\n\x04kind\"m\n\x05Hello\x12\x17\n\x0fsecondary_index\x18\x01 \x01(\r\x12\x17\n\x0fsecondary_epoch\x18\x02 \x01(\x04\x12\x32\n\x08position\x18\x03 \x01(\x0b\x32 .chat.replication.v1.LogPosition\"Z\n\x03\x41\x63k\x12\x32\n\x08position\x18\x01 \x01(\x0b\x32 .chat.replication.v1.LogPosition\x12\x0f\n\x07in_sync\x18\x02 \x01(\x08\x12\x0e\n\x06\x61\x63k_id\x18\x03 \x01(\x04\"\xc8\x01\n\x0ePrimaryMessage\x12\x15\n\rprimary_epoch\x18\x01 \x01(\x04\x12\x35\n\ndivergence\x18\x02 \x01(\x0b\x32\x1f.chat.replication.v1.DivergenceH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.chat.replication.v1.BatchH\x00\x12\x33\n\theartbeat\x18\x04 \x01(\x0b\x32\x1e.chat.replication.v1.HeartbeatH\x00\x42\x06\n\x04kind\"C\n\nDivergence\x12\x35\n\x0bprimary_end\x18\x01 \x01(\x0b\x32 .chat.replication.v1.LogPosition\"p\n\x05\x42\x61tch\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.chat.replication.v1.Event\x12\x15\n\rcommitted_seq\x18\x02 \x01(\x04\x12\x0f\n\x07in_sync\x18\x03 \x01(\x08\x12\x13\n\x0b\x65\x63ho_ack_id\x18\x04 \x01(\x04\"Z\n\tHeartbeat\x12\x15\n\rcommitted_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x0f\n\x07in_sync\x18\x03 \x01(\x08\x12\x13\n\x0b\x65\x63ho_ack_id\x18\x04 \x01(\x04\"i\n\x0bVoteRequest\x12\x17\n\x0f\x63\x61ndidate_index\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x32\n\x08position\x18\x03 \x01(\x0b\x32 .chat.replication.v1.LogPosition\";\n\tVoteReply\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"L\n\x0cProbeRequest\x12\x12\n\nfrom_index\x18\x01 \x01(\r\x12\x12\n\nfrom_epoch\x18\x02 \x01(\x04\x12\x14\n\x0c\x66rom_primary\x18\x03 \x01(\x08\"\xb1\x01\n\tPeerState\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x32\n\x08position\x18\x04 \x01(\x0b\x32 .chat.replication.v1.LogPosition\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\x04\x12\x0f\n\x07in_sync\x18\x06 \x01(\x08\x12\x11\n\treachable\x18\x07 \x01(\x08\x12\x0b\n\x03lag\x18\x08 \x01(\x04\"\xf5\x01\n\nProbeReply\x12,\n\x04self\x18\x01 \x01(\x0b\x32\x1e.chat.replication.v1.PeerState\x12\x15\n\rprimary_known\x18\x02 \x01(\x08\x12\x15\n\rprimary_index\x18\x03 \x01(\r\x12\x33\n\x0bsecondaries\x18\x04 \x03(\x0b\x32\x1e.chat.replication.v1.PeerState\x12\x0f\n\x07trusted\x18\x05 \x01(\x08\x12\x1e\n\x16\x66ollowing_live_primary\x18\x06 \x01(\x08\x12\x0e\n\x06\x63laims\x18\x07 \x01(\x08\x12\x15\n\rclaim_primary\x18\x08 \x01(\r2\x88\x02\n\x0bReplication\x12[\n\tReplicate\x12%.chat.replication.v1.SecondaryMessage\x1a#.chat.replication.v1.PrimaryMessage(\x01\x30\x01\x12O\n\x0bRequestVote\x12 .chat.replication.v1.VoteRequest\x1a\x1e.chat.replication.v1.VoteReply\x12K\n\x05Probe\x12!.chat.replication.v1.ProbeRequest\x1a\x1f.chat.replication.v1.ProbeReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,25 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=322
   _globals['_HELLO']._serialized_end=431
   _globals['_ACK']._serialized_start=433
-  _globals['_ACK']._serialized_end=507
-  _globals['_PRIMARYMESSAGE']._serialized_start=510
-  _globals['_PRIMARYMESSAGE']._serialized_end=710
-  _globals['_DIVERGENCE']._serialized_start=712
-  _globals['_DIVERGENCE']._serialized_end=779
-  _globals['_BATCH']._serialized_start=781
-  _globals['_BATCH']._serialized_end=872
-  _globals['_HEARTBEAT']._serialized_start=874
-  _globals['_HEARTBEAT']._serialized_end=943
-  _globals['_VOTEREQUEST']._serialized_start=945
-  _globals['_VOTEREQUEST']._serialized_end=1050
-  _globals['_VOTEREPLY']._serialized_start=1052
-  _globals['_VOTEREPLY']._serialized_end=1111
-  _globals['_PROBEREQUEST']._serialized_start=1113
-  _globals['_PROBEREQUEST']._serialized_end=1189
-  _globals['_PEERSTATE']._serialized_start=1192
-  _globals['_PEERSTATE']._serialized_end=1369
-  _globals['_PROBEREPLY']._serialized_start=1372
-  _globals['_PROBEREPLY']._serialized_end=1578
-  _globals['_REPLICATION']._serialized_start=1581
-  _globals['_REPLICATION']._serialized_end=1845
+  _globals['_ACK']._serialized_end=523
+  _globals['_PRIMARYMESSAGE']._serialized_start=526
+  _globals['_PRIMARYMESSAGE']._serialized_end=726
+  _globals['_DIVERGENCE']._serialized_start=728
+  _globals['_DIVERGENCE']._serialized_end=795
+  _globals['_BATCH']._serialized_start=797
+  _globals['_BATCH']._serialized_end=909
+  _globals['_HEARTBEAT']._serialized_start=911
+  _globals['_HEARTBEAT']._serialized_end=1001
+  _globals['_VOTEREQUEST']._serialized_start=1003
+  _globals['_VOTEREQUEST']._serialized_end=1108
+  _globals['_VOTEREPLY']._serialized_start=1110
+  _globals['_VOTEREPLY']._serialized_end=1169
+  _globals['_PROBEREQUEST']._serialized_start=1171
+  _globals['_PROBEREQUEST']._serialized_end=1247
+  _globals['_PEERSTATE']._serialized_start=1250
+  _globals['_PEERSTATE']._serialized_end=1427
+  _globals['_PROBEREPLY']._serialized_start=1430
+  _globals['_PROBEREPLY']._serialized_end=1675
+  _globals['_REPLICATION']._serialized_start=1678
+  _globals['_REPLICATION']._serialized_end=1942
 # @@protoc_insertion_point(module_scope)

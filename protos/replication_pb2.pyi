@@ -49,12 +49,14 @@ class Hello(_message.Message):
     def __init__(self, secondary_index: _Optional[int] = ..., secondary_epoch: _Optional[int] = ..., position: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("position", "in_sync")
+    __slots__ = ("position", "in_sync", "ack_id")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    ACK_ID_FIELD_NUMBER: _ClassVar[int]
     position: LogPosition
     in_sync: bool
-    def __init__(self, position: _Optional[_Union[LogPosition, _Mapping]] = ..., in_sync: _Optional[bool] = ...) -> None: ...
+    ack_id: int
+    def __init__(self, position: _Optional[_Union[LogPosition, _Mapping]] = ..., in_sync: _Optional[bool] = ..., ack_id: _Optional[int] = ...) -> None: ...
 
 class PrimaryMessage(_message.Message):
     __slots__ = ("primary_epoch", "divergence", "batch", "heartbeat")
@@ -75,24 +77,28 @@ class Divergence(_message.Message):
     def __init__(self, primary_end: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("events", "committed_seq", "in_sync")
+    __slots__ = ("events", "committed_seq", "in_sync", "echo_ack_id")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_SEQ_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    ECHO_ACK_ID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
     committed_seq: int
     in_sync: bool
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., committed_seq: _Optional[int] = ..., in_sync: _Optional[bool] = ...) -> None: ...
+    echo_ack_id: int
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., committed_seq: _Optional[int] = ..., in_sync: _Optional[bool] = ..., echo_ack_id: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("committed_seq", "last_seq", "in_sync")
+    __slots__ = ("committed_seq", "last_seq", "in_sync", "echo_ack_id")
     COMMITTED_SEQ_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    ECHO_ACK_ID_FIELD_NUMBER: _ClassVar[int]
     committed_seq: int
     last_seq: int
     in_sync: bool
-    def __init__(self, committed_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., in_sync: _Optional[bool] = ...) -> None: ...
+    echo_ack_id: int
+    def __init__(self, committed_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., in_sync: _Optional[bool] = ..., echo_ack_id: _Optional[int] = ...) -> None: ...
 
 class VoteRequest(_message.Message):
     __slots__ = ("candidate_index", "epoch", "position")
@@ -145,17 +151,21 @@ class PeerState(_message.Message):
     def __init__(self, index: _Optional[int] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., position: _Optional[_Union[LogPosition, _Mapping]] = ..., applied_seq: _Optional[int] = ..., in_sync: _Optional[bool] = ..., reachable: _Optional[bool] = ..., lag: _Optional[int] = ...) -> None: ...
 
 class ProbeReply(_message.Message):
-    __slots__ = ("self", "primary_known", "primary_index", "secondaries", "trusted", "following_live_primary")
+    __slots__ = ("self", "primary_known", "primary_index", "secondaries", "trusted", "following_live_primary", "claims", "claim_primary")
     SELF_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_KNOWN_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_INDEX_FIELD_NUMBER: _ClassVar[int]
     SECONDARIES_FIELD_NUMBER: _ClassVar[int]
     TRUSTED_FIELD_NUMBER: _ClassVar[int]
     FOLLOWING_LIVE_PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_PRIMARY_FIELD_NUMBER: _ClassVar[int]
     self: PeerState
     primary_known: bool
     primary_index: int
     secondaries: _containers.RepeatedCompositeFieldContainer[PeerState]
     trusted: bool
     following_live_primary: bool
-    def __init__(self_, self: _Optional[_Union[PeerState, _Mapping]] = ..., primary_known: _Optional[bool] = ..., primary_index: _Optional[int] = ..., secondaries: _Optional[_Iterable[_Union[PeerState, _Mapping]]] = ..., trusted: _Optional[bool] = ..., following_live_primary: _Optional[bool] = ...) -> None: ...
+    claims: bool
+    claim_primary: int
+    def __init__(self_, self: _Optional[_Union[PeerState, _Mapping]] = ..., primary_known: _Optional[bool] = ..., primary_index: _Optional[int] = ..., secondaries: _Optional[_Iterable[_Union[PeerState, _Mapping]]] = ..., trusted: _Optional[bool] = ..., following_live_primary: _Optional[bool] = ..., claims: _Optional[bool] = ..., claim_primary: _Optional[int] = ...) -> None: ...

@@ -406,6 +406,7 @@ def _outcome(result: ProbeResult) -> ins.ProbeOutcome:
             in_sync=reply.self.in_sync,
             trusted=reply.trusted,
             following_live_primary=reply.following_live_primary,
+            claim=reply.claim_primary if reply.claims else None,
         )
     return ins.ProbeOutcome(result.peer.index, view, result.refused, result.process_gone)
 
@@ -425,6 +426,8 @@ def probe_reply(status: fx.ReplicaStatus, position: Position, applied: int) -> r
         primary_index=status.primary_index or 0,
         trusted=status.trusted,
         following_live_primary=status.following_live_primary,
+        claims=status.claim is not None,
+        claim_primary=status.claim or 0,
     )
     for member in status.secondaries:
         reply.secondaries.append(

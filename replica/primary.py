@@ -112,7 +112,13 @@ class PrimaryStreams:
                     )
                 message = reply
             self._coordinator.run(
-                ins.SecondaryAcked(secondary, stream_id, reply.ack.position.seq, reply.ack.in_sync)
+                ins.SecondaryAcked(
+                    secondary,
+                    stream_id,
+                    reply.ack.position.seq,
+                    reply.ack.in_sync,
+                    reply.ack.ack_id,
+                )
             )
             reader = threading.Thread(
                 target=self._read_acks,
@@ -168,7 +174,11 @@ class PrimaryStreams:
                 if message.HasField("ack"):
                     self._coordinator.run(
                         ins.SecondaryAcked(
-                            secondary, stream_id, message.ack.position.seq, message.ack.in_sync
+                            secondary,
+                            stream_id,
+                            message.ack.position.seq,
+                            message.ack.in_sync,
+                            message.ack.ack_id,
                         )
                     )
         except grpc.RpcError:
@@ -201,12 +211,15 @@ class PrimaryStreams:
             match effect:
                 case fx.SendEvents():
                     outgoing.append(self._batch(effect))
-                case fx.SendHeartbeat(_, _, epoch, committed, last_seq, in_sync):
+                case fx.SendHeartbeat(_, _, epoch, committed, last_seq, in_sync, echo):
                     outgoing.append(
                         rpb.PrimaryMessage(
                             primary_epoch=epoch,
                             heartbeat=rpb.Heartbeat(
-                                committed_seq=committed, last_seq=last_seq, in_sync=in_sync
+                                committed_seq=committed,
+                                last_seq=last_seq,
+                                in_sync=in_sync,
+                                echo_ack_id=echo,
                             ),
                         )
                     )
@@ -235,6 +248,9 @@ class PrimaryStreams:
         return rpb.PrimaryMessage(
             primary_epoch=effect.epoch,
             batch=rpb.Batch(
-                events=events, committed_seq=effect.committed_seq, in_sync=effect.in_sync
+                events=events,
+                committed_seq=effect.committed_seq,
+                in_sync=effect.in_sync,
+                echo_ack_id=effect.echo,
             ),
         )

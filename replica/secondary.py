@@ -201,8 +201,8 @@ class Secondary(StreamControl):
 
         def local(effect: fx.Effect) -> bool:
             match effect:
-                case fx.SendAck(sid, position, in_sync) if sid == stream_id:
-                    outbox.put(_ack(position, in_sync))
+                case fx.SendAck(sid, position, in_sync, ack_id) if sid == stream_id:
+                    outbox.put(_ack(position, in_sync, ack_id))
                 case fx.SendHello(sid, epoch) if sid == stream_id:
                     outbox.put(self._hello(epoch))
                 case fx.CancelStream(sid, reason) if sid == stream_id:
@@ -220,7 +220,11 @@ class Secondary(StreamControl):
             beat = message.heartbeat
             self._coordinator.run(
                 ins.HeartbeatReceived(
-                    stream_id, message.primary_epoch, beat.committed_seq, beat.in_sync
+                    stream_id,
+                    message.primary_epoch,
+                    beat.committed_seq,
+                    beat.in_sync,
+                    beat.echo_ack_id,
                 ),
                 local,
             )
@@ -301,7 +305,10 @@ class Secondary(StreamControl):
         )
         if stored:
             self._coordinator.run(
-                ins.BatchStored(stream_id, stored[0], batch.committed_seq, batch.in_sync), local
+                ins.BatchStored(
+                    stream_id, stored[0], batch.committed_seq, batch.in_sync, batch.echo_ack_id
+                ),
+                local,
             )
 
     def _store(self, batch: rpb.Batch) -> Position:
@@ -316,9 +323,11 @@ class Secondary(StreamControl):
         return last
 
 
-def _ack(position: LogPosition, in_sync: bool) -> rpb.SecondaryMessage:
+def _ack(position: LogPosition, in_sync: bool, ack_id: int) -> rpb.SecondaryMessage:
     return rpb.SecondaryMessage(
         ack=rpb.Ack(
-            position=rpb.LogPosition(epoch=position.epoch, seq=position.seq), in_sync=in_sync
+            position=rpb.LogPosition(epoch=position.epoch, seq=position.seq),
+            in_sync=in_sync,
+            ack_id=ack_id,
         )
     )

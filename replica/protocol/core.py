@@ -57,6 +57,7 @@ from replica.protocol.inputs import (
     HeartbeatReceived,
     Input,
     PeerView,
+    ProbeOutcome,
     ProbeReceived,
     ProbesAnswered,
     ReplicationStreamEnded,
@@ -72,6 +73,10 @@ from replica.protocol.inputs import (
 from replica.protocol.roles import Role
 from replica.protocol.rules import LogPosition
 
+# Acks remembered for their sending time until the primary echoes one (a primary echoes the
+# newest it received; more than this many unechoed means it is not listening).
+MAX_UNECHOED_ACKS = 1_000
+
 
 @dataclass(slots=True)
 class Following:
@@ -81,12 +86,22 @@ class Following:
     stream_id: int | None = None  # the stream the core currently wants
     stream_primary: int | None = None
     streaming: bool = False  # past the divergence exchange of the current stream
-    in_sync: bool = False  # the primary said so in its last message
+    # The primary said so in its last message (and nothing since says otherwise: a newer
+    # epoch, a pause, a database failure): `counted_by` counts this replica in its in-sync
+    # set, or did when it was last heard (the claim; see ReplicaCore.claim).
+    in_sync: bool = False
+    counted_by: int | None = None
+    # The vouch (ReplicaCore.trusted): when this replica sent the newest ack its primary then
+    # confirmed it in sync with (the primary echoes the id of the newest ack it received).
+    confirmed_at: float = float("-inf")
+    acks_sent: dict[int, float] = field(default_factory=dict)  # ack id -> when sent
+    # It vouched when it voted: its new primary's word renews the vouch before this replica
+    # holds the new epoch's start (an earlier claim alone does not: see _heard_primary).
+    vouched_at_vote: bool = False
     committed_seq: int = 0  # the primary's commit point, as last heard
     stored: LogPosition | None = None  # the log's end as of the last store or exchange
     last_contact: float = float("-inf")  # when the primary was last heard on a stream
     processing_since: float | None = None  # storing or truncating since
-    stream_lost_at: float | None = None  # when the last stream ended (None while streaming)
     stream_opened_at: float = float("-inf")  # when the last stream was opened
 
 
@@ -111,6 +126,11 @@ class ReplicaCore:
         self.started_at = now
         self._last_input_at = now
         self._next_stream_id = 0
+        self._next_ack_id = 0
+        # As primary: when each peer last answered anything (a probe, an ack), and whether its
+        # last probe showed its process gone -- to step down once cut off (_check_cut_off).
+        self._last_answer: dict[int, float] = {}
+        self._gone: set[int] = set()
         self._announced: tuple[Role, int, int | None] | None = None
         self._published = 0  # version of the last SetRole / CommitStalled
         self._last_election_view: object = None
@@ -144,7 +164,6 @@ class ReplicaCore:
         out: list[Effect] = []
         self._out = out
         self._observe_time(now)
-        self._expire_vouch(now)
         self._handlers[type(event)](event, now)
         self._announce_role()
         self._out = []
@@ -154,14 +173,22 @@ class ReplicaCore:
 
     def trusted(self, now: float) -> bool:
         """Holds every event the latest primary acknowledged: in its in-sync set and knows it,
-        and up and listening since (see rules.electable). A secondary stuck storing a batch
-        for half the in-sync timeout may have been dropped without hearing of it."""
+        confirmed lately (see rules.vouches and rules.electable)."""
         f = self.following
         if self.role is Role.PRIMARY or self.in_sync_set is not None:
             return False
-        lost_for = None if f.streaming or f.stream_lost_at is None else now - f.stream_lost_at
-        busy_for = None if f.processing_since is None else now - f.processing_since
-        return rules.vouches(f.in_sync, lost_for, busy_for, self.config.vouch_window)
+        confirmed_for = None if f.confirmed_at == float("-inf") else now - f.confirmed_at
+        return rules.vouches(f.in_sync, confirmed_for, self.config.vouch_window)
+
+    def claim(self) -> int | None:
+        """The primary that counted this replica in sync when last heard, if nothing since
+        says otherwise -- however long ago: that primary acknowledges nothing without an
+        in-sync secondary while this one may still claim, so with every replica but it
+        present an election holds every acknowledged event (rules.electable)."""
+        f = self.following
+        if self.role is Role.PRIMARY or self.in_sync_set is not None or not f.in_sync:
+            return None
+        return f.counted_by
 
     def following_live_primary(self, now: float) -> bool:
         f = self.following
@@ -179,6 +206,7 @@ class ReplicaCore:
             trusted=self.trusted(now),
             following_live_primary=self.following_live_primary(now),
             secondaries=iss.statuses() if primary and iss is not None else (),
+            claim=self.claim(),
         )
 
     def write_refusal(self) -> str | None:
@@ -216,17 +244,12 @@ class ReplicaCore:
             self._end_stream(f"paused for {gap:.2f}s; reconnecting for fresh news")
             return
         iss.woke(now)
+        self._last_answer = dict.fromkeys(self._last_answer, now)
         if gap > self.config.peer_timeout:
             # Long enough for the others to have elected a new primary, which this one
             # cannot rule out when it cannot reach them: acknowledging anything more
             # could contradict what the new primary acknowledged.
             self._step_down(f"paused for {gap:.2f}s, the others may have elected")
-
-    def _expire_vouch(self, now: float) -> None:
-        f = self.following
-        if f.in_sync and not f.streaming and not self.trusted(now):
-            # For good: only the primary, over a new stream, can tell it it is in sync again.
-            f.in_sync = False
 
     # -- epochs and roles ------------------------------------------------------------------
 
@@ -240,10 +263,29 @@ class ReplicaCore:
         self._out.append(PersistEpoch(epoch))
         if not own:
             self.following.in_sync = False
+            self.following.vouched_at_vote = False
         if self.election is not None and self.election.epoch < epoch:
             self.election = None
         if self.in_sync_set is not None:
             self._step_down(f"a newer epoch {epoch} exists")
+
+    def _check_cut_off(self, outcomes: tuple[ProbeOutcome, ...], now: float) -> None:
+        """A primary that has heard nothing from any replica whose process may be running for
+        longer than insync_timeout steps down: those replicas may be electing without it, and
+        it can acknowledge nothing without them anyway (InSyncSet: alone only once the others
+        are known dead). So it stops saying it is primary, and clients go elsewhere."""
+        for o in outcomes:
+            if o.view is not None or o.refused:
+                self._last_answer[o.index] = now
+            if o.process_gone:
+                self._gone.add(o.index)
+            else:
+                self._gone.discard(o.index)
+        running = [p for p in self.config.peers if p not in self._gone]
+        timeout = self.config.insync_timeout
+        if running and all(now - self._last_answer.get(p, now) > timeout for p in running):
+            names = ", ".join(str(p) for p in running)
+            self._step_down(f"no answer from replica(s) {names} for more than {timeout:.1f}s")
 
     def _step_down(self, reason: str) -> None:
         if self.in_sync_set is None:
@@ -285,6 +327,7 @@ class ReplicaCore:
         f.stream_id = self._next_stream_id
         f.stream_primary = f.target[0]
         f.stream_opened_at = self._last_input_at
+        f.acks_sent.clear()
         self._out.append(OpenStream(f.stream_id, f.target[0], self.current_epoch))
 
     def _end_stream(self, reason: str = "") -> None:
@@ -295,10 +338,6 @@ class ReplicaCore:
 
     def _stream_lost(self, now: float) -> None:
         f = self.following
-        if f.streaming or f.stream_lost_at is None:
-            # The vouch runs out counted from when this replica last kept up: a store under
-            # way when the stream ended counts from its start (rules.vouches).
-            f.stream_lost_at = now if f.processing_since is None else min(now, f.processing_since)
         f.streaming = False
         f.stream_id = None
         f.stream_primary = None
@@ -368,7 +407,9 @@ class ReplicaCore:
             if newest > self.current_epoch:
                 self._observe_epoch(newest)
             elif self.role is Role.PRIMARY:
-                iss.evaluate(now, {o.index for o in event.outcomes if o.process_gone}, self._out)
+                gone = {o.index for o in event.outcomes if o.process_gone}
+                iss.evaluate(now, gone, self._out)
+                self._check_cut_off(event.outcomes, now)
             return  # (or waiting for its epoch_started event to be durable)
         primaries = [v for v in live if v.role is Role.PRIMARY and v.epoch >= self.current_epoch]
         if primaries:
@@ -406,12 +447,13 @@ class ReplicaCore:
         """`silent`: peers that did not answer in time but may be running and vouching
         (rules.may_be_vouching_unheard): they are asked for their votes too, and the election
         succeeds only with them -- so the new primary counts them in its in-sync set."""
+        claim = self.claim()  # before the stream ends: it stays, the vouch may not
         self._forget_target()
         mine = rules.CandidateView(
-            self.config.index, own_position, self.current_epoch, self.trusted(now)
+            self.config.index, own_position, self.current_epoch, self.trusted(now), claim
         )
         electorate = [mine] + [
-            rules.CandidateView(v.index, v.position, v.epoch, v.trusted)
+            rules.CandidateView(v.index, v.position, v.epoch, v.trusted, v.claim)
             for v in live
             if v.role is not Role.PRIMARY
         ]
@@ -441,7 +483,9 @@ class ReplicaCore:
         silent: tuple[int, ...],
     ) -> None:
         summary = (
-            tuple((c.index, c.position.epoch, c.position.seq, c.trusted) for c in electorate),
+            tuple(
+                (c.index, c.position.epoch, c.position.seq, c.trusted, c.claim) for c in electorate
+            ),
             choice,
             silent,
         )
@@ -449,7 +493,9 @@ class ReplicaCore:
             return
         self._last_election_view = summary
         members = ", ".join(
-            f"{c.index}@{c.position.epoch}.{c.position.seq}{'*' if c.trusted else ''}"
+            f"{c.index}@{c.position.epoch}.{c.position.seq}"
+            + ("*" if c.trusted else "")
+            + (f"(in sync with {c.claim})" if c.claim is not None and not c.trusted else "")
             for c in electorate
         )
         outcome = (
@@ -491,6 +537,10 @@ class ReplicaCore:
         # A voter keeps vouching for its log: the new primary counts it in its in-sync set
         # from the start, so acknowledges nothing without it. The vote is the epoch, recorded
         # durably before the reply (an epoch names one candidate).
+        f = self.following
+        f.vouched_at_vote = self.trusted(now)
+        if f.in_sync:
+            f.counted_by = event.candidate  # which counts its voters in sync from the start
         self._observe_epoch(event.epoch, own=True)
         self._end_stream("voted in a newer epoch")
         self._out.append(
@@ -540,6 +590,8 @@ class ReplicaCore:
             return
         self.role = Role.PRIMARY
         self.primary_index = self.config.index
+        self._last_answer = dict.fromkeys(self.config.peers, now)
+        self._gone = set()
         iss.started(event.position.seq, now, self._out)
         self._out.append(
             LogNote("info", f"primary for epoch {iss.epoch} (epoch started at seq {iss.last_seq})")
@@ -578,9 +630,8 @@ class ReplicaCore:
             return
         f.processing_since = None
         f.streaming = True
-        f.stream_lost_at = None
         f.stored = event.own_last
-        self._out.append(SendAck(event.stream_id, event.own_last, f.in_sync))
+        self._send_ack(event.stream_id, now)
 
     def _batch_received(self, event: BatchReceived, now: float) -> None:
         if not self._from_current_primary(event.stream_id, event.primary_epoch):
@@ -604,7 +655,7 @@ class ReplicaCore:
             self._out.append(LogNote("warning", reason))
             self._end_stream(reason)
             return
-        self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, now)
+        self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, event.echo, now)
 
     def _store_failed(self, event: StoreFailed, now: float) -> None:
         if event.stream_id == self.following.stream_id:
@@ -617,9 +668,11 @@ class ReplicaCore:
             return
         # Acked too: it tells the primary this replica is alive and what it believes about
         # its membership (the primary removes a member only once it knows).
-        self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, now)
+        self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, event.echo, now)
 
-    def _heard_primary(self, stream_id: int, in_sync: bool, committed_seq: int, now: float) -> None:
+    def _heard_primary(
+        self, stream_id: int, in_sync: bool, committed_seq: int, echo: int, now: float
+    ) -> None:
         """The primary's batch is stored, or its heartbeat arrived: note what it said of this
         replica's membership and of the commit point, and ack the log's end."""
         f = self.following
@@ -629,11 +682,30 @@ class ReplicaCore:
         # voters in sync from the start, caught up or not (it acknowledges nothing without
         # them). A voter that vouched when it voted still does; any other replica vouches
         # only once it holds this epoch's epoch_started, and with it all the primary held
-        # when the epoch began (its log is a prefix of the primary's).
-        f.in_sync = in_sync and (f.in_sync or f.stored.epoch >= self.current_epoch)
+        # when the epoch began (its log is a prefix of the primary's). A voter that only
+        # claimed (rules.electable) keeps claiming: its new primary counts it.
+        holds_epoch = f.stored.epoch >= self.current_epoch
+        f.in_sync = in_sync and (f.in_sync or holds_epoch)
+        if f.in_sync:
+            f.counted_by = f.stream_primary
+            sent = f.acks_sent.get(echo)
+            if sent is not None and (holds_epoch or f.vouched_at_vote):
+                f.confirmed_at = max(f.confirmed_at, sent)
+        if echo in f.acks_sent:
+            for old in [i for i in f.acks_sent if i < echo]:
+                del f.acks_sent[old]
         f.committed_seq = committed_seq
-        self._out.append(SendAck(stream_id, f.stored, f.in_sync))
+        self._send_ack(stream_id, now)
         self._out.append(SecondaryCommitted(min(committed_seq, f.stored.seq)))
+
+    def _send_ack(self, stream_id: int, now: float) -> None:
+        f = self.following
+        assert f.stored is not None
+        self._next_ack_id += 1
+        f.acks_sent[self._next_ack_id] = now
+        if len(f.acks_sent) > MAX_UNECHOED_ACKS:
+            del f.acks_sent[min(f.acks_sent)]
+        self._out.append(SendAck(stream_id, f.stored, f.in_sync, self._next_ack_id))
 
     def _replication_stream_ended(self, event: ReplicationStreamEnded, now: float) -> None:
         if event.stream_id == self.following.stream_id:
@@ -674,8 +746,15 @@ class ReplicaCore:
     def _secondary_acked(self, event: SecondaryAcked, now: float) -> None:
         iss = self.in_sync_set
         if iss is not None:
+            self._last_answer[event.secondary] = now
             iss.acked(
-                event.secondary, event.stream_id, event.seq, event.knows_in_sync, now, self._out
+                event.secondary,
+                event.stream_id,
+                event.seq,
+                event.knows_in_sync,
+                now,
+                self._out,
+                event.ack_id,
             )
 
     def _send_wanted(self, event: SendWanted, now: float) -> None:

@@ -145,6 +145,7 @@ class ReplicaStatus:
     trusted: bool
     following_live_primary: bool
     secondaries: tuple[MemberStatus, ...]
+    claim: int | None = None  # ReplicaCore.claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +198,8 @@ class SendAck:
     stream_id: int
     position: LogPosition
     in_sync: bool
+    # Increasing per replica; the primary echoes the newest it received (SendEvents.echo).
+    ack_id: int = 0
 
 
 # -- a primary's stream to one secondary -------------------------------------------------------
@@ -229,6 +232,7 @@ class SendEvents:
     through_seq: int
     committed_seq: int
     in_sync: bool
+    echo: int = 0  # the id of the newest ack received on this stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +243,7 @@ class SendHeartbeat:
     committed_seq: int
     last_seq: int
     in_sync: bool
+    echo: int = 0  # the id of the newest ack received on this stream
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,14 @@ each stream has been sent and told, and the commit point (Kafka acks=all).
 A secondary may vouch in an election for holding every acknowledged event only while it is in
 the set and knows it; so the set never shrinks behind a member's back: a connected member is
 told first and removed when it confirms, and an unreachable one is removed only after
-`insync_timeout`, while it stops vouching after half of that (ReplicaCore.trusted)."""
+`insync_timeout` past the last "in sync" it was sent, while it stops vouching half of that
+after the ack that word answered (ReplicaCore.trusted).
+
+A member removed unheard (unreachable, or it never confirmed leaving) may still *claim* to be
+in sync (ReplicaCore.claim) -- and the other replicas may elect on that claim, without this
+primary (rules.electable). So while one may, nothing is acknowledged without an in-sync
+secondary: alone, a primary acknowledges only once every other member is known to be out --
+its process gone (connection refused), or it confirmed it knows it left."""
 
 from __future__ import annotations
 
@@ -38,6 +45,8 @@ class ServedStream:
     tips: set[int] = field(default_factory=set)
     told_in_sync: bool | None = None
     last_sent_at: float = float("-inf")
+    last_ack_id: int = 0  # echoed in every message sent (the secondary's vouch counts from it)
+    opened_at: float = float("-inf")  # its first ack: what it says of membership comes after
 
 
 @dataclass(slots=True)
@@ -55,6 +64,12 @@ class Member:
     # sync -- and may vouch -- only once it holds that far: it may have joined on the ack of a
     # batch that reached the log's end when sent, while the commit point went on without it.
     joined_at_commit: int = 0
+    # Removed without hearing that it knows: it may still claim to be in sync, until it says
+    # it does not on a stream opened after its removal (all that stream says is newer).
+    unconfirmed: bool = False
+    removed_at: float = float("-inf")
+    last_ack_at: float = float("-inf")
+    gone_at: float | None = None  # first seen dead (connection refused) while disconnected
 
     @property
     def connected(self) -> bool:
@@ -127,23 +142,41 @@ class InSyncSet:
     def in_sync_count(self) -> int:
         return sum(1 for m in self.members.values() if m.in_sync)
 
+    def unconfirmed(self) -> list[int]:
+        return sorted(m.index for m in self.members.values() if m.unconfirmed)
+
+    def _shortfall(self) -> str | None:
+        """Why nothing can be acknowledged now, if nothing can."""
+        count = self.in_sync_count()
+        if not rules.enough_in_sync(count, self._config.min_insync):
+            return (
+                f"only {count + 1} replica(s) in sync, fewer than min_insync="
+                f"{self._config.min_insync}"
+            )
+        unheard = self.unconfirmed()
+        if count == 0 and unheard:
+            names = ", ".join(str(i) for i in unheard)
+            return (
+                f"no secondary in sync, and replica(s) {names}, cut off, may still be counted "
+                "in sync by the others (alone, a primary acknowledges only once every other "
+                "replica is known to be down or out)"
+            )
+        return None
+
     def refusal(self) -> str | None:
         """Why a client write must be refused now, if it must."""
-        count = self.in_sync_count()
-        if rules.enough_in_sync(count, self._config.min_insync):
+        shortfall = self._shortfall()
+        if shortfall is None:
             return None
-        return (
-            f"only {count + 1} replica(s) in sync, fewer than min_insync="
-            f"{self._config.min_insync}; writes are refused until a secondary catches up"
-        )
+        return f"{shortfall}; writes are refused until a secondary catches up"
 
     def advance_commit(self, out: list[Effect]) -> None:
         acked = [m.acked_seq for m in self.members.values() if m.in_sync]
-        if not rules.enough_in_sync(len(acked), self._config.min_insync):
+        shortfall = self._shortfall()
+        if shortfall is not None:
             reason = (
-                f"only {len(acked) + 1} replica(s) in sync, fewer than min_insync="
-                f"{self._config.min_insync}: not acknowledged yet; retry with the same "
-                "request_id once a secondary has caught up"
+                f"{shortfall}: not acknowledged yet; retry with the same request_id once a "
+                "secondary has caught up"
             )
             if reason != self.stalled:
                 self.stalled = reason
@@ -172,6 +205,7 @@ class InSyncSet:
         knows_in_sync: bool,
         now: float,
         out: list[Effect],
+        ack_id: int = 0,
     ) -> None:
         m = self.members.get(secondary)
         if self._pending_streams.get(stream_id) == secondary:
@@ -179,8 +213,11 @@ class InSyncSet:
             del self._pending_streams[stream_id]
             if m is None:
                 m = self.members[secondary] = Member(secondary)
-            m.stream = ServedStream(stream_id, connected=True, acked_seq=seq, sent_seq=seq)
+            m.stream = ServedStream(
+                stream_id, connected=True, acked_seq=seq, sent_seq=seq, opened_at=now
+            )
             m.disconnected_at = None
+            m.gone_at = None
             was_tip = False
         elif m is None or m.stream is None or m.stream.stream_id != stream_id:
             return  # an old stream's
@@ -189,6 +226,10 @@ class InSyncSet:
             stream.acked_seq = max(stream.acked_seq, seq)
             was_tip = seq in stream.tips
             stream.tips = {t for t in stream.tips if t > seq}
+        m.stream.last_ack_id = max(m.stream.last_ack_id, ack_id)
+        m.last_ack_at = now
+        if not knows_in_sync and not m.in_sync and m.stream.opened_at > m.removed_at:
+            m.unconfirmed = False  # it knows it is out
         m.acked_seq = max(m.acked_seq, seq)
         caught_up = m.acked_seq >= self.last_seq or was_tip
         if caught_up:
@@ -196,12 +237,13 @@ class InSyncSet:
         elif m.behind_since is None:
             m.behind_since = now
         if m.leaving_since is not None and not knows_in_sync:
-            self._remove(m, "behind for too long", out)
+            self._remove(m, "behind for too long", now, out, confirmed=True)
         elif caught_up and m.leaving_since is not None:
             m.leaving_since = None  # caught up before it left: it stays
             out.append(WakeSenders())
         elif caught_up and not m.in_sync:
             m.in_sync = True
+            m.unconfirmed = False
             m.joined_at_commit = self.commit_point
             out.append(WakeSenders())
             out.append(LogNote("info", f"replica {secondary} joined the in-sync set at seq {seq}"))
@@ -238,7 +280,14 @@ class InSyncSet:
                 stream.tips.add(through)
             out.append(
                 SendEvents(
-                    secondary, stream_id, self.epoch, after, through, self.commit_point, in_sync
+                    secondary,
+                    stream_id,
+                    self.epoch,
+                    after,
+                    through,
+                    self.commit_point,
+                    in_sync,
+                    stream.last_ack_id,
                 )
             )
             return
@@ -251,7 +300,13 @@ class InSyncSet:
                 stream.tips.add(stream.sent_seq)  # its ack then shows it holds the whole log
             out.append(
                 SendHeartbeat(
-                    secondary, stream_id, self.epoch, self.commit_point, self.last_seq, in_sync
+                    secondary,
+                    stream_id,
+                    self.epoch,
+                    self.commit_point,
+                    self.last_seq,
+                    in_sync,
+                    stream.last_ack_id,
                 )
             )
 
@@ -265,19 +320,37 @@ class InSyncSet:
         """Start or finish removing members that left or fell behind for too long. `gone`:
         members whose host refused a connection just now (no process listens)."""
         timeout = self._config.insync_timeout
+        for m in self.members.values():
+            if m.in_sync and m.index in gone and not m.connected and m.gone_at is None:
+                m.gone_at = now  # dead by now
         if now - self.awake_since < self._config.awake_window:
             return
         for m in self.members.values():
             if not m.in_sync:
                 continue
-            if m.index in gone and not m.connected:
+            if m.gone_at is not None and not m.connected:
                 # A dead process vouches for nothing, and a restarted one starts out of sync:
-                # waiting out the timeout would only stall every write for it.
-                self._remove(m, "its process is gone: connection refused", out)
+                # waiting out the timeout would only stall every write for it. But its disk
+                # keeps any vote it cast: unless it acked this primary too recently before it
+                # was seen dead to have voted since (a vote takes peer_timeout without hearing
+                # from one's primary), it may have helped elect a newer epoch this primary
+                # has not heard of. Then it counts as unheard (alone, no writes) until it
+                # answers again. (Safe while an ack takes less than a quarter of peer_timeout
+                # to arrive.)
+                listening = m.gone_at - m.last_ack_at < self._config.peer_timeout * 3 / 4
+                self._remove(
+                    m, "its process is gone: connection refused", now, out, confirmed=listening
+                )
             elif m.disconnected_at is not None and now - m.disconnected_at > timeout:
-                self._remove(m, f"unreachable for more than {timeout:.1f}s", out)
+                self._remove(m, f"unreachable for more than {timeout:.1f}s", now, out)
             elif m.leaving_since is not None and now - m.leaving_since > timeout:
-                self._remove(m, "did not confirm leaving", out)
+                self._remove(m, "did not confirm leaving", now, out)
+                if m.stream is not None:
+                    # What it says on this stream may answer words from before its removal:
+                    # only a new stream can show it knows it is out.
+                    out.append(EndStream(m.index, m.stream.stream_id, "removed unheard"))
+                    m.stream = None
+                    m.disconnected_at = now
             elif (
                 m.leaving_since is None
                 and m.behind_since is not None
@@ -287,8 +360,12 @@ class InSyncSet:
                 out.append(WakeSenders())
         self.advance_commit(out)
 
-    def _remove(self, m: Member, reason: str, out: list[Effect]) -> None:
+    def _remove(
+        self, m: Member, reason: str, now: float, out: list[Effect], confirmed: bool = False
+    ) -> None:
         m.in_sync = False
+        m.unconfirmed = not confirmed
+        m.removed_at = now
         m.leaving_since = None
         out.append(WakeSenders())
         out.append(LogNote("warning", f"replica {m.index} left the in-sync set ({reason})"))

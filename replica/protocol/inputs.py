@@ -31,6 +31,8 @@ class PeerView:
     in_sync: bool
     trusted: bool
     following_live_primary: bool
+    # The primary that counts it in its in-sync set, as it last heard (ReplicaCore.claim).
+    claim: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,7 @@ class BatchStored:
     position: LogPosition  # the log's end after storing
     committed_seq: int
     in_sync: bool  # what the batch said
+    echo: int = 0  # the batch's echo of this replica's acks (see HeartbeatReceived)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,9 @@ class HeartbeatReceived:
     primary_epoch: int
     committed_seq: int
     in_sync: bool
+    # The id of the newest ack of this replica the primary had received when it said so:
+    # the primary's word is at least as new as that ack (effects.SendAck).
+    echo: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,7 @@ class SecondaryAcked:
     stream_id: int
     seq: int
     knows_in_sync: bool  # what the secondary believes of its membership
+    ack_id: int = 0  # echoed in what the primary sends next
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,10 @@ class CandidateView:
     index: int
     position: LogPosition  # its log's last (epoch, seq)
     epoch: int  # the highest epoch it has seen (and maybe voted in)
-    trusted: bool  # was in the in-sync set of the latest primary and has been up since
+    trusted: bool  # holds every acknowledged event now (ReplicaCore.trusted)
+    # The primary that counts it in sync, as it last heard, though maybe not lately
+    # (ReplicaCore.claim); None when it claims nothing.
+    claim: int | None = None
 
 
 def log_order_key(c: CandidateView) -> tuple[int, int, int]:
@@ -63,12 +66,21 @@ def log_order_key(c: CandidateView) -> tuple[int, int, int]:
 
 def electable(electorate: Iterable[CandidateView], cluster_size: int) -> bool:
     """Whether the live replicas can be sure to hold every acknowledged event. They can when
-    one of them was in sync with the last primary and has been up since (it holds every event
-    that primary acknowledged), or when the whole cluster is present (the in-sync set is among
-    them). A restarted replica alone is not enough: it cannot know what was acknowledged
-    while it was down."""
+    the whole cluster is present (the in-sync set is among them); when one of them vouches
+    for its log now (`trusted`: its primary confirmed it in sync lately, so cannot have
+    dropped it yet); or when one of them was counted in sync by a primary X (`claim`, however
+    long ago) and every replica but X is present: X never acknowledges without an in-sync
+    secondary while a secondary it dropped unheard may still claim (InSyncSet), so what X
+    acknowledged is on some replica other than X. A restarted replica alone is not enough:
+    it cannot know what was acknowledged while it was down."""
     members = list(electorate)
-    return len({c.index for c in members}) >= cluster_size or any(c.trusted for c in members)
+    present = {c.index for c in members}
+    if len(present) >= cluster_size or any(c.trusted for c in members):
+        return True
+    return any(
+        c.claim is not None and c.claim not in present and len(present) >= cluster_size - 1
+        for c in members
+    )
 
 
 def may_be_vouching_unheard(
@@ -133,22 +145,17 @@ def votes_needed(min_insync: int) -> int:
     return max(1, min_insync)
 
 
-def vouches(
-    in_sync: bool,
-    stream_lost_for: float | None,
-    processing_for: float | None,
-    vouch_window: float,
-) -> bool:
-    """Whether a secondary may vouch in an election for holding every acknowledged event.
+def vouches(in_sync: bool, confirmed_for: float | None, vouch_window: float) -> bool:
+    """Whether a secondary may vouch in an election for holding every acknowledged event now.
 
-    Only while the primary counts it in sync and it knows so -- and the primary drops a member
-    `insync_timeout` after its stream broke, or once it is stuck storing, so the member must stop
-    vouching well before: half of that (`vouch_window`) after its own stream ended
-    (`stream_lost_for`, None while streaming), or after it started storing a batch it has not
-    finished (`processing_for`). A silent but open stream (a paused primary) keeps the vouch:
-    that primary cannot drop anyone while it is paused."""
-    if not in_sync:
-        return False
-    if stream_lost_for is not None and stream_lost_for >= vouch_window:
-        return False
-    return processing_for is None or processing_for < vouch_window
+    Only while its primary counts it in sync and it knows so, and only for `vouch_window`
+    (half the in-sync timeout) after it sent the newest ack the primary then confirmed it in
+    sync with (`confirmed_for`; None if none was): the primary said so only after receiving
+    that ack, and drops no member sooner than `insync_timeout` after its last "in sync" to
+    it -- from its stream breaking, from its getting stuck storing, from its not confirming
+    that it is leaving. Counted from the ack's sending on this replica's own clock, so no
+    word delayed in the network (a partition that heals, a slow link), no stall storing a
+    batch and no lost stream can stretch the vouch past the drop. A silent stream does not
+    keep it either: a partition looks just like a paused primary. (The claim does:
+    rules.electable.)"""
+    return in_sync and confirmed_for is not None and confirmed_for < vouch_window

@@ -145,7 +145,7 @@ class Ctx:
     call: Call | None = None
     link: Link | None = None
     batch: list[tuple[int, Entry]] | None = None
-    batch_meta: tuple[int, bool] = (0, False)  # committed_seq, in_sync of the batch
+    batch_meta: tuple[int, bool, int] = (0, False, 0)  # committed_seq, in_sync, echo
     hello_epoch: int = 0
 
 
@@ -452,7 +452,7 @@ class World:
                         self.break_link(link)  # the position cannot be read: the stream ends
                     else:
                         link.up.append(self._hello(node, epoch))
-            case fx.SendAck(stream_id, position, in_sync):
+            case fx.SendAck(stream_id, position, in_sync, ack_id):
                 if position.seq > len(disk.log) or (
                     position.seq > 0 and disk.log[position.seq - 1].epoch != position.epoch
                 ):
@@ -462,7 +462,11 @@ class World:
                 link = node.follow
                 if link is not None and link.secondary_stream == stream_id and not link.broken:
                     link.up.append(
-                        Message(self.now, "ack", {"seq": position.seq, "in_sync": in_sync})
+                        Message(
+                            self.now,
+                            "ack",
+                            {"seq": position.seq, "in_sync": in_sync, "ack_id": ack_id},
+                        )
                     )
             case fx.SendDivergence(_, stream_id, epoch):
                 link = ctx.link
@@ -477,7 +481,7 @@ class World:
             case fx.RefuseStream():
                 assert ctx.link is not None
                 self.break_link(ctx.link, tell_primary=False)
-            case fx.SendEvents(_, stream_id, epoch, after, through, committed, in_sync):
+            case fx.SendEvents(_, stream_id, epoch, after, through, committed, in_sync, echo):
                 link = self._served(node, stream_id)
                 if link is None:
                     return
@@ -494,19 +498,15 @@ class World:
                             "entries": entries,
                             "committed": committed,
                             "in_sync": in_sync,
+                            "echo": echo,
                         },
                     )
                 )
-            case fx.SendHeartbeat(_, stream_id, epoch, committed, _, in_sync):
+            case fx.SendHeartbeat(_, stream_id, epoch, committed, _, in_sync, echo):
                 link = self._served(node, stream_id)
                 if link is not None:
-                    link.down.append(
-                        Message(
-                            self.now,
-                            "heartbeat",
-                            {"epoch": epoch, "committed": committed, "in_sync": in_sync},
-                        )
-                    )
+                    body = {"epoch": epoch, "committed": committed, "in_sync": in_sync}
+                    link.down.append(Message(self.now, "heartbeat", body | {"echo": echo}))
             case fx.EndStream(_, stream_id):
                 link = self._served(node, stream_id)
                 if link is not None:
@@ -560,9 +560,11 @@ class World:
                     f"replica {node.index} was sent seq {seq} after its log's end {len(log)}"
                 )
             log.append(entry)
-        committed, in_sync = ctx.batch_meta
+        committed, in_sync, echo = ctx.batch_meta
         self.step(
-            node, thread, ins.BatchStored(stream_id, node.disk.position(), committed, in_sync)
+            node,
+            thread,
+            ins.BatchStored(stream_id, node.disk.position(), committed, in_sync, echo),
         )
 
     # -- streams ---------------------------------------------------------------------------
@@ -708,7 +710,7 @@ class World:
         elif message.kind == "batch":
             entries = body["entries"]
             last_seq, last = entries[-1]
-            ctx = Ctx(batch=entries, batch_meta=(body["committed"], body["in_sync"]))
+            ctx = Ctx(batch=entries, batch_meta=(body["committed"], body["in_sync"], body["echo"]))
             self.step(
                 node,
                 "follow",
@@ -719,7 +721,9 @@ class World:
             self.step(
                 node,
                 "follow",
-                ins.HeartbeatReceived(sid, body["epoch"], body["committed"], body["in_sync"]),
+                ins.HeartbeatReceived(
+                    sid, body["epoch"], body["committed"], body["in_sync"], body["echo"]
+                ),
             )
 
     def _deliver_up(self, link: Link) -> None:
@@ -745,6 +749,7 @@ class World:
                     link.primary_stream,
                     message.body["seq"],
                     message.body["in_sync"],
+                    message.body["ack_id"],
                 ),
             )
 
@@ -839,6 +844,7 @@ class World:
                 status.in_sync,
                 status.trusted,
                 status.following_live_primary,
+                status.claim,
             )
             self._probe_outcome(caller, call, ins.ProbeOutcome(call.callee, view))
         else:
@@ -1021,16 +1027,30 @@ class World:
         point = core.commit_point
         if point is not None and point > len(node.disk.log):
             raise Violation(f"replica {node.index}'s commit point {point} is beyond its log")
-        if self.bounded and core.trusted(self.now):
-            # What its probe replies and its own elections would say, as of this step. (With
-            # min_insync = 2 a cut leaves a secondary vouching over a silent stream; votes
-            # from a majority, not the vouch, keep the writes there.)
+        if core.trusted(self.now):
+            # What its probe replies and its own elections would say, as of this step.
             log = node.disk.log
             for request_id, (seq, _epoch) in self.acked.items():
                 if seq > len(log) or log[seq - 1].request_id != request_id:
                     raise Violation(
                         f"replica {node.index} vouches for a log without acknowledged "
                         f"{request_id} at seq {seq}: {log}"
+                    )
+        claim = core.claim()
+        if claim is not None:
+            # An election of every replica but `claim` may go ahead on it: the most
+            # up-to-date of their logs must hold every acknowledged write.
+            others = [n for n in self.nodes if n.index != claim]
+            best = max(
+                others, key=lambda n: (n.disk.position().epoch, n.disk.position().seq, -n.index)
+            )
+            log = best.disk.log
+            for request_id, (seq, _epoch) in self.acked.items():
+                if seq > len(log) or log[seq - 1].request_id != request_id:
+                    raise Violation(
+                        f"replica {node.index} claims to be in sync with replica {claim}, but "
+                        f"the best log without {claim}'s (replica {best.index}'s) lacks "
+                        f"acknowledged {request_id} at seq {seq}: {log}"
                     )
 
     def check(self) -> None:

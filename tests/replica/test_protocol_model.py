@@ -181,9 +181,8 @@ class ProtocolModel(RuleBasedStateMachine):
             "db up": [n.index for n in w.nodes if n.alive and n.db_down],
             "break": [link for link in w.links if not link.broken],
         }
-        if not w.bounded:
-            faults["cut"] = [(a, b) for a in range(N) for b in range(N) if a != b]
-            faults["heal"] = [None] if w.cut else []
+        faults["cut"] = [(a, b) for a in range(N) for b in range(N) if a != b]
+        faults["heal"] = [None] if w.cut else []
         return {kind: targets for kind, targets in faults.items() if targets}
 
     @precondition(lambda self: self.world is not None)

@@ -6,6 +6,7 @@ Every test here fails when the rule it names is taken out of replica/protocol/ (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from eventlog import Position
 from replica.protocol import ProtocolConfig, ReplicaCore, Role
@@ -23,6 +24,10 @@ def of(effects: Sequence[fx.Effect], kind: type) -> list:  # type: ignore[type-a
     return [e for e in effects if isinstance(e, kind)]
 
 
+def acks(effects: Sequence[fx.Effect]) -> list[tuple[int, object, bool]]:
+    return [(a.stream_id, a.position, a.in_sync) for a in of(effects, fx.SendAck)]
+
+
 def view(index: int, role: Role = Role.CANDIDATE, epoch: int = 3, seq: int = 5, **kw: bool):
     return ins.ProbeOutcome(
         index,
@@ -34,6 +39,7 @@ def view(index: int, role: Role = Role.CANDIDATE, epoch: int = 3, seq: int = 5, 
             kw.get("in_sync", False),
             kw.get("trusted", False),
             kw.get("following_live_primary", False),
+            kw.get("claim"),  # type: ignore[arg-type]
         ),
     )
 
@@ -53,8 +59,17 @@ class Secondary:
         self.step(ins.HeartbeatReceived(self.stream, 3, 5, True))
 
     def step(self, event: ins.Input, after: float = 0.05) -> list[fx.Effect]:
+        """Unless a test says otherwise (`echo` given), the primary's word answers the newest
+        ack this replica sent: a primary that received every ack at once."""
         self.now += after
-        return self.core.step(self.now, event)
+        if isinstance(event, ins.HeartbeatReceived | ins.BatchStored) and not event.echo:
+            event = replace(event, echo=self.last_ack)
+        out = self.core.step(self.now, event)
+        for ack in of(out, fx.SendAck):
+            self.last_ack = ack.ack_id
+        return out
+
+    last_ack = 0
 
 
 class Primary:
@@ -89,19 +104,29 @@ class Primary:
     def ack(self, s: int, seq: int, knows: bool = True) -> list[fx.Effect]:
         return self.step(ins.SecondaryAcked(s, self.streams[s], seq, knows))
 
-    def run(self, seconds: float, gone: Sequence[int] = ()) -> None:
+    def run(self, seconds: float, gone: Sequence[int] = (), silent: Sequence[int] = ()) -> None:
         """Time passes with a probe round every heartbeat (a running process)."""
         for _ in range(round(seconds / 0.1)):
-            self.tick_probes(gone, after=0.1)
+            self.tick_probes(gone, after=0.1, silent=silent)
 
-    def tick_probes(self, gone: Sequence[int] = (), after: float = 0.05) -> list[fx.Effect]:
+    def tick_probes(
+        self, gone: Sequence[int] = (), after: float = 0.05, silent: Sequence[int] = ()
+    ) -> list[fx.Effect]:
+        """A probe round: `gone` refuse the connection, `silent` time out, the rest answer."""
         outcomes = tuple(
             ins.ProbeOutcome(i, None, True, True)
             if i in gone
+            else ins.ProbeOutcome(i, None)
+            if i in silent
             else view(i, Role.SECONDARY, self.epoch, 6)
             for i in (1, 2)
         )
         return self.step(ins.ProbesAnswered(Position(self.epoch, 6), outcomes), after)
+
+    def reconnect(self, s: int, seq: int, knows: bool) -> list[fx.Effect]:
+        (div,) = of(self.step(ins.SecondaryHello(s, None, self.epoch)), fx.SendDivergence)
+        self.streams[s] = div.stream_id
+        return self.step(ins.SecondaryAcked(s, div.stream_id, seq, knows))
 
 
 # -- votes -----------------------------------------------------------------------------------
@@ -276,6 +301,114 @@ def test_a_lagging_secondary_is_told_before_it_is_removed() -> None:
     assert of(out, fx.AdvanceCommit) == [fx.AdvanceCommit(9)]
 
 
+def test_alone_a_primary_acknowledges_only_once_the_others_are_known_out() -> None:
+    """A secondary dropped unheard may still claim to be in sync, and the others may elect
+    on that claim without this primary (rules.electable): so the primary acknowledges
+    nothing without an in-sync secondary until each other replica has said, on a stream
+    opened since, that it knows it is out -- or died while still listening to it."""
+    p = Primary()
+    p.run(1.0)
+    for s in (1, 2):
+        p.step(ins.SecondaryDisconnected(s, p.streams[s]))
+    p.run(1.2)  # both unreachable: removed unheard
+    iss = p.core.in_sync_set
+    assert iss is not None and not any(m.in_sync for m in iss.members.values())
+    assert iss.unconfirmed() == [1, 2]
+    out = p.step(ins.Appended(7))
+    assert not of(out, fx.AdvanceCommit) and p.core.commit_point == 6
+    assert "may still be counted in sync" in (p.core.write_refusal() or "")
+    p.tick_probes(gone=[2])  # gone now -- but its disk may hold a vote cast while unheard
+    assert iss.unconfirmed() == [1, 2] and p.core.commit_point == 6
+    p.reconnect(2, 6, knows=False)  # restarted: it claims nothing
+    assert iss.unconfirmed() == [1]
+    p.reconnect(1, 6, knows=True)  # still claims (nothing told it otherwise yet)
+    assert iss.unconfirmed() == [1] and p.core.commit_point == 6
+    (batch,) = of(p.send(1), fx.SendEvents)
+    assert not batch.in_sync, "the new stream tells it it is out"
+    out = p.ack(1, 6, knows=False)
+    assert iss.unconfirmed() == [] and of(out, fx.AdvanceCommit), "all known out"
+    assert p.core.write_refusal() is None
+
+
+def test_a_replica_that_dies_while_listening_leaves_at_once_and_for_good() -> None:
+    """Killed while it streamed, it cannot have voted in a newer epoch (that takes a silent
+    primary): the primary goes on alone without waiting for it."""
+    p = Primary()
+    for _ in range(10):
+        p.tick_probes(after=0.1)
+        for s in (1, 2):
+            p.send(s)
+            p.ack(s, 6)
+    p.step(ins.SecondaryDisconnected(2, p.streams[2]))
+    p.tick_probes(gone=[2])
+    iss = p.core.in_sync_set
+    assert iss is not None and not iss.members[2].in_sync and iss.unconfirmed() == []
+    p.run(1.0)  # 1 stops acking: it leaves unheard -- but the other replica is known out
+    p.step(ins.SecondaryDisconnected(1, p.streams[1]))
+    p.run(1.2, gone=[2])
+    assert iss.unconfirmed() == [1]
+    assert p.core.write_refusal() is not None, "1 may be claiming"
+
+
+def test_a_member_removed_unheard_on_a_live_stream_must_reconnect_to_confirm() -> None:
+    """What it says on the old stream may answer a word sent before its removal."""
+    p = Primary()
+    p.step(ins.Appended(9))
+    p.send(1)
+    p.send(2)
+    p.ack(2, 9)
+    old = p.streams[1]
+    out: list[fx.Effect] = []
+    for _ in range(50):  # 2.5 s: 1 acks nothing; told to leave, it never confirms
+        out += p.tick_probes()
+        p.send(2)
+    iss = p.core.in_sync_set
+    assert iss is not None and not iss.members[1].in_sync and iss.unconfirmed() == [1]
+    assert [e for e in of(out, fx.EndStream) if e.secondary == 1 and e.stream_id == old]
+    p.step(ins.SecondaryAcked(1, old, 6, False))  # the old stream's: ignored
+    assert iss.unconfirmed() == [1]
+    p.reconnect(1, 6, knows=False)
+    assert iss.unconfirmed() == []
+
+
+def test_a_primary_cut_off_from_every_running_replica_steps_down() -> None:
+    """They may be electing without it; it stops saying it is primary."""
+    p = Primary()
+    p.run(0.9, silent=[1, 2])
+    assert p.core.role is Role.PRIMARY
+    out: list[fx.Effect] = []
+    for _ in range(3):
+        out += p.tick_probes(silent=[1, 2], after=0.1)
+    (down,) = of(out, fx.StepDown)
+    assert "no answer from replica(s) 1, 2" in down.reason
+    assert p.core.role is not Role.PRIMARY and p.core.write_refusal() is not None
+
+
+def test_a_primary_whose_peers_are_known_dead_serves_alone() -> None:
+    """min_insync = 1: two replicas killed, the third keeps accepting writes."""
+    p = Primary()
+    for _ in range(10):
+        p.tick_probes(after=0.1)
+        for s in (1, 2):
+            p.send(s)
+            p.ack(s, 6)
+    for s in (1, 2):
+        p.step(ins.SecondaryDisconnected(s, p.streams[s]))
+    p.run(2.0, gone=[1, 2])
+    assert p.core.role is Role.PRIMARY
+    out = p.step(ins.Appended(7))
+    assert of(out, fx.AdvanceCommit) == [fx.AdvanceCommit(7)]
+
+
+def test_an_ack_keeps_a_primary_whose_probes_time_out() -> None:
+    p = Primary()
+    for _ in range(15):
+        p.tick_probes(silent=[1, 2], after=0.1)
+        p.send(1)
+        p.ack(1, 6)
+    assert p.core.role is Role.PRIMARY
+
+
 def test_an_unreachable_member_is_removed_only_after_the_in_sync_timeout() -> None:
     p = Primary()
     p.run(1.0)
@@ -289,23 +422,52 @@ def test_an_unreachable_member_is_removed_only_after_the_in_sync_timeout() -> No
 # -- the secondary's vouch ----------------------------------------------------------------
 
 
-def test_a_lost_stream_ends_the_vouch_after_half_the_in_sync_timeout() -> None:
+def _last_ack_sent_at(s: Secondary) -> float:
+    return s.core.following.acks_sent[s.last_ack]
+
+
+def test_the_vouch_lasts_half_the_in_sync_timeout_from_the_ack_the_primary_confirmed() -> None:
+    """The primary said "in sync" only after receiving that ack, and drops a member no sooner
+    than insync_timeout after its last "in sync" to it."""
+    s = Secondary()
+    confirmed = s.core.following.confirmed_at
+    assert s.core.trusted(confirmed + 0.45)
+    assert not s.core.trusted(confirmed + 0.5)
+    # The next heartbeat echoes the newest ack: the vouch runs from that ack's sending.
+    sent = _last_ack_sent_at(s)
+    s.step(ins.HeartbeatReceived(s.stream, 3, 5, True), after=0.3)
+    assert s.core.following.confirmed_at == sent
+    assert s.core.trusted(sent + 0.45) and not s.core.trusted(sent + 0.5)
+
+
+def test_a_word_delayed_in_the_network_does_not_stretch_the_vouch() -> None:
+    """A heartbeat held up by a partition that healed arrives long after it was said: it
+    answers an old ack, and the primary may have dropped this replica since."""
+    s = Secondary()
+    old_ack = s.last_ack
+    s.step(ins.Tick(), after=0.1)
+    out = s.step(ins.HeartbeatReceived(s.stream, 3, 5, True, old_ack), after=0.1)
+    for _ in range(8):
+        out = s.step(ins.HeartbeatReceived(s.stream, 3, 5, True, old_ack), after=0.1)
+    assert of(out, fx.SendAck), "still acked: the primary hears it is alive"
+    assert not s.core.trusted(s.now)
+    assert s.core.claim() == 0, "it was counted in sync, and nothing said it left"
+
+
+def test_a_lost_stream_ends_the_vouch_but_not_the_claim() -> None:
     s = Secondary()
     assert s.core.trusted(s.now)
     s.step(ins.ReplicationStreamEnded(s.stream))
-    lost = s.now
-    assert s.core.trusted(lost + 0.45)
-    assert not s.core.trusted(lost + 0.5)
-    s.core.step(lost + 0.6, ins.Tick())
-    assert not s.core.following.in_sync, "for good: only a new stream can restore it"
-    assert not s.core.trusted(lost + 0.6)
+    assert not s.core.trusted(s.core.following.confirmed_at + 0.5)
+    assert s.core.claim() == 0
 
 
 def test_a_secondary_stuck_storing_stops_vouching() -> None:
     s = Secondary()
     s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
-    assert s.core.trusted(s.now + 0.4)
-    assert not s.core.trusted(s.now + 0.5)
+    began = s.now
+    assert s.core.trusted(began + 0.3)
+    assert not s.core.trusted(began + 0.5), "its last confirmed ack was sent before the store"
 
 
 def test_a_batch_stored_too_slowly_does_not_renew_the_vouch() -> None:
@@ -344,7 +506,7 @@ def test_a_stream_lost_while_storing_ends_the_vouch_from_when_the_store_began() 
     for _ in range(4):
         s.step(ins.Tick(), after=0.1)
     s.step(ins.ReplicationStreamEnded(s.stream))
-    assert s.core.trusted(began + 0.45)
+    assert s.core.trusted(began + 0.3)
     assert not s.core.trusted(began + 0.5), "the primary may drop it counting from the store"
 
 
@@ -414,11 +576,27 @@ def test_a_voter_that_was_behind_vouches_only_once_it_holds_the_new_epoch() -> N
     s.step(ins.BatchReceived(stream, 5, Position(3, 6)))
     out = s.step(ins.BatchStored(stream, Position(3, 6), 0, True))
     assert not s.core.trusted(s.now)
-    assert of(out, fx.SendAck) == [fx.SendAck(stream, Position(3, 6), False)]
+    assert acks(out) == [(stream, Position(3, 6), False)]
     s.step(ins.BatchReceived(stream, 5, Position(5, 9)))
     out = s.step(ins.BatchStored(stream, Position(5, 9), 0, True))
     assert s.core.trusted(s.now)
-    assert of(out, fx.SendAck) == [fx.SendAck(stream, Position(5, 9), True)]
+    assert acks(out) == [(stream, Position(5, 9), True)]
+
+
+def test_a_voter_that_only_claimed_vouches_only_once_it_holds_the_new_epoch() -> None:
+    """Elected on its claim (rules.electable), the new primary holds what this voter may lack."""
+    s = Secondary()
+    for _ in range(8):
+        s.step(ins.Tick(), after=0.1)  # its primary silent: the vouch runs out, the claim stays
+    assert not s.core.trusted(s.now) and s.core.claim() == 0
+    stream = _voter_streaming_from_new_primary(s)
+    assert s.core.claim() == 2, "the new primary counts its voters in sync"
+    s.step(ins.BatchReceived(stream, 5, Position(3, 6)))
+    s.step(ins.BatchStored(stream, Position(3, 6), 0, True))
+    assert not s.core.trusted(s.now) and s.core.claim() == 2
+    s.step(ins.BatchReceived(stream, 5, Position(5, 9)))
+    s.step(ins.BatchStored(stream, Position(5, 9), 0, True))
+    assert s.core.trusted(s.now)
 
 
 def test_a_voter_that_vouched_keeps_vouching_for_the_new_primary() -> None:
@@ -428,15 +606,20 @@ def test_a_voter_that_vouched_keeps_vouching_for_the_new_primary() -> None:
     assert s.core.trusted(s.now)
     s.step(ins.BatchReceived(stream, 5, Position(3, 6)))
     s.step(ins.BatchStored(stream, Position(3, 6), 0, True))
-    assert s.core.trusted(s.now + 5), "the new primary counts it: it cannot be dropped silently"
+    assert s.core.trusted(s.now), "its new primary's word renews the vouch"
+    assert not s.core.trusted(s.now + 5) and s.core.claim() == 2
 
 
-def test_a_silent_stream_keeps_the_vouch() -> None:
-    """A paused primary drops no one, so its silent secondaries still vouch."""
+def test_a_silent_stream_keeps_the_claim_not_the_vouch() -> None:
+    """A silent primary may be paused -- or cut off and, once it dropped this replica,
+    acknowledging with the other one: only an election of every replica but it may go ahead
+    on this replica's word."""
     s = Secondary()
     for _ in range(20):
         s.step(ins.Tick(), after=0.1)
-    assert s.core.trusted(s.now) and not s.core.following_live_primary(s.now)
+    assert not s.core.trusted(s.now) and not s.core.following_live_primary(s.now)
+    assert s.core.claim() == 0
+    assert s.core.status(s.now).claim == 0
 
 
 def test_a_stream_from_an_older_epoch_is_refused() -> None:
@@ -457,7 +640,7 @@ def test_acks_follow_the_store() -> None:
     out = s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
     assert of(out, fx.StoreBatch) and not of(out, fx.SendAck)
     out = s.step(ins.BatchStored(s.stream, Position(3, 6), 5, True))
-    assert of(out, fx.SendAck) == [fx.SendAck(s.stream, Position(3, 6), True)]
+    assert acks(out) == [(s.stream, Position(3, 6), True)]
 
 
 # -- pauses -------------------------------------------------------------------------------

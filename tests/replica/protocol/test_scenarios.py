@@ -178,10 +178,12 @@ def test_a_secondary_stops_vouching_before_the_primary_can_drop_it() -> None:
 
 
 def test_a_primary_whose_database_fails_is_not_taken_for_dead() -> None:
-    """Its probes answer UNAVAILABLE while it lives on. Had the secondaries read that as a
-    dead host and elected at once, a new primary could acknowledge writes and die with its
-    voter; the old one, its database back and nobody alive to tell it of the newer epoch,
-    would then acknowledge alone at the same seqs. (The protocol model found this history.)"""
+    """Its probes answer UNAVAILABLE while it lives on. The secondaries, both claiming to be in
+    sync with it, elect without it; the new primary acknowledges a write and dies with its
+    voter. The old one, its database back and nobody alive to tell it of the newer epoch,
+    must not then acknowledge alone at the same seqs: the two are dead, but dropped unheard
+    first -- their disks may hold a newer epoch (as they do). (The protocol model found the
+    first half of this history; the second broke the first version of the claim rule.)"""
     w = World(3, 1)
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
@@ -201,10 +203,11 @@ def test_a_primary_whose_database_fails_is_not_taken_for_dead() -> None:
     w.settle(30)
     w.client_write(p, "after-its-database-is-back")
     w.settle(30)  # World.check() raises if one write is acknowledged where another was
+    assert "after-its-database-is-back" not in w.acked, "alone while the others may claim"
     w.restart(a.index)
     w.restart(b.index)
     assert w.settle(200, lambda: caught_up(w))
-    assert "to-a-replacement" not in w.acked, "the secondaries elected without it"
+    assert "to-a-replacement" in w.acked, "on their claims, the secondaries elected without it"
 
 
 def test_a_voter_that_was_behind_vouches_only_once_it_holds_the_new_epoch() -> None:
@@ -271,41 +274,48 @@ def test_a_replica_whose_disk_stalls_vouches_not_on_its_primarys_old_word(
 def test_what_a_stalled_replica_finds_queued_on_its_stream_is_stale() -> None:
     """As above, but the primary lives on: behind the stalled batch wait heartbeats it sent
     while the replica was still in the set. Read after the stall, their "in sync" is old
-    news -- the primary has dropped the replica and acknowledged without it since."""
+    news -- the primary has dropped the replica and acknowledged without it since. (The
+    primary now also cuts the stream of a member it drops unheard, and the heartbeats echo
+    acks sent before the stall; either keeps the old word from renewing the vouch.)"""
     w = World(3, 1)
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
     slow = next(n.index for n in w.nodes if n is not p)
     stall = StalledStore(w, p, slow)
-    queued = [link for link in w.links if link.secondary == slow and not link.broken]
-    assert any(m.kind == "heartbeat" for link in queued for m in link.down)
+    assert all(link.broken for link in w.links if link.secondary == slow), "cut loose"
     stall.stalled = False
     # World.check() raises if it vouches, on a queued word, for a log without the write.
     assert w.settle(200, lambda: caught_up(w))
 
 
 def test_a_replica_whose_database_fails_stops_vouching_before_it_says_so() -> None:
-    """The primary is paused and one secondary's database fails. The other secondary, unable
-    to reach either, elects itself alone and acknowledges a write. The first still streams from
-    the paused primary -- a silent stream keeps the vouch -- so were it to go on vouching, it
-    would, once its database is back and the new primary gone, elect itself without that
-    write. Answering UNAVAILABLE is what let the election go ahead without it: it must have
-    stopped vouching by then. (The protocol model found this history.)"""
+    """The primary is paused and one secondary's database fails. The other secondary cannot
+    elect alone: it claims to be in sync with the paused primary, but without the replica
+    that answers UNAVAILABLE it cannot show that no write was acknowledged without it. Once
+    the database is back the two elect on their claims and acknowledge a write; the new
+    primary dies. The one whose database failed must have stopped vouching and claiming at
+    once: it must not, with the old primary's word still on its stream, elect itself without
+    that write. (The protocol model found the first version of this history, in which a
+    silent stream kept the vouch and the lone secondary elected itself.)"""
     w = World(3, 1)
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
-    down, other = (n for n in w.nodes if n is not p)
+    down = next(n for n in w.nodes if n is not p)
     p.paused = True
     down.db_down = True
-    assert w.settle(40, lambda: other in w.primaries())  # (the paused one still thinks it is)
-    w.client_write(other, "while-it-was-down")
-    assert w.settle(10, lambda: "while-it-was-down" in w.acked)
-    # World.check() raises if it vouches for a log without the write.
-    w.crash(other.index)
+    w.settle(40)
+    assert w.primaries() == [p], "the lone secondary elected itself"
+    assert down.core is not None and down.core.claim() is None
     down.db_down = False
+    assert w.settle(40, lambda: any(n is not p for n in w.primaries()))
+    new = next(n for n in w.primaries() if n is not p)
+    w.client_write(new, "while-it-was-paused")
+    assert w.settle(10, lambda: "while-it-was-paused" in w.acked)
+    # World.check() raises if a replica vouches or claims for a log without the write.
+    w.crash(new.index)
     p.paused = False
     w.settle(40)
-    w.restart(other.index)
+    w.restart(new.index)
     assert w.settle(200, lambda: caught_up(w))
 
 
@@ -326,9 +336,10 @@ def test_an_election_waits_for_a_replica_that_does_not_answer() -> None:
         w.client_write(n, "while-it-was-paused")
     w.settle(2)
     paused.paused = False
-    w.settle(4)  # World.check() raises if it vouches for a log without the write
-    assert w.settle(40, lambda: one_primary(w))
-    w.client_write(w.primaries()[0], "after")
-    assert w.settle(10, lambda: "after" in w.acked)
+    w.settle(40)  # World.check() raises if it vouches for a log without the write
+    # (Here the election the paused one's late vote joined had run out; neither survivor can
+    # show it holds every acknowledged write without the dead replica: they wait for it.)
     w.restart(p.index)
     assert w.settle(200, lambda: caught_up(w))
+    w.client_write(w.primaries()[0], "after")
+    assert w.settle(10, lambda: "after" in w.acked)
