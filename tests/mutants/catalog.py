@@ -61,14 +61,13 @@ MUTANTS = (
         ),
     ),
     Mutant(
-        "lost-stream-keeps-vouch",
-        "a secondary keeps vouching after its stream was lost",
+        "silent-stream-keeps-vouch",
+        "a secondary keeps vouching while its primary confirms nothing (a silent stream)",
         (
             (
-                CORE,
-                "        lost_for = None if f.streaming or f.stream_lost_at is None "
-                "else now - f.stream_lost_at",
-                "        lost_for = None",
+                RULES,
+                "    return in_sync and confirmed_for is not None and confirmed_for < vouch_window",
+                "    return in_sync",
             ),
         ),
     ),
@@ -272,14 +271,13 @@ MUTANTS = (
         ),
     ),
     Mutant(
-        "stream-loss-forgets-store",
-        "a stream lost while a store was under way starts the vouch window afresh",
+        "delayed-word-renews-vouch",
+        "the vouch counts from when the primary's word arrived, not from the ack it echoes",
         (
             (
                 CORE,
-                "            f.stream_lost_at = now if f.processing_since is None else "
-                "min(now, f.processing_since)",
-                "            f.stream_lost_at = now",
+                "                f.confirmed_at = max(f.confirmed_at, sent)",
+                "                f.confirmed_at = now",
             ),
         ),
     ),
@@ -327,6 +325,59 @@ MUTANTS = (
                 "            self.in_sync and self.leaving_since is None and self.acked_seq >= "
                 "self.joined_at_commit",
                 "            self.in_sync and self.leaving_since is None",
+            ),
+        ),
+    ),
+    Mutant(
+        "alone-while-unheard",
+        "a primary acknowledges alone while a member it dropped unheard may still claim",
+        ((IN_SYNC, "        if count == 0 and unheard:", "        if False:"),),
+    ),
+    Mutant(
+        "gone-means-out",
+        "a member seen dead counts as out though it may have voted before it died",
+        (
+            (
+                IN_SYNC,
+                "                listening = m.gone_at - m.last_ack_at < "
+                "self._config.peer_timeout * 3 / 4",
+                "                listening = True",
+            ),
+        ),
+    ),
+    Mutant(
+        "claim-elects-short",
+        "a claim elects without every replica but its primary present",
+        (
+            (
+                RULES,
+                "        c.claim is not None and c.claim not in present and len(present) >= "
+                "cluster_size - 1",
+                "        c.claim is not None and c.claim not in present",
+            ),
+        ),
+    ),
+    Mutant(
+        "old-stream-confirms",
+        "a member's 'not in sync' on a stream older than its removal counts as confirmation",
+        (
+            (
+                IN_SYNC,
+                "        if not knows_in_sync and not m.in_sync and m.stream.opened_at > "
+                "m.removed_at:",
+                "        if not knows_in_sync and not m.in_sync:",
+            ),
+        ),
+    ),
+    Mutant(
+        "no-cut-off-step-down",
+        "a primary that hears no running peer goes on saying it is primary",
+        (
+            (
+                CORE,
+                "        if running and all(now - self._last_answer.get(p, now) > timeout "
+                "for p in running):",
+                "        if False:",
             ),
         ),
     ),
