@@ -46,7 +46,6 @@ class ServedStream:
     told_in_sync: bool | None = None
     last_sent_at: float = float("-inf")
     last_ack_id: int = 0  # echoed in every message sent (the secondary's vouch counts from it)
-    opened_at: float = float("-inf")  # its first ack: what it says of membership comes after
 
 
 @dataclass(slots=True)
@@ -65,9 +64,9 @@ class Member:
     # batch that reached the log's end when sent, while the commit point went on without it.
     joined_at_commit: int = 0
     # Removed without hearing that it knows: it may still claim to be in sync, until it says
-    # it does not on a stream opened after its removal (all that stream says is newer).
+    # it does not on a stream opened after its removal (all that stream says is newer; a
+    # removal unheard leaves it no stream: see evaluate).
     unconfirmed: bool = False
-    removed_at: float = float("-inf")
     last_ack_at: float = float("-inf")
     gone_at: float | None = None  # first seen dead (connection refused) while disconnected
 
@@ -213,9 +212,7 @@ class InSyncSet:
             del self._pending_streams[stream_id]
             if m is None:
                 m = self.members[secondary] = Member(secondary)
-            m.stream = ServedStream(
-                stream_id, connected=True, acked_seq=seq, sent_seq=seq, opened_at=now
-            )
+            m.stream = ServedStream(stream_id, connected=True, acked_seq=seq, sent_seq=seq)
             m.disconnected_at = None
             m.gone_at = None
             was_tip = False
@@ -228,7 +225,7 @@ class InSyncSet:
             stream.tips = {t for t in stream.tips if t > seq}
         m.stream.last_ack_id = max(m.stream.last_ack_id, ack_id)
         m.last_ack_at = now
-        if not knows_in_sync and not m.in_sync and m.stream.opened_at > m.removed_at:
+        if not knows_in_sync and not m.in_sync:
             m.unconfirmed = False  # it knows it is out
         m.acked_seq = max(m.acked_seq, seq)
         caught_up = m.acked_seq >= self.last_seq or was_tip
@@ -365,7 +362,6 @@ class InSyncSet:
     ) -> None:
         m.in_sync = False
         m.unconfirmed = not confirmed
-        m.removed_at = now
         m.leaving_since = None
         out.append(WakeSenders())
         out.append(LogNote("warning", f"replica {m.index} left the in-sync set ({reason})"))

@@ -358,18 +358,6 @@ MUTANTS = (
         ),
     ),
     Mutant(
-        "old-stream-confirms",
-        "a member's 'not in sync' on a stream older than its removal counts as confirmation",
-        (
-            (
-                IN_SYNC,
-                "        if not knows_in_sync and not m.in_sync and m.stream.opened_at > "
-                "m.removed_at:",
-                "        if not knows_in_sync and not m.in_sync:",
-            ),
-        ),
-    ),
-    Mutant(
         "no-cut-off-step-down",
         "a primary that hears no running peer goes on saying it is primary",
         (
