@@ -1029,13 +1029,12 @@ class World:
             raise Violation(f"replica {node.index}'s commit point {point} is beyond its log")
         if core.trusted(self.now):
             # What its probe replies and its own elections would say, as of this step.
-            log = node.disk.log
-            for request_id, (seq, _epoch) in self.acked.items():
-                if seq > len(log) or log[seq - 1].request_id != request_id:
-                    raise Violation(
-                        f"replica {node.index} vouches for a log without acknowledged "
-                        f"{request_id} at seq {seq}: {log}"
-                    )
+            missing = self._first_missing_acked(node.disk.log)
+            if missing is not None:
+                raise Violation(
+                    f"replica {node.index} vouches for a log without acknowledged {missing}: "
+                    f"{node.disk.log}"
+                )
         claim = core.claim()
         if claim is not None:
             # An election of every replica but `claim` may go ahead on it: the most
@@ -1044,14 +1043,20 @@ class World:
             best = max(
                 others, key=lambda n: (n.disk.position().epoch, n.disk.position().seq, -n.index)
             )
-            log = best.disk.log
-            for request_id, (seq, _epoch) in self.acked.items():
-                if seq > len(log) or log[seq - 1].request_id != request_id:
-                    raise Violation(
-                        f"replica {node.index} claims to be in sync with replica {claim}, but "
-                        f"the best log without {claim}'s (replica {best.index}'s) lacks "
-                        f"acknowledged {request_id} at seq {seq}: {log}"
-                    )
+            missing = self._first_missing_acked(best.disk.log)
+            if missing is not None:
+                raise Violation(
+                    f"replica {node.index} claims to be in sync with replica {claim}, but the "
+                    f"best log without {claim}'s (replica {best.index}'s) lacks acknowledged "
+                    f"{missing}: {best.disk.log}"
+                )
+
+    def _first_missing_acked(self, log: list[Entry]) -> str | None:
+        """An acknowledged write `log` lacks ("r7 at seq 9"), if any."""
+        for request_id, (seq, _epoch) in self.acked.items():
+            if seq > len(log) or log[seq - 1].request_id != request_id:
+                return f"{request_id} at seq {seq}"
+        return None
 
     def check(self) -> None:
         for node in self.nodes:
