@@ -89,10 +89,10 @@ MUTANTS = (
         (
             (
                 CORE,
-                "        self._observe_time(now)\n        self._expire_vouch(now)",
+                "        self._observe_time(now)\n        self._handlers[type(event)](event, now)",
                 "        if isinstance(event, Tick):\n            self._observe_time(now)\n"
                 "        else:\n            self._last_input_at = max(self._last_input_at, now)\n"
-                "        self._expire_vouch(now)",
+                "        self._handlers[type(event)](event, now)",
             ),
         ),
     ),
@@ -167,9 +167,8 @@ MUTANTS = (
         (
             (
                 RULES,
-                "    return len({c.index for c in members}) >= cluster_size "
-                "or any(c.trusted for c in members)",
-                "    return True",
+                "    present = {c.index for c in members}\n",
+                "    return True\n",
             ),
         ),
     ),
@@ -241,9 +240,8 @@ MUTANTS = (
         (
             (
                 CORE,
-                "        f.in_sync = in_sync and (f.in_sync or f.stored.epoch >= "
-                "self.current_epoch)",
-                "        f.in_sync = in_sync",
+                "            if sent is not None and (holds_epoch or f.vouched_at_vote):",
+                "            if sent is not None:",
             ),
         ),
     ),
