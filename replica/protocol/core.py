@@ -334,9 +334,9 @@ class ReplicaCore:
         f = self.following
         if f.stream_id is not None:
             self._out.append(CancelStream(f.stream_id, reason))
-            self._stream_lost(self._last_input_at)  # the time of the input being handled
+            self._stream_lost()
 
-    def _stream_lost(self, now: float) -> None:
+    def _stream_lost(self) -> None:
         f = self.following
         f.streaming = False
         f.stream_id = None
@@ -709,7 +709,7 @@ class ReplicaCore:
 
     def _replication_stream_ended(self, event: ReplicationStreamEnded, now: float) -> None:
         if event.stream_id == self.following.stream_id:
-            self._stream_lost(now)
+            self._stream_lost()
 
     def _database_failed(self, event: DatabaseFailed, now: float) -> None:
         """Its peer is about to hear UNAVAILABLE, and may elect without it on that answer (a

@@ -234,7 +234,7 @@ class InSyncSet:
         elif m.behind_since is None:
             m.behind_since = now
         if m.leaving_since is not None and not knows_in_sync:
-            self._remove(m, "behind for too long", now, out, confirmed=True)
+            self._remove(m, "behind for too long", out, confirmed=True)
         elif caught_up and m.leaving_since is not None:
             m.leaving_since = None  # caught up before it left: it stays
             out.append(WakeSenders())
@@ -335,13 +335,11 @@ class InSyncSet:
                 # answers again. (Safe while an ack takes less than a quarter of peer_timeout
                 # to arrive.)
                 listening = m.gone_at - m.last_ack_at < self._config.peer_timeout * 3 / 4
-                self._remove(
-                    m, "its process is gone: connection refused", now, out, confirmed=listening
-                )
+                self._remove(m, "its process is gone: connection refused", out, confirmed=listening)
             elif m.disconnected_at is not None and now - m.disconnected_at > timeout:
-                self._remove(m, f"unreachable for more than {timeout:.1f}s", now, out)
+                self._remove(m, f"unreachable for more than {timeout:.1f}s", out)
             elif m.leaving_since is not None and now - m.leaving_since > timeout:
-                self._remove(m, "did not confirm leaving", now, out)
+                self._remove(m, "did not confirm leaving", out)
                 if m.stream is not None:
                     # What it says on this stream may answer words from before its removal:
                     # only a new stream can show it knows it is out.
@@ -357,9 +355,7 @@ class InSyncSet:
                 out.append(WakeSenders())
         self.advance_commit(out)
 
-    def _remove(
-        self, m: Member, reason: str, now: float, out: list[Effect], confirmed: bool = False
-    ) -> None:
+    def _remove(self, m: Member, reason: str, out: list[Effect], confirmed: bool = False) -> None:
         m.in_sync = False
         m.unconfirmed = not confirmed
         m.leaving_since = None

@@ -123,6 +123,13 @@ class Primary:
         )
         return self.step(ins.ProbesAnswered(Position(self.epoch, 6), outcomes), after)
 
+    def lag(self, s: int) -> None:
+        """Seqs 7-9 appended and sent to both secondaries; only the other one acks them."""
+        self.step(ins.Appended(9))
+        self.send(1)
+        self.send(2)
+        self.ack(3 - s, 9)
+
     def keep_streaming(self, seconds: float) -> None:
         """Time passes with both secondaries acking a heartbeat every probe round."""
         for _ in range(round(seconds / 0.1)):
@@ -288,10 +295,7 @@ def test_the_primarys_own_append_is_not_committed_without_the_in_sync_acks() -> 
 
 def test_a_lagging_secondary_is_told_before_it_is_removed() -> None:
     p = Primary()
-    p.step(ins.Appended(9))
-    p.send(1)
-    p.send(2)
-    p.ack(2, 9)
+    p.lag(1)
     for _ in range(30):  # 1.5 s: replica 1 acks nothing more
         p.tick_probes()
         p.send(2)
@@ -357,10 +361,7 @@ def test_a_replica_that_dies_while_listening_leaves_at_once_and_for_good() -> No
 def test_a_member_removed_unheard_on_a_live_stream_must_reconnect_to_confirm() -> None:
     """What it says on the old stream may answer a word sent before its removal."""
     p = Primary()
-    p.step(ins.Appended(9))
-    p.send(1)
-    p.send(2)
-    p.ack(2, 9)
+    p.lag(1)
     old = p.streams[1]
     out: list[fx.Effect] = []
     for _ in range(50):  # 2.5 s: 1 acks nothing; told to leave, it never confirms
