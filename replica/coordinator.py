@@ -204,9 +204,13 @@ class Coordinator:
             case fx.CommitStalled(reason, version):
                 self._commits.set_stalled(reason, version)
             case fx.WakeSenders():
-                with self._senders:
-                    self._sender_wakeups += 1
-                    self._senders.notify_all()
+                self._wake_senders()
+            case fx.EndStream(secondary, _, reason):
+                # Decided outside that stream's own turn (an evaluation on a tick or a probe
+                # round): the core has forgotten the stream, so its next turn ends it. Wake it
+                # for that turn now.
+                log.info("replica %d: ending the stream to %d: %s", self.index, secondary, reason)
+                self._wake_senders()
             case fx.LogNote(level, text):
                 log.log(
                     logging.WARNING if level == "warning" else logging.INFO,
@@ -245,6 +249,11 @@ class Coordinator:
             reason = self._core.write_refusal()
         if reason is not None:
             raise Unavailable(reason)
+
+    def _wake_senders(self) -> None:
+        with self._senders:
+            self._sender_wakeups += 1
+            self._senders.notify_all()
 
     def sender_wakeups(self) -> int:
         return self._sender_wakeups

@@ -26,6 +26,7 @@ from replica.notifier import InboxNotifier
 from replica.peers import ProbeResult
 from replica.primary import PrimaryStreams
 from replica.protocol import Role
+from replica.protocol import effects as fx
 from replica.role import RoleState
 from replica.secondary import Secondary
 from replica.writer import LogWriter
@@ -342,6 +343,18 @@ def test_a_hello_from_a_newer_epoch_deposes_the_primary(replica: Replica) -> Non
     assert context.aborted[0] is grpc.StatusCode.FAILED_PRECONDITION
     assert replica.role.snapshot.role is not Role.PRIMARY
     assert replica.epoch_recorded() == epoch + 4
+
+
+def test_a_stream_ended_outside_its_own_turn_stops_no_other_effect(replica: Replica) -> None:
+    """The in-sync set removes a member that did not confirm leaving on a tick or a probe
+    round and ends its stream there. On real hosts (a secondary cut off by a partition) the
+    coordinator once had no one to carry that EndStream out: the step failed and the commit
+    advance after it was lost, stalling every write until the next one."""
+    replica.elect()
+    seen = replica.coordinator.sender_wakeups()
+    replica.coordinator.carry_out([fx.EndStream(1, 99, "removed unheard"), fx.AdvanceCommit(1)])
+    assert replica.commits.committed_seq == 1
+    assert replica.coordinator.sender_wakeups() > seen, "the stream is not woken to end"
 
 
 # -- the secondary's stream ---------------------------------------------------------------
