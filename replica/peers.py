@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
-from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES
+from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES, SERVICE_ERROR_KEY
 from replica.config import ClusterConfig, ReplicaAddress
 from replica.tls import TlsMaterial
 
@@ -53,9 +56,10 @@ class ProbeResult:
     peer: ReplicaAddress
     reply: rpb.ProbeReply | None  # None: unreachable
     # The call failed without timing out: the peer answered an error (UNAVAILABLE when its
-    # database failed -- it stopped vouching before it said so), or its host reset or refused
-    # the connection (a killed process; on these networks nothing else sends resets). Only a
-    # timeout may hide a peer that is running and vouching.
+    # database failed -- it stopped vouching before it said so), or its host refused a fresh
+    # connection (a killed process). A failure the channel reports from an earlier attempt
+    # (reconnect back-off, a reset) is checked with a new TCP connection first. Only silence
+    # may hide a peer that is running and vouching; a partition is silent.
     refused: bool = False
     # The peer's host answered that nothing listens on its port (TCP RST): its process is gone,
     # and with it every belief it held; a partitioned peer times out instead.
@@ -98,7 +102,16 @@ class Peers:
         lock = threading.Lock()
 
         def finished(peer: ReplicaAddress, call: grpc.Future[rpb.ProbeReply]) -> None:
-            result = self._probe_result(peer, call)
+            if call.exception() is not None and not _answered_by_peer(call):
+                # Checking a transport failure blocks: not on a gRPC thread.
+                threading.Thread(
+                    target=record, args=(peer, call), daemon=True, name="probe-check"
+                ).start()
+            else:
+                record(peer, call)
+
+        def record(peer: ReplicaAddress, call: grpc.Future[rpb.ProbeReply]) -> None:
+            result = self._fresh_probe_result(peer, request, call, deadline)
             with lock:
                 results[peer.index] = result
                 complete = len(results) == len(peers)
@@ -108,6 +121,7 @@ class Peers:
         if not peers:
             done([])
             return
+        deadline = time.monotonic() + timeout
         for peer in peers:
             call = self._stubs[peer.index].Probe.future(
                 request, timeout=timeout, metadata=self._metadata
@@ -120,12 +134,42 @@ class Peers:
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             self._note_refusal(peer, exc, code)
-            unavailable = code == grpc.StatusCode.UNAVAILABLE
             details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
-            gone = unavailable and CONNECTION_REFUSED in details
+            gone = code == grpc.StatusCode.UNAVAILABLE and CONNECTION_REFUSED in details
             return ProbeResult(peer, None, not _timed_out(code, details), gone)
         self._refused_by.discard(peer.index)
         return ProbeResult(peer, reply)
+
+    def _fresh_probe_result(
+        self,
+        peer: ReplicaAddress,
+        request: rpb.ProbeRequest,
+        call: grpc.Future[rpb.ProbeReply],
+        deadline: float,
+    ) -> ProbeResult:
+        """The probe's outcome, with a refusal the channel reports from its own past checked
+        afresh: a channel in reconnect back-off fails a call at once with the error of its
+        last attempt to connect ("Connection refused" from a restart long over, say), which
+        says nothing of the peer now. Blocks: run it off the gRPC threads."""
+        result = self._probe_result(peer, call)
+        if not result.refused or _answered_by_peer(call):
+            return result
+        remaining = deadline - time.monotonic()
+        reachable = _tcp_connect(peer.replication_address, remaining)
+        if reachable is not True:
+            gone = reachable == "refused"
+            return ProbeResult(peer, None, refused=gone, process_gone=gone)
+        # Something listens there now: ask once more, waiting for the channel to connect.
+        retry = self._stubs[peer.index].Probe.future(
+            request,
+            timeout=max(0.0, deadline - time.monotonic()),
+            metadata=self._metadata,
+            wait_for_ready=True,
+        )
+        again = self._probe_result(peer, retry)
+        if again.refused and not _answered_by_peer(retry):
+            return ProbeResult(peer, None)  # no answer we can trust either way
+        return again
 
     def _note_refusal(
         self, peer: ReplicaAddress, exc: grpc.RpcError, code: grpc.StatusCode | None
@@ -176,6 +220,30 @@ class Peers:
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
+
+
+def _answered_by_peer(call: grpc.Future[Any]) -> bool:
+    """Whether a failed call's status is the peer's own answer (an error of the service, or
+    a refusal of our secret), not a failure to reach it."""
+    exc = call.exception()
+    if not isinstance(exc, grpc.Call):
+        return False
+    if any(m.key == SERVICE_ERROR_KEY for m in exc.trailing_metadata() or ()):
+        return True
+    return exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+def _tcp_connect(address: str, timeout: float) -> bool | str:
+    """True if a fresh TCP connection to `address` succeeds within `timeout`; "refused" if
+    its host says nothing listens there; False if no answer came in time (or no route)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=max(timeout, 0.01)):
+            return True
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return False
 
 
 def _timed_out(code: grpc.StatusCode | None, details: str) -> bool:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
+from protos.wire import SERVICE_ERROR_KEY
 from replica.coordinator import Coordinator
 from replica.database import StorageOutageLog, storage_problem
 from replica.primary import PrimaryStreams
@@ -33,6 +34,8 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
         self._outage.failed(exc)
         # Told first: a peer may elect without it on this answer, so it stops vouching now.
         self._coordinator.run(ins.DatabaseFailed(storage_problem(exc)))
+        # Marks the answer as the replica's own, not a transport failure (see peers.py).
+        context.set_trailing_metadata(((SERVICE_ERROR_KEY, "database"),))
         context.abort(
             grpc.StatusCode.UNAVAILABLE,
             f"replica {self._coordinator.index} cannot read its database: {storage_problem(exc)}",
