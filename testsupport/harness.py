@@ -120,6 +120,12 @@ class ClusterProcesses:
     log_level: str = "INFO"
     tls: TlsConfig | None = None
     """Written as [tls], with a peer_address per replica; channel() then speaks TLS."""
+    ports: Sequence[int] | None = None
+    """Replica i listens on ports[i]; by default a free port of its host (which must then be
+    an address of this namespace)."""
+    launch_prefixes: Sequence[Sequence[str]] | None = None
+    """Replica i's command is prefixed with launch_prefixes[i] (e.g. `ip netns exec NS`,
+    which execs: the pid is still the replica's)."""
     specs: list[ReplicaSpec] = field(init=False)
     config_path: Path = field(init=False)
     _running: dict[int, _Running] = field(init=False, default_factory=dict)
@@ -129,23 +135,24 @@ class ClusterProcesses:
     def __post_init__(self) -> None:
         hosts = list(self.hosts or ["127.0.0.1"] * self.replicas)
         db_urls = list(self.db_urls or [None] * self.replicas)
-        if len(hosts) != self.replicas or len(db_urls) != self.replicas:
-            raise ValueError("hosts and db_urls need one entry per replica")
+        ports = list(self.ports or [None] * self.replicas)
+        if len({len(hosts), len(db_urls), len(ports), self.replicas}) != 1:
+            raise ValueError("hosts, db_urls and ports need one entry per replica")
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.specs = [
             ReplicaSpec(
                 index=i,
                 host=host,
-                port=free_port(host),
+                port=port or free_port(host),
                 data_dir=self.base_dir / f"replica-{i}",
                 log_path=self.base_dir / f"replica-{i}.log",
                 db_url=db_url,
             )
-            for i, (host, db_url) in enumerate(zip(hosts, db_urls, strict=True))
+            for i, (host, db_url, port) in enumerate(zip(hosts, db_urls, ports, strict=True))
         ]
         if self.tls is not None:
             for spec in self.specs:
-                spec.peer_port = free_port(spec.host)
+                spec.peer_port = spec.port + 1 if self.ports else free_port(spec.host)
         self.config_path = self.base_dir / "cluster.toml"
         self.write_config()
         _LIVE.add(self)
@@ -180,7 +187,9 @@ class ClusterProcesses:
 
     def command(self, index: int) -> list[str]:
         spec = self.specs[index]
+        prefix = list(self.launch_prefixes[index]) if self.launch_prefixes else []
         cmd = [
+            *prefix,
             sys.executable,
             "-m",
             "replica",

@@ -2,8 +2,10 @@
 
 Each fault breaks something, waits until the cluster has visibly kept (or resumed) taking
 acknowledged sends, and returns how long that took; the runner then heals whatever is still
-broken (restarts killed replicas) and waits for every replica to be back in sync before the
-next round.
+broken (restarts killed replicas) and, in most rounds, waits for every replica to be back in
+sync before the next round. Network faults (on test hosts, `--hosts netns`) are rules on the
+switch between the hosts (testsupport/netns.py): packets dropped silently, as in a real
+partition; each fault heals its network itself after a random time.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.integration.cluster_checks import Senders, primary_of, wait_for_primary
+from tests.integration.cluster_checks import (
+    Senders,
+    primary_of,
+    wait_all_running_follow,
+    wait_for_primary,
+)
 from testsupport.harness import ClusterProcesses, wait_until
+from testsupport.netns import LinkFault, TestHosts
 
 PROGRESS_TIMEOUT = 45.0  # a fault after which no send is acknowledged for this long is a failure
 STEP_DOWN_TIMEOUT = 15.0
@@ -37,6 +45,7 @@ class ChaosContext:
     rng: random.Random
     backend: str
     server_url: str | None  # MySQL server (no database) for connection-level faults
+    hosts: TestHosts | None = None  # each replica on its own test host (network faults)
     recovery: float | None = None  # seconds from the last fault to its first acknowledged send
 
     def acked(self) -> int:
@@ -71,12 +80,21 @@ class ChaosContext:
         except TimeoutError as exc:
             raise ChaosFailure(str(exc)) from None
 
+    def wait_in_sync(self) -> None:
+        """Until every running replica is in the primary's in-sync set (after a round that
+        let the next fault come at once)."""
+        try:
+            wait_all_running_follow(self.cluster, self.current_primary(), PROGRESS_TIMEOUT)
+        except TimeoutError as exc:
+            raise ChaosFailure(f"replicas did not get back in sync: {exc}") from None
+
 
 @dataclass(frozen=True)
 class Fault:
     name: str
     inject: Callable[[ChaosContext], str]  # returns a description of what it did
     backends: tuple[str, ...] = ("sqlite", "mysql")
+    network: bool = False  # needs test hosts (--hosts netns)
 
 
 # -- process faults ----------------------------------------------------------------------------
@@ -92,6 +110,8 @@ def kill_one(ctx: ChaosContext) -> str:
 
 
 def kill_two(ctx: ChaosContext) -> str:
+    # Only a survivor that was in sync may carry on alone.
+    ctx.wait_in_sync()
     victims = sorted(ctx.rng.sample(ctx.running(), 2))
     for victim in victims:
         ctx.cluster.kill(victim)
@@ -236,6 +256,112 @@ def start_mariadb() -> None:
     wait_until(_mariadb_up, 120, "MariaDB to answer again", interval=0.2)
 
 
+# -- network faults (test hosts) -------------------------------------------------------------
+
+HOLD_SECONDS = (0.2, 2.5)  # how much longer a partition lasts once the cluster has progressed
+
+
+def _network(ctx: ChaosContext) -> TestHosts:
+    assert ctx.hosts is not None, "network faults need test hosts (--hosts netns)"
+    return ctx.hosts
+
+
+def _hold_partition(
+    ctx: ChaosContext, links: list[LinkFault], what: str, *, deposed: int | None = None
+) -> None:
+    """Apply `links`, wait until sends are acknowledged under them (and, if `deposed` is
+    given and the clients can still ask it, until that old primary no longer says it is
+    primary), hold a random while longer, heal."""
+    hosts = _network(ctx)
+    before = ctx.acked()
+    cut_at = time.monotonic()
+    hosts.set_faults(links)
+    try:
+        ctx.wait_progress(before, 10, what, cut_at)
+        if deposed is not None:
+            try:
+                wait_until(
+                    lambda: primary_of(ctx.cluster, deposed) is None,
+                    STEP_DOWN_TIMEOUT,
+                    f"replica {deposed}, cut off, to stop saying it is the primary",
+                )
+            except TimeoutError as exc:
+                raise ChaosFailure(str(exc)) from None
+        time.sleep(ctx.rng.uniform(*HOLD_SECONDS))  # the fault's duration, not a sync
+    finally:
+        hosts.heal()
+
+
+def _secondaries(ctx: ChaosContext, primary: int) -> list[int]:
+    return [i for i in range(len(ctx.cluster.specs)) if i != primary]
+
+
+def partition_primary(ctx: ChaosContext) -> str:
+    """The primary cut off from both secondaries; the clients still reach it."""
+    primary = ctx.current_primary()
+    hosts = _network(ctx)
+    links = [f for s in _secondaries(ctx, primary) for f in hosts.cut(primary, s)]
+    _hold_partition(ctx, links, f"cutting primary {primary} off", deposed=primary)
+    return f"primary {primary} cut off from both secondaries (clients reach it)"
+
+
+def isolate_primary(ctx: ChaosContext) -> str:
+    primary = ctx.current_primary()
+    links = _network(ctx).isolate(primary)
+    _hold_partition(ctx, links, f"isolating primary {primary}")
+    return f"primary {primary} cut off from everyone"
+
+
+def partition_secondary(ctx: ChaosContext) -> str:
+    primary = ctx.current_primary()
+    victim = ctx.rng.choice(_secondaries(ctx, primary))
+    from_clients = ctx.rng.random() < 0.5
+    links = _network(ctx).isolate(victim, from_clients=from_clients)
+    _hold_partition(ctx, links, f"isolating secondary {victim}")
+    seen = "clients cut too" if from_clients else "clients reach it"
+    return f"secondary {victim} cut off from the replicas ({seen})"
+
+
+def partition_ring(ctx: ChaosContext) -> str:
+    """One link cut: its two ends each see a different majority (with the third replica)."""
+    primary = ctx.current_primary()
+    a, b = ctx.rng.choice(
+        [(primary, s) for s in _secondaries(ctx, primary)] + [tuple(_secondaries(ctx, primary))]
+    )
+    _hold_partition(ctx, _network(ctx).cut(a, b), f"cutting the link {a}-{b}")
+    return f"link {a}-{b} cut (each sees a different majority)"
+
+
+def one_way(ctx: ChaosContext) -> str:
+    """The primary's packets to one secondary dropped; the other direction works."""
+    primary = ctx.current_primary()
+    victim = ctx.rng.choice(_secondaries(ctx, primary))
+    _hold_partition(ctx, [LinkFault(primary, victim)], f"dropping {primary}->{victim}")
+    return f"packets {primary}->{victim} dropped (the other way works)"
+
+
+def flaky_link(ctx: ChaosContext) -> str:
+    """Random losses both ways on one link (TCP makes them retransmission delays)."""
+    primary = ctx.current_primary()
+    victim = ctx.rng.choice(_secondaries(ctx, primary))
+    percent = ctx.rng.choice([10, 25, 50, 80])
+    _hold_partition(
+        ctx, _network(ctx).cut(primary, victim, percent=percent), f"a flaky link to {victim}"
+    )
+    return f"{percent}% of packets lost between {primary} and {victim}"
+
+
+def break_stream(ctx: ChaosContext) -> str:
+    """A secondary's connections to the live primary reset (both ends running)."""
+    primary = ctx.current_primary()
+    victim = ctx.rng.choice(_secondaries(ctx, primary))
+    hosts = _network(ctx)
+    before = ctx.acked()
+    hosts.run_on(victim, "ss", "-K", "dst", hosts.address(primary))
+    ctx.wait_progress(before, 10, f"resetting {victim}'s connections to {primary}")
+    return f"replica {victim}'s connections to primary {primary} reset"
+
+
 FAULTS = (
     Fault("kill_one", kill_one),
     Fault("kill_two", kill_two),
@@ -243,14 +369,26 @@ FAULTS = (
     Fault("pause_primary", pause_primary),
     Fault("drop_connections", drop_connections, ("mysql",)),
     Fault("restart_mariadb", restart_mariadb, ("mysql",)),
+    Fault("partition_primary", partition_primary, network=True),
+    Fault("isolate_primary", isolate_primary, network=True),
+    Fault("partition_secondary", partition_secondary, network=True),
+    Fault("partition_ring", partition_ring, network=True),
+    Fault("one_way", one_way, network=True),
+    Fault("flaky_link", flaky_link, network=True),
+    Fault("break_stream", break_stream, network=True),
 )
 
 
-def faults_for(backend: str, names: list[str] | None = None) -> list[Fault]:
-    chosen = [f for f in FAULTS if backend in f.backends]
+def faults_for(
+    backend: str, names: list[str] | None = None, *, network: bool = False
+) -> list[Fault]:
+    """The faults that apply (without `names`: every one that does)."""
+    chosen = [f for f in FAULTS if backend in f.backends and (network or not f.network)]
     if names:
         unknown = set(names) - {f.name for f in FAULTS}
         if unknown:
             raise ValueError(f"unknown faults: {sorted(unknown)}")
+        if not network and any(f.network for f in FAULTS if f.name in names):
+            raise ValueError("network faults need --hosts netns")
         chosen = [f for f in chosen if f.name in names]
     return chosen

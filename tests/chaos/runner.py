@@ -1,10 +1,14 @@
 """Rounds of random faults under concurrent load, and the exactly-once check at the end.
 
-Three real replica processes (on 127.0.0.11-13) take sends from several concurrent senders
-to one offline recipient. Each round injects one fault (see faults.py), waits until sends are
-acknowledged again, restarts whatever was killed and waits until every replica is back in
-sync. At the end every replica's log and projections must be identical, and the recipient's
-inbox must hold every acknowledged send exactly once: `lost` and `duplicated` must be 0.
+Three real replica processes (on 127.0.0.11-13, or each on a test host of its own with
+`hosts="netns"`) take sends from several concurrent senders to one offline recipient. Each
+round injects one fault (see faults.py), waits until sends are acknowledged again, restarts
+whatever was killed and waits until every replica is back in sync -- except in a random share
+(`overlap`) of rounds, where the next fault lands at once, while a replica may still be
+catching up, have just lost its stream or have just been removed from the in-sync set. At the
+end every replica's log and projections must be identical, and the recipient's inbox must
+hold every acknowledged send exactly once: `lost` and `duplicated` must be 0. Each round also
+records the longest time without any acknowledged send.
 
 The fault sequence comes from a seeded generator, printed with the report, so that a failing
 run can be replayed (`--seed`).
@@ -12,6 +16,7 @@ run can be replayed (`--seed`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -37,9 +42,11 @@ from tests.integration.cluster_checks import (
 )
 from testsupport.databases import drop_mysql_database
 from testsupport.harness import ClusterProcesses
+from testsupport.netns import TestHosts
 
 RECIPIENT = "inbox"
 HEAL_TIMEOUT = 60.0
+REPLICA_PORT = 7000  # on test hosts every replica has an address of its own
 
 
 @dataclass
@@ -50,6 +57,8 @@ class RoundResult:
     what: str
     recovery_s: float | None
     seconds: float
+    longest_gap_s: float = 0.0  # the longest time without an acknowledged send
+    overlapped: bool = False  # the next round began before this one's recovery ended
 
 
 @dataclass
@@ -57,6 +66,8 @@ class ChaosReport:
     backend: str
     seed: int
     rounds_planned: int
+    hosts: str = "loopback"
+    min_insync: int = 1
     rounds: list[RoundResult] = field(default_factory=list)
     acknowledged: int = 0
     unacknowledged_attempts: int = 0  # sends whose client gave up (may or may not be stored)
@@ -78,32 +89,38 @@ class ChaosReport:
             and self.lost == self.duplicated == self.invented == self.wrong_ids == 0
         )
 
-    def recovery_by_fault(self) -> dict[str, tuple[int, float, float]]:
-        """fault -> (rounds, p50, max) seconds from fault to the first acknowledged send."""
-        out: dict[str, tuple[int, float, float]] = {}
+    def recovery_by_fault(self) -> dict[str, tuple[int, float, float, float]]:
+        """fault -> (rounds, p50, max) seconds from fault to the first acknowledged send, and
+        the longest time without an acknowledged send in any of its rounds."""
+        out: dict[str, tuple[int, float, float, float]] = {}
         for name in sorted({r.fault for r in self.rounds}):
-            times = [r.recovery_s for r in self.rounds if r.fault == name and r.recovery_s]
-            count = sum(1 for r in self.rounds if r.fault == name)
+            rounds = [r for r in self.rounds if r.fault == name]
+            times = [r.recovery_s for r in rounds if r.recovery_s]
             out[name] = (
-                count,
+                len(rounds),
                 statistics.median(times) if times else 0.0,
                 max(times) if times else 0.0,
+                max(r.longest_gap_s for r in rounds),
             )
         return out
 
     def summary(self) -> str:
         lines = [
-            f"chaos ({self.backend}, seed {self.seed}): {len(self.rounds)}/{self.rounds_planned}"
-            f" rounds in {self.seconds:.0f}s",
+            f"chaos ({self.backend}, {self.hosts} hosts, min_insync {self.min_insync}, seed"
+            f" {self.seed}): {len(self.rounds)}/{self.rounds_planned} rounds in"
+            f" {self.seconds:.0f}s ({sum(r.overlapped for r in self.rounds)} overlapping the"
+            " next)",
             f"  acknowledged sends: {self.acknowledged}   unacknowledged attempts: "
             f"{self.unacknowledged_attempts}   delivered: {self.delivered}",
             f"  lost: {self.lost}   duplicated: {self.duplicated}   invented: {self.invented}"
             f"   wrong ids: {self.wrong_ids}   replicas converged: {self.converged}",
-            "  recovery (fault -> first acknowledged send): rounds, p50, max",
+            "  fault -> first acknowledged send (p50, max), and the longest time without one:",
+            f"    {'fault':<20} {'rounds':>6} {'p50':>10} {'max':>10} {'longest gap':>12}",
         ]
-        for name, (count, p50, worst) in self.recovery_by_fault().items():
+        for name, (count, p50, worst, gap) in self.recovery_by_fault().items():
             lines.append(
-                f"    {name:<18} {count:>4}  {p50 * 1000:>7.0f} ms  {worst * 1000:>7.0f} ms"
+                f"    {name:<20} {count:>6} {p50 * 1000:>7.0f} ms {worst * 1000:>7.0f} ms"
+                f" {gap * 1000:>9.0f} ms"
             )
         lines += [f"  FAILURE: {f}" for f in self.failures]
         lines.append("  RESULT: " + ("PASS" if self.ok else "FAIL"))
@@ -133,14 +150,23 @@ def score(report: ChaosReport, log: SendLog, delivered: list[str], ids: dict[str
     report.wrong_ids = sum(1 for body, i in log.acknowledged.items() if ids.get(body, i) != i)
 
 
-def heal(ctx: ChaosContext, *, under_load: bool = True) -> None:
-    """Restart every replica that is down and wait until all three follow one primary (and,
-    `under_load`, acknowledge sends again)."""
+def longest_gap(ack_times: list[float], start: float, end: float) -> float:
+    """The longest stretch of [start, end] without an acknowledged send."""
+    inside = [t for t in ack_times if start <= t <= end]
+    marks = [start, *inside, end]
+    return max(b - a for a, b in itertools.pairwise(marks))
+
+
+def heal(ctx: ChaosContext, *, under_load: bool = True, wait: bool = True) -> None:
+    """Restart every replica that is down and (`wait`) wait until all three follow one
+    primary (and, `under_load`, acknowledge sends again)."""
     if ctx.backend == "mysql":
         start_mariadb()
     down = [s.index for s in ctx.cluster.specs if not ctx.cluster.is_running(s.index)]
     for index in down:
         ctx.cluster.start(index, wait=False)
+    if not wait:
+        return
     for index in down:
         ctx.cluster.wait_healthy(index, timeout=HEAL_TIMEOUT)
     primary = ctx.current_primary()
@@ -165,21 +191,41 @@ def run_chaos(
     fault_names: list[str] | None = None,
     schedule: str = "random",
     senders: int = 4,
+    hosts: str = "loopback",
+    min_insync: int = 1,
+    overlap: float = 0.0,
     progress: Callable[[str], None] = print,
 ) -> ChaosReport:
     """`schedule`: "random" draws each round's fault; "cycle" takes them in turn (so a short
-    run covers every fault)."""
+    run covers every fault). `hosts`: "loopback" (127.0.0.11-13) or "netns" (a test host
+    each, and the network faults). `overlap`: the share of rounds after which the next fault
+    comes at once, without waiting for the replicas to be back in sync."""
     seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    faults: list[Fault] = faults_for(backend, fault_names)
-    report = ChaosReport(backend, seed, rounds)
+    faults: list[Fault] = faults_for(backend, fault_names, network=hosts == "netns")
+    report = ChaosReport(backend, seed, rounds, hosts, min_insync)
     started = time.monotonic()
     urls: list[str | None] = [None] * len(HOSTS)
     if backend == "mysql":
         tag = os.urandom(4).hex()
         urls = [f"{MYSQL_SERVER_URL}/chat_chaos_{tag}_{i}" for i in range(len(HOSTS))]
     names = [f"sender{i}" for i in range(senders)]
-    cluster = ClusterProcesses(base_dir, len(HOSTS), hosts=HOSTS, db_urls=urls, settings=SETTINGS)
+    settings = {**SETTINGS, "min_insync": min_insync}
+    test_hosts = TestHosts(len(HOSTS)) if hosts == "netns" else None
+    if test_hosts is None:
+        cluster = ClusterProcesses(
+            base_dir, len(HOSTS), hosts=HOSTS, db_urls=urls, settings=settings
+        )
+    else:
+        cluster = ClusterProcesses(
+            base_dir,
+            len(HOSTS),
+            hosts=[test_hosts.address(i) for i in range(len(HOSTS))],
+            ports=[REPLICA_PORT] * len(HOSTS),
+            launch_prefixes=[test_hosts.exec_prefix(i) for i in range(len(HOSTS))],
+            db_urls=urls,
+            settings=settings,
+        )
     try:
         cluster.start_all()
         primary = wait_for_primary(cluster)
@@ -187,7 +233,7 @@ def run_chaos(
         wait_all_running_follow(cluster, primary)
         load = Senders(cluster, names, RECIPIENT)
         server_url = MYSQL_SERVER_URL if backend == "mysql" else None
-        ctx = ChaosContext(cluster, load, rng, backend, server_url)
+        ctx = ChaosContext(cluster, load, rng, backend, server_url, test_hosts)
         load.start()
         try:
             load.wait_for_acks(20)
@@ -197,25 +243,32 @@ def run_chaos(
                 round_start = time.monotonic()
                 acked_before = ctx.acked()
                 ctx.recovery = None
+                overlapped = number < rounds and rng.random() < overlap
                 try:
                     what = fault.inject(ctx)
-                    heal(ctx)
+                    heal(ctx, wait=not overlapped)
                 except ChaosFailure as exc:
                     report.failures.append(f"round {number} ({fault.name}): {exc}")
                     break
+                round_end = time.monotonic()
+                with load.log.lock:
+                    gap = longest_gap(load.log.ack_times, round_start, round_end)
                 result = RoundResult(
                     number,
                     acked_before,
                     fault.name,
                     what,
                     ctx.recovery,
-                    time.monotonic() - round_start,
+                    round_end - round_start,
+                    gap,
+                    overlapped,
                 )
                 report.rounds.append(result)
                 recovery = "-" if result.recovery_s is None else f"{result.recovery_s:.2f}s"
                 progress(
-                    f"round {number:>3}/{rounds} {fault.name:<16} {what}; first ack after "
-                    f"{recovery}; round {result.seconds:.1f}s; {ctx.acked()} acked so far"
+                    f"round {number:>3}/{rounds} {fault.name:<19} {what}; first ack after "
+                    f"{recovery}; no ack for {gap:.2f}s at most; round {result.seconds:.1f}s"
+                    f"{'; next fault at once' if overlapped else ''}; {ctx.acked()} acked"
                 )
         finally:
             try:
@@ -236,6 +289,8 @@ def run_chaos(
                 report.failures.append(cluster.log_tail(spec.index, 30))
     finally:
         cluster.close()
+        if test_hosts is not None:
+            test_hosts.close()
         if backend == "mysql":
             start_mariadb()
             for url in urls:

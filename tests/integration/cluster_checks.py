@@ -143,6 +143,7 @@ def wait_converged(cluster: ClusterProcesses, timeout: float = 30.0) -> str:
 class SendLog:
     acknowledged: dict[str, int] = field(default_factory=dict)  # body -> message id
     failed: list[str] = field(default_factory=list)  # bodies whose send raised
+    ack_times: list[float] = field(default_factory=list)  # time.monotonic() of each ack, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -178,6 +179,7 @@ class Senders:
                         continue
                     with self.log.lock:
                         self.log.acknowledged[body] = message_id
+                        self.log.ack_times.append(time.monotonic())
         except BaseException as exc:  # reported by stop()
             self._errors.append(exc)
 
