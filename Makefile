@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install protos lint typecheck clean bench bench-smoke chaos mutants
+.PHONY: run test install protos lint typecheck clean bench bench-smoke chaos mutants hosts host-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m replica.launcher $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) host-tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The test hosts (testsupport/netns.py) need nft; as root, install it where it is missing
+# (without root those tests skip, saying why).
+host-tools:
+	@command -v nft >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get install -y -qq nftables >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nftables >/dev/null; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,7 +42,9 @@ bench: $(STAMP)
 # Rounds of random faults under load (SIGKILL one/two/all, SIGSTOP the primary, MySQL
 # connections dropped, MariaDB restarted); prints rounds, acknowledged sends, lost, duplicated.
 # CHAOS_ARGS="--backend sqlite --rounds 20 --seed N" narrows or replays a run.
-chaos: $(STAMP)
+# On test hosts with the network faults (root):
+# CHAOS_ARGS="--hosts netns --min-insync 2 --faults partition_primary,isolate_primary,..."
+chaos: $(STAMP) host-tools
 	$(BIN)/python -m tests.chaos --rounds 100 --backend mysql $(CHAOS_ARGS)
 
 # Known-wrong changes to the protocol core (tests/mutants/catalog.py), each applied to a copy
@@ -43,6 +52,12 @@ chaos: $(STAMP)
 # 10 minutes; MUTANTS_ARGS="--only NAME --model-seconds 120" narrows it.
 mutants: $(STAMP)
 	$(BIN)/python -m tests.mutants $(MUTANTS_ARGS)
+
+# Three replicas on test hosts of their own (root), and a prompt to cut and heal the network
+# between them: see the README, "Run it as three hosts and cut the network".
+# HOSTS_ARGS="--min-insync 2" changes the cluster.
+hosts: $(STAMP) host-tools
+	$(BIN)/python -m testsupport.hosts_lab $(HOSTS_ARGS)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)

@@ -15,6 +15,7 @@ from hypothesis import settings
 from replica.database import make_engine, upgrade_schema
 from testsupport.databases import drop_mysql_database
 from testsupport.harness import ClusterProcesses, live_clusters
+from testsupport.netns import hosts_problem
 
 MYSQL_SERVER_URL = os.environ.get(
     "CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306"
@@ -52,6 +53,16 @@ def require_mysql() -> None:
         return
     if IN_CI:
         pytest.fail(f"{problem} (CI=true: MySQL tests must run, not skip)")
+    pytest.skip(problem)
+
+
+def require_test_hosts() -> None:
+    """Skip (fail under CI=true) where test hosts cannot be made (testsupport/netns.py)."""
+    problem = hosts_problem()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{problem} (CI=true: the test-host tests must run, not skip)")
     pytest.skip(problem)
 
 

@@ -94,6 +94,8 @@ class LinkFault:
 class TestHosts:
     """`count` hosts on one switch; a context manager (close() removes everything)."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     count: int
     tag: str = field(default_factory=lambda: "ct" + os.urandom(3).hex()[:5])
     subnet: ipaddress.IPv4Network = field(init=False)

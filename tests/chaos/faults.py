@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -28,6 +28,7 @@ from tests.integration.cluster_checks import (
     wait_for_primary,
 )
 from testsupport.harness import ClusterProcesses, wait_until
+from testsupport.host_mariadb import HostMariaDB
 from testsupport.netns import LinkFault, TestHosts
 
 PROGRESS_TIMEOUT = 45.0  # a fault after which no send is acknowledged for this long is a failure
@@ -44,8 +45,8 @@ class ChaosContext:
     load: Senders
     rng: random.Random
     backend: str
-    server_url: str | None  # MySQL server (no database) for connection-level faults
     hosts: TestHosts | None = None  # each replica on its own test host (network faults)
+    databases: list[HostMariaDB] = field(default_factory=list)  # a MariaDB per test host
     recovery: float | None = None  # seconds from the last fault to its first acknowledged send
 
     def acked(self) -> int:
@@ -175,11 +176,12 @@ def _database_name(ctx: ChaosContext, index: int) -> str:
 
 def drop_connections(ctx: ChaosContext) -> str:
     """Kill every server-side connection of one replica's database, mid-whatever."""
-    assert ctx.server_url is not None
     victim = ctx.rng.choice(ctx.running())
     database = _database_name(ctx, victim)
+    url = ctx.cluster.specs[victim].db_url
+    assert url is not None
     before = ctx.acked()
-    server = sa.create_engine(ctx.server_url + "/", poolclass=sa.pool.NullPool)
+    server = sa.create_engine(make_url(url).set(database=""), poolclass=sa.pool.NullPool)
     try:
         with server.connect() as conn:
             ids = conn.execute(
@@ -211,7 +213,17 @@ def _mariadb_up() -> bool:
 
 
 def restart_mariadb(ctx: ChaosContext) -> str:
-    """Shut the MySQL server down under all three replicas and start it again."""
+    """Shut the MySQL server down under all three replicas and start it again (on test
+    hosts: one host's server, under its replica)."""
+    if ctx.databases:
+        server = ctx.rng.choice(ctx.databases)
+        server.stop()
+        before = ctx.acked()
+        down = ctx.rng.uniform(0.2, 2.0)
+        time.sleep(down)  # the outage itself: a duration, not a synchronisation
+        server.start()
+        ctx.wait_progress(before, 10, f"a restart of host {server.index}'s MariaDB")
+        return f"host {server.index}'s MariaDB down for {down:.1f}s"
     subprocess.run(
         ["mysqladmin", "--host=127.0.0.1", "--port=3306", "--user=root", "shutdown"],
         capture_output=True,

@@ -42,6 +42,7 @@ from tests.integration.cluster_checks import (
 )
 from testsupport.databases import drop_mysql_database
 from testsupport.harness import ClusterProcesses
+from testsupport.host_mariadb import HostMariaDB, start_host_servers
 from testsupport.netns import TestHosts
 
 RECIPIENT = "inbox"
@@ -160,7 +161,10 @@ def longest_gap(ack_times: list[float], start: float, end: float) -> float:
 def heal(ctx: ChaosContext, *, under_load: bool = True, wait: bool = True) -> None:
     """Restart every replica that is down and (`wait`) wait until all three follow one
     primary (and, `under_load`, acknowledge sends again)."""
-    if ctx.backend == "mysql":
+    if ctx.databases:
+        for server in ctx.databases:
+            server.start()
+    elif ctx.backend == "mysql":
         start_mariadb()
     down = [s.index for s in ctx.cluster.specs if not ctx.cluster.is_running(s.index)]
     for index in down:
@@ -212,6 +216,14 @@ def run_chaos(
     names = [f"sender{i}" for i in range(senders)]
     settings = {**SETTINGS, "min_insync": min_insync}
     test_hosts = TestHosts(len(HOSTS)) if hosts == "netns" else None
+    servers: list[HostMariaDB] = []
+    if test_hosts is not None and backend == "mysql":
+        try:
+            servers = start_host_servers(test_hosts, base_dir)
+        except BaseException:
+            test_hosts.close()
+            raise
+        urls = [server.url(f"chat_chaos_{i}") for i, server in enumerate(servers)]
     if test_hosts is None:
         cluster = ClusterProcesses(
             base_dir, len(HOSTS), hosts=HOSTS, db_urls=urls, settings=settings
@@ -232,8 +244,7 @@ def run_chaos(
         register_users(cluster, [*names, RECIPIENT])
         wait_all_running_follow(cluster, primary)
         load = Senders(cluster, names, RECIPIENT)
-        server_url = MYSQL_SERVER_URL if backend == "mysql" else None
-        ctx = ChaosContext(cluster, load, rng, backend, server_url, test_hosts)
+        ctx = ChaosContext(cluster, load, rng, backend, test_hosts, servers)
         load.start()
         try:
             load.wait_for_acks(20)
@@ -289,9 +300,13 @@ def run_chaos(
                 report.failures.append(cluster.log_tail(spec.index, 30))
     finally:
         cluster.close()
+        for server in servers:  # before the hosts: a namespace outlives its processes' end
+            server.close(keep=not report.ok)
+            if not report.ok:
+                report.failures.append(f"MariaDB data kept: {server.datadir}")
         if test_hosts is not None:
             test_hosts.close()
-        if backend == "mysql":
+        if backend == "mysql" and not servers:
             start_mariadb()
             for url in urls:
                 if url is None:

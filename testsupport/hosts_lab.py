@@ -1,0 +1,195 @@
+"""`sudo make hosts`: three replicas, each on a test host of its own, and a prompt to cut and
+heal the network between them while you chat in another terminal (see the README section "Run
+it as three hosts and cut the network").
+
+Needs root (network namespaces, nftables). Everything it made is removed when it exits (quit,
+Ctrl-D or Ctrl-C). Replica data lives in a temporary directory unless --data-dir is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from protos import chat_pb2, chat_pb2_grpc
+from testsupport.harness import ClusterProcesses, ReplicaProcessError
+from testsupport.netns import CLIENT, HostsUnavailable, LinkFault, TestHosts, hosts_problem
+
+PORT = 7000
+SETTINGS = {"heartbeat_interval_ms": 100, "peer_timeout_ms": 600, "insync_timeout_ms": 1000}
+
+HELP = """commands (replicas are 0, 1, 2; `clients` is this machine's side of the switch):
+  status                 each replica's role, epoch and last seq, as the clients see it
+  cut A B                drop every packet between A and B (A or B may be `clients`)
+  oneway A B             drop A's packets to B only
+  flaky A B PERCENT      drop PERCENT% of the packets between A and B, at random
+  isolate N              cut N off from the other replicas and the clients
+  partition N            cut N off from the other replicas; the clients still reach it
+  heal                   remove every fault
+  faults                 the switch's drop rules
+  kill N | pause N | resume N | start N
+                         SIGKILL, SIGSTOP, SIGCONT the replica process, or start it again
+  log N                  the last lines of replica N's log
+  quit                   stop everything and remove the hosts"""
+
+
+class Lab:
+    def __init__(self, hosts: TestHosts, cluster: ClusterProcesses) -> None:
+        self.hosts = hosts
+        self.cluster = cluster
+        self.faults: set[LinkFault] = set()
+        self.commands: dict[str, Callable[[list[str]], str]] = {
+            "status": self.status,
+            "cut": lambda a: self._add(self.hosts.cut(*self._pair(a))),
+            "oneway": lambda a: self._add([LinkFault(*self._pair(a))]),
+            "flaky": self.flaky,
+            "isolate": lambda a: self._add(self.hosts.isolate(self._replica(a))),
+            "partition": lambda a: self._add(
+                self.hosts.isolate(self._replica(a), from_clients=False)
+            ),
+            "heal": self.heal,
+            "faults": lambda a: self.hosts.fault_rules(),
+            "kill": lambda a: self._signal(a, signal.SIGKILL),
+            "pause": lambda a: self._signal(a, signal.SIGSTOP),
+            "resume": lambda a: self._signal(a, signal.SIGCONT),
+            "start": self.start,
+            "log": lambda a: self.cluster.log_tail(self._replica(a), 20),
+            "help": lambda a: HELP,
+        }
+
+    def _node(self, word: str) -> int:
+        if word == "clients":
+            return CLIENT
+        if word.isdigit() and int(word) < len(self.cluster.specs):
+            return int(word)
+        raise ValueError(f"no replica {word!r} (0-{len(self.cluster.specs) - 1} or clients)")
+
+    def _replica(self, args: list[str]) -> int:
+        if len(args) != 1 or self._node(args[0]) == CLIENT:
+            raise ValueError("give one replica index")
+        return self._node(args[0])
+
+    def _pair(self, args: list[str]) -> tuple[int, int]:
+        if len(args) != 2 or args[0] == args[1]:
+            raise ValueError("give two different ends: A B")
+        return self._node(args[0]), self._node(args[1])
+
+    def _add(self, faults: list[LinkFault]) -> str:
+        self.faults |= set(faults)
+        self.hosts.set_faults(self.faults)
+        return f"{len(self.faults)} drop rule(s) on the switch"
+
+    def flaky(self, args: list[str]) -> str:
+        if len(args) != 3 or not args[2].isdigit() or not 1 <= int(args[2]) <= 100:
+            raise ValueError("flaky A B PERCENT (1-100)")
+        return self._add(self.hosts.cut(*self._pair(args[:2]), percent=int(args[2])))
+
+    def heal(self, args: list[str]) -> str:
+        self.faults.clear()
+        self.hosts.heal()
+        return "healed: no drop rules"
+
+    def _signal(self, args: list[str], sig: signal.Signals) -> str:
+        index = self._replica(args)
+        if not self.cluster.is_running(index):
+            raise ValueError(f"replica {index} is not running (start {index})")
+        os.kill(self.cluster.process(index).pid, sig)
+        return f"{sig.name} sent to replica {index}"
+
+    def start(self, args: list[str]) -> str:
+        index = self._replica(args)
+        try:
+            self.cluster.start(index, wait=False)
+        except ReplicaProcessError as exc:
+            raise ValueError(str(exc)) from None
+        return f"replica {index} starting"
+
+    def status(self, args: list[str]) -> str:
+        lines = []
+        for spec in self.cluster.specs:
+            stub = chat_pb2_grpc.ChatStub(self.cluster.channel(spec.index))
+            try:
+                reply = stub.ClusterStatus(chat_pb2.ClusterStatusRequest(), timeout=0.5)
+            except grpc.RpcError as exc:
+                running = self.cluster.is_running(spec.index)
+                state = exc.code().name if running else "not running"
+                lines.append(f"  {spec.index} {spec.address:<22} no answer ({state})")
+                continue
+            me = next(r for r in reply.replicas if r.index == spec.index)
+            lines.append(
+                f"  {spec.index} {spec.address:<22} {me.role:<9} epoch {me.epoch:<3}"
+                f" last seq {me.last_seq}"
+            )
+        return "\n".join(lines)
+
+    def run(self, line: str) -> str:
+        words = shlex.split(line)
+        if not words:
+            return ""
+        command = self.commands.get(words[0])
+        if command is None:
+            return f"unknown command {words[0]!r}; `help` lists them"
+        try:
+            return command(words[1:])
+        except (ValueError, HostsUnavailable) as exc:
+            return f"error: {exc}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testsupport.hosts_lab", description=__doc__)
+    parser.add_argument("--min-insync", type=int, choices=[1, 2, 3], default=1)
+    parser.add_argument("--data-dir", type=Path, help="keep replica data and logs here")
+    args = parser.parse_args(argv)
+    problem = hosts_problem()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    base = args.data_dir or Path(tempfile.mkdtemp(prefix="chat-hosts-"))
+    with TestHosts(3) as hosts:
+        cluster = ClusterProcesses(
+            base,
+            3,
+            hosts=[hosts.address(i) for i in range(3)],
+            ports=[PORT] * 3,
+            launch_prefixes=[hosts.exec_prefix(i) for i in range(3)],
+            settings={**SETTINGS, "min_insync": args.min_insync},
+        )
+        with cluster:
+            cluster.start_all()
+            lab = Lab(hosts, cluster)
+            servers = ",".join(cluster.addresses)
+            print(f"three replicas on their own hosts (min_insync {args.min_insync}):")
+            print(lab.status([]))
+            print(f"in another terminal:  export CHAT_SERVERS={servers}")
+            print("                      .venv/bin/python -m client")
+            print(f"logs: {base}/replica-N.log   `help` lists the commands")
+            try:
+                while True:
+                    try:
+                        line = input("hosts> ")
+                    except EOFError:
+                        break
+                    if line.strip() in ("quit", "exit"):
+                        break
+                    output = lab.run(line)
+                    if output:
+                        print(output, flush=True)
+            except KeyboardInterrupt:
+                print()
+            for spec in cluster.specs:  # a paused process would outlive its SIGKILL's wait
+                if cluster.is_running(spec.index):
+                    os.kill(cluster.process(spec.index).pid, signal.SIGCONT)
+    print("stopped the replicas and removed the hosts")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
