@@ -17,18 +17,21 @@ client address (the root namespace) is a host of the switch like any other, so "
 reach it" and "cut off from everyone" are both rules on the same switch.
 
 Everything is removed by `close()` (also at interpreter exit); a run killed before that leaves
-a state file in STATE_DIR naming its owner pid, and the next run removes what it made.
+a state file in STATE_DIR naming its owner pid, and the next run removes what it made, killing
+the processes still running inside its namespaces first.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import ipaddress
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import weakref
 from collections.abc import Iterable, Sequence
@@ -302,10 +305,16 @@ def _read_states() -> list[dict[str, object]]:
 
 
 def _remove(namespaces: Sequence[str], root_link: str) -> None:
+    """Kill what still runs on these hosts (a run killed before it could: its replicas and
+    servers live on in their namespace, unnamed, after `ip netns del`), then remove them."""
     existing = _existing_namespaces()
     for name in namespaces:
-        if name in existing:
-            _run("ip", "netns", "del", name, check=False)
+        if name not in existing:
+            continue
+        for pid in _run("ip", "netns", "pids", name, check=False).split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        _run("ip", "netns", "del", name, check=False)
     # The root end of a veth pair goes with its peer; this is for a half-built switch.
     _run("ip", "link", "del", root_link, check=False)
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -147,9 +148,11 @@ def test_the_hosts_of_a_killed_run_are_removed_by_the_next() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time\n"
+            "import subprocess, sys, time\n"
             "from testsupport.netns import TestHosts\n"
-            "h = TestHosts(2); print(h.tag, flush=True); time.sleep(60)\n",
+            "h = TestHosts(2)\n"
+            "p = subprocess.Popen([*h.exec_prefix(0), 'sleep', '60'], start_new_session=True)\n"
+            "print(h.tag, p.pid, flush=True); time.sleep(60)\n",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -157,7 +160,7 @@ def test_the_hosts_of_a_killed_run_are_removed_by_the_next() -> None:
     )
     try:
         assert child.stdout is not None
-        tag = child.stdout.readline().strip()
+        tag, pid = child.stdout.readline().split()
         assert tag, "the child made no hosts"
         state = json.loads((STATE_DIR / f"{tag}.json").read_text())
         assert set(state["namespaces"]) <= namespaces()
@@ -165,6 +168,19 @@ def test_the_hosts_of_a_killed_run_are_removed_by_the_next() -> None:
         child.send_signal(signal.SIGKILL)  # no atexit, no close()
         child.wait(10)
     assert set(state["namespaces"]) <= namespaces(), "left behind, as a killed run would"
+    assert _alive(int(pid)), "the process on the killed run's host should outlive it"
     assert tag in reap_stale()
     wait_until(lambda: not set(state["namespaces"]) & namespaces(), 5, "namespaces removed")
     assert f"{tag}c" not in links()
+    wait_until(lambda: not _alive(int(pid)), 5, "the process left on its host killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = (
+        Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}").exists() else "X"
+    )
+    return state != "Z"
