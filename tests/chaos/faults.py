@@ -363,6 +363,40 @@ def flaky_link(ctx: ChaosContext) -> str:
     return f"{percent}% of packets lost between {primary} and {victim}"
 
 
+def split_all(ctx: ChaosContext) -> str:
+    """Every replica cut off from both others, the clients reaching all three: no side holds
+    a majority, so none may acknowledge, and none may go on saying it is primary. (Before the
+    protocol core knew partitions, all three were primary at once with min_insync = 1.)"""
+    hosts = _network(ctx)
+    count = len(ctx.cluster.specs)
+    links = [f for a in range(count) for b in range(a + 1, count) for f in hosts.cut(a, b)]
+    hosts.set_faults(links)
+    try:
+        try:
+            wait_until(
+                lambda: all(primary_of(ctx.cluster, i) is None for i in ctx.running()),
+                STEP_DOWN_TIMEOUT,
+                "every replica, cut off from the others, to stop saying it is primary",
+            )
+        except TimeoutError as exc:
+            raise ChaosFailure(str(exc)) from None
+        time.sleep(0.3)  # a reply sent before the step-down may still be on its way
+        quiet_from = ctx.acked()
+        held = ctx.rng.uniform(0.5, 2.0)
+        time.sleep(held)  # the fault's duration, not a sync
+        if ctx.acked() != quiet_from:
+            raise ChaosFailure(
+                f"{ctx.acked() - quiet_from} sends acknowledged with every replica cut off"
+            )
+        primaries = [i for i in ctx.running() if primary_of(ctx.cluster, i) is not None]
+        if primaries:
+            raise ChaosFailure(f"replica(s) {primaries} primary with no majority")
+    finally:
+        hosts.heal()
+    ctx.wait_progress(ctx.acked(), 10, "healing a three-way split")  # recovery: from the heal
+    return f"all three cut off from each other for {held:.1f}s: no primary, no acks"
+
+
 def break_stream(ctx: ChaosContext) -> str:
     """A secondary's connections to the live primary reset (both ends running)."""
     primary = ctx.current_primary()
@@ -388,6 +422,7 @@ FAULTS = (
     Fault("one_way", one_way, network=True),
     Fault("flaky_link", flaky_link, network=True),
     Fault("break_stream", break_stream, network=True),
+    Fault("split_all", split_all, network=True),
 )
 
 
