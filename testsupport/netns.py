@@ -52,7 +52,7 @@ def hosts_problem() -> str | None:
     """None if this process can make test hosts, else why not."""
     if os.geteuid() != 0:
         return "test hosts need root (network namespaces, veth pairs, nftables)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("tc", "iproute2")):
         if shutil.which(tool) is None:
             return f"test hosts need `{tool}`: apt-get install {package}"
     if not Path("/proc/self/ns/net").exists():
@@ -103,6 +103,7 @@ class TestHosts:
     tag: str = field(default_factory=lambda: "ct" + os.urandom(3).hex()[:5])
     subnet: ipaddress.IPv4Network = field(init=False)
     faults: frozenset[LinkFault] = field(init=False, default=frozenset())
+    slowed: set[int] = field(init=False, default_factory=set)  # hosts with a rate limit
     _made: list[str] = field(init=False, default_factory=list)
     _root_link: str = field(init=False)
     _closed: bool = field(init=False, default=False)
@@ -258,7 +259,29 @@ class TestHosts:
         self.faults = chosen
 
     def heal(self) -> None:
+        """Remove every drop rule and every rate limit."""
         self.set_faults(())
+        for index in sorted(self.slowed):
+            self.set_rate(index, None)
+
+    def set_rate(self, index: int, kbit: int | None, *, latency_ms: int = 300) -> None:
+        """Limit host `index`'s link to the switch to `kbit` each way (None: no limit), with
+        a queue of up to `latency_ms`: a slow link, whose packets wait and, once the queue is
+        full, are dropped. (This kernel has no netem for a plain delay; a token bucket gives
+        one that grows with the traffic.)"""
+        ends = [(self.namespace(index), "eth0"), (self.switch, f"p{index}")]
+        for namespace, device in ends:
+            if kbit is None:
+                _run("tc", "-n", namespace, "qdisc", "del", "dev", device, "root", check=False)
+            else:
+                _run(
+                    "tc", "-n", namespace, "qdisc", "replace", "dev", device, "root", "tbf",
+                    "rate", f"{kbit}kbit", "burst", "16kb", "latency", f"{latency_ms}ms",
+                )  # fmt: skip
+        if kbit is None:
+            self.slowed.discard(index)
+        else:
+            self.slowed.add(index)
 
     def cut(self, a: int, b: int, *, percent: int = 100) -> list[LinkFault]:
         """Both directions between `a` and `b`."""

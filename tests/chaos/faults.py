@@ -353,14 +353,22 @@ def one_way(ctx: ChaosContext) -> str:
 
 
 def flaky_link(ctx: ChaosContext) -> str:
-    """Random losses both ways on one link (TCP makes them retransmission delays)."""
+    """Random losses both ways on one link (TCP makes them retransmission delays), and, in
+    half the rounds, the secondary's link slowed to a trickle whose queue delays packets by
+    up to 300 ms and drops what overflows."""
     primary = ctx.current_primary()
     victim = ctx.rng.choice(_secondaries(ctx, primary))
-    percent = ctx.rng.choice([10, 25, 50, 80])
-    _hold_partition(
-        ctx, _network(ctx).cut(primary, victim, percent=percent), f"a flaky link to {victim}"
-    )
-    return f"{percent}% of packets lost between {primary} and {victim}"
+    percent = ctx.rng.choice([0, 10, 25, 50, 80])
+    kbit = ctx.rng.choice([None, 128, 512, 2048])
+    if percent == 0 and kbit is None:
+        percent = 25
+    hosts = _network(ctx)
+    if kbit is not None:
+        hosts.set_rate(victim, kbit)
+    links = hosts.cut(primary, victim, percent=percent) if percent else []
+    _hold_partition(ctx, links, f"a flaky link to {victim}")  # its heal lifts the rate too
+    slow = f"; {victim}'s link limited to {kbit} kbit/s" if kbit else ""
+    return f"{percent}% of packets lost between {primary} and {victim}{slow}"
 
 
 def split_all(ctx: ChaosContext) -> str:

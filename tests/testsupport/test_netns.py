@@ -184,3 +184,17 @@ def _alive(pid: int) -> bool:
         Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}").exists() else "X"
     )
     return state != "Z"
+
+
+def test_a_slow_link_is_rate_limited_both_ways_until_healed(hosts: TestHosts) -> None:
+    hosts.set_rate(1, 256)
+    on_host = hosts.run_on(1, "tc", "qdisc", "show", "dev", "eth0")
+    on_switch = subprocess.run(
+        ["tc", "-n", hosts.switch, "qdisc", "show", "dev", "p1"], capture_output=True, text=True
+    ).stdout
+    assert "tbf" in on_host and "256Kbit" in on_host, on_host
+    assert "tbf" in on_switch and "256Kbit" in on_switch, on_switch
+    assert connect(hosts, 0, 1) == "connected"
+    hosts.heal()
+    assert "tbf" not in hosts.run_on(1, "tc", "qdisc", "show", "dev", "eth0")
+    assert not hosts.slowed
