@@ -16,6 +16,7 @@ from client.errors import ChatError
 from client.library import ChatClient
 from client.output import history_line, inbox_line, status_table
 from protos import chat_pb2
+from protos.wire import MAX_ACK_IDS
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +193,8 @@ def _read(client: ChatClient, args: argparse.Namespace, password: PasswordSource
                 if isinstance(item, chat_pb2.Message):
                     print(inbox_line(item), flush=True)
                     unacked.append(item.message_id)
-                    if not caught_up:
-                        continue  # the backlog is acked in one request at the marker
+                    if not caught_up and len(unacked) < MAX_ACK_IDS:
+                        continue  # the backlog is acked a full request at a time as it prints
                 elif not caught_up:
                     caught_up = True
                     if wait is None:

@@ -14,6 +14,7 @@ from client.errors import NotLoggedInError
 from client.failover import Backoff, Failover, Liveness
 from client.subscription import Subscription
 from protos import chat_pb2
+from protos.wire import MAX_ACK_IDS
 
 
 def new_request_id() -> str:
@@ -170,17 +171,25 @@ class ChatClient:
         return Subscription(self._failover, self._token(), reconnect_timeout=reconnect_timeout)
 
     def ack(self, message_ids: Iterable[int]) -> int:
-        """Marks messages delivered so they are not sent again; returns how many were acked."""
+        """Marks messages delivered so they are not sent again; returns how many were acked.
+        Any number of ids: they go in requests of at most MAX_ACK_IDS, in order (should one
+        fail, those before it stay acked)."""
         ids = list(message_ids)
-        if not ids:
-            return 0
-        request = chat_pb2.AckRequest(
-            request_id=self._request_ids(), session_token=self._token(), message_ids=ids
-        )
+        acked = 0
+        for start in range(0, len(ids), MAX_ACK_IDS):
+            request = chat_pb2.AckRequest(
+                request_id=self._request_ids(),
+                session_token=self._token(),
+                message_ids=ids[start : start + MAX_ACK_IDS],
+            )
+            acked += self._ack_once(request)
+        return acked
+
+    def _ack_once(self, request: chat_pb2.AckRequest) -> int:
         reply = self._failover.call_unary(
             lambda stub, timeout: stub.Ack.future(request, timeout=timeout)
         )
-        return reply.acked_count
+        return int(reply.acked_count)
 
     def history(self, other_user: str, *, page_size: int = 0) -> Iterator[chat_pb2.Message]:
         """Messages exchanged with `other_user`, oldest first, fetching pages as iterated."""

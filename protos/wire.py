@@ -15,3 +15,6 @@ _MIB = 1024 * 1024
 REPLICA_MAX_MESSAGE_BYTES = 64 * _MIB
 # A client's requests and replies (a history page, a backlog batch) stay far below this.
 CLIENT_MAX_MESSAGE_BYTES = 16 * _MIB
+
+# The most message ids one Ack request may carry (the client splits longer lists).
+MAX_ACK_IDS = 1000

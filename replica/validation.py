@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from protos.wire import MAX_ACK_IDS
 from replica.errors import InvalidArgument
 
 USERNAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
@@ -14,7 +15,6 @@ MAX_BODY_BYTES: Final = 4096
 MAX_PATTERN_CHARS: Final = 64
 MAX_PAGE_SIZE: Final = 1000
 DEFAULT_PAGE_SIZE: Final = 100
-MAX_ACK_IDS: Final = 1000
 LIKE_ESCAPE: Final = "\\"
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from client.cli import main
 from protos import chat_pb2
+from protos.wire import MAX_ACK_IDS
 from tests.client.chat_fakes import CAUGHT_UP, FakeReplica, answer, fail, message, stream
 
 ENV = {"CHAT_PASSWORD": "secret"}
@@ -156,6 +157,28 @@ def test_read_prints_the_backlog_then_acks_it(
     assert status == 0
     assert out == "1\talice\thello\n2\talice\ttab\\there\n"
     assert [list(ack.message_ids) for ack in r0.requests("Ack")] == [[1, 2]]
+
+
+def test_read_clears_a_backlog_larger_than_one_ack_request(
+    capsys: pytest.CaptureFixture[str], replicas: list[FakeReplica]
+) -> None:
+    """The server takes at most MAX_ACK_IDS ids per ack: a backlog of 2,500 once ended in a
+    refused ack, exit 1 and the same backlog delivered again by every later `read`."""
+    r0 = replicas[0]
+    r0.script("Login", LOGGED_IN)
+    backlog = [message(i, body=f"m{i}") for i in range(1, 2501)]
+    r0.script("Subscribe", stream(*backlog, CAUGHT_UP))
+    for count in (MAX_ACK_IDS, MAX_ACK_IDS, 500):
+        r0.script("Ack", answer(chat_pb2.AckReply(acked_count=count)))
+    r0.script("Logout", LOGGED_OUT)
+
+    status, out, err = run(capsys, "--servers", servers(r0), "read", "--user", "bob")
+
+    assert status == 0, err
+    assert out.count("\n") == 2500
+    acks = [list(ack.message_ids) for ack in r0.requests("Ack")]
+    assert [len(a) for a in acks] == [MAX_ACK_IDS, MAX_ACK_IDS, 500]
+    assert [i for a in acks for i in a] == list(range(1, 2501))
 
 
 def test_read_with_wait_prints_live_messages(

@@ -231,8 +231,7 @@ def read_inbox(cluster: ClusterProcesses, user: str) -> list[chat_pb2.Message]:
                 break
             received.append(item)
         subscription.cancel()
-        for start in range(0, len(received), 1000):
-            client.ack([m.message_id for m in received[start : start + 1000]])
+        client.ack(m.message_id for m in received)  # in requests of MAX_ACK_IDS
         return received
 
 
