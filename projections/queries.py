@@ -131,17 +131,27 @@ def inbox_ids(conn: sa.Connection, account_id: int, message_ids: list[int]) -> d
 def conversation(
     conn: sa.Connection, account_id: int, other_id: int, after_id: int, up_to_id: int, limit: int
 ) -> list[StoredMessage]:
-    """Messages between two accounts, oldest first."""
-    between = sa.or_(
-        sa.and_(messages.c.sender_id == account_id, messages.c.recipient_id == other_id),
-        sa.and_(messages.c.sender_id == other_id, messages.c.recipient_id == account_id),
-    )
-    rows = conn.execute(
+    """Messages between two accounts, oldest first: at most `limit` with
+    after_id < message_id <= up_to_id.
+
+    One index-ordered range per direction on ix_messages_conversation (sender, recipient,
+    message_id), each LIMITed, merged: the cost is that of the page, not of the conversation.
+    (A single `OR` of the two directions read and sorted every message after the page token:
+    108 ms for the first page of 10^6.)"""
+    directions = [(account_id, other_id)]
+    if other_id != account_id:
+        directions.append((other_id, account_id))
+    ranges = [
         sa.select(*_MESSAGE_COLUMNS)
-        .where(between)
+        .where(messages.c.sender_id == sender_id)
+        .where(messages.c.recipient_id == recipient_id)
         .where(messages.c.message_id > after_id)
         .where(messages.c.message_id <= up_to_id)
         .order_by(messages.c.message_id)
         .limit(limit)
-    )
+        .subquery()
+        for sender_id, recipient_id in directions
+    ]
+    merged = sa.union_all(*(sa.select(r) for r in ranges)).subquery()
+    rows = conn.execute(sa.select(merged).order_by(merged.c.message_id).limit(limit))
     return [_message(r) for r in rows]
