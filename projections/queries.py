@@ -57,13 +57,38 @@ def open_session_ids(conn: sa.Connection, account_id: int) -> list[str]:
     )
 
 
+LIKE_ESCAPE = "\\"
+
+
+def literal_prefix(like: str) -> str:
+    """The characters every match of the LIKE pattern `like` (escape: backslash) starts with."""
+    prefix = []
+    chars = iter(like)
+    for c in chars:
+        if c == LIKE_ESCAPE:
+            prefix.append(next(chars, ""))
+        elif c in ("%", "_"):
+            break
+        else:
+            prefix.append(c)
+    return "".join(prefix)
+
+
 def list_usernames(conn: sa.Connection, like: str, after: str, limit: int) -> list[str]:
+    """Usernames matching `like`, in order, after `after`. The pattern's literal prefix also
+    becomes a range on the username index: SQLite scans the whole index for a LIKE on a
+    binary-collated column, and MySQL may. (Usernames are ASCII and compared bytewise, so the
+    prefix with its last character incremented bounds the range.)"""
     query = (
         sa.select(accounts.c.username)
-        .where(accounts.c.username.like(like, escape="\\"))
+        .where(accounts.c.username.like(like, escape=LIKE_ESCAPE))
         .order_by(accounts.c.username)
         .limit(limit)
     )
+    prefix = literal_prefix(like)
+    if prefix:
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        query = query.where(accounts.c.username >= prefix, accounts.c.username < end)
     if after:
         query = query.where(accounts.c.username > after)
     return list(conn.execute(query).scalars())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from projections.queries import LIKE_ESCAPE
 from protos.wire import MAX_ACK_IDS
 from replica.errors import InvalidArgument
 
@@ -15,7 +16,6 @@ MAX_BODY_BYTES: Final = 4096
 MAX_PATTERN_CHARS: Final = 64
 MAX_PAGE_SIZE: Final = 1000
 DEFAULT_PAGE_SIZE: Final = 100
-LIKE_ESCAPE: Final = "\\"
 
 
 def username(value: str, field: str = "username") -> str:
