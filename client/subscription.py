@@ -47,7 +47,10 @@ class Subscription:
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._stream: _Stream | None = None
-        self._yielded_ids: set[int] = set()
+        # Message ids are the seqs of their events, and a replica sends them in increasing
+        # order (the backlog, then each commit's new ones): a message at or below the last one
+        # yielded was yielded already (or acked elsewhere). O(1) state for any backlog.
+        self._last_yielded_id = 0
         self._items = self._follow()
 
     def __iter__(self) -> Iterator[SubscriptionItem]:
@@ -121,9 +124,9 @@ class Subscription:
     def _accept(self, reply: chat_pb2.SubscribeReply) -> SubscriptionItem | None:
         kind = reply.WhichOneof("item")
         if kind == "message":
-            if reply.message.message_id in self._yielded_ids:
+            if reply.message.message_id <= self._last_yielded_id:
                 return None
-            self._yielded_ids.add(reply.message.message_id)
+            self._last_yielded_id = reply.message.message_id
             return reply.message
         if kind == "caught_up":
             return reply.caught_up

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from eventlog import Event
 from projections import EventTypes
@@ -13,7 +15,10 @@ class InboxNotifier:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Only accounts with a subscription (`watching`) have a version: a notifier of a
+        # server up for years must not keep one per account that ever got a message.
         self._versions: dict[int, int] = {}
+        self._watchers: dict[int, int] = {}
         self._conditions: dict[int, threading.Condition] = {}
         self._waiters: dict[int, int] = {}
         self._closed = False
@@ -33,6 +38,8 @@ class InboxNotifier:
             return
         with self._lock:
             for account_id in accounts:
+                if account_id not in self._watchers:
+                    continue
                 self._versions[account_id] = self._versions.get(account_id, 0) + 1
                 cond = self._conditions.get(account_id)
                 if cond is not None:
@@ -48,6 +55,26 @@ class InboxNotifier:
         with self._lock:
             self._closed = True
         self.wake_all()
+
+    @contextmanager
+    def watching(self, account_id: int) -> Iterator[None]:
+        """While a subscription of `account_id` lives: its version is kept and moves."""
+        with self._lock:
+            self._watchers[account_id] = self._watchers.get(account_id, 0) + 1
+            self._versions.setdefault(account_id, 0)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._watchers[account_id] -= 1
+                if not self._watchers[account_id]:
+                    del self._watchers[account_id]
+                    del self._versions[account_id]
+
+    def tracked_accounts(self) -> int:
+        """How many accounts the notifier holds state for (for tests and metrics)."""
+        with self._lock:
+            return len(self._versions.keys() | self._conditions.keys())
 
     def version(self, account_id: int) -> int:
         with self._lock:

@@ -248,7 +248,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
                 ),
             )
         try:
-            yield from self._deliver(account.account_id, request.session_token, context)
+            with self._notifier.watching(account.account_id):
+                yield from self._deliver(account.account_id, request.session_token, context)
         except errors.ChatError as exc:
             abort_with(context, exc)
         finally:
