@@ -103,6 +103,11 @@ class Following:
     last_contact: float = float("-inf")  # when the primary was last heard on a stream
     processing_since: float | None = None  # storing or truncating since
     stream_opened_at: float = float("-inf")  # when the last stream was opened
+    # The primary it followed when it gave up on it and began electing: not waited for in
+    # the elections after (rules.may_be_vouching_unheard), until it follows someone again.
+    # (Forgotten with the target at the first attempt, it was waited for at every later one:
+    # on separate hosts, an isolated primary stalled the other two for the whole partition.)
+    lost_primary: int | None = None
 
 
 @dataclass(slots=True)
@@ -312,6 +317,7 @@ class ReplicaCore:
         self._observe_epoch(epoch)
         self._step_down(f"replica {primary} is primary of epoch {epoch}")
         self.election = None
+        self.following.lost_primary = None
         if self.following.target != (primary, epoch):
             self._out.append(LogNote("info", f"following replica {primary} (epoch {epoch})"))
             self.following.target = (primary, epoch)
@@ -433,7 +439,7 @@ class ReplicaCore:
             return
         if any(v.following_live_primary for v in live):
             return  # someone still hears a primary; we will learn of it
-        lost = f.target[0] if f.target is not None else None
+        lost = f.target[0] if f.target is not None else f.lost_primary
         silent = rules.may_be_vouching_unheard(event.outcomes, lost, self.config.min_insync)
         self._elect(live, event.own_position, now, silent)
 
@@ -448,6 +454,8 @@ class ReplicaCore:
         (rules.may_be_vouching_unheard): they are asked for their votes too, and the election
         succeeds only with them -- so the new primary counts them in its in-sync set."""
         claim = self.claim()  # before the stream ends: it stays, the vouch may not
+        if self.following.target is not None:
+            self.following.lost_primary = self.following.target[0]
         self._forget_target()
         mine = rules.CandidateView(
             self.config.index, own_position, self.current_epoch, self.trusted(now), claim
@@ -574,6 +582,7 @@ class ReplicaCore:
         self._forget_target()
         f = self.following
         f.in_sync = False
+        f.lost_primary = None
         point = min(f.committed_seq, e.position.seq)
         self._out.append(ResetCommit(point))
         self.in_sync_set = InSyncSet(

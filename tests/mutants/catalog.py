@@ -367,4 +367,15 @@ MUTANTS = (
             ),
         ),
     ),
+    Mutant(
+        "wait-for-lost-primary",
+        "elections after the first wait for the vote of the primary that was lost",
+        (
+            (
+                CORE,
+                "        lost = f.target[0] if f.target is not None else f.lost_primary",
+                "        lost = f.target[0] if f.target is not None else None",
+            ),
+        ),
+    ),
 )

@@ -623,6 +623,23 @@ def test_a_silent_stream_keeps_the_claim_not_the_vouch() -> None:
     assert s.core.status(s.now).claim == 0
 
 
+def test_the_lost_primary_is_not_waited_for_in_the_elections_after_the_first() -> None:
+    """Its primary cut off, this replica claims; the first probe rounds reach no one (the
+    third replica restarting), and an election that cannot choose forgets the target. The
+    primary it lost must still not be one whose vote the next election waits for (it once
+    was: on separate hosts, an isolated primary stalled the other two for the whole cut)."""
+    s = Secondary()
+    for _ in range(8):
+        s.step(ins.Tick(), after=0.1)  # the stream goes silent for peer_timeout
+    silent = (ins.ProbeOutcome(0, None), ins.ProbeOutcome(2, None))
+    out = s.step(ins.ProbesAnswered(Position(3, 5), silent))
+    assert not of(out, fx.RequestVotes), "an electorate of one claim elects no one"
+    assert s.core.following.target is None
+    out = s.step(ins.ProbesAnswered(Position(3, 5), (ins.ProbeOutcome(0, None), view(2, seq=4))))
+    (request,) = of(out, fx.RequestVotes)
+    assert request.voters == (2,), "waits for the vote of the primary it lost"
+
+
 def test_a_stream_from_an_older_epoch_is_refused() -> None:
     s = Secondary()
     s.step(ins.VoteRequested(2, 5, Position(3, 5), Position(3, 5)), after=0.7)
