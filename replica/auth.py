@@ -1,15 +1,17 @@
 """Who may call what: replica-to-replica RPCs require the cluster secret and, with TLS, a
-client certificate signed by the cluster's CA (see replica/tls.py)."""
+client certificate signed by the cluster's CA (see replica/tls.py); and nothing but the health
+check is answered while the replica starts."""
 
 from __future__ import annotations
 
 import hmac
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from protos.wire import CLUSTER_SECRET_KEY
+from protos.wire import CLUSTER_SECRET_KEY, SERVICE_ERROR_KEY
 from replica.tls import PEER_CERTIFICATE_KEY
 
 if TYPE_CHECKING:
@@ -91,12 +93,46 @@ def _replace_behaviour(
 
 
 def _refusal(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
+    handler: grpc.RpcMethodHandler[Any, Any],
+    code: grpc.StatusCode,
+    message: str,
+    trailing: tuple[tuple[str, str], ...] = (),
 ) -> grpc.RpcMethodHandler[Any, Any]:
     def deny(_request: Any, context: grpc.ServicerContext) -> Any:
+        if trailing:
+            context.set_trailing_metadata(trailing)
         context.abort(code, message)
 
     return _replace_behaviour(handler, lambda _behaviour: deny, parse_requests=False)
+
+
+class StartingInterceptor(_Interceptor):
+    """Until `ready` is set (the projections replayed), every call but the health check and
+    reflection is refused with UNAVAILABLE, marked as the replica's own answer: clients try
+    another replica, and peers count it as a refusal -- a replica that has just started
+    vouches for nothing (replica/peers.py)."""
+
+    def __init__(self, ready: threading.Event, why: Callable[[], str]) -> None:
+        self._ready = ready
+        self._why = why
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None or self._ready.is_set():
+            return handler
+        method = handler_call_details.method
+        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler
+        return _refusal(
+            handler,
+            grpc.StatusCode.UNAVAILABLE,
+            f"replica is starting: {self._why()}; try another replica",
+            ((SERVICE_ERROR_KEY, "starting"),),
+        )
 
 
 def _with_peer_certificate_check(

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+import eventlog
 import projections
 from protos import chat_pb2, replication_pb2, replication_pb2_grpc
 from protos.wire import REPLICA_MAX_MESSAGE_BYTES
-from replica.auth import ClusterSecretInterceptor
+from replica.auth import ClusterSecretInterceptor, StartingInterceptor
 from replica.chat import ChatService
 from replica.cluster_status import ClusterView, cluster_view
 from replica.commit import CommitTracker
@@ -44,6 +46,8 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
+REPLAY_BATCH = 5000  # events applied per transaction while replaying at start-up
+REPLAY_PROGRESS_SECONDS = 2.0
 CHAT_SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name
 REPLICATION_SERVICE_NAME = replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name
 
@@ -102,11 +106,14 @@ class ReplicaNode:
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
+        self._ready = threading.Event()  # projections replayed: answering more than health
+        self._starting = "opening its database"
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._recover_projections()
+        """Listen at once (health says NOT_SERVING, everything else is refused as
+        "starting"), replay what the projections lack, then serve."""
         cluster = self.settings.cluster
         server = grpc.server(
             futures.ThreadPoolExecutor(
@@ -120,7 +127,8 @@ class ReplicaNode:
                     self._secret,
                     f"/{REPLICATION_SERVICE_NAME}/",
                     require_peer_certificate=self.tls is not None,
-                )
+                ),
+                StartingInterceptor(self._ready, lambda: self._starting),
             ],
         )
         add_chat_servicer(self.servicer, server)
@@ -141,8 +149,12 @@ class ReplicaNode:
         for address in me.listen_addresses:
             if self._add_port(server, address, is_peer_port=address == me.peer_address) == 0:
                 raise OSError(f"cannot listen on {address}")
+        for service in ("", CHAT_SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         server.start()
         self._server = server
+        self._recover_projections()
+        self._ready.set()
         self.secondary.start()
         self.coordinator.start()
         for service in ("", CHAT_SERVICE_NAME):
@@ -181,10 +193,43 @@ class ReplicaNode:
     # -- state ---------------------------------------------------------------------------
 
     def _recover_projections(self) -> None:
-        """Apply any logged event the projections have not seen (normally none: both are
-        written in one transaction)."""
-        with self.engine.begin() as conn:
-            projections.catch_up(conn)
+        """Apply every logged event the projections have not seen (normally none: both are
+        written in one transaction; a restore from a log-only backup, or a migration that
+        rebuilt them, leaves many), one committed batch at a time, saying how far it got."""
+        with self.engine.connect() as conn:
+            applied = projections.last_applied_seq(conn)
+            last = eventlog.last_position(conn).seq
+        if last <= applied:
+            return
+        total = last - applied
+        log.info(
+            "replica %d: replaying %d logged events into the projections (seq %d to %d) before"
+            " serving",
+            self.index,
+            total,
+            applied + 1,
+            last,
+        )
+        started = noted = time.monotonic()
+        position = applied
+        while True:
+            self._starting = f"replayed {position - applied} of {total} logged events"
+            with self.engine.begin() as conn:
+                batch = eventlog.read_events(conn, position, REPLAY_BATCH)
+                if not batch:
+                    break
+                position = projections.apply_events(conn, batch)
+            if time.monotonic() - noted >= REPLAY_PROGRESS_SECONDS:
+                noted = time.monotonic()
+                log.info("replica %d: %s", self.index, self._starting)
+        took = time.monotonic() - started
+        log.info(
+            "replica %d: replayed %d events in %.1fs (%.0f events/s)",
+            self.index,
+            position - applied,
+            took,
+            (position - applied) / took if took else 0.0,
+        )
 
     def cluster_view(self) -> ClusterView:
         return cluster_view(
