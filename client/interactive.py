@@ -16,6 +16,7 @@ from client.library import ChatClient, LoginResult
 from client.output import status_table
 from client.subscription import Subscription
 from protos import chat_pb2
+from protos.wire import UNDELIVERED_COUNT_CAP
 
 COMMANDS = ("/to", "/msg", "/list", "/history", "/status", "/delete", "/help", "/quit")
 
@@ -125,9 +126,10 @@ def run_interactive(
             login = log_in(client, ask=prompt, ask_password=_ask_password, emit=_emit)
         except (KeyboardInterrupt, EOFError):
             return 0
+        unread = login.undelivered_count
+        shown = f"more than {UNDELIVERED_COUNT_CAP:,}" if unread > UNDELIVERED_COUNT_CAP else unread
         _emit(
-            f"logged in as {login.username}; {login.undelivered_count} unread message(s). "
-            "/help lists the commands."
+            f"logged in as {login.username}; {shown} unread message(s). /help lists the commands."
         )
         shell = ChatShell(client, emit=_emit, ask_password=_ask_password)
         subscription = client.subscribe(reconnect_timeout=math.inf)

@@ -131,16 +131,18 @@ def undelivered(
     return [_message(r) for r in rows]
 
 
-def count_undelivered(conn: sa.Connection, account_id: int, up_to_id: int) -> int:
-    return int(
-        conn.execute(
-            sa.select(sa.func.count())
-            .select_from(messages)
-            .where(messages.c.recipient_id == account_id)
-            .where(messages.c.delivered == sa.false())
-            .where(messages.c.message_id <= up_to_id)
-        ).scalar_one()
+def count_undelivered(conn: sa.Connection, account_id: int, up_to_id: int, cap: int) -> int:
+    """Undelivered messages in an inbox up to `up_to_id`, counted up to `cap` + 1: a range of
+    the inbox index read no further than that, whatever the backlog."""
+    capped = (
+        sa.select(messages.c.message_id)
+        .where(messages.c.recipient_id == account_id)
+        .where(messages.c.delivered == sa.false())
+        .where(messages.c.message_id <= up_to_id)
+        .limit(cap + 1)
+        .subquery()
     )
+    return int(conn.execute(sa.select(sa.func.count()).select_from(capped)).scalar_one())
 
 
 def inbox_ids(conn: sa.Connection, account_id: int, message_ids: list[int]) -> dict[int, bool]:

@@ -18,3 +18,7 @@ CLIENT_MAX_MESSAGE_BYTES = 16 * _MIB
 
 # The most message ids one Ack request may carry (the client splits longer lists).
 MAX_ACK_IDS = 1000
+
+# A login counts the unread messages only up to this many; a count of CAP + 1 means "more than
+# CAP" (counting a backlog of millions on every login would cost more than the login).
+UNDELIVERED_COUNT_CAP = 10_000

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from eventlog import Event
 from projections import EventTypes
 from projections import queries as q
+from protos.wire import UNDELIVERED_COUNT_CAP
 from replica import validation as v
 from replica.errors import (
     AlreadyExists,
@@ -130,7 +131,9 @@ class ChatService:
 
         event = self._write(request_id, decide, EventTypes.SESSION_OPENED, {"username": name})
         with self._read() as conn:
-            count = q.count_undelivered(conn, account.account_id, self._committed_seq())
+            count = q.count_undelivered(
+                conn, account.account_id, self._committed_seq(), UNDELIVERED_COUNT_CAP
+            )
         return LoginResult(self._tokens.token_for(event.payload["session_id"]), name, count)
 
     def logout(self, request_id: str, token: str) -> None:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projections import accounts, messages
-from projections.queries import conversation, list_usernames, literal_prefix
+from projections.queries import conversation, count_undelivered, list_usernames, literal_prefix
 from replica.validation import like_pattern
 
 T0 = dt.datetime(2030, 5, 6, 7, 8, 9)
@@ -114,3 +114,25 @@ def test_the_prefix_range_keeps_every_name_at_its_edges(engine: sa.Engine) -> No
         for pattern in ("a*", "az*", "a?", "z*", "zz*", "a_", "9*", "*z", "b"):
             found = list_usernames(conn, like_pattern(pattern), "", 100)
             assert found == sorted(n for n in EDGES if fnmatch.fnmatchcase(n, pattern)), pattern
+
+
+def test_the_unread_count_stops_one_past_its_cap(engine: sa.Engine) -> None:
+    rows = [
+        {
+            "message_id": seq,
+            "sender_id": 1,
+            "sender": "ann",
+            "recipient_id": 2,
+            "recipient": "ben",
+            "body": "x",
+            "sent_at": T0,
+            "delivered": seq == 3,
+        }
+        for seq in range(1, 9)
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(messages), rows)
+        assert count_undelivered(conn, 2, 8, cap=100) == 7
+        assert count_undelivered(conn, 2, 5, cap=100) == 4  # only what is committed
+        assert count_undelivered(conn, 2, 8, cap=5) == 6  # "more than 5"
+        assert count_undelivered(conn, 1, 8, cap=5) == 0
