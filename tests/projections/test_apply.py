@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import eventlog
 from eventlog import Event
@@ -19,6 +21,7 @@ from projections import (
     messages,
     projection_position,
     rebuild,
+    reset_projections,
     sessions,
     statements_for,
 )
@@ -386,3 +389,93 @@ def test_applier_holds_messages_back_until_a_read_or_another_event(
         with one_by_one.begin() as conn:
             apply_events(conn, [e])
     assert tables(engine) == tables(one_by_one)
+
+
+# -- batched apply against one event at a time ------------------------------------------------
+
+
+@st.composite
+def valid_logs(draw: st.DrawFn) -> list[Event]:
+    """A log a primary could have written: registrations, logins (ending the account's
+    oldest sessions now and then), logouts, sends, acks and deletions of live accounts."""
+    log: list[Event] = [ev(1, EventTypes.EPOCH_STARTED, replica_index=0)]
+    live: dict[int, str] = {}
+    sessions_of: dict[int, list[str]] = {}
+    inbox: dict[int, list[int]] = {}
+    names = iter(f"user{i}" for i in range(1000))
+    for _ in range(draw(st.integers(1, 40))):
+        seq = len(log) + 1
+        kinds = ["register"] + ["login", "send", "send", "delete"] * bool(live)
+        kinds += ["logout"] * any(sessions_of.values()) + ["ack"] * any(inbox.values())
+        kind = draw(st.sampled_from(kinds))
+        if kind == "register":
+            name = next(names)
+            log.append(ev(seq, EventTypes.ACCOUNT_REGISTERED, username=name, password_hash="h"))
+            live[seq], sessions_of[seq], inbox[seq] = name, [], []
+        elif kind == "login":
+            account = draw(st.sampled_from(sorted(live)))
+            open_ids = sessions_of[account]
+            closes = open_ids[: draw(st.integers(0, len(open_ids)))]
+            payload: dict[str, Any] = {"session_id": f"s{seq}", "account_id": account}
+            if closes:
+                payload["closes"] = closes
+            log.append(ev(seq, EventTypes.SESSION_OPENED, username=live[account], **payload))
+            sessions_of[account] = [s for s in open_ids if s not in closes] + [f"s{seq}"]
+        elif kind == "logout":
+            account = draw(st.sampled_from(sorted(a for a, s in sessions_of.items() if s)))
+            session = draw(st.sampled_from(sessions_of[account]))
+            sessions_of[account].remove(session)
+            log.append(ev(seq, EventTypes.SESSION_CLOSED, session_id=session, account_id=account))
+        elif kind == "send":
+            sender = draw(st.sampled_from(sorted(live)))
+            recipient = draw(st.sampled_from(sorted(live)))
+            log.append(message(seq, (sender, live[sender]), (recipient, live[recipient]), "hi"))
+            inbox[recipient].append(seq)
+        elif kind == "ack":
+            account = draw(st.sampled_from(sorted(a for a, m in inbox.items() if m)))
+            acked = draw(st.lists(st.sampled_from(inbox[account]), min_size=1, unique=True))
+            inbox[account] = [m for m in inbox[account] if m not in acked]
+            log.append(
+                ev(seq, EventTypes.MESSAGES_ACKED, account_id=account, message_ids=sorted(acked))
+            )
+        else:
+            account = draw(st.sampled_from(sorted(live)))
+            name = live.pop(account)
+            del sessions_of[account], inbox[account]
+            log.append(ev(seq, EventTypes.ACCOUNT_DELETED, account_id=account, username=name))
+    return log
+
+
+_ENGINES: dict[DatabaseFactory, tuple[sa.Engine, sa.Engine, sa.Engine]] = {}
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(log=valid_logs(), data=st.data())
+def test_batched_apply_ends_where_one_event_at_a_time_does(
+    databases: DatabaseFactory, log: list[Event], data: st.DataObject
+) -> None:
+    if databases not in _ENGINES:  # one set per test, emptied for each example
+        _ENGINES[databases] = (databases.engine(), databases.engine(), databases.engine())
+    one_by_one, batched, live = _ENGINES[databases]
+    for engine in _ENGINES[databases]:
+        with engine.begin() as conn:
+            reset_projections(conn)
+    for e in log:
+        apply_one(one_by_one, e)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(log) - 1)), max_size=4)))
+    with batched.begin() as conn:
+        for start, end in zip([0, *cuts], [*cuts, len(log)], strict=True):
+            if start >= end:
+                continue
+            apply_events(conn, log[start:end])  # a secondary's batches, a replay
+    with live.begin() as conn:
+        applier = Applier(conn)  # the writer's: only sends held back
+        for e in log:
+            applier.add(e)
+        applier.finish()
+    expected = tables(one_by_one)
+    expected.pop("projection_position")
+    for engine in (batched, live):
+        got = tables(engine)
+        assert got.pop("projection_position") == [("chat", len(log))]
+        assert got == expected
