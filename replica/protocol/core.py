@@ -135,6 +135,7 @@ class ReplicaCore:
         # As primary: when each peer last answered anything (a probe, an ack), and whether its
         # last probe showed its process gone -- to step down once cut off (_check_cut_off).
         self._last_answer: dict[int, float] = {}
+        self._last_ack: dict[int, float] = {}
         self._gone: set[int] = set()
         self._announced: tuple[Role, int, int | None] | None = None
         self._published = 0  # version of the last SetRole / CommitStalled
@@ -288,7 +289,14 @@ class ReplicaCore:
                 self._gone.discard(o.index)
         running = [p for p in self.config.peers if p not in self._gone]
         timeout = self.config.insync_timeout
-        if running and all(now - self._last_answer.get(p, now) > timeout for p in running):
+        # A peer acking on its stream runs, whatever a probe round that began before it
+        # restarted says (it once made a primary with a live secondary step down).
+        acking = any(now - t <= timeout for t in self._last_ack.values())
+        if (
+            running
+            and not acking
+            and all(now - self._last_answer.get(p, now) > timeout for p in running)
+        ):
             names = ", ".join(str(p) for p in running)
             self._step_down(f"no answer from replica(s) {names} for more than {timeout:.1f}s")
 
@@ -600,6 +608,7 @@ class ReplicaCore:
         self.role = Role.PRIMARY
         self.primary_index = self.config.index
         self._last_answer = dict.fromkeys(self.config.peers, now)
+        self._last_ack = {}
         self._gone = set()
         iss.started(event.position.seq, now, self._out)
         self._out.append(
@@ -756,6 +765,7 @@ class ReplicaCore:
         iss = self.in_sync_set
         if iss is not None:
             self._last_answer[event.secondary] = now
+            self._last_ack[event.secondary] = now
             iss.acked(
                 event.secondary,
                 event.stream_id,

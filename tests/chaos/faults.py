@@ -114,6 +114,8 @@ def kill_two(ctx: ChaosContext) -> str:
     # Only a survivor that was in sync may carry on alone.
     ctx.wait_in_sync()
     victims = sorted(ctx.rng.sample(ctx.running(), 2))
+    for victim in victims:  # both signalled before either is reaped: one fault, not two
+        os.kill(ctx.cluster.process(victim).pid, signal.SIGKILL)
     for victim in victims:
         ctx.cluster.kill(victim)
     before = ctx.acked()

@@ -361,9 +361,8 @@ MUTANTS = (
         (
             (
                 CORE,
-                "        if running and all(now - self._last_answer.get(p, now) > timeout "
-                "for p in running):",
-                "        if False:",
+                "            running\n            and not acking\n",
+                "            False\n            and not acking\n",
             ),
         ),
     ),
@@ -375,6 +374,17 @@ MUTANTS = (
                 CORE,
                 "        lost = f.target[0] if f.target is not None else f.lost_primary",
                 "        lost = f.target[0] if f.target is not None else None",
+            ),
+        ),
+    ),
+    Mutant(
+        "stale-gone-steps-down",
+        "a primary takes a secondary that acks on its stream for gone on a stale probe round",
+        (
+            (
+                CORE,
+                "            and not acking\n",
+                "",
             ),
         ),
     ),

@@ -389,6 +389,27 @@ def test_a_primary_cut_off_from_every_running_replica_steps_down() -> None:
     assert p.core.role is not Role.PRIMARY and p.core.write_refusal() is not None
 
 
+def test_a_secondary_acking_on_its_stream_keeps_the_primary_up_whatever_the_probes_say() -> None:
+    """Replica 1 restarted and acks again, but the probe rounds that began before it listened
+    still say its process is gone; replica 2 went silent (a one-way cut). The primary must not
+    take itself for cut off: it once stepped down here, and with 2 unreachable for its votes
+    no one could be elected until the network healed."""
+    p = Primary()
+    p.keep_streaming(0.5)
+    p.step(ins.SecondaryDisconnected(1, p.streams[1]))
+    p.tick_probes(gone=[1])
+    p.reconnect(1, 6, knows=False)
+    out: list[fx.Effect] = []
+    for _ in range(15):  # 1.5 s
+        out += p.tick_probes(gone=[1], silent=[2], after=0.1)
+        p.send(1)
+        p.ack(1, 6, knows=False)
+    assert not of(out, fx.StepDown) and p.core.role is Role.PRIMARY
+    for _ in range(12):  # and once 1 is silent too, it does step down
+        out += p.tick_probes(silent=[1, 2], after=0.1)
+    assert of(out, fx.StepDown)
+
+
 def test_a_primary_whose_peers_are_known_dead_serves_alone() -> None:
     """min_insync = 1: two replicas killed, the third keeps accepting writes."""
     p = Primary()
