@@ -449,7 +449,7 @@ def valid_logs(draw: st.DrawFn) -> list[Event]:
 _ENGINES: dict[DatabaseFactory, tuple[sa.Engine, sa.Engine, sa.Engine]] = {}
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(log=valid_logs(), data=st.data())
 def test_batched_apply_ends_where_one_event_at_a_time_does(
     databases: DatabaseFactory, log: list[Event], data: st.DataObject
