@@ -82,6 +82,10 @@ class HostMariaDB:
             capture_output=True,
         )
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

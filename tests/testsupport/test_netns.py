@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import require_test_hosts
 from testsupport.harness import wait_until
@@ -198,3 +199,28 @@ def test_a_slow_link_is_rate_limited_both_ways_until_healed(hosts: TestHosts) ->
     hosts.heal()
     assert "tbf" not in hosts.run_on(1, "tc", "qdisc", "show", "dev", "eth0")
     assert not hosts.slowed
+
+
+def test_a_host_has_a_mariadb_of_its_own_that_dies_with_it(tmp_path: Path) -> None:
+    """Listening on the host's address only, reachable from the clients' side, and gone --
+    process and data -- once closed."""
+    require_test_hosts()
+    from testsupport.host_mariadb import start_host_servers
+
+    with TestHosts(2) as made:
+        servers = start_host_servers(made, tmp_path)
+        try:
+            for server in servers:
+                engine = sa.create_engine(server.url(), poolclass=sa.pool.NullPool)
+                with engine.connect() as conn:
+                    assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+                engine.dispose()
+            listening = made.run_on(0, "ss", "-ltnH")
+            assert f"{made.address(0)}:3306" in listening, listening
+            assert f"{made.address(1)}:3306" not in listening  # each on its own host
+        finally:
+            pids = [s.pid for s in servers if s.pid is not None]
+            for server in servers:
+                server.close()
+        assert all(not _alive(pid) for pid in pids)
+        assert not any(s.datadir.exists() for s in servers)
