@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import itertools
 import logging
 import os
 import sys
@@ -16,7 +17,7 @@ from client.errors import ChatError
 from client.library import ChatClient
 from client.output import history_line, inbox_line, status_table
 from protos import chat_pb2
-from protos.wire import MAX_ACK_IDS
+from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="messages exchanged with another user")
     history.add_argument("--user", required=True)
     history.add_argument("--with", dest="other_user", required=True, metavar="USER")
+    history.add_argument("--newest-first", action="store_true", help="from the newest message back")
+    history.add_argument(
+        "--last", type=_positive_int, metavar="N", help="only the newest N messages (oldest first)"
+    )
 
     delete = commands.add_parser("delete-account", help="delete an account")
     delete.add_argument("--user", required=True)
@@ -217,8 +222,16 @@ def _list(client: ChatClient, args: argparse.Namespace, password: PasswordSource
 
 
 def _history(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
+    """Printed as the pages come (a long history starts at once and never sits in memory)."""
     with _logged_in(client, args.user, password):
-        for message in client.history(args.other_user):
+        if args.last is not None:
+            newest = client.history(
+                args.other_user, page_size=min(args.last, MAX_PAGE_SIZE), newest_first=True
+            )
+            for message in reversed(list(itertools.islice(newest, args.last))):
+                print(history_line(message))
+            return
+        for message in client.history(args.other_user, newest_first=args.newest_first):
             print(history_line(message))
 
 
@@ -278,6 +291,12 @@ def _positive_seconds(text: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return seconds
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _non_negative_seconds(text: str) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from prompt_toolkit import PromptSession, prompt
@@ -18,14 +19,16 @@ from client.subscription import Subscription
 from protos import chat_pb2
 from protos.wire import UNDELIVERED_COUNT_CAP
 
-COMMANDS = ("/to", "/msg", "/list", "/history", "/status", "/delete", "/help", "/quit")
+COMMANDS = ("/to", "/msg", "/list", "/history", "/more", "/status", "/delete", "/help", "/quit")
+HISTORY_LINES = 20
 
 HELP = """\
 /to USER          send plain lines to USER from now on
 TEXT              send TEXT to the current recipient (start with // to send a leading /)
 /msg USER TEXT    send TEXT to USER
 /list [PATTERN]   list usernames, e.g. /list al*
-/history USER     messages exchanged with USER
+/history USER     the newest messages exchanged with USER
+/more             the messages before those
 /status           the replicas of the cluster
 /delete           delete your account (asks for the password) and quit
 /help             this text
@@ -44,6 +47,7 @@ class ChatShell:
         self._ask_password = ask_password
         self.recipient: str | None = None
         self.known_users: list[str] = []
+        self._older: tuple[str, Iterator[chat_pb2.Message]] | None = None  # for /more
 
     def completions(self) -> list[str]:
         return [*COMMANDS, *self.known_users]
@@ -84,6 +88,8 @@ class ChatShell:
             self._emit("\n".join(self.known_users) or "(no matching accounts)")
         elif command == "/history" and argument:
             self._show_history(argument)
+        elif command == "/more":
+            self._show_older("(no older messages)")
         elif command == "/status":
             self._emit(status_table(self._client.cluster_status()))
         elif command == "/help":
@@ -101,11 +107,27 @@ class ChatShell:
             self._client.send(self.recipient, text)
 
     def _show_history(self, other_user: str) -> None:
+        """The newest HISTORY_LINES messages with `other_user`, oldest first; `/more` shows
+        the ones before (each a page read only then: any length of history costs a page)."""
+        older = self._client.history(other_user, page_size=HISTORY_LINES, newest_first=True)
+        self._older = (other_user, older)
+        self._show_older(f"(no messages with {other_user})")
+
+    def _show_older(self, empty: str) -> None:
+        if self._older is None:
+            self._emit("(nothing more: /history USER first)")
+            return
+        other_user, older = self._older
+        page = list(itertools.islice(older, HISTORY_LINES))
+        if len(page) < HISTORY_LINES:
+            self._older = None
         lines = [
             f"#{message.message_id} {message.sender} -> {message.recipient}: {message.body}"
-            for message in self._client.history(other_user)
+            for message in reversed(page)
         ]
-        self._emit("\n".join(lines) or f"(no messages with {other_user})")
+        if self._older is not None:
+            lines.insert(0, f"(older messages with {other_user}: /more)")
+        self._emit("\n".join(lines) or empty)
 
     def _delete_account(self) -> None:
         password = self._ask_password("password, to confirm deleting your account: ")

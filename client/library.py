@@ -191,12 +191,16 @@ class ChatClient:
         )
         return int(reply.acked_count)
 
-    def history(self, other_user: str, *, page_size: int = 0) -> Iterator[chat_pb2.Message]:
-        """Messages exchanged with `other_user`, oldest first, fetching pages as iterated."""
+    def history(
+        self, other_user: str, *, page_size: int = 0, newest_first: bool = False
+    ) -> Iterator[chat_pb2.Message]:
+        """Messages exchanged with `other_user`, oldest first (or newest first, going back),
+        fetching each page only as the one before has been iterated: a whole history of any
+        length in O(page) memory, its first lines at once."""
         token = self._token()
         page_token = ""
         while True:
-            page = self._history_page(token, other_user, page_size, page_token)
+            page = self._history_page(token, other_user, page_size, page_token, newest_first)
             yield from page.messages
             if not page.next_page_token:
                 return
@@ -236,10 +240,14 @@ class ChatClient:
         )
 
     def _history_page(
-        self, token: str, other_user: str, page_size: int, page_token: str
+        self, token: str, other_user: str, page_size: int, page_token: str, newest_first: bool
     ) -> chat_pb2.HistoryReply:
         request = chat_pb2.HistoryRequest(
-            session_token=token, other_user=other_user, page_size=page_size, page_token=page_token
+            session_token=token,
+            other_user=other_user,
+            page_size=page_size,
+            page_token=page_token,
+            newest_first=newest_first,
         )
         return self._failover.call_unary(
             lambda stub, timeout: stub.History.future(request, timeout=timeout)

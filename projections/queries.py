@@ -156,10 +156,17 @@ def inbox_ids(conn: sa.Connection, account_id: int, message_ids: list[int]) -> d
 
 
 def conversation(
-    conn: sa.Connection, account_id: int, other_id: int, after_id: int, up_to_id: int, limit: int
+    conn: sa.Connection,
+    account_id: int,
+    other_id: int,
+    after_id: int,
+    up_to_id: int,
+    limit: int,
+    *,
+    newest_first: bool = False,
 ) -> list[StoredMessage]:
-    """Messages between two accounts, oldest first: at most `limit` with
-    after_id < message_id <= up_to_id.
+    """Messages between two accounts with after_id < message_id <= up_to_id: the oldest
+    `limit` of them, oldest first -- or, `newest_first`, the newest `limit`, newest first.
 
     One index-ordered range per direction on ix_messages_conversation (sender, recipient,
     message_id), each LIMITed, merged: the cost is that of the page, not of the conversation.
@@ -168,17 +175,19 @@ def conversation(
     directions = [(account_id, other_id)]
     if other_id != account_id:
         directions.append((other_id, account_id))
+    order = messages.c.message_id.desc() if newest_first else messages.c.message_id
     ranges = [
         sa.select(*_MESSAGE_COLUMNS)
         .where(messages.c.sender_id == sender_id)
         .where(messages.c.recipient_id == recipient_id)
         .where(messages.c.message_id > after_id)
         .where(messages.c.message_id <= up_to_id)
-        .order_by(messages.c.message_id)
+        .order_by(order)
         .limit(limit)
         .subquery()
         for sender_id, recipient_id in directions
     ]
     merged = sa.union_all(*(sa.select(r) for r in ranges)).subquery()
-    rows = conn.execute(sa.select(merged).order_by(merged.c.message_id).limit(limit))
+    merged_order = merged.c.message_id.desc() if newest_first else merged.c.message_id
+    rows = conn.execute(sa.select(merged).order_by(merged_order).limit(limit))
     return [_message(r) for r in rows]

@@ -139,16 +139,18 @@ class AckReply(_message.Message):
     def __init__(self, acked_count: _Optional[int] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
-    __slots__ = ("session_token", "other_user", "page_size", "page_token")
+    __slots__ = ("session_token", "other_user", "page_size", "page_token", "newest_first")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     OTHER_USER_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     other_user: str
     page_size: int
     page_token: str
-    def __init__(self, session_token: _Optional[str] = ..., other_user: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    newest_first: bool
+    def __init__(self, session_token: _Optional[str] = ..., other_user: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class HistoryReply(_message.Message):
     __slots__ = ("messages", "next_page_token")

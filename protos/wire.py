@@ -22,3 +22,6 @@ MAX_ACK_IDS = 1000
 # A login counts the unread messages only up to this many; a count of CAP + 1 means "more than
 # CAP" (counting a backlog of millions on every login would cost more than the login).
 UNDELIVERED_COUNT_CAP = 10_000
+
+# The largest page a ListAccounts or History request may ask for.
+MAX_PAGE_SIZE = 1000

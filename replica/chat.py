@@ -270,18 +270,38 @@ class ChatService:
         names = names[:size]
         return Page(names, names[-1] if more else "")
 
-    def history(self, token: str, other_user: str, page_size: int, page_token: str) -> Page:
+    def history(
+        self,
+        token: str,
+        other_user: str,
+        page_size: int,
+        page_token: str,
+        *,
+        newest_first: bool = False,
+    ) -> Page:
+        """A page of the conversation: oldest first after the token's message, or newest
+        first before it."""
         other = v.username(other_user, "other_user")
         size = v.page_size(page_size)
-        after = v.message_page_token(page_token)
+        mark = v.message_page_token(page_token)
         session_id = self._session_id(token)
         with self._read() as conn:
             me = self._account_in(conn, session_id)
             them = q.find_account(conn, other)
             if them is None:
                 raise NotFound(f"user {other!r} does not exist")
+            committed = self._committed_seq()
+            after, up_to = (0, min(committed, mark - 1) if mark else committed)
+            if not newest_first:
+                after, up_to = mark, committed
             found = q.conversation(
-                conn, me.account_id, them.account_id, after, self._committed_seq(), size + 1
+                conn,
+                me.account_id,
+                them.account_id,
+                after,
+                up_to,
+                size + 1,
+                newest_first=newest_first,
             )
         more = len(found) > size
         found = found[:size]

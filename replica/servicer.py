@@ -205,7 +205,11 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
     @_maps_errors
     def History(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.HistoryReply:
         page = self._service.history(
-            request.session_token, request.other_user, request.page_size, request.page_token
+            request.session_token,
+            request.other_user,
+            request.page_size,
+            request.page_token,
+            newest_first=request.newest_first,
         )
         return chat_pb2.HistoryReply(
             messages=[_message(m) for m in page.items], next_page_token=page.next_page_token

@@ -6,7 +6,7 @@ import re
 from typing import Final
 
 from projections.queries import LIKE_ESCAPE
-from protos.wire import MAX_ACK_IDS
+from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE
 from replica.errors import InvalidArgument
 
 USERNAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
@@ -14,7 +14,6 @@ REQUEST_ID_RE: Final = re.compile(r"[!-~]{1,64}")  # printable ASCII, no spaces
 MAX_PASSWORD_CHARS: Final = 1024
 MAX_BODY_BYTES: Final = 4096
 MAX_PATTERN_CHARS: Final = 64
-MAX_PAGE_SIZE: Final = 1000
 DEFAULT_PAGE_SIZE: Final = 100
 
 

@@ -232,6 +232,29 @@ def test_history_prints_tab_separated_lines(
     assert (status, out) == (0, "3\tbob\tal\ta\\nb\n")
 
 
+def test_history_last_asks_for_the_newest_and_prints_them_oldest_first(
+    capsys: pytest.CaptureFixture[str], replicas: list[FakeReplica]
+) -> None:
+    r0 = replicas[0]
+    r0.script("Login", LOGGED_IN)
+    newest = [
+        chat_pb2.Message(message_id=i, sender="bob", recipient="al", body=f"m{i}") for i in (9, 7)
+    ]
+    r0.script(
+        "History",
+        answer(chat_pb2.HistoryReply(messages=newest, next_page_token="7")),
+    )
+    r0.script("Logout", LOGGED_OUT)
+
+    status, out, _ = run(
+        capsys, "--servers", servers(r0), "history", "--user", "bob", "--with", "al", "--last", "2"
+    )
+
+    assert (status, out) == (0, "7\tbob\tal\tm7\n9\tbob\tal\tm9\n")
+    (request,) = r0.requests("History")
+    assert request.newest_first and request.page_size == 2, "one page, and no more asked"
+
+
 def test_delete_account_confirms_with_the_password(
     capsys: pytest.CaptureFixture[str], replicas: list[FakeReplica]
 ) -> None:

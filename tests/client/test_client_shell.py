@@ -122,3 +122,32 @@ def test_receive_prints_and_acks_each_message(client: ChatClient, replica: FakeR
 
     assert output == ["<alice> yo"]
     assert [list(ack.message_ids) for ack in replica.requests("Ack")] == [[5]]
+
+
+def test_history_shows_the_newest_page_and_more_goes_back(
+    client: ChatClient, replica: FakeReplica
+) -> None:
+    from client.interactive import HISTORY_LINES
+
+    def page(ids: range, token: str) -> chat_pb2.HistoryReply:
+        items = [
+            chat_pb2.Message(message_id=i, sender="al", recipient="bob", body=f"m{i}") for i in ids
+        ]
+        return chat_pb2.HistoryReply(messages=items, next_page_token=token)
+
+    newest = range(100, 100 - HISTORY_LINES, -1)
+    older = range(100 - HISTORY_LINES, 100 - HISTORY_LINES - 3, -1)
+    replica.script("History", answer(page(newest, str(newest[-1]))), answer(page(older, "")))
+    output: list[str] = []
+    shell = make_shell(client, output)
+
+    shell.handle("/history al")
+    first = output[-1].splitlines()
+    assert first[0] == "(older messages with al: /more)"
+    assert first[1].startswith(f"#{newest[-1]} ") and first[-1] == "#100 al -> bob: m100"
+    assert len(replica.requests("History")) == 1, "one page asked, not the whole history"
+    shell.handle("/more")
+    assert output[-1].splitlines() == [f"#{i} al -> bob: m{i}" for i in reversed(older)]
+    shell.handle("/more")
+    assert output[-1] == "(nothing more: /history USER first)"
+    assert all(r.newest_first for r in replica.requests("History"))

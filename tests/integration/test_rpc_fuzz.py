@@ -41,7 +41,7 @@ from hypothesis.stateful import (
 )
 
 from protos import chat_pb2, chat_pb2_grpc
-from protos.wire import MAX_ACK_IDS, REPLICA_MAX_MESSAGE_BYTES
+from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE, REPLICA_MAX_MESSAGE_BYTES
 from replica.database import make_engine
 from tests.inprocess import Snapshot, snapshot
 from tests.integration.cluster_checks import db_url, wait_for_primary
@@ -76,7 +76,6 @@ METHODS = (
 MAX_BODY_BYTES = 4096
 MAX_PASSWORD_CHARS = 1024
 MAX_PATTERN_CHARS = 64
-MAX_PAGE_SIZE = 1000
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 PATTERN_CHARS = set(string.ascii_lowercase + string.digits + "_.-*?")
 

@@ -30,6 +30,7 @@ sent = st.lists(st.tuples(st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS)),
     after=st.integers(0, 45),
     up_to=st.integers(0, 45),
     limit=st.integers(1, 12),
+    newest_first=st.booleans(),
 )
 def test_a_history_page_is_the_conversations_next_messages_in_order(
     engine: sa.Engine,
@@ -39,6 +40,7 @@ def test_a_history_page_is_the_conversations_next_messages_in_order(
     after: int,
     up_to: int,
     limit: int,
+    newest_first: bool,
 ) -> None:
     rows = [
         {
@@ -56,14 +58,15 @@ def test_a_history_page_is_the_conversations_next_messages_in_order(
     with engine.connect() as conn, conn.begin() as transaction:  # rolled back: a clean table
         if rows:
             conn.execute(sa.insert(messages), rows)
-        page = conversation(conn, me, other, after, up_to, limit)
+        page = conversation(conn, me, other, after, up_to, limit, newest_first=newest_first)
         transaction.rollback()
-    expected = [
+    matching = [
         r["message_id"]
         for r in rows
         if (r["sender_id"], r["recipient_id"]) in ((me, other), (other, me))
         and after < r["message_id"] <= up_to
-    ][:limit]
+    ]
+    expected = (matching[::-1] if newest_first else matching)[:limit]
     assert [m.message_id for m in page] == expected
     assert all(m.body == f"m{m.message_id}" for m in page)
 

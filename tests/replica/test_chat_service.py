@@ -379,6 +379,15 @@ def test_history_pages_through_one_conversation(
     assert chat.history(alice, "bob", 7, "").next_page_token == ""
     assert chat.history(alice, "bob", 6, "").next_page_token == str(sent[5])
 
+    pages, token = [], ""
+    while True:  # newest first, going back page by page
+        page = chat.history(alice, "bob", 3, token, newest_first=True)
+        pages.append([m.message_id for m in page.items])
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert pages == [sent[6:3:-1], sent[3:0:-1], sent[0:1]]
+
     rejected(
         engine,
         NotFound,
