@@ -480,7 +480,7 @@ class ChatFuzz(RuleBasedStateMachine):
     @rule(pick=st.integers(0, 100), other=st.integers(0, len(POOL) - 1))
     def write_to_a_name_nobody_has(self, pick: int, other: int) -> None:
         self.send(self.open_session(pick), ("pool", other, "unknown"), "hello?", "valid")
-        self.history(self.open_session(pick), ("pool", other, "unknown"), 0, "")
+        self.history(self.open_session(pick), ("pool", other, "unknown"), 0, "", False)
 
     @rule(pattern=st.text(alphabet="abnoy*?-", max_size=6), size=st.integers(0, 3))
     def list_this_runs_accounts(self, pattern: str, size: int) -> None:
@@ -715,19 +715,34 @@ class ChatFuzz(RuleBasedStateMachine):
             st.sampled_from(["0", "-1", "²", "1" * 19, "9" * 20, str(2**63), str(2**63 - 1)]),
             hostile_text,
         ),
+        newest_first=st.booleans(),
     )
     def history(
-        self, token: tuple[Any, ...], other: tuple[Any, ...], page_size: int, page_token: str
+        self,
+        token: tuple[Any, ...],
+        other: tuple[Any, ...],
+        page_size: int,
+        page_token: str,
+        newest_first: bool,
     ) -> None:
-        self.check_history(token, other, page_size, page_token)
+        self.check_history(token, other, page_size, page_token, newest_first)
 
     def check_history(
-        self, token: tuple[Any, ...], other: tuple[Any, ...], page_size: int, page_token: str
+        self,
+        token: tuple[Any, ...],
+        other: tuple[Any, ...],
+        page_size: int,
+        page_token: str,
+        newest_first: bool = False,
     ) -> Outcome:
         text, session = self.resolve_token(token)
         other_name = self.resolve_name(other)
         request = chat_pb2.HistoryRequest(
-            session_token=text, other_user=other_name, page_size=page_size, page_token=page_token
+            session_token=text,
+            other_user=other_name,
+            page_size=page_size,
+            page_token=page_token,
+            newest_first=newest_first,
         )
         faults = self.token_faults(session)
         token_ok = page_token == "" or (
@@ -745,9 +760,13 @@ class ChatFuzz(RuleBasedStateMachine):
         if faults:
             return outcome
         assert session is not None and them is not None
-        after = int(page_token or "0")
+        mark = int(page_token or "0")
         size = page_size or 100
-        expected = [m for m in self.conversation(session.account, them) if m.message_id > after]
+        conversation = self.conversation(session.account, them)
+        if newest_first:  # from the newest back, before the token's message
+            expected = [m for m in reversed(conversation) if not mark or m.message_id < mark]
+        else:
+            expected = [m for m in conversation if m.message_id > mark]
         got = [(m.message_id, m.sender, m.recipient, m.body) for m in outcome.reply.messages]
         assert got == [
             (m.message_id, m.sender.name, m.recipient.name, m.body) for m in expected[:size]
