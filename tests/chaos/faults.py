@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from tests.integration.cluster_checks import (
     Senders,
     primary_of,
+    status,
     wait_all_running_follow,
     wait_for_primary,
 )
@@ -81,6 +82,25 @@ class ChaosContext:
         except TimeoutError as exc:
             raise ChaosFailure(str(exc)) from None
 
+    def wait_for_a_successor(self) -> int:
+        """Until a secondary is in the primary's in-sync set; the primary. A fault that needs
+        the others to take over waits for it after a round that let it come at once: with no
+        secondary in sync, no one but the primary can show it holds every acknowledged write,
+        and the protocol rightly waits for the primary (docs/replication.md, min_insync)."""
+        primary = self.current_primary()
+
+        def successor() -> bool:
+            reply = status(self.cluster, primary)
+            return reply is not None and any(
+                r.in_sync and r.index != primary for r in reply.replicas
+            )
+
+        try:
+            wait_until(successor, PROGRESS_TIMEOUT, f"a secondary in sync with {primary}")
+        except TimeoutError as exc:
+            raise ChaosFailure(str(exc)) from None
+        return primary
+
     def wait_in_sync(self) -> None:
         """Until every running replica is in the primary's in-sync set (after a round that
         let the next fault come at once)."""
@@ -104,6 +124,8 @@ class Fault:
 def kill_one(ctx: ChaosContext) -> str:
     victim = ctx.rng.choice(ctx.running())
     role = "primary" if primary_of(ctx.cluster, victim) is not None else "secondary"
+    if role == "primary":
+        ctx.wait_for_a_successor()
     ctx.cluster.kill(victim)
     before = ctx.acked()
     ctx.wait_progress(before, 10, f"SIGKILL of replica {victim}")
@@ -137,7 +159,7 @@ def kill_all(ctx: ChaosContext) -> str:
 
 
 def pause_primary(ctx: ChaosContext) -> str:
-    old = ctx.current_primary()
+    old = ctx.wait_for_a_successor()
     pid = ctx.cluster.process(old).pid
     os.kill(pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
@@ -312,7 +334,7 @@ def _secondaries(ctx: ChaosContext, primary: int) -> list[int]:
 
 def partition_primary(ctx: ChaosContext) -> str:
     """The primary cut off from both secondaries; the clients still reach it."""
-    primary = ctx.current_primary()
+    primary = ctx.wait_for_a_successor()
     hosts = _network(ctx)
     links = [f for s in _secondaries(ctx, primary) for f in hosts.cut(primary, s)]
     _hold_partition(ctx, links, f"cutting primary {primary} off", deposed=primary)
@@ -320,7 +342,7 @@ def partition_primary(ctx: ChaosContext) -> str:
 
 
 def isolate_primary(ctx: ChaosContext) -> str:
-    primary = ctx.current_primary()
+    primary = ctx.wait_for_a_successor()
     links = _network(ctx).isolate(primary)
     _hold_partition(ctx, links, f"isolating primary {primary}")
     return f"primary {primary} cut off from everyone"
