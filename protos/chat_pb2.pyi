@@ -179,7 +179,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("index", "address", "role", "epoch", "last_seq", "applied_seq", "lag", "in_sync", "reachable")
+    __slots__ = ("index", "address", "role", "epoch", "last_seq", "applied_seq", "lag", "in_sync", "reachable", "knows_in_sync")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class ReplicaStatus(_message.Message):
     LAG_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    KNOWS_IN_SYNC_FIELD_NUMBER: _ClassVar[int]
     index: int
     address: str
     role: str
@@ -198,7 +199,8 @@ class ReplicaStatus(_message.Message):
     lag: int
     in_sync: bool
     reachable: bool
-    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., last_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., lag: _Optional[int] = ..., in_sync: _Optional[bool] = ..., reachable: _Optional[bool] = ...) -> None: ...
+    knows_in_sync: bool
+    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., last_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., lag: _Optional[int] = ..., in_sync: _Optional[bool] = ..., reachable: _Optional[bool] = ..., knows_in_sync: _Optional[bool] = ...) -> None: ...
 
 class ClusterStatusReply(_message.Message):
     __slots__ = ("answered_by", "primary_index", "primary_known", "replicas")

@@ -27,6 +27,7 @@ class ReplicaStatusView:
     lag: int
     in_sync: bool
     reachable: bool
+    knows_in_sync: bool
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,10 @@ def cluster_view(
                 applied,
                 True,
             )
+            knows = coordinator.status().claim is not None
         else:
             reply = probes.get(replica.index)
+            knows = reply is not None and reply.claims
             if reply is None:
                 role, epoch, last_seq, applied_seq, reachable = "unknown", 0, 0, 0, False
             else:
@@ -88,6 +91,7 @@ def cluster_view(
                 lag=0 if is_primary or not reachable else max(0, primary_last - last_seq),
                 in_sync=is_primary or bool(in_view and in_view.in_sync),
                 reachable=reachable,
+                knows_in_sync=knows,
             )
         )
     return ClusterView(index, snap.primary_index, views)

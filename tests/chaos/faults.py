@@ -90,10 +90,19 @@ class ChaosContext:
         primary = self.current_primary()
 
         def successor() -> bool:
-            reply = status(self.cluster, primary)
-            return reply is not None and any(
-                r.in_sync and r.index != primary for r in reply.replicas
-            )
+            # Its own word, not the primary's: it may take over only once it has heard it.
+            for index in self.running():
+                if index == primary:
+                    continue
+                reply = status(self.cluster, index)
+                me = (
+                    None
+                    if reply is None
+                    else next((r for r in reply.replicas if r.index == index), None)
+                )
+                if me is not None and me.knows_in_sync:
+                    return True
+            return False
 
         try:
             wait_until(successor, PROGRESS_TIMEOUT, f"a secondary in sync with {primary}")

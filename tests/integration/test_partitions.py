@@ -84,6 +84,16 @@ def test_a_secondary_gone_silent_leaves_a_half_open_stream_that_costs_the_timeou
         assert primary_of(cluster, primary) == primary, "the primary changed over a secondary"
         hosts.heal()
         wait_all_running_follow(cluster, primary, timeout=20)
+        # ...and it hears so itself, which is what lets it take over later (ClusterStatus
+        # reports each replica's own word beside the primary's).
+        wait_until(
+            lambda: (
+                (s := status(cluster, victim)) is not None
+                and next(r for r in s.replicas if r.index == victim).knows_in_sync
+            ),
+            10,
+            f"replica {victim} to know it is in sync again",
+        )
     finally:
         log = load.stop()
     assert log.acknowledged and not log.failed, f"{len(log.failed)} sends failed"
