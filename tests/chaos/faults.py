@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from tests.integration.cluster_checks import (
     Senders,
     primary_of,
-    status,
+    seen_by,
     wait_all_running_follow,
     wait_for_primary,
 )
@@ -91,24 +91,24 @@ class ChaosContext:
 
         def successor() -> bool:
             # Its own word, not the primary's: it may take over only once it has heard it.
-            for index in self.running():
-                if index == primary:
-                    continue
-                reply = status(self.cluster, index)
-                me = (
-                    None
-                    if reply is None
-                    else next((r for r in reply.replicas if r.index == index), None)
-                )
-                if me is not None and me.knows_in_sync:
-                    return True
-            return False
+            return any(
+                (me := seen_by(self.cluster, i, i)) is not None and me.knows_in_sync
+                for i in self.running()
+                if i != primary
+            )
 
         try:
             wait_until(successor, PROGRESS_TIMEOUT, f"a secondary in sync with {primary}")
         except TimeoutError as exc:
             raise ChaosFailure(str(exc)) from None
         return primary
+
+    def wait_stepped_down(self, index: int, what: str) -> None:
+        """Until replica `index` no longer says it is primary."""
+        try:
+            wait_until(lambda: primary_of(self.cluster, index) is None, STEP_DOWN_TIMEOUT, what)
+        except TimeoutError as exc:
+            raise ChaosFailure(str(exc)) from None
 
     def wait_in_sync(self) -> None:
         """Until every running replica is in the primary's in-sync set (after a round that
@@ -185,14 +185,7 @@ def pause_primary(ctx: ChaosContext) -> str:
         time.sleep(ctx.rng.uniform(0.0, 1.0))
     finally:
         os.kill(pid, signal.SIGCONT)
-    try:
-        wait_until(
-            lambda: primary_of(ctx.cluster, old) is None,
-            STEP_DOWN_TIMEOUT,
-            f"replica {old} to step down after SIGCONT",
-        )
-    except TimeoutError as exc:
-        raise ChaosFailure(str(exc)) from None
+    ctx.wait_stepped_down(old, f"replica {old} to step down after SIGCONT")
     return f"SIGSTOP primary {old} until {new} took over, then SIGCONT"
 
 
@@ -324,14 +317,9 @@ def _hold_partition(
     try:
         ctx.wait_progress(before, 10, what, cut_at)
         if deposed is not None:
-            try:
-                wait_until(
-                    lambda: primary_of(ctx.cluster, deposed) is None,
-                    STEP_DOWN_TIMEOUT,
-                    f"replica {deposed}, cut off, to stop saying it is the primary",
-                )
-            except TimeoutError as exc:
-                raise ChaosFailure(str(exc)) from None
+            ctx.wait_stepped_down(
+                deposed, f"replica {deposed}, cut off, to stop saying it is the primary"
+            )
         time.sleep(ctx.rng.uniform(*HOLD_SECONDS))  # the fault's duration, not a sync
     finally:
         hosts.heal()

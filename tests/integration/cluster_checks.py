@@ -60,6 +60,14 @@ def status(cluster: ClusterProcesses, index: int) -> chat_pb2.ClusterStatusReply
         return None
 
 
+def seen_by(cluster: ClusterProcesses, asked: int, about: int) -> chat_pb2.ReplicaStatus | None:
+    """What replica `asked` reports of replica `about` in ClusterStatus (None: no answer)."""
+    reply = status(cluster, asked)
+    if reply is None:
+        return None
+    return next((r for r in reply.replicas if r.index == about), None)
+
+
 def primary_of(cluster: ClusterProcesses, index: int) -> int | None:
     reply = status(cluster, index)
     if reply is None:

@@ -23,8 +23,8 @@ from tests.integration.cluster_checks import (
     primary_of,
     read_inbox,
     register_users,
+    seen_by,
     sending,
-    status,
     three_replicas,
     wait_all_running_follow,
     wait_converged,
@@ -66,8 +66,7 @@ def test_a_secondary_with_a_failing_database_does_not_elect_itself_alone(
             # Its next store fails, its stream breaks, and the primary drops it.
             wait_until(
                 lambda: (
-                    (reply := status(cluster, primary)) is not None
-                    and not next(r for r in reply.replicas if r.index == broken).in_sync
+                    (seen := seen_by(cluster, primary, broken)) is not None and not seen.in_sync
                 ),
                 20,
                 f"replica {broken} to leave the in-sync set",

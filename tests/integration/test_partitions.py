@@ -19,7 +19,7 @@ from tests.integration.cluster_checks import (
     Senders,
     primary_of,
     register_users,
-    status,
+    seen_by,
     wait_all_running_follow,
     wait_for_primary,
 )
@@ -70,10 +70,7 @@ def test_a_secondary_gone_silent_leaves_a_half_open_stream_that_costs_the_timeou
         hosts.set_faults(hosts.isolate(victim))
         cut_at = time.monotonic()
         wait_until(
-            lambda: (
-                (s := status(cluster, primary)) is not None
-                and not next(r for r in s.replicas if r.index == victim).in_sync
-            ),
+            lambda: (seen := seen_by(cluster, primary, victim)) is not None and not seen.in_sync,
             10,
             f"primary {primary} to drop silent replica {victim} from the in-sync set",
         )
@@ -87,10 +84,7 @@ def test_a_secondary_gone_silent_leaves_a_half_open_stream_that_costs_the_timeou
         # ...and it hears so itself, which is what lets it take over later (ClusterStatus
         # reports each replica's own word beside the primary's).
         wait_until(
-            lambda: (
-                (s := status(cluster, victim)) is not None
-                and next(r for r in s.replicas if r.index == victim).knows_in_sync
-            ),
+            lambda: (seen := seen_by(cluster, victim, victim)) is not None and seen.knows_in_sync,
             10,
             f"replica {victim} to know it is in sync again",
         )
