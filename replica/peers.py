@@ -230,6 +230,9 @@ def _answered_by_peer(call: grpc.Future[Any]) -> bool:
         return False
     if any(m.key == SERVICE_ERROR_KEY for m in exc.trailing_metadata() or ()):
         return True
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        # Its TLS refused ours (another CA, a certificate not for this host): answered.
+        return any(sign in (exc.details() or "") for sign in TLS_FAILURE_SIGNS)
     return exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
