@@ -291,8 +291,9 @@ class ChatService:
             if them is None:
                 raise NotFound(f"user {other!r} does not exist")
             committed = self._committed_seq()
-            after, up_to = (0, min(committed, mark - 1) if mark else committed)
-            if not newest_first:
+            if newest_first:  # going back from before the page token's message
+                after, up_to = 0, min(committed, mark - 1) if mark else committed
+            else:
                 after, up_to = mark, committed
             found = q.conversation(
                 conn,

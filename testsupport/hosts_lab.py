@@ -45,7 +45,6 @@ class Lab:
     def __init__(self, hosts: TestHosts, cluster: ClusterProcesses) -> None:
         self.hosts = hosts
         self.cluster = cluster
-        self.faults: set[LinkFault] = set()
         self.commands: dict[str, Callable[[list[str]], str]] = {
             "status": self.status,
             "cut": lambda a: self._add(self.hosts.cut(*self._pair(a))),
@@ -83,9 +82,8 @@ class Lab:
         return self._node(args[0]), self._node(args[1])
 
     def _add(self, faults: list[LinkFault]) -> str:
-        self.faults |= set(faults)
-        self.hosts.set_faults(self.faults)
-        return f"{len(self.faults)} drop rule(s) on the switch"
+        self.hosts.set_faults(self.hosts.faults | set(faults))
+        return f"{len(self.hosts.faults)} drop rule(s) on the switch"
 
     def flaky(self, args: list[str]) -> str:
         if len(args) != 3 or not args[2].isdigit() or not 1 <= int(args[2]) <= 100:
@@ -93,7 +91,6 @@ class Lab:
         return self._add(self.hosts.cut(*self._pair(args[:2]), percent=int(args[2])))
 
     def heal(self, args: list[str]) -> str:
-        self.faults.clear()
         self.hosts.heal()
         return "healed: no drop rules"
 
