@@ -104,7 +104,6 @@ class TestHosts:
     subnet: ipaddress.IPv4Network = field(init=False)
     faults: frozenset[LinkFault] = field(init=False, default=frozenset())
     slowed: set[int] = field(init=False, default_factory=set)  # hosts with a rate limit
-    _made: list[str] = field(init=False, default_factory=list)
     _root_link: str = field(init=False)
     _closed: bool = field(init=False, default=False)
 
@@ -176,14 +175,13 @@ class TestHosts:
         state = {
             "pid": os.getpid(),
             "subnet": str(self.subnet),
-            "namespaces": [self.switch, *(self.namespace(i) for i in range(self.count))],
+            "namespaces": self._all_names(),
             "root_link": self._root_link,
         }
         self._state_path().write_text(json.dumps(state))
 
     def _add_namespace(self, name: str) -> None:
         _run("ip", "netns", "add", name)
-        self._made.append(name)
         _run("ip", "-n", name, "link", "set", "lo", "up")
 
     def _build(self) -> None:
@@ -221,7 +219,7 @@ class TestHosts:
             return
         self._closed = True
         _LIVE.discard(self)
-        _remove(self._made[::-1] or self._all_names(), self._root_link)
+        _remove(self._all_names()[::-1], self._root_link)  # those that exist
         self._state_path().unlink(missing_ok=True)
 
     def _all_names(self) -> list[str]:
