@@ -126,7 +126,9 @@ def test_a_one_way_drop_is_one_way(hosts: TestHosts) -> None:
     assert connect(hosts, 1, 2) == "connected"
 
 
-def test_a_flaky_link_drops_some_packets_at_random(hosts: TestHosts) -> None:
+def test_a_flaky_link_is_a_rule_dropping_that_share_of_packets_at_random(
+    hosts: TestHosts,
+) -> None:
     hosts.set_faults(hosts.cut(0, 1, percent=50))
     assert "numgen random mod 100 < 50 drop" in hosts.fault_rules()
 
