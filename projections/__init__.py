@@ -5,6 +5,7 @@
 is what makes apply exactly-once. Knows nothing of gRPC or replication.
 """
 
+from projections import undo
 from projections.apply import (
     Applier,
     EventTypes,
@@ -15,11 +16,13 @@ from projections.apply import (
     reset_projections,
     statements_for,
 )
+from projections.rollback import RolledBack, roll_back
 from projections.schema import accounts, messages, metadata, projection_position, sessions
 
 __all__ = [
     "Applier",
     "EventTypes",
+    "RolledBack",
     "accounts",
     "apply_events",
     "catch_up",
@@ -29,6 +32,8 @@ __all__ = [
     "projection_position",
     "rebuild",
     "reset_projections",
+    "roll_back",
     "sessions",
     "statements_for",
+    "undo",
 ]

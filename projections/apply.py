@@ -8,6 +8,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from eventlog import Event, read_events
+from projections import undo
 from projections.schema import (
     PROJECTION_TABLES,
     accounts,
@@ -61,6 +62,7 @@ def statements_for(event: Event) -> list[sa.Executable]:
             messages.update()
             .where(messages.c.recipient_id == p["account_id"])
             .where(messages.c.message_id.in_(ids))
+            .where(messages.c.delivered == sa.false())
             .values(delivered=True)
         ]
     if t == EventTypes.ACCOUNT_DELETED:
@@ -148,7 +150,10 @@ class Applier:
     DELETE of each kind. What is held back is written before any other event's statements run
     (an ack, a deletion), at flush() -- which the writer calls before a decide that reads what
     is held -- and by finish(), which also writes the position once. Events at or below the
-    position are skipped (already applied: exactly-once)."""
+    position are skipped (already applied: exactly-once).
+
+    Every event that removes rows records them first (projections/undo.py), in the same
+    transaction, so that projections.roll_back can take a truncated tail back."""
 
     def __init__(
         self, conn: sa.Connection, position: int | None = None, *, hold_all: bool = False
@@ -160,8 +165,9 @@ class Applier:
         self._accounts: list[dict[str, Any]] = []
         self._sessions: dict[str, dict[str, Any]] = {}  # session id -> row, in order
         self._messages: list[dict[str, Any]] = []
-        self._closed: list[str] = []  # session ids whose rows are already written
-        self._closed_of: list[dict[str, Any]] = []  # (account, session) a login ended
+        self._closed: dict[str, int] = {}  # written session id -> seq of the event ending it
+        self._closed_of: list[dict[str, Any]] = []  # (account, session, seq) a login ended
+        self._undo = undo.UndoRecords()
 
     def add(self, event: Event) -> None:
         if event.seq <= self.position:
@@ -172,46 +178,109 @@ class Applier:
         t = event.type
         if t == EventTypes.MESSAGE_SENT:
             self._messages.append(message_row(event))
+        elif t == EventTypes.EPOCH_STARTED:
+            pass
         elif not self._hold_all:
             self.flush()
-            for statement in statements_for(event):
-                self._conn.execute(statement)
+            self._apply_now(event)
         elif t == EventTypes.ACCOUNT_REGISTERED:
             self._accounts.append(account_row(event))
         elif t == EventTypes.SESSION_OPENED:
             for closed in p.get("closes", []):
-                self._end_session(str(closed), p["account_id"])
+                self._end_session(event.seq, str(closed), p["account_id"])
             self._sessions[p["session_id"]] = session_row(event)
         elif t == EventTypes.SESSION_CLOSED:
-            self._end_session(p["session_id"], None)
-        elif t != EventTypes.EPOCH_STARTED:
+            self._end_session(event.seq, p["session_id"], None)
+        else:
             self.flush()
-            for statement in statements_for(event):
-                self._conn.execute(statement)
+            self._apply_now(event)
         self.position = event.seq
 
-    def _end_session(self, session_id: str, account_id: int | None) -> None:
+    def _apply_now(self, event: Event) -> None:
+        """Run the event's statements now, recording first what they remove."""
+        p = event.payload
+        t = event.type
+        conn = self._conn
+        if t == EventTypes.MESSAGES_ACKED:
+            # Exact to take back only if every named message was undelivered until now.
+            for statement in statements_for(event):
+                if conn.execute(statement).rowcount != len(set(p["message_ids"])):
+                    self._undo.inexact(event.seq)
+            return
+        if t == EventTypes.SESSION_CLOSED:
+            self._undo.removed(
+                event.seq,
+                sessions,
+                undo.select_rows(conn, sessions, sessions.c.session_id == p["session_id"]),
+            )
+        elif t == EventTypes.SESSION_OPENED and p.get("closes"):
+            closes = [str(i) for i in p["closes"]]
+            self._undo.removed(
+                event.seq,
+                sessions,
+                undo.select_rows(
+                    conn,
+                    sessions,
+                    sessions.c.account_id == p["account_id"],
+                    sessions.c.session_id.in_(closes),
+                ),
+            )
+        elif t == EventTypes.ACCOUNT_DELETED:
+            account_id = p["account_id"]
+            for table, column in (
+                (accounts, accounts.c.account_id),
+                (sessions, sessions.c.account_id),
+                (messages, messages.c.recipient_id),
+            ):
+                self._undo.removed(
+                    event.seq, table, undo.select_rows(conn, table, column == account_id)
+                )
+        for statement in statements_for(event):
+            conn.execute(statement)
+
+    def _end_session(self, seq: int, session_id: str, account_id: int | None) -> None:
         held = self._sessions.get(session_id)
         if held is not None and account_id in (None, held["account_id"]):
             del self._sessions[session_id]  # never written: nothing to delete
+            self._undo.removed(seq, sessions, [held])
         elif held is None and account_id is None:
-            self._closed.append(session_id)
+            self._closed[session_id] = seq
         elif held is None:
-            self._closed_of.append({"closed_account": account_id, "closed_session": session_id})
+            self._closed_of.append(
+                {"closed_account": account_id, "closed_session": session_id, "seq": seq}
+            )
 
     def flush(self) -> None:
         """Write what is held back so far (before anything reads the projections). The
         session ends held back name only sessions written before: a held-back insert of one
         that ends is dropped instead, and session ids are never reused."""
+        conn = self._conn
+        if self._closed or self._closed_of:
+            ending = {**self._closed, **{c["closed_session"]: c["seq"] for c in self._closed_of}}
+            owners = {c["closed_session"]: c["closed_account"] for c in self._closed_of}
+            ids = sorted(ending)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for row in undo.select_rows(conn, sessions, sessions.c.session_id.in_(chunk)):
+                    session_id = row["session_id"]
+                    if owners.get(session_id, row["account_id"]) == row["account_id"]:
+                        self._undo.removed(ending[session_id], sessions, [row])
         if self._closed:
-            self._conn.execute(sessions.delete().where(sessions.c.session_id.in_(self._closed)))
-            self._closed = []
+            ids = list(self._closed)
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    sessions.delete().where(sessions.c.session_id.in_(ids[start : start + 500]))
+                )
+            self._closed = {}
         if self._closed_of:
-            self._conn.execute(
+            conn.execute(
                 sessions.delete()
                 .where(sessions.c.account_id == sa.bindparam("closed_account"))
                 .where(sessions.c.session_id == sa.bindparam("closed_session")),
-                self._closed_of,
+                [
+                    {"closed_account": c["closed_account"], "closed_session": c["closed_session"]}
+                    for c in self._closed_of
+                ],
             )
             self._closed_of = []
         for table, held in (
@@ -220,8 +289,9 @@ class Applier:
             (messages, self._messages),
         ):
             if held:
-                self._conn.execute(table.insert(), held)
+                conn.execute(table.insert(), held)
         self._accounts, self._sessions, self._messages = [], {}, []
+        self._undo.write(conn)
 
     flush_messages = flush  # the writer's name for it, from when only messages were held
 
@@ -230,6 +300,8 @@ class Applier:
         self.flush()
         if self.position != self._start:
             _set_last_applied_seq(self._conn, self._start, self.position)
+            if self.position // undo.UNDO_WINDOW != self._start // undo.UNDO_WINDOW:
+                undo.prune(self._conn, self.position)
             self._start = self.position
         return self.position
 
@@ -248,20 +320,24 @@ def reset_projections(conn: sa.Connection) -> None:
     """Empty every projection table and the position (before a rebuild)."""
     for table in (*PROJECTION_TABLES, projection_position):
         conn.execute(table.delete())
+    undo.reset(conn)
 
 
-def catch_up(conn: sa.Connection, batch_size: int = 1000) -> int:
-    """Apply every logged event the projections have not seen yet, in the caller's
-    transaction; the new last applied seq."""
+def catch_up(conn: sa.Connection, batch_size: int = 1000, *, until: int | None = None) -> int:
+    """Apply every logged event the projections have not seen yet (up to seq `until`, if
+    given), in the caller's transaction; the new last applied seq."""
     position = last_applied_seq(conn)
-    while True:
-        batch = read_events(conn, position, batch_size)
+    while until is None or position < until:
+        limit = batch_size if until is None else min(batch_size, until - position)
+        batch = read_events(conn, position, limit)
         if not batch:
-            return position
+            break
         position = apply_events(conn, batch)
+    return position
 
 
-def rebuild(conn: sa.Connection, batch_size: int = 1000) -> int:
-    """Rebuild all projections from the log, in the caller's transaction."""
+def rebuild(conn: sa.Connection, batch_size: int = 1000, *, until: int | None = None) -> int:
+    """Rebuild all projections from the log (up to seq `until`, if given), in the caller's
+    transaction."""
     reset_projections(conn)
-    return catch_up(conn, batch_size)
+    return catch_up(conn, batch_size, until=until)

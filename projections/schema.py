@@ -64,4 +64,29 @@ projection_position = sa.Table(
     mysql_collate="utf8mb4_bin",
 )
 
+# How to take back what applying an event did, for the events whose inverse their payload
+# alone does not give (a session or an account ended: the rows it removed), so that a
+# truncated tail costs what it holds, not a rebuild of the whole log. Not a projection: each
+# replica's own bookkeeping, kept for the last UNDO_WINDOW applied events, never compared.
+projection_undo = sa.Table(
+    "projection_undo",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# One row, "horizon": undo information is complete for every applied event above this seq.
+projection_undo_state = sa.Table(
+    "projection_undo_state",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
 PROJECTION_TABLES = (accounts, sessions, messages)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -260,16 +261,21 @@ class Secondary(StreamControl):
             def truncating(effect: fx.Effect) -> bool:
                 if not isinstance(effect, fx.Truncate):
                     return local(effect)
+                started = time.monotonic()
                 with self._engine.begin() as conn:
+                    # The projections hold the tail's effects: take them back first, while
+                    # the tail is still in the log (undone event by event, or rebuilt).
+                    rolled = projections.roll_back(conn, effect.after_seq)
                     removed = eventlog.truncate_after(conn, effect.after_seq)
-                    # The projections held the removed events' effects: derive them again.
-                    projections.rebuild(conn)
                 log.warning(
-                    "replica %d: truncated %d divergent event(s) after seq %d (epoch %d tail)",
+                    "replica %d: truncated %d divergent event(s) after seq %d (epoch %d tail);"
+                    " projections %s in %.3fs",
                     self.index,
                     removed,
                     effect.after_seq,
                     own_last.epoch,
+                    rolled.value,
+                    time.monotonic() - started,
                 )
                 return True
 

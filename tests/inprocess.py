@@ -113,6 +113,7 @@ def reset_database(engine: sa.Engine) -> None:
             *eventlog.metadata.sorted_tables,
         ):
             conn.execute(table.delete())
+        projections.undo.reset(conn)
 
 
 @contextmanager

@@ -173,6 +173,8 @@ def test_deposed_primary_tail_is_truncated(cluster: ClusterProcesses) -> None:
     assert primary != old or new == old
     wait_converged(cluster)
     assert "truncated" in cluster.log_text(old)
+    # From its undo information, in time proportional to the tail: not a rebuild.
+    assert "projections undone event by event" in cluster.log_text(old)
     delivered = read_inbox(cluster, "dave")
     assert not [m for m in delivered if m.body.startswith("unacknowledged tail")]
     check_exactly_once(load.log, delivered)
