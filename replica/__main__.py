@@ -1,4 +1,7 @@
-"""python -m replica --index N [--config cluster.toml] [--db URL] [--data-dir DIR]"""
+"""python -m replica --index N [--config cluster.toml] [--db URL] [--data-dir DIR]
+
+python -m replica rebuild --until SEQ --into URL: the projections as they stood at SEQ, written
+into another database (see `python -m replica rebuild --help`)."""
 
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rebuild"]:
+        from replica.timetravel import main as rebuild_main
+
+        return rebuild_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
