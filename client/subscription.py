@@ -42,7 +42,7 @@ class Subscription:
         self, failover: Failover, session_token: str, *, reconnect_timeout: float | None
     ) -> None:
         self._failover = failover
-        self._request = chat_pb2.SubscribeRequest(session_token=session_token)
+        self._request = chat_pb2.SubscribeRequest(session_token=session_token, batches=True)
         self._reconnect_timeout = reconnect_timeout
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -78,9 +78,7 @@ class Subscription:
                 raise
             try:
                 for reply in replies:
-                    item = self._accept(reply)
-                    if item is not None:
-                        yield item
+                    yield from self._accept(reply)
             except grpc.RpcError as error:
                 if self._cancelled.is_set():
                     return
@@ -121,17 +119,24 @@ class Subscription:
             return stream, iter(())
         return stream, itertools.chain((first,), replies)
 
-    def _accept(self, reply: chat_pb2.SubscribeReply) -> SubscriptionItem | None:
+    def _accept(self, reply: chat_pb2.SubscribeReply) -> list[SubscriptionItem]:
+        """What to yield of a reply: its messages not yielded before (ids only grow), or the
+        CaughtUp marker."""
         kind = reply.WhichOneof("item")
+        if kind == "messages":
+            fresh = [m for m in reply.messages.messages if m.message_id > self._last_yielded_id]
+            if fresh:
+                self._last_yielded_id = fresh[-1].message_id
+            return list(fresh)
         if kind == "message":
             if reply.message.message_id <= self._last_yielded_id:
-                return None
+                return []
             self._last_yielded_id = reply.message.message_id
-            return reply.message
+            return [reply.message]
         if kind == "caught_up":
-            return reply.caught_up
+            return [reply.caught_up]
         logger.warning("ignoring a subscription item of unknown kind %r", kind)
-        return None
+        return []
 
 
 def _cancel(stream: _Stream) -> None:

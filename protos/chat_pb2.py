@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/chat.proto\x12\x07\x63hat.v1\"I\n\x0fRegisterRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"!\n\rRegisterReply\x12\x10\n\x08username\x18\x01 \x01(\t\"F\n\x0cLoginRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"P\n\nLoginReply\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x19\n\x11undelivered_count\x18\x03 \x01(\r\":\n\rLogoutRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\"\r\n\x0bLogoutReply\"M\n\x13ListAccountsRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"?\n\x11ListAccountsReply\x12\x11\n\tusernames\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x0bSendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\"\x1f\n\tSendReply\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\"g\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x17\n\x0fsent_at_unix_ms\x18\x05 \x01(\x03\")\n\x10SubscribeRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"\n\n\x08\x43\x61ughtUp\"e\n\x0eSubscribeReply\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x10.chat.v1.MessageH\x00\x12&\n\tcaught_up\x18\x02 \x01(\x0b\x32\x11.chat.v1.CaughtUpH\x00\x42\x06\n\x04item\"L\n\nAckRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x03 \x03(\x04\"\x1f\n\x08\x41\x63kReply\x12\x13\n\x0b\x61\x63ked_count\x18\x01 \x01(\r\"x\n\x0eHistoryRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x12\n\nother_user\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x14\n\x0cnewest_first\x18\x05 \x01(\x08\"K\n\x0cHistoryReply\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x14\x44\x65leteAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\x14\n\x12\x44\x65leteAccountReply\"\x16\n\x14\x43lusterStatusRequest\"\xbb\x01\n\rReplicaStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\x12\x13\n\x0b\x61pplied_seq\x18\x06 \x01(\x04\x12\x0b\n\x03lag\x18\x07 \x01(\x04\x12\x0f\n\x07in_sync\x18\x08 \x01(\x08\x12\x11\n\treachable\x18\t \x01(\x08\x12\x15\n\rknows_in_sync\x18\n \x01(\x08\"\x81\x01\n\x12\x43lusterStatusReply\x12\x13\n\x0b\x61nswered_by\x18\x01 \x01(\r\x12\x15\n\rprimary_index\x18\x02 \x01(\r\x12\x15\n\rprimary_known\x18\x03 \x01(\x08\x12(\n\x08replicas\x18\x04 \x03(\x0b\x32\x16.chat.v1.ReplicaStatus2\xf4\x04\n\x04\x43hat\x12<\n\x08Register\x12\x18.chat.v1.RegisterRequest\x1a\x16.chat.v1.RegisterReply\x12\x33\n\x05Login\x12\x15.chat.v1.LoginRequest\x1a\x13.chat.v1.LoginReply\x12\x36\n\x06Logout\x12\x16.chat.v1.LogoutRequest\x1a\x14.chat.v1.LogoutReply\x12H\n\x0cListAccounts\x12\x1c.chat.v1.ListAccountsRequest\x1a\x1a.chat.v1.ListAccountsReply\x12\x30\n\x04Send\x12\x14.chat.v1.SendRequest\x1a\x12.chat.v1.SendReply\x12\x41\n\tSubscribe\x12\x19.chat.v1.SubscribeRequest\x1a\x17.chat.v1.SubscribeReply0\x01\x12-\n\x03\x41\x63k\x12\x13.chat.v1.AckRequest\x1a\x11.chat.v1.AckReply\x12\x39\n\x07History\x12\x17.chat.v1.HistoryRequest\x1a\x15.chat.v1.HistoryReply\x12K\n\rDeleteAccount\x12\x1d.chat.v1.DeleteAccountRequest\x1a\x1b.chat.v1.DeleteAccountReply\x12K\n\rClusterStatus\x12\x1d.chat.v1.ClusterStatusRequest\x1a\x1b.chat.v1.ClusterStatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/chat.proto\x12\x07\x63hat.v1\"I\n\x0fRegisterRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"!\n\rRegisterReply\x12\x10\n\x08username\x18\x01 \x01(\t\"F\n\x0cLoginRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"P\n\nLoginReply\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x19\n\x11undelivered_count\x18\x03 \x01(\r\":\n\rLogoutRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\"\r\n\x0bLogoutReply\"M\n\x13ListAccountsRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"?\n\x11ListAccountsReply\x12\x11\n\tusernames\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x0bSendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\"\x1f\n\tSendReply\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\"g\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x17\n\x0fsent_at_unix_ms\x18\x05 \x01(\x03\":\n\x10SubscribeRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x02 \x01(\x08\"\n\n\x08\x43\x61ughtUp\"2\n\x0cMessageBatch\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.chat.v1.Message\"\x90\x01\n\x0eSubscribeReply\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x10.chat.v1.MessageH\x00\x12&\n\tcaught_up\x18\x02 \x01(\x0b\x32\x11.chat.v1.CaughtUpH\x00\x12)\n\x08messages\x18\x03 \x01(\x0b\x32\x15.chat.v1.MessageBatchH\x00\x42\x06\n\x04item\"L\n\nAckRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x03 \x03(\x04\"\x1f\n\x08\x41\x63kReply\x12\x13\n\x0b\x61\x63ked_count\x18\x01 \x01(\r\"x\n\x0eHistoryRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x12\n\nother_user\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x14\n\x0cnewest_first\x18\x05 \x01(\x08\"K\n\x0cHistoryReply\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x14\x44\x65leteAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\x14\n\x12\x44\x65leteAccountReply\"\x16\n\x14\x43lusterStatusRequest\"\xbb\x01\n\rReplicaStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\x12\x13\n\x0b\x61pplied_seq\x18\x06 \x01(\x04\x12\x0b\n\x03lag\x18\x07 \x01(\x04\x12\x0f\n\x07in_sync\x18\x08 \x01(\x08\x12\x11\n\treachable\x18\t \x01(\x08\x12\x15\n\rknows_in_sync\x18\n \x01(\x08\"\x81\x01\n\x12\x43lusterStatusReply\x12\x13\n\x0b\x61nswered_by\x18\x01 \x01(\r\x12\x15\n\rprimary_index\x18\x02 \x01(\r\x12\x15\n\rprimary_known\x18\x03 \x01(\x08\x12(\n\x08replicas\x18\x04 \x03(\x0b\x32\x16.chat.v1.ReplicaStatus2\xf4\x04\n\x04\x43hat\x12<\n\x08Register\x12\x18.chat.v1.RegisterRequest\x1a\x16.chat.v1.RegisterReply\x12\x33\n\x05Login\x12\x15.chat.v1.LoginRequest\x1a\x13.chat.v1.LoginReply\x12\x36\n\x06Logout\x12\x16.chat.v1.LogoutRequest\x1a\x14.chat.v1.LogoutReply\x12H\n\x0cListAccounts\x12\x1c.chat.v1.ListAccountsRequest\x1a\x1a.chat.v1.ListAccountsReply\x12\x30\n\x04Send\x12\x14.chat.v1.SendRequest\x1a\x12.chat.v1.SendReply\x12\x41\n\tSubscribe\x12\x19.chat.v1.SubscribeRequest\x1a\x17.chat.v1.SubscribeReply0\x01\x12-\n\x03\x41\x63k\x12\x13.chat.v1.AckRequest\x1a\x11.chat.v1.AckReply\x12\x39\n\x07History\x12\x17.chat.v1.HistoryRequest\x1a\x15.chat.v1.HistoryReply\x12K\n\rDeleteAccount\x12\x1d.chat.v1.DeleteAccountRequest\x1a\x1b.chat.v1.DeleteAccountReply\x12K\n\rClusterStatus\x12\x1d.chat.v1.ClusterStatusRequest\x1a\x1b.chat.v1.ClusterStatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,29 +54,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE']._serialized_start=637
   _globals['_MESSAGE']._serialized_end=740
   _globals['_SUBSCRIBEREQUEST']._serialized_start=742
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=783
-  _globals['_CAUGHTUP']._serialized_start=785
-  _globals['_CAUGHTUP']._serialized_end=795
-  _globals['_SUBSCRIBEREPLY']._serialized_start=797
-  _globals['_SUBSCRIBEREPLY']._serialized_end=898
-  _globals['_ACKREQUEST']._serialized_start=900
-  _globals['_ACKREQUEST']._serialized_end=976
-  _globals['_ACKREPLY']._serialized_start=978
-  _globals['_ACKREPLY']._serialized_end=1009
-  _globals['_HISTORYREQUEST']._serialized_start=1011
-  _globals['_HISTORYREQUEST']._serialized_end=1131
-  _globals['_HISTORYREPLY']._serialized_start=1133
-  _globals['_HISTORYREPLY']._serialized_end=1208
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1210
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1293
-  _globals['_DELETEACCOUNTREPLY']._serialized_start=1295
-  _globals['_DELETEACCOUNTREPLY']._serialized_end=1315
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1317
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1339
-  _globals['_REPLICASTATUS']._serialized_start=1342
-  _globals['_REPLICASTATUS']._serialized_end=1529
-  _globals['_CLUSTERSTATUSREPLY']._serialized_start=1532
-  _globals['_CLUSTERSTATUSREPLY']._serialized_end=1661
-  _globals['_CHAT']._serialized_start=1664
-  _globals['_CHAT']._serialized_end=2292
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=800
+  _globals['_CAUGHTUP']._serialized_start=802
+  _globals['_CAUGHTUP']._serialized_end=812
+  _globals['_MESSAGEBATCH']._serialized_start=814
+  _globals['_MESSAGEBATCH']._serialized_end=864
+  _globals['_SUBSCRIBEREPLY']._serialized_start=867
+  _globals['_SUBSCRIBEREPLY']._serialized_end=1011
+  _globals['_ACKREQUEST']._serialized_start=1013
+  _globals['_ACKREQUEST']._serialized_end=1089
+  _globals['_ACKREPLY']._serialized_start=1091
+  _globals['_ACKREPLY']._serialized_end=1122
+  _globals['_HISTORYREQUEST']._serialized_start=1124
+  _globals['_HISTORYREQUEST']._serialized_end=1244
+  _globals['_HISTORYREPLY']._serialized_start=1246
+  _globals['_HISTORYREPLY']._serialized_end=1321
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1323
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1406
+  _globals['_DELETEACCOUNTREPLY']._serialized_start=1408
+  _globals['_DELETEACCOUNTREPLY']._serialized_end=1428
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1430
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1452
+  _globals['_REPLICASTATUS']._serialized_start=1455
+  _globals['_REPLICASTATUS']._serialized_end=1642
+  _globals['_CLUSTERSTATUSREPLY']._serialized_start=1645
+  _globals['_CLUSTERSTATUSREPLY']._serialized_end=1774
+  _globals['_CHAT']._serialized_start=1777
+  _globals['_CHAT']._serialized_end=2405
 # @@protoc_insertion_point(module_scope)

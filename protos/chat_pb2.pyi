@@ -105,22 +105,32 @@ class Message(_message.Message):
     def __init__(self, message_id: _Optional[int] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., body: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("session_token",)
+    __slots__ = ("session_token", "batches")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
     session_token: str
-    def __init__(self, session_token: _Optional[str] = ...) -> None: ...
+    batches: bool
+    def __init__(self, session_token: _Optional[str] = ..., batches: _Optional[bool] = ...) -> None: ...
 
 class CaughtUp(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class MessageBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
+
 class SubscribeReply(_message.Message):
-    __slots__ = ("message", "caught_up")
+    __slots__ = ("message", "caught_up", "messages")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     message: Message
     caught_up: CaughtUp
-    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ...) -> None: ...
+    messages: MessageBatch
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ..., messages: _Optional[_Union[MessageBatch, _Mapping]] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("request_id", "session_token", "message_ids")

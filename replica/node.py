@@ -224,7 +224,7 @@ class ReplicaNode:
                 log.info("replica %d: %s", self.index, self._starting)
         took = time.monotonic() - started
         log.info(
-            "replica %d: replayed %d events in %.1fs (%.0f events/s)",
+            "replica %d: replayed %d events in %.3fs (%.0f events/s)",
             self.index,
             position - applied,
             took,

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
 _BACKLOG_BATCH = 100
+# A client that reads batches gets each page as one reply: bodies are at most 4 KiB, so a
+# page stays near 1 MiB, well under gRPC's 4 MiB message limit.
+_BACKLOG_BATCH_BATCHED = 256
 
 _STATUS: dict[type[errors.ChatError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -253,24 +256,34 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             )
         try:
             with self._notifier.watching(account.account_id):
-                yield from self._deliver(account.account_id, request.session_token, context)
+                yield from self._deliver(
+                    account.account_id, request.session_token, context, request.batches
+                )
         except errors.ChatError as exc:
             abort_with(context, exc)
         finally:
             self._subscriptions.release()
 
     def _deliver(
-        self, account_id: int, token: str, context: grpc.ServicerContext
+        self, account_id: int, token: str, context: grpc.ServicerContext, batches: bool
     ) -> Iterator[chat_pb2.SubscribeReply]:
         last_id = 0
         caught_up = False
+        page = _BACKLOG_BATCH_BATCHED if batches else _BACKLOG_BATCH
         while context.is_active() and not self._stopping.is_set():
             version = self._notifier.version(account_id)
-            batch = self._service.undelivered(account_id, last_id, _BACKLOG_BATCH)
-            for m in batch:
-                yield chat_pb2.SubscribeReply(message=_message(m))
-                last_id = m.message_id
-            if len(batch) == _BACKLOG_BATCH:
+            batch = self._service.undelivered(account_id, last_id, page)
+            if batch and batches:
+                # One reply per page: per-message replies cost a thread hand-off each.
+                yield chat_pb2.SubscribeReply(
+                    messages=chat_pb2.MessageBatch(messages=[_message(m) for m in batch])
+                )
+                last_id = batch[-1].message_id
+            else:
+                for m in batch:
+                    yield chat_pb2.SubscribeReply(message=_message(m))
+                    last_id = m.message_id
+            if len(batch) == page:
                 continue
             if not caught_up:
                 caught_up = True

@@ -48,6 +48,12 @@ def message(message_id: int, sender: str = "alice", body: str = "hi") -> chat_pb
     )
 
 
+def batch(*message_ids: int) -> chat_pb2.SubscribeReply:
+    return chat_pb2.SubscribeReply(
+        messages=chat_pb2.MessageBatch(messages=[message(i).message for i in message_ids])
+    )
+
+
 CAUGHT_UP = chat_pb2.SubscribeReply(caught_up=chat_pb2.CaughtUp())
 
 

@@ -14,6 +14,7 @@ from tests.client.chat_fakes import (
     FakeReplica,
     FakeTime,
     answer,
+    batch,
     fail,
     message,
     stop_replica,
@@ -254,6 +255,27 @@ def test_subscription_survives_failover_without_duplicates(
     assert [getattr(item, "message_id", "caught up") for item in items] == [1, 2, 3, "caught up"]
     assert list(subscription) == []
     assert r1.requests("Subscribe")[0].session_token == "token-1"
+
+
+def test_a_batched_subscription_survives_failover_without_duplicates(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    """A batch that overlaps what was yielded before the failover yields only what is new."""
+    r0, r1, _ = replicas
+    client = logged_in(make_client([r0.address, r1.address], fake_time), r0)
+    r0.script(
+        "Subscribe",
+        stream(batch(1, 2), then=fail(grpc.StatusCode.UNAVAILABLE, "shutting down")),
+        fail(grpc.StatusCode.FAILED_PRECONDITION, primary=r1.address),
+    )
+    r1.script("Subscribe", stream(batch(1, 2, 3), batch(4), CAUGHT_UP))
+    subscription = client.subscribe()
+
+    items = [next(subscription) for _ in range(5)]
+    subscription.cancel()
+
+    assert [getattr(item, "message_id", "caught up") for item in items] == [1, 2, 3, 4, "caught up"]
+    assert all(r.batches for r in r0.requests("Subscribe") + r1.requests("Subscribe"))
 
 
 def test_subscription_moves_on_when_its_replica_goes_down(

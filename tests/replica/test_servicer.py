@@ -156,3 +156,35 @@ def test_subscriptions_beyond_the_cap_are_resource_exhausted(engine: sa.Engine) 
                 stream.cancel()
 
         wait_until(subscribed, 10, "a subscription slot to come back")
+
+
+def test_a_client_that_reads_batches_gets_the_backlog_a_page_per_reply(engine: sa.Engine) -> None:
+    """Same messages, same order, in far fewer replies; a client that did not ask for batches
+    (an older one) still gets one message per reply."""
+    replica = InProcessReplica.start(engine)
+    chat = replica.service
+    chat.register("r-1", "alice", "pw")
+    chat.register("r-2", "bob", "pw")
+    alice = chat.login("l-1", "alice", "pw").session_token
+    bob = chat.login("l-2", "bob", "pw").session_token
+    sent = [chat.send(f"s-{i}", alice, "bob", f"m{i}") for i in range(600)]
+    with serve_grpc(replica, recheck_interval=60) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        for batches in (True, False):
+            request = chat_pb2.SubscribeRequest(session_token=bob, batches=batches)
+            stream = stub.Subscribe(request, timeout=20)
+            replies = []
+            for reply in stream:
+                replies.append(reply)
+                if reply.WhichOneof("item") == "caught_up":
+                    break
+            stream.cancel()
+            kinds = {r.WhichOneof("item") for r in replies[:-1]}
+            got = [
+                m.message_id
+                for r in replies[:-1]
+                for m in (r.messages.messages if batches else [r.message])
+            ]
+            assert got == sent
+            assert kinds == {"messages" if batches else "message"}
+            assert len(replies) - 1 == (3 if batches else 600)  # pages of 256
