@@ -25,7 +25,7 @@ from bench.databases import BACKENDS, mysql_version
 from bench.machine import REPO_ROOT, load_average, machine_info
 from bench.report import format_table, write_json
 from bench.results import Results
-from bench.runner import PHASES, Options, Runner
+from bench.runner import DEFAULT_PHASES, PHASES, Options, Runner
 from bench.sizes import FULL, SMOKE
 
 DEFAULT_MYSQL_URL = "mysql+mysqlconnector://root@127.0.0.1:3306"
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="PHASE",
         help=f"run only these phases (repeat or comma-separate): {', '.join(PHASES)}; "
-        "the baselines always run",
+        "the baselines always run; without it: all but scale (smoke runs: all)",
     )
     parser.add_argument(
         "--mysql-url",
@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="events the lagging replica misses (default 100,000; smoke 300)",
     )
+    parser.add_argument(
+        "--scale-sizes",
+        metavar="SMALL,LARGE",
+        help="accounts and messages of the scale phase's two datasets (default 100000,1000000)",
+    )
     parser.add_argument("--table", type=Path, metavar="JSON", help="print a saved run's table")
     parser.add_argument("--markdown", action="store_true", help="with --table: as Markdown")
     args = parser.parse_args(argv)
@@ -69,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = phases - set(PHASES)
     if unknown:
         parser.error(f"unknown phase(s) {', '.join(sorted(unknown))}; known: {', '.join(PHASES)}")
-    args.phases = frozenset(phases or PHASES)
+    args.phases = frozenset(phases or (PHASES if args.smoke else DEFAULT_PHASES))
     host = make_url(args.mysql_url).host or "localhost"
     if host not in LOOPBACK_HOSTS:
         parser.error(f"--mysql-url must point at a loopback address, not {host!r}")
@@ -99,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
             print("--catchup-missing must be at least 10", file=sys.stderr)
             return 2
         sizes = replace(sizes, catchup_missing=args.catchup_missing)
+    if args.scale_sizes:
+        try:
+            small, large = (int(v) for v in args.scale_sizes.split(","))
+        except ValueError:
+            print("--scale-sizes takes two numbers: SMALL,LARGE", file=sys.stderr)
+            return 2
+        if not 200 <= small < large:
+            print("--scale-sizes needs 200 <= SMALL < LARGE", file=sys.stderr)
+            return 2
+        sizes = replace(sizes, scale_sizes=(small, large))
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

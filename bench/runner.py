@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import catchup, failover, latency, throughput, users
+from bench import catchup, failover, latency, scale, throughput, users
 from bench.baselines import Rate, commit_rate, grpc_noop_rate
 from bench.cluster import REPLICAS, BenchCluster
 from bench.databases import Databases
@@ -19,7 +19,10 @@ from bench.sizes import Sizes
 from bench.stats import percentile
 from client.library import ChatClient
 
-PHASES = ("throughput", "latency", "failover", "catchup")
+PHASES = ("throughput", "latency", "failover", "catchup", "scale")
+# A full run leaves out the scale phase unless asked for (`--only scale`): its 10^6 datasets
+# take about ten minutes per backend. Smoke runs do everything.
+DEFAULT_PHASES = ("throughput", "latency", "failover", "catchup")
 SETUP_TIMEOUT = 60.0
 FAILOVER_TIMEOUT = 30.0
 MB = 1e6
@@ -33,6 +36,12 @@ CATCHUP_TARGET = Target(">=", 20_000)
 LATENCY_P50_TARGET = Target("<=", 5)
 LATENCY_P99_TARGET = Target("<=", 25)
 RSS_TARGET = Target("<=", 150)
+SCALE_PAGE_TARGET = Target("<=", 5)  # ms: any history page
+SCALE_PREFIX_TARGET = Target("<=", 2)  # ms: ListAccounts by a literal prefix
+SCALE_HISTORY_TARGET = Target("<=", 60)  # s: a whole history
+SCALE_DRAIN_TARGET = Target(">=", 30_000)  # messages/s: a Subscribe's backlog
+SCALE_REPAIR_TARGET = Target("<=", 2000)  # ms: 5 divergent events taken back
+SCALE_REPLAY_TARGET = {"sqlite": Target(">=", 50_000), "mysql": Target(">=", 25_000)}
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,9 @@ class Runner:
                 if "catchup" in self.options.phases:
                     with self._phase(backend, "catchup"):
                         self._catchup(backend, databases)
+                if "scale" in self.options.phases:
+                    with self._phase(backend, "scale"):
+                        self._scale(backend, databases)
             finally:
                 databases.cleanup()
 
@@ -456,6 +468,118 @@ class Runner:
                 "roles": {str(i): role for i, role in roles.items()},
             },
             note="VmHWM " + ", ".join(f"{roles[i]} {mb:.0f}" for i, mb in peak.items()) + " MB",
+        )
+
+    # -- scale -----------------------------------------------------------------------------
+
+    def _scale(self, backend: str, databases: Databases) -> None:
+        small, large = self.sizes.scale_sizes
+        runs = [
+            scale.run_size(
+                databases,
+                size,
+                self.options.work_dir / f"scale-{backend}-{size}",
+                lambda text: self.say(f"[{backend}] {text}"),
+            )
+            for size in (small, large)
+        ]
+        for run in runs:
+            self._scale_figures(backend, run, runs[0])
+
+    def _scale_figures(self, backend: str, run: scale.ScaleRun, small: scale.ScaleRun) -> None:
+        """Each figure at the small size beside its same-run baseline; at the large size beside
+        the same figure at the small size: the ratio is the growth ratio."""
+        n = run.size
+        grows = run is not small
+        details: dict[str, object] = {"accounts": n, "messages": n, "log_events": run.events}
+        noop = f"grpc_noop.{backend}"
+
+        def figure(
+            what: str,
+            title: str,
+            value: float,
+            unit: str,
+            baseline: str,
+            baseline_value: float | None = None,
+            target: Target | None = None,
+            note: str = "",
+        ) -> None:
+            key = f"scale_{what}.{backend}"
+            if grows:
+                baseline, baseline_value = f"{key}.n_{small.size}", None
+                small_value = self.results.value(baseline)
+                if small_value:
+                    note = (note + "; " if note else "") + f"growth {value / small_value:.2f}x"
+            self.results.compared(
+                f"{key}.n_{n}",
+                f"{title}, {n:,} accounts + messages",
+                backend,
+                value,
+                unit,
+                baseline,
+                baseline_value=baseline_value,
+                baseline_title=None if grows or baseline_value is None else "a no-op gRPC call",
+                baseline_unit=None if grows or baseline_value is None else unit,
+                target=target,
+                details=details,
+                note=note,
+            )
+
+        noop_ms = self.results.value(noop)
+        noop_ms = 1000 / noop_ms if noop_ms else None
+        figure(
+            "replay_rate",
+            "start-up replay of the whole log",
+            run.replay_rate,
+            "events/s",
+            f"commit_batched.{backend}",
+            target=SCALE_REPLAY_TARGET.get(backend),
+            note=f"{run.replay_events:,} events in {run.replay_s:.2f} s, VmHWM "
+            f"{run.replay_rss_mb:.0f} MB",
+        )
+        figure(
+            "replay_rss",
+            "replica peak RSS after that replay",
+            run.replay_rss_mb,
+            "MB",
+            f"replica_idle_rss.{backend}",
+            target=RSS_TARGET,
+        )
+        for what, title, target in (
+            ("history_newest", "first history page (100), newest first", SCALE_PAGE_TARGET),
+            ("history_oldest", "first history page (100), oldest first", SCALE_PAGE_TARGET),
+            ("list_prefix", f"ListAccounts {scale.PREFIX!r} (10 matches)", SCALE_PREFIX_TARGET),
+            ("list_substring", f"ListAccounts {scale.SUBSTRING!r} (a scan)", None),
+            ("login", f"login with {n:,} unread (shows {run.unread_shown:,})", None),
+        ):
+            figure(what, title, run.ms[what], "ms", noop, noop_ms, target)
+        figure(
+            "history_all",
+            "whole history read, page by page",
+            run.history_s,
+            "s",
+            noop,
+            noop_ms and noop_ms / 1000,
+            SCALE_HISTORY_TARGET,
+            note=f"{run.history_rate:,.0f} messages/s",
+        )
+        figure(
+            "drain_rate",
+            "Subscribe draining the whole backlog",
+            run.drain_rate,
+            "messages/s",
+            f"commit_batched.{backend}",
+            target=SCALE_DRAIN_TARGET,
+        )
+        figure(
+            "repair",
+            f"{scale.TAIL} divergent events taken back and truncated",
+            run.repair_ms,
+            "ms",
+            noop,
+            noop_ms,
+            SCALE_REPAIR_TARGET,
+            note=f"projections {run.repair_how}",
         )
 
 

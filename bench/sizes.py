@@ -24,6 +24,7 @@ class Sizes:
     catchup_missing: int  # events the lagging replica lacks
     catchup_log_multiples: tuple[int, ...]  # log size = multiple x missing
     seed_batch: int  # events per transaction when writing a log directly
+    scale_sizes: tuple[int, int]  # accounts and messages of the scale phase's two datasets
 
     @property
     def max_senders(self) -> int:
@@ -45,6 +46,7 @@ FULL = Sizes(
     catchup_missing=100_000,
     catchup_log_multiples=(1, 3),
     seed_batch=5_000,
+    scale_sizes=(100_000, 1_000_000),
 )
 
 SMOKE = Sizes(
@@ -62,4 +64,5 @@ SMOKE = Sizes(
     catchup_missing=300,
     catchup_log_multiples=(1, 3),
     seed_batch=200,
+    scale_sizes=(200, 2_000),
 )
