@@ -79,6 +79,22 @@ def _expected_figures(backend: str) -> list[str]:
         for what in ("rate", "peak_rss")
         for multiple in (1, 3)
     ]
+    keys += [
+        f"scale_{what}.{backend}.n_{n}"
+        for what in (
+            "replay_rate",
+            "replay_rss",
+            "history_newest",
+            "history_oldest",
+            "list_prefix",
+            "list_substring",
+            "login",
+            "history_all",
+            "drain_rate",
+            "repair",
+        )
+        for n in (200, 2000)
+    ]
     return keys
 
 
@@ -128,5 +144,8 @@ def test_smoke_run_reports_every_figure(backend: str, tmp_path: Path) -> None:
         if figure["target"] is not None:
             assert isinstance(figure["passed"], bool), key
     for key in _expected_figures(backend):
-        if key.startswith(("send_throughput", "delivery", "failover", "catchup")):
+        if key.startswith(("send_throughput", "delivery", "failover", "catchup", "scale")):
             assert figures[key]["baseline"] is not None, key
+    # The repair took the tail back from undo information, not by a rebuild.
+    for n in (200, 2000):
+        assert "projections undone" in figures[f"scale_repair.{backend}.n_{n}"]["note"]

@@ -9,13 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import eventlog
+from bench import scale
 from projections import EventTypes
-from replica.database import make_engine
+from replica.database import make_engine, upgrade_schema
 from tests.integration.cluster_checks import (
     db_url,
     replica_state,
@@ -199,3 +201,24 @@ def test_send_survives_a_primary_kill(
         assert "after the kill" in ok(run_cli(cluster, "read", "--user", "gina"))
     finally:
         cluster.start(primary)
+
+
+def test_thousands_of_messages_read_and_history_in_one_run(
+    cluster_processes: Callable[..., ClusterProcesses], tmp_path: Path
+) -> None:
+    """A backlog of 2,500 (more than one ack request takes) clears in one `read`, and a
+    2,500-message history prints whole, in order, page after page."""
+    url = f"sqlite:///{tmp_path / 'seeded.db'}"
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    scale.seed(engine, 2500)  # 2,502 accounts, then 2,500 messages to RECIPIENT
+    engine.dispose()
+    single = cluster_processes(1, db_urls=[url])
+    single.start_all()
+    me = ["--user", scale.RECIPIENT]
+    history = ok(run_cli(single, "history", *me, "--with", scale.SENDER, password=scale.PASSWORD))
+    ids = [int(line.split("\t")[0]) for line in history.splitlines()]
+    assert ids == list(range(2503, 2503 + 2500))
+    read = ok(run_cli(single, "read", *me, password=scale.PASSWORD)).splitlines()
+    assert [int(line.split("\t")[0]) for line in read] == ids
+    assert ok(run_cli(single, "read", *me, password=scale.PASSWORD)) == "", "delivered again"
