@@ -16,17 +16,43 @@ from types import FrameType
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from replica.config import ConfigError, ReplicaSettings, default_db_url, load_cluster_config
+from replica.config import (
+    ConfigError,
+    ReplicaSettings,
+    default_db_url,
+    load_cluster_config,
+    parse_host_port,
+)
 from replica.database import SchemaError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m replica", description=__doc__)
-    parser.add_argument("--index", type=int, default=int(os.environ.get("CHAT_INDEX", "0")))
+    parser.add_argument(
+        "--index",
+        type=int,
+        default=int(os.environ.get("CHAT_INDEX", "0")),
+        help="which [[replicas]] entry of the config this process is (default 0)",
+    )
     parser.add_argument("--config", default=os.environ.get("CHAT_CONFIG"), help="cluster TOML file")
     parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in --data-dir)")
-    parser.add_argument("--data-dir", default=os.environ.get("CHAT_DATA_DIR", "data"))
-    parser.add_argument("--log-level", default=os.environ.get("CHAT_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("CHAT_DATA_DIR", "data"),
+        help="where the SQLite database and the generated cluster secret live (default: data)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("CHAT_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO (default), WARNING or ERROR",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("CHAT_METRICS_ADDRESS"),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: the replica's"
+        " metrics_address in the config, if any)",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             or me.db
             or default_db_url(args.index, data_dir)
         )
-        settings = ReplicaSettings(args.index, cluster, db_url, data_dir)
+        if args.metrics_address:
+            parse_host_port(args.metrics_address, "--metrics-address")
+        settings = ReplicaSettings(args.index, cluster, db_url, data_dir, args.metrics_address)
         from replica.node import ReplicaNode  # imported late: grpc start-up is slow
 
         node = ReplicaNode(settings)

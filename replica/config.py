@@ -14,6 +14,7 @@ index = 0
 address = "127.0.0.1:50051"
 peer_address = "127.0.0.1:50061"     # optional (required with [tls]): where replicas reach it
 db = "sqlite:///data/replica-0.db"   # optional
+metrics_address = "127.0.0.1:9101"   # optional: Prometheus metrics at http://H:P/metrics
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class ReplicaAddress:
     db: str | None = None
     peer_address: str | None = None
     """A second port for replica-to-replica calls; with TLS it requires a client certificate."""
+    metrics_address: str | None = None
+    """Where this replica serves its Prometheus metrics (HTTP, /metrics); None: nowhere."""
 
     @property
     def replication_address(self) -> str:
@@ -68,9 +71,9 @@ TLS_ENV = {name: f"CHAT_TLS_{name.upper()}" for name in TLS_FILE_SETTINGS}
 
 
 DEFAULT_REPLICAS = (
-    ReplicaAddress(0, "127.0.0.1:50051"),
-    ReplicaAddress(1, "127.0.0.1:50052"),
-    ReplicaAddress(2, "127.0.0.1:50053"),
+    ReplicaAddress(0, "127.0.0.1:50051", metrics_address="127.0.0.1:9101"),
+    ReplicaAddress(1, "127.0.0.1:50052", metrics_address="127.0.0.1:9102"),
+    ReplicaAddress(2, "127.0.0.1:50053", metrics_address="127.0.0.1:9103"),
 )
 
 
@@ -184,12 +187,17 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
             if "index" not in entry or "address" not in entry:
                 raise ConfigError(f"{source}: every [[replicas]] entry needs index and address")
             peer_address = entry.get("peer_address")
+            metrics_address = entry.get("metrics_address")
+            if metrics_address is not None:
+                metrics_address = str(metrics_address)
+                parse_host_port(metrics_address, f"{source}: metrics_address")
             parsed.append(
                 ReplicaAddress(
                     _int(entry["index"], "index"),
                     str(entry["address"]),
                     entry.get("db"),
                     None if peer_address is None else str(peer_address),
+                    metrics_address,
                 )
             )
         if len({r.index for r in parsed}) != len(parsed):
@@ -201,6 +209,14 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
     if config.max_sessions_per_account < 1:
         raise ConfigError(f"{source}: max_sessions_per_account must be at least 1")
     return config
+
+
+def parse_host_port(address: str, what: str) -> tuple[str, int]:
+    """("127.0.0.1", 9101) from "127.0.0.1:9101" (or "[::1]:9101")."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be HOST:PORT, not {address!r}")
+    return host.strip("[]"), int(port)
 
 
 def _tls_from_table(table: Any, source: str) -> TlsConfig:
@@ -249,10 +265,15 @@ class ReplicaSettings:
     cluster: ClusterConfig
     db_url: str
     data_dir: Path
+    metrics_override: str | None = None  # --metrics-address
 
     @property
     def me(self) -> ReplicaAddress:
         return self.cluster.replica(self.index)
+
+    @property
+    def metrics_address(self) -> str | None:
+        return self.metrics_override or self.me.metrics_address
 
 
 def default_db_url(index: int, data_dir: Path) -> str:

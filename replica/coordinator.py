@@ -94,6 +94,7 @@ class Coordinator:
         self._stream_control: StreamControl | None = None
         self._senders = threading.Condition()
         self._sender_wakeups = 0
+        self._effect_observers: list[Callable[[fx.Effect], None]] = []
         self._stop = threading.Event()
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -154,8 +155,14 @@ class Coordinator:
         core is told of those that will now not happen, and the error propagates."""
         self.carry_out(self.step(event), local)
 
+    def add_effect_observer(self, observer: Callable[[fx.Effect], None]) -> None:
+        """`observer` sees every effect the core decides, as it is carried out (metrics)."""
+        self._effect_observers.append(observer)
+
     def carry_out(self, effects: Sequence[fx.Effect], local: LocalEffects | None = None) -> None:
         for position, effect in enumerate(effects):
+            for observe in self._effect_observers:
+                observe(effect)
             try:
                 if local is None or not local(effect):
                     self._carry_out(effect)

@@ -11,6 +11,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 import eventlog
 import projections
@@ -23,9 +24,11 @@ from replica.commit import CommitTracker
 from replica.config import ReplicaSettings, resolve_cluster_secret
 from replica.coordinator import Coordinator
 from replica.database import make_engine, upgrade_schema
+from replica.metrics import MetricsInterceptor, ReplicaMetrics, gauge
 from replica.notifier import InboxNotifier
 from replica.peers import Peers
 from replica.primary import PrimaryStreams
+from replica.protocol import Role
 from replica.replication_service import ReplicationServicer
 from replica.role import RoleState
 from replica.secondary import Secondary
@@ -102,6 +105,8 @@ class ReplicaNode:
             max_subscriptions=cluster.max_subscriptions,
         )
         self.replication_servicer = ReplicationServicer(self.coordinator, self.primary_streams)
+        self.metrics = ReplicaMetrics(self.index)
+        self._wire_metrics()
         self._secret = secret
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
@@ -123,6 +128,7 @@ class ReplicaNode:
             options=SERVER_OPTIONS,
             maximum_concurrent_rpcs=cluster.max_subscriptions + 1000,
             interceptors=[
+                MetricsInterceptor(self.metrics, f"/{CHAT_SERVICE_NAME}/Send"),
                 ClusterSecretInterceptor(
                     self._secret,
                     f"/{REPLICATION_SERVICE_NAME}/",
@@ -146,6 +152,8 @@ class ReplicaNode:
             server,
         )
         me = self.settings.me
+        if self.settings.metrics_address is not None:
+            self.metrics.serve(self.settings.metrics_address)
         for address in me.listen_addresses:
             if self._add_port(server, address, is_peer_port=address == me.peer_address) == 0:
                 raise OSError(f"cannot listen on {address}")
@@ -187,8 +195,87 @@ class ReplicaNode:
         if self._server is not None:
             self._server.stop(grace).wait()
         self.peers.close()
+        self.metrics.stop()
         self.engine.dispose()
         log.info("replica %d: stopped", self.index)
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def _wire_metrics(self) -> None:
+        m = self.metrics
+        self.coordinator.add_effect_observer(m.observe_effect)
+        write_errors = m.database_errors.labels("write")
+        store_errors = m.database_errors.labels("replicate")
+        self.writer.on_database_error = write_errors.inc
+        self.secondary.on_database_error = store_errors.inc
+        self.servicer.on_delivered = m.delivery_seconds.observe
+        m.add_state(self._state_metrics)
+
+    def _state_metrics(self) -> list[Metric]:
+        """Gauges read at each scrape: this replica's state and, on the primary, each
+        secondary's lag and in-sync flag (the views ClusterStatus gives)."""
+        snap = self.role.snapshot
+        role = GaugeMetricFamily("chat_role", "1 for this replica's current role.", labels=["role"])
+        for name in Role:
+            role.add_metric([name.value], 1.0 if snap.role is name else 0.0)
+        out: list[Metric] = [
+            role,
+            gauge(
+                "chat_epoch",
+                "The highest epoch this replica has seen.",
+                self.coordinator.current_epoch,
+            ),
+            gauge(
+                "chat_committed_seq",
+                "The commit point this replica knows.",
+                self.commits.committed_seq,
+            ),
+            gauge(
+                "chat_open_subscriptions",
+                "Subscribe streams open on this replica.",
+                self.servicer.open_subscriptions,
+            ),
+        ]
+        if not self._ready.is_set():
+            return out
+        view = self.cluster_view()
+        me = next(r for r in view.replicas if r.index == self.index)
+        out.append(
+            gauge("chat_last_seq", "The seq of this replica's last logged event.", me.last_seq)
+        )
+        out.append(
+            gauge("chat_applied_seq", "The last seq applied to its projections.", me.applied_seq)
+        )
+        lag = GaugeMetricFamily(
+            "chat_replica_lag_events",
+            "Events a replica's log lacks behind the primary's (as this replica sees it).",
+            labels=["replica"],
+        )
+        in_sync = GaugeMetricFamily(
+            "chat_replica_in_sync",
+            "1 if the primary counts the replica in its in-sync set (as this replica sees it).",
+            labels=["replica"],
+        )
+        reachable = GaugeMetricFamily(
+            "chat_replica_reachable",
+            "1 if the replica answered this one's last probe.",
+            labels=["replica"],
+        )
+        # The primary knows each secondary's acked position exactly; the others, as of the
+        # last probe of the primary.
+        members = {}
+        if snap.role is Role.PRIMARY:
+            members = {p.index: p for p in self.coordinator.probe_reply().secondaries}
+        for r in view.replicas:
+            member = members.get(r.index)
+            behind = r.lag if member is None else member.lag
+            lag.add_metric([str(r.index)], float(behind))
+            in_sync.add_metric([str(r.index)], 1.0 if r.in_sync else 0.0)
+            reachable.add_metric([str(r.index)], 1.0 if r.reachable else 0.0)
+        out += [lag, in_sync, reachable]
+        known = 0.0 if view.primary_index is None else 1.0
+        out.append(gauge("chat_has_primary", "1 if this replica knows a live primary.", known))
+        return out
 
     # -- state ---------------------------------------------------------------------------
 

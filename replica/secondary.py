@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -97,6 +97,7 @@ class Secondary(StreamControl):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage = StorageOutageLog(log, index, "replication", clock=coordinator.clock)
+        self.on_database_error: Callable[[], None] | None = None  # metrics
         coordinator.attach_stream_control(self)
 
     # -- StreamControl (called by the coordinator, from any thread) ------------------------
@@ -300,6 +301,8 @@ class Secondary(StreamControl):
                 try:
                     stored.append(self._store(batch))
                 except sa.exc.DBAPIError as exc:
+                    if self.on_database_error is not None:
+                        self.on_database_error()
                     self._coordinator.run(ins.StoreFailed(stream_id, str(exc.orig)))
                     raise
                 return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -158,6 +159,14 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         self._max_subscriptions = max_subscriptions
         self._recheck_interval = recheck_interval
         self._stopping = threading.Event()
+        self._open = 0
+        self._open_lock = threading.Lock()
+        # Called with the seconds from a message's sent_at to its push, for live messages.
+        self.on_delivered: Callable[[float], None] | None = None
+
+    @property
+    def open_subscriptions(self) -> int:
+        return self._open
 
     def stop(self) -> None:
         self._stopping.set()
@@ -254,6 +263,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
                     "retry later"
                 ),
             )
+        with self._open_lock:
+            self._open += 1
         try:
             with self._notifier.watching(account.account_id):
                 yield from self._deliver(
@@ -262,6 +273,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         except errors.ChatError as exc:
             abort_with(context, exc)
         finally:
+            with self._open_lock:
+                self._open -= 1
             self._subscriptions.release()
 
     def _deliver(
@@ -273,6 +286,10 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         while context.is_active() and not self._stopping.is_set():
             version = self._notifier.version(account_id)
             batch = self._service.undelivered(account_id, last_id, page)
+            if caught_up and batch and self.on_delivered is not None:
+                now = time.time()
+                for m in batch:  # live, not a backlog: how long since it was committed
+                    self.on_delivered(max(0.0, now - sent_at_unix_ms(m.sent_at) / 1000))
             if batch and batches:
                 # One reply per page: per-message replies cost a thread hand-off each.
                 yield chat_pb2.SubscribeReply(

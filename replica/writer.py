@@ -74,6 +74,7 @@ class LogWriter:
         self._role = role
         self._commits = commits
         self._clock = clock
+        self.on_database_error: Callable[[], None] | None = None  # metrics
         self._commit_timeout = commit_timeout
         self._admission = admission  # raises when writes must be refused (too few in sync)
         self._lock = threading.Lock()
@@ -154,6 +155,8 @@ class LogWriter:
             # The transaction rolled back: nothing of the batch is stored, applied or acked.
             # The driver's message only: the statement's parameters hold password hashes.
             log.error("replica %d: the database refused a write: %s", self._role.index, exc.orig)
+            if self.on_database_error is not None:
+                self.on_database_error()
             self._fail(batch, storage_error(exc))
             appended = []
         except Exception as exc:

@@ -88,6 +88,12 @@ class ReplicaSpec:
     """Passed as --db; None lets the replica use SQLite in its data dir."""
     peer_port: int | None = None
     """Written as peer_address (set when the cluster has TLS)."""
+    metrics_port: int | None = None
+    """Written as metrics_address (set with ClusterProcesses(metrics=True))."""
+
+    @property
+    def metrics_address(self) -> str | None:
+        return None if self.metrics_port is None else f"{self.host}:{self.metrics_port}"
 
     @property
     def address(self) -> str:
@@ -123,6 +129,8 @@ class ClusterProcesses:
     ports: Sequence[int] | None = None
     """Replica i listens on ports[i]; by default a free port of its host (which must then be
     an address of this namespace)."""
+    metrics: bool = False
+    """Each replica serves Prometheus metrics on a free port of its host (metrics_address)."""
     launch_prefixes: Sequence[Sequence[str]] | None = None
     """Replica i's command is prefixed with launch_prefixes[i] (e.g. `ip netns exec NS`,
     which execs: the pid is still the replica's)."""
@@ -153,6 +161,9 @@ class ClusterProcesses:
         if self.tls is not None:
             for spec in self.specs:
                 spec.peer_port = spec.port + 1 if self.ports else free_port(spec.host)
+        if self.metrics:
+            for spec in self.specs:
+                spec.metrics_port = free_port(spec.host)
         self.config_path = self.base_dir / "cluster.toml"
         self.write_config()
         _LIVE.add(self)
@@ -174,6 +185,8 @@ class ClusterProcesses:
             lines.append(f"address = {_toml_value(spec.address)}")
             if spec.peer_address is not None:
                 lines.append(f"peer_address = {_toml_value(spec.peer_address)}")
+            if spec.metrics_address is not None:
+                lines.append(f"metrics_address = {_toml_value(spec.metrics_address)}")
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def address(self, index: int) -> str:

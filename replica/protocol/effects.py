@@ -103,10 +103,12 @@ class WakeSenders:
 
 @dataclass(frozen=True, slots=True)
 class LogNote:
-    """Something an operator should see in the log; `level` is "info" or "warning"."""
+    """Something an operator should see in the log; `level` is "info" or "warning". `event`
+    names the notes the shell also counts (metrics): "in_sync_joined", "in_sync_left"."""
 
     level: str
     text: str
+    event: str = ""
 
 
 # -- calls and replies -----------------------------------------------------------------------

@@ -243,7 +243,13 @@ class InSyncSet:
             m.unconfirmed = False
             m.joined_at_commit = self.commit_point
             out.append(WakeSenders())
-            out.append(LogNote("info", f"replica {secondary} joined the in-sync set at seq {seq}"))
+            out.append(
+                LogNote(
+                    "info",
+                    f"replica {secondary} joined the in-sync set at seq {seq}",
+                    "in_sync_joined",
+                )
+            )
         self.advance_commit(out)
 
     def disconnected(self, secondary: int, stream_id: int, now: float) -> None:
@@ -360,7 +366,9 @@ class InSyncSet:
         m.unconfirmed = not confirmed
         m.leaving_since = None
         out.append(WakeSenders())
-        out.append(LogNote("warning", f"replica {m.index} left the in-sync set ({reason})"))
+        out.append(
+            LogNote("warning", f"replica {m.index} left the in-sync set ({reason})", "in_sync_left")
+        )
 
     # -- views -----------------------------------------------------------------------------
 

@@ -1,0 +1,270 @@
+"""Prometheus metrics of one replica (prometheus-client, one registry per replica), served over
+HTTP at its `metrics_address` (docs/operations.md says what each means and what to alert on).
+
+Three sources: counters of protocol events, seen as the coordinator carries out the core's
+effects (elections held and won, step-downs, in-sync set changes, replication streams
+opened); a gRPC server interceptor (`grpc_server_*`, the names of the go-grpc-prometheus
+convention); and gauges read at scrape time from the replica's own state (role, epoch, seqs,
+each secondary's lag and in-sync flag, open subscriptions)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from replica.config import parse_host_port
+from replica.protocol import Role
+from replica.protocol import effects as fx
+
+# Seconds: from sub-millisecond calls to a stalled commit's 20 s.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class ReplicaMetrics:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.elections_held = Counter(
+            "chat_elections_held", "Elections this replica started as a candidate.", registry=r
+        )
+        self.elections_won = Counter(
+            "chat_elections_won", "Times this replica became primary.", registry=r
+        )
+        self.step_downs = Counter(
+            "chat_step_downs", "Times this replica stopped being primary.", registry=r
+        )
+        self.in_sync_shrinks = Counter(
+            "chat_in_sync_shrinks",
+            "Secondaries that left this primary's in-sync set.",
+            registry=r,
+        )
+        self.in_sync_expands = Counter(
+            "chat_in_sync_expands",
+            "Secondaries that joined this primary's in-sync set.",
+            registry=r,
+        )
+        self.streams_opened = Counter(
+            "chat_replication_streams_opened",
+            "Replication streams this replica opened to a primary (each reconnect is one).",
+            registry=r,
+        )
+        self.database_errors = Counter(
+            "chat_database_errors",
+            "Writes or stores the database refused or failed.",
+            ["operation"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "chat_delivery_latency_seconds",
+            "From a message's commit (its sent_at) to its push to a live subscriber.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.send_seconds = Histogram(
+            "chat_send_latency_seconds",
+            "Send calls answered OK (acknowledged by every in-sync replica), start to reply.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.grpc_started = Counter(
+            "grpc_server_started", "RPCs started on the server.", labels, registry=r
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code.",
+            [*labels, "grpc_code"],
+            registry=r,
+        )
+        self.grpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "RPC handling time on the server (a stream: until it ends).",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._was_primary = False
+        self._server: Any = None
+
+    # -- protocol events -------------------------------------------------------------------
+
+    def observe_effect(self, effect: fx.Effect) -> None:
+        match effect:
+            case fx.RequestVotes():
+                self.elections_held.inc()
+            case fx.SetRole(role):
+                primary = role is Role.PRIMARY
+                if primary and not self._was_primary:
+                    self.elections_won.inc()
+                self._was_primary = primary
+            case fx.StepDown():
+                self.step_downs.inc()
+            case fx.OpenStream():
+                self.streams_opened.inc()
+            case fx.LogNote(event="in_sync_joined"):
+                self.in_sync_expands.inc()
+            case fx.LogNote(event="in_sync_left"):
+                self.in_sync_shrinks.inc()
+            case _:
+                pass
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def add_state(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        """Gauges computed at each scrape by `collect`."""
+        self.registry.register(_StateCollector(collect))
+
+    def serve(self, address: str) -> None:
+        host, port = parse_host_port(address, "metrics_address")
+        try:
+            self._server, _thread = start_http_server(port, host, registry=self.registry)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {address}: {exc.strerror}") from exc
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _StateCollector(Collector):
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._collect()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # computed at scrape time: nothing to check at registration
+
+
+def gauge(name: str, documentation: str, value: float | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]  # generic only in the type stubs
+else:
+    _Interceptor = grpc.ServerInterceptor
+
+
+class MetricsInterceptor(_Interceptor):
+    """Counts and times every RPC by service, method and status code."""
+
+    def __init__(self, metrics: ReplicaMetrics, send_method: str) -> None:
+        self._m = metrics
+        self._send_method = send_method
+        # (metric, labels) -> child: .labels() hashes and locks on every call.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        full = handler_call_details.method  # "/chat.v1.Chat/Send"
+        service, _, method = full.lstrip("/").rpartition("/")
+        m = self._m
+        is_send = full == self._send_method
+
+        def finished(kind: str, began: float, code: grpc.StatusCode) -> None:
+            took = time.perf_counter() - began
+            self._child(m.grpc_handled, kind, service, method, code.name).inc()
+            self._child(m.grpc_seconds, kind, service, method).observe(took)
+            if is_send and code is grpc.StatusCode.OK:
+                m.send_seconds.observe(took)
+
+        def code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+            code = context.code()  # type: ignore[attr-defined]  # set by abort / set_code
+            return code if isinstance(code, grpc.StatusCode) else default
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                self._child(m.grpc_started, "unary", service, method).inc()
+                began = time.perf_counter()
+                try:
+                    reply = inner_uu(request, context)
+                except BaseException:
+                    finished("unary", began, code_of(context, grpc.StatusCode.UNKNOWN))
+                    raise
+                finished("unary", began, code_of(context, grpc.StatusCode.OK))
+                return reply
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                self._child(m.grpc_started, "server_stream", service, method).inc()
+                began = time.perf_counter()
+                try:
+                    yield from inner_us(request, context)
+                except GeneratorExit:
+                    finished("server_stream", began, grpc.StatusCode.CANCELLED)
+                    raise
+                except BaseException:
+                    finished("server_stream", began, code_of(context, grpc.StatusCode.UNKNOWN))
+                    raise
+                finished("server_stream", began, code_of(context, grpc.StatusCode.OK))
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                self._child(m.grpc_started, "bidi_stream", service, method).inc()
+                began = time.perf_counter()
+                try:
+                    yield from inner_ss(requests, context)
+                except GeneratorExit:
+                    finished("bidi_stream", began, grpc.StatusCode.CANCELLED)
+                    raise
+                except BaseException:
+                    finished("bidi_stream", began, code_of(context, grpc.StatusCode.UNKNOWN))
+                    raise
+                finished("bidi_stream", began, code_of(context, grpc.StatusCode.OK))
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler  # client streaming: this service has none
