@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,17 +119,22 @@ _MESSAGE_COLUMNS = (
 def undelivered(
     conn: sa.Connection, account_id: int, after_id: int, up_to_id: int, limit: int
 ) -> list[StoredMessage]:
-    """Undelivered messages in an inbox with after_id < message_id <= up_to_id, oldest first."""
-    rows = conn.execute(
-        sa.select(*_MESSAGE_COLUMNS)
-        .where(messages.c.recipient_id == account_id)
-        .where(messages.c.delivered == sa.false())
-        .where(messages.c.message_id > after_id)
-        .where(messages.c.message_id <= up_to_id)
-        .order_by(messages.c.message_id)
-        .limit(limit)
-    )
-    return [_message(r) for r in rows]
+    """Undelivered messages in an inbox with after_id < message_id <= up_to_id, oldest first
+    (a range on ix_messages_inbox: the cost of the page, at any depth)."""
+    params = {"a": account_id, "after": after_id, "up_to": up_to_id, "n": limit}
+    return [_message(r) for r in conn.execute(_UNDELIVERED, params)]
+
+
+_UNDELIVERED = (
+    sa.select(*_MESSAGE_COLUMNS)
+    .where(messages.c.recipient_id == sa.bindparam("a"))
+    .where(messages.c.delivered == sa.false())
+    .where(messages.c.message_id > sa.bindparam("after"))
+    .where(messages.c.message_id <= sa.bindparam("up_to"))
+    .order_by(messages.c.message_id)
+    .limit(sa.bindparam("n", type_=sa.Integer))
+    .with_hint(messages, "FORCE INDEX (ix_messages_inbox)", "mysql")
+)
 
 
 def count_undelivered(conn: sa.Connection, account_id: int, up_to_id: int, cap: int) -> int:
@@ -171,23 +177,32 @@ def conversation(
     One index-ordered range per direction on ix_messages_conversation (sender, recipient,
     message_id), each LIMITed, merged: the cost is that of the page, not of the conversation.
     (A single `OR` of the two directions read and sorted every message after the page token:
-    108 ms for the first page of 10^6.)"""
-    directions = [(account_id, other_id)]
-    if other_id != account_id:
-        directions.append((other_id, account_id))
+    108 ms for the first page of 10^6.) The statement is built once per shape."""
+    both = other_id != account_id
+    statement = _conversation_statement(both, newest_first)
+    params = {"a": account_id, "b": other_id, "after": after_id, "up_to": up_to_id, "n": limit}
+    return [_message(r) for r in conn.execute(statement, params)]
+
+
+@functools.cache
+def _conversation_statement(both: bool, newest_first: bool) -> sa.Select[Any]:
+    directions = [("a", "b"), ("b", "a")] if both else [("a", "b")]
     order = messages.c.message_id.desc() if newest_first else messages.c.message_id
+    limit = sa.bindparam("n", type_=sa.Integer)
     ranges = [
         sa.select(*_MESSAGE_COLUMNS)
-        .where(messages.c.sender_id == sender_id)
-        .where(messages.c.recipient_id == recipient_id)
-        .where(messages.c.message_id > after_id)
-        .where(messages.c.message_id <= up_to_id)
+        .where(messages.c.sender_id == sa.bindparam(sender))
+        .where(messages.c.recipient_id == sa.bindparam(recipient))
+        .where(messages.c.message_id > sa.bindparam("after"))
+        .where(messages.c.message_id <= sa.bindparam("up_to"))
         .order_by(order)
         .limit(limit)
+        # MariaDB otherwise takes this for a `ref` on (sender, recipient) -- the range on
+        # message_id then filters rows read from the conversation's start: O(depth) per page.
+        .with_hint(messages, "FORCE INDEX (ix_messages_conversation)", "mysql")
         .subquery()
-        for sender_id, recipient_id in directions
+        for sender, recipient in directions
     ]
     merged = sa.union_all(*(sa.select(r) for r in ranges)).subquery()
     merged_order = merged.c.message_id.desc() if newest_first else merged.c.message_id
-    rows = conn.execute(sa.select(merged).order_by(merged_order).limit(limit))
-    return [_message(r) for r in rows]
+    return sa.select(merged).order_by(merged_order).limit(limit)
