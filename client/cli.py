@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from client.errors import ChatError
 from client.library import ChatClient
-from client.output import history_line, inbox_line, status_table
+from client.output import escape_field, history_line, inbox_line, status_table
 from protos import chat_pb2
 from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE
 
@@ -69,18 +69,39 @@ def build_parser() -> argparse.ArgumentParser:
         f"${TLS_CA_ENV}; without either, plaintext)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log failover on stderr")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print no confirming line (register, send, delete-account); data still prints",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    register = commands.add_parser("register", help="create an account")
-    register.add_argument("user")
+    register = commands.add_parser(
+        "register",
+        help="create an account",
+        description="Create an account; prints its canonical (lower-case) name.",
+    )
+    register.add_argument("user", help="1-32 characters from a-z 0-9 _ . - (case-insensitive)")
 
-    send = commands.add_parser("send", help="send a message")
-    send.add_argument("--user", required=True)
-    send.add_argument("--to", required=True)
-    send.add_argument("text")
+    send = commands.add_parser(
+        "send",
+        help="send a message",
+        description="Send one message; prints its message id once every in-sync replica holds"
+        " it. Retried after a failover with the same request id: sent exactly once.",
+    )
+    send.add_argument("--user", required=True, help="who sends it (logs in with the password)")
+    send.add_argument("--to", required=True, metavar="USER", help="the recipient")
+    send.add_argument("text", help="the message: 1 to 4096 bytes of UTF-8, not only blanks")
 
-    read = commands.add_parser("read", help="print and acknowledge undelivered messages")
-    read.add_argument("--user", required=True)
+    read = commands.add_parser(
+        "read",
+        help="print and acknowledge undelivered messages",
+        description="Print undelivered messages as ID<TAB>SENT_AT<TAB>SENDER<TAB>TEXT (SENT_AT"
+        " in ISO 8601 UTC; tab, newline and backslash in TEXT as \\t \\n \\\\, other control"
+        " characters as \\xNN), acknowledging them as they print.",
+    )
+    read.add_argument("--user", required=True, help="whose inbox (logs in with the password)")
     read.add_argument(
         "--wait",
         type=_non_negative_seconds,
@@ -88,21 +109,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="after catching up, keep printing new messages this long",
     )
 
-    accounts = commands.add_parser("list", help="list usernames")
+    accounts = commands.add_parser(
+        "list", help="list usernames", description="List usernames matching a pattern, sorted."
+    )
     accounts.add_argument("pattern", nargs="?", default="", help="shell-style, e.g. 'al*'")
 
-    history = commands.add_parser("history", help="messages exchanged with another user")
-    history.add_argument("--user", required=True)
-    history.add_argument("--with", dest="other_user", required=True, metavar="USER")
+    history = commands.add_parser(
+        "history",
+        help="messages exchanged with another user",
+        description="Print the conversation as ID<TAB>SENT_AT<TAB>SENDER<TAB>RECIPIENT<TAB>TEXT"
+        " (escaped as by read), oldest first, page by page as it comes.",
+    )
+    history.add_argument("--user", required=True, help="you (logs in with the password)")
+    history.add_argument(
+        "--with", dest="other_user", required=True, metavar="USER", help="the other user"
+    )
     history.add_argument("--newest-first", action="store_true", help="from the newest message back")
     history.add_argument(
         "--last", type=_positive_int, metavar="N", help="only the newest N messages (oldest first)"
     )
 
-    delete = commands.add_parser("delete-account", help="delete an account")
-    delete.add_argument("--user", required=True)
+    delete = commands.add_parser(
+        "delete-account",
+        help="delete an account",
+        description="Delete an account, its sessions and every message it received; the"
+        " password confirms it.",
+    )
+    delete.add_argument("--user", required=True, help="the account to delete")
 
-    commands.add_parser("status", help="show the replicas")
+    commands.add_parser(
+        "status",
+        help="show the replicas",
+        description="Each replica's role, epoch, seqs, lag and in-sync state, as the replica"
+        " that answers sees them; '-' where it does not know.",
+    )
     return parser
 
 
@@ -178,12 +218,16 @@ def _tls_ca(path: str | None) -> bytes | None:
 
 
 def _register(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
-    print(client.register(args.user, password(f"Password for new user {args.user}: ")))
+    name = client.register(args.user, password(f"Password for new user {args.user}: "))
+    if not args.quiet:
+        print(name)
 
 
 def _send(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
     with _logged_in(client, args.user, password):
-        print(client.send(args.to, args.text))
+        message_id = client.send(args.to, args.text)
+    if not args.quiet:
+        print(message_id)
 
 
 def _read(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
@@ -218,7 +262,7 @@ def _read(client: ChatClient, args: argparse.Namespace, password: PasswordSource
 
 def _list(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
     for username in client.list_accounts(args.pattern):
-        print(username)
+        print(escape_field(username))
 
 
 def _history(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
@@ -238,6 +282,8 @@ def _history(client: ChatClient, args: argparse.Namespace, password: PasswordSou
 def _delete_account(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:
     with _logged_in(client, args.user, password) as secret:
         client.delete_account(secret)
+    if not args.quiet:
+        print(f"deleted account {args.user.strip().lower()}")
 
 
 def _status(client: ChatClient, args: argparse.Namespace, password: PasswordSource) -> None:

@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from protos import chat_pb2
 
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+# Every other C0 control, DEL and every C1 control, as \xNN: nothing a sender writes can
+# reach the reader's terminal as a control sequence (ESC [, BEL, NUL, CSI ...).
+_ESCAPES.update(
+    {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in _ESCAPES}
+)
 
 
 def escape_field(text: str) -> str:
-    """Backslash-escapes what would break a tab-separated line (tab, newline, backslash)."""
+    """One tab-separated field, safe to print: backslash, tab, newline and carriage return
+    as \\\\ \\t \\n \\r, every other control character as \\xNN."""
     return text.translate(_ESCAPES)
 
 
+def sent_at(message: chat_pb2.Message) -> str:
+    """When the message was committed, ISO 8601 in UTC with milliseconds."""
+    when = dt.datetime.fromtimestamp(message.sent_at_unix_ms / 1000, dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
 def inbox_line(message: chat_pb2.Message) -> str:
-    return "\t".join((str(message.message_id), message.sender, escape_field(message.body)))
+    """ID, SENT_AT, SENDER, TEXT (the id first and the text last, as scripts expect)."""
+    return "\t".join(
+        (
+            str(message.message_id),
+            sent_at(message),
+            escape_field(message.sender),
+            escape_field(message.body),
+        )
+    )
 
 
 def history_line(message: chat_pb2.Message) -> str:
+    """ID, SENT_AT, SENDER, RECIPIENT, TEXT."""
     return "\t".join(
-        (str(message.message_id), message.sender, message.recipient, escape_field(message.body))
+        (
+            str(message.message_id),
+            sent_at(message),
+            escape_field(message.sender),
+            escape_field(message.recipient),
+            escape_field(message.body),
+        )
     )
 
 
@@ -33,25 +61,33 @@ _STATUS_HEADER = (
     "applied seq",
     "lag",
     "in-sync",
+    "knows it",
     "reachable",
 )
+UNKNOWN = "-"
 
 
 def status_table(status: chat_pb2.ClusterStatusReply) -> str:
-    rows = [
-        (
-            str(replica.index),
-            replica.address,
-            replica.role,
-            str(replica.epoch),
-            str(replica.last_seq),
-            str(replica.applied_seq),
-            str(replica.lag),
-            _yes_no(replica.in_sync),
-            _yes_no(replica.reachable),
+    """One row per replica; `-` for what the answering replica does not know (a replica that
+    did not answer its last probe), never a made-up 0. "in-sync" is the primary's view,
+    "knows it" the replica's own word (only that lets it take over)."""
+    rows = []
+    for replica in sorted(status.replicas, key=lambda replica: replica.index):
+        known = replica.reachable or replica.index == status.answered_by
+        rows.append(
+            (
+                str(replica.index),
+                escape_field(replica.address),
+                escape_field(replica.role) if known else UNKNOWN,
+                str(replica.epoch) if known else UNKNOWN,
+                str(replica.last_seq) if known else UNKNOWN,
+                str(replica.applied_seq) if known else UNKNOWN,
+                str(replica.lag) if known and status.primary_known else UNKNOWN,
+                _yes_no(replica.in_sync) if status.primary_known else UNKNOWN,
+                _yes_no(replica.knows_in_sync) if known else UNKNOWN,
+                _yes_no(replica.reachable),
+            )
         )
-        for replica in sorted(status.replicas, key=lambda replica: replica.index)
-    ]
     primary = f"replica {status.primary_index}" if status.primary_known else "unknown"
     footer = f"primary: {primary} (answered by replica {status.answered_by})"
     return "\n".join([*_aligned([_STATUS_HEADER, *rows]), footer])

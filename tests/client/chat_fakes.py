@@ -42,9 +42,23 @@ def stream(*items: chat_pb2.SubscribeReply, then: Handler | None = None) -> Hand
     return handler
 
 
+T0_MS = 1_796_169_600_000  # 2026-12-02T00:00:00Z; message i is sent i seconds later
+
+
+def at(message_id: int) -> str:
+    """The SENT_AT column the CLI prints for fake message `message_id`."""
+    return f"2026-12-02T00:00:{message_id:02d}.000Z"
+
+
 def message(message_id: int, sender: str = "alice", body: str = "hi") -> chat_pb2.SubscribeReply:
     return chat_pb2.SubscribeReply(
-        message=chat_pb2.Message(message_id=message_id, sender=sender, recipient="bob", body=body)
+        message=chat_pb2.Message(
+            message_id=message_id,
+            sender=sender,
+            recipient="bob",
+            body=body,
+            sent_at_unix_ms=T0_MS + 1000 * message_id,
+        )
     )
 
 

@@ -10,7 +10,16 @@ import pytest
 from client.cli import main
 from protos import chat_pb2
 from protos.wire import MAX_ACK_IDS
-from tests.client.chat_fakes import CAUGHT_UP, FakeReplica, answer, fail, message, stream
+from tests.client.chat_fakes import (
+    CAUGHT_UP,
+    T0_MS,
+    FakeReplica,
+    answer,
+    at,
+    fail,
+    message,
+    stream,
+)
 
 ENV = {"CHAT_PASSWORD": "secret"}
 LOGGED_IN = answer(chat_pb2.LoginReply(session_token="token-1", username="bob"))
@@ -155,7 +164,7 @@ def test_read_prints_the_backlog_then_acks_it(
     status, out, _ = run(capsys, "--servers", servers(r0), "read", "--user", "bob")
 
     assert status == 0
-    assert out == "1\talice\thello\n2\talice\ttab\\there\n"
+    assert out == f"1\t{at(1)}\talice\thello\n2\t{at(2)}\talice\ttab\\there\n"
     assert [list(ack.message_ids) for ack in r0.requests("Ack")] == [[1, 2]]
 
 
@@ -193,7 +202,7 @@ def test_read_with_wait_prints_live_messages(
     status, out, _ = run(capsys, "--servers", servers(r0), "read", "--user", "bob", "--wait", "0.3")
 
     assert status == 0
-    assert out == "1\talice\thi\n2\talice\thi\n"
+    assert out == f"1\t{at(1)}\talice\thi\n2\t{at(2)}\talice\thi\n"
     assert [list(ack.message_ids) for ack in r0.requests("Ack")] == [[1], [2]]
 
 
@@ -219,7 +228,15 @@ def test_history_prints_tab_separated_lines(
         "History",
         answer(
             chat_pb2.HistoryReply(
-                messages=[chat_pb2.Message(message_id=3, sender="bob", recipient="al", body="a\nb")]
+                messages=[
+                    chat_pb2.Message(
+                        message_id=3,
+                        sender="bob",
+                        recipient="al",
+                        body="a\nb",
+                        sent_at_unix_ms=T0_MS + 3000,
+                    )
+                ]
             )
         ),
     )
@@ -229,7 +246,7 @@ def test_history_prints_tab_separated_lines(
         capsys, "--servers", servers(r0), "history", "--user", "bob", "--with", "al"
     )
 
-    assert (status, out) == (0, "3\tbob\tal\ta\\nb\n")
+    assert (status, out) == (0, f"3\t{at(3)}\tbob\tal\ta\\nb\n")
 
 
 def test_history_last_asks_for_the_newest_and_prints_them_oldest_first(
@@ -238,7 +255,14 @@ def test_history_last_asks_for_the_newest_and_prints_them_oldest_first(
     r0 = replicas[0]
     r0.script("Login", LOGGED_IN)
     newest = [
-        chat_pb2.Message(message_id=i, sender="bob", recipient="al", body=f"m{i}") for i in (9, 7)
+        chat_pb2.Message(
+            message_id=i,
+            sender="bob",
+            recipient="al",
+            body=f"m{i}",
+            sent_at_unix_ms=T0_MS + 1000 * i,
+        )
+        for i in (9, 7)
     ]
     r0.script(
         "History",
@@ -250,7 +274,7 @@ def test_history_last_asks_for_the_newest_and_prints_them_oldest_first(
         capsys, "--servers", servers(r0), "history", "--user", "bob", "--with", "al", "--last", "2"
     )
 
-    assert (status, out) == (0, "7\tbob\tal\tm7\n9\tbob\tal\tm9\n")
+    assert (status, out) == (0, f"7\t{at(7)}\tbob\tal\tm7\n9\t{at(9)}\tbob\tal\tm9\n")
     (request,) = r0.requests("History")
     assert request.newest_first and request.page_size == 2, "one page, and no more asked"
 
@@ -307,10 +331,13 @@ def test_status_prints_a_table(
         "seq",
         "lag",
         "in-sync",
+        "knows",
+        "it",
         "reachable",
     ]
-    assert lines[1].split() == ["0", "h:1", "primary", "0", "9", "0", "0", "yes", "yes"]
-    assert lines[2].split() == ["1", "h:2", "secondary", "0", "0", "0", "2", "no", "no"]
+    assert lines[1].split() == ["0", "h:1", "primary", "0", "9", "0", "0", "yes", "no", "yes"]
+    # Replica 1 did not answer the last probe: what is not known shows as "-", not as 0.
+    assert lines[2].split() == ["1", "h:2", "-", "-", "-", "-", "-", "no", "-", "no"]
     assert lines[3] == "primary: replica 0 (answered by replica 0)"
 
 
@@ -353,3 +380,33 @@ def test_keyboard_interrupt_is_one_line(
 
     assert status == 1
     assert_one_error_line(err, "interrupted")
+
+
+def test_read_and_history_neutralise_control_characters(
+    capsys: pytest.CaptureFixture[str], replicas: list[FakeReplica]
+) -> None:
+    """A sender cannot drive the reader's terminal: ESC sequences, BEL, NUL, DEL and C1
+    controls print as \\xNN; tab, newline and backslash as before."""
+    r0 = replicas[0]
+    nasty = "\x1b[2J\x1b]0;owned\x07bell\x00nul\x7fdel\x9bcsi\ttab\\"
+    r0.script("Login", LOGGED_IN)
+    r0.script("Subscribe", stream(message(1, body=nasty), CAUGHT_UP))
+    r0.script("Ack", answer(chat_pb2.AckReply(acked_count=1)))
+    r0.script(
+        "History",
+        answer(
+            chat_pb2.HistoryReply(
+                messages=[
+                    chat_pb2.Message(message_id=1, sender="alice", recipient="bob", body=nasty)
+                ]
+            )
+        ),
+    )
+    r0.script("Logout", LOGGED_OUT)
+    escaped = "\\x1b[2J\\x1b]0;owned\\x07bell\\x00nul\\x7fdel\\x9bcsi\\ttab\\\\"
+    for argv in (["read", "--user", "bob"], ["history", "--user", "bob", "--with", "alice"]):
+        status, out, _ = run(capsys, "--servers", servers(r0), *argv)
+        assert status == 0
+        assert out.endswith("\t" + escaped + "\n"), out
+        assert not any(ord(c) < 0x20 and c not in "\t\n" for c in out), repr(out)
+        assert not any(0x7F <= ord(c) < 0xA0 for c in out), repr(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import queue
 import subprocess
@@ -79,16 +80,19 @@ def test_register_send_read_list_history(cluster: ClusterProcesses) -> None:
     ok(run_cli(cluster, "send", "--user", "alice", "--to", "bob", "hello bob"))
     ok(run_cli(cluster, "send", "--user", "alice", "--to", "bob", "tabs\tand\nlines"))
     lines = ok(run_cli(cluster, "read", "--user", "bob")).splitlines()
-    assert [line.split("\t")[1:] for line in lines] == [
+    assert [line.split("\t")[2:] for line in lines] == [
         ["alice", "hello bob"],
         ["alice", "tabs\\tand\\nlines"],
     ]
     assert all(line.split("\t")[0].isdigit() for line in lines)
+    for line in lines:  # SENT_AT: ISO 8601 UTC, within a minute of now
+        sent = dt.datetime.fromisoformat(line.split("\t")[1].replace("Z", "+00:00"))
+        assert abs((dt.datetime.now(dt.UTC) - sent).total_seconds()) < 60
     assert ok(run_cli(cluster, "read", "--user", "bob")) == "", "acked messages came again"
     assert ok(run_cli(cluster, "list", "a*")).split() == ["alice"]
     assert set(ok(run_cli(cluster, "list")).split()) >= {"alice", "bob"}
     history = ok(run_cli(cluster, "history", "--user", "bob", "--with", "alice")).splitlines()
-    assert [h.split("\t")[1:3] for h in history] == [["alice", "bob"]] * 2
+    assert [h.split("\t")[2:4] for h in history] == [["alice", "bob"]] * 2
 
 
 def test_read_wait_gets_a_live_message(cluster: ClusterProcesses) -> None:
