@@ -243,7 +243,7 @@ def resolve_cluster_secret(config: ClusterConfig, data_dir: Path) -> bytes:
     on first start), so a single machine needs no setup."""
     if config.cluster_secret:
         return config.cluster_secret.encode("utf-8")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = data_dir / "cluster.secret"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

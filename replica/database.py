@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ def make_engine(url: str, *, create_database: bool = True) -> sa.Engine:
     kwargs: dict[str, Any] = {"future": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_file(Path(parsed.database))
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         engine = sa.create_engine(parsed, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -54,6 +56,39 @@ def make_engine(url: str, *, create_database: bool = True) -> sa.Engine:
         # READ COMMITTED: readers always see the latest committed projections.
         kwargs["isolation_level"] = "READ COMMITTED"
     return sa.create_engine(parsed, **kwargs)
+
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create the database's directory (0700) and file (0600) before SQLite does, if they do
+    not exist: every message and password hash is in it, and SQLite gives its -wal and -shm
+    files the main file's permissions. Existing ones are left as they are (see
+    loose_permissions)."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+
+
+def loose_permissions(paths: Sequence[Path]) -> list[str]:
+    """For each existing path that its group or others may read or write, a line saying so
+    and how to fix it."""
+    found = []
+    for path in paths:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            wanted = PRIVATE_DIR if path.is_dir() else PRIVATE_FILE
+            found.append(
+                f"{path} is open to other users (mode {mode:04o}); it holds messages or"
+                f" secrets: chmod {wanted:o} {path}"
+            )
+    return found
 
 
 def _warn_if_pure_python_driver() -> None:

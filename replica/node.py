@@ -7,11 +7,13 @@ import logging
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy.engine import make_url
 
 import eventlog
 import projections
@@ -23,7 +25,7 @@ from replica.cluster_status import ClusterView, cluster_view
 from replica.commit import CommitTracker
 from replica.config import ReplicaSettings, resolve_cluster_secret
 from replica.coordinator import Coordinator
-from replica.database import make_engine, upgrade_schema
+from replica.database import loose_permissions, make_engine, upgrade_schema
 from replica.metrics import MetricsInterceptor, ReplicaMetrics, gauge
 from replica.notifier import InboxNotifier
 from replica.peers import Peers
@@ -67,6 +69,8 @@ class ReplicaNode:
         self.engine = make_engine(settings.db_url)
         upgrade_schema(self.engine)
         secret = resolve_cluster_secret(cluster, settings.data_dir)
+        for warning in loose_permissions(self._private_paths()):
+            log.warning("replica %d: %s", self.index, warning)
         self.role = RoleState(settings.index)
         self.commits = CommitTracker()
         self.writer = LogWriter(self.engine, self.role, self.commits, clock=clock)
@@ -198,6 +202,16 @@ class ReplicaNode:
         self.metrics.stop()
         self.engine.dispose()
         log.info("replica %d: stopped", self.index)
+
+    def _private_paths(self) -> list[Path]:
+        """What only this replica's user should read: the data directory, the cluster secret
+        made there, and a SQLite database with its -wal and -shm files."""
+        paths = [self.settings.data_dir, self.settings.data_dir / "cluster.secret"]
+        url = make_url(self.settings.db_url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            db = Path(url.database)
+            paths += [db.parent, db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+        return list(dict.fromkeys(paths))
 
     # -- metrics -------------------------------------------------------------------------
 
