@@ -64,7 +64,8 @@ def test_a_replica_warns_at_start_up_about_a_world_readable_database(tmp_path: P
     db.chmod(0o644)
     config = tmp_path / "one.toml"
     config.write_text(
-        'cluster_secret = "a-test-secret-of-32-characters!!"\n[[replicas]]\nindex = 0\naddress = "127.0.0.1:1"\n'
+        'cluster_secret = "a-test-secret-of-32-characters!!"\n'
+        '[[replicas]]\nindex = 0\naddress = "127.0.0.1:1"\n'
     )
     # Constructing the node opens the database and checks; it need not serve.
     code = (
