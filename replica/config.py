@@ -5,6 +5,9 @@ heartbeat_interval_ms = 100
 peer_timeout_ms = 600           # a peer silent this long is considered dead
 insync_timeout_ms = 1000        # a secondary this far behind leaves the in-sync set
 min_insync = 1
+failed_logins_per_account = 5   # then one more per 10 s (RESOURCE_EXHAUSTED meanwhile)
+failed_logins_per_address = 50  # then one more per second
+registrations_per_address = 100 # then one more per second
 [tls]                           # optional; or CHAT_TLS_{CERT,KEY,CA}_FILE (see TlsConfig)
 cert_file = "tls/replica.pem"   # PEM; relative paths are relative to this file's directory
 key_file = "tls/replica.key"
@@ -87,6 +90,11 @@ class ClusterConfig:
     min_insync: int = 1
     max_subscriptions: int = 1000
     max_sessions_per_account: int = 100  # a login beyond it ends the oldest session
+    # Rate limits (token buckets, replica/ratelimit.py): tries allowed at once, then one per
+    # 10 s (per account) or per second (per client address).
+    failed_logins_per_account: int = 5
+    failed_logins_per_address: int = 50
+    registrations_per_address: int = 100
     tls: TlsConfig | None = None
 
     def replica(self, index: int) -> ReplicaAddress:
@@ -208,6 +216,13 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
         raise ConfigError(f"{source}: min_insync must be between 1 and {len(config.replicas)}")
     if config.max_sessions_per_account < 1:
         raise ConfigError(f"{source}: max_sessions_per_account must be at least 1")
+    for name in (
+        "failed_logins_per_account",
+        "failed_logins_per_address",
+        "registrations_per_address",
+    ):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{source}: {name} must be at least 1")
     return config
 
 

@@ -34,7 +34,7 @@ from replica.protocol import Role
 from replica.replication_service import ReplicationServicer
 from replica.role import RoleState
 from replica.secondary import Secondary
-from replica.servicer import ChatServicer, add_chat_servicer
+from replica.servicer import ChatServicer, RateLimits, add_chat_servicer
 from replica.tls import TlsMaterial, load_tls_material
 from replica.tokens import SessionTokens
 from replica.writer import Clock, LogWriter, utc_now
@@ -107,6 +107,11 @@ class ReplicaNode:
             self.notifier,
             self.cluster_view,
             max_subscriptions=cluster.max_subscriptions,
+            limits=RateLimits(
+                login_burst=cluster.failed_logins_per_account,
+                address_login_burst=cluster.failed_logins_per_address,
+                register_burst=cluster.registrations_per_address,
+            ),
         )
         self.replication_servicer = ReplicationServicer(self.coordinator, self.primary_streams)
         self.metrics = ReplicaMetrics(self.index)

@@ -21,9 +21,26 @@ from replica import errors
 from replica.chat import ChatService, sent_at_unix_ms
 from replica.cluster_status import ClusterView
 from replica.notifier import InboxNotifier
+from replica.ratelimit import TokenBuckets, client_address, retry_text
 from replica.role import Role, RoleState
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Token buckets (replica/ratelimit.py): `burst` tries, then one per `interval` seconds.
+    Failed logins per account (5, then one per 10 s: at most ~8,600 guesses a day) and per
+    client address (50, then one a second); registrations per address (100, then one a
+    second: a classroom behind one NAT registers at once, a squatter crawls)."""
+
+    login_burst: int = 5
+    login_interval: float = 10.0
+    address_login_burst: int = 50
+    address_login_interval: float = 1.0
+    register_burst: int = 100
+    register_interval: float = 1.0
+
 
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
 _BACKLOG_BATCH = 100
@@ -150,6 +167,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         *,
         max_subscriptions: int,
         recheck_interval: float = 1.0,
+        limits: RateLimits | None = None,
     ) -> None:
         self._service = service
         self._role = role
@@ -159,6 +177,12 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         self._max_subscriptions = max_subscriptions
         self._recheck_interval = recheck_interval
         self._stopping = threading.Event()
+        limits = limits or RateLimits()
+        self._failed_logins = TokenBuckets(limits.login_burst, limits.login_interval)
+        self._failed_logins_by_address = TokenBuckets(
+            limits.address_login_burst, limits.address_login_interval
+        )
+        self._registrations = TokenBuckets(limits.register_burst, limits.register_interval)
         self._open = 0
         self._open_lock = threading.Lock()
         # Called with the seconds from a message's sent_at to its push, for live messages.
@@ -174,12 +198,35 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
 
     @_maps_errors
     def Register(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.RegisterReply:
+        address = client_address(context.peer())
+        wait = self._registrations.wait(address)
+        if wait:
+            raise errors.ResourceExhausted(
+                f"too many registrations from {address}; {retry_text(wait)}"
+            )
+        self._registrations.take(address)
         name = self._service.register(request.request_id, request.username, request.password)
         return chat_pb2.RegisterReply(username=name)
 
     @_maps_errors
     def Login(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.LoginReply:
-        result = self._service.login(request.request_id, request.username, request.password)
+        address = client_address(context.peer())
+        account = str(request.username).strip().lower()[:64]
+        wait = max(
+            self._failed_logins.wait(f"account:{account}"),
+            self._failed_logins_by_address.wait(address),
+        )
+        if wait:
+            raise errors.ResourceExhausted(
+                f"too many failed logins for {account!r} or from {address}; {retry_text(wait)}"
+            )
+        try:
+            result = self._service.login(request.request_id, request.username, request.password)
+        except errors.Unauthenticated:
+            self._failed_logins.take(f"account:{account}")
+            self._failed_logins_by_address.take(address)
+            raise
+        self._failed_logins.forget(f"account:{account}")
         return chat_pb2.LoginReply(
             session_token=result.session_token,
             username=result.username,

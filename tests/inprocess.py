@@ -24,7 +24,7 @@ from replica.commit import CommitTracker
 from replica.notifier import InboxNotifier
 from replica.passwords import ScryptParams, hash_password
 from replica.role import Role, RoleState
-from replica.servicer import ChatServicer, ClusterView, add_chat_servicer
+from replica.servicer import ChatServicer, ClusterView, RateLimits, add_chat_servicer
 from replica.tokens import SessionTokens
 from replica.writer import LogWriter, NewEvent
 from testsupport.databases import iter_table_rows
@@ -118,7 +118,10 @@ def reset_database(engine: sa.Engine) -> None:
 
 @contextmanager
 def serve_grpc(
-    replica: InProcessReplica, max_subscriptions: int = 16, recheck_interval: float = 1.0
+    replica: InProcessReplica,
+    max_subscriptions: int = 16,
+    recheck_interval: float = 1.0,
+    limits: RateLimits | None = None,
 ) -> Iterator[grpc.Channel]:
     """The real ChatServicer over `replica`, on a gRPC server in this process (so status codes
     and details are what a client gets); a channel to it. Everything stops on exit."""
@@ -131,6 +134,7 @@ def serve_grpc(
         lambda: ClusterView(0, 0, []),
         max_subscriptions=max_subscriptions,
         recheck_interval=recheck_interval,
+        limits=limits,
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_subscriptions + 8))
     add_chat_servicer(servicer, server)

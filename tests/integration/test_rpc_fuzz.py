@@ -116,7 +116,14 @@ class FuzzServer:
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
-    cluster = ClusterProcesses(tmp_path_factory.mktemp("fuzz"), 1)
+    # Thousands of registrations and failed logins from one address: the rate limits (tested
+    # in tests/replica/test_rate_limits.py) would make outcomes depend on the example's order.
+    unlimited = {
+        "registrations_per_address": 10**9,
+        "failed_logins_per_address": 10**9,
+        "failed_logins_per_account": 10**9,
+    }
+    cluster = ClusterProcesses(tmp_path_factory.mktemp("fuzz"), 1, settings=unlimited)
     engine: sa.Engine | None = None
     try:
         cluster.start(0)
