@@ -196,12 +196,24 @@ def _run(args: argparse.Namespace, servers: Sequence[str], environ: Mapping[str,
         from client.interactive import run_interactive
 
         return run_interactive(servers, timeout=args.timeout, root_certificates=root_certificates)
-    with ChatClient(servers, timeout=args.timeout, root_certificates=root_certificates) as client:
+    with ChatClient(
+        servers,
+        timeout=args.timeout,
+        root_certificates=root_certificates,
+        on_unreachable=_say_unreachable,
+    ) as client:
         _COMMANDS[command](client, args, lambda prompt: _password(prompt, environ))
     return EXIT_OK
 
 
 PasswordSource = Callable[[str], str]
+
+
+def _say_unreachable(text: str) -> None:
+    """A person waiting at a terminal learns at once why nothing happens; a script's stderr
+    keeps its one line (the final error, if it comes to that)."""
+    if sys.stderr.isatty():
+        print(text, file=sys.stderr, flush=True)
 
 
 def _tls_ca(path: str | None) -> bytes | None:

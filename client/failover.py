@@ -16,6 +16,7 @@ plaintext client and TLS replicas, or the other way round, or a CA that does not
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -112,6 +113,7 @@ class Failover:
         sleep: Callable[[float], object] | None = None,
         on_replica_change: Callable[[str], None] | None = None,
         liveness: Liveness | None = None,
+        on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("at least one replica address is needed")
@@ -125,6 +127,8 @@ class Failover:
         # Closing the client interrupts a backoff pause instead of waiting it out.
         self._sleep = sleep if sleep is not None else self._closed.wait
         self._on_replica_change = on_replica_change
+        # Told once per call, after its first round in which no replica answered at all.
+        self._on_unreachable = on_unreachable
         self._lock = threading.Lock()
         self._preferred = self.addresses[0]
         self._connected: str | None = None
@@ -225,6 +229,7 @@ class Failover:
         mismatches: dict[str, str] = {}
         mismatch_rounds = 0
         attempts = 0
+        told = False
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
@@ -249,7 +254,7 @@ class Failover:
                     mismatches[address] = mismatch
                 hint = self._primary_hint(error, address, remaining)
             else:
-                self._record_success(address)
+                self._record_success(address, announce=told)
                 return result
             if hint is not None:
                 round_start = hint
@@ -262,6 +267,18 @@ class Failover:
                 remaining = deadline - self._clock()
                 if remaining <= 0 or mismatch_rounds >= MISMATCH_ROUNDS:
                     raise self._give_up(saw_not_primary, refusal, mismatches)
+                if not told and not saw_not_primary and refusal is None and not mismatches:
+                    told = True
+                    if self._on_unreachable is not None:
+                        how_long = (
+                            ""
+                            if remaining == math.inf
+                            else f" for up to {max(1, round(remaining))} s"
+                        )
+                        self._on_unreachable(
+                            f"no replica answers at {', '.join(self.addresses)}; still trying"
+                            + how_long
+                        )
                 if not self._recheck_suspects():
                     self._sleep(min(next(delays), remaining))
                 tried.clear()
@@ -307,13 +324,14 @@ class Failover:
         fallback = untried[0] if untried and all(map(self._suspect, self.addresses)) else None
         return next((a for a in untried if not self._suspect(a)), fallback)
 
-    def _record_success(self, address: str) -> None:
+    def _record_success(self, address: str, *, announce: bool = False) -> None:
+        """`announce`: say so even if it is the same replica (it was unreachable a moment ago)."""
         with self._lock:
             self._suspect_until.pop(address, None)
             self._preferred = address
             changed = address != self._connected
             self._connected = address
-        if changed:
+        if changed or announce:
             logger.info("connected to replica at %s", address)
             if self._on_replica_change is not None:
                 self._on_replica_change(address)

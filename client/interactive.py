@@ -143,6 +143,7 @@ def run_interactive(
         timeout=timeout,
         on_replica_change=_announce_replica,
         root_certificates=root_certificates,
+        on_unreachable=lambda text: _emit(f"reconnecting... ({text})"),
     ) as client:
         try:
             login = log_in(client, ask=prompt, ask_password=_ask_password, emit=_emit)

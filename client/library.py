@@ -57,6 +57,7 @@ class ChatClient:
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
         root_certificates: bytes | None = None,
         liveness: Liveness | None = None,
+        on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
         if timeout <= 0 or attempt_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -71,6 +72,7 @@ class ChatClient:
             sleep=sleep,
             on_replica_change=on_replica_change,
             liveness=liveness,
+            on_unreachable=on_unreachable,
         )
         self._request_ids = request_ids
         self._lock = threading.Lock()

@@ -61,6 +61,16 @@ class Supervised:
         return self.process is not None and self.process.poll() is None
 
 
+def _stop_with_parent() -> None:
+    """In the replica's process, before it runs: on Linux, ask for a SIGTERM when the launcher
+    dies (even by SIGKILL), so no replica outlives the launcher that supervises it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def exit_description(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -137,6 +147,7 @@ class Launcher:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,  # Ctrl-C reaches the launcher, which stops each one
+            preexec_fn=_stop_with_parent,
         )
         assert r.process.stdout is not None
         r.pump = threading.Thread(target=self._pump, args=(r, r.process.stdout), daemon=True)

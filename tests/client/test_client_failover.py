@@ -343,3 +343,24 @@ def test_close_ends_a_waiting_subscription(
     with pytest.raises(ChatError) as raised:
         next(subscription)
     assert raised.value.code == grpc.StatusCode.CANCELLED
+
+
+def test_when_no_replica_answers_the_caller_hears_it_after_one_round_then_the_timeout_holds(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    for replica in replicas:
+        stop_replica(replica)
+    told: list[tuple[float, str]] = []
+    client = make_client(
+        [r.address for r in replicas],
+        fake_time,
+        timeout=10.0,
+        on_unreachable=lambda text: told.append((fake_time.now, text)),
+    )
+    with pytest.raises(ChatError) as raised:
+        client.register("alice", "secret")
+    addresses = ", ".join(r.address for r in replicas)
+    # Once, after every address was tried once (no pause yet), with the time still allowed.
+    assert told == [(0.0, f"no replica answers at {addresses}; still trying for up to 10 s")]
+    assert fake_time.now >= 10.0, "it gave up before its documented timeout"
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE

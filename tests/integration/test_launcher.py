@@ -87,10 +87,30 @@ class Launched:
     def pid(self, index: int) -> int:
         return int((self.data_dir / f"replica-{index}.pid").read_text())
 
+    def started_pids(self) -> list[int]:
+        return [
+            int(line.rsplit("pid ", 1)[1].split(",")[0])
+            for line in self.seen
+            if line.startswith("launcher | ") and ": starting, pid " in line
+        ]
+
     def close(self) -> None:
+        """Stop the launcher as Ctrl-C would; whatever it started must be gone afterwards."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        while True:  # drain what it printed, for the pids it started
+            try:
+                self.seen.append(self.lines.get(timeout=0.5))
+            except queue.Empty:
+                break
+        for pid in self.started_pids():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -102,11 +122,12 @@ def launched(tmp_path: Path) -> Iterator[list[Launched]]:
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def test_it_reports_serving_deaths_and_restarts_truthfully(
@@ -137,6 +158,21 @@ def test_it_reports_serving_deaths_and_restarts_truthfully(
     assert run.process.wait(30) == 0
     assert not [pid for pid in pids if alive(pid)], "replicas outlived the launcher"
     assert not list(run.data_dir.glob("*.pid"))
+
+
+def test_a_killed_launcher_takes_its_replicas_with_it(
+    tmp_path: Path, launched: list[Launched]
+) -> None:
+    run = Launched(tmp_path, [free_port("127.0.0.1") for _ in range(2)])
+    launched.append(run)
+    run.expect("all 2 replicas serving")
+    pids = [run.pid(0), run.pid(1)]
+    os.kill(run.process.pid, signal.SIGKILL)  # no chance to stop them itself
+    run.process.wait(10)
+    deadline = time.monotonic() + 20
+    while [p for p in pids if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if alive(p)], "replicas outlived a SIGKILLed launcher"
 
 
 def test_restart_on_exit_brings_a_dead_replica_back(
