@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
 import threading
@@ -14,20 +15,32 @@ from prompt_toolkit.patch_stdout import patch_stdout
 
 from client.errors import ChatError, ChatUnavailableError
 from client.library import ChatClient, LoginResult
-from client.output import status_table
+from client.output import escape_field, status_table
 from client.subscription import Subscription
 from protos import chat_pb2
 from protos.wire import UNDELIVERED_COUNT_CAP
 
-COMMANDS = ("/to", "/msg", "/list", "/history", "/more", "/status", "/delete", "/help", "/quit")
+COMMANDS = (
+    "/to",
+    "/reply",
+    "/msg",
+    "/list",
+    "/history",
+    "/more",
+    "/status",
+    "/delete",
+    "/help",
+    "/quit",
+)
 HISTORY_LINES = 20
 
 HELP = """\
-/to USER          send plain lines to USER from now on
+/to USER          send plain lines to USER from now on (USER must exist)
+/reply [TEXT]     answer whoever wrote to you last (and make them the recipient)
 TEXT              send TEXT to the current recipient (start with // to send a leading /)
 /msg USER TEXT    send TEXT to USER
 /list [PATTERN]   list usernames, e.g. /list al*
-/history USER     the newest messages exchanged with USER
+/history [USER]   the newest messages exchanged with USER (default: the current recipient)
 /more             the messages before those
 /status           the replicas of the cluster
 /delete           delete your account (asks for the password) and quit
@@ -46,6 +59,7 @@ class ChatShell:
         self._emit = emit
         self._ask_password = ask_password
         self.recipient: str | None = None
+        self.last_sender: str | None = None  # set by the receiver, for /reply
         self.known_users: list[str] = []
         self._older: tuple[str, Iterator[chat_pb2.Message]] | None = None  # for /more
 
@@ -79,15 +93,22 @@ class ChatShell:
             self._delete_account()
             return False
         if command == "/to" and argument:
-            self.recipient = argument
+            self._choose_recipient(argument)
+        elif command == "/reply":
+            if self.last_sender is None:
+                self._emit("error: nobody has written to you yet")
+                return True
+            self.recipient = self.last_sender
+            if argument:
+                self._client.send(self.recipient, argument)
         elif command == "/msg" and len(argument.split(maxsplit=1)) == 2:
             recipient, text = argument.split(maxsplit=1)
             self._client.send(recipient, text)
         elif command == "/list":
             self.known_users = list(self._client.list_accounts(argument))
             self._emit("\n".join(self.known_users) or "(no matching accounts)")
-        elif command == "/history" and argument:
-            self._show_history(argument)
+        elif command == "/history" and (argument or self.recipient):
+            self._show_history(argument or self.recipient or "")
         elif command == "/more":
             self._show_older("(no older messages)")
         elif command == "/status":
@@ -99,6 +120,14 @@ class ChatShell:
         else:
             self._emit(f"error: unknown command {command}; /help lists them")
         return True
+
+    def _choose_recipient(self, name: str) -> None:
+        """Only an existing user: a typo is caught now, not at the first send."""
+        wanted = name.strip().lower()
+        if any(c in wanted for c in "*?[") or wanted not in self._client.list_accounts(wanted):
+            self._emit(f"error: there is no user {name!r}; /list shows who there is")
+            return
+        self.recipient = wanted
 
     def _send_to_recipient(self, text: str) -> None:
         if self.recipient is None:
@@ -122,7 +151,8 @@ class ChatShell:
         if len(page) < HISTORY_LINES:
             self._older = None
         lines = [
-            f"#{message.message_id} {message.sender} -> {message.recipient}: {message.body}"
+            f"[{local_time(message)}] #{message.message_id} {message.sender} ->"
+            f" {message.recipient}: {displayed(message.body)}"
             for message in reversed(page)
         ]
         if self._older is not None:
@@ -156,11 +186,20 @@ def run_interactive(
         )
         shell = ChatShell(client, emit=_emit, ask_password=_ask_password)
         subscription = client.subscribe(reconnect_timeout=math.inf)
-        receiver = threading.Thread(
-            target=receive, args=(client, subscription, _emit), name="receiver", daemon=True
-        )
         session: PromptSession[str] = PromptSession(
             completer=WordCompleter(shell.completions, WORD=True)
+        )
+
+        def lost() -> None:  # from the receiver thread: end the prompt as Ctrl-D would
+            app = session.app
+            if app.is_running and app.loop is not None:
+                app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
+
+        receiver = threading.Thread(
+            target=receive,
+            args=(client, subscription, _emit, shell, lost),
+            name="receiver",
+            daemon=True,
         )
         with patch_stdout():
             receiver.start()
@@ -195,9 +234,15 @@ def log_in(client: ChatClient, *, ask: Ask, ask_password: Ask, emit: Emit) -> Lo
         except ChatUnavailableError:
             raise
         except ChatError as error:
-            emit(f"error: {error}")
             if error.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
+                emit(f"error: {error}")
                 continue
+        # Usernames are public (ListAccounts): an existing one gets no offer to register.
+        name = username.strip().lower()
+        if any(c in name for c in "*?[") or name in client.list_accounts(name):
+            emit("error: wrong username or password")
+            continue
+        emit(f"there is no account {name!r} yet")
         answer = ask(f'register "{username}" as a new account? [y/N] ')
         if answer.strip().lower() in ("y", "yes"):
             registered = _register(client, username, password, ask_password, emit)
@@ -221,19 +266,46 @@ def _register(
         return None
 
 
-def receive(client: ChatClient, subscription: Subscription, emit: Emit) -> None:
-    """Prints each incoming message, then acks it; runs until the subscription ends."""
+def receive(
+    client: ChatClient,
+    subscription: Subscription,
+    emit: Emit,
+    shell: ChatShell | None = None,
+    on_lost: Callable[[], None] = lambda: None,
+) -> None:
+    """Prints each incoming message (with its local time), then acks it; runs until the
+    subscription ends. If it breaks beyond repair, says so and calls `on_lost` (which ends
+    the session: a chat that no longer receives must not look alive)."""
     try:
         for item in subscription:
             if not isinstance(item, chat_pb2.Message):
                 continue
-            emit(f"<{item.sender}> {item.body}")
+            if shell is not None:
+                shell.last_sender = item.sender
+            emit(f"[{local_time(item)}] <{item.sender}> {displayed(item.body)}")
             try:
                 client.ack([item.message_id])
             except ChatError as error:
                 emit(f"error: could not acknowledge message {item.message_id}: {error}")
     except ChatError as error:
-        emit(f"error: no longer receiving messages: {error}")
+        reason = " ".join(str(error).split())  # one line, whatever the server said
+        emit(f"error: no longer receiving messages ({reason}); quitting")
+        on_lost()
+
+
+def local_time(message: chat_pb2.Message) -> str:
+    """When the message was committed, in this machine's time zone (HH:MM:SS; with the date
+    when it is not today)."""
+    when = dt.datetime.fromtimestamp(message.sent_at_unix_ms / 1000).astimezone()
+    if when.date() == dt.datetime.now().astimezone().date():
+        return when.strftime("%H:%M:%S")
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def displayed(text: str) -> str:
+    """Message text as shown: control characters (but newlines) escaped, so that no message
+    can drive the terminal (see client/output.py)."""
+    return "\n".join(escape_field(line) for line in text.split("\n"))
 
 
 def _next_line(session: PromptSession[str], shell: ChatShell) -> str:

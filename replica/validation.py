@@ -40,6 +40,8 @@ def password(value: str) -> str:
 def body(value: str) -> str:
     if not value:
         raise InvalidArgument("message must not be empty")
+    if not value.strip():
+        raise InvalidArgument("message must not be only blanks")
     size = len(value.encode("utf-8"))
     if size > MAX_BODY_BYTES:
         raise InvalidArgument(f"message is {size} bytes; the limit is {MAX_BODY_BYTES} bytes")

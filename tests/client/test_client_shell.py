@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from client import ChatClient
-from client.interactive import ChatShell, log_in, receive
+from client.interactive import ChatShell, local_time, log_in, receive
 from protos import chat_pb2
 from tests.client.chat_fakes import CAUGHT_UP, FakeReplica, answer, fail, message, stream
 
@@ -34,11 +34,12 @@ def make_shell(client: ChatClient, output: list[str]) -> ChatShell:
 
 
 def test_plain_text_goes_to_the_chosen_recipient(client: ChatClient, replica: FakeReplica) -> None:
+    replica.script("ListAccounts", answer(chat_pb2.ListAccountsReply(usernames=["alice"])))
     output: list[str] = []
     shell = make_shell(client, output)
 
     assert shell.handle("hello?")
-    assert shell.handle("/to alice")
+    assert shell.handle("/to Alice")
     assert shell.handle("hi alice")
     assert shell.handle("//slash")
     assert shell.handle("/msg carol hi carol")
@@ -95,6 +96,7 @@ def test_log_in_offers_to_register_an_unknown_user(
 ) -> None:
     replica.script("Login", fail(grpc.StatusCode.NOT_FOUND, 'user "bob" does not exist'), LOGGED_IN)
     replica.script("Register", answer(chat_pb2.RegisterReply(username="bob")))
+    replica.script("ListAccounts", answer(chat_pb2.ListAccountsReply(usernames=[])))
     answers = iter(["bob", "y"])
     output: list[str] = []
 
@@ -103,8 +105,31 @@ def test_log_in_offers_to_register_an_unknown_user(
     )
 
     assert result.username == "bob"
-    assert output == ['error: user "bob" does not exist (NOT_FOUND)', "registered bob"]
+    assert output == ["there is no account 'bob' yet", "registered bob"]
     assert client.session is not None
+
+
+def test_log_in_never_offers_to_register_a_name_that_exists(
+    client: ChatClient, replica: FakeReplica
+) -> None:
+    replica.script(
+        "Login", fail(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password"), LOGGED_IN
+    )
+    replica.script("ListAccounts", answer(chat_pb2.ListAccountsReply(usernames=["bob"])))
+    asked: list[str] = []
+    answers = iter(["bob", "bob"])
+
+    def ask(prompt: str) -> str:
+        asked.append(prompt)
+        return next(answers)
+
+    output: list[str] = []
+    result = log_in(client, ask=ask, ask_password=lambda p: "pw", emit=output.append)
+
+    assert result.username == "bob"
+    assert output == ["error: wrong username or password"]
+    assert asked == ["username: ", "username: "], "it offered to register an existing name"
+    assert not replica.requests("Register")
 
 
 def test_receive_prints_and_acks_each_message(client: ChatClient, replica: FakeReplica) -> None:
@@ -120,7 +145,7 @@ def test_receive_prints_and_acks_each_message(client: ChatClient, replica: FakeR
 
     receive(client, subscription, emit)
 
-    assert output == ["<alice> yo"]
+    assert output == [f"[{local_time(message(5).message)}] <alice> yo"]
     assert [list(ack.message_ids) for ack in replica.requests("Ack")] == [[5]]
 
 
@@ -144,10 +169,66 @@ def test_history_shows_the_newest_page_and_more_goes_back(
     shell.handle("/history al")
     first = output[-1].splitlines()
     assert first[0] == "(older messages with al: /more)"
-    assert first[1].startswith(f"#{newest[-1]} ") and first[-1] == "#100 al -> bob: m100"
+    assert f"] #{newest[-1]} " in first[1] and first[-1].endswith("] #100 al -> bob: m100")
     assert len(replica.requests("History")) == 1, "one page asked, not the whole history"
     shell.handle("/more")
-    assert output[-1].splitlines() == [f"#{i} al -> bob: m{i}" for i in reversed(older)]
+    assert [line.split("] ", 1)[1] for line in output[-1].splitlines()] == [
+        f"#{i} al -> bob: m{i}" for i in reversed(older)
+    ]
     shell.handle("/more")
     assert output[-1] == "(nothing more: /history USER first)"
     assert all(r.newest_first for r in replica.requests("History"))
+
+
+def test_to_refuses_a_user_that_does_not_exist(client: ChatClient, replica: FakeReplica) -> None:
+    replica.script("ListAccounts", answer(chat_pb2.ListAccountsReply(usernames=[])))
+    output: list[str] = []
+    shell = make_shell(client, output)
+
+    shell.handle("/to nobody")
+
+    assert output == ["error: there is no user 'nobody'; /list shows who there is"]
+    assert shell.recipient is None
+
+
+def test_reply_answers_the_last_sender_and_history_defaults_to_the_recipient(
+    client: ChatClient, replica: FakeReplica
+) -> None:
+    replica.script("History", answer(chat_pb2.HistoryReply()))
+    output: list[str] = []
+    shell = make_shell(client, output)
+    shell.handle("/reply too early")
+    shell.last_sender = "carol"  # what the receiver sets as messages arrive
+    shell.handle("/reply hi carol")
+    shell.handle("/history")
+
+    assert output[0] == "error: nobody has written to you yet"
+    assert shell.recipient == "carol"
+    assert [(r.recipient, r.body) for r in replica.requests("Send")] == [("carol", "hi carol")]
+    assert [r.other_user for r in replica.requests("History")] == ["carol"]
+    assert output[-1] == "(no messages with carol)"
+
+
+def test_receive_escapes_control_characters_and_says_when_it_gives_up(
+    client: ChatClient, replica: FakeReplica
+) -> None:
+    replica.script(
+        "Subscribe",
+        stream(
+            message(5, "alice", "\x1b[2Jbell\x07"),
+            then=fail(grpc.StatusCode.UNAUTHENTICATED, "your session has ended\n(logged out)"),
+        ),
+    )
+    replica.script("Ack", answer(chat_pb2.AckReply(acked_count=1)))
+    client.login("bob", "secret")
+    output: list[str] = []
+    lost: list[bool] = []
+    shell = make_shell(client, [])
+
+    receive(client, client.subscribe(), output.append, shell, lambda: lost.append(True))
+
+    assert output[0].endswith("<alice> \\x1b[2Jbell\\x07")
+    assert shell.last_sender == "alice"
+    assert output[1].startswith("error: no longer receiving messages (your session has ended")
+    assert "\n" not in output[1] and output[1].endswith("; quitting")
+    assert lost == [True], "a chat that no longer receives must end"

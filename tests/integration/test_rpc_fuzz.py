@@ -248,7 +248,7 @@ def valid_password(password: str) -> bool:
 
 
 def valid_body(body: str) -> bool:
-    return 0 < len(body.encode("utf-8")) <= MAX_BODY_BYTES
+    return 0 < len(body.encode("utf-8")) <= MAX_BODY_BYTES and bool(body.strip())
 
 
 def glob_matches(pattern: str, name: str) -> bool:
