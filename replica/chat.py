@@ -62,9 +62,11 @@ class ChatService:
         hash_password: Callable[[str], str] = hash_password,
         password_workers: int = DEFAULT_PASSWORD_WORKERS,
         max_sessions_per_account: int = DEFAULT_MAX_SESSIONS_PER_ACCOUNT,
+        min_password_length: int = v.MIN_PASSWORD_CHARS,
     ) -> None:
         if max_sessions_per_account < 1:
             raise ValueError("max_sessions_per_account must be at least 1")
+        self._min_password = min_password_length
         self._engine = engine
         self._writer = writer
         self._tokens = tokens
@@ -81,8 +83,14 @@ class ChatService:
     def register(self, request_id: str, username: str, password: str) -> str:
         request_id = v.request_id(request_id)
         name = v.username(username)
+        v.password(password)
+        if len(password) < self._min_password:
+            # Only new passwords: accounts registered under an older rule still log in.
+            raise InvalidArgument(
+                f"password is {len(password)} characters; at least {self._min_password} please"
+            )
         with self._password_slots:
-            password_hash = self._hash_password(v.password(password))
+            password_hash = self._hash_password(password)
 
         def decide(conn: sa.Connection) -> NewEvent:
             if q.find_account(conn, name) is not None:

@@ -5,6 +5,7 @@ heartbeat_interval_ms = 100
 peer_timeout_ms = 600           # a peer silent this long is considered dead
 insync_timeout_ms = 1000        # a secondary this far behind leaves the in-sync set
 min_insync = 1
+min_password_length = 8         # for new accounts
 failed_logins_per_account = 5   # then one more per 10 s (RESOURCE_EXHAUSTED meanwhile)
 failed_logins_per_address = 50  # then one more per second
 registrations_per_address = 100 # then one more per second
@@ -92,6 +93,7 @@ class ClusterConfig:
     max_sessions_per_account: int = 100  # a login beyond it ends the oldest session
     # Rate limits (token buckets, replica/ratelimit.py): tries allowed at once, then one per
     # 10 s (per account) or per second (per client address).
+    min_password_length: int = 8  # for new accounts
     failed_logins_per_account: int = 5
     failed_logins_per_address: int = 50
     registrations_per_address: int = 100
@@ -217,6 +219,7 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
     if config.max_sessions_per_account < 1:
         raise ConfigError(f"{source}: max_sessions_per_account must be at least 1")
     for name in (
+        "min_password_length",
         "failed_logins_per_account",
         "failed_logins_per_address",
         "registrations_per_address",

@@ -83,6 +83,7 @@ class ReplicaNode:
             self.tokens,
             lambda: self.commits.committed_seq,
             max_sessions_per_account=cluster.max_sessions_per_account,
+            min_password_length=cluster.min_password_length,
         )
         self.peers = Peers(self.index, cluster, secret, self.tls)
         self.coordinator = Coordinator(

@@ -12,6 +12,7 @@ from replica.errors import InvalidArgument
 USERNAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 REQUEST_ID_RE: Final = re.compile(r"[!-~]{1,64}")  # printable ASCII, no spaces
 MAX_PASSWORD_CHARS: Final = 1024
+MIN_PASSWORD_CHARS: Final = 8  # for new accounts (cluster setting min_password_length)
 MAX_BODY_BYTES: Final = 4096
 MAX_PATTERN_CHARS: Final = 64
 DEFAULT_PAGE_SIZE: Final = 100

@@ -76,6 +76,7 @@ class InProcessReplica:
             tokens,
             lambda: commits.committed_seq,
             hash_password=fast_hash_password,
+            min_password_length=1,
         )
         return cls(engine, role, commits, writer, tokens, service)
 

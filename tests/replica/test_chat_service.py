@@ -642,6 +642,7 @@ class SessionCap:
             replica.tokens,
             lambda: replica.commits.committed_seq,
             hash_password=fast_hash_password,
+            min_password_length=1,
             max_sessions_per_account=cap,
         )
 
@@ -708,6 +709,7 @@ def test_password_hashing_runs_at_most_password_workers_at_once(
         lambda: replica.commits.committed_seq,
         hash_password=slow_hash,
         password_workers=2,
+        min_password_length=1,
     )
     threads = [
         threading.Thread(target=chat.register, args=(rid(), f"user{i}", "pw")) for i in range(6)
@@ -720,3 +722,23 @@ def test_password_hashing_runs_at_most_password_workers_at_once(
         thread.join(30)
     assert most == 2
     assert len(chat.list_accounts("user*", 0, "").items) == 6
+
+
+def test_a_new_password_needs_the_minimum_length_an_old_one_still_logs_in(
+    engine: sa.Engine,
+) -> None:
+    replica = InProcessReplica.start(engine)
+    lenient = replica.service  # the tests' replica: min_password_length=1
+    lenient.register("r-1", "old_timer", "short")
+    strict = ChatService(
+        replica.engine,
+        replica.writer,
+        replica.tokens,
+        lambda: replica.commits.committed_seq,
+        hash_password=fast_hash_password,
+    )  # the product's default: 8
+    with assert_unchanged(engine), pytest.raises(InvalidArgument) as refused:
+        strict.register("r-2", "newcomer", "seven77")
+    assert str(refused.value) == "password is 7 characters; at least 8 please"
+    assert strict.register("r-3", "newcomer", "eight888") == "newcomer"
+    assert strict.login("l-1", "old_timer", "short").username == "old_timer"
