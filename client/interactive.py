@@ -182,7 +182,9 @@ def run_interactive(
         unread = login.undelivered_count
         shown = f"more than {UNDELIVERED_COUNT_CAP:,}" if unread > UNDELIVERED_COUNT_CAP else unread
         _emit(
-            f"logged in as {login.username}; {shown} unread message(s). /help lists the commands."
+            f"logged in as {login.username}; {shown} unread message(s)"
+            + unread_summary(login.unread_by_sender)
+            + ". /help lists the commands."
         )
         shell = ChatShell(client, emit=_emit, ask_password=_ask_password)
         subscription = client.subscribe(reconnect_timeout=math.inf)
@@ -291,6 +293,16 @@ def receive(
         reason = " ".join(str(error).split())  # one line, whatever the server said
         emit(f"error: no longer receiving messages ({reason}); quitting")
         on_lost()
+
+
+def unread_summary(by_sender: Sequence[tuple[str, int]], shown: int = 5) -> str:
+    """(alice 3, bob 1, and 2 more senders)" -- or nothing when there is nothing unread."""
+    if not by_sender:
+        return ""
+    parts = [f"{escape_field(sender)} {count}" for sender, count in by_sender[:shown]]
+    if len(by_sender) > shown:
+        parts.append(f"and {len(by_sender) - shown} more senders")
+    return " (" + ", ".join(parts) + ")"
 
 
 def local_time(message: chat_pb2.Message) -> str:

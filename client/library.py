@@ -31,6 +31,7 @@ class Session:
 class LoginResult:
     username: str
     undelivered_count: int
+    unread_by_sender: tuple[tuple[str, int], ...] = ()  # most first
 
 
 class ChatClient:
@@ -126,7 +127,11 @@ class ChatClient:
         )
         with self._lock:
             self._session = Session(reply.username, reply.session_token)
-        return LoginResult(reply.username, reply.undelivered_count)
+        return LoginResult(
+            reply.username,
+            reply.undelivered_count,
+            tuple((s.sender, s.count) for s in reply.unread_by_sender),
+        )
 
     def logout(self) -> None:
         """Revokes the session; the client forgets it even if the server could not be told."""

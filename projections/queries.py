@@ -140,15 +140,25 @@ _UNDELIVERED = (
 def count_undelivered(conn: sa.Connection, account_id: int, up_to_id: int, cap: int) -> int:
     """Undelivered messages in an inbox up to `up_to_id`, counted up to `cap` + 1: a range of
     the inbox index read no further than that, whatever the backlog."""
+    return sum(unread_by_sender(conn, account_id, up_to_id, cap).values())
+
+
+def unread_by_sender(
+    conn: sa.Connection, account_id: int, up_to_id: int, cap: int
+) -> dict[str, int]:
+    """Undelivered messages up to `up_to_id` by sender, among the oldest `cap` + 1 (the same
+    bounded range of the inbox index as count_undelivered), most first."""
     capped = (
-        sa.select(messages.c.message_id)
+        sa.select(messages.c.sender)
         .where(messages.c.recipient_id == account_id)
         .where(messages.c.delivered == sa.false())
         .where(messages.c.message_id <= up_to_id)
+        .order_by(messages.c.message_id)
         .limit(cap + 1)
         .subquery()
     )
-    return int(conn.execute(sa.select(sa.func.count()).select_from(capped)).scalar_one())
+    rows = conn.execute(sa.select(capped.c.sender, sa.func.count()).group_by(capped.c.sender)).all()
+    return dict(sorted(((str(s), int(n)) for s, n in rows), key=lambda item: (-item[1], item[0])))
 
 
 def inbox_ids(conn: sa.Connection, account_id: int, message_ids: list[int]) -> dict[int, bool]:

@@ -33,14 +33,24 @@ class LoginRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class LoginReply(_message.Message):
-    __slots__ = ("session_token", "username", "undelivered_count")
+    __slots__ = ("session_token", "username", "undelivered_count", "unread_by_sender")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     UNDELIVERED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_BY_SENDER_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     username: str
     undelivered_count: int
-    def __init__(self, session_token: _Optional[str] = ..., username: _Optional[str] = ..., undelivered_count: _Optional[int] = ...) -> None: ...
+    unread_by_sender: _containers.RepeatedCompositeFieldContainer[SenderCount]
+    def __init__(self, session_token: _Optional[str] = ..., username: _Optional[str] = ..., undelivered_count: _Optional[int] = ..., unread_by_sender: _Optional[_Iterable[_Union[SenderCount, _Mapping]]] = ...) -> None: ...
+
+class SenderCount(_message.Message):
+    __slots__ = ("sender", "count")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    count: int
+    def __init__(self, sender: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class LogoutRequest(_message.Message):
     __slots__ = ("request_id", "session_token")

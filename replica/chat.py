@@ -43,6 +43,7 @@ class LoginResult:
     session_token: str
     username: str
     undelivered_count: int
+    unread_by_sender: tuple[tuple[str, int], ...] = ()  # most first
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,15 @@ class ChatService:
 
         event = self._write(request_id, decide, EventTypes.SESSION_OPENED, {"username": name})
         with self._read() as conn:
-            count = q.count_undelivered(
+            senders = q.unread_by_sender(
                 conn, account.account_id, self._committed_seq(), UNDELIVERED_COUNT_CAP
             )
-        return LoginResult(self._tokens.token_for(event.payload["session_id"]), name, count)
+        return LoginResult(
+            self._tokens.token_for(event.payload["session_id"]),
+            name,
+            sum(senders.values()),
+            tuple(senders.items()),
+        )
 
     def logout(self, request_id: str, token: str) -> None:
         request_id = v.request_id(request_id)

@@ -231,6 +231,10 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             session_token=result.session_token,
             username=result.username,
             undelivered_count=result.undelivered_count,
+            unread_by_sender=[
+                chat_pb2.SenderCount(sender=sender, count=count)
+                for sender, count in result.unread_by_sender
+            ],
         )
 
     @_maps_errors

@@ -232,3 +232,12 @@ def test_receive_escapes_control_characters_and_says_when_it_gives_up(
     assert output[1].startswith("error: no longer receiving messages (your session has ended")
     assert "\n" not in output[1] and output[1].endswith("; quitting")
     assert lost == [True], "a chat that no longer receives must end"
+
+
+def test_the_login_line_names_the_senders_of_unread_messages() -> None:
+    from client.interactive import unread_summary
+
+    assert unread_summary(()) == ""
+    assert unread_summary((("carol", 3), ("alice", 1))) == " (carol 3, alice 1)"
+    many = tuple((f"u{i}", 1) for i in range(7))
+    assert unread_summary(many) == " (u0 1, u1 1, u2 1, u3 1, u4 1, and 2 more senders)"

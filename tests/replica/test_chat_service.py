@@ -742,3 +742,17 @@ def test_a_new_password_needs_the_minimum_length_an_old_one_still_logs_in(
     assert str(refused.value) == "password is 7 characters; at least 8 please"
     assert strict.register("r-3", "newcomer", "eight888") == "newcomer"
     assert strict.login("l-1", "old_timer", "short").username == "old_timer"
+
+
+def test_login_says_who_the_unread_messages_are_from(
+    chat: ChatService, login: Callable[[str], str]
+) -> None:
+    alice, carol = login("alice"), login("carol")
+    login("bob")
+    for token, n in ((alice, 1), (carol, 3)):
+        for i in range(n):
+            chat.send(rid(), token, "bob", f"m{i}")
+    result = chat.login(rid(), "bob", "pw-bob")
+    assert result.undelivered_count == 4
+    assert result.unread_by_sender == (("carol", 3), ("alice", 1))  # most first
+    assert chat.login(rid(), "alice", "pw-alice").unread_by_sender == ()

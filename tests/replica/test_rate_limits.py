@@ -25,7 +25,7 @@ def replica_with(engine: sa.Engine) -> InProcessReplica:
         replica.tokens,
         lambda: replica.commits.committed_seq,
         hash_password=fast_hash_password,
-            min_password_length=1,
+        min_password_length=1,
     )
     return replica
 

@@ -107,7 +107,7 @@ def test_a_subscription_ends_at_once_when_a_login_beyond_the_cap_ends_its_sessio
         replica.tokens,
         lambda: replica.commits.committed_seq,
         hash_password=fast_hash_password,
-            min_password_length=1,
+        min_password_length=1,
         max_sessions_per_account=2,
     )
     replica.service.register("r-1", "alice", "pw")
