@@ -5,12 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import os
+import re
+import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
-from prompt_toolkit import PromptSession, prompt
+from prompt_toolkit import PromptSession, print_formatted_text, prompt
 from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from client.errors import ChatError, ChatUnavailableError
@@ -321,6 +326,8 @@ def displayed(text: str) -> str:
 
 
 def _next_line(session: PromptSession[str], shell: ChatShell) -> str:
+    if colour_wanted():  # your own lines: the prompt in green
+        return session.prompt(FormattedText([("ansigreen", shell.prompt_text())]))
     return session.prompt(shell.prompt_text())
 
 
@@ -333,5 +340,31 @@ def _announce_replica(address: str) -> None:
     _emit(f"-- connected to replica at {address}")
 
 
+def colour_wanted(stream: Any = None, environ: Mapping[str, str] = os.environ) -> bool:
+    """Colours only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    stream = sys.stdout if stream is None else stream
+    if "NO_COLOR" in environ or environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+_INCOMING = re.compile(r"^\[[^\]]+\] <")
+
+
+def style_of(text: str) -> str:
+    """The prompt_toolkit style of a line: errors red, incoming messages cyan, the client's
+    own notices (connection changes) yellow, the rest as the terminal has it."""
+    if text.startswith("error:"):
+        return "ansired"
+    if _INCOMING.match(text):
+        return "ansicyan"
+    if text.startswith(("-- ", "reconnecting")):
+        return "ansiyellow"
+    return ""
+
+
 def _emit(text: str) -> None:
-    print(text, flush=True)
+    if colour_wanted():
+        print_formatted_text(FormattedText([(style_of(text), text)]))
+    else:
+        print(text, flush=True)

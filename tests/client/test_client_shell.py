@@ -241,3 +241,25 @@ def test_the_login_line_names_the_senders_of_unread_messages() -> None:
     assert unread_summary((("carol", 3), ("alice", 1))) == " (carol 3, alice 1)"
     many = tuple((f"u{i}", 1) for i in range(7))
     assert unread_summary(many) == " (u0 1, u1 1, u2 1, u3 1, u4 1, and 2 more senders)"
+
+
+class _Tty:
+    def __init__(self, tty: bool) -> None:
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_colours_only_on_a_terminal_and_never_with_no_color() -> None:
+    from client.interactive import colour_wanted, style_of
+
+    assert colour_wanted(_Tty(True), {"TERM": "xterm"})
+    assert not colour_wanted(_Tty(True), {"TERM": "xterm", "NO_COLOR": ""})
+    assert not colour_wanted(_Tty(True), {"TERM": "dumb"})
+    assert not colour_wanted(_Tty(False), {"TERM": "xterm"})
+    assert style_of("error: wrong username or password") == "ansired"
+    assert style_of("[12:00:01] <alice> hi") == "ansicyan"
+    assert style_of("-- connected to replica at h:1") == "ansiyellow"
+    assert style_of("reconnecting... (no replica answers)") == "ansiyellow"
+    assert style_of("alice\nbob") == ""
