@@ -26,6 +26,9 @@ host-tools:
 	@command -v nft >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		{ apt-get install -y -qq nftables >/dev/null 2>&1 || \
 		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nftables >/dev/null; }; }
+	@command -v tmux >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get install -y -qq tmux >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tmux >/dev/null; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
