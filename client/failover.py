@@ -230,6 +230,7 @@ class Failover:
         mismatch_rounds = 0
         attempts = 0
         told = False
+        answered_this_round = False
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
@@ -245,6 +246,10 @@ class Failover:
                     raise ChatError.from_rpc_error(error) from None
                 logger.debug("%s answered %s: %s", address, error.code().name, error.details())
                 saw_not_primary |= error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                # A replica that answered, even to refuse: not "no replica answers".
+                answered_this_round |= (
+                    error.code() == grpc.StatusCode.FAILED_PRECONDITION or _from_service(error)
+                )
                 if error.code() == grpc.StatusCode.UNAVAILABLE and _from_service(error):
                     refusal = f"{error.details()} (replica at {address})"
                 mismatch = security_mismatch(error, address, uses_tls=self._pool.uses_tls)
@@ -252,6 +257,7 @@ class Failover:
                     mismatches.pop(address, None)
                 else:
                     mismatches[address] = mismatch
+                    answered_this_round = True
                 hint = self._primary_hint(error, address, remaining)
             else:
                 self._record_success(address, announce=told)
@@ -267,7 +273,7 @@ class Failover:
                 remaining = deadline - self._clock()
                 if remaining <= 0 or mismatch_rounds >= MISMATCH_ROUNDS:
                     raise self._give_up(saw_not_primary, refusal, mismatches)
-                if not told and not saw_not_primary and refusal is None and not mismatches:
+                if not told and not answered_this_round:
                     told = True
                     if self._on_unreachable is not None:
                         how_long = (
@@ -282,6 +288,7 @@ class Failover:
                 if not self._recheck_suspects():
                     self._sleep(min(next(delays), remaining))
                 tried.clear()
+                answered_this_round = False
                 following = round_start
                 if self._suspect(round_start):
                     following = self._next_untried(round_start, {round_start}) or round_start

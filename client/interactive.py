@@ -231,9 +231,21 @@ def log_in(client: ChatClient, *, ask: Ask, ask_password: Ask, emit: Emit) -> Lo
 
     ChatUnavailableError (no cluster) is not retried here: it ends the program.
     """
+    emit("log in, or type /register NAME to create an account")
     while True:
         username = ask("username: ").strip()
         if not username:
+            continue
+        command, _, name = username.partition(" ")
+        if command == "/register":
+            if not name.strip():
+                emit("error: /register needs a name, e.g. /register alice")
+                continue
+            registered = _register(
+                client, name.strip(), ask_password("password: "), ask_password, emit
+            )
+            if registered is not None:
+                return registered
             continue
         password = ask_password("password: ")
         try:

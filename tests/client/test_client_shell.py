@@ -105,7 +105,7 @@ def test_log_in_offers_to_register_an_unknown_user(
     )
 
     assert result.username == "bob"
-    assert output == ["there is no account 'bob' yet", "registered bob"]
+    assert output[1:] == ["there is no account 'bob' yet", "registered bob"]
     assert client.session is not None
 
 
@@ -127,7 +127,7 @@ def test_log_in_never_offers_to_register_a_name_that_exists(
     result = log_in(client, ask=ask, ask_password=lambda p: "pw", emit=output.append)
 
     assert result.username == "bob"
-    assert output == ["error: wrong username or password"]
+    assert output[1:] == ["error: wrong username or password"]
     assert asked == ["username: ", "username: "], "it offered to register an existing name"
     assert not replica.requests("Register")
 
@@ -263,3 +263,22 @@ def test_colours_only_on_a_terminal_and_never_with_no_color() -> None:
     assert style_of("-- connected to replica at h:1") == "ansiyellow"
     assert style_of("reconnecting... (no replica answers)") == "ansiyellow"
     assert style_of("alice\nbob") == ""
+
+
+def test_register_is_a_first_screen_choice(client: ChatClient, replica: FakeReplica) -> None:
+    replica.script("Register", answer(chat_pb2.RegisterReply(username="bob")))
+    answers = iter(["/register", "/register bob"])
+    output: list[str] = []
+
+    result = log_in(
+        client, ask=lambda prompt: next(answers), ask_password=lambda p: "pw", emit=output.append
+    )
+
+    assert result.username == "bob"
+    assert output == [
+        "log in, or type /register NAME to create an account",
+        "error: /register needs a name, e.g. /register alice",
+        "registered bob",
+    ]
+    assert [r.username for r in replica.requests("Register")] == ["bob"]
+    assert not replica.requests("ListAccounts")
