@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.metrics_address:
             parse_host_port(args.metrics_address, "--metrics-address")
         settings = ReplicaSettings(args.index, cluster, db_url, data_dir, args.metrics_address)
+        if cluster.tls is not None:
+            from replica.stderr_filter import filter_stderr
+
+            filter_stderr()  # gRPC logs every failed TLS handshake: once a minute is enough
         from replica.node import ReplicaNode  # imported late: grpc start-up is slow
 
         node = ReplicaNode(settings)

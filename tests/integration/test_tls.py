@@ -3,6 +3,7 @@ peer_address, and every way in without the right certificate refused."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from client.errors import ChatUnavailableError
 from client.library import ChatClient
-from protos import chat_pb2
+from protos import chat_pb2, chat_pb2_grpc
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
 from protos.wire import CLUSTER_SECRET_KEY
@@ -250,3 +251,47 @@ def test_a_tls_client_is_told_when_the_cluster_does_not_speak_tls(
         assert with_ca.stderr.count("\n") == 1, with_ca.stderr
         assert with_ca.stderr.startswith("error: the replica at ")
         assert "does not speak TLS" in with_ca.stderr
+
+
+def test_repeated_handshake_failures_are_logged_once_a_minute(
+    tmp_path: Path, tls: TlsConfig
+) -> None:
+    """A plaintext client retrying against a TLS replica: gRPC logs each failed handshake;
+    the replica's log gets the first of the minute, the rest summed up later."""
+    # As a replica runs by hand (this test process has GRPC_VERBOSITY=ERROR from `client`).
+    verbose = {"GRPC_VERBOSITY": "INFO"}
+    with ClusterProcesses(tmp_path / "one", 1, tls=tls, env=verbose) as one:
+        one.start_all()
+        for _ in range(20):  # a fresh channel each time: a handshake each time
+            channel = grpc.insecure_channel(
+                one.address(0), options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            with contextlib.suppress(grpc.RpcError):
+                chat_pb2_grpc.ChatStub(channel).ClusterStatus(  # type: ignore[no-untyped-call]
+                    chat_pb2.ClusterStatusRequest(), timeout=1
+                )
+            channel.close()
+        time.sleep(0.5)
+        # Still serving, and the replica's own lines still reach its log.
+        assert one.health_status(0) is not None
+        one.terminate(0)
+        log = one.log_text(0)
+    assert log.count("Handshake failed") == 1, log
+    assert "shutting down" in log or "stopped" in log, log[-2000:]
+
+
+def test_handshake_lines_are_summed_up_when_the_minute_ends() -> None:
+    from replica.stderr_filter import HandshakeLines
+
+    now = [0.0]
+    lines = HandshakeLines(60.0, clock=lambda: now[0])
+    failed = b"E ssl_transport_security.cc] Handshake failed with error SSL_ERROR_SSL\n"
+    assert lines.line(b"INFO replica: serving\n") == [b"INFO replica: serving\n"]
+    assert lines.line(failed) == [failed]
+    assert [lines.line(failed) for _ in range(4)] == [[]] * 4
+    assert lines.line(b"other\n") == [b"other\n"]  # everything else passes at once
+    assert lines.tick() == []
+    now[0] = 61.0
+    (summary,) = lines.tick()
+    assert summary.startswith(b"... and 4 more TLS handshake failure(s) in the last 60 s")
+    assert lines.line(failed) == [failed]  # a new minute: the first passes again
