@@ -152,7 +152,7 @@ class Launcher:
         assert r.process.stdout is not None
         r.pump = threading.Thread(target=self._pump, args=(r, r.process.stdout), daemon=True)
         r.pump.start()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.pid_file(r).write_text(f"{r.process.pid}\n")
         self.say(f"replica {r.index}: starting, pid {r.process.pid}, at {r.replica.address}")
 

@@ -237,7 +237,7 @@ class ClusterProcesses:
         if old is not None:
             old.log_file.close()
         spec = self.specs[index]
-        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        spec.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         starts = self._starts.get(index, 0) + 1
         self._starts[index] = starts
         log_file = open(spec.log_path, "ab")  # noqa: SIM115 -- closed when the replica is replaced or closed

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import stat
 import socket
 import subprocess
 import sys
@@ -158,6 +159,8 @@ def test_it_reports_serving_deaths_and_restarts_truthfully(
     assert run.process.wait(30) == 0
     assert not [pid for pid in pids if alive(pid)], "replicas outlived the launcher"
     assert not list(run.data_dir.glob("*.pid"))
+    assert stat.S_IMODE(run.data_dir.stat().st_mode) == 0o700
+    assert "open to other users" not in "\n".join(run.seen)
 
 
 def test_a_killed_launcher_takes_its_replicas_with_it(
