@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import stat
 import socket
+import stat
 import subprocess
 import sys
 import threading

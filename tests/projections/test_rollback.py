@@ -62,7 +62,7 @@ def expected_at(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(log=valid_logs(), data=st.data())
 def test_rolling_back_ends_where_applying_the_shorter_log_does(
