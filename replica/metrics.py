@@ -229,42 +229,36 @@ class MetricsInterceptor(_Interceptor):
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
             )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
 
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                self._child(m.grpc_started, "server_stream", service, method).inc()
+        def streamed(kind: str, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+            """The handler of a server or bidi stream (its request is a message or an
+            iterator), counted when the stream ends: CANCELLED when the client left."""
+
+            def behaviour(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                self._child(m.grpc_started, kind, service, method).inc()
                 began = time.perf_counter()
                 try:
-                    yield from inner_us(request, context)
+                    yield from inner(request, context)
                 except GeneratorExit:
-                    finished("server_stream", began, grpc.StatusCode.CANCELLED)
+                    finished(kind, began, grpc.StatusCode.CANCELLED)
                     raise
                 except BaseException:
-                    finished("server_stream", began, code_of(context, grpc.StatusCode.UNKNOWN))
+                    finished(kind, began, code_of(context, grpc.StatusCode.UNKNOWN))
                     raise
-                finished("server_stream", began, code_of(context, grpc.StatusCode.OK))
+                finished(kind, began, code_of(context, grpc.StatusCode.OK))
 
+            return behaviour
+
+        if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
+                streamed("server_stream", handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                self._child(m.grpc_started, "bidi_stream", service, method).inc()
-                began = time.perf_counter()
-                try:
-                    yield from inner_ss(requests, context)
-                except GeneratorExit:
-                    finished("bidi_stream", began, grpc.StatusCode.CANCELLED)
-                    raise
-                except BaseException:
-                    finished("bidi_stream", began, code_of(context, grpc.StatusCode.UNKNOWN))
-                    raise
-                finished("bidi_stream", began, code_of(context, grpc.StatusCode.OK))
-
             return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
+                streamed("bidi_stream", handler.stream_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         return handler  # client streaming: this service has none
