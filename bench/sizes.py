@@ -64,5 +64,5 @@ SMOKE = Sizes(
     catchup_missing=300,
     catchup_log_multiples=(1, 3),
     seed_batch=200,
-    scale_sizes=(200, 2_000),
+    scale_sizes=(200, 1_000),
 )

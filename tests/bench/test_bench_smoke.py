@@ -93,7 +93,7 @@ def _expected_figures(backend: str) -> list[str]:
             "drain_rate",
             "repair",
         )
-        for n in (200, 2000)
+        for n in (200, 1000)
     ]
     return keys
 
@@ -147,5 +147,5 @@ def test_smoke_run_reports_every_figure(backend: str, tmp_path: Path) -> None:
         if key.startswith(("send_throughput", "delivery", "failover", "catchup", "scale")):
             assert figures[key]["baseline"] is not None, key
     # The repair took the tail back from undo information, not by a rebuild.
-    for n in (200, 2000):
+    for n in (200, 1000):
         assert "projections undone" in figures[f"scale_repair.{backend}.n_{n}"]["note"]

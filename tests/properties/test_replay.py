@@ -55,9 +55,14 @@ class Model:
     sessions: dict[str, str] = field(default_factory=dict)  # live token -> username
     tokens: list[str] = field(default_factory=list)  # every token ever issued
     inbox: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> (recipient, acked)
+    senders: dict[int, str] = field(default_factory=dict)  # message id -> sender's name
 
     def undelivered(self, name: str) -> list[int]:
         return sorted(i for i, (to, acked) in self.inbox.items() if to == name and not acked)
+
+    def unread_by_sender(self, name: str) -> tuple[tuple[str, int], ...]:
+        counts = Counter(self.senders[i] for i in self.undelivered(name))
+        return tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,7 @@ def machine_for(
                 assert appended and isinstance(result, LoginResult)
                 assert result.username == user
                 assert result.undelivered_count == len(m.undelivered(user))
+                assert result.unread_by_sender == m.unread_by_sender(user)
                 m.sessions[result.session_token] = user
                 m.tokens.append(result.session_token)
 
@@ -229,7 +235,12 @@ def machine_for(
                     # with the inbox count of now.
                     if m.passwords.get(user) != password:
                         return Unauthenticated
-                    return LoginResult(result.session_token, user, len(m.undelivered(user)))
+                    return LoginResult(
+                        result.session_token,
+                        user,
+                        len(m.undelivered(user)),
+                        m.unread_by_sender(user),
+                    )
 
                 self.remember(request_id, call, result, on_retry, retry_now=retry_now)
 
@@ -274,6 +285,7 @@ def machine_for(
             if expected is None:
                 assert appended
                 m.inbox[message_id] = (canonical(recipient), False)
+                m.senders[message_id] = m.sessions[token]
                 self.remember(request_id, call, message_id, retry_now=retry_now)
 
         @rule(data=st.data(), retry_now=st.booleans())
