@@ -137,17 +137,12 @@ _UNDELIVERED = (
 )
 
 
-def count_undelivered(conn: sa.Connection, account_id: int, up_to_id: int, cap: int) -> int:
-    """Undelivered messages in an inbox up to `up_to_id`, counted up to `cap` + 1: a range of
-    the inbox index read no further than that, whatever the backlog."""
-    return sum(unread_by_sender(conn, account_id, up_to_id, cap).values())
-
-
 def unread_by_sender(
     conn: sa.Connection, account_id: int, up_to_id: int, cap: int
 ) -> dict[str, int]:
-    """Undelivered messages up to `up_to_id` by sender, among the oldest `cap` + 1 (the same
-    bounded range of the inbox index as count_undelivered), most first."""
+    """Undelivered messages up to `up_to_id` by sender, most first, counted among the oldest
+    `cap` + 1: a range of the inbox index read no further than that, whatever the backlog
+    (their sum is the unread count, exact up to `cap`)."""
     capped = (
         sa.select(messages.c.sender)
         .where(messages.c.recipient_id == account_id)

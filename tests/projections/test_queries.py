@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projections import accounts, messages
-from projections.queries import conversation, count_undelivered, list_usernames, literal_prefix
+from projections.queries import conversation, list_usernames, literal_prefix, unread_by_sender
 from replica.validation import like_pattern
 
 T0 = dt.datetime(2030, 5, 6, 7, 8, 9)
@@ -133,8 +133,13 @@ def test_the_unread_count_stops_one_past_its_cap(engine: sa.Engine) -> None:
         }
         for seq in range(1, 9)
     ]
+
+    def count_undelivered(conn: sa.Connection, account_id: int, up_to: int, cap: int) -> int:
+        return sum(unread_by_sender(conn, account_id, up_to, cap).values())
+
     with engine.begin() as conn:
         conn.execute(sa.insert(messages), rows)
+        assert unread_by_sender(conn, 2, 8, cap=100) == {"ann": 7}
         assert count_undelivered(conn, 2, 8, cap=100) == 7
         assert count_undelivered(conn, 2, 5, cap=100) == 4  # only what is committed
         assert count_undelivered(conn, 2, 8, cap=5) == 6  # "more than 5"

@@ -11,23 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from protos import chat_pb2, chat_pb2_grpc
-from replica.chat import ChatService
 from replica.ratelimit import TokenBuckets, client_address
 from replica.servicer import RateLimits
-from tests.inprocess import InProcessReplica, fast_hash_password, serve_grpc
-
-
-def replica_with(engine: sa.Engine) -> InProcessReplica:
-    replica = InProcessReplica.start(engine)
-    replica.service = ChatService(
-        engine,
-        replica.writer,
-        replica.tokens,
-        lambda: replica.commits.committed_seq,
-        hash_password=fast_hash_password,
-        min_password_length=1,
-    )
-    return replica
+from tests.inprocess import InProcessReplica, serve_grpc
 
 
 def code_of(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
@@ -42,7 +28,7 @@ def code_of(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
 def test_failed_logins_for_one_account_are_limited_then_refused_with_a_retry_time(
     engine: sa.Engine,
 ) -> None:
-    replica = replica_with(engine)
+    replica = InProcessReplica.start(engine)
     for name in ("alice", "bob"):
         replica.service.register(f"r-{name}", name, "right-password")
     limits = RateLimits(login_burst=3, address_login_burst=100)
@@ -67,7 +53,7 @@ def test_failed_logins_for_one_account_are_limited_then_refused_with_a_retry_tim
 
 
 def test_failed_logins_from_one_address_are_limited_across_accounts(engine: sa.Engine) -> None:
-    replica = replica_with(engine)
+    replica = InProcessReplica.start(engine)
     limits = RateLimits(login_burst=100, address_login_burst=4)
     with serve_grpc(replica, limits=limits) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
@@ -87,7 +73,7 @@ def test_failed_logins_from_one_address_are_limited_across_accounts(engine: sa.E
 
 
 def test_registrations_from_one_address_are_limited(engine: sa.Engine) -> None:
-    replica = replica_with(engine)
+    replica = InProcessReplica.start(engine)
     with serve_grpc(replica, limits=RateLimits(register_burst=2)) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
         codes = [
