@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import traceback
@@ -13,6 +14,7 @@ from pathlib import Path
 from bench import catchup, failover, latency, scale, throughput, users
 from bench.baselines import Rate, commit_rate, grpc_noop_rate
 from bench.cluster import REPLICAS, BenchCluster
+from bench.cpu import CLIENTS, DATABASE_SERVER, CpuMeter, mysql_server_pid
 from bench.databases import Databases
 from bench.results import Figure, Results, Target
 from bench.sizes import Sizes
@@ -36,6 +38,9 @@ CATCHUP_TARGET = Target(">=", 20_000)
 LATENCY_P50_TARGET = Target("<=", 5)
 LATENCY_P99_TARGET = Target("<=", 25)
 RSS_TARGET = Target("<=", 150)
+# ms of CPU per acknowledged send at 32 senders, every process together (MySQL): a third of
+# the 2.2 ms measured before issue 11's work (docs/bench.md).
+CPU_PER_SEND_TARGET = Target("<=", 0.73)
 SCALE_PAGE_TARGET = Target("<=", 5)  # ms: any history page
 SCALE_PREFIX_TARGET = Target("<=", 2)  # ms: ListAccounts by a literal prefix
 SCALE_HISTORY_TARGET = Target("<=", 60)  # s: a whole history
@@ -76,11 +81,15 @@ class Runner:
         # Something happened that the figures do not show (e.g. a leadership change nobody
         # caused); the replica logs are kept to look into it.
         self.anomalies: list[str] = []
+        self._database_pid: int | None = None  # the MySQL server's, for its CPU time
 
     def run(self) -> None:
         for backend in self.options.backends:
             databases = Databases(
                 backend, self.options.work_dir, self.options.mysql_url, self.options.tag
+            )
+            self._database_pid = (
+                mysql_server_pid(self.options.mysql_url) if backend == "mysql" else None
             )
             try:
                 with self._phase(backend, "commit baselines"):
@@ -127,6 +136,8 @@ class Runner:
             ("commit_batched", batched, sizes.batch_rows),
         ):
             engine = databases.migrated(key)
+            meter = self._cpu_meter({})
+            meter.start()
             try:
                 rate = commit_rate(
                     engine,
@@ -136,10 +147,25 @@ class Runner:
                 )
             finally:
                 engine.dispose()
+            use = meter.use()
             self.results.add(
                 _baseline(f"{key}.{backend}", title, backend, rate.per_second, "rows/s", rate)
             )
             self.say(f"[{backend}] {title}: {rate.per_second:,.0f} rows/s")
+            if rows_per_commit == 1:
+                per = use.per_operation_ms(rate.operations)
+                self.results.add(
+                    _baseline(
+                        f"cpu_per_commit.{backend}",
+                        "CPU per single-row commit (committer + database server)",
+                        backend,
+                        sum(per.values()),
+                        "ms",
+                        None,
+                        {"per_process_ms": _rounded(per)},
+                        _cpu_note(per),
+                    )
+                )
 
     # -- one cluster for the gRPC baseline, idle memory, throughput, latency, failover ---
 
@@ -217,7 +243,7 @@ class Runner:
         try:
             if "throughput" in self.options.phases:
                 with self._phase(backend, "throughput"):
-                    self._throughput(backend, sender_clients, recipients)
+                    self._throughput(backend, cluster, primary, sender_clients, recipients)
             if "latency" in self.options.phases:
                 with self._phase(backend, "latency"):
                     self._latency(backend, sender_clients, recipient_client, latency_recipient)
@@ -229,11 +255,35 @@ class Runner:
             for client in clients:
                 client.close()
 
-    def _throughput(self, backend: str, clients: list[ChatClient], recipients: list[str]) -> None:
+    def _cpu_meter(self, replicas: dict[str, int]) -> CpuMeter:
+        """A meter of the named replica processes, the database server (MySQL) and this
+        process (the bench's clients, or the committer of a baseline)."""
+        pids = dict(replicas)
+        if self._database_pid is not None:
+            pids[DATABASE_SERVER] = self._database_pid
+        pids[CLIENTS] = os.getpid()
+        return CpuMeter(pids)
+
+    def _throughput(
+        self,
+        backend: str,
+        cluster: BenchCluster,
+        primary: int,
+        clients: list[ChatClient],
+        recipients: list[str],
+    ) -> None:
+        replicas = {"primary": cluster.pid(primary)}
+        for index in range(REPLICAS):
+            if index != primary:
+                replicas[f"secondary {index}"] = cluster.pid(index)
         for count in self.sizes.sender_counts:
+            meter = self._cpu_meter(replicas)
+            meter.start()
             run = throughput.run_throughput(
                 clients[:count], recipients, self.sizes.throughput_seconds, f"{count}-senders"
             )
+            per = meter.use().per_operation_ms(run.completed)
+            self._cpu_per_send(backend, count, run, per)
             plural = "sender" if count == 1 else "senders"
             self.results.compared(
                 f"send_throughput.{backend}.senders_{count}",
@@ -258,6 +308,23 @@ class Runner:
                 f"[{backend}] {count} {plural}: {run.per_second:,.0f} msg/s "
                 f"(send p50 {run.send_latency.p50_ms:.1f} ms, {run.errors} errors)"
             )
+
+    def _cpu_per_send(
+        self, backend: str, count: int, run: throughput.ThroughputRun, per: dict[str, float]
+    ) -> None:
+        plural = "sender" if count == 1 else "senders"
+        self.results.compared(
+            f"cpu_per_send.{backend}.senders_{count}",
+            f"CPU per acknowledged send, {count} {plural} (all processes)",
+            backend,
+            sum(per.values()),
+            "ms",
+            f"cpu_per_commit.{backend}",
+            target=CPU_PER_SEND_TARGET if backend == "mysql" and count == 32 else None,
+            details={"per_process_ms": _rounded(per), "sends": run.completed},
+            note=_cpu_note(per),
+        )
+        self.say(f"[{backend}] {count} {plural}: CPU per send {_cpu_note(per)}")
 
     def _latency(
         self,
@@ -581,6 +648,17 @@ class Runner:
             SCALE_REPAIR_TARGET,
             note=f"projections {run.repair_how}",
         )
+
+
+def _rounded(per: dict[str, float]) -> dict[str, float]:
+    return {name: round(ms, 4) for name, ms in per.items()}
+
+
+def _cpu_note(per: dict[str, float]) -> str:
+    """e.g. "primary 1.00, secondary 1 0.25, ..., bench clients 0.35 ms"."""
+    if not per:
+        return "no process could be measured"
+    return ", ".join(f"{name} {ms:.2f}" for name, ms in per.items()) + " ms"
 
 
 def _baseline(

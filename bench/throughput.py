@@ -19,6 +19,7 @@ MAX_SENDS_PER_SENDER = 1_000_000
 @dataclass
 class _SenderTally:
     durations: list[float] = field(default_factory=list)
+    completed: int = 0  # acknowledged sends, also those that ended after the window
     errors: int = 0
     error_sample: str = ""
 
@@ -28,6 +29,7 @@ class ThroughputRun:
     senders: int
     seconds: float
     acknowledged: int  # sends acknowledged within the window
+    completed: int  # every acknowledged send, also those that ended after the window
     per_second: float
     errors: int
     error_sample: str
@@ -58,6 +60,7 @@ def run_throughput(
                 tally.error_sample = tally.error_sample or str(exc)
                 continue
             ended = time.monotonic()
+            tally.completed += 1
             if ended <= deadline:
                 tally.durations.append(ended - began)
 
@@ -77,6 +80,7 @@ def run_throughput(
         senders=len(clients),
         seconds=seconds,
         acknowledged=len(durations),
+        completed=sum(t.completed for t in tallies),
         per_second=len(durations) / seconds,
         errors=sum(t.errors for t in tallies),
         error_sample=next((t.error_sample for t in tallies if t.error_sample), ""),

@@ -69,6 +69,8 @@ def _expected_figures(backend: str) -> list[str]:
         f"delivery_latency_p99.{backend}",
     ]
     keys += [f"send_throughput.{backend}.senders_{n}" for n in (1, 8, 32)]
+    keys += [f"cpu_per_commit.{backend}"]
+    keys += [f"cpu_per_send.{backend}.senders_{n}" for n in (1, 8, 32)]
     keys += [
         f"failover_{kind}_{stat}.{backend}"
         for kind in ("sigkill", "sigstop")
@@ -144,8 +146,17 @@ def test_smoke_run_reports_every_figure(backend: str, tmp_path: Path) -> None:
         if figure["target"] is not None:
             assert isinstance(figure["passed"], bool), key
     for key in _expected_figures(backend):
-        if key.startswith(("send_throughput", "delivery", "failover", "catchup", "scale")):
+        if key.startswith(
+            ("send_throughput", "cpu_per_send", "delivery", "failover", "catchup", "scale")
+        ):
             assert figures[key]["baseline"] is not None, key
+    # Every replica's CPU is in the per-send figure, and it adds up.
+    for n in (1, 8, 32):
+        cpu = figures[f"cpu_per_send.{backend}.senders_{n}"]
+        parts = cpu["details"]["per_process_ms"]
+        assert {"primary", "bench clients"} <= set(parts), parts
+        assert sum(1 for name in parts if name.startswith("secondary")) == 2, parts
+        assert cpu["value"] == pytest.approx(sum(parts.values()), rel=1e-3)
     # The repair took the tail back from undo information, not by a rebuild.
     for n in (200, 1000):
         assert "projections undone" in figures[f"scale_repair.{backend}.n_{n}"]["note"]
