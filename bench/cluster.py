@@ -27,7 +27,9 @@ POLL = 0.02
 
 
 class BenchCluster:
-    def __init__(self, base_dir: Path, db_urls: Sequence[str]) -> None:
+    def __init__(
+        self, base_dir: Path, db_urls: Sequence[str], *, trace_spans: bool = False
+    ) -> None:
         self.processes = ClusterProcesses(
             base_dir,
             REPLICAS,
@@ -35,6 +37,7 @@ class BenchCluster:
             db_urls=list(db_urls),
             settings=SETTINGS,
             startup_timeout=60.0,
+            trace_spans=trace_spans,
         )
         self._stubs: dict[int, ChatStub] = {}
 

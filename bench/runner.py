@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import catchup, failover, latency, scale, throughput, users
+from bench import catchup, failover, latency, path, scale, throughput, users
 from bench.baselines import Rate, commit_rate, grpc_noop_rate
 from bench.cluster import REPLICAS, BenchCluster
 from bench.cpu import CLIENTS, DATABASE_SERVER, CpuMeter, mysql_server_pid
@@ -21,10 +21,10 @@ from bench.sizes import Sizes
 from bench.stats import percentile
 from client.library import ChatClient
 
-PHASES = ("throughput", "latency", "failover", "catchup", "scale")
+PHASES = ("throughput", "latency", "failover", "path", "catchup", "scale")
 # A full run leaves out the scale phase unless asked for (`--only scale`): its 10^6 datasets
 # take about ten minutes per backend. Smoke runs do everything.
-DEFAULT_PHASES = ("throughput", "latency", "failover", "catchup")
+DEFAULT_PHASES = ("throughput", "latency", "failover", "path", "catchup")
 SETUP_TIMEOUT = 60.0
 FAILOVER_TIMEOUT = 30.0
 MB = 1e6
@@ -41,6 +41,7 @@ RSS_TARGET = Target("<=", 150)
 # ms of CPU per acknowledged send at 32 senders, every process together (MySQL): a third of
 # the 2.2 ms measured before issue 11's work (docs/bench.md).
 CPU_PER_SEND_TARGET = Target("<=", 0.73)
+SEND_P50_TARGET = Target("<=", 2)  # ms: one sender, sends one after another (MySQL)
 SCALE_PAGE_TARGET = Target("<=", 5)  # ms: any history page
 SCALE_PREFIX_TARGET = Target("<=", 2)  # ms: ListAccounts by a literal prefix
 SCALE_HISTORY_TARGET = Target("<=", 60)  # s: a whole history
@@ -96,6 +97,9 @@ class Runner:
                     self._commit_baselines(backend, databases)
                 with self._phase(backend, "cluster"):
                     self._live_cluster(backend, databases)
+                if "path" in self.options.phases:
+                    with self._phase(backend, "critical path"):
+                        self._critical_path(backend, databases)
                 if "catchup" in self.options.phases:
                     with self._phase(backend, "catchup"):
                         self._catchup(backend, databases)
@@ -196,6 +200,67 @@ class Runner:
             if not self.options.phases & {"throughput", "latency", "failover"}:
                 return
             self._load_phases(backend, cluster)
+
+    def _critical_path(self, backend: str, databases: Databases) -> None:
+        """Sends one after another on a cluster whose replicas trace every step of a write
+        (its own cluster: the tracing is not in the other phases' figures)."""
+        urls = [databases.url(f"path_{i}") for i in range(REPLICAS)]
+        base_dir = self.options.work_dir / f"path-{backend}"
+        with BenchCluster(base_dir, urls, trace_spans=True) as cluster:
+            cluster.start_all()
+            primary = cluster.wait_primary(SETUP_TIMEOUT)
+            cluster.wait_in_sync(primary, SETUP_TIMEOUT)
+            users.register(cluster.addresses, ["path_sender", "path_recipient"])
+            (client,) = users.logged_in_clients(cluster.addresses, ["path_sender"])
+            try:
+                run = path.run_path(
+                    client,
+                    "path_recipient",
+                    self.sizes.path_sends,
+                    [cluster.processes.spans_path(i) for i in range(REPLICAS)],
+                    primary,
+                )
+            finally:
+                client.close()
+        if not run.traced:
+            raise RuntimeError("no send's steps were found in the replicas' spans")
+        grpc_figure = self.results.figures.get(f"grpc_noop.{backend}")
+        call_ms = 1000 / grpc_figure.value if grpc_figure and grpc_figure.value > 0 else None
+        spans = {
+            title: {
+                "p50_ms": round(percentile(values, 50), 3),
+                "p90_ms": round(percentile(values, 90), 3),
+            }
+            for title, values in run.spans_ms.items()
+        }
+        shown = ", ".join(f"{title} {run.p50(title):.2f}" for title in run.spans_ms)
+        self.results.compared(
+            f"critical_path.{backend}",
+            "send p50, 1 sender, one after another (critical path traced)",
+            backend,
+            percentile(run.call_ms, 50),
+            "ms",
+            f"grpc_noop.{backend}",
+            baseline_value=call_ms,
+            baseline_title="no-op gRPC call",
+            baseline_unit="ms",
+            target=SEND_P50_TARGET if backend == "mysql" else None,
+            details={
+                "sends": run.sends,
+                "traced": run.traced,
+                "call_p90_ms": round(percentile(run.call_ms, 90), 3),
+                "spans": spans,
+            },
+            note=f"p50 of each span: {shown} ms",
+        )
+        self.say(
+            f"[{backend}] critical path of a send (p50 {percentile(run.call_ms, 50):.2f} ms, "
+            f"{run.traced}/{run.sends} traced):\n"
+            + "\n".join(
+                f"    {title:<32} p50 {s['p50_ms']:6.2f} ms  p90 {s['p90_ms']:6.2f} ms"
+                for title, s in spans.items()
+            )
+        )
 
     def _idle_rss(self, backend: str, cluster: BenchCluster) -> None:
         rss = {i: cluster.rss_kb(i) or 0 for i in range(REPLICAS)}

@@ -25,6 +25,7 @@ class Sizes:
     catchup_log_multiples: tuple[int, ...]  # log size = multiple x missing
     seed_batch: int  # events per transaction when writing a log directly
     scale_sizes: tuple[int, int]  # accounts and messages of the scale phase's two datasets
+    path_sends: int  # sends, one after another, whose critical path is traced
 
     @property
     def max_senders(self) -> int:
@@ -47,6 +48,7 @@ FULL = Sizes(
     catchup_log_multiples=(1, 3),
     seed_batch=5_000,
     scale_sizes=(100_000, 1_000_000),
+    path_sends=500,
 )
 
 SMOKE = Sizes(
@@ -65,4 +67,5 @@ SMOKE = Sizes(
     catchup_log_multiples=(1, 3),
     seed_batch=200,
     scale_sizes=(200, 1_000),
+    path_sends=50,
 )

@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: the replica's"
         " metrics_address in the config, if any)",
     )
+    parser.add_argument(
+        "--trace-spans",
+        default=os.environ.get("CHAT_TRACE_SPANS"),
+        metavar="FILE",
+        help="append a timestamp for each step of every write to FILE (for make bench's"
+        " critical path of a send; off by default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -82,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.metrics_address:
             parse_host_port(args.metrics_address, "--metrics-address")
-        settings = ReplicaSettings(args.index, cluster, db_url, data_dir, args.metrics_address)
+        settings = ReplicaSettings(
+            args.index,
+            cluster,
+            db_url,
+            data_dir,
+            args.metrics_address,
+            Path(args.trace_spans) if args.trace_spans else None,
+        )
         if cluster.tls is not None:
             from replica.stderr_filter import filter_stderr
 

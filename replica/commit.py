@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterable
 
 from eventlog import Event
 from replica.errors import Unavailable
+from replica.spans import DISABLED, Spans
 
 
 class CommitTracker:
-    def __init__(self, committed_seq: int = 0) -> None:
+    def __init__(self, committed_seq: int = 0, *, spans: Spans = DISABLED) -> None:
+        self._spans = spans
         self._cond = threading.Condition()
         self._committed_seq = committed_seq
         self._pending: deque[Event] = deque()
@@ -44,6 +46,7 @@ class CommitTracker:
             while self._pending and self._pending[0].seq <= seq:
                 newly.append(self._pending.popleft())
             self._cond.notify_all()
+        self._spans.mark("committed", seq)
         for listener in self._listeners:
             listener(newly)
 

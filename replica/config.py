@@ -284,6 +284,7 @@ class ReplicaSettings:
     db_url: str
     data_dir: Path
     metrics_override: str | None = None  # --metrics-address
+    spans_file: Path | None = None  # --trace-spans (replica/spans.py)
 
     @property
     def me(self) -> ReplicaAddress:

@@ -35,6 +35,7 @@ from replica.replication_service import ReplicationServicer
 from replica.role import RoleState
 from replica.secondary import Secondary
 from replica.servicer import ChatServicer, RateLimits, add_chat_servicer
+from replica.spans import Spans
 from replica.tls import TlsMaterial, load_tls_material
 from replica.tokens import SessionTokens
 from replica.writer import Clock, LogWriter, utc_now
@@ -72,8 +73,9 @@ class ReplicaNode:
         for warning in loose_permissions(self._private_paths()):
             log.warning("replica %d: %s", self.index, warning)
         self.role = RoleState(settings.index)
-        self.commits = CommitTracker()
-        self.writer = LogWriter(self.engine, self.role, self.commits, clock=clock)
+        self.spans = Spans(settings.spans_file)
+        self.commits = CommitTracker(spans=self.spans)
+        self.writer = LogWriter(self.engine, self.role, self.commits, clock=clock, spans=self.spans)
         self.notifier = InboxNotifier()
         self.commits.add_listener(self.notifier.on_committed)
         self.tokens = SessionTokens(secret)
@@ -97,10 +99,15 @@ class ReplicaNode:
             self.peers,
         )
         self.writer.set_admission(self.coordinator.check_writable)
-        self.primary_streams = PrimaryStreams(self.coordinator, self.engine)
+        self.primary_streams = PrimaryStreams(self.coordinator, self.engine, spans=self.spans)
         self.writer.add_append_listener(self.primary_streams.on_appended)
         self.secondary = Secondary(
-            self.index, self.engine, self.writer.lock, self.coordinator, self.peers
+            self.index,
+            self.engine,
+            self.writer.lock,
+            self.coordinator,
+            self.peers,
+            spans=self.spans,
         )
         self.servicer = ChatServicer(
             self.service,
@@ -206,6 +213,7 @@ class ReplicaNode:
             self._server.stop(grace).wait()
         self.peers.close()
         self.metrics.stop()
+        self.spans.close()
         self.engine.dispose()
         log.info("replica %d: stopped", self.index)
 

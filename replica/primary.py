@@ -22,6 +22,7 @@ from protos import replication_pb2 as rpb
 from replica.coordinator import Coordinator
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
+from replica.spans import DISABLED, Spans
 from replica.wire import event_to_proto
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,10 @@ class PrimaryStreams:
 
     RECENT_EVENTS = 4096  # kept in wire form for the streams (RecentEvents)
 
-    def __init__(self, coordinator: Coordinator, engine: sa.Engine) -> None:
+    def __init__(
+        self, coordinator: Coordinator, engine: sa.Engine, *, spans: Spans = DISABLED
+    ) -> None:
+        self._spans = spans
         self._coordinator = coordinator
         self._engine = engine
         self.recent = RecentEvents(self.RECENT_EVENTS)
@@ -172,6 +176,7 @@ class PrimaryStreams:
         try:
             for message in requests:
                 if message.HasField("ack"):
+                    self._spans.mark(f"acked_by_{secondary}", message.ack.position.seq)
                     self._coordinator.run(
                         ins.SecondaryAcked(
                             secondary,
@@ -210,7 +215,7 @@ class PrimaryStreams:
         def local(effect: fx.Effect) -> bool:
             match effect:
                 case fx.SendEvents():
-                    outgoing.append(self._batch(effect))
+                    outgoing.append(self._batch(secondary, effect))
                 case fx.SendHeartbeat(_, _, epoch, committed, last_seq, in_sync, echo):
                     outgoing.append(
                         rpb.PrimaryMessage(
@@ -232,7 +237,7 @@ class PrimaryStreams:
         self._coordinator.run(ins.SendWanted(secondary, stream_id), local)
         return outgoing, bool(ended)
 
-    def _batch(self, effect: fx.SendEvents) -> rpb.PrimaryMessage:
+    def _batch(self, secondary: int, effect: fx.SendEvents) -> rpb.PrimaryMessage:
         count = effect.through_seq - effect.after_seq
         events = self.recent.after(effect.after_seq, count)
         if events is None or not events or events[-1].seq != effect.through_seq:
@@ -245,6 +250,7 @@ class PrimaryStreams:
             raise RuntimeError(
                 f"events {effect.after_seq + 1}..{effect.through_seq} are not all in the log"
             )
+        self._spans.mark(f"sent_to_{secondary}", effect.through_seq)
         return rpb.PrimaryMessage(
             primary_epoch=effect.epoch,
             batch=rpb.Batch(

@@ -29,6 +29,7 @@ from replica.peers import Peers
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.protocol.rules import LogPosition
+from replica.spans import DISABLED, Spans
 from replica.wire import event_from_proto
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,10 @@ class Secondary(StreamControl):
         write_lock: threading.Lock,
         coordinator: Coordinator,
         peers: Peers,
+        *,
+        spans: Spans = DISABLED,
     ) -> None:
+        self._spans = spans
         self.index = index
         self._engine = engine
         self._write_lock = write_lock
@@ -204,6 +208,7 @@ class Secondary(StreamControl):
         def local(effect: fx.Effect) -> bool:
             match effect:
                 case fx.SendAck(sid, position, in_sync, ack_id) if sid == stream_id:
+                    self._spans.mark("ack_queued", position.seq)
                     outbox.put(_ack(position, in_sync, ack_id))
                 case fx.SendHello(sid, epoch) if sid == stream_id:
                     outbox.put(self._hello(epoch))
@@ -294,12 +299,14 @@ class Secondary(StreamControl):
         if not batch.events:
             return
         last = batch.events[-1]
+        self._spans.mark("received_batch", last.seq)
         stored: list[Position] = []
 
         def storing(effect: fx.Effect) -> bool:
             if isinstance(effect, fx.StoreBatch) and effect.stream_id == stream_id:
                 try:
                     stored.append(self._store(batch))
+                    self._spans.mark("stored", stored[-1].seq)
                 except sa.exc.DBAPIError as exc:
                     if self.on_database_error is not None:
                         self.on_database_error()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from replica.commit import CommitTracker
 from replica.database import storage_error
 from replica.errors import ChatError, Unavailable
 from replica.role import RoleState
+from replica.spans import DISABLED, Spans
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class _Command:
     request_id: str | None
     decide: Decide
     reads_inboxes: bool = True  # decide() reads the messages table
+    received_ns: int = 0  # when it came in (only with spans on)
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
     error: ChatError | None = None
@@ -69,7 +72,9 @@ class LogWriter:
         clock: Clock = utc_now,
         commit_timeout: float = 10.0,
         admission: Callable[[], None] = lambda: None,
+        spans: Spans = DISABLED,
     ) -> None:
+        self._spans = spans
         self._engine = engine
         self._role = role
         self._commits = commits
@@ -103,6 +108,8 @@ class LogWriter:
         (`reads_inboxes=False`): the messages the batch has sent so far need not be inserted
         before it runs."""
         command = _Command(request_id, decide, reads_inboxes)
+        if self._spans.enabled:
+            command.received_ns = time.monotonic_ns()
         with self._queue_lock:
             self._queue.append(command)
         while not command.done.is_set():
@@ -120,12 +127,14 @@ class LogWriter:
         assert outcome is not None
         if outcome.event is not None:
             self._commits.wait_committed(outcome.event.seq, self._commit_timeout)
+            self._spans.mark("woken", outcome.event.seq)
         return outcome
 
     def _write_batch(self, batch: list[_Command]) -> None:
         """Decide, append and apply each command in turn in one transaction (each decides on
         the state the ones before it left); a command's domain error fails that command only."""
         appended: list[Event] = []
+        locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
             snap = self._role.require_primary()
             with self._engine.begin() as conn:
@@ -164,6 +173,8 @@ class LogWriter:
             self._fail(batch, Unavailable(f"the write failed ({exc.__class__.__name__}); retry"))
             appended = []
         if appended:
+            if self._spans.enabled:
+                self._mark_batch(batch, locked_ns, appended[-1].seq)
             self._commits.appended(appended)
             for listener in self._on_appended:
                 listener(appended)
@@ -191,6 +202,8 @@ class LogWriter:
         if command.reads_inboxes:
             applier.flush_messages()
         new = command.decide(conn)
+        if self._spans.enabled:
+            self._spans.mark("decided", seq)
         if new is None:
             command.outcome = Outcome(None, duplicate=False)
             return None
@@ -200,6 +213,14 @@ class LogWriter:
             logged[request_id] = event
         command.outcome = Outcome(event, duplicate=False)
         return event
+
+    def _mark_batch(self, batch: list[_Command], locked_ns: int, last_seq: int) -> None:
+        self._spans.mark("local_commit", last_seq)
+        for command in batch:
+            outcome = command.outcome
+            if outcome is not None and outcome.event is not None and not outcome.duplicate:
+                self._spans.mark_at("received", outcome.event.seq, command.received_ns)
+                self._spans.mark_at("locked", outcome.event.seq, locked_ns)
 
     @staticmethod
     def _fail(batch: list[_Command], error: ChatError) -> None:

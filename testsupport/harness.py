@@ -131,6 +131,8 @@ class ClusterProcesses:
     an address of this namespace)."""
     metrics: bool = False
     """Each replica serves Prometheus metrics on a free port of its host (metrics_address)."""
+    trace_spans: bool = False
+    """Each replica records the steps of every write (replica/spans.py) in spans_path(i)."""
     launch_prefixes: Sequence[Sequence[str]] | None = None
     """Replica i's command is prefixed with launch_prefixes[i] (e.g. `ip netns exec NS`,
     which execs: the pid is still the replica's)."""
@@ -219,7 +221,12 @@ class ClusterProcesses:
         ]
         if spec.db_url is not None:
             cmd += ["--db", spec.db_url]
+        if self.trace_spans:
+            cmd += ["--trace-spans", str(self.spans_path(index))]
         return cmd
+
+    def spans_path(self, index: int) -> Path:
+        return self.base_dir / f"spans-{index}.txt"
 
     def _environment(self) -> dict[str, str]:
         # The harness alone decides configuration: no CHAT_* from the developer's shell.

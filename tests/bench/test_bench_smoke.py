@@ -69,7 +69,7 @@ def _expected_figures(backend: str) -> list[str]:
         f"delivery_latency_p99.{backend}",
     ]
     keys += [f"send_throughput.{backend}.senders_{n}" for n in (1, 8, 32)]
-    keys += [f"cpu_per_commit.{backend}"]
+    keys += [f"cpu_per_commit.{backend}", f"critical_path.{backend}"]
     keys += [f"cpu_per_send.{backend}.senders_{n}" for n in (1, 8, 32)]
     keys += [
         f"failover_{kind}_{stat}.{backend}"
@@ -157,6 +157,10 @@ def test_smoke_run_reports_every_figure(backend: str, tmp_path: Path) -> None:
         assert {"primary", "bench clients"} <= set(parts), parts
         assert sum(1 for name in parts if name.startswith("secondary")) == 2, parts
         assert cpu["value"] == pytest.approx(sum(parts.values()), rel=1e-3)
+    # Every traced send has every span of its critical path.
+    traced = figures[f"critical_path.{backend}"]["details"]
+    assert traced["traced"] == traced["sends"] > 0, traced
+    assert len(traced["spans"]) == 12 and all(s["p50_ms"] >= 0 for s in traced["spans"].values())
     # The repair took the tail back from undo information, not by a rebuild.
     for n in (200, 1000):
         assert "projections undone" in figures[f"scale_repair.{backend}.n_{n}"]["note"]
