@@ -98,3 +98,35 @@ def test_a_connection_killed_under_a_busy_pool_fails_one_transaction_only(
         conn.execute(sa.text("INSERT INTO t VALUES (3)"))
     with mysql_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT x FROM t ORDER BY x")).scalars().all() == [1, 3]
+
+
+def test_a_commit_costs_no_rollback_but_an_open_transaction_is_rolled_back_on_return(
+    mysql_engine: sa.Engine,
+) -> None:
+    rollbacks = sa.text("SHOW SESSION STATUS LIKE 'Com_rollback'")
+    with mysql_engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (x INT PRIMARY KEY)"))
+    with mysql_engine.connect() as conn:
+        session = _connection_id(conn)
+        before = int(conn.execute(rollbacks).one()[1])
+    for x in range(5):
+        with mysql_engine.begin() as conn:
+            assert _connection_id(conn) == session
+            conn.execute(sa.text("INSERT INTO t VALUES (:x)"), {"x": x})
+    raw = mysql_engine.raw_connection()  # bypasses the Connection's own transaction handling
+    cursor = raw.cursor()
+    cursor.execute("INSERT INTO t VALUES (99)")
+    cursor.close()
+    raw.close()  # back to the pool inside its transaction: rolled back there
+    with mysql_engine.connect() as conn:
+        assert _connection_id(conn) == session
+        # The reads' connect() ends its transaction once (the rollback before this one), the
+        # five commits none, the returned open transaction one.
+        assert int(conn.execute(rollbacks).one()[1]) == before + 2
+        assert conn.execute(sa.text("SELECT x FROM t ORDER BY x")).scalars().all() == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
