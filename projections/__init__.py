@@ -9,6 +9,7 @@ from projections import undo
 from projections.apply import (
     Applier,
     EventTypes,
+    PositionMoved,
     apply_events,
     catch_up,
     last_applied_seq,
@@ -22,6 +23,7 @@ from projections.schema import accounts, messages, metadata, projection_position
 __all__ = [
     "Applier",
     "EventTypes",
+    "PositionMoved",
     "RolledBack",
     "accounts",
     "apply_events",

@@ -124,7 +124,16 @@ def last_applied_seq(conn: sa.Connection) -> int:
     return 0 if value is None else int(value)
 
 
+class PositionMoved(Exception):
+    """The projections are not at the position the applier started from: someone else
+    applied events meanwhile, or the caller's idea of the position was wrong. Nothing the
+    applier wrote may be committed."""
+
+
 def _set_last_applied_seq(conn: sa.Connection, previous: int, seq: int) -> None:
+    """Move the position from `previous` to `seq` -- compare and set, so that an applier
+    given a position it did not read (the writer keeps it in memory) cannot commit on top of
+    another."""
     if (
         previous == 0
         and conn.execute(
@@ -134,11 +143,16 @@ def _set_last_applied_seq(conn: sa.Connection, previous: int, seq: int) -> None:
     ):
         conn.execute(projection_position.insert().values(name=POSITION_NAME, last_applied_seq=seq))
         return
-    conn.execute(
+    moved = conn.execute(
         projection_position.update()
-        .where(projection_position.c.name == POSITION_NAME)
+        .where(
+            projection_position.c.name == POSITION_NAME,
+            projection_position.c.last_applied_seq == previous,
+        )
         .values(last_applied_seq=seq)
     )
+    if moved.rowcount != 1:
+        raise PositionMoved(f"the projections are not at seq {previous}: cannot move them to {seq}")
 
 
 _Processor = Callable[[Any], Any]
@@ -348,11 +362,14 @@ class Applier:
         return self.position
 
 
-def apply_events(conn: sa.Connection, batch: Sequence[Event]) -> int:
+def apply_events(
+    conn: sa.Connection, batch: Sequence[Event], *, position: int | None = None
+) -> int:
     """Apply events that continue the projections' position, in the caller's transaction.
-    Events at or below the position are skipped (already applied: exactly-once).
+    Events at or below the position are skipped (already applied: exactly-once). A caller
+    that knows the position passes it (saving a query; PositionMoved if it was wrong).
     Returns the new last applied seq."""
-    applier = Applier(conn, hold_all=True)
+    applier = Applier(conn, position, hold_all=True)
     for event in batch:
         applier.add(event)
     return applier.finish()

@@ -32,6 +32,7 @@ from replica.writer import LogWriter, NewEvent
 
 # Each check runs in the writer's transaction, after the request was validated.
 _WRONG_LOGIN = "wrong username or password"
+_SESSION_ENDED = "your session has ended (logged out or account deleted); log in"
 # A scrypt hash takes 16 MiB and releases the GIL: without a bound, a burst of logins on a
 # thousand gRPC threads would take gigabytes. More than the cores gain nothing anyway.
 DEFAULT_PASSWORD_WORKERS = 4
@@ -94,7 +95,7 @@ class ChatService:
             password_hash = self._hash_password(password)
 
         def decide(conn: sa.Connection) -> NewEvent:
-            if q.find_account(conn, name) is not None:
+            if self._writer.directory.account(conn, name) is not None:
                 raise AlreadyExists(f"username {name!r} is taken; choose another")
             return NewEvent(
                 EventTypes.ACCOUNT_REGISTERED, {"username": name, "password_hash": password_hash}
@@ -122,7 +123,7 @@ class ChatService:
         session_id = self._tokens.new_session_id()
 
         def decide(conn: sa.Connection) -> NewEvent:
-            current = q.find_account(conn, name)
+            current = self._writer.directory.account(conn, name)
             if current is None or current.account_id != account.account_id:
                 raise Unauthenticated(_WRONG_LOGIN)
             payload: dict[str, Any] = {
@@ -155,7 +156,7 @@ class ChatService:
         session_id = self._session_id(token)
 
         def decide(conn: sa.Connection) -> NewEvent:
-            account = self._account_in(conn, session_id)
+            account = self._writer_account_in(conn, session_id)
             return NewEvent(
                 EventTypes.SESSION_CLOSED,
                 {"session_id": session_id, "account_id": account.account_id},
@@ -170,8 +171,8 @@ class ChatService:
         text = v.body(body)
 
         def decide(conn: sa.Connection) -> NewEvent:
-            sender = self._account_in(conn, session_id)
-            target = q.find_account(conn, to)
+            sender = self._writer_account_in(conn, session_id)
+            target = self._writer.directory.account(conn, to)
             if target is None:
                 raise NotFound(f"user {to!r} does not exist")
             return NewEvent(
@@ -204,7 +205,7 @@ class ChatService:
         newly: list[int] = []
 
         def decide(conn: sa.Connection) -> NewEvent | None:
-            account = self._account_in(conn, session_id)
+            account = self._writer_account_in(conn, session_id)
             found = q.inbox_ids(conn, account.account_id, ids)
             missing = [i for i in ids if i not in found or i > self._committed_seq()]
             if missing:
@@ -253,7 +254,7 @@ class ChatService:
             raise Unauthenticated("wrong password: the account was not deleted")
 
         def decide(conn: sa.Connection) -> NewEvent:
-            current = self._account_in(conn, session_id)
+            current = self._writer_account_in(conn, session_id)
             if account is None or current.account_id != account.account_id:
                 raise Unauthenticated("session expired; log in again")
             return NewEvent(
@@ -342,7 +343,14 @@ class ChatService:
     def _account_in(conn: sa.Connection, session_id: str) -> q.Account:
         account = q.find_session_account(conn, session_id)
         if account is None:
-            raise Unauthenticated("your session has ended (logged out or account deleted); log in")
+            raise Unauthenticated(_SESSION_ENDED)
+        return account
+
+    def _writer_account_in(self, conn: sa.Connection, session_id: str) -> q.Account:
+        """_account_in for a decide (in the writer's transaction): through its directory."""
+        account = self._writer.directory.session_account(conn, session_id)
+        if account is None:
+            raise Unauthenticated(_SESSION_ENDED)
         return account
 
     def _verify(self, password: str, password_hash: str) -> bool:

@@ -108,6 +108,7 @@ class ReplicaNode:
             self.coordinator,
             self.peers,
             spans=self.spans,
+            on_log_written=self.writer.forget_positions,
         )
         self.servicer = ChatServicer(
             self.service,

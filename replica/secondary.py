@@ -83,8 +83,15 @@ class Secondary(StreamControl):
         peers: Peers,
         *,
         spans: Spans = DISABLED,
+        on_log_written: Callable[[], None] = lambda: None,
     ) -> None:
         self._spans = spans
+        # Under the write lock, after a transaction of ours wrote the log: the writer must not
+        # trust what it holds in memory (LogWriter.forget_positions).
+        self._on_log_written = on_log_written
+        # Where the log ends (== the projections' position) after this stream's last store,
+        # so that the next store reads neither; the position's compare-and-set guards it.
+        self._known_end: Position | None = None
         self.index = index
         self._engine = engine
         self._write_lock = write_lock
@@ -182,6 +189,7 @@ class Secondary(StreamControl):
     def _follow(self, wanted: _Wanted) -> None:
         """Run one stream until it breaks or the core gives it up."""
         stream_id = wanted.stream_id
+        self._known_end = None
         outbox = _Outbox()
         outbox.put(self._hello(wanted.epoch))
         responses = self._peers.stub(wanted.primary).Replicate(
@@ -268,6 +276,8 @@ class Secondary(StreamControl):
                 if not isinstance(effect, fx.Truncate):
                     return local(effect)
                 started = time.monotonic()
+                self._on_log_written()
+                self._known_end = None
                 with self._engine.begin() as conn:
                     # The projections hold the tail's effects: take them back first, while
                     # the tail is still in the log (undone event by event, or rebuilt).
@@ -330,12 +340,18 @@ class Secondary(StreamControl):
     def _store(self, batch: rpb.Batch) -> Position:
         events = [event_from_proto(e) for e in batch.events]
         with self._write_lock, self._engine.begin() as conn:
-            last = eventlog.last_position(conn)
+            self._on_log_written()
+            known, self._known_end = self._known_end, None  # until this one committed
+            last = eventlog.last_position(conn) if known is None else known
             fresh = [e for e in events if e.seq > last.seq]
+            applied = None
             if fresh:
                 eventlog.append_events(conn, fresh, after_seq=last.seq)
-                projections.apply_events(conn, fresh)
+                position = None if known is None else known.seq
+                applied = projections.apply_events(conn, fresh, position=position)
                 last = fresh[-1].position
+        if known is not None or applied == last.seq:
+            self._known_end = last
         return last
 
 

@@ -18,6 +18,7 @@ import projections
 from eventlog import Event
 from replica.commit import CommitTracker
 from replica.database import storage_error
+from replica.directory import Directory
 from replica.errors import ChatError, Unavailable
 from replica.role import RoleState
 from replica.spans import DISABLED, Spans
@@ -86,6 +87,13 @@ class LogWriter:
         self._queue_lock = threading.Lock()
         self._queue: list[_Command] = []
         self._on_appended: list[Callable[[list[Event]], None]] = []
+        # Held in memory between batches of one term, so that a batch reads neither the log's
+        # end nor the projections' position, nor (through the directory) the accounts and
+        # sessions a send names. Forgotten at a new term and after any failed batch; the
+        # position's compare-and-set (projections.PositionMoved) guards the assumption.
+        self.directory = Directory()
+        self._term: int | None = None  # the epoch the two below belong to
+        self._last_seq: int | None = None  # the log's end == the projections' position
 
     def set_admission(self, admission: Callable[[], None]) -> None:
         """What raises when writes must be refused (too few replicas in sync)."""
@@ -137,13 +145,18 @@ class LogWriter:
         locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
             snap = self._role.require_primary()
+            if snap.epoch != self._term:
+                self._forget()
+                self._term = snap.epoch
+            known = self._last_seq
+            self._last_seq = None  # until this batch is known to have committed
             with self._engine.begin() as conn:
-                start = eventlog.last_position(conn).seq
+                start = eventlog.last_position(conn).seq if known is None else known
                 seq = start
                 logged = eventlog.find_by_request_ids(
                     conn, [c.request_id for c in batch if c.request_id is not None]
                 )
-                applier = projections.Applier(conn)
+                applier = projections.Applier(conn, position=known)
                 for command in batch:
                     try:
                         event = self._write_one(conn, command, snap.epoch, seq + 1, logged, applier)
@@ -156,8 +169,12 @@ class LogWriter:
                 # One INSERT for the batch's events: nothing a decide() reads comes from the
                 # log itself (request ids are looked up above and kept in `logged`).
                 eventlog.append_events(conn, appended, after_seq=start)
-                applier.finish()
+                applied = applier.finish()
+            self.directory.committed()
+            if applied == seq:
+                self._last_seq = seq
         except ChatError as exc:  # not the primary: nothing was written
+            self._forget()
             self._fail(batch, exc)
             appended = []
         except sa.exc.DBAPIError as exc:
@@ -166,9 +183,11 @@ class LogWriter:
             log.error("replica %d: the database refused a write: %s", self._role.index, exc.orig)
             if self.on_database_error is not None:
                 self.on_database_error()
+            self._forget()
             self._fail(batch, storage_error(exc))
             appended = []
         except Exception as exc:
+            self._forget()
             log.exception("replica %d: writing a batch of commands failed", self._role.index)
             self._fail(batch, Unavailable(f"the write failed ({exc.__class__.__name__}); retry"))
             appended = []
@@ -209,6 +228,7 @@ class LogWriter:
             return None
         event = Event(seq, epoch, new.type, new.payload, request_id, self._clock())
         applier.add(event)
+        self.directory.applied(event)
         if request_id is not None:
             logged[request_id] = event
         command.outcome = Outcome(event, duplicate=False)
@@ -222,6 +242,18 @@ class LogWriter:
                 self._spans.mark_at("received", outcome.event.seq, command.received_ns)
                 self._spans.mark_at("locked", outcome.event.seq, locked_ns)
 
+    def _forget(self) -> None:
+        """What is held in memory can no longer be vouched for (a failed or in-doubt batch,
+        a new term, a write by another path): read it afresh."""
+        self._term = None
+        self._last_seq = None
+        self.directory.clear()
+
+    def forget_positions(self) -> None:
+        """The log or the projections were written by another path (replication, repair);
+        call with the write lock held."""
+        self._forget()
+
     @staticmethod
     def _fail(batch: list[_Command], error: ChatError) -> None:
         for command in batch:
@@ -231,6 +263,7 @@ class LogWriter:
     def append_system_event(self, new: NewEvent, epoch: int) -> Event:
         """An event the cluster writes itself (e.g. a new primary's epoch marker)."""
         with self._lock, self._engine.begin() as conn:
+            self._forget()
             seq = eventlog.last_position(conn).seq + 1
             event = Event(seq, epoch, new.type, new.payload, None, self._clock())
             eventlog.append_events(conn, [event])

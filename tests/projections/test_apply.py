@@ -15,6 +15,7 @@ from eventlog import Event
 from projections import (
     Applier,
     EventTypes,
+    PositionMoved,
     accounts,
     apply_events,
     last_applied_seq,
@@ -479,3 +480,18 @@ def test_batched_apply_ends_where_one_event_at_a_time_does(
         got = tables(engine)
         assert got.pop("projection_position") == [("chat", len(log))]
         assert got == expected
+
+
+def test_an_applier_told_a_wrong_position_cannot_commit(engine: sa.Engine) -> None:
+    """The writer keeps the position in memory; if it were wrong (another path applied events
+    meanwhile), the position's compare-and-set refuses the batch."""
+    with engine.begin() as conn:
+        apply_events(conn, [ev(1, EventTypes.EPOCH_STARTED, replica_index=0)])
+        apply_events(conn, [ev(2, EventTypes.ACCOUNT_REGISTERED, username="a", password_hash="h")])
+    with pytest.raises(PositionMoved), engine.begin() as conn:
+        applier = Applier(conn, position=1)  # stale: the projections are at 2
+        applier.add(ev(2, EventTypes.SESSION_OPENED, session_id="s", account_id=2, username="a"))
+        applier.finish()
+    with engine.connect() as conn:
+        assert last_applied_seq(conn) == 2
+        assert conn.execute(sa.select(sa.func.count()).select_from(sessions)).scalar_one() == 0

@@ -1,0 +1,101 @@
+"""Accounts by name and sessions by id, held in memory for the writer's decides, so that a
+send reads nothing from the database to learn who sends and who receives.
+
+Only the writer uses it, under its lock, and it is exact: an entry is what the writer's own
+transaction would read. Entries come from those reads; what an event removes (a session
+closed or ended by a login at the cap, an account deleted with its sessions) is evicted the
+moment the event is applied in the batch, before any later decide runs; what a batch read is
+kept only once the batch committed (a rolled-back batch may have read its own uncommitted
+registrations). The writer clears it whenever it cannot vouch for it: a new term, a failed
+batch (the commit may be in doubt), anything written by another path (replication)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import sqlalchemy as sa
+
+from eventlog import Event
+from projections import EventTypes
+from projections import queries as q
+
+DEFAULT_CAPACITY = 100_000  # entries of each kind; the least recently used go first
+
+
+class Directory:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._capacity = capacity
+        self._accounts: OrderedDict[str, q.Account] = OrderedDict()
+        self._sessions: OrderedDict[str, q.Account] = OrderedDict()
+        # Read in the open batch; kept at committed(), dropped at abandoned().
+        self._new_accounts: dict[str, q.Account] = {}
+        self._new_sessions: dict[str, q.Account] = {}
+
+    def __len__(self) -> int:
+        return len(self._accounts) + len(self._sessions)
+
+    def account(self, conn: sa.Connection, username: str) -> q.Account | None:
+        found = self._accounts.get(username)
+        if found is not None:
+            self._accounts.move_to_end(username)
+            return found
+        found = self._new_accounts.get(username)
+        if found is None:
+            found = q.find_account(conn, username)
+            if found is not None:
+                self._new_accounts[username] = found
+        return found
+
+    def session_account(self, conn: sa.Connection, session_id: str) -> q.Account | None:
+        found = self._sessions.get(session_id)
+        if found is not None:
+            self._sessions.move_to_end(session_id)
+            return found
+        found = self._new_sessions.get(session_id)
+        if found is None:
+            found = q.find_session_account(conn, session_id)
+            if found is not None:
+                self._new_sessions[session_id] = found
+        return found
+
+    def applied(self, event: Event) -> None:
+        """An event of the open batch was applied: forget what it removed."""
+        p = event.payload
+        if event.type == EventTypes.SESSION_CLOSED:
+            self._forget_session(str(p["session_id"]))
+        elif event.type == EventTypes.SESSION_OPENED:
+            for closed in p.get("closes", ()):
+                self._forget_session(str(closed))
+        elif event.type == EventTypes.ACCOUNT_DELETED:
+            account_id = p["account_id"]
+            for table in (self._accounts, self._new_accounts):
+                for name in [n for n, a in table.items() if a.account_id == account_id]:
+                    del table[name]
+            for sessions in (self._sessions, self._new_sessions):
+                for sid in [s for s, a in sessions.items() if a.account_id == account_id]:
+                    del sessions[sid]
+
+    def committed(self) -> None:
+        """The open batch committed: what it read holds."""
+        self._keep(self._accounts, self._new_accounts)
+        self._keep(self._sessions, self._new_sessions)
+
+    def abandoned(self) -> None:
+        """The open batch rolled back (or its commit is in doubt): drop what it read."""
+        self._new_accounts.clear()
+        self._new_sessions.clear()
+
+    def clear(self) -> None:
+        self._accounts.clear()
+        self._sessions.clear()
+        self.abandoned()
+
+    def _forget_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+        self._new_sessions.pop(session_id, None)
+
+    def _keep(self, kept: OrderedDict[str, q.Account], new: dict[str, q.Account]) -> None:
+        kept.update(new)
+        new.clear()
+        while len(kept) > self._capacity:
+            kept.popitem(last=False)
