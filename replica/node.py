@@ -101,6 +101,9 @@ class ReplicaNode:
         self.writer.set_admission(self.coordinator.check_writable)
         self.primary_streams = PrimaryStreams(self.coordinator, self.engine, spans=self.spans)
         self.writer.add_append_listener(self.primary_streams.on_appended)
+        self.writer.set_stream_hooks(
+            self.primary_streams.on_written, self.primary_streams.on_write_failed
+        )
         self.secondary = Secondary(
             self.index,
             self.engine,

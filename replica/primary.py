@@ -17,7 +17,7 @@ import grpc
 import sqlalchemy as sa
 
 import eventlog
-from eventlog import Event
+from eventlog import Event, Position
 from protos import replication_pb2 as rpb
 from replica.coordinator import Coordinator
 from replica.protocol import effects as fx
@@ -39,6 +39,12 @@ class RecentEvents:
         self._events: deque[rpb.Event] = deque()
 
     def add(self, events: list[Event]) -> None:
+        """Events from the writer: a batch already added when it was written (before its
+        commit) is not added again once it is durable."""
+        with self._lock:
+            held = self._events[-1].seq if self._events else None
+        if held is not None:
+            events = [e for e in events if e.seq > held]
         protos = [event_to_proto(e) for e in events]
         with self._lock:
             if self._events and protos and protos[0].seq != self._events[-1].seq + 1:
@@ -81,8 +87,20 @@ class PrimaryStreams:
         # A new term may hold other events at the same seqs (after a truncation).
         coordinator.add_term_listener(self.recent.clear)
 
+    def on_written(self, events: list[Event]) -> None:
+        """The writer decided these events and is committing them: cache them for the
+        streams and let the core stream them now."""
+        self.recent.add(events)
+        self._coordinator.run(ins.Written(events[-1].seq))
+
+    def on_write_failed(self, epoch: int, reason: str) -> None:
+        """Events on_written announced (in `epoch`) did not commit here: the core steps
+        down."""
+        self._coordinator.run(ins.LocalWriteFailed(epoch, reason))
+
     def on_appended(self, events: list[Event]) -> None:
-        """The writer's listener: cache the events, then tell the core."""
+        """The writer's listener: cache the events (unless on_written did), then tell the
+        core they are durable here."""
         if events:
             self.recent.add(events)
             self._coordinator.run(ins.Appended(events[-1].seq))
@@ -147,9 +165,11 @@ class PrimaryStreams:
             match effect:
                 case fx.RefuseStream(_, reason):
                     refusals.append(reason)  # after the rest (a step-down) is carried out
-                case fx.SendDivergence(_, sid, epoch):
+                case fx.SendDivergence(_, sid, epoch, written_seq):
                     with self._engine.connect() as conn:
                         end = eventlog.epoch_end_seq(conn, hello.position.epoch)
+                    if hello.position.epoch >= epoch and written_seq > end.seq:
+                        end = Position(epoch, written_seq)  # (its commit here under way)
                     ids.append(sid)
                     answers.append(
                         rpb.PrimaryMessage(

@@ -1,6 +1,7 @@
 """Timestamps of the steps a write goes through -- taken on the primary and on each secondary
 -- so that `make bench` can show the critical path of one send as measured spans (client
-call -> decided -> local commit -> streamed -> stored on each secondary -> acked -> reply).
+call -> decided -> streamed -> stored on each secondary -> acked -> reply, and beside the
+stream the primary's own local commit).
 
 Off unless a replica is started with `--trace-spans FILE` (or CHAT_TRACE_SPANS). Each mark is
 one line `NAME SEQ NANOSECONDS`, the time from CLOCK_MONOTONIC, which every process on the

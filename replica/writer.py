@@ -87,6 +87,11 @@ class LogWriter:
         self._queue_lock = threading.Lock()
         self._queue: list[_Command] = []
         self._on_appended: list[Callable[[list[Event]], None]] = []
+        # The replication streams: told of a batch's events as soon as they are decided, so
+        # that the secondaries store them while this replica commits them; and told when
+        # such a batch then failed to commit (the primary must step down).
+        self._on_written: Callable[[list[Event]], None] = lambda events: None
+        self._on_write_failed: Callable[[int, str], None] = lambda epoch, reason: None
         # Held in memory between batches of one term, so that a batch reads neither the log's
         # end nor the projections' position, nor (through the directory) the accounts and
         # sessions a send names. Forgotten at a new term and after any failed batch; the
@@ -94,6 +99,7 @@ class LogWriter:
         self.directory = Directory()
         self._term: int | None = None  # the epoch the two below belong to
         self._last_seq: int | None = None  # the log's end == the projections' position
+        self._streamed_epoch = 0  # the epoch of the batch last handed to the streams
 
     def set_admission(self, admission: Callable[[], None]) -> None:
         """What raises when writes must be refused (too few replicas in sync)."""
@@ -106,6 +112,15 @@ class LogWriter:
 
     def add_append_listener(self, listener: Callable[[list[Event]], None]) -> None:
         self._on_appended.append(listener)
+
+    def set_stream_hooks(
+        self, written: Callable[[list[Event]], None], write_failed: Callable[[int, str], None]
+    ) -> None:
+        """Stream each batch before its local commit (`written`, under the write lock, in the
+        batch's transaction), and say when a streamed batch did not commit (`write_failed`,
+        still under the write lock, so that no later batch is written before it is heard)."""
+        self._on_written = written
+        self._on_write_failed = write_failed
 
     def execute(
         self, request_id: str | None, decide: Decide, *, reads_inboxes: bool = True
@@ -142,6 +157,7 @@ class LogWriter:
         """Decide, append and apply each command in turn in one transaction (each decides on
         the state the ones before it left); a command's domain error fails that command only."""
         appended: list[Event] = []
+        streamed = False
         locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
             snap = self._role.require_primary()
@@ -166,6 +182,13 @@ class LogWriter:
                     if event is not None:
                         seq = event.seq
                         appended.append(event)
+                if appended:
+                    # The secondaries store them while this transaction writes and commits
+                    # them: the core acknowledges nothing before Appended says they are
+                    # durable here too, and a failure from here on deposes this primary.
+                    streamed = True
+                    self._streamed_epoch = snap.epoch
+                    self._on_written(appended)
                 # One INSERT for the batch's events: nothing a decide() reads comes from the
                 # log itself (request ids are looked up above and kept in `logged`).
                 eventlog.append_events(conn, appended, after_seq=start)
@@ -178,18 +201,17 @@ class LogWriter:
             self._fail(batch, exc)
             appended = []
         except sa.exc.DBAPIError as exc:
-            # The transaction rolled back: nothing of the batch is stored, applied or acked.
-            # The driver's message only: the statement's parameters hold password hashes.
+            # The transaction rolled back (or its commit is in doubt): nothing of the batch
+            # is acked. The driver's message only: the parameters hold password hashes.
             log.error("replica %d: the database refused a write: %s", self._role.index, exc.orig)
             if self.on_database_error is not None:
                 self.on_database_error()
-            self._forget()
-            self._fail(batch, storage_error(exc))
+            self._failed(batch, storage_error(exc), streamed, str(exc.orig))
             appended = []
         except Exception as exc:
-            self._forget()
             log.exception("replica %d: writing a batch of commands failed", self._role.index)
-            self._fail(batch, Unavailable(f"the write failed ({exc.__class__.__name__}); retry"))
+            error = Unavailable(f"the write failed ({exc.__class__.__name__}); retry")
+            self._failed(batch, error, streamed, exc.__class__.__name__)
             appended = []
         if appended:
             if self._spans.enabled:
@@ -241,6 +263,12 @@ class LogWriter:
             if outcome is not None and outcome.event is not None and not outcome.duplicate:
                 self._spans.mark_at("received", outcome.event.seq, command.received_ns)
                 self._spans.mark_at("locked", outcome.event.seq, locked_ns)
+
+    def _failed(self, batch: list[_Command], error: ChatError, streamed: bool, why: str) -> None:
+        self._forget()
+        if streamed:
+            self._on_write_failed(self._streamed_epoch, why)
+        self._fail(batch, error)
 
     def _forget(self) -> None:
         """What is held in memory can no longer be vouched for (a failed or in-doubt batch,

@@ -56,6 +56,7 @@ from replica.protocol.inputs import (
     EpochStartFailed,
     HeartbeatReceived,
     Input,
+    LocalWriteFailed,
     PeerView,
     ProbeOutcome,
     ProbeReceived,
@@ -69,6 +70,7 @@ from replica.protocol.inputs import (
     Tick,
     VoteReplied,
     VoteRequested,
+    Written,
 )
 from replica.protocol.roles import Role
 from replica.protocol.rules import LogPosition
@@ -150,6 +152,8 @@ class ReplicaCore:
             EpochStartAppended: self._epoch_start_appended,
             EpochStartFailed: self._epoch_start_failed,
             Appended: self._appended,
+            Written: self._written,
+            LocalWriteFailed: self._local_write_failed,
             DivergenceReceived: self._divergence_received,
             BatchReceived: self._batch_received,
             BatchStored: self._batch_stored,
@@ -631,6 +635,21 @@ class ReplicaCore:
         if iss is not None and self.role is Role.PRIMARY:
             iss.appended(event.last_seq, now, self._out)
 
+    def _written(self, event: Written, now: float) -> None:
+        iss = self.in_sync_set
+        if iss is not None and self.role is Role.PRIMARY:
+            iss.written(event.last_seq, now, self._out)
+
+    def _local_write_failed(self, event: LocalWriteFailed, now: float) -> None:
+        """Its secondaries may hold events its own log lacks (or, in doubt, the other way
+        round): writing on at those seqs in this epoch would give one (epoch, seq) two events.
+        It steps down; the next election (a new epoch) picks the longest log, its
+        epoch_started event commits what it holds, and a divergent tail is truncated as after
+        any crash. (Even a batch no stream was sent yet: its commit may have happened.)"""
+        iss = self.in_sync_set
+        if iss is not None and iss.epoch == event.epoch:
+            self._step_down(f"its own commit of streamed events failed: {event.reason}")
+
     # -- inputs: a secondary's stream ------------------------------------------------------
 
     def _divergence_received(self, event: DivergenceReceived, now: float) -> None:
@@ -759,7 +778,7 @@ class ReplicaCore:
             self._next_stream_id += 1
             stream_id = self._next_stream_id
         iss.hello(event.secondary, stream_id)
-        self._out.append(SendDivergence(event.secondary, stream_id, iss.epoch))
+        self._out.append(SendDivergence(event.secondary, stream_id, iss.epoch, iss.last_seq))
 
     def _secondary_acked(self, event: SecondaryAcked, now: float) -> None:
         iss = self.in_sync_set

@@ -210,11 +210,14 @@ class SendAck:
 @dataclass(frozen=True, slots=True)
 class SendDivergence:
     """Answer the secondary's Hello with this log's last position among events of epoch <= the
-    Hello's last epoch, on `stream_id` (a new stream gets its id here)."""
+    Hello's last epoch, on `stream_id` (a new stream gets its id here). The log's end counts
+    the events written and streamed but perhaps not durable here yet: through `written_seq`,
+    all of `epoch` (a secondary may hold them and must not truncate them)."""
 
     secondary: int
     stream_id: int
     epoch: int
+    written_seq: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,10 @@ class InSyncSet:
         self._config = config
         self._versions = versions  # the core's counter of published state (CommitStalled)
         self.epoch = epoch
+        # The log's end as streamed (written by the writer, its local commit perhaps still
+        # under way) and as durable here: only durable events can be acknowledged.
         self.last_seq = last_seq
+        self.durable_seq = last_seq
         self.commit_point = commit_point
         # Where this primary's epoch_started event is, once durable. Nothing is committed
         # before it is: acks of an older epoch's events alone do not make them safe (a replica
@@ -128,7 +131,9 @@ class InSyncSet:
         self.epoch_start_seq = seq
         self.appended(seq, now, out)
 
-    def appended(self, last_seq: int, now: float, out: list[Effect]) -> None:
+    def written(self, last_seq: int, now: float, out: list[Effect]) -> None:
+        """The writer holds events up to `last_seq`: stream them (acknowledged only once
+        appended() says they are durable here)."""
         if last_seq <= self.last_seq:
             return
         self.last_seq = last_seq
@@ -136,6 +141,13 @@ class InSyncSet:
             if m.acked_seq < last_seq and m.behind_since is None:
                 m.behind_since = now
         out.append(WakeSenders())
+
+    def appended(self, last_seq: int, now: float, out: list[Effect]) -> None:
+        """Events up to `last_seq` are durable in this primary's log."""
+        if last_seq <= self.durable_seq:
+            return
+        self.durable_seq = last_seq
+        self.written(last_seq, now, out)
         self.advance_commit(out)
 
     def in_sync_count(self) -> int:
@@ -184,7 +196,7 @@ class InSyncSet:
         if self.stalled is not None:
             self.stalled = None
             out.append(CommitStalled(None, self._versions()))
-        point = rules.commit_point(self.last_seq, acked)
+        point = rules.commit_point(self.durable_seq, acked)
         if self.epoch_start_seq is None or point < self.epoch_start_seq:
             return
         if point > self.commit_point:

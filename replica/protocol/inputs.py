@@ -105,6 +105,26 @@ class Appended:
     last_seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The writer holds client writes up to `last_seq` (decided, their local commit under
+    way): the streams may send them now. Nothing is acknowledged before Appended says they
+    are durable here too; if their commit fails, LocalWriteFailed follows."""
+
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocalWriteFailed:
+    """A batch announced by Written did not commit here (or its commit is in doubt). The
+    secondaries may hold it: this primary must write nothing more in its epoch (the same seqs
+    would carry other events), so it steps down, and an election sorts the logs out.
+    `epoch`: the one the batch was written in (a later election's candidacy is not hurt)."""
+
+    epoch: int
+    reason: str
+
+
 # -- a secondary's stream from its primary -----------------------------------------------------
 
 
@@ -209,6 +229,8 @@ Input = (
     | EpochStartAppended
     | EpochStartFailed
     | Appended
+    | Written
+    | LocalWriteFailed
     | DivergenceReceived
     | BatchReceived
     | BatchStored

@@ -129,9 +129,10 @@ def truncation_point(
     return min(own_last.seq, primary_end.seq, own_end_for_primary_epoch.seq)
 
 
-def commit_point(primary_last_seq: int, in_sync_acked: Iterable[int]) -> int:
-    """The highest seq stored by the primary and acknowledged by every in-sync secondary."""
-    return min([primary_last_seq, *in_sync_acked])
+def commit_point(primary_durable_seq: int, in_sync_acked: Iterable[int]) -> int:
+    """The highest seq durable in the primary's own log and acknowledged by every in-sync
+    secondary (the primary streams events before its own commit of them is done)."""
+    return min([primary_durable_seq, *in_sync_acked])
 
 
 def enough_in_sync(in_sync_secondaries: int, min_insync: int) -> bool:

@@ -137,9 +137,9 @@ MUTANTS = (
         (
             (
                 IN_SYNC,
-                "        point = rules.commit_point(self.last_seq, acked)",
+                "        point = rules.commit_point(self.durable_seq, acked)",
                 "        point = rules.commit_point(\n"
-                "            self.last_seq,\n"
+                "            self.durable_seq,\n"
                 "            [max([0, *(m.acked_seq for m in self.members.values())])],\n"
                 "        )",
             ),
@@ -156,8 +156,42 @@ MUTANTS = (
         (
             (
                 IN_SYNC,
+                "        point = rules.commit_point(self.durable_seq, acked)",
+                "        point = self.durable_seq",
+            ),
+        ),
+    ),
+    Mutant(
+        "commit-before-local-commit",
+        "events streamed before the primary's own commit are acknowledged before it is done",
+        (
+            (
+                IN_SYNC,
+                "        point = rules.commit_point(self.durable_seq, acked)",
                 "        point = rules.commit_point(self.last_seq, acked)",
-                "        point = self.last_seq",
+            ),
+        ),
+    ),
+    Mutant(
+        "primary-on-after-failed-commit",
+        "a primary whose commit of streamed events failed writes on in its epoch",
+        (
+            (
+                CORE,
+                '            self._step_down(f"its own commit of streamed events failed: '
+                '{event.reason}")',
+                "            pass",
+            ),
+        ),
+    ),
+    Mutant(
+        "divergence-without-written",
+        "the divergence answer leaves out events streamed but not yet durable on the primary",
+        (
+            (
+                CORE,
+                "SendDivergence(event.secondary, stream_id, iss.epoch, iss.last_seq)",
+                "SendDivergence(event.secondary, stream_id, iss.epoch, iss.durable_seq)",
             ),
         ),
     ),

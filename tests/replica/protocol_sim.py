@@ -48,6 +48,12 @@ class Violation(AssertionError):
 
 
 @dataclass(frozen=True)
+class LocalCommit:
+    """A primary's commit of the batch it streamed (not an effect: the writer's own write),
+    which may take a while like a durable effect (World.suspend)."""
+
+
+@dataclass(frozen=True)
 class Entry:
     epoch: int
     request_id: str | None  # None: a new primary's epoch_started event
@@ -179,6 +185,13 @@ class Node:
     round: dict[int, ins.ProbeOutcome] = field(default_factory=dict)
     follow: Link | None = None
     pending: dict[str, int] = field(default_factory=dict)  # request id -> seq awaited
+    # A primary's batch decided and streamed, its local commit under way (the writer holds
+    # its lock until commit() or a failure): the seqs after the disk's log. Lost in a crash.
+    written: list[Entry] = field(default_factory=list)
+
+    def log_as_written(self) -> list[Entry]:
+        """What the primary's streams read: its log and the batch being committed."""
+        return self.disk.log + self.written
 
     @property
     def alive(self) -> bool:
@@ -205,7 +218,7 @@ class World:
         self,
         n: int,
         min_insync: int,
-        suspend: Callable[[int, fx.Effect], bool] = lambda index, effect: False,
+        suspend: Callable[[int, fx.Effect | LocalCommit], bool] = lambda index, effect: False,
         batch_events: int = 2,
         observe: Callable[[str], None] = lambda what: None,
     ) -> None:
@@ -268,6 +281,7 @@ class World:
         node.probing = False
         node.round = {}
         node.pending.clear()
+        node.written = []  # its commit never finished
         node.follow = None
         for link in self.links:
             if not link.broken and index in (link.secondary, link.primary):
@@ -381,6 +395,10 @@ class World:
             case fx.StoreBatch(stream_id):
                 self._store(node, thread, stream_id, ctx)
             case fx.AppendEpochStarted(epoch):
+                if node.written:
+                    # The shell appends it under the writer's lock: a batch the replica
+                    # streamed as primary of an older epoch finishes its commit first.
+                    self.commit(node)
                 disk.log.append(Entry(epoch, None))
                 self.step(node, thread, ins.EpochStartAppended(disk.position()))
             case fx.SetRole(role, epoch, primary, version):
@@ -476,6 +494,8 @@ class World:
                     self.break_link(link)  # its epoch's end cannot be read: UNAVAILABLE
                     return
                 end = disk.end_for_epoch(ctx.hello_epoch)
+                if ctx.hello_epoch >= epoch and effect.written_seq > end.seq:
+                    end = Position(epoch, effect.written_seq)  # (its commit under way)
                 if not link.broken:
                     link.down.append(Message(self.now, "divergence", {"epoch": epoch, "end": end}))
             case fx.RefuseStream():
@@ -485,8 +505,9 @@ class World:
                 link = self._served(node, stream_id)
                 if link is None:
                     return
-                entries = [(s, disk.log[s - 1]) for s in range(after + 1, through + 1)]
-                if through > len(disk.log) or node.db_down:
+                log = node.log_as_written()
+                entries = [(s, log[s - 1]) for s in range(after + 1, through + 1)]
+                if through > len(log) or node.db_down:
                     self.break_link(link)  # the shell cannot read them: the stream ends
                     return
                 link.down.append(
@@ -528,6 +549,11 @@ class World:
                 self._acknowledge(node, request_id, awaited)
 
     def _acknowledge(self, node: Node, request_id: str, seq: int) -> None:
+        if seq > len(node.disk.log):
+            raise Violation(
+                f"replica {node.index} acknowledged {request_id} at seq {seq}, beyond its "
+                f"durable log ({len(node.disk.log)})"
+            )
         entry = node.disk.log[seq - 1]
         assert entry.request_id == request_id
         other = self.acked_at_seq.get(seq)
@@ -643,6 +669,7 @@ class World:
                 link.down
                 and (link.primary, link.secondary) not in self.cut
                 and self._can_act(link.secondary, "follow")
+                and not self._waits_for_write_lock(link)
             ):
                 out.append((link, "down"))
             if (
@@ -654,6 +681,13 @@ class World:
             if link.acked_once and self._can_act(link.primary, f"send:{link.link_id}"):
                 out.append((link, "send"))
         return out
+
+    def _waits_for_write_lock(self, link: Link) -> bool:
+        """The shell reads the log for a divergence and stores a batch under the writer's
+        lock: a replica that stepped down while its writer commits a batch (one that it
+        streamed as primary) does neither until that commit ended."""
+        node = self.nodes[link.secondary]
+        return bool(node.written) and link.down[0].kind in ("divergence", "batch")
 
     def _can_act(self, index: int, thread: str) -> bool:
         node = self.nodes[index]
@@ -904,12 +938,20 @@ class World:
 
     def writable(self) -> list[Node]:
         return [
-            n for n in self.nodes if n.running and n.role[0] is Role.PRIMARY and n.idle("writer")
+            n
+            for n in self.nodes
+            if n.running and n.role[0] is Role.PRIMARY and n.idle("writer") and not n.written
         ]
+
+    def committing(self) -> list[Node]:
+        """Primaries whose writer is committing a streamed batch."""
+        return [n for n in self.nodes if n.running and n.written]
 
     def client_write(self, node: Node, request_id: str) -> bool:
         """What the writer does with one command: refused unless the role shown is primary; a
-        request id already in the log waits for its event; otherwise admission, then append."""
+        request id already in the log waits for its event; otherwise admission, then the
+        event is decided and streamed (Written), and its local commit starts: commit()
+        finishes it (Appended), or it fails (LocalWriteFailed)."""
         assert node.core is not None
         if node.db_down:
             return False  # UNAVAILABLE, nothing applied
@@ -923,10 +965,29 @@ class World:
                 return True
         if node.core.write_refusal() is not None:
             return False
-        log.append(Entry(node.role[1], request_id))
-        node.pending[request_id] = len(log)
-        self.step(node, "writer", ins.Appended(len(log)))
+        node.written.append(Entry(node.role[1], request_id))
+        seq = len(log) + len(node.written)
+        node.pending[request_id] = seq
+        self.step(node, "writer", ins.Written(seq))
         return True
+
+    def commit(self, node: Node, outcome: str = "ok") -> None:
+        """The writer's commit of its streamed batch ends: "ok"; "failed" (rolled back); or
+        "in doubt" (it did commit, but the writer saw an error: a connection lost on COMMIT).
+        A database that is down fails it."""
+        assert node.written
+        epoch = node.written[0].epoch
+        if node.db_down and outcome == "ok":
+            outcome = "failed"
+        if outcome != "failed":
+            node.disk.log.extend(node.written)
+        node.written = []
+        if outcome == "ok":
+            self.step(node, "writer", ins.Appended(len(node.disk.log)))
+        else:
+            self.observe(f"a streamed batch's local commit {outcome}")
+            node.pending.clear()  # the clients see an error and retry
+            self.step(node, "writer", ins.LocalWriteFailed(epoch, outcome))
 
     # -- time ------------------------------------------------------------------------------
 
@@ -983,6 +1044,13 @@ class World:
                 if not calls:
                     break
                 self.deliver_call(calls[0])
+            # A primary's commit ends after what its streams carried meanwhile (the acks of
+            # the batch it commits may come first).
+            for node in self.committing():
+                if not keep_blocked(node.index, "writer") and not self.suspend(
+                    node.index, LocalCommit()
+                ):
+                    self.commit(node)
             for link, what in self.stream_deliveries():
                 if what == "send" and not hold(link, what):
                     self.deliver(link, what)

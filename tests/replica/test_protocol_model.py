@@ -7,7 +7,8 @@ while, client writes (to whichever replica shows itself primary, new or retried)
 break, crashes (volatile state lost, the disk kept), restarts and pauses -- and, with
 min_insync = 2, partitions in one direction or both and unbounded delays. With min_insync = 1
 the network is the one that mode assumes (docs/replication.md): nothing that can happen waits
-longer than MAX_DELAY, though a paused or busy replica may.
+longer than MAX_DELAY, though a paused or busy replica may. A primary streams a batch while
+its own commit of it is under way; that commit may then fail, fail in doubt, or never finish.
 
 Invariants (checked after every step, and where an effect is carried out):
 - every acknowledged write is in the log of every replica that is primary of its epoch or a
@@ -40,7 +41,7 @@ from hypothesis.stateful import (
 )
 
 from replica.protocol import effects as fx
-from tests.replica.protocol_sim import HEARTBEAT, Link, World
+from tests.replica.protocol_sim import HEARTBEAT, Link, LocalCommit, World
 
 N = 3
 QUIESCE_ROUNDS = 400  # x HEARTBEAT / 2 of logical time
@@ -59,7 +60,7 @@ class ProtocolModel(RuleBasedStateMachine):
         self._data: st.DataObject | None = None
         self._since_quiesce = 0
 
-    def _slow(self, index: int, effect: fx.Effect) -> bool:
+    def _slow(self, index: int, effect: fx.Effect | LocalCommit) -> bool:
         """Whether a durable effect is still under way when the rule ends."""
         if self._data is None:
             return False
@@ -100,6 +101,7 @@ class ProtocolModel(RuleBasedStateMachine):
                 if node.inbox:
                     moves.append(("inbox", node.index))
         moves += [("io", x) for x in w.blocked_threads() if w.nodes[x[0]].running]
+        moves += [("commit", n.index) for n in w.committing()]
         moves += [("stream", x) for x in w.stream_deliveries()]
         moves += [("call", c) for c in w.call_deliveries()]
         return moves
@@ -108,8 +110,9 @@ class ProtocolModel(RuleBasedStateMachine):
     @rule(data=st.data(), count=st.integers(1, 4))
     def progress(self, data: st.DataObject, count: int) -> None:
         """A few things happen, one at a time: a tick, the coordinator's next piece of work, a
-        durable write completing, a stream message or end-of-stream notice arriving, a sender
-        sending, a call or its reply arriving."""
+        durable write completing, a primary's local commit of a batch it streamed already
+        ending (or failing, or failing in doubt), a stream message or end-of-stream notice
+        arriving, a sender sending, a call or its reply arriving."""
         for _ in range(count):
             moves = self._moves()
             if not moves:
@@ -124,6 +127,12 @@ class ProtocolModel(RuleBasedStateMachine):
             w.run_inbox(move)  # type: ignore[arg-type]
         elif kind == "io":
             w.resume(*move)  # type: ignore[misc]
+        elif kind == "commit":
+            assert self._data is not None
+            outcome = self._data.draw(
+                st.sampled_from(["ok", "ok", "failed", "in doubt"]), label="local commit"
+            )
+            w.commit(w.nodes[move], outcome)  # type: ignore[index]
         elif kind == "stream":
             w.deliver(*move)  # type: ignore[misc]
         else:

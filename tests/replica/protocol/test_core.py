@@ -293,6 +293,39 @@ def test_the_primarys_own_append_is_not_committed_without_the_in_sync_acks() -> 
     assert of(p.ack(2, 7), fx.AdvanceCommit) == [fx.AdvanceCommit(7)]
 
 
+def test_events_streamed_before_the_primarys_commit_are_committed_only_once_durable() -> None:
+    p = Primary()
+    out = p.step(ins.Written(8))
+    assert of(out, fx.WakeSenders), "the streams send them at once"
+    (batch,) = of(p.send(1), fx.SendEvents)
+    assert (batch.after_seq, batch.through_seq) == (6, 8)
+    p.send(2)
+    p.ack(1, 8)
+    out = p.ack(2, 8)
+    assert not of(out, fx.AdvanceCommit) and p.core.commit_point == 6, "not durable here yet"
+    out = p.step(ins.Appended(8))
+    assert of(out, fx.AdvanceCommit) == [fx.AdvanceCommit(8)]
+
+
+def test_a_primary_whose_commit_of_streamed_events_failed_steps_down() -> None:
+    p = Primary()
+    p.step(ins.Written(7))
+    p.send(1)
+    p.ack(1, 7)
+    assert not of(p.step(ins.LocalWriteFailed(p.epoch - 1, "an older batch")), fx.StepDown)
+    out = p.step(ins.LocalWriteFailed(p.epoch, "connection lost"))
+    assert of(out, fx.StepDown) and p.core.role is not Role.PRIMARY
+    assert [e.role for e in of(out, fx.SetRole)] == [Role.SECONDARY]
+    assert p.core.write_refusal() is not None
+
+
+def test_the_divergence_answer_counts_events_streamed_but_not_yet_durable() -> None:
+    p = Primary()
+    p.step(ins.Written(9))
+    (div,) = of(p.step(ins.SecondaryHello(2, None, p.epoch)), fx.SendDivergence)
+    assert div.written_seq == 9, "a secondary holding 7..9 must not truncate them"
+
+
 def test_a_lagging_secondary_is_told_before_it_is_removed() -> None:
     p = Primary()
     p.lag(1)

@@ -69,8 +69,10 @@ def test_a_new_primary_commits_an_older_epochs_event_only_with_its_own(min_insyn
     for i in range(3):
         w.client_write(w.nodes[a], f"w{i}")
     assert w.settle(20, lambda: len(w.acked) == 3)
-    w.client_write(w.nodes[a], "x")  # stored on A only
+    w.client_write(w.nodes[a], "x")
+    w.commit(w.nodes[a])  # stored on A only: not streamed yet
     x_seq = len(w.nodes[a].disk.log)
+    assert w.nodes[a].disk.log[x_seq - 1].request_id == "x"
     w.crash(a)
     assert w.settle(40, lambda: one_primary(w))
     b = w.primaries()[0].index
@@ -343,3 +345,42 @@ def test_an_election_waits_for_a_replica_that_does_not_answer() -> None:
     assert w.settle(200, lambda: caught_up(w))
     w.client_write(w.primaries()[0], "after")
     assert w.settle(10, lambda: "after" in w.acked)
+
+
+def test_a_secondary_that_reconnects_while_its_primary_commits_keeps_what_it_was_streamed() -> None:
+    """The primary streams x while its own commit of x is under way; both secondaries store
+    it, and their streams break and reconnect before that commit ends. The divergence answer
+    must count x (written, not yet durable): were it to say the primary's log ends before x,
+    both would truncate it, their earlier acks of x would still count, x would be acknowledged
+    once durable on the primary alone -- and lost with it."""
+    w = World(3, 2, batch_events=2)
+    assert w.settle(100, lambda: caught_up(w))
+    p = w.primaries()[0]
+    w.client_write(p, "x")
+    x_seq = len(p.disk.log) + 1
+
+    def stored_everywhere() -> bool:
+        return all(len(n.disk.log) >= x_seq for n in w.nodes if n is not p)
+
+    def committing(index: int, thread: str) -> bool:
+        return index == p.index and thread == "writer"
+
+    assert w.settle(20, stored_everywhere, keep_blocked=committing)
+    assert p.written, "x is still being committed on the primary"
+    for link in [k for k in w.links if not k.broken and k.primary == p.index]:
+        w.break_link(link)
+
+    def no_batches(link: Link, what: str) -> bool:  # (x sent again would hide a truncation)
+        return what == "down" and link.down[0].kind == "batch"
+
+    def reconnected() -> bool:
+        streams = [n.follow for n in w.nodes if n is not p]
+        return all(k is not None and not k.broken and k.acked_once for k in streams)
+
+    assert w.settle(20, reconnected, hold=no_batches, keep_blocked=committing)
+    assert stored_everywhere(), "a secondary truncated x"
+    w.commit(p)
+    assert w.settle(20, lambda: "x" in w.acked)
+    w.crash(p.index)
+    assert w.settle(60, lambda: one_primary(w))  # World.check(): the new primary holds x
+    assert w.primaries()[0].disk.log[x_seq - 1].request_id == "x"
