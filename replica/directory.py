@@ -12,6 +12,7 @@ batch (the commit may be in doubt), anything written by another path (replicatio
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -35,27 +36,30 @@ class Directory:
         return len(self._accounts) + len(self._sessions)
 
     def account(self, conn: sa.Connection, username: str) -> q.Account | None:
-        found = self._accounts.get(username)
-        if found is not None:
-            self._accounts.move_to_end(username)
-            return found
-        found = self._new_accounts.get(username)
-        if found is None:
-            found = q.find_account(conn, username)
-            if found is not None:
-                self._new_accounts[username] = found
-        return found
+        return self._look_up(self._accounts, self._new_accounts, username, q.find_account, conn)
 
     def session_account(self, conn: sa.Connection, session_id: str) -> q.Account | None:
-        found = self._sessions.get(session_id)
+        return self._look_up(
+            self._sessions, self._new_sessions, session_id, q.find_session_account, conn
+        )
+
+    @staticmethod
+    def _look_up(
+        kept: OrderedDict[str, q.Account],
+        new: dict[str, q.Account],
+        key: str,
+        read: Callable[[sa.Connection, str], q.Account | None],
+        conn: sa.Connection,
+    ) -> q.Account | None:
+        found = kept.get(key)
         if found is not None:
-            self._sessions.move_to_end(session_id)
+            kept.move_to_end(key)
             return found
-        found = self._new_sessions.get(session_id)
+        found = new.get(key)
         if found is None:
-            found = q.find_session_account(conn, session_id)
+            found = read(conn, key)
             if found is not None:
-                self._new_sessions[session_id] = found
+                new[key] = found
         return found
 
     def applied(self, event: Event) -> None:

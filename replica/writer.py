@@ -99,7 +99,6 @@ class LogWriter:
         self.directory = Directory()
         self._term: int | None = None  # the epoch the two below belong to
         self._last_seq: int | None = None  # the log's end == the projections' position
-        self._streamed_epoch = 0  # the epoch of the batch last handed to the streams
 
     def set_admission(self, admission: Callable[[], None]) -> None:
         """What raises when writes must be refused (too few replicas in sync)."""
@@ -157,7 +156,7 @@ class LogWriter:
         """Decide, append and apply each command in turn in one transaction (each decides on
         the state the ones before it left); a command's domain error fails that command only."""
         appended: list[Event] = []
-        streamed = False
+        streamed: int | None = None  # the epoch the batch was handed to the streams in
         locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
             snap = self._role.require_primary()
@@ -186,8 +185,7 @@ class LogWriter:
                     # The secondaries store them while this transaction writes and commits
                     # them: the core acknowledges nothing before Appended says they are
                     # durable here too, and a failure from here on deposes this primary.
-                    streamed = True
-                    self._streamed_epoch = snap.epoch
+                    streamed = snap.epoch
                     self._on_written(appended)
                 # One INSERT for the batch's events: nothing a decide() reads comes from the
                 # log itself (request ids are looked up above and kept in `logged`).
@@ -264,10 +262,12 @@ class LogWriter:
                 self._spans.mark_at("received", outcome.event.seq, command.received_ns)
                 self._spans.mark_at("locked", outcome.event.seq, locked_ns)
 
-    def _failed(self, batch: list[_Command], error: ChatError, streamed: bool, why: str) -> None:
+    def _failed(
+        self, batch: list[_Command], error: ChatError, streamed: int | None, why: str
+    ) -> None:
         self._forget()
-        if streamed:
-            self._on_write_failed(self._streamed_epoch, why)
+        if streamed is not None:
+            self._on_write_failed(streamed, why)
         self._fail(batch, error)
 
     def _forget(self) -> None:
