@@ -87,6 +87,16 @@ class ChannelPool:
                 self._channels[address] = entry
             return entry[1]
 
+    def discard(self, address: str, stub: ChatStub) -> None:
+        """Close the channel behind `stub` (every call on it ends CANCELLED) if it is still
+        the one kept for `address`; the next stub(address) opens a new one."""
+        with self._lock:
+            entry = self._channels.get(address)
+            if entry is None or entry[1] is not stub:
+                return
+            del self._channels[address]
+        entry[0].close()
+
     @property
     def uses_tls(self) -> bool:
         return self._credentials is not None

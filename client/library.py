@@ -114,7 +114,7 @@ class ChatClient:
             request_id=self._request_ids(), username=username, password=password
         )
         reply = self._failover.call_unary(
-            lambda stub, timeout: stub.Register.future(request, timeout=timeout)
+            lambda stub, timeout: stub.Register(request, timeout=timeout)
         )
         return reply.username
 
@@ -123,7 +123,7 @@ class ChatClient:
             request_id=self._request_ids(), username=username, password=password
         )
         reply = self._failover.call_unary(
-            lambda stub, timeout: stub.Login.future(request, timeout=timeout)
+            lambda stub, timeout: stub.Login(request, timeout=timeout)
         )
         with self._lock:
             self._session = Session(reply.username, reply.session_token)
@@ -142,9 +142,7 @@ class ChatClient:
         request = chat_pb2.LogoutRequest(
             request_id=self._request_ids(), session_token=session.session_token
         )
-        self._failover.call_unary(
-            lambda stub, timeout: stub.Logout.future(request, timeout=timeout)
-        )
+        self._failover.call_unary(lambda stub, timeout: stub.Logout(request, timeout=timeout))
 
     def list_accounts(self, pattern: str = "", *, page_size: int = 0) -> Iterator[str]:
         """Usernames matching a shell-style pattern, fetching page after page as iterated."""
@@ -164,9 +162,7 @@ class ChatClient:
             recipient=recipient,
             body=body,
         )
-        reply = self._failover.call_unary(
-            lambda stub, timeout: stub.Send.future(request, timeout=timeout)
-        )
+        reply = self._failover.call_unary(lambda stub, timeout: stub.Send(request, timeout=timeout))
         return reply.message_id
 
     def subscribe(self, *, reconnect_timeout: float | None = None) -> Subscription:
@@ -193,9 +189,7 @@ class ChatClient:
         return acked
 
     def _ack_once(self, request: chat_pb2.AckRequest) -> int:
-        reply = self._failover.call_unary(
-            lambda stub, timeout: stub.Ack.future(request, timeout=timeout)
-        )
+        reply = self._failover.call_unary(lambda stub, timeout: stub.Ack(request, timeout=timeout))
         return int(reply.acked_count)
 
     def history(
@@ -219,7 +213,7 @@ class ChatClient:
             request_id=self._request_ids(), session_token=self._token(), password=password
         )
         self._failover.call_unary(
-            lambda stub, timeout: stub.DeleteAccount.future(request, timeout=timeout)
+            lambda stub, timeout: stub.DeleteAccount(request, timeout=timeout)
         )
         with self._lock:
             self._session = None
@@ -227,7 +221,7 @@ class ChatClient:
     def cluster_status(self) -> chat_pb2.ClusterStatusReply:
         request = chat_pb2.ClusterStatusRequest()
         return self._failover.call_unary(
-            lambda stub, timeout: stub.ClusterStatus.future(request, timeout=timeout)
+            lambda stub, timeout: stub.ClusterStatus(request, timeout=timeout)
         )
 
     def _token(self) -> str:
@@ -243,7 +237,7 @@ class ChatClient:
             pattern=pattern, page_size=page_size, page_token=page_token
         )
         return self._failover.call_unary(
-            lambda stub, timeout: stub.ListAccounts.future(request, timeout=timeout)
+            lambda stub, timeout: stub.ListAccounts(request, timeout=timeout)
         )
 
     def _history_page(
@@ -257,5 +251,5 @@ class ChatClient:
             newest_first=newest_first,
         )
         return self._failover.call_unary(
-            lambda stub, timeout: stub.History.future(request, timeout=timeout)
+            lambda stub, timeout: stub.History(request, timeout=timeout)
         )

@@ -88,3 +88,47 @@ def test_a_slow_replica_that_still_answers_is_waited_for(
         assert client.send("alice", "hello") == 7
         assert other.requests("Send") == [], "left a replica that was only slow"
         assert len(busy.requests("ClusterStatus")) >= 2, "never checked it was alive"
+
+
+def test_every_call_waiting_on_a_silent_replica_is_abandoned_and_retried_elsewhere(
+    pair: tuple[FakeReplica, FakeReplica], released: threading.Event
+) -> None:
+    frozen, alive = pair
+    with ChatClient([frozen.address, alive.address], timeout=10, attempt_timeout=3) as client:
+        logged_in(client, frozen)
+        frozen.script("Send", hang(released))
+        frozen.script("ClusterStatus", hang(released))
+        alive.script("Send", answer(chat_pb2.SendReply(message_id=9)))
+        results: list[int] = []
+        start = time.monotonic()
+        senders = [
+            threading.Thread(target=lambda: results.append(client.send("alice", "hi")))
+            for _ in range(3)
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(10)
+        elapsed = time.monotonic() - start
+        assert results == [9, 9, 9]
+        assert elapsed < 2.0, f"took {elapsed:.2f}s to leave a silent replica"
+        # Each call was sent once to each replica, with its own request_id kept.
+        assert len(frozen.requests("Send")) == 3
+        assert {r.request_id for r in frozen.requests("Send")} == {
+            r.request_id for r in alive.requests("Send")
+        }
+
+
+def test_the_watchdog_thread_ends_with_its_client(pair: tuple[FakeReplica, FakeReplica]) -> None:
+    replica, _ = pair
+    client = ChatClient([replica.address], timeout=5, attempt_timeout=3)
+    logged_in(client, replica)
+    before = set(threading.enumerate())
+    replica.script("Send", answer(chat_pb2.SendReply(message_id=1)))
+    assert client.send("alice", "hello") == 1
+    watchdog = client._failover._watchdog._thread  # (what is under test)
+    assert watchdog is not None and watchdog.is_alive(), "no watchdog thread after a call"
+    assert watchdog in before, "the watchdog is one thread per client, not one per call"
+    client.close()
+    watchdog.join(2)
+    assert not watchdog.is_alive()
