@@ -56,7 +56,9 @@ class _Command:
     decide: Decide
     reads_inboxes: bool = True  # decide() reads the messages table
     received_ns: int = 0  # when it came in (only with spans on)
-    done: threading.Event = field(default_factory=threading.Event)
+    # Set once the command is written (done) or its thread is to lead the next batch.
+    wake: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
     outcome: Outcome | None = None
     error: ChatError | None = None
 
@@ -86,6 +88,9 @@ class LogWriter:
         self._lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Command] = []
+        # Whether a thread is writing batches (the leader); the others wait on their own
+        # command, each woken once, instead of queueing on the write lock in turn.
+        self._leading = False
         self._on_appended: list[Callable[[list[Event]], None]] = []
         # The replication streams: told of a batch's events as soon as they are decided, so
         # that the secondaries store them while this replica commits them; and told when
@@ -134,15 +139,13 @@ class LogWriter:
             command.received_ns = time.monotonic_ns()
         with self._queue_lock:
             self._queue.append(command)
-        while not command.done.is_set():
-            with self._lock:
-                if command.done.is_set():
-                    break
-                with self._queue_lock:
-                    batch = self._queue[: self.MAX_BATCH]
-                    del self._queue[: self.MAX_BATCH]
-                if batch:
-                    self._write_batch(batch)
+            leads = not self._leading
+            self._leading = True
+        if not leads:
+            # A leader writes it, or hands this thread the lead (wake set, not yet done).
+            command.wake.wait()
+        if not command.done:
+            self._lead()
         if command.error is not None:
             raise command.error
         outcome = command.outcome
@@ -151,6 +154,29 @@ class LogWriter:
             self._commits.wait_committed(outcome.event.seq, self._commit_timeout)
             self._spans.mark("woken", outcome.event.seq)
         return outcome
+
+    def _lead(self) -> None:
+        """Write the queued commands as one batch (this thread's among them), then hand the
+        lead to the first command still queued, or give it up."""
+        batch: list[_Command] = []
+        try:
+            with self._lock:
+                with self._queue_lock:
+                    batch = self._queue[: self.MAX_BATCH]
+                    del self._queue[: self.MAX_BATCH]
+                self._write_batch(batch)
+        finally:
+            unfinished = [c for c in batch if not c.done]  # (only if the write itself broke)
+            if unfinished:
+                self._fail(unfinished, Unavailable("the write was interrupted; retry"))
+                for command in unfinished:
+                    command.done = True
+                    command.wake.set()
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].wake.set()
+                else:
+                    self._leading = False
 
     def _write_batch(self, batch: list[_Command]) -> None:
         """Decide, append and apply each command in turn in one transaction (each decides on
@@ -218,7 +244,8 @@ class LogWriter:
             for listener in self._on_appended:
                 listener(appended)
         for command in batch:
-            command.done.set()
+            command.done = True
+            command.wake.set()
 
     def _write_one(
         self,

@@ -4,6 +4,7 @@ ones before it left, fails alone, and is stored once."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 import eventlog
 from replica.errors import AlreadyExists, ChatError
+from replica.writer import LogWriter, NewEvent
 from tests.inprocess import InProcessReplica
 
 THREADS = 16
@@ -87,3 +89,73 @@ def test_the_same_request_id_in_one_batch_is_stored_once(engine: sa.Engine) -> N
     with engine.connect() as conn:
         stored = [e for e in eventlog.read_events(conn, 0, 1000) if e.request_id == "same-id"]
     assert len(stored) == 1
+
+
+def test_a_command_returns_once_its_batch_is_written_not_after_the_next_one(
+    engine: sa.Engine,
+) -> None:
+    """A follower is woken by its own batch (it never takes the write lock, so a later batch
+    holding it cannot hold the follower back), and the lead passes to a queued command."""
+    replica = InProcessReplica.start(engine)
+    writer = replica.writer
+    gates = {name: (threading.Event(), threading.Event()) for name in ("one", "two", "three")}
+
+    def gated(name: str) -> Callable[[sa.Connection], NewEvent]:
+        entered, release = gates[name]
+
+        def decide(_conn: sa.Connection) -> NewEvent:
+            entered.set()
+            assert release.wait(20)
+            return NewEvent("epoch_started", {"replica_index": 0})
+
+        return decide
+
+    def plain(_conn: sa.Connection) -> NewEvent:
+        return NewEvent("epoch_started", {"replica_index": 0})
+
+    returned: set[str] = set()
+
+    def run(name: str, decide: Callable[[sa.Connection], NewEvent | None]) -> threading.Thread:
+        def body() -> None:
+            writer.execute(None, decide, reads_inboxes=False)
+            returned.add(name)
+
+        thread = threading.Thread(target=body, name=name)
+        thread.start()
+        return thread
+
+    def entered(name: str) -> None:
+        assert gates[name][0].wait(10), f"batch {name} never began"
+
+    threads = [run("one", gated("one"))]
+    entered("one")
+    threads += [run("two", gated("two")), run("follower", plain)]  # the second batch
+    wait_until_queued(writer, 2)
+    gates["one"][1].set()
+    entered("two")
+    threads.append(run("three", gated("three")))  # queued behind the second batch
+    wait_until_queued(writer, 1)
+    gates["two"][1].set()
+    entered("three")  # the lead passed to it, and it holds the write lock now
+    assert wait_for(lambda: "follower" in returned), "a follower waited for the next batch"
+    assert "three" not in returned
+    gates["three"][1].set()
+    for thread in threads:
+        thread.join(20)
+    assert returned == {"one", "two", "follower", "three"}
+    with engine.connect() as conn:
+        seqs = [e.seq for e in eventlog.read_events(conn, 0, 100)]
+    assert seqs == list(range(1, 6))  # the epoch marker, then the four
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)  # polling a condition, not sleeping as synchronisation
+    return condition()
+
+
+def wait_until_queued(writer: LogWriter, count: int) -> None:
+    assert wait_for(lambda: len(writer._queue) == count), "commands never queued"
