@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from eventlog.records import Event, Position, decode_payload, stored_payload
 from eventlog.schema import events, log_state
+from eventlog.statements import insert_rows
 
 
 class EventLogError(Exception):
@@ -52,8 +53,9 @@ def append_events(
         if event.seq != expected:
             raise NonContiguousAppend(f"expected seq {expected}, got {event.seq}")
         expected += 1
-    conn.execute(
-        events.insert(),
+    insert_rows(
+        conn,
+        events,
         [
             {
                 "seq": e.seq,

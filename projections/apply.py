@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
 
 from eventlog import Event, read_events
+from eventlog.statements import insert_rows, run_compiled
 from projections import undo
 from projections.schema import (
     PROJECTION_TABLES,
@@ -143,57 +143,21 @@ def _set_last_applied_seq(conn: sa.Connection, previous: int, seq: int) -> None:
     ):
         conn.execute(projection_position.insert().values(name=POSITION_NAME, last_applied_seq=seq))
         return
-    moved = conn.execute(
-        projection_position.update()
-        .where(
-            projection_position.c.name == POSITION_NAME,
-            projection_position.c.last_applied_seq == previous,
-        )
-        .values(last_applied_seq=seq)
+    moved = run_compiled(
+        conn,
+        "projections.move_position",
+        lambda: (
+            projection_position.update()
+            .where(
+                projection_position.c.name == sa.bindparam("position_name"),
+                projection_position.c.last_applied_seq == sa.bindparam("previous"),
+            )
+            .values(last_applied_seq=sa.bindparam("seq"))
+        ),
+        {"position_name": POSITION_NAME, "previous": previous, "seq": seq},
     )
     if moved.rowcount != 1:
         raise PositionMoved(f"the projections are not at seq {previous}: cannot move them to {seq}")
-
-
-_Processor = Callable[[Any], Any]
-_INSERTS: dict[
-    tuple[str, str], tuple[str, Callable[[dict[str, Any]], Any], list[tuple[int, _Processor]]]
-] = {}
-
-
-def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """`conn.execute(table.insert(), rows)` at a fraction of the CPU: the statement is
-    compiled once per dialect, and each row becomes a tuple through the columns' own bind
-    processors (so what is stored is exactly what SQLAlchemy would store) and goes to the
-    driver's executemany -- SQLAlchemy's per-row parameter building was a third of a
-    replay's CPU."""
-    key = (conn.dialect.name, table.name)
-    prepared = _INSERTS.get(key)
-    if prepared is None:
-        dialect = conn.dialect
-        compiled = table.insert().compile(dialect=dialect)
-        names = list(compiled.positiontup or []) if compiled.positional else []
-        if len(names) < 2 or sorted(names) != sorted(c.name for c in table.columns):
-            conn.execute(table.insert(), rows)  # a dialect this shortcut was not made for
-            return
-        found: list[tuple[int, _Processor]] = []
-        for i, name in enumerate(names):
-            process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None:
-                found.append((i, process))
-        getter: Callable[[dict[str, Any]], Any] = operator.itemgetter(*names)
-        prepared = _INSERTS[key] = (compiled.string, getter, found)
-    sql, values_of, processors = prepared
-    if not processors:
-        conn.exec_driver_sql(sql, [values_of(row) for row in rows])
-        return
-    params = []
-    for row in rows:
-        values = list(values_of(row))
-        for i, bind in processors:
-            values[i] = bind(values[i])
-        params.append(tuple(values))
-    conn.exec_driver_sql(sql, params)
 
 
 class Applier:
