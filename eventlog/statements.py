@@ -15,7 +15,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 _Processor = Callable[[Any], Any]
 _INSERTS: dict[
-    tuple[str, str],
+    tuple[str, str, str],
     tuple[str, Callable[[dict[str, Any]], Any], list[tuple[int, _Processor]], bool, list[str]],
 ] = {}
 
@@ -24,12 +24,13 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
     """`conn.execute(table.insert(), rows)` at a fraction of the CPU: the statement is
     compiled once per dialect, and each row's values go through the columns' own bind
     processors (so what is stored is exactly what SQLAlchemy would store) to the driver's
-    executemany -- as tuples for a positional paramstyle (SQLite), as dicts for a named one
-    (mysql-connector, which makes one multi-row INSERT of them). SQLAlchemy's per-row
+    executemany -- as tuples for a positional paramstyle (SQLite's qmark, the `format` the
+    replica's MySQL engines use), as dicts for pyformat (mysql-connector's own default);
+    mysql-connector makes one multi-row INSERT of either. SQLAlchemy's per-row
     parameter building was a third of a replay's CPU."""
     if not rows:
         return
-    key = (conn.dialect.name, table.name)
+    key = (conn.dialect.name, conn.dialect.paramstyle, table.name)
     prepared = _INSERTS.get(key)
     if prepared is None:
         dialect = conn.dialect
@@ -60,7 +61,7 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
     conn.exec_driver_sql(sql, params)
 
 
-_STATEMENTS: dict[tuple[str, str], tuple[str, tuple[str, ...] | None]] = {}
+_STATEMENTS: dict[tuple[str, str, str], tuple[str, tuple[str, ...] | None]] = {}
 
 
 def run_compiled(
@@ -73,11 +74,11 @@ def run_compiled(
     `key`) with `params` by bind name. Only for parameters that need no bind processing
     (integers, strings): they go to the driver as they are."""
     dialect = conn.dialect
-    entry = _STATEMENTS.get((dialect.name, key))
+    entry = _STATEMENTS.get((dialect.name, dialect.paramstyle, key))
     if entry is None:
         compiled = cast(SQLCompiler, build().compile(dialect=dialect))
         order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        entry = _STATEMENTS[(dialect.name, key)] = (compiled.string, order)
+        entry = _STATEMENTS[(dialect.name, dialect.paramstyle, key)] = (compiled.string, order)
     sql, order = entry
     if order is None:
         return conn.exec_driver_sql(sql, dict(params))

@@ -45,6 +45,32 @@ def test_insert_rows_stores_what_core_stores(engine: sa.Engine) -> None:
     assert stored[0][5] == T0 + dt.timedelta(microseconds=1)
 
 
+def test_insert_rows_with_a_named_paramstyle(engine: sa.Engine) -> None:
+    """mysql-connector's own default (pyformat; the replica's engines use format) and
+    SQLite's named style (not pyformat: Core does it) store the same rows."""
+    style = "pyformat" if engine.dialect.name == "mysql" else "named"
+    named = sa.create_engine(engine.url, paramstyle=style)
+    row = {
+        "seq": 1,
+        "epoch": 1,
+        "type": "t",
+        "payload": '{"a": "%(seq)s"}',
+        "request_id": "r",
+        "created_at": T0,
+    }
+    try:
+        with named.begin() as conn:
+            insert_rows(conn, events, [row, {**row, "seq": 2, "request_id": None}])
+        with engine.connect() as conn:
+            stored = _rows(events, conn)
+    finally:
+        named.dispose()
+    assert stored == [
+        (1, 1, "t", '{"a": "%(seq)s"}', "r", T0),
+        (2, 1, "t", '{"a": "%(seq)s"}', None, T0),
+    ]
+
+
 def test_insert_rows_takes_booleans_and_datetimes_through_their_columns(
     engine: sa.Engine,
 ) -> None:
