@@ -18,6 +18,8 @@ class InboxNotifier:
         # Only accounts with a subscription (`watching`) have a version: a notifier of a
         # server up for years must not keep one per account that ever got a message.
         self._versions: dict[int, int] = {}
+        # Per watched account, how many of its sessions may have ended (see session_ends).
+        self._session_ends: dict[int, int] = {}
         self._watchers: dict[int, int] = {}
         self._conditions: dict[int, threading.Condition] = {}
         self._waiters: dict[int, int] = {}
@@ -28,12 +30,13 @@ class InboxNotifier:
             int(e.payload["recipient_id"]) for e in events if e.type == EventTypes.MESSAGE_SENT
         }
         # Sessions that ended: their subscriptions notice at once.
-        accounts |= {
+        ended = {
             int(e.payload["account_id"])
             for e in events
             if e.type in (EventTypes.ACCOUNT_DELETED, EventTypes.SESSION_CLOSED)
             or (e.type == EventTypes.SESSION_OPENED and e.payload.get("closes"))
         }
+        accounts |= ended
         if events and not accounts:
             return
         with self._lock:
@@ -41,12 +44,16 @@ class InboxNotifier:
                 if account_id not in self._watchers:
                     continue
                 self._versions[account_id] = self._versions.get(account_id, 0) + 1
+                if account_id in ended:
+                    self._session_ends[account_id] = self._session_ends.get(account_id, 0) + 1
                 cond = self._conditions.get(account_id)
                 if cond is not None:
                     cond.notify_all()
 
     def wake_all(self) -> None:
         with self._lock:
+            for account_id in self._watchers:
+                self._session_ends[account_id] = self._session_ends.get(account_id, 0) + 1
             for account_id, cond in self._conditions.items():
                 self._versions[account_id] = self._versions.get(account_id, 0) + 1
                 cond.notify_all()
@@ -70,11 +77,20 @@ class InboxNotifier:
                 if not self._watchers[account_id]:
                     del self._watchers[account_id]
                     del self._versions[account_id]
+                    self._session_ends.pop(account_id, None)
 
     def tracked_accounts(self) -> int:
         """How many accounts the notifier holds state for (for tests and metrics)."""
         with self._lock:
             return len(self._versions.keys() | self._conditions.keys())
+
+    def session_ends(self, account_id: int) -> int:
+        """Moves whenever a committed event may have ended one of the account's sessions (a
+        logout, a login that closed older sessions, the account's deletion), and on
+        wake_all (a step-down, shutdown): a subscription re-checks its session only then, not
+        once per message."""
+        with self._lock:
+            return self._session_ends.get(account_id, 0)
 
     def version(self, account_id: int) -> int:
         with self._lock:

@@ -334,6 +334,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         last_id = 0
         caught_up = False
         page = _BACKLOG_BATCH_BATCHED if batches else _BACKLOG_BATCH
+        # Read before the stream's first query, so that an end after it is seen.
+        checked_ends, checked_at = self._notifier.session_ends(account_id), time.monotonic()
         while context.is_active() and not self._stopping.is_set():
             version = self._notifier.version(account_id)
             batch = self._service.undelivered(account_id, last_id, page)
@@ -357,8 +359,15 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
                 caught_up = True
                 yield chat_pb2.SubscribeReply(caught_up=chat_pb2.CaughtUp())
             self._notifier.wait(account_id, version, self._recheck_interval)
-            # A logout, a deleted account or a lost primary role ends the stream.
-            self._service.authenticate(token)
+            # A logout, a deleted account or a lost primary role ends the stream. The session
+            # is looked up again when an event may have ended it, and at least once per
+            # recheck interval -- not for every message (two queries per push, which slowed
+            # every send on a primary with live subscribers).
+            ends = self._notifier.session_ends(account_id)
+            now = time.monotonic()
+            if ends != checked_ends or now - checked_at >= self._recheck_interval:
+                self._service.authenticate(token)
+                checked_ends, checked_at = ends, now
             if self._role.snapshot.role is not Role.PRIMARY:
                 self._role.require_primary()
         if self._stopping.is_set():

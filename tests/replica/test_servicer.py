@@ -189,3 +189,35 @@ def test_a_client_that_reads_batches_gets_the_backlog_a_page_per_reply(engine: s
             assert got == sent
             assert kinds == {"messages" if batches else "message"}
             assert len(replies) - 1 == (3 if batches else 600)  # pages of 256
+
+
+def test_a_subscription_looks_its_session_up_when_it_may_have_ended_not_per_message(
+    engine: sa.Engine,
+) -> None:
+    replica = InProcessReplica.start(engine)
+    service = replica.service
+    service.register("r-1", "alice", "pw")
+    service.register("r-2", "bob", "pw")
+    alice = service.login("l-1", "alice", "pw").session_token
+    bob = service.login("l-2", "bob", "pw").session_token
+    lookups: list[str] = []
+    authenticate = service.authenticate
+
+    def counted(token: str) -> Any:
+        lookups.append(token)
+        return authenticate(token)
+
+    service.authenticate = counted  # type: ignore[method-assign]
+    with serve_grpc(replica, recheck_interval=60) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        stream = stub.Subscribe(chat_pb2.SubscribeRequest(session_token=alice), timeout=20)
+        items = iter(stream)
+        assert next(items).WhichOneof("item") == "caught_up"
+        for n in range(20):
+            service.send(f"s-{n}", bob, "alice", f"m{n}")
+            assert next(items).message.body == f"m{n}"
+        assert lookups.count(alice) <= 2, "the session was looked up for every message"
+        service.logout("o-1", alice)
+        code, details = refusal(lambda: next(items))
+    assert code == Code.UNAUTHENTICATED
+    assert details.startswith("your session has ended")
