@@ -20,6 +20,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -98,7 +99,9 @@ class _Watchdog:
         self._abandon = abandon
         self._cond = threading.Condition()
         self._watches: set[_Watch] = set()
-        self._given_up: set[int] = set()  # ids of stubs whose channel is being closed
+        # Stubs whose channel was given up (closed, or being closed); weak: a stub goes when
+        # no call holds it any more.
+        self._given_up: weakref.WeakSet[ChatStub] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -112,7 +115,7 @@ class _Watchdog:
                 )
                 self._thread.start()
             # A call on a channel just given up ends at once, as those on it did.
-            watch.abandoned = id(stub) in self._given_up
+            watch.abandoned = stub in self._given_up
             self._watches.add(watch)
         try:
             if watch.abandoned:
@@ -141,19 +144,15 @@ class _Watchdog:
                 for watch in due:
                     watch.next_check = now + self._liveness.check_after
                 stubs = {id(w.stub): (w.address, w.stub) for w in due}
-            for key, (address, stub) in stubs.items():
+            for address, stub in stubs.values():
                 if self._answers(address, stub):
                     continue
                 with self._cond:
-                    self._given_up.add(key)
+                    self._given_up.add(stub)
                     for watch in self._watches:
                         if watch.stub is stub:
                             watch.abandoned = True
-                try:
-                    self._abandon(address, stub)
-                finally:
-                    with self._cond:
-                        self._given_up.discard(key)
+                self._abandon(address, stub)
 
 
 class _Unresponsive(grpc.RpcError):

@@ -73,11 +73,16 @@ class DatabaseFactory:
         self.backend = backend
         self._tmp_path = tmp_path
         self._made: list[tuple[str, sa.Engine]] = []
+        # Every MySQL database named here, also those only a subprocess created (a replica,
+        # `rebuild --into`): each is dropped at cleanup, whoever made it.
+        self._named: list[str] = []
 
     def url(self) -> str:
         if self.backend == "sqlite":
             return f"sqlite:///{self._tmp_path / f'db-{uuid.uuid4().hex[:8]}.db'}"
-        return f"{MYSQL_SERVER_URL}/chat_test_{uuid.uuid4().hex[:12]}"
+        url = f"{MYSQL_SERVER_URL}/chat_test_{uuid.uuid4().hex[:12]}"
+        self._named.append(url)
+        return url
 
     def engine(self, url: str | None = None, *, migrate: bool = True) -> sa.Engine:
         url = url or self.url()
@@ -88,9 +93,10 @@ class DatabaseFactory:
         return engine
 
     def cleanup(self) -> None:
-        for url, engine in self._made:
+        for _url, engine in self._made:
             engine.dispose()
-            if self.backend == "mysql":
+        if self.backend == "mysql":
+            for url in dict.fromkeys([*self._named, *(url for url, _ in self._made)]):
                 drop_mysql_database(url)
 
 

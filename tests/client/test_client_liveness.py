@@ -12,8 +12,10 @@ import grpc
 import pytest
 
 from client import ChatClient
+from client.failover import Liveness, _Unresponsive, _Watchdog
 from protos import chat_pb2
 from tests.client.chat_fakes import FakeReplica, answer, fail, start_replica, stop_replica
+from testsupport.harness import wait_until
 
 STATUS = answer(chat_pb2.ClusterStatusReply())
 
@@ -132,3 +134,29 @@ def test_the_watchdog_thread_ends_with_its_client(pair: tuple[FakeReplica, FakeR
     client.close()
     watchdog.join(2)
     assert not watchdog.is_alive()
+
+
+def test_a_call_that_starts_on_a_channel_already_given_up_is_abandoned_at_once() -> None:
+    """The watchdog gives up on a stub's channel while a call waits on it; a call that picked
+    the same stub up just before the pool replaced it must not run on the closed channel."""
+
+    class Stub:
+        pass
+
+    stub = Stub()
+    given_up: list[tuple[str, object]] = []
+    watchdog = _Watchdog(
+        Liveness(check_after=0.05, probe_timeout=0.05),
+        lambda _address, _stub: False,  # the replica never answers the check
+        lambda address, s: given_up.append((address, s)),
+    )
+    try:
+        with watchdog.watching("a:1", stub) as watch:  # type: ignore[arg-type]
+            assert wait_until(lambda: watch.abandoned, timeout=5)
+        assert given_up == [("a:1", stub)]
+        with pytest.raises(_Unresponsive), watchdog.watching("a:1", stub):  # type: ignore[arg-type]
+            pytest.fail("ran on a channel given up")
+        with watchdog.watching("a:1", Stub()) as fresh:  # type: ignore[arg-type]
+            assert not fresh.abandoned  # a new channel's stub is watched afresh
+    finally:
+        watchdog.close()
