@@ -32,6 +32,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SECRET = "integration-test-cluster-secret-0123456789"
 DEFAULT_STARTUP_TIMEOUT = 30.0
 POLL_INTERVAL = 0.05
+# The harness's own channels reconnect within ~0.1 s of a restarted replica listening again
+# (gRPC's default backoff waits a second or more after the first failure, longer after more:
+# a short start-up state, such as NOT_SERVING during a replay, could pass unseen).
+_PROBE_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 100),
+)
 
 T = TypeVar("T")
 
@@ -350,10 +358,10 @@ class ClusterProcesses:
         channel = self._channels.get(index)
         if channel is None:
             if self.tls is None:
-                channel = grpc.insecure_channel(self.address(index))
+                channel = grpc.insecure_channel(self.address(index), options=_PROBE_OPTIONS)
             else:
                 ca = grpc.ssl_channel_credentials(self.tls.ca_file.read_bytes())
-                channel = grpc.secure_channel(self.address(index), ca)
+                channel = grpc.secure_channel(self.address(index), ca, _PROBE_OPTIONS)
             self._channels[index] = channel
         return channel
 

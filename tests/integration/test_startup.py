@@ -22,7 +22,7 @@ from tests.integration.cluster_checks import PASSWORD, db_url, register_users, w
 from testsupport.harness import ClusterProcesses, wait_until
 
 pytestmark = pytest.mark.slow
-UNAPPLIED = 80_000  # a second or more of replay: long enough to be seen starting
+UNAPPLIED = 150_000  # a second or more of replay (~100k events/s): long enough to be seen
 
 
 def append_unapplied_messages(url: str, sender: tuple[int, str], recipient: tuple[int, str]) -> int:
