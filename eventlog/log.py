@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from eventlog.records import Event, Position, decode_payload, stored_payload
 from eventlog.schema import events, log_state
-from eventlog.statements import insert_rows
+from eventlog.statements import Pipeline, insert_rows
 
 
 class EventLogError(Exception):
@@ -42,10 +42,16 @@ def last_position(conn: sa.Connection) -> Position:
 
 
 def append_events(
-    conn: sa.Connection, batch: Sequence[Event], *, after_seq: int | None = None
+    conn: sa.Connection,
+    batch: Sequence[Event],
+    *,
+    after_seq: int | None = None,
+    pipeline: Pipeline | None = None,
 ) -> None:
     """Append a batch whose seqs continue the log contiguously. A caller that holds the only
-    write access and knows where the log ends passes it as `after_seq` (saving a query)."""
+    write access and knows where the log ends passes it as `after_seq` (saving a query); one
+    that writes nothing else it reads before committing may send the INSERT through a
+    `pipeline` (the caller flushes it)."""
     if not batch:
         return
     expected = (last_position(conn).seq if after_seq is None else after_seq) + 1
@@ -53,21 +59,21 @@ def append_events(
         if event.seq != expected:
             raise NonContiguousAppend(f"expected seq {expected}, got {event.seq}")
         expected += 1
-    insert_rows(
-        conn,
-        events,
-        [
-            {
-                "seq": e.seq,
-                "epoch": e.epoch,
-                "type": e.type,
-                "payload": stored_payload(e),
-                "request_id": e.request_id,
-                "created_at": e.created_at,
-            }
-            for e in batch
-        ],
-    )
+    rows = [
+        {
+            "seq": e.seq,
+            "epoch": e.epoch,
+            "type": e.type,
+            "payload": stored_payload(e),
+            "request_id": e.request_id,
+            "created_at": e.created_at,
+        }
+        for e in batch
+    ]
+    if pipeline is not None:
+        pipeline.insert_rows(events, rows)
+    else:
+        insert_rows(conn, events, rows)
 
 
 def read_events(conn: sa.Connection, after_seq: int, limit: int = 1000) -> list[Event]:

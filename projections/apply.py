@@ -8,7 +8,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from eventlog import Event, read_events
-from eventlog.statements import insert_rows, run_compiled
+from eventlog.statements import Pipeline, insert_rows, run_compiled
 from projections import undo
 from projections.schema import (
     PROJECTION_TABLES,
@@ -130,10 +130,12 @@ class PositionMoved(Exception):
     applier wrote may be committed."""
 
 
-def _set_last_applied_seq(conn: sa.Connection, previous: int, seq: int) -> None:
+def _set_last_applied_seq(
+    conn: sa.Connection, previous: int, seq: int, pipeline: Pipeline | None = None
+) -> None:
     """Move the position from `previous` to `seq` -- compare and set, so that an applier
     given a position it did not read (the writer keeps it in memory) cannot commit on top of
-    another."""
+    another. Through `pipeline`, the check happens at its flush."""
     if (
         previous == 0
         and conn.execute(
@@ -143,21 +145,29 @@ def _set_last_applied_seq(conn: sa.Connection, previous: int, seq: int) -> None:
     ):
         conn.execute(projection_position.insert().values(name=POSITION_NAME, last_applied_seq=seq))
         return
-    moved = run_compiled(
-        conn,
-        "projections.move_position",
-        lambda: (
-            projection_position.update()
-            .where(
-                projection_position.c.name == sa.bindparam("position_name"),
-                projection_position.c.last_applied_seq == sa.bindparam("previous"),
-            )
-            .values(last_applied_seq=sa.bindparam("seq"))
-        ),
-        {"position_name": POSITION_NAME, "previous": previous, "seq": seq},
+    params = {"position_name": POSITION_NAME, "previous": previous, "seq": seq}
+
+    def moved() -> Exception:
+        return PositionMoved(
+            f"the projections are not at seq {previous}: cannot move them to {seq}"
+        )
+
+    key = "projections.move_position"
+    if pipeline is not None:
+        pipeline.update(key, _move_position, params, expect=1, mismatch=moved)
+    elif run_compiled(conn, key, _move_position, params).rowcount != 1:
+        raise moved()
+
+
+def _move_position() -> sa.ClauseElement:
+    return (
+        projection_position.update()
+        .where(
+            projection_position.c.name == sa.bindparam("position_name"),
+            projection_position.c.last_applied_seq == sa.bindparam("previous"),
+        )
+        .values(last_applied_seq=sa.bindparam("seq"))
     )
-    if moved.rowcount != 1:
-        raise PositionMoved(f"the projections are not at seq {previous}: cannot move them to {seq}")
 
 
 class Applier:
@@ -270,10 +280,11 @@ class Applier:
                 {"closed_account": account_id, "closed_session": session_id, "seq": seq}
             )
 
-    def flush(self) -> None:
+    def flush(self, pipeline: Pipeline | None = None) -> None:
         """Write what is held back so far (before anything reads the projections). The
         session ends held back name only sessions written before: a held-back insert of one
-        that ends is dropped instead, and session ids are never reused."""
+        that ends is dropped instead, and session ids are never reused. With `pipeline` the
+        held-back inserts go through it (finish() only: nothing reads after them)."""
         conn = self._conn
         if self._closed or self._closed_of:
             ending = {**self._closed, **{c["closed_session"]: c["seq"] for c in self._closed_of}}
@@ -308,18 +319,21 @@ class Applier:
             (sessions, list(self._sessions.values())),
             (messages, self._messages),
         ):
-            if held:
+            if held and pipeline is not None:
+                pipeline.insert_rows(table, held)
+            elif held:
                 insert_rows(conn, table, held)
         self._accounts, self._sessions, self._messages = [], {}, []
         self._undo.write(conn)
 
     flush_messages = flush  # the writer's name for it, from when only messages were held
 
-    def finish(self) -> int:
-        """Write what is held back and the new position; the new last applied seq."""
-        self.flush()
+    def finish(self, pipeline: Pipeline | None = None) -> int:
+        """Write what is held back and the new position; the new last applied seq. With
+        `pipeline`, those writes travel through it (the caller flushes it before commit)."""
+        self.flush(pipeline)
         if self.position != self._start:
-            _set_last_applied_seq(self._conn, self._start, self.position)
+            _set_last_applied_seq(self._conn, self._start, self.position, pipeline)
             if self.position // undo.UNDO_WINDOW != self._start // undo.UNDO_WINDOW:
                 undo.prune(self._conn, self.position)
             self._start = self.position
@@ -327,7 +341,11 @@ class Applier:
 
 
 def apply_events(
-    conn: sa.Connection, batch: Sequence[Event], *, position: int | None = None
+    conn: sa.Connection,
+    batch: Sequence[Event],
+    *,
+    position: int | None = None,
+    pipeline: Pipeline | None = None,
 ) -> int:
     """Apply events that continue the projections' position, in the caller's transaction.
     Events at or below the position are skipped (already applied: exactly-once). A caller
@@ -336,7 +354,7 @@ def apply_events(
     applier = Applier(conn, position, hold_all=True)
     for event in batch:
         applier.add(event)
-    return applier.finish()
+    return applier.finish(pipeline)
 
 
 def reset_projections(conn: sa.Connection) -> None:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 import eventlog
 import projections
 from eventlog import Position
+from eventlog.statements import Pipeline
 from protos import replication_pb2 as rpb
 from replica.coordinator import Coordinator, LocalEffects, StreamControl
 from replica.database import StorageOutageLog
@@ -346,9 +347,21 @@ class Secondary(StreamControl):
             fresh = [e for e in events if e.seq > last.seq]
             applied = None
             if fresh:
-                eventlog.append_events(conn, fresh, after_seq=last.seq)
+                # Sends only (the common batch): the log's INSERT, the messages' INSERT and
+                # the position's update read nothing the others write, so on MySQL they
+                # travel in one round trip instead of three.
+                pipeline = (
+                    Pipeline(conn)
+                    if all(e.type == projections.EventTypes.MESSAGE_SENT for e in fresh)
+                    else None
+                )
+                eventlog.append_events(conn, fresh, after_seq=last.seq, pipeline=pipeline)
                 position = None if known is None else known.seq
-                applied = projections.apply_events(conn, fresh, position=position)
+                applied = projections.apply_events(
+                    conn, fresh, position=position, pipeline=pipeline
+                )
+                if pipeline is not None:
+                    pipeline.flush()
                 last = fresh[-1].position
         if known is not None or applied == last.seq:
             self._known_end = last

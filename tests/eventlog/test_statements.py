@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 import sqlalchemy as sa
 
 from eventlog import events
-from eventlog.statements import insert_rows, run_compiled
+from eventlog.statements import Pipeline, insert_rows, run_compiled
 from projections import messages
 
 T0 = dt.datetime(2030, 1, 2, 3, 4, 5, 123456)
@@ -118,3 +119,81 @@ def test_run_compiled_binds_by_name_and_reports_rowcount(engine: sa.Engine) -> N
         missed = run_compiled(conn, "test.retype", build, {"at": 9, "new_type": "c"})
         assert (moved.rowcount, missed.rowcount) == (1, 0)
         assert conn.execute(sa.select(events.c.type)).scalar_one() == "b"
+
+
+# What a message body can make of a payload: placeholders, statement ends, quotes, comments.
+PAYLOAD = '{"b": "%s %(x)s; DELETE FROM events; \' \\" -- /* ` \\\\ \n"}'
+
+
+def _event_row(seq: int, request_id: str | None = None) -> dict[str, object]:
+    return {
+        "seq": seq,
+        "epoch": 1,
+        "type": "message_sent",
+        "payload": PAYLOAD,
+        "request_id": request_id,
+        "created_at": T0,
+    }
+
+
+def _count(conn: sa.Connection, table: sa.Table) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_a_pipeline_sends_its_writes_together_on_mysql_and_at_once_elsewhere(
+    engine: sa.Engine,
+) -> None:
+    def build() -> sa.ClauseElement:
+        return (
+            events.update()
+            .where(events.c.seq == sa.bindparam("at"))
+            .values(type=sa.bindparam("new_type"))
+        )
+
+    with engine.begin() as conn:
+        pipeline = Pipeline(conn)
+        pipeline.insert_rows(events, [_event_row(1), _event_row(2, "r-2")])
+        pipeline.insert_rows(events, [_event_row(3)])
+        pipeline.update(
+            "test.move", build, {"at": 2, "new_type": "moved"}, expect=1, mismatch=AssertionError
+        )
+        held = engine.dialect.name == "mysql"
+        assert _count(conn, events) == (0 if held else 3)
+        pipeline.flush()
+        assert _count(conn, events) == 3
+        pipeline.flush()  # nothing held: nothing sent
+    with engine.connect() as conn:
+        stored = _rows(events, conn)
+    assert [(r[0], r[2], r[4]) for r in stored] == [
+        (1, "message_sent", None),
+        (2, "moved", "r-2"),
+        (3, "message_sent", None),
+    ]
+    assert all(r[3] == PAYLOAD and r[5] == T0 for r in stored)
+
+
+def test_a_pipeline_checks_row_counts_and_reports_the_servers_refusal(
+    engine: sa.Engine,
+) -> None:
+    def build() -> sa.ClauseElement:
+        return (
+            events.update()
+            .where(events.c.seq == sa.bindparam("at"))
+            .values(type=sa.bindparam("new_type"))
+        )
+
+    class Moved(Exception):
+        pass
+
+    with pytest.raises(Moved), engine.begin() as conn:
+        pipeline = Pipeline(conn)
+        pipeline.insert_rows(events, [_event_row(1)])
+        pipeline.update("test.move", build, {"at": 9, "new_type": "x"}, expect=1, mismatch=Moved)
+        pipeline.flush()
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        pipeline = Pipeline(conn)
+        pipeline.insert_rows(events, [_event_row(1, "same")])
+        pipeline.insert_rows(events, [_event_row(2, "same")])  # request_id is unique
+        pipeline.flush()
+    with engine.connect() as conn:
+        assert _count(conn, events) == 0, "a refused pipeline left rows behind"
