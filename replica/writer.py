@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import eventlog
 import projections
 from eventlog import Event
+from eventlog.statements import Pipeline
 from replica.commit import CommitTracker
 from replica.database import storage_error
 from replica.directory import Directory
@@ -214,9 +215,19 @@ class LogWriter:
                     streamed = snap.epoch
                     self._on_written(appended)
                 # One INSERT for the batch's events: nothing a decide() reads comes from the
-                # log itself (request ids are looked up above and kept in `logged`).
-                eventlog.append_events(conn, appended, after_seq=start)
-                applied = applier.finish()
+                # log itself (request ids are looked up above and kept in `logged`). A batch
+                # of sends only: that INSERT, the messages' and the position's update go to
+                # MySQL in one round trip (nothing reads between them).
+                pipeline = (
+                    Pipeline(conn)
+                    if appended
+                    and all(e.type == projections.EventTypes.MESSAGE_SENT for e in appended)
+                    else None
+                )
+                eventlog.append_events(conn, appended, after_seq=start, pipeline=pipeline)
+                applied = applier.finish(pipeline)
+                if pipeline is not None:
+                    pipeline.flush()
             self.directory.committed()
             if applied == seq:
                 self._last_seq = seq
