@@ -112,9 +112,14 @@ class Pipeline:
     before flush(), and whose order among themselves is all that matters. An update's
     row count is checked at flush (`expect`); a mismatch raises what `mismatch` makes."""
 
+    # Held rows beyond this many bytes of values are sent at once instead (a statement of
+    # their own, as insert_rows sends it); MariaDB's max_allowed_packet is 16 MiB by default.
+    MAX_JOINED_BYTES = 1 << 20
+
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
         self._joined = conn.dialect.name == "mysql" and conn.dialect.paramstyle == "format"
+        self._bytes = 0
         self._sql: list[str] = []
         self._params: list[Any] = []
         # Per statement: (rows it must change, what to raise otherwise), or None.
@@ -127,12 +132,18 @@ class Pipeline:
             return
         sql = prepared[0]
         head, _, group = sql.partition(" VALUES ")
-        if not group:
-            insert_rows(self._conn, table, rows)
+        params = _row_params(prepared, rows)
+        size = sum(len(v) if isinstance(v, str | bytes) else 8 for row in params for v in row)
+        if not group or self._bytes + size > self.MAX_JOINED_BYTES:
+            # Large rows go on their own, as before (the server's max_allowed_packet bounds
+            # one statement; a multi-statement carries them all): what is held goes first.
+            self.flush()
+            self._conn.exec_driver_sql(sql, params)
             return
         self._sql.append(f"{head} VALUES {', '.join([group] * len(rows))}")
-        for values in _row_params(prepared, rows):
+        for values in params:
             self._params.extend(values)
+        self._bytes += size
         self._checks.append((len(rows), lambda: RuntimeError(f"{table.name}: rows missing")))
 
     def update(
@@ -160,7 +171,7 @@ class Pipeline:
         if not self._sql:
             return
         sql, params, checks = ";\n".join(self._sql), tuple(self._params), self._checks
-        self._sql, self._params, self._checks = [], [], []
+        self._sql, self._params, self._checks, self._bytes = [], [], [], 0
         cursor = self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         dbapi = self._conn.dialect.loaded_dbapi
         try:

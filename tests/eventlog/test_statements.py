@@ -197,3 +197,19 @@ def test_a_pipeline_checks_row_counts_and_reports_the_servers_refusal(
         pipeline.flush()
     with engine.connect() as conn:
         assert _count(conn, events) == 0, "a refused pipeline left rows behind"
+
+
+def test_a_pipeline_sends_large_rows_on_their_own_after_what_it_holds(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Pipeline, "MAX_JOINED_BYTES", 500)
+    with engine.begin() as conn:
+        pipeline = Pipeline(conn)
+        pipeline.insert_rows(events, [_event_row(1)])
+        big = {**_event_row(2), "payload": '{"b": "' + "x" * 600 + '"}'}
+        pipeline.insert_rows(events, [big])  # over the limit: what is held, then it
+        assert _count(conn, events) == 2
+        pipeline.insert_rows(events, [_event_row(3)])
+        pipeline.flush()
+    with engine.connect() as conn:
+        assert [r[0] for r in _rows(events, conn)] == [1, 2, 3]
