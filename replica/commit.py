@@ -24,10 +24,21 @@ class CommitTracker:
         self._failed_from: int | None = None
         self._stalled: str | None = None  # why the commit point cannot move now
         self._stalled_version = 0
+        # Which primary term the commit point belongs to: reset() starts one, abandon() ends
+        # it. A waiter belongs to the term it wrote (or found its event) in; once that term
+        # ends, a seq reaching the commit point is no longer its event's commit (after a
+        # truncation another event holds that seq), so it fails instead.
+        self._term = 0
+        self._term_live = False
 
     @property
     def committed_seq(self) -> int:
         return self._committed_seq
+
+    @property
+    def term(self) -> int:
+        """The current primary term's number (see wait_committed)."""
+        return self._term
 
     def add_listener(self, listener: Callable[[list[Event]], None]) -> None:
         """Called (outside the lock) with the events that just became committed."""
@@ -57,6 +68,8 @@ class CommitTracker:
             if self._pending:
                 self._failed_from = self._pending[0].seq
             self._pending.clear()
+            self._term += 1
+            self._term_live = False
             self._cond.notify_all()
 
     def set_stalled(self, reason: str | None, version: int | None = None) -> None:
@@ -74,25 +87,40 @@ class CommitTracker:
                 self._cond.notify_all()
 
     def reset(self, committed_seq: int) -> None:
+        """A primary term begins with its commit point at `committed_seq`."""
         with self._cond:
             self._committed_seq = committed_seq
             self._pending.clear()
             self._failed_from = None
             self._stalled = None
+            self._term += 1
+            self._term_live = True
             self._cond.notify_all()
 
-    def wait_committed(self, seq: int, timeout: float) -> None:
+    def wait_committed(self, seq: int, timeout: float, term: int | None = None) -> None:
+        """Until `seq` is committed. `term` (read from `term` before the write or the
+        look-up that produced `seq`): only a commit in that same live term counts."""
+
+        def ours() -> bool:
+            return term is None or (term == self._term and self._term_live)
+
         with self._cond:
             ok = self._cond.wait_for(
                 lambda: (
-                    self._committed_seq >= seq
+                    (self._committed_seq >= seq and ours())
+                    or not ours()
                     or (self._failed_from is not None and seq >= self._failed_from)
                     or self._stalled is not None
                 ),
                 timeout,
             )
-            if self._committed_seq >= seq:
+            if self._committed_seq >= seq and ours():
                 return
+            if not ours():
+                raise Unavailable(
+                    "the request was not committed: this replica lost its primary role; "
+                    "retry with the same request_id"
+                )
             if self._stalled is not None:
                 raise Unavailable(self._stalled)
             if ok:

@@ -57,6 +57,7 @@ class _Command:
     decide: Decide
     reads_inboxes: bool = True  # decide() reads the messages table
     received_ns: int = 0  # when it came in (only with spans on)
+    term: int | None = None  # the commit tracker's term its batch was written in
     # Set once the command is written (done) or its thread is to lead the next batch.
     wake: threading.Event = field(default_factory=threading.Event)
     done: bool = False
@@ -152,7 +153,7 @@ class LogWriter:
         outcome = command.outcome
         assert outcome is not None
         if outcome.event is not None:
-            self._commits.wait_committed(outcome.event.seq, self._commit_timeout)
+            self._commits.wait_committed(outcome.event.seq, self._commit_timeout, term=command.term)
             self._spans.mark("woken", outcome.event.seq)
         return outcome
 
@@ -186,6 +187,10 @@ class LogWriter:
         streamed: int | None = None  # the epoch the batch was handed to the streams in
         locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
+            # Read before the role: a term that ends after this read fails the waits below.
+            term = self._commits.term
+            for command in batch:
+                command.term = term
             snap = self._role.require_primary()
             if snap.epoch != self._term:
                 self._forget()

@@ -64,6 +64,7 @@ class InProcessReplica:
         role = RoleState(0)
         role.set(Role.PRIMARY, last.epoch + 1, 0, "in-process")
         commits = CommitTracker(last.seq)
+        commits.reset(last.seq)  # its primary term begins, as the coordinator's ResetCommit does
         writer = LogWriter(engine, role, commits, clock=clock or counting_clock())
         writer.add_append_listener(lambda events: commits.advance(events[-1].seq))
         writer.append_system_event(

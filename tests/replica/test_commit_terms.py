@@ -1,0 +1,136 @@
+"""A write is acknowledged only by a commit of the primary term it was written (or found) in.
+
+Found by the chaos run on real hosts (split_all after flaky links, SQLite, min_insync 1): a
+deposed primary still held four unacknowledged sends; their clients' retries found them in its
+log (duplicates) and waited for their seqs; it was elected again, deposed again, truncated them
+as a follower -- and when the new primary's own events reached those seqs, the waiters woke as
+if their events had committed. Four acknowledged messages were lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+import eventlog
+from replica.commit import CommitTracker
+from replica.errors import Unavailable
+from replica.protocol import Role
+from replica.role import RoleState
+from replica.writer import LogWriter, NewEvent
+
+
+def wait_in_thread(
+    commits: CommitTracker, seq: int, term: int
+) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def body() -> None:
+        try:
+            commits.wait_committed(seq, timeout=10, term=term)
+            outcome.append("committed")
+        except Unavailable as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_waiter_of_an_ended_term_is_not_answered_by_a_later_commit_of_its_seq() -> None:
+    commits = CommitTracker(50)
+    commits.reset(50)  # primary term begins; its writes 51..54 wait
+    term = commits.term
+    thread, outcome = wait_in_thread(commits, 51, term)
+    commits.abandon()  # deposed: 51..54 may be truncated
+    # As a follower, it truncates 51..54 and its new primary's events reach 51.
+    commits.advance(51)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], Unavailable), outcome
+
+
+def test_a_wait_that_starts_after_its_term_ended_fails_at_once() -> None:
+    commits = CommitTracker(50)
+    commits.reset(50)
+    term = commits.term
+    commits.abandon()
+    commits.reset(50)  # elected again: a new term
+    commits.advance(60)
+    with pytest.raises(Unavailable, match="lost its primary role"):
+        commits.wait_committed(55, timeout=5, term=term)
+
+
+def test_a_commit_in_the_waiters_own_term_answers_it() -> None:
+    commits = CommitTracker(50)
+    commits.reset(50)
+    thread, outcome = wait_in_thread(commits, 52, commits.term)
+    commits.advance(52)
+    thread.join(5)
+    assert outcome == ["committed"]
+    commits.wait_committed(52, timeout=1, term=commits.term)  # already committed: at once
+
+
+def test_a_retry_that_finds_its_event_uncommitted_fails_when_the_term_ends(
+    engine: sa.Engine,
+) -> None:
+    """The writer-level shape of the chaos failure: the retry is a duplicate (its event is in
+    the log from an earlier term, not among this term's pending events)."""
+    role = RoleState(0)
+    role.set(Role.PRIMARY, 1, 0, "here")
+    commits = CommitTracker(0)
+    commits.reset(0)
+    writer = LogWriter(engine, role, commits, commit_timeout=10)
+
+    def decide(_conn: sa.Connection) -> NewEvent:
+        return NewEvent("epoch_started", {"replica_index": 0})
+
+    def execute() -> list[object]:
+        outcome: list[object] = []
+
+        def body() -> None:
+            try:
+                outcome.append(writer.execute("same-request", decide, reads_inboxes=False))
+            except Unavailable as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        threads.append(thread)
+        return outcome
+
+    threads: list[threading.Thread] = []
+    first = execute()
+    assert wait_for(lambda: logged(engine) == 1)
+    commits.abandon()  # deposed before its event was acknowledged
+    threads[0].join(5)
+    assert isinstance(first[0], Unavailable)
+    commits.reset(0)  # elected again; the client retries
+    role.set(Role.PRIMARY, 2, 0, "here")
+    retry = execute()
+    assert wait_for(lambda: writer_waiting(commits))
+    commits.abandon()  # deposed again; as a follower it truncates seq 1 ...
+    commits.advance(1)  # ... and its new primary's own event at seq 1 commits
+    threads[1].join(5)
+    assert len(retry) == 1 and isinstance(retry[0], Unavailable), retry
+
+
+def logged(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return eventlog.last_position(conn).seq
+
+
+def writer_waiting(commits: CommitTracker) -> bool:
+    return bool(commits._cond._waiters)  # type: ignore[attr-defined]  # a waiter is parked
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)  # polling a condition
+    return False
