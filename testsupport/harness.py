@@ -48,11 +48,21 @@ class ReplicaProcessError(RuntimeError):
     """A replica process did not reach the expected state; the message has its log tail."""
 
 
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on `host` a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that was free on `host` a moment ago (the OS picks it), and not one this
+    process handed out before: a port closed again is free to the OS, which may pick it for
+    the next call too (two replicas of one cluster were given the same port that way)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
+    raise RuntimeError(f"no fresh free port on {host} in 100 tries")
 
 
 def wait_until(

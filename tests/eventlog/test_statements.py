@@ -14,6 +14,15 @@ from projections import messages
 T0 = dt.datetime(2030, 1, 2, 3, 4, 5, 123456)
 
 
+def retype() -> sa.ClauseElement:
+    """An UPDATE with two named binds (the shape of the position's compare-and-set)."""
+    return (
+        events.update()
+        .where(events.c.seq == sa.bindparam("at"))
+        .values(type=sa.bindparam("new_type"))
+    )
+
+
 def _rows(table: sa.Table, conn: sa.Connection) -> list[tuple[object, ...]]:
     key = next(iter(table.primary_key.columns))
     return [tuple(r) for r in conn.execute(sa.select(table).order_by(key))]
@@ -93,13 +102,6 @@ def test_insert_rows_takes_booleans_and_datetimes_through_their_columns(
 
 
 def test_run_compiled_binds_by_name_and_reports_rowcount(engine: sa.Engine) -> None:
-    def build() -> sa.ClauseElement:
-        return (
-            events.update()
-            .where(events.c.seq == sa.bindparam("at"))
-            .values(type=sa.bindparam("new_type"))
-        )
-
     with engine.begin() as conn:
         insert_rows(
             conn,
@@ -115,8 +117,8 @@ def test_run_compiled_binds_by_name_and_reports_rowcount(engine: sa.Engine) -> N
                 }
             ],
         )
-        moved = run_compiled(conn, "test.retype", build, {"new_type": "b", "at": 1})
-        missed = run_compiled(conn, "test.retype", build, {"at": 9, "new_type": "c"})
+        moved = run_compiled(conn, "test.retype", retype, {"new_type": "b", "at": 1})
+        missed = run_compiled(conn, "test.retype", retype, {"at": 9, "new_type": "c"})
         assert (moved.rowcount, missed.rowcount) == (1, 0)
         assert conn.execute(sa.select(events.c.type)).scalar_one() == "b"
 
@@ -143,19 +145,12 @@ def _count(conn: sa.Connection, table: sa.Table) -> int:
 def test_a_pipeline_sends_its_writes_together_on_mysql_and_at_once_elsewhere(
     engine: sa.Engine,
 ) -> None:
-    def build() -> sa.ClauseElement:
-        return (
-            events.update()
-            .where(events.c.seq == sa.bindparam("at"))
-            .values(type=sa.bindparam("new_type"))
-        )
-
     with engine.begin() as conn:
         pipeline = Pipeline(conn)
         pipeline.insert_rows(events, [_event_row(1), _event_row(2, "r-2")])
         pipeline.insert_rows(events, [_event_row(3)])
         pipeline.update(
-            "test.move", build, {"at": 2, "new_type": "moved"}, expect=1, mismatch=AssertionError
+            "test.move", retype, {"at": 2, "new_type": "moved"}, expect=1, mismatch=AssertionError
         )
         held = engine.dialect.name == "mysql"
         assert _count(conn, events) == (0 if held else 3)
@@ -175,20 +170,13 @@ def test_a_pipeline_sends_its_writes_together_on_mysql_and_at_once_elsewhere(
 def test_a_pipeline_checks_row_counts_and_reports_the_servers_refusal(
     engine: sa.Engine,
 ) -> None:
-    def build() -> sa.ClauseElement:
-        return (
-            events.update()
-            .where(events.c.seq == sa.bindparam("at"))
-            .values(type=sa.bindparam("new_type"))
-        )
-
     class Moved(Exception):
         pass
 
     with pytest.raises(Moved), engine.begin() as conn:
         pipeline = Pipeline(conn)
         pipeline.insert_rows(events, [_event_row(1)])
-        pipeline.update("test.move", build, {"at": 9, "new_type": "x"}, expect=1, mismatch=Moved)
+        pipeline.update("test.move", retype, {"at": 9, "new_type": "x"}, expect=1, mismatch=Moved)
         pipeline.flush()
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         pipeline = Pipeline(conn)

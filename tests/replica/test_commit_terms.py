@@ -9,8 +9,6 @@ if their events had committed. Four acknowledged messages were lost."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +19,7 @@ from replica.errors import Unavailable
 from replica.protocol import Role
 from replica.role import RoleState
 from replica.writer import LogWriter, NewEvent
+from testsupport.harness import wait_until
 
 
 def wait_in_thread(
@@ -104,14 +103,14 @@ def test_a_retry_that_finds_its_event_uncommitted_fails_when_the_term_ends(
 
     threads: list[threading.Thread] = []
     first = execute()
-    assert wait_for(lambda: logged(engine) == 1)
+    wait_until(lambda: logged(engine) == 1, 5, "the first send was never written")
     commits.abandon()  # deposed before its event was acknowledged
     threads[0].join(5)
     assert isinstance(first[0], Unavailable)
     commits.reset(0)  # elected again; the client retries
     role.set(Role.PRIMARY, 2, 0, "here")
     retry = execute()
-    assert wait_for(lambda: writer_waiting(commits))
+    wait_until(lambda: writer_waiting(commits), 5, "the retry never waited")
     commits.abandon()  # deposed again; as a follower it truncates seq 1 ...
     commits.advance(1)  # ... and its new primary's own event at seq 1 commits
     threads[1].join(5)
@@ -125,12 +124,3 @@ def logged(engine: sa.Engine) -> int:
 
 def writer_waiting(commits: CommitTracker) -> bool:
     return bool(commits._cond._waiters)  # type: ignore[attr-defined]  # a waiter is parked
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)  # polling a condition
-    return False

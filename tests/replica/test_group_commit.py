@@ -4,7 +4,6 @@ ones before it left, fails alone, and is stored once."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -14,6 +13,7 @@ import eventlog
 from replica.errors import AlreadyExists, ChatError
 from replica.writer import LogWriter, NewEvent
 from tests.inprocess import InProcessReplica
+from testsupport.harness import wait_until
 
 THREADS = 16
 
@@ -137,7 +137,7 @@ def test_a_command_returns_once_its_batch_is_written_not_after_the_next_one(
     wait_until_queued(writer, 1)
     gates["two"][1].set()
     entered("three")  # the lead passed to it, and it holds the write lock now
-    assert wait_for(lambda: "follower" in returned), "a follower waited for the next batch"
+    wait_until(lambda: "follower" in returned, 10, "a follower waited for the next batch")
     assert "three" not in returned
     gates["three"][1].set()
     for thread in threads:
@@ -148,14 +148,5 @@ def test_a_command_returns_once_its_batch_is_written_not_after_the_next_one(
     assert seqs == list(range(1, 6))  # the epoch marker, then the four
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)  # polling a condition, not sleeping as synchronisation
-    return condition()
-
-
 def wait_until_queued(writer: LogWriter, count: int) -> None:
-    assert wait_for(lambda: len(writer._queue) == count), "commands never queued"
+    wait_until(lambda: len(writer._queue) == count, 10, "commands never queued")
