@@ -15,6 +15,7 @@ from projections.apply import (
     last_applied_seq,
     rebuild,
     reset_projections,
+    sends_pipeline,
     statements_for,
 )
 from projections.rollback import RolledBack, roll_back
@@ -35,6 +36,7 @@ __all__ = [
     "rebuild",
     "reset_projections",
     "roll_back",
+    "sends_pipeline",
     "sessions",
     "statements_for",
     "undo",

@@ -340,6 +340,15 @@ class Applier:
         return self.position
 
 
+def sends_pipeline(conn: sa.Connection, batch: Sequence[Event]) -> Pipeline | None:
+    """A pipeline for appending and applying `batch` if it holds sends only: the log's INSERT,
+    the messages' INSERT and the position's update then read nothing the others write, and
+    may travel together (eventlog.statements.Pipeline). None for any other batch."""
+    if batch and all(e.type == EventTypes.MESSAGE_SENT for e in batch):
+        return Pipeline(conn)
+    return None
+
+
 def apply_events(
     conn: sa.Connection,
     batch: Sequence[Event],

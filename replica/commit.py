@@ -21,7 +21,6 @@ class CommitTracker:
         self._committed_seq = committed_seq
         self._pending: deque[Event] = deque()
         self._listeners: list[Callable[[list[Event]], None]] = []
-        self._failed_from: int | None = None
         self._stalled: str | None = None  # why the commit point cannot move now
         self._stalled_version = 0
         # Which primary term the commit point belongs to: reset() starts one, abandon() ends
@@ -62,11 +61,9 @@ class CommitTracker:
             listener(newly)
 
     def abandon(self) -> None:
-        """Uncommitted events will never be committed here (the replica stepped down): wake
-        their waiters with an error instead of an acknowledgement."""
+        """The primary term ends (the replica stepped down): its uncommitted events will never
+        be committed here; their waiters wake with an error instead of an acknowledgement."""
         with self._cond:
-            if self._pending:
-                self._failed_from = self._pending[0].seq
             self._pending.clear()
             self._term += 1
             self._term_live = False
@@ -91,43 +88,33 @@ class CommitTracker:
         with self._cond:
             self._committed_seq = committed_seq
             self._pending.clear()
-            self._failed_from = None
             self._stalled = None
             self._term += 1
             self._term_live = True
             self._cond.notify_all()
 
-    def wait_committed(self, seq: int, timeout: float, term: int | None = None) -> None:
-        """Until `seq` is committed. `term` (read from `term` before the write or the
-        look-up that produced `seq`): only a commit in that same live term counts."""
+    def wait_committed(self, seq: int, timeout: float, term: int) -> None:
+        """Until `seq` is committed in primary term `term` (read from `term` before the
+        write or the look-up that produced `seq`): a commit after that term ended does not
+        count -- after a truncation another event may hold the seq."""
 
         def ours() -> bool:
-            return term is None or (term == self._term and self._term_live)
+            return term == self._term and self._term_live
 
         with self._cond:
-            ok = self._cond.wait_for(
-                lambda: (
-                    (self._committed_seq >= seq and ours())
-                    or not ours()
-                    or (self._failed_from is not None and seq >= self._failed_from)
-                    or self._stalled is not None
-                ),
+            self._cond.wait_for(
+                lambda: not ours() or self._committed_seq >= seq or self._stalled is not None,
                 timeout,
             )
-            if self._committed_seq >= seq and ours():
-                return
             if not ours():
                 raise Unavailable(
                     "the request was not committed: this replica lost its primary role; "
                     "retry with the same request_id"
                 )
+            if self._committed_seq >= seq:
+                return
             if self._stalled is not None:
                 raise Unavailable(self._stalled)
-            if ok:
-                raise Unavailable(
-                    "the request was not committed: this replica lost its primary role; "
-                    "retry with the same request_id"
-                )
             raise Unavailable(
                 "the request was not acknowledged by the in-sync replicas in time; "
                 "retry with the same request_id"

@@ -22,7 +22,6 @@ import sqlalchemy as sa
 import eventlog
 import projections
 from eventlog import Position
-from eventlog.statements import Pipeline
 from protos import replication_pb2 as rpb
 from replica.coordinator import Coordinator, LocalEffects, StreamControl
 from replica.database import StorageOutageLog
@@ -350,11 +349,7 @@ class Secondary(StreamControl):
                 # Sends only (the common batch): the log's INSERT, the messages' INSERT and
                 # the position's update read nothing the others write, so on MySQL they
                 # travel in one round trip instead of three.
-                pipeline = (
-                    Pipeline(conn)
-                    if all(e.type == projections.EventTypes.MESSAGE_SENT for e in fresh)
-                    else None
-                )
+                pipeline = projections.sends_pipeline(conn, fresh)
                 eventlog.append_events(conn, fresh, after_seq=last.seq, pipeline=pipeline)
                 position = None if known is None else known.seq
                 applied = projections.apply_events(

@@ -16,7 +16,6 @@ import sqlalchemy as sa
 import eventlog
 import projections
 from eventlog import Event
-from eventlog.statements import Pipeline
 from replica.commit import CommitTracker
 from replica.database import storage_error
 from replica.directory import Directory
@@ -57,7 +56,8 @@ class _Command:
     decide: Decide
     reads_inboxes: bool = True  # decide() reads the messages table
     received_ns: int = 0  # when it came in (only with spans on)
-    term: int | None = None  # the commit tracker's term its batch was written in
+    # The commit tracker's term its batch was written in (-1, no term, until then).
+    commit_term: int = -1
     # Set once the command is written (done) or its thread is to lead the next batch.
     wake: threading.Event = field(default_factory=threading.Event)
     done: bool = False
@@ -153,7 +153,9 @@ class LogWriter:
         outcome = command.outcome
         assert outcome is not None
         if outcome.event is not None:
-            self._commits.wait_committed(outcome.event.seq, self._commit_timeout, term=command.term)
+            self._commits.wait_committed(
+                outcome.event.seq, self._commit_timeout, term=command.commit_term
+            )
             self._spans.mark("woken", outcome.event.seq)
         return outcome
 
@@ -188,9 +190,9 @@ class LogWriter:
         locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
             # Read before the role: a term that ends after this read fails the waits below.
-            term = self._commits.term
+            commit_term = self._commits.term
             for command in batch:
-                command.term = term
+                command.commit_term = commit_term
             snap = self._role.require_primary()
             if snap.epoch != self._term:
                 self._forget()
@@ -223,12 +225,7 @@ class LogWriter:
                 # log itself (request ids are looked up above and kept in `logged`). A batch
                 # of sends only: that INSERT, the messages' and the position's update go to
                 # MySQL in one round trip (nothing reads between them).
-                pipeline = (
-                    Pipeline(conn)
-                    if appended
-                    and all(e.type == projections.EventTypes.MESSAGE_SENT for e in appended)
-                    else None
-                )
+                pipeline = projections.sends_pipeline(conn, appended)
                 eventlog.append_events(conn, appended, after_seq=start, pipeline=pipeline)
                 applied = applier.finish(pipeline)
                 if pipeline is not None:

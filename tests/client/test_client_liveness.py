@@ -43,6 +43,12 @@ def hang(released: threading.Event) -> Any:
     return handler
 
 
+def freeze(replica: FakeReplica, released: threading.Event) -> None:
+    """The replica stops answering (a SIGSTOPped process): its sends and its status hang."""
+    replica.script("Send", hang(released))
+    replica.script("ClusterStatus", hang(released))
+
+
 def slow(seconds: float, reply: Any) -> Any:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         time.sleep(seconds)  # the server being slow is what is under test
@@ -63,8 +69,7 @@ def test_a_replica_that_stops_answering_is_left_well_before_the_attempt_timeout(
     frozen, alive = pair
     with ChatClient([frozen.address, alive.address], timeout=10, attempt_timeout=3) as client:
         logged_in(client, frozen)
-        frozen.script("Send", hang(released))
-        frozen.script("ClusterStatus", hang(released))
+        freeze(frozen, released)
         alive.script("Send", answer(chat_pb2.SendReply(message_id=42)))
         start = time.monotonic()
         assert client.send("alice", "hello") == 42
@@ -98,8 +103,7 @@ def test_every_call_waiting_on_a_silent_replica_is_abandoned_and_retried_elsewhe
     frozen, alive = pair
     with ChatClient([frozen.address, alive.address], timeout=10, attempt_timeout=3) as client:
         logged_in(client, frozen)
-        frozen.script("Send", hang(released))
-        frozen.script("ClusterStatus", hang(released))
+        freeze(frozen, released)
         alive.script("Send", answer(chat_pb2.SendReply(message_id=9)))
         results: list[int] = []
         start = time.monotonic()
