@@ -323,9 +323,20 @@ class ChatService:
         found = found[:size]
         return Page(found, str(found[-1].message_id) if more else "")
 
+    def committed_seq(self) -> int:
+        return self._committed_seq()
+
     def undelivered(self, account_id: int, after_id: int, limit: int) -> list[q.StoredMessage]:
+        return self.undelivered_through(account_id, after_id, limit)[0]
+
+    def undelivered_through(
+        self, account_id: int, after_id: int, limit: int
+    ) -> tuple[list[q.StoredMessage], int]:
+        """undelivered(), and the commit point it read up to: a page shorter than `limit`
+        holds every undelivered message after `after_id` up to that seq."""
+        committed = self._committed_seq()
         with self._read() as conn:
-            return q.undelivered(conn, account_id, after_id, self._committed_seq(), limit)
+            return q.undelivered(conn, account_id, after_id, committed, limit), committed
 
     def session_valid(self, session_id: str) -> bool:
         with self._read() as conn:

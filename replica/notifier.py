@@ -1,19 +1,40 @@
-"""Wakes the subscriptions of accounts that just received a committed message."""
+"""Wakes the subscriptions of accounts that just received a committed message, and hands them
+the message itself when it can prove nothing is missing (a push without an inbox query)."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from eventlog import Event
 from projections import EventTypes
+from projections.apply import message_row
+from projections.queries import StoredMessage
+
+# Committed messages held per watched account for its subscriptions (see live_after). A
+# subscription further behind than this reads its inbox, as it always could.
+LIVE_MESSAGES = 64
+LIVE_BYTES = 256 * 1024
 
 
 class InboxNotifier:
-    """Wakes the subscriptions of accounts that just received a committed message."""
+    """Wakes the subscriptions of accounts that just received a committed message.
 
-    def __init__(self) -> None:
+    It also keeps, per watched account, the undelivered messages of the committed events it
+    was given, so that a woken subscription can push them without querying the inbox. The
+    rule that keeps this exact: the notifier knows through which seq (`_through`) it has been
+    given every committed event, one contiguous run (a gap, a step-down or a full buffer
+    narrows what it vouches for); per account, `_live_from[a]` is the seq after which every
+    undelivered message of a committed event up to `_through` is in `_live[a]`. A
+    subscription that has seen its inbox through seq K asks `live_after(a, K, committed)`:
+    the answer is the messages after K when _live_from[a] <= K and _through has reached the
+    commit point, and None (query the inbox) otherwise."""
+
+    def __init__(self, *, live_messages: int = LIVE_MESSAGES, live_bytes: int = LIVE_BYTES) -> None:
+        self._live_cap = live_messages
+        self._live_bytes_cap = live_bytes
         self._lock = threading.Lock()
         # Only accounts with a subscription (`watching`) have a version: a notifier of a
         # server up for years must not keep one per account that ever got a message.
@@ -24,8 +45,15 @@ class InboxNotifier:
         self._conditions: dict[int, threading.Condition] = {}
         self._waiters: dict[int, int] = {}
         self._closed = False
+        self._through: int | None = None  # every committed event up to it was given here
+        self._live: dict[int, deque[StoredMessage]] = {}
+        self._live_bytes: dict[int, int] = {}
+        self._live_from: dict[int, int | None] = {}
 
     def on_committed(self, events: list[Event]) -> None:
+        if events:
+            with self._lock:
+                self._keep_live(events)
         accounts = {
             int(e.payload["recipient_id"]) for e in events if e.type == EventTypes.MESSAGE_SENT
         }
@@ -50,8 +78,83 @@ class InboxNotifier:
                 if cond is not None:
                     cond.notify_all()
 
+    def _keep_live(self, events: list[Event]) -> None:
+        """(Under the lock.) Follow the committed events into the live buffers."""
+        first = events[0].seq
+        if self._through is None or first != self._through + 1:
+            # A gap (or the first events): vouch only for what comes from here on.
+            for account_id in self._watchers:
+                self._drop_live(account_id, first - 1)
+        self._through = events[-1].seq
+        if not self._watchers:
+            return
+        for event in events:
+            t = event.type
+            if t == EventTypes.MESSAGE_SENT:
+                account_id = int(event.payload["recipient_id"])
+                live = self._live.get(account_id)
+                if live is None:
+                    continue  # not watched
+                row = message_row(event)
+                live.append(
+                    StoredMessage(
+                        row["message_id"],
+                        row["sender"],
+                        row["recipient"],
+                        row["body"],
+                        row["sent_at"],
+                        False,
+                    )
+                )
+                self._live_bytes[account_id] += len(row["body"])
+                while (
+                    len(live) > self._live_cap
+                    or self._live_bytes[account_id] > self._live_bytes_cap
+                ):
+                    dropped = live.popleft()
+                    self._live_bytes[account_id] -= len(dropped.body)
+                    self._live_from[account_id] = dropped.message_id
+            elif t == EventTypes.MESSAGES_ACKED:
+                account_id = int(event.payload["account_id"])
+                live = self._live.get(account_id)
+                if live:
+                    acked = {int(i) for i in event.payload["message_ids"]}
+                    kept = [m for m in live if m.message_id not in acked]
+                    if len(kept) != len(live):
+                        live.clear()
+                        live.extend(kept)
+                        self._live_bytes[account_id] = sum(len(m.body) for m in kept)
+            elif t == EventTypes.ACCOUNT_DELETED:
+                account_id = int(event.payload["account_id"])
+                if account_id in self._live:  # its inbox is gone with it
+                    self._drop_live(account_id, event.seq)
+
+    def _drop_live(self, account_id: int, vouched_from: int | None) -> None:
+        self._live[account_id] = deque()
+        self._live_bytes[account_id] = 0
+        self._live_from[account_id] = vouched_from
+
+    def live_after(
+        self, account_id: int, seen_through: int, committed_seq: int
+    ) -> tuple[list[StoredMessage], int] | None:
+        """The account's undelivered committed messages after seq `seen_through`, and the seq
+        the answer covers -- or None when the notifier cannot vouch for all of them (the
+        caller reads the inbox instead). `committed_seq`: the commit point, read before."""
+        with self._lock:
+            start = self._live_from.get(account_id)
+            through = self._through
+            if start is None or through is None or start > seen_through:
+                return None
+            if through < committed_seq:
+                return None  # committed events not given here (yet): cannot vouch
+            live = self._live[account_id]
+            return [m for m in live if m.message_id > seen_through], max(through, seen_through)
+
     def wake_all(self) -> None:
         with self._lock:
+            self._through = None  # (a step-down, a new term): vouch for nothing until told
+            for account_id in self._watchers:
+                self._drop_live(account_id, None)
             for account_id in self._watchers:
                 self._session_ends[account_id] = self._session_ends.get(account_id, 0) + 1
             for account_id, cond in self._conditions.items():
@@ -69,6 +172,8 @@ class InboxNotifier:
         with self._lock:
             self._watchers[account_id] = self._watchers.get(account_id, 0) + 1
             self._versions.setdefault(account_id, 0)
+            if account_id not in self._live:
+                self._drop_live(account_id, self._through)
         try:
             yield
         finally:
@@ -78,6 +183,8 @@ class InboxNotifier:
                     del self._watchers[account_id]
                     del self._versions[account_id]
                     self._session_ends.pop(account_id, None)
+                    del self._live[account_id], self._live_bytes[account_id]
+                    del self._live_from[account_id]
 
     def tracked_accounts(self) -> int:
         """How many accounts the notifier holds state for (for tests and metrics)."""

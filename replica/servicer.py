@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -155,6 +155,40 @@ def add_chat_servicer(servicer: ChatServicer, server: grpc.Server) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(CHAT_SERVICE.full_name, handlers),)
     )
+
+
+class _Inbox(Protocol):
+    def committed_seq(self) -> int: ...
+
+    def undelivered_through(
+        self, account_id: int, after_id: int, limit: int
+    ) -> tuple[list[StoredMessage], int]: ...
+
+
+def next_page(
+    inbox: _Inbox,
+    notifier: InboxNotifier,
+    account_id: int,
+    last_id: int,
+    seen_through: int,
+    page: int,
+    *,
+    live: bool,
+) -> tuple[list[StoredMessage], int]:
+    """A subscription's next messages (ids after `last_id`, at most `page`) and the seq
+    through which, once they are yielded, it has yielded every undelivered message. `live`
+    (caught up): from the notifier when it vouches for them, without querying the inbox."""
+    found = None
+    if live:
+        found = notifier.live_after(account_id, seen_through, inbox.committed_seq())
+    if found is not None:
+        batch, through = found
+        batch = [m for m in batch if m.message_id > last_id][:page]
+    else:
+        batch, through = inbox.undelivered_through(account_id, last_id, page)
+    if len(batch) == page:  # more may follow it
+        through = batch[-1].message_id
+    return batch, through
 
 
 class ChatServicer(chat_pb2_grpc.ChatServicer):
@@ -336,9 +370,20 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         page = _BACKLOG_BATCH_BATCHED if batches else _BACKLOG_BATCH
         # Read before the stream's first query, so that an end after it is seen.
         checked_ends, checked_at = self._notifier.session_ends(account_id), time.monotonic()
+        # Every undelivered message up to this seq has been yielded (once caught up, woken
+        # subscriptions take new messages from the notifier while it can vouch for them).
+        seen_through = 0
         while context.is_active() and not self._stopping.is_set():
             version = self._notifier.version(account_id)
-            batch = self._service.undelivered(account_id, last_id, page)
+            batch, through = next_page(
+                self._service,
+                self._notifier,
+                account_id,
+                last_id,
+                seen_through,
+                page,
+                live=caught_up,
+            )
             if caught_up and batch and self.on_delivered is not None:
                 now = time.time()
                 for m in batch:  # live, not a backlog: how long since it was committed
@@ -353,6 +398,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
                 for m in batch:
                     yield chat_pb2.SubscribeReply(message=_message(m))
                     last_id = m.message_id
+            seen_through = max(seen_through, through)
             if len(batch) == page:
                 continue
             if not caught_up:
