@@ -7,6 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from eventlog import Event
 from projections import EventTypes
@@ -19,6 +20,16 @@ LIVE_MESSAGES = 64
 LIVE_BYTES = 256 * 1024
 
 
+@dataclass
+class _Live:
+    """One watched account's committed, undelivered messages after seq `vouched_from` (None:
+    the notifier vouches for nothing yet)."""
+
+    vouched_from: int | None
+    messages: deque[StoredMessage] = field(default_factory=deque)
+    body_chars: int = 0
+
+
 class InboxNotifier:
     """Wakes the subscriptions of accounts that just received a committed message.
 
@@ -26,10 +37,10 @@ class InboxNotifier:
     was given, so that a woken subscription can push them without querying the inbox. The
     rule that keeps this exact: the notifier knows through which seq (`_through`) it has been
     given every committed event, one contiguous run (a gap, a step-down or a full buffer
-    narrows what it vouches for); per account, `_live_from[a]` is the seq after which every
-    undelivered message of a committed event up to `_through` is in `_live[a]`. A
+    narrows what it vouches for); per account, `_live[a].vouched_from` is the seq after which
+    every undelivered message of a committed event up to `_through` is in `_live[a]`. A
     subscription that has seen its inbox through seq K asks `live_after(a, K, committed)`:
-    the answer is the messages after K when _live_from[a] <= K and _through has reached the
+    the answer is the messages after K when vouched_from <= K and _through has reached the
     commit point, and None (query the inbox) otherwise."""
 
     def __init__(self, *, live_messages: int = LIVE_MESSAGES, live_bytes: int = LIVE_BYTES) -> None:
@@ -46,9 +57,7 @@ class InboxNotifier:
         self._waiters: dict[int, int] = {}
         self._closed = False
         self._through: int | None = None  # every committed event up to it was given here
-        self._live: dict[int, deque[StoredMessage]] = {}
-        self._live_bytes: dict[int, int] = {}
-        self._live_from: dict[int, int | None] = {}
+        self._live: dict[int, _Live] = {}
 
     def on_committed(self, events: list[Event]) -> None:
         if events:
@@ -84,7 +93,7 @@ class InboxNotifier:
         if self._through is None or first != self._through + 1:
             # A gap (or the first events): vouch only for what comes from here on.
             for account_id in self._watchers:
-                self._drop_live(account_id, first - 1)
+                self._live[account_id] = _Live(first - 1)
         self._through = events[-1].seq
         if not self._watchers:
             return
@@ -96,7 +105,7 @@ class InboxNotifier:
                 if live is None:
                     continue  # not watched
                 row = message_row(event)
-                live.append(
+                live.messages.append(
                     StoredMessage(
                         row["message_id"],
                         row["sender"],
@@ -106,33 +115,24 @@ class InboxNotifier:
                         False,
                     )
                 )
-                self._live_bytes[account_id] += len(row["body"])
-                while (
-                    len(live) > self._live_cap
-                    or self._live_bytes[account_id] > self._live_bytes_cap
-                ):
-                    dropped = live.popleft()
-                    self._live_bytes[account_id] -= len(dropped.body)
-                    self._live_from[account_id] = dropped.message_id
+                live.body_chars += len(row["body"])
+                while len(live.messages) > self._live_cap or live.body_chars > self._live_bytes_cap:
+                    dropped = live.messages.popleft()
+                    live.body_chars -= len(dropped.body)
+                    live.vouched_from = dropped.message_id
             elif t == EventTypes.MESSAGES_ACKED:
                 account_id = int(event.payload["account_id"])
                 live = self._live.get(account_id)
-                if live:
+                if live is not None and live.messages:
                     acked = {int(i) for i in event.payload["message_ids"]}
-                    kept = [m for m in live if m.message_id not in acked]
-                    if len(kept) != len(live):
-                        live.clear()
-                        live.extend(kept)
-                        self._live_bytes[account_id] = sum(len(m.body) for m in kept)
+                    kept = [m for m in live.messages if m.message_id not in acked]
+                    if len(kept) != len(live.messages):
+                        live.messages = deque(kept)
+                        live.body_chars = sum(len(m.body) for m in kept)
             elif t == EventTypes.ACCOUNT_DELETED:
                 account_id = int(event.payload["account_id"])
                 if account_id in self._live:  # its inbox is gone with it
-                    self._drop_live(account_id, event.seq)
-
-    def _drop_live(self, account_id: int, vouched_from: int | None) -> None:
-        self._live[account_id] = deque()
-        self._live_bytes[account_id] = 0
-        self._live_from[account_id] = vouched_from
+                    self._live[account_id] = _Live(event.seq)
 
     def live_after(
         self, account_id: int, seen_through: int, committed_seq: int
@@ -141,20 +141,19 @@ class InboxNotifier:
         the answer covers -- or None when the notifier cannot vouch for all of them (the
         caller reads the inbox instead). `committed_seq`: the commit point, read before."""
         with self._lock:
-            start = self._live_from.get(account_id)
+            live = self._live.get(account_id)
             through = self._through
-            if start is None or through is None or start > seen_through:
+            if live is None or live.vouched_from is None or through is None:
                 return None
-            if through < committed_seq:
-                return None  # committed events not given here (yet): cannot vouch
-            live = self._live[account_id]
-            return [m for m in live if m.message_id > seen_through], max(through, seen_through)
+            if live.vouched_from > seen_through or through < committed_seq:
+                return None  # (the latter: committed events not given here yet)
+            return [m for m in live.messages if m.message_id > seen_through], through
 
     def wake_all(self) -> None:
         with self._lock:
             self._through = None  # (a step-down, a new term): vouch for nothing until told
             for account_id in self._watchers:
-                self._drop_live(account_id, None)
+                self._live[account_id] = _Live(None)
             for account_id in self._watchers:
                 self._session_ends[account_id] = self._session_ends.get(account_id, 0) + 1
             for account_id, cond in self._conditions.items():
@@ -173,7 +172,7 @@ class InboxNotifier:
             self._watchers[account_id] = self._watchers.get(account_id, 0) + 1
             self._versions.setdefault(account_id, 0)
             if account_id not in self._live:
-                self._drop_live(account_id, self._through)
+                self._live[account_id] = _Live(self._through)
         try:
             yield
         finally:
@@ -183,8 +182,7 @@ class InboxNotifier:
                     del self._watchers[account_id]
                     del self._versions[account_id]
                     self._session_ends.pop(account_id, None)
-                    del self._live[account_id], self._live_bytes[account_id]
-                    del self._live_from[account_id]
+                    del self._live[account_id]
 
     def tracked_accounts(self) -> int:
         """How many accounts the notifier holds state for (for tests and metrics)."""

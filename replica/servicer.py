@@ -182,8 +182,8 @@ def next_page(
     if live:
         found = notifier.live_after(account_id, seen_through, inbox.committed_seq())
     if found is not None:
-        batch, through = found
-        batch = [m for m in batch if m.message_id > last_id][:page]
+        batch, through = found  # (after seen_through, which is never below last_id)
+        batch = batch[:page]
     else:
         batch, through = inbox.undelivered_through(account_id, last_id, page)
     if len(batch) == page:  # more may follow it
