@@ -62,6 +62,7 @@ def make_engine(url: str, *, create_database: bool = True) -> sa.Engine:
         kwargs["isolation_level"] = "READ COMMITTED"
     engine = sa.create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "mysql":
+        sa.event.listen(engine, "handle_error", _driver_error_as_dbapi_error, retval=True)
         sa.event.listen(engine, "connect", _no_ping_per_cursor)
         sa.event.listen(engine, "checkin", _note_checkin)
         sa.event.listen(engine, "checkout", _ping_if_idle)
@@ -75,6 +76,22 @@ def make_engine(url: str, *, create_database: bool = True) -> sa.Engine:
 # disconnect error, the pool replaces every connection older than that, and the caller
 # answers UNAVAILABLE -- a client retries with the same request_id.
 IDLE_BEFORE_PING = 2.0
+
+
+def _driver_error_as_dbapi_error(context: sa.engine.ExceptionContext) -> BaseException | None:
+    """mysql-connector's C part raises its own error, not a DB-API one, when the server goes
+    away during a COMMIT: SQLAlchemy would pass it on raw, and callers that handle database
+    failures (UNAVAILABLE, retry) would take it for a bug. Made what it is: an OperationalError
+    on a lost connection (the pool then replaces its connections)."""
+    original = context.original_exception
+    if context.sqlalchemy_exception is not None or not type(original).__module__.startswith(
+        "_mysql_connector"
+    ):
+        return None
+    context.is_disconnect = True
+    return sa.exc.OperationalError(
+        context.statement or "COMMIT", context.parameters or {}, original
+    )
 
 
 def _no_ping_per_cursor(dbapi_connection: Any, _record: Any) -> None:
@@ -93,10 +110,18 @@ def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
         record.info["checked_in_at"] = time.monotonic()
 
 
-def _end_open_transaction(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+def _end_open_transaction(dbapi_connection: Any, record: Any, _state: Any) -> None:
     # The driver knows from the server's last reply whether a transaction is open.
-    if getattr(dbapi_connection, "in_transaction", True):
+    if not getattr(dbapi_connection, "in_transaction", True):
+        return
+    try:
         dbapi_connection.rollback()
+    except Exception as exc:  # the driver's error types differ with and without its C part
+        # The connection is lost (the server went away mid-transaction): the pool replaces
+        # it, as it would after this error -- without logging the error's traceback, which
+        # the caller has already reported in one line.
+        if record is not None:
+            record.invalidate(e=exc)
 
 
 def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import sqlalchemy as sa
 from google.protobuf.message import DecodeError, Message
 
 from projections.queries import StoredMessage
@@ -20,6 +21,7 @@ from protos.wire import PRIMARY_ADDRESS_KEY, SERVICE_ERROR_KEY
 from replica import errors
 from replica.chat import ChatService, sent_at_unix_ms
 from replica.cluster_status import ClusterView
+from replica.database import storage_problem
 from replica.notifier import InboxNotifier
 from replica.ratelimit import TokenBuckets, client_address, retry_text
 from replica.role import Role, RoleState
@@ -73,6 +75,14 @@ def abort_with(context: grpc.ServicerContext, error: errors.ChatError) -> None:
 R = TypeVar("R")
 
 
+def database_unavailable(exc: sa.exc.DBAPIError) -> errors.Unavailable:
+    """What a client is told when a read of the replica's database failed (the server went
+    away, a lost connection): UNAVAILABLE with the driver's own message, not a traceback."""
+    return errors.Unavailable(
+        f"the replica cannot read its database ({storage_problem(exc)}); retry shortly"
+    )
+
+
 def _maps_errors(method: Callable[..., R]) -> Callable[..., R]:
     @functools.wraps(method)
     def wrapper(self: ChatServicer, request: Any, context: grpc.ServicerContext) -> R:
@@ -81,6 +91,9 @@ def _maps_errors(method: Callable[..., R]) -> Callable[..., R]:
         except errors.ChatError as exc:
             abort_with(context, exc)
             raise  # abort() raises; this line is never reached
+        except sa.exc.DBAPIError as exc:
+            abort_with(context, database_unavailable(exc))
+            raise
 
     return wrapper
 
@@ -340,6 +353,9 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         except errors.ChatError as exc:
             abort_with(context, exc)
             return
+        except sa.exc.DBAPIError as exc:
+            abort_with(context, database_unavailable(exc))
+            return
         if not self._subscriptions.acquire(blocking=False):
             abort_with(
                 context,
@@ -357,6 +373,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
                 )
         except errors.ChatError as exc:
             abort_with(context, exc)
+        except sa.exc.DBAPIError as exc:
+            abort_with(context, database_unavailable(exc))
         finally:
             with self._open_lock:
                 self._open -= 1
