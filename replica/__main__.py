@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         node.stop()
         return 1
-    done.wait()
+    # Woken now and then: a signal delivered to another thread (Linux may pick any) runs its
+    # handler only once this thread runs Python again -- a plain wait() would sleep through it.
+    while not done.wait(0.5):
+        pass
     node.stop()
     return 0
 
