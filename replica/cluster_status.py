@@ -11,8 +11,9 @@ import eventlog
 import projections
 from protos import replication_pb2
 from replica.config import ClusterConfig
-from replica.coordinator import Coordinator
+from replica.peers import ProbeResult
 from replica.protocol import Role
+from replica.protocol.effects import MemberStatus, ReplicaStatus
 from replica.role import RoleSnapshot
 
 
@@ -42,17 +43,20 @@ def cluster_view(
     index: int,
     engine: sa.Engine,
     snap: RoleSnapshot,
-    coordinator: Coordinator,
+    status: ReplicaStatus,
+    last_round: list[ProbeResult],
 ) -> ClusterView:
+    """`status`: the executor's (its core's view of itself, and as primary of its
+    secondaries); `last_round`: what the peers said in the last probe round."""
     with engine.connect() as conn:
         last = eventlog.last_position(conn)
         applied = projections.last_applied_seq(conn)
-    probes = {p.peer.index: p.reply for p in coordinator.last_probe()}
+    probes = {p.peer.index: p.reply for p in last_round}
     primary_reply = probes.get(snap.primary_index) if snap.primary_index is not None else None
     # In-sync and lag come from the primary's view of its secondaries.
-    primary_view: dict[int, replication_pb2.PeerState] = {}
+    primary_view: dict[int, MemberStatus | replication_pb2.PeerState] = {}
     if snap.role is Role.PRIMARY:
-        primary_view = {s.index: s for s in coordinator.probe_reply().secondaries}
+        primary_view = {s.index: s for s in status.secondaries}
     elif primary_reply is not None:
         primary_view = {s.index: s for s in primary_reply.secondaries}
     primary_last = last.seq if snap.role is Role.PRIMARY else 0
@@ -63,12 +67,12 @@ def cluster_view(
         if replica.index == index:
             role, epoch, last_seq, applied_seq, reachable = (
                 snap.role.value,
-                coordinator.current_epoch,
+                status.epoch,
                 last.seq,
                 applied,
                 True,
             )
-            knows = coordinator.status().claim is not None
+            knows = status.claim is not None
         else:
             reply = probes.get(replica.index)
             knows = reply is not None and reply.claims

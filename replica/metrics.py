@@ -1,7 +1,7 @@
 """Prometheus metrics of one replica (prometheus-client, one registry per replica), served over
 HTTP at its `metrics_address` (docs/operations.md says what each means and what to alert on).
 
-Three sources: counters of protocol events, seen as the coordinator carries out the core's
+Three sources: counters of protocol events, seen as the executor carries out the core's
 effects (elections held and won, step-downs, in-sync set changes, replication streams
 opened); a gRPC server interceptor (`grpc_server_*`, the names of the go-grpc-prometheus
 convention); and gauges read at scrape time from the replica's own state (role, epoch, seqs,

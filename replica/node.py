@@ -10,6 +10,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,19 +24,23 @@ from replica.auth import ClusterSecretInterceptor, StartingInterceptor
 from replica.chat import ChatService
 from replica.cluster_status import ClusterView, cluster_view
 from replica.commit import CommitTracker
-from replica.config import ReplicaSettings, resolve_cluster_secret
-from replica.coordinator import Coordinator
+from replica.config import ClusterConfig, ReplicaSettings, resolve_cluster_secret
 from replica.database import loose_permissions, make_engine, upgrade_schema
+from replica.errors import Unavailable
+from replica.executor import Executor
 from replica.metrics import MetricsInterceptor, ReplicaMetrics, gauge
 from replica.notifier import InboxNotifier
-from replica.peers import Peers
+from replica.peers import PeerCalls, Peers
+from replica.ports import Inbox
 from replica.primary import PrimaryStreams
-from replica.protocol import Role
+from replica.protocol import ProtocolConfig, Role
+from replica.protocol.effects import ReplicaStatus
 from replica.replication_service import ReplicationServicer
 from replica.role import RoleState
-from replica.secondary import Secondary
+from replica.secondary import FollowStreams
 from replica.servicer import ChatServicer, RateLimits, add_chat_servicer
 from replica.spans import Spans
+from replica.storage import DatabaseStorage
 from replica.tls import TlsMaterial, load_tls_material
 from replica.tokens import SessionTokens
 from replica.writer import Clock, LogWriter, utc_now
@@ -56,6 +61,18 @@ REPLAY_BATCH = 5000  # events applied per transaction while replaying at start-u
 REPLAY_PROGRESS_SECONDS = 2.0
 CHAT_SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name
 REPLICATION_SERVICE_NAME = replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name
+STATUS_WAIT = 2.0  # seconds a status page or a scrape waits for the executor
+
+
+def protocol_config(index: int, config: ClusterConfig) -> ProtocolConfig:
+    return ProtocolConfig(
+        index=index,
+        members=tuple(r.index for r in config.replicas),
+        min_insync=config.min_insync,
+        heartbeat_interval=config.heartbeat_interval_ms / 1000,
+        peer_timeout=config.peer_timeout_ms / 1000,
+        insync_timeout=config.insync_timeout_ms / 1000,
+    )
 
 
 class ReplicaNode:
@@ -72,12 +89,22 @@ class ReplicaNode:
         secret = resolve_cluster_secret(cluster, settings.data_dir)
         for warning in loose_permissions(self._private_paths()):
             log.warning("replica %d: %s", self.index, warning)
-        self.role = RoleState(settings.index)
+        self.role = RoleState(settings.index, {r.index: r.address for r in cluster.replicas})
         self.spans = Spans(settings.spans_file)
         self.commits = CommitTracker(spans=self.spans)
-        self.writer = LogWriter(self.engine, self.role, self.commits, clock=clock, spans=self.spans)
+        self.inbox = Inbox()
+        self.primary_streams = PrimaryStreams(self.engine, self.inbox, spans=self.spans)
+        self.writer = LogWriter(
+            self.engine,
+            self.role,
+            self.commits,
+            feed=self.primary_streams,
+            clock=clock,
+            spans=self.spans,
+        )
         self.notifier = InboxNotifier()
         self.commits.add_listener(self.notifier.on_committed)
+        self.metrics = ReplicaMetrics(self.index)
         self.tokens = SessionTokens(secret)
         self.service = ChatService(
             self.engine,
@@ -87,31 +114,35 @@ class ReplicaNode:
             max_sessions_per_account=cluster.max_sessions_per_account,
             min_password_length=cluster.min_password_length,
         )
+        protocol = protocol_config(self.index, cluster)
         self.peers = Peers(self.index, cluster, secret, self.tls)
-        self.coordinator = Coordinator(
+        self.peer_calls = PeerCalls(self.peers, protocol, self.inbox)
+        self.storage = DatabaseStorage(
             self.index,
-            cluster,
             self.engine,
-            self.role,
             self.writer,
-            self.commits,
-            self.notifier,
-            self.peers,
-        )
-        self.writer.set_admission(self.coordinator.check_writable)
-        self.primary_streams = PrimaryStreams(self.coordinator, self.engine, spans=self.spans)
-        self.writer.add_append_listener(self.primary_streams.on_appended)
-        self.writer.set_stream_hooks(
-            self.primary_streams.on_written, self.primary_streams.on_write_failed
-        )
-        self.secondary = Secondary(
-            self.index,
-            self.engine,
-            self.writer.lock,
-            self.coordinator,
-            self.peers,
+            self.inbox,
             spans=self.spans,
-            on_log_written=self.writer.forget_positions,
+            on_store_error=self.metrics.database_errors.labels("replicate").inc,
+        )
+        self.follow = FollowStreams(
+            self.index, self.peers, self.storage, self.inbox, spans=self.spans
+        )
+        with self.engine.connect() as conn:
+            epoch = eventlog.current_epoch(conn)
+        self.role.set(Role.CANDIDATE, epoch, None)
+        self.executor = Executor(
+            protocol,
+            epoch,
+            inbox=self.inbox,
+            storage=self.storage,
+            peers=self.peer_calls,
+            follow=self.follow,
+            role=self.role,
+            commits=self.commits,
+            clock=time.monotonic,
+            term_changed=self._term_changed,
+            observe=self.metrics.observe_effect,
         )
         self.servicer = ChatServicer(
             self.service,
@@ -125,8 +156,9 @@ class ReplicaNode:
                 register_burst=cluster.registrations_per_address,
             ),
         )
-        self.replication_servicer = ReplicationServicer(self.coordinator, self.primary_streams)
-        self.metrics = ReplicaMetrics(self.index)
+        self.replication_servicer = ReplicationServicer(
+            self.executor, self.primary_streams, self.engine
+        )
         self._wire_metrics()
         self._secret = secret
         self.health = health.HealthServicer()
@@ -184,8 +216,8 @@ class ReplicaNode:
         self._server = server
         self._recover_projections()
         self._ready.set()
-        self.secondary.start()
-        self.coordinator.start()
+        self.storage.start()
+        self.executor.start()
         for service in ("", CHAT_SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -210,8 +242,12 @@ class ReplicaNode:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        self.coordinator.stop()
-        self.secondary.stop()
+        # The executor first (waiting callers are told the replica stops), then what it
+        # drives: the stream to a primary, the streams served, storage, the calls to peers.
+        self.executor.stop()
+        self.follow.stop()
+        self.primary_streams.stop()
+        self.storage.stop()
         self.servicer.stop()
         if self._server is not None:
             self._server.stop(grace).wait()
@@ -233,13 +269,22 @@ class ReplicaNode:
 
     # -- metrics -------------------------------------------------------------------------
 
+    def _term_changed(self) -> None:
+        """A primary term began or ended: events cached for the streams may have other events
+        at their seqs in the new term, and subscriptions look at their inboxes again."""
+        self.primary_streams.recent.clear()
+        self.notifier.wake_all()
+
+    def status(self) -> ReplicaStatus:
+        """The protocol core's view of this replica (and, as primary, of its secondaries)."""
+        try:
+            return self.executor.status().result(STATUS_WAIT)
+        except TimeoutError:
+            raise Unavailable(f"replica {self.index} is busy; retry") from None
+
     def _wire_metrics(self) -> None:
         m = self.metrics
-        self.coordinator.add_effect_observer(m.observe_effect)
-        write_errors = m.database_errors.labels("write")
-        store_errors = m.database_errors.labels("replicate")
-        self.writer.on_database_error = write_errors.inc
-        self.secondary.on_database_error = store_errors.inc
+        self.writer.on_database_error = m.database_errors.labels("write").inc
         self.servicer.on_delivered = m.delivery_seconds.observe
         m.add_state(self._state_metrics)
 
@@ -255,7 +300,7 @@ class ReplicaNode:
             gauge(
                 "chat_epoch",
                 "The highest epoch this replica has seen.",
-                self.coordinator.current_epoch,
+                snap.epoch,
             ),
             gauge(
                 "chat_committed_seq",
@@ -270,7 +315,11 @@ class ReplicaNode:
         ]
         if not self._ready.is_set():
             return out
-        view = self.cluster_view()
+        try:
+            status = self.status()
+            view = self.cluster_view(status)
+        except (sa.exc.DBAPIError, Unavailable):
+            return out  # (its database or its executor does not answer: the rest is unknown)
         me = next(r for r in view.replicas if r.index == self.index)
         out.append(
             gauge("chat_last_seq", "The seq of this replica's last logged event.", me.last_seq)
@@ -297,7 +346,7 @@ class ReplicaNode:
         # last probe of the primary.
         members = {}
         if snap.role is Role.PRIMARY:
-            members = {p.index: p for p in self.coordinator.probe_reply().secondaries}
+            members = {m.index: m for m in status.secondaries}
         for r in view.replicas:
             member = members.get(r.index)
             behind = r.lag if member is None else member.lag
@@ -350,7 +399,12 @@ class ReplicaNode:
             (position - applied) / took if took else 0.0,
         )
 
-    def cluster_view(self) -> ClusterView:
+    def cluster_view(self, status: ReplicaStatus | None = None) -> ClusterView:
         return cluster_view(
-            self.settings.cluster, self.index, self.engine, self.role.snapshot, self.coordinator
+            self.settings.cluster,
+            self.index,
+            self.engine,
+            self.role.snapshot,
+            self.status() if status is None else status,
+            self.peer_calls.last_round(),
         )

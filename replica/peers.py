@@ -1,4 +1,5 @@
-"""Channels to the other replicas, and the calls one replica makes on another."""
+"""Channels to the other replicas, and the calls one replica makes on another: `Peers` (the
+transport) and `PeerCalls`, the executor's port that reports their outcomes as inputs."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from eventlog import Position
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
 from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES, SERVICE_ERROR_KEY
+from replica import ports
 from replica.config import ClusterConfig, ReplicaAddress
+from replica.protocol import ProtocolConfig, Role
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
 from replica.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
@@ -81,6 +88,10 @@ class Peers:
             i: rpb_grpc.ReplicationStub(c)  # type: ignore[no-untyped-call]
             for i, c in self._channels.items()
         }
+        # Checking a failed probe afresh blocks (a TCP connect, a second call): done here,
+        # off gRPC's threads, and finished before the channels close.
+        self._checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"probe-check-{index}")
+        self._closed = threading.Event()
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -104,14 +115,18 @@ class Peers:
         def finished(peer: ReplicaAddress, call: grpc.Future[rpb.ProbeReply]) -> None:
             if call.exception() is not None and not _answered_by_peer(call):
                 # Checking a transport failure blocks: not on a gRPC thread.
-                threading.Thread(
-                    target=record, args=(peer, call), daemon=True, name="probe-check"
-                ).start()
+                try:
+                    self._checks.submit(record, peer, call)
+                except RuntimeError:  # closing: no answer
+                    store(ProbeResult(peer, None))
             else:
                 record(peer, call)
 
         def record(peer: ReplicaAddress, call: grpc.Future[rpb.ProbeReply]) -> None:
-            result = self._fresh_probe_result(peer, request, call, deadline)
+            store(self._fresh_probe_result(peer, request, call, deadline))
+
+        def store(result: ProbeResult) -> None:
+            peer = result.peer
             with lock:
                 results[peer.index] = result
                 complete = len(results) == len(peers)
@@ -154,18 +169,23 @@ class Peers:
         result = self._probe_result(peer, call)
         if not result.refused or _answered_by_peer(call):
             return result
+        if self._closed.is_set():
+            return ProbeResult(peer, None)
         remaining = deadline - time.monotonic()
         reachable = _tcp_connect(peer.replication_address, remaining)
         if reachable is not True:
             gone = reachable == "refused"
             return ProbeResult(peer, None, refused=gone, process_gone=gone)
         # Something listens there now: ask once more, waiting for the channel to connect.
-        retry = self._stubs[peer.index].Probe.future(
-            request,
-            timeout=max(0.0, deadline - time.monotonic()),
-            metadata=self._metadata,
-            wait_for_ready=True,
-        )
+        try:
+            retry = self._stubs[peer.index].Probe.future(
+                request,
+                timeout=max(0.0, deadline - time.monotonic()),
+                metadata=self._metadata,
+                wait_for_ready=True,
+            )
+        except ValueError:  # the channel closed meanwhile: the replica is stopping
+            return ProbeResult(peer, None)
         again = self._probe_result(peer, retry)
         if again.refused and not _answered_by_peer(retry):
             return ProbeResult(peer, None)  # no answer we can trust either way
@@ -212,14 +232,81 @@ class Peers:
             on_reply(index, reply)
 
         for index in indexes:
-            call = self._stubs[index].RequestVote.future(
-                request, timeout=timeout, metadata=self._metadata
-            )
+            try:
+                call = self._stubs[index].RequestVote.future(
+                    request, timeout=timeout, metadata=self._metadata
+                )
+            except ValueError:  # the channel closed: the replica is stopping
+                on_reply(index, None)
+                continue
             call.add_done_callback(lambda c, index=index: finished(index, c))
 
     def close(self) -> None:
+        """Finish the probe checks under way, then close the channels."""
+        self._closed.set()
+        self._checks.shutdown(wait=True, cancel_futures=True)
         for channel in self._channels.values():
             channel.close()
+
+
+class PeerCalls(ports.Peers):
+    """The executor's port to the other replicas: probe rounds and vote requests over
+    `Peers`, their outcomes reported to the inbox."""
+
+    def __init__(self, peers: Peers, config: ProtocolConfig, inbox: ports.Inbox) -> None:
+        self._peers = peers
+        self._config = config
+        self._inbox = inbox
+        self._last_round: list[ProbeResult] = []
+
+    def last_round(self) -> list[ProbeResult]:
+        """What the peers said in the last probe round (for cluster status)."""
+        return list(self._last_round)
+
+    def probe_all(self, effect: fx.ProbeAll) -> None:
+        request = rpb.ProbeRequest(
+            from_index=self._config.index,
+            from_epoch=effect.epoch,
+            from_primary=effect.from_primary,
+        )
+        self._peers.probe_all(request, self._config.probe_timeout, self._round_done)
+
+    def _round_done(self, results: list[ProbeResult]) -> None:
+        self._last_round = results
+        self._inbox.put(ports.ProbeRound(tuple(probe_outcome(r) for r in results)))
+
+    def request_votes(self, effect: fx.RequestVotes) -> None:
+        request = rpb.VoteRequest(
+            candidate_index=self._config.index,
+            epoch=effect.epoch,
+            position=rpb.LogPosition(epoch=effect.position.epoch, seq=effect.position.seq),
+        )
+
+        def on_reply(voter: int, reply: rpb.VoteReply | None) -> None:
+            self._inbox.submit(
+                ins.VoteReplied(voter, effect.epoch, False, 0, "unreachable")
+                if reply is None
+                else ins.VoteReplied(voter, effect.epoch, reply.granted, reply.epoch, reply.reason)
+            )
+
+        self._peers.request_votes(effect.voters, request, self._config.peer_timeout, on_reply)
+
+
+def probe_outcome(result: ProbeResult) -> ins.ProbeOutcome:
+    reply = result.reply
+    view = None
+    if reply is not None:
+        view = ins.PeerView(
+            index=reply.self.index,
+            role=Role(reply.self.role),
+            epoch=reply.self.epoch,
+            position=Position(reply.self.position.epoch, reply.self.position.seq),
+            in_sync=reply.self.in_sync,
+            trusted=reply.trusted,
+            following_live_primary=reply.following_live_primary,
+            claim=reply.claim_primary if reply.claims else None,
+        )
+    return ins.ProbeOutcome(result.peer.index, view, result.refused, result.process_gone)
 
 
 def _answered_by_peer(call: grpc.Future[Any]) -> bool:

@@ -1,17 +1,21 @@
 """The primary's side of replication: serving one secondary's Replicate stream.
 
 Every decision -- accept the stream or refuse it, what to send next, whether the secondary is
-told it is in sync, when the stream must end -- is the core's (replica/protocol/in_sync.py).
-This module reads the events the core asks for (from the recent-events cache or the log),
-sends them, and turns the secondary's acks into inputs."""
+told it is in sync, when the stream must end -- is the core's (replica/protocol/in_sync.py),
+made on the executor's thread and handed to the stream's `ServedStream` (the executor's port
+for it). The call's own thread sends what it is handed, reading the events the core asks for
+from the recent-events cache or the log; a second thread turns the secondary's acks into
+inputs. The writer tells this module of each batch (`written`, `appended`, `write_failed`)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 import sqlalchemy as sa
@@ -19,7 +23,7 @@ import sqlalchemy as sa
 import eventlog
 from eventlog import Event, Position
 from protos import replication_pb2 as rpb
-from replica.coordinator import Coordinator
+from replica import ports
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.spans import DISABLED, Spans
@@ -66,10 +70,52 @@ class RecentEvents:
             return list(itertools.islice(self._events, start, start + limit))
 
 
-class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+@dataclass(frozen=True)
+class _Refused:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Ended:
+    reason: str
+
+
+_Item = fx.SendDivergence | fx.SendEvents | fx.SendHeartbeat | _Refused | _Ended
+
+
+class ServedStream(ports.ServedStream):
+    """What the executor hands one served stream, queued for the call's thread."""
+
+    # Messages queued beyond which the stream is not fed more (the call's thread sends
+    # them, or gRPC's flow control holds it).
+    READY_BELOW = 2
+
+    def __init__(self, secondary: int) -> None:
+        self.secondary = secondary
+        self._items: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+
+    def divergence(self, effect: fx.SendDivergence) -> None:
+        self._items.put(effect)
+
+    def refuse(self, reason: str) -> None:
+        self._items.put(_Refused(reason))
+
+    def send(self, effect: fx.SendEvents | fx.SendHeartbeat) -> None:
+        self._items.put(effect)
+
+    def end(self, reason: str) -> None:
+        self._items.put(_Ended(reason))
+
+    def ready(self) -> bool:
+        return self._items.qsize() < self.READY_BELOW
+
+    def next(self, context: grpc.ServicerContext, stopping: threading.Event) -> _Item:
+        while True:
+            try:
+                return self._items.get(timeout=1.0)
+            except queue.Empty:
+                if not context.is_active() or stopping.is_set():
+                    return _Ended("the call ended")
 
 
 class PrimaryStreams:
@@ -77,33 +123,36 @@ class PrimaryStreams:
 
     RECENT_EVENTS = 4096  # kept in wire form for the streams (RecentEvents)
 
-    def __init__(
-        self, coordinator: Coordinator, engine: sa.Engine, *, spans: Spans = DISABLED
-    ) -> None:
+    def __init__(self, engine: sa.Engine, inbox: ports.Inbox, *, spans: Spans = DISABLED) -> None:
         self._spans = spans
-        self._coordinator = coordinator
         self._engine = engine
+        self._inbox = inbox
         self.recent = RecentEvents(self.RECENT_EVENTS)
-        # A new term may hold other events at the same seqs (after a truncation).
-        coordinator.add_term_listener(self.recent.clear)
+        self._stopping = threading.Event()
 
-    def on_written(self, events: list[Event]) -> None:
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- the writer's feed (writer.ReplicationFeed) ----------------------------------------
+
+    def written(self, events: list[Event]) -> None:
         """The writer decided these events and is committing them: cache them for the
         streams and let the core stream them now."""
         self.recent.add(events)
-        self._coordinator.run(ins.Written(events[-1].seq))
+        self._inbox.submit(ins.Written(events[-1].seq))
 
-    def on_write_failed(self, epoch: int, reason: str) -> None:
-        """Events on_written announced (in `epoch`) did not commit here: the core steps
+    def write_failed(self, epoch: int, reason: str) -> None:
+        """Events `written` announced (in `epoch`) did not commit here: the core steps
         down."""
-        self._coordinator.run(ins.LocalWriteFailed(epoch, reason))
+        self._inbox.submit(ins.LocalWriteFailed(epoch, reason))
 
-    def on_appended(self, events: list[Event]) -> None:
-        """The writer's listener: cache the events (unless on_written did), then tell the
-        core they are durable here."""
+    def appended(self, events: list[Event]) -> None:
+        """Events are durable here: cache them (unless `written` did) and tell the core."""
         if events:
             self.recent.add(events)
-            self._coordinator.run(ins.Appended(events[-1].seq))
+            self._inbox.submit(ins.Appended(events[-1].seq))
+
+    # -- one secondary's stream (a gRPC thread) --------------------------------------------
 
     def serve(
         self, requests: Iterator[rpb.SecondaryMessage], context: grpc.ServicerContext
@@ -112,133 +161,58 @@ class PrimaryStreams:
         if first is None or not first.HasField("hello"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a Replicate stream starts with Hello")
         secondary = first.hello.secondary_index
-        message = first
+        stream = ServedStream(secondary)
+        hello = first.hello
         stream_id: int | None = None
-        try:
-            # Divergence rounds: the secondary truncates and says Hello again until it matches.
-            while True:
-                hello = message.hello
-                try:
-                    stream_id, divergence = self._answer_hello(secondary, stream_id, hello)
-                except _Refused as refused:
-                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused.reason)
-                yield divergence
-                reply = next(requests, None)
-                if reply is None:
-                    return
-                if reply.HasField("ack"):
-                    break
-                if not reply.HasField("hello"):
-                    context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, "expected Hello or Ack after Divergence"
-                    )
-                message = reply
-            self._coordinator.run(
-                ins.SecondaryAcked(
-                    secondary,
-                    stream_id,
-                    reply.ack.position.seq,
-                    reply.ack.in_sync,
-                    reply.ack.ack_id,
-                )
+        self._inbox.put(
+            ports.Envelope(
+                ins.SecondaryHello(secondary, None, hello.secondary_epoch), stream=stream
             )
-            reader = threading.Thread(
-                target=self._read_acks,
-                args=(requests, secondary, stream_id),
-                daemon=True,
-                name=f"acks-{secondary}",
-            )
-            reader.start()
-            yield from self._send(secondary, stream_id, context)
-        finally:
-            if stream_id is not None:  # (also while still in its divergence rounds)
-                self._coordinator.run(ins.SecondaryDisconnected(secondary, stream_id))
-
-    def _answer_hello(
-        self, secondary: int, stream_id: int | None, hello: rpb.Hello
-    ) -> tuple[int, rpb.PrimaryMessage]:
-        answers: list[rpb.PrimaryMessage] = []
-        ids: list[int] = []
-        refusals: list[str] = []
-
-        def local(effect: fx.Effect) -> bool:
-            match effect:
-                case fx.RefuseStream(_, reason):
-                    refusals.append(reason)  # after the rest (a step-down) is carried out
-                case fx.SendDivergence(_, sid, epoch, written_seq):
-                    with self._engine.connect() as conn:
-                        end = eventlog.epoch_end_seq(conn, hello.position.epoch)
-                    if hello.position.epoch >= epoch and written_seq > end.seq:
-                        end = Position(epoch, written_seq)  # (its commit here under way)
-                    ids.append(sid)
-                    answers.append(
-                        rpb.PrimaryMessage(
-                            primary_epoch=epoch,
-                            divergence=rpb.Divergence(
-                                primary_end=rpb.LogPosition(epoch=end.epoch, seq=end.seq)
-                            ),
-                        )
-                    )
-                case _:
-                    return False
-            return True
-
-        self._coordinator.run(
-            ins.SecondaryHello(secondary, stream_id, hello.secondary_epoch), local
         )
-        if refusals:
-            raise _Refused(refusals[0])
-        return ids[0], answers[0]
-
-    def _read_acks(
-        self, requests: Iterator[rpb.SecondaryMessage], secondary: int, stream_id: int
-    ) -> None:
         try:
-            for message in requests:
-                if message.HasField("ack"):
-                    self._spans.mark(f"acked_by_{secondary}", message.ack.position.seq)
-                    self._coordinator.run(
-                        ins.SecondaryAcked(
-                            secondary,
-                            stream_id,
-                            message.ack.position.seq,
-                            message.ack.in_sync,
-                            message.ack.ack_id,
-                        )
-                    )
-        except grpc.RpcError:
-            pass  # the stream ended; the sender notices through the context
-        finally:
-            self._coordinator.run(ins.SecondaryDisconnected(secondary, stream_id))
-
-    def _send(
-        self, secondary: int, stream_id: int, context: grpc.ServicerContext
-    ) -> Iterator[rpb.PrimaryMessage]:
-        coordinator = self._coordinator
-        wait = coordinator.config.heartbeat_interval_ms / 1000 / 2
-        while context.is_active() and not coordinator.stopping:
-            seen = coordinator.sender_wakeups()
-            outgoing, ended = self._next_messages(secondary, stream_id)
-            yield from outgoing
-            if ended:
-                return
-            if not outgoing:
-                coordinator.wait_for_senders(seen, wait)
-
-    def _next_messages(
-        self, secondary: int, stream_id: int
-    ) -> tuple[list[rpb.PrimaryMessage], bool]:
-        """What the core wants sent now on this stream, and whether the stream must end."""
-        outgoing: list[rpb.PrimaryMessage] = []
-        ended: list[str] = []
-
-        def local(effect: fx.Effect) -> bool:
-            match effect:
-                case fx.SendEvents():
-                    outgoing.append(self._batch(secondary, effect))
-                case fx.SendHeartbeat(_, _, epoch, committed, last_seq, in_sync, echo):
-                    outgoing.append(
-                        rpb.PrimaryMessage(
+            while True:
+                item = stream.next(context, self._stopping)
+                match item:
+                    case _Refused(reason):
+                        context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
+                    case _Ended():
+                        return
+                    case fx.SendDivergence():
+                        stream_id = item.stream_id
+                        yield self._divergence(item, hello)
+                        # The secondary truncates and says Hello again until nothing is cut;
+                        # then it acks, and from its first ack on this stream is fed.
+                        reply = next(requests, None)
+                        if reply is None:
+                            return
+                        if reply.HasField("hello"):
+                            hello = reply.hello
+                            self._inbox.put(
+                                ports.Envelope(
+                                    ins.SecondaryHello(secondary, stream_id, hello.secondary_epoch),
+                                    stream=stream,
+                                )
+                            )
+                            continue
+                        if not reply.HasField("ack"):
+                            context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT,
+                                "expected Hello or Ack after Divergence",
+                            )
+                        self._acked(secondary, stream_id, reply.ack)
+                        threading.Thread(
+                            target=self._read_acks,
+                            args=(requests, stream, stream_id),
+                            daemon=True,
+                            name=f"acks-{secondary}-{stream_id}",
+                        ).start()
+                    case fx.SendEvents():
+                        batch = self._batch(item)
+                        if batch is None:
+                            return
+                        yield batch
+                    case fx.SendHeartbeat(_, _, epoch, committed, last_seq, in_sync, echo):
+                        yield rpb.PrimaryMessage(
                             primary_epoch=epoch,
                             heartbeat=rpb.Heartbeat(
                                 committed_seq=committed,
@@ -247,17 +221,43 @@ class PrimaryStreams:
                                 echo_ack_id=echo,
                             ),
                         )
-                    )
-                case fx.EndStream():
-                    ended.append(effect.reason)
-                case _:
-                    return False
-            return True
+        finally:
+            if stream_id is not None:  # (also while still in its divergence rounds)
+                self._inbox.submit(ins.SecondaryDisconnected(secondary, stream_id))
 
-        self._coordinator.run(ins.SendWanted(secondary, stream_id), local)
-        return outgoing, bool(ended)
+    def _divergence(self, effect: fx.SendDivergence, hello: rpb.Hello) -> rpb.PrimaryMessage:
+        """This log's last position among events of epoch <= the Hello's last epoch; through
+        `written_seq`, all of `epoch` (its commit here may be under way)."""
+        with self._engine.connect() as conn:
+            end = eventlog.epoch_end_seq(conn, hello.position.epoch)
+        if hello.position.epoch >= effect.epoch and effect.written_seq > end.seq:
+            end = Position(effect.epoch, effect.written_seq)
+        return rpb.PrimaryMessage(
+            primary_epoch=effect.epoch,
+            divergence=rpb.Divergence(primary_end=rpb.LogPosition(epoch=end.epoch, seq=end.seq)),
+        )
 
-    def _batch(self, secondary: int, effect: fx.SendEvents) -> rpb.PrimaryMessage:
+    def _acked(self, secondary: int, stream_id: int, ack: rpb.Ack) -> None:
+        self._spans.mark(f"acked_by_{secondary}", ack.position.seq)
+        self._inbox.submit(
+            ins.SecondaryAcked(secondary, stream_id, ack.position.seq, ack.in_sync, ack.ack_id)
+        )
+
+    def _read_acks(
+        self, requests: Iterator[rpb.SecondaryMessage], stream: ServedStream, stream_id: int
+    ) -> None:
+        try:
+            for message in requests:
+                if message.HasField("ack"):
+                    self._acked(stream.secondary, stream_id, message.ack)
+        except grpc.RpcError:
+            pass  # the stream ended
+        except ValueError:
+            pass  # its call is gone (the server stops)
+        finally:
+            stream.end("the secondary's side ended")
+
+    def _batch(self, effect: fx.SendEvents) -> rpb.PrimaryMessage | None:
         count = effect.through_seq - effect.after_seq
         events = self.recent.after(effect.after_seq, count)
         if events is None or not events or events[-1].seq != effect.through_seq:
@@ -265,12 +265,16 @@ class PrimaryStreams:
                 stored = eventlog.read_events(conn, effect.after_seq, count)
             events = [event_to_proto(e) for e in stored]
         if not events or events[-1].seq != effect.through_seq:
-            # The core counts these as sent: a stream that cannot send them must end, and the
+            # The core counts these as sent: a stream that cannot send them ends, and the
             # secondary resumes from what it acked.
-            raise RuntimeError(
-                f"events {effect.after_seq + 1}..{effect.through_seq} are not all in the log"
+            log.warning(
+                "events %d..%d are not all in the log: ending the stream to replica %d",
+                effect.after_seq + 1,
+                effect.through_seq,
+                effect.secondary,
             )
-        self._spans.mark(f"sent_to_{secondary}", effect.through_seq)
+            return None
+        self._spans.mark(f"sent_to_{effect.secondary}", effect.through_seq)
         return rpb.PrimaryMessage(
             primary_epoch=effect.epoch,
             batch=rpb.Batch(

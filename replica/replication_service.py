@@ -1,45 +1,69 @@
-"""The gRPC servicer for replica-to-replica calls."""
+"""The gRPC servicer for replica-to-replica calls: each call becomes an input for the executor
+(replica/executor.py), and the handler waits for the decision on a future."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, NoReturn
 
 import grpc
 import sqlalchemy as sa
 
+import eventlog
+import projections
+from eventlog import Position
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
 from protos.wire import SERVICE_ERROR_KEY
-from replica.coordinator import Coordinator
 from replica.database import StorageOutageLog, storage_problem
+from replica.errors import Unavailable
+from replica.executor import Executor, StorageUnavailable
+from replica.ports import Answer, LogFacts
 from replica.primary import PrimaryStreams
+from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
+from replica.protocol.rules import LogPosition
 
 log = logging.getLogger(__name__)
 
+# How long a handler waits for the executor when its caller set no deadline.
+DEFAULT_WAIT = 5.0
+
 
 class ReplicationServicer(rpb_grpc.ReplicationServicer):
-    def __init__(self, coordinator: Coordinator, streams: PrimaryStreams) -> None:
-        self._coordinator = coordinator
+    def __init__(self, executor: Executor, streams: PrimaryStreams, engine: sa.Engine) -> None:
+        self._executor = executor
+        self._engine = engine
         self._streams = streams
-        self._outage = StorageOutageLog(
-            log, coordinator.index, "replica-to-replica calls", clock=coordinator.clock
-        )
+        self._index = executor.config.index
+        self._outage = StorageOutageLog(log, self._index, "replica-to-replica calls")
 
-    def _unavailable(self, context: grpc.ServicerContext, exc: sa.exc.DBAPIError) -> NoReturn:
+    def _storage_failed(self, context: grpc.ServicerContext, reason: str) -> NoReturn:
         # A replica that cannot read its own log has nothing to say about it: to its peers it
-        # is as good as down until its database answers again.
-        self._outage.failed(exc)
-        # Told first: a peer may elect without it on this answer, so it stops vouching now.
-        self._coordinator.run(ins.DatabaseFailed(storage_problem(exc)))
-        # Marks the answer as the replica's own, not a transport failure (see peers.py).
+        # is as good as down until its database answers again. (Its core stopped vouching
+        # before this answer: the peer may elect without it on it.) Marked as the replica's
+        # own answer, not a transport failure (see peers.py).
         context.set_trailing_metadata(((SERVICE_ERROR_KEY, "database"),))
         context.abort(
             grpc.StatusCode.UNAVAILABLE,
-            f"replica {self._coordinator.index} cannot read its database: {storage_problem(exc)}",
+            f"replica {self._index} cannot read its database: {reason}",
         )
+
+    def _decision(self, context: grpc.ServicerContext, pending: Any) -> Answer:
+        """Wait for the executor's answer within the caller's deadline. No answer in time is
+        no answer at all (DEADLINE_EXCEEDED, not the replica's own error)."""
+        remaining = context.time_remaining()
+        try:
+            answer: Answer = pending.result(DEFAULT_WAIT if remaining is None else remaining)
+        except StorageUnavailable as exc:
+            self._storage_failed(context, str(exc))
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except FutureTimeout:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"replica {self._index} is busy")
+        return answer
 
     def Replicate(
         self, request_iterator: Iterator[rpb.SecondaryMessage], context: grpc.ServicerContext
@@ -47,18 +71,64 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
         try:
             yield from self._streams.serve(request_iterator, context)
         except sa.exc.DBAPIError as exc:
-            self._unavailable(context, exc)
+            self._outage.failed(exc)
+            self._decision(context, self._executor.database_failed(storage_problem(exc)))
 
     def RequestVote(self, request: Any, context: grpc.ServicerContext) -> rpb.VoteReply:
-        try:
-            return self._coordinator.handle_vote(request)
-        except sa.exc.DBAPIError as exc:
-            self._unavailable(context, exc)
+        theirs = Position(request.position.epoch, request.position.seq)
+        answer = self._decision(
+            context,
+            self._executor.vote_requested(request.candidate_index, request.epoch, theirs),
+        )
+        (reply,) = (r for r in answer.replies if isinstance(r, fx.ReplyVote))
+        return rpb.VoteReply(granted=reply.granted, epoch=reply.epoch, reason=reply.reason)
 
     def Probe(self, request: Any, context: grpc.ServicerContext) -> rpb.ProbeReply:
         try:
-            reply = self._coordinator.handle_probe(request)
+            with self._engine.connect() as conn:
+                facts = LogFacts(eventlog.last_position(conn), projections.last_applied_seq(conn))
         except sa.exc.DBAPIError as exc:
-            self._unavailable(context, exc)
+            self._outage.failed(exc)
+            self._decision(context, self._executor.database_failed(storage_problem(exc)))
         self._outage.succeeded()
-        return reply
+        answer = self._decision(
+            context,
+            self._executor.probe_received(
+                ins.ProbeReceived(request.from_index, request.from_epoch, request.from_primary),
+                facts,
+            ),
+        )
+        (reply,) = (r for r in answer.replies if isinstance(r, fx.ReplyProbe))
+        assert answer.facts is not None
+        return probe_reply(reply.status, answer.facts.last, answer.facts.applied_seq)
+
+
+def probe_reply(status: fx.ReplicaStatus, position: LogPosition, applied: int) -> rpb.ProbeReply:
+    reply = rpb.ProbeReply(
+        self=rpb.PeerState(
+            index=status.index,
+            role=status.role.value,
+            epoch=status.epoch,
+            position=rpb.LogPosition(epoch=position.epoch, seq=position.seq),
+            applied_seq=applied,
+            in_sync=status.in_sync,
+            reachable=True,
+        ),
+        primary_known=status.primary_index is not None,
+        primary_index=status.primary_index or 0,
+        trusted=status.trusted,
+        following_live_primary=status.following_live_primary,
+        claims=status.claim is not None,
+        claim_primary=status.claim or 0,
+    )
+    for member in status.secondaries:
+        reply.secondaries.append(
+            rpb.PeerState(
+                index=member.index,
+                in_sync=member.in_sync,
+                reachable=member.connected,
+                position=rpb.LogPosition(seq=member.acked_seq),
+                lag=member.lag,
+            )
+        )
+    return reply

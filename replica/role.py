@@ -1,8 +1,9 @@
-"""Who this replica is in the cluster right now: role, epoch and the known primary."""
+"""Who this replica is in the cluster right now: role, epoch and the known primary. Set only
+by the executor (the core's SetRole); read by any thread."""
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from replica.errors import NotPrimary
@@ -20,31 +21,19 @@ class RoleSnapshot:
 
 
 class RoleState:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, addresses: Mapping[int, str] | None = None) -> None:
+        """`addresses`: each replica's client address, told to clients sent elsewhere."""
         self.index = index
-        self._lock = threading.Lock()
+        self._addresses = dict(addresses or {})
         self._snapshot = RoleSnapshot(Role.CANDIDATE, 0, None, None)
-        self._version = 0
 
     @property
     def snapshot(self) -> RoleSnapshot:
         return self._snapshot
 
-    def set(
-        self,
-        role: Role,
-        epoch: int,
-        primary_index: int | None,
-        address: str | None,
-        version: int | None = None,
-    ) -> None:
-        """`version`: the protocol core's (SetRole); an older one than shown is ignored."""
-        with self._lock:
-            if version is not None:
-                if version <= self._version:
-                    return
-                self._version = version
-            self._snapshot = RoleSnapshot(role, epoch, primary_index, address)
+    def set(self, role: Role, epoch: int, primary_index: int | None) -> None:
+        address = None if primary_index is None else self._addresses.get(primary_index)
+        self._snapshot = RoleSnapshot(role, epoch, primary_index, address)
 
     def require_primary(self) -> RoleSnapshot:
         snap = self._snapshot

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -44,6 +44,31 @@ class NewEvent:
 Decide = Callable[[sa.Connection], NewEvent | None]
 
 
+class ReplicationFeed(Protocol):
+    """What the writer tells replication (replica/primary.py), under its lock: a batch's
+    events as soon as they are decided (`written`, before their local commit), that such a
+    batch then failed to commit (`write_failed`), and events once durable (`appended`)."""
+
+    def written(self, events: list[Event]) -> None: ...
+
+    def write_failed(self, epoch: int, reason: str) -> None: ...
+
+    def appended(self, events: list[Event]) -> None: ...
+
+
+class NoReplication:
+    """A writer on its own (tests, tools): nothing to tell."""
+
+    def written(self, events: list[Event]) -> None:
+        pass
+
+    def write_failed(self, epoch: int, reason: str) -> None:
+        pass
+
+    def appended(self, events: list[Event]) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Outcome:
     event: Event | None
@@ -74,9 +99,9 @@ class LogWriter:
         role: RoleState,
         commits: CommitTracker,
         *,
+        feed: ReplicationFeed | None = None,
         clock: Clock = utc_now,
         commit_timeout: float = 10.0,
-        admission: Callable[[], None] = lambda: None,
         spans: Spans = DISABLED,
     ) -> None:
         self._spans = spans
@@ -86,19 +111,21 @@ class LogWriter:
         self._clock = clock
         self.on_database_error: Callable[[], None] | None = None  # metrics
         self._commit_timeout = commit_timeout
-        self._admission = admission  # raises when writes must be refused (too few in sync)
         self._lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Command] = []
         # Whether a thread is writing batches (the leader); the others wait on their own
         # command, each woken once, instead of queueing on the write lock in turn.
         self._leading = False
-        self._on_appended: list[Callable[[list[Event]], None]] = []
         # The replication streams: told of a batch's events as soon as they are decided, so
         # that the secondaries store them while this replica commits them; and told when
         # such a batch then failed to commit (the primary must step down).
-        self._on_written: Callable[[list[Event]], None] = lambda events: None
-        self._on_write_failed: Callable[[int, str], None] = lambda epoch, reason: None
+        self._feed: ReplicationFeed = feed or NoReplication()
+        # The epoch in which a streamed batch failed to commit here: the secondaries may hold
+        # it, so nothing more is written in that epoch (the same seqs would carry other
+        # events). The core steps down when it hears of the failure; this holds off the
+        # writes that come before it has.
+        self._fenced_epoch: int | None = None
         # Held in memory between batches of one term, so that a batch reads neither the log's
         # end nor the projections' position, nor (through the directory) the accounts and
         # sessions a send names. Forgotten at a new term and after any failed batch; the
@@ -107,26 +134,10 @@ class LogWriter:
         self._term: int | None = None  # the epoch the two below belong to
         self._last_seq: int | None = None  # the log's end == the projections' position
 
-    def set_admission(self, admission: Callable[[], None]) -> None:
-        """What raises when writes must be refused (too few replicas in sync)."""
-        self._admission = admission
-
     @property
     def lock(self) -> threading.Lock:
         """Held while the log is written; replication holds it to truncate or append."""
         return self._lock
-
-    def add_append_listener(self, listener: Callable[[list[Event]], None]) -> None:
-        self._on_appended.append(listener)
-
-    def set_stream_hooks(
-        self, written: Callable[[list[Event]], None], write_failed: Callable[[int, str], None]
-    ) -> None:
-        """Stream each batch before its local commit (`written`, under the write lock, in the
-        batch's transaction), and say when a streamed batch did not commit (`write_failed`,
-        still under the write lock, so that no later batch is written before it is heard)."""
-        self._on_written = written
-        self._on_write_failed = write_failed
 
     def execute(
         self, request_id: str | None, decide: Decide, *, reads_inboxes: bool = True
@@ -194,6 +205,11 @@ class LogWriter:
             for command in batch:
                 command.commit_term = commit_term
             snap = self._role.require_primary()
+            if snap.epoch == self._fenced_epoch:
+                raise Unavailable(
+                    "this replica's commit of a streamed batch failed: it writes nothing more "
+                    f"in epoch {snap.epoch}; retry with the same request_id"
+                )
             if snap.epoch != self._term:
                 self._forget()
                 self._term = snap.epoch
@@ -220,7 +236,7 @@ class LogWriter:
                     # them: the core acknowledges nothing before Appended says they are
                     # durable here too, and a failure from here on deposes this primary.
                     streamed = snap.epoch
-                    self._on_written(appended)
+                    self._feed.written(appended)
                 # One INSERT for the batch's events: nothing a decide() reads comes from the
                 # log itself (request ids are looked up above and kept in `logged`). A batch
                 # of sends only: that INSERT, the messages' and the position's update go to
@@ -254,8 +270,7 @@ class LogWriter:
             if self._spans.enabled:
                 self._mark_batch(batch, locked_ns, appended[-1].seq)
             self._commits.appended(appended)
-            for listener in self._on_appended:
-                listener(appended)
+            self._feed.appended(appended)
         for command in batch:
             command.done = True
             command.wake.set()
@@ -277,7 +292,7 @@ class LogWriter:
             if existing is not None:
                 command.outcome = Outcome(existing, duplicate=True)
                 return None
-        self._admission()
+        self._commits.admit()
         if command.reads_inboxes:
             applier.flush_messages()
         new = command.decide(conn)
@@ -307,7 +322,8 @@ class LogWriter:
     ) -> None:
         self._forget()
         if streamed is not None:
-            self._on_write_failed(streamed, why)
+            self._fenced_epoch = streamed
+            self._feed.write_failed(streamed, why)
         self._fail(batch, error)
 
     def _forget(self) -> None:
@@ -337,6 +353,5 @@ class LogWriter:
             eventlog.append_events(conn, [event])
             projections.apply_events(conn, [event])
         self._commits.appended([event])
-        for listener in self._on_appended:
-            listener([event])
+        self._feed.appended([event])
         return event

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 import eventlog
 import projections
-from eventlog import Position
+from eventlog import Event, Position
 from projections.schema import PROJECTION_TABLES
 from replica.chat import ChatService
 from replica.commit import CommitTracker
@@ -26,10 +26,12 @@ from replica.passwords import ScryptParams, hash_password
 from replica.role import Role, RoleState
 from replica.servicer import ChatServicer, ClusterView, RateLimits, add_chat_servicer
 from replica.tokens import SessionTokens
-from replica.writer import LogWriter, NewEvent
+from replica.writer import LogWriter, NewEvent, NoReplication, ReplicationFeed
 from testsupport.databases import iter_table_rows
 
 CLUSTER_SECRET = b"in-process-test-secret-0123456789"
+# The client addresses its RoleState tells clients sent elsewhere.
+ADDRESSES = {i: f"127.0.0.1:{50051 + i}" for i in range(3)}
 
 # verify_password reads the parameters from the stored hash, so a cheap hash is still checked.
 fast_hash_password: Callable[[str], str] = functools.partial(
@@ -43,6 +45,33 @@ def counting_clock(start: dt.datetime = dt.datetime(2030, 1, 1)) -> Callable[[],
     return lambda: start + dt.timedelta(milliseconds=next(ticks))
 
 
+class LoneReplication:
+    """A lone primary's replication (writer.ReplicationFeed): a write is committed once it is
+    durable here. What the writer says is also told to `tap`, for a test to watch."""
+
+    def __init__(self, role: RoleState, commits: CommitTracker) -> None:
+        self.role = role
+        self.commits = commits
+        self.tap: ReplicationFeed = NoReplication()
+        # A primary whose streamed batch failed to commit steps down, and is elected again in
+        # a newer epoch (it writes nothing more in the old one): a lone replica's election.
+        self.reelect = True
+
+    def written(self, events: list[Event]) -> None:
+        self.tap.written(events)
+
+    def write_failed(self, epoch: int, reason: str) -> None:
+        self.tap.write_failed(epoch, reason)
+        if self.reelect:
+            self.commits.abandon()
+            self.commits.reset(self.commits.committed_seq)
+            self.role.set(Role.PRIMARY, epoch + 1, 0)
+
+    def appended(self, events: list[Event]) -> None:
+        self.commits.advance(events[-1].seq)
+        self.tap.appended(events)
+
+
 @dataclass
 class InProcessReplica:
     engine: sa.Engine
@@ -51,6 +80,7 @@ class InProcessReplica:
     writer: LogWriter
     tokens: SessionTokens
     service: ChatService
+    replication: LoneReplication
 
     @classmethod
     def start(
@@ -61,12 +91,12 @@ class InProcessReplica:
         with engine.begin() as conn:
             projections.apply_events(conn, eventlog.read_events(conn, 0, 1_000_000))
             last = eventlog.last_position(conn)
-        role = RoleState(0)
-        role.set(Role.PRIMARY, last.epoch + 1, 0, "in-process")
+        role = RoleState(0, ADDRESSES)
+        role.set(Role.PRIMARY, last.epoch + 1, 0)
         commits = CommitTracker(last.seq)
-        commits.reset(last.seq)  # its primary term begins, as the coordinator's ResetCommit does
-        writer = LogWriter(engine, role, commits, clock=clock or counting_clock())
-        writer.add_append_listener(lambda events: commits.advance(events[-1].seq))
+        commits.reset(last.seq)  # its primary term begins, as the core's ResetCommit does
+        replication = LoneReplication(role, commits)
+        writer = LogWriter(engine, role, commits, feed=replication, clock=clock or counting_clock())
         writer.append_system_event(
             NewEvent(projections.EventTypes.EPOCH_STARTED, {"replica_index": 0}), last.epoch + 1
         )
@@ -79,7 +109,7 @@ class InProcessReplica:
             hash_password=fast_hash_password,
             min_password_length=1,
         )
-        return cls(engine, role, commits, writer, tokens, service)
+        return cls(engine, role, commits, writer, tokens, service, replication)
 
 
 @dataclass(frozen=True)

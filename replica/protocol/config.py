@@ -35,6 +35,12 @@ class ProtocolConfig:
         return sorted(self.members).index(self.index)
 
     @property
+    def probe_timeout(self) -> float:
+        """How long a probe waits for its answer (one between two running replicas comes well
+        within it)."""
+        return max(self.heartbeat_interval * 2, 0.2)
+
+    @property
     def vouch_window(self) -> float:
         """A primary drops an unreachable member after insync_timeout; the member stops
         vouching for its log well before that."""

@@ -1,15 +1,15 @@
 """One replica's replication protocol as a pure state machine.
 
 `ReplicaCore.step(now, input)` takes what happened (inputs.py) and returns what to do
-(effects.py), in the order it must be done. It holds everything the protocol decides on --
-role, current epoch, follow target, what this replica knows of its own membership (the
-vouch), the primary's in-sync set and each secondary's acked position (in_sync.py), pause
-detection, the commit point -- and nothing else: no threads, sockets, storage, clock or
-randomness. Time comes in with every input; storage facts (log positions) come in the inputs
-that need them. The shell (replica/coordinator.py, primary_stream.py, secondary.py) turns RPCs,
-stream messages and database results into inputs and carries out the effects; the hypothesis
-model (tests/replica/test_protocol_model.py) drives the same object through simulated
-networks, crashes and pauses.
+(effects.Ready: what must be durable first, then the rest in order). It holds everything the
+protocol decides on -- role, current epoch, follow target, what this replica knows of its own
+membership (the vouch), the primary's in-sync set and each secondary's acked position
+(in_sync.py), pause detection, the commit point -- and nothing else: no threads, sockets,
+storage, clock or randomness. Time comes in with every input; storage facts (log positions)
+come in the inputs that need them. One thread owns it: the executor (replica/executor.py)
+turns RPCs, stream messages and storage outcomes into inputs, steps it, and carries out the
+effects; the hypothesis model (tests/replica/protocol/test_model.py) runs the same executor,
+core included, through simulated networks, storage, crashes and pauses.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from replica.protocol.effects import (
     OpenStream,
     PersistEpoch,
     ProbeAll,
+    Ready,
     RefuseStream,
     ReplicaStatus,
     ReplyProbe,
@@ -122,7 +123,12 @@ class Election:
 
 
 class ReplicaCore:
-    def __init__(self, config: ProtocolConfig, current_epoch: int, now: float) -> None:
+    def __init__(
+        self, config: ProtocolConfig, current_epoch: int, now: float, *, ids_after: int = 0
+    ) -> None:
+        """`ids_after`: stream and ack ids start above it -- a core restarted in a running
+        process (the executor's, after a failed durable write) must not reuse its
+        predecessor's ids, which late messages may still carry."""
         self.config = config
         self.current_epoch = current_epoch  # durable (as far as the effects were carried out)
         self.role = Role.CANDIDATE
@@ -132,15 +138,14 @@ class ReplicaCore:
         self.election: Election | None = None
         self.started_at = now
         self._last_input_at = now
-        self._next_stream_id = 0
-        self._next_ack_id = 0
+        self._next_stream_id = ids_after
+        self._next_ack_id = ids_after
         # As primary: when each peer last answered anything (a probe, an ack), and whether its
         # last probe showed its process gone -- to step down once cut off (_check_cut_off).
         self._last_answer: dict[int, float] = {}
         self._last_ack: dict[int, float] = {}
         self._gone: set[int] = set()
         self._announced: tuple[Role, int, int | None] | None = None
-        self._published = 0  # version of the last SetRole / CommitStalled
         self._last_election_view: object = None
         self._out: list[Effect] = []
         self._handlers: dict[type[Any], Callable[[Any, float], None]] = {
@@ -169,7 +174,7 @@ class ReplicaCore:
 
     # -- the one entry point -------------------------------------------------------------
 
-    def step(self, now: float, event: Input) -> list[Effect]:
+    def step(self, now: float, event: Input) -> Ready:
         """Advance the state machine by one input observed at monotonic time `now`."""
         out: list[Effect] = []
         self._out = out
@@ -177,7 +182,12 @@ class ReplicaCore:
         self._handlers[type(event)](event, now)
         self._announce_role()
         self._out = []
-        return out
+        return Ready.of(out)
+
+    @property
+    def last_id(self) -> int:
+        """The highest stream or ack id used so far (see `ids_after`)."""
+        return max(self._next_stream_id, self._next_ack_id)
 
     # -- views (read-only) -----------------------------------------------------------------
 
@@ -317,11 +327,7 @@ class ReplicaCore:
         state = (self.role, self.current_epoch, self.primary_index)
         if state != self._announced:
             self._announced = state
-            self._out.append(SetRole(*state, self._next_version()))
-
-    def _next_version(self) -> int:
-        self._published += 1
-        return self._published
+            self._out.append(SetRole(*state))
 
     # -- following -------------------------------------------------------------------------
 
@@ -451,6 +457,8 @@ class ReplicaCore:
             return
         if any(v.following_live_primary for v in live):
             return  # someone still hears a primary; we will learn of it
+        if event.own_position is None:
+            return  # its own log's end is unknown: no election on it
         lost = f.target[0] if f.target is not None else f.lost_primary
         silent = rules.may_be_vouching_unheard(event.outcomes, lost, self.config.min_insync)
         self._elect(live, event.own_position, now, silent)
@@ -597,9 +605,7 @@ class ReplicaCore:
         f.lost_primary = None
         point = min(f.committed_seq, e.position.seq)
         self._out.append(ResetCommit(point))
-        self.in_sync_set = InSyncSet(
-            self.config, e.epoch, e.position.seq, point, e.voters, now, self._next_version
-        )
+        self.in_sync_set = InSyncSet(self.config, e.epoch, e.position.seq, point, e.voters, now)
         # The new epoch starts durably, in the log, before any client write: committing
         # this event also commits every earlier event the new primary holds. Until then the
         # role stays candidate, so nothing else is written in this epoch.

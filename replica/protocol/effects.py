@@ -1,17 +1,20 @@
-"""What the core decides, as plain values: its effects, carried out by the shell in order.
+"""What the core decides, as plain values: its effects, handed to the shell as a `Ready`.
 
-The order is part of the decision: a durable effect (PersistEpoch, Truncate, StoreBatch,
-AppendEpochStarted) comes before every message that depends on it, and the shell carries out
-an effect only once the ones before it are done."""
+A step's `Ready` says what must be durable first (`persist`: the epoch seen, a truncation) and
+what follows only once it is (`then`, in order: the rest of the process's state, messages,
+calls, and storage work whose outcome comes back as an input). So "persist before reply" is
+a property of the type, as in etcd's `Ready`: the executor (replica/executor.py) hands
+`persist` to its storage and carries out `then` only when storage reported it durable."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from replica.protocol.roles import Role
 from replica.protocol.rules import LogPosition
 
-# -- durable ---------------------------------------------------------------------------------
+# -- durable before anything that follows (Ready.persist) -------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +32,22 @@ class Truncate:
     after_seq: int
 
 
+# -- storage work, reported back as an input ------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class StoreBatch:
-    """Append and apply the batch just received on `stream_id`, then report BatchStored."""
+    """Append and apply the batch just received on `stream_id` in one transaction, then report
+    BatchStored (or StoreFailed). Storage work, not a `persist`: nothing waits for it but the
+    ack, which the core decides on BatchStored."""
 
     stream_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class AppendEpochStarted:
-    """Append the new primary's epoch_started event, then report EpochStartAppended."""
+    """Append the new primary's epoch_started event, then report EpochStartAppended (or
+    EpochStartFailed)."""
 
     epoch: int
 
@@ -48,14 +57,11 @@ class AppendEpochStarted:
 
 @dataclass(frozen=True, slots=True)
 class SetRole:
-    """Show this role to the rest of the process. Effects of different steps may be carried
-    out out of order (by several threads, or a step taken while carrying out another's
-    effects): `version` grows with every SetRole, and an older one than shown is ignored."""
+    """Show this role to the rest of the process."""
 
     role: Role
     epoch: int
     primary_index: int | None
-    version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +87,10 @@ class AdvanceCommit:
 
 @dataclass(frozen=True, slots=True)
 class CommitStalled:
-    """Too few replicas in sync to commit anything (`reason`), or None: no longer stalled.
-    `version`: as SetRole's, for the same reason."""
+    """Too few replicas in sync to commit anything (`shortfall` says why), or None: no longer
+    stalled. Writes are refused meanwhile, and those waiting fail at once."""
 
-    reason: str | None
-    version: int
+    shortfall: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,10 +265,10 @@ class EndStream:
     reason: str
 
 
-Effect = (
-    PersistEpoch
-    | Truncate
-    | StoreBatch
+Durable = PersistEpoch | Truncate
+
+Then = (
+    StoreBatch
     | AppendEpochStarted
     | SetRole
     | StepDown
@@ -288,4 +293,35 @@ Effect = (
     | EndStream
 )
 
-DURABLE = (PersistEpoch, Truncate, StoreBatch, AppendEpochStarted)
+Effect = Durable | Then
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What one step decided. `persist` must be durable before anything in `then` happens
+    (and before any later step's `then`); `then` is carried out in order. Iterating a Ready
+    gives `persist` and then `then`, the order they take effect in."""
+
+    persist: tuple[Durable, ...] = ()
+    then: tuple[Then, ...] = ()
+
+    @staticmethod
+    def of(effects: list[Effect]) -> Ready:
+        persist: list[Durable] = []
+        then: list[Then] = []
+        for effect in effects:
+            if isinstance(effect, PersistEpoch | Truncate):
+                persist.append(effect)
+            else:
+                then.append(effect)
+        return Ready(tuple(persist), tuple(then))
+
+    def __iter__(self) -> Iterator[Effect]:
+        yield from self.persist
+        yield from self.then
+
+    def __len__(self) -> int:
+        return len(self.persist) + len(self.then)
+
+    def __bool__(self) -> bool:
+        return bool(self.persist or self.then)

@@ -15,7 +15,7 @@ its process gone (connection refused), or it confirmed it knows it left."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from replica.protocol import rules
@@ -92,13 +92,11 @@ class InSyncSet:
         commit_point: int,
         voters: Iterable[int],
         now: float,
-        versions: Callable[[], int],
     ) -> None:
         """Lead `epoch`. The replicas that voted start in the in-sync set: they keep vouching
         for their logs through the election, so nothing is acknowledged without them until
         they catch up or are removed."""
         self._config = config
-        self._versions = versions  # the core's counter of published state (CommitStalled)
         self.epoch = epoch
         # The log's end as streamed (written by the writer, its local commit perhaps still
         # under way) and as durable here: only durable events can be acknowledged.
@@ -184,18 +182,11 @@ class InSyncSet:
     def advance_commit(self, out: list[Effect]) -> None:
         acked = [m.acked_seq for m in self.members.values() if m.in_sync]
         shortfall = self._shortfall()
+        if shortfall != self.stalled:
+            self.stalled = shortfall
+            out.append(CommitStalled(shortfall))
         if shortfall is not None:
-            reason = (
-                f"{shortfall}: not acknowledged yet; retry with the same request_id once a "
-                "secondary has caught up"
-            )
-            if reason != self.stalled:
-                self.stalled = reason
-                out.append(CommitStalled(reason, self._versions()))
             return
-        if self.stalled is not None:
-            self.stalled = None
-            out.append(CommitStalled(None, self._versions()))
         point = rules.commit_point(self.durable_seq, acked)
         if self.epoch_start_seq is None or point < self.epoch_start_seq:
             return

@@ -50,9 +50,11 @@ class ProbeOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ProbesAnswered:
-    """A probe round (ProbeAll) finished: one outcome per peer."""
+    """A probe round (ProbeAll) finished: one outcome per peer. `own_position`: this
+    replica's log's end as read after the round, or None when it was not read (a primary
+    needs it for nothing; one whose database fails cannot elect)."""
 
-    own_position: LogPosition
+    own_position: LogPosition | None
     outcomes: tuple[ProbeOutcome, ...]
 
 

@@ -1,7 +1,8 @@
-"""Known-wrong changes to the protocol core: each one a plausible bug that the model and the
-fast unit tests must catch (`make mutants`). A mutant is a set of exact text replacements in
-replica/protocol/; each `old` must occur exactly once, so a catalog that no longer matches the
-code fails loudly instead of testing nothing."""
+"""Known-wrong changes to the protocol core and to the shell around it (the executor, its
+ports, the commit tracker, the writer): each one a plausible bug that the model and the fast
+unit tests must catch (`make mutants`). A mutant is a set of exact text replacements; each
+`old` must occur exactly once, so a catalog that no longer matches the code fails loudly
+instead of testing nothing. `shell` marks the mutants outside replica/protocol/."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from dataclasses import dataclass
 CORE = "replica/protocol/core.py"
 IN_SYNC = "replica/protocol/in_sync.py"
 RULES = "replica/protocol/rules.py"
+EXECUTOR = "replica/executor.py"
+COMMIT = "replica/commit.py"
+PORTS = "replica/ports.py"
+PEERS = "replica/peers.py"
+STORAGE = "replica/storage.py"
+WRITER = "replica/writer.py"
 
 
 @dataclass(frozen=True)
@@ -17,6 +24,10 @@ class Mutant:
     name: str
     why: str
     replacements: tuple[tuple[str, str, str], ...]  # (file, old, new)
+
+    @property
+    def shell(self) -> bool:
+        return not all(file.startswith("replica/protocol/") for file, _, _ in self.replacements)
 
 
 MUTANTS = (
@@ -28,24 +39,6 @@ MUTANTS = (
                 CORE,
                 "        if rules.less_up_to_date(event.position, mine):",
                 "        if False:",
-            ),
-        ),
-    ),
-    Mutant(
-        "vote-before-persist",
-        "a vote is replied before it is persisted",
-        (
-            (
-                CORE,
-                """        self._observe_epoch(event.epoch, own=True)
-        self._end_stream("voted in a newer epoch")
-        self._out.append(
-            LogNote("info", f"voted for replica {event.candidate} in epoch {event.epoch}")
-        )
-        self._out.append(ReplyVote(True, event.epoch))""",
-                """        self._out.append(ReplyVote(True, event.epoch))
-        self._observe_epoch(event.epoch, own=True)
-        self._end_stream("voted in a newer epoch")""",
             ),
         ),
     ),
@@ -421,5 +414,160 @@ MUTANTS = (
                 "",
             ),
         ),
+    ),
+    # -- the shell ---------------------------------------------------------------------------
+    Mutant(
+        "then-before-persist",
+        "the executor carries out a step's effects (a vote's reply) before storage reported its "
+        "epoch durable",
+        (
+            (
+                EXECUTOR,
+                "                self._storage.persist(ready.persist)\n                return\n",
+                "                self._storage.persist(ready.persist)\n"
+                "                self._carry_out(ready.then, envelope)\n"
+                "                self._waiting[0] = (fx.Ready(ready.persist), "
+                "Envelope(envelope.input))\n"
+                "                return\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "steps-out-of-order",
+        "the executor carries out the newest waiting step when storage reports the oldest one's "
+        "durable writes done",
+        (
+            (
+                EXECUTOR,
+                "        ready, envelope = self._waiting.popleft()\n",
+                "        ready, envelope = self._waiting.pop()\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "persist-failure-swallowed",
+        "a durable write that failed is taken for done: what followed it is carried out",
+        (
+            (
+                EXECUTOR,
+                "        if failure is not None:\n            self._restart(",
+                "        if False:\n            self._restart(",
+            ),
+        ),
+    ),
+    Mutant(
+        "pause-unseen-by-inputs",
+        "the executor stamps inputs with the time of its last tick: an input processed after "
+        "the process paused looks as if no time passed",
+        (
+            (
+                EXECUTOR,
+                "        ready = core.step(self._clock(), event)\n",
+                "        if isinstance(event, ins.Tick) or not hasattr(self, '_ticked_at'):\n"
+                "            self._ticked_at = self._clock()\n"
+                "        ready = core.step(self._ticked_at, event)\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "end-stream-dropped",
+        "the executor forgets a served stream the core ended without ending it",
+        (
+            (
+                EXECUTOR,
+                "                    served.end(reason)\n",
+                "                    pass\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "restart-reuses-ids",
+        "a core restarted after a failed durable write starts its stream and ack ids over, so "
+        "late messages of its predecessor's streams count",
+        ((EXECUTOR, "ids_after=old.last_id", "ids_after=0"),),
+    ),
+    Mutant(
+        "term-cache-kept",
+        "events cached for the streams in one primary term are served in the next",
+        (
+            (
+                EXECUTOR,
+                "                self._commits.reset(seq)\n                self._term_changed()\n",
+                "                self._commits.reset(seq)\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "ended-term-waiter-woken",
+        "a write waiting in a primary term that ended is answered by a later commit of its seq",
+        (
+            (
+                COMMIT,
+                "            self._term_live = False\n            failed = self._take_waits()\n",
+                "            self._term_live = False\n            failed = []\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "divergence-by-seq-alone",
+        "the divergence check compares the secondary's log by seq, not by the primary end's epoch",
+        (
+            (
+                PORTS,
+                "        reader.epoch_end(primary_end.epoch),\n",
+                "        reader.last_position(),\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "late-ack-counted",
+        "an ack that arrives on a stream after it was replaced counts for the new one",
+        (
+            (
+                IN_SYNC,
+                "        elif m is None or m.stream is None or m.stream.stream_id != stream_id:\n",
+                "        elif m is None or m.stream is None:\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "stale-probe-fresh",
+        "a probe that failed with the channel's stale error is reported as the peer's answer",
+        (
+            (
+                PEERS,
+                "        if not result.refused or _answered_by_peer(call):\n"
+                "            return result\n",
+                "        return result\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "ack-before-commit",
+        "storage reports a batch stored (and the core acks it) before its transaction committed",
+        (
+            (
+                STORAGE,
+                "                    stored, exact = self._store(conn, batch, known)\n",
+                "                    stored, exact = self._store(conn, batch, known)\n"
+                "                    self._inbox.submit(\n"
+                "                        ins.BatchStored(stream_id, stored, batch.committed_seq, "
+                "batch.in_sync, batch.echo_ack_id)\n"
+                "                    )\n",
+            ),
+            (
+                STORAGE,
+                '            self._spans.mark("stored", stored.seq)\n'
+                "            self._inbox.submit(\n",
+                '            self._spans.mark("stored", stored.seq)\n'
+                "            (lambda *a: None)(\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "writer-on-after-failed-stream",
+        "the writer writes on in the epoch of a streamed batch whose commit failed, before the "
+        "core stepped down",
+        ((WRITER, "            self._fenced_epoch = streamed\n", ""),),
     ),
 )

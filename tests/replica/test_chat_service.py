@@ -29,7 +29,13 @@ from replica.passwords import verify_password
 from replica.role import Role
 from replica.tokens import SessionTokens
 from replica.writer import NewEvent
-from tests.inprocess import InProcessReplica, assert_unchanged, fast_hash_password, snapshot
+from tests.inprocess import (
+    ADDRESSES,
+    InProcessReplica,
+    assert_unchanged,
+    fast_hash_password,
+    snapshot,
+)
 from testsupport.harness import wait_until
 
 WRONG_LOGIN = "^wrong username or password$"
@@ -546,13 +552,13 @@ def test_a_replica_that_is_not_primary_refuses_writes(
 ) -> None:
     chat = replica.service
     chat.register(rid(), "alice", "pw")
-    replica.role.set(Role.SECONDARY, 1, 2, "127.0.0.1:5")
+    replica.role.set(Role.SECONDARY, 1, 2)
     with (
         assert_unchanged(engine),
         pytest.raises(NotPrimary, match="replica 0 is not the primary") as info,
     ):
         chat.register(rid(), "bob", "pw")
-    assert info.value.primary_address == "127.0.0.1:5"
+    assert info.value.primary_address == ADDRESSES[2]
     # Reads still work.
     assert chat.list_accounts("*", 0, "").items == ["alice"]
     assert log_end(engine) == 2

@@ -78,8 +78,8 @@ def test_a_retry_that_finds_its_event_uncommitted_fails_when_the_term_ends(
 ) -> None:
     """The writer-level shape of the chaos failure: the retry is a duplicate (its event is in
     the log from an earlier term, not among this term's pending events)."""
-    role = RoleState(0)
-    role.set(Role.PRIMARY, 1, 0, "here")
+    role = RoleState(0, {0: "here"})
+    role.set(Role.PRIMARY, 1, 0)
     commits = CommitTracker(0)
     commits.reset(0)
     writer = LogWriter(engine, role, commits, commit_timeout=10)
@@ -108,7 +108,7 @@ def test_a_retry_that_finds_its_event_uncommitted_fails_when_the_term_ends(
     threads[0].join(5)
     assert isinstance(first[0], Unavailable)
     commits.reset(0)  # elected again; the client retries
-    role.set(Role.PRIMARY, 2, 0, "here")
+    role.set(Role.PRIMARY, 2, 0)
     retry = execute()
     wait_until(lambda: writer_waiting(commits), 5, "the retry never waited")
     commits.abandon()  # deposed again; as a follower it truncates seq 1 ...
@@ -123,4 +123,4 @@ def logged(engine: sa.Engine) -> int:
 
 
 def writer_waiting(commits: CommitTracker) -> bool:
-    return bool(commits._cond._waiters)  # type: ignore[attr-defined]  # a waiter is parked
+    return commits.waiting() > 0  # a wait is parked

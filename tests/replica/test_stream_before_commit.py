@@ -19,17 +19,20 @@ class Streams:
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
-        self.written: list[list[int]] = []
+        self.written_seqs: list[list[int]] = []
         self.durable_when_written: list[int] = []
         self.failed: list[str] = []
 
-    def on_written(self, events: list[Event]) -> None:
-        self.written.append([e.seq for e in events])
+    def written(self, events: list[Event]) -> None:
+        self.written_seqs.append([e.seq for e in events])
         with self._engine.connect() as conn:  # another connection: what is committed
             self.durable_when_written.append(eventlog.last_position(conn).seq)
 
-    def on_write_failed(self, epoch: int, reason: str) -> None:
+    def write_failed(self, epoch: int, reason: str) -> None:
         self.failed.append(f"epoch {epoch}: {reason}")
+
+    def appended(self, events: list[Event]) -> None:
+        pass
 
 
 def start(engine: sa.Engine) -> tuple[InProcessReplica, Streams, str]:
@@ -37,7 +40,8 @@ def start(engine: sa.Engine) -> tuple[InProcessReplica, Streams, str]:
     replica.service.register("r-alice", "alice", "pw")
     token = replica.service.login("r-login", "alice", "pw").session_token
     streams = Streams(engine)
-    replica.writer.set_stream_hooks(streams.on_written, streams.on_write_failed)
+    replica.replication.tap = streams
+    replica.replication.reelect = False  # the test moves to a new term itself
     return replica, streams, token
 
 
@@ -50,7 +54,7 @@ def test_a_batch_is_streamed_before_it_is_committed(engine: sa.Engine) -> None:
     replica, streams, token = start(engine)
     before = last_seq(engine)
     seq = replica.service.send("s-1", token, "alice", "hello")
-    assert streams.written == [[seq]] and seq == before + 1
+    assert streams.written_seqs == [[seq]] and seq == before + 1
     assert streams.durable_when_written == [before], "streamed only after its commit"
     assert streams.failed == [] and last_seq(engine) == seq
 
@@ -67,14 +71,22 @@ def test_a_streamed_batch_whose_commit_fails_is_reported_and_not_acknowledged(
     monkeypatch.setattr(eventlog, "append_events", refuse)
     with pytest.raises(Unavailable):
         replica.service.send("s-1", token, "alice", "hello")
-    assert streams.written == [[before + 1]]
+    assert streams.written_seqs == [[before + 1]]
     assert len(streams.failed) == 1 and "connection lost" in streams.failed[0]
     assert last_seq(engine) == before, "nothing of the batch is stored"
     monkeypatch.undo()
-    # The writer trusts nothing it held: the retry is decided afresh, and stored once.
+    # The secondaries may hold the failed batch: nothing more is written in its epoch (the
+    # same seqs would carry other events), even before the core has stepped down.
+    with pytest.raises(Unavailable, match="writes nothing more in epoch"):
+        replica.service.send("s-2", token, "alice", "hello again")
+    assert last_seq(engine) == before and len(streams.written_seqs) == 1
+    # A new term (the core stepped down; an election chose a new epoch): the writer trusts
+    # nothing it held, so the retry is decided afresh and stored once.
+    snap = replica.role.snapshot
+    replica.role.set(snap.role, snap.epoch + 1, 0)
     seq = replica.service.send("s-1", token, "alice", "hello")
     assert seq == before + 1 and last_seq(engine) == seq
-    assert len(streams.failed) == 1 and streams.written[-1] == [seq]
+    assert len(streams.failed) == 1 and streams.written_seqs[-1] == [seq]
 
 
 def test_a_batch_that_decided_nothing_is_neither_streamed_nor_reported(
@@ -83,4 +95,4 @@ def test_a_batch_that_decided_nothing_is_neither_streamed_nor_reported(
     replica, streams, token = start(engine)
     with pytest.raises(NotFound):
         replica.service.send("s-1", token, "nobody", "hello")
-    assert streams.written == [] and streams.failed == []
+    assert streams.written_seqs == [] and streams.failed == []

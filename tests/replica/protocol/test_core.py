@@ -64,7 +64,7 @@ class Secondary:
         self.now += after
         if isinstance(event, ins.HeartbeatReceived | ins.BatchStored) and not event.echo:
             event = replace(event, echo=self.last_ack)
-        out = self.core.step(self.now, event)
+        out = list(self.core.step(self.now, event))
         for ack in of(out, fx.SendAck):
             self.last_ack = ack.ack_id
         return out
@@ -96,7 +96,7 @@ class Primary:
 
     def step(self, event: ins.Input, after: float = 0.05) -> list[fx.Effect]:
         self.now += after
-        return self.core.step(self.now, event)
+        return list(self.core.step(self.now, event))
 
     def send(self, s: int) -> list[fx.Effect]:
         return self.step(ins.SendWanted(s, self.streams[s]), after=0)
@@ -759,7 +759,7 @@ def test_a_busy_replica_is_not_paused() -> None:
     """Inputs keep coming on a busy machine even when a tick is late."""
     p = Primary()
     for _ in range(12):
-        out = p.ack(1, 6) + p.step(ins.Tick(), after=0.0)
+        out = [*p.ack(1, 6), *p.step(ins.Tick(), after=0.0)]
         p.now += 0.1
         assert not of(out, fx.StepDown)
     assert p.core.role is Role.PRIMARY

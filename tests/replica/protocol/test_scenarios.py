@@ -1,13 +1,12 @@
-"""Scripted histories in the simulated world (tests/replica/protocol_sim.py), each one a
-failure the random model could take long to reach, replayed exactly."""
+"""Scripted histories in the simulated world (sim.py: real executors, simulated storage and
+network), each one a failure the random model could take long to reach, replayed exactly."""
 
 from __future__ import annotations
 
 import pytest
 
 from replica.protocol import Role
-from replica.protocol import effects as fx
-from tests.replica.protocol_sim import Link, Node, World
+from tests.replica.protocol.sim import Job, Link, Node, World
 
 
 def one_primary(w: World) -> bool:
@@ -38,22 +37,26 @@ class StalledStore:
 
     def __init__(self, w: World, p: Node, slow: int) -> None:
         self.slow = slow
-        self.stalled = True
-        w.suspend = lambda index, effect: (
-            self.stalled and index == slow and isinstance(effect, fx.StoreBatch)
-        )
+        self.stalled = False
         w.client_write(p, "stalled")
+        self.stalled = True
+        core = w.nodes[slow].core
+        assert core is not None
+        self.stream_id = core.following.stream_id  # the stream the stalled batch comes on
 
         def dropped() -> bool:
             iss = p.core.in_sync_set if p.core is not None else None
             return iss is not None and not iss.members[slow].in_sync
 
-        assert w.settle(100, dropped, keep_blocked=self.kept)
+        assert w.settle(100, dropped, keep_io=self.kept)
         w.client_write(p, "without-it")
-        assert w.settle(10, lambda: "without-it" in w.acked, keep_blocked=self.kept)
+        assert w.settle(10, lambda: "without-it" in w.acked, keep_io=self.kept)
 
-    def kept(self, index: int, thread: str) -> bool:
-        return self.stalled and index == self.slow
+    def kept(self, index: int, job: Job) -> bool:
+        """Its first store from here on stalls, and everything behind it."""
+        if self.stalled and index == self.slow and job.kind == "store":
+            self.stuck = job
+        return self.stalled and index == self.slow and getattr(self, "stuck", None) is not None
 
 
 @pytest.mark.parametrize("min_insync", [1, 2])
@@ -263,8 +266,9 @@ def test_a_replica_whose_disk_stalls_vouches_not_on_its_primarys_old_word(
     w.crash(p.index)
     w.crash(other)
     if stream_end_first:
-        w.settle(2, keep_blocked=stall.kept)
-        assert w.nodes[slow].core is not None and w.nodes[slow].core.following.stream_id is None
+        w.settle(2, keep_io=stall.kept)
+        core = w.nodes[slow].core
+        assert core is not None and core.following.stream_id != stall.stream_id
     stall.stalled = False
     w.settle(40)  # World.check() raises if it vouches or leads without the write
     assert not w.primaries()
@@ -274,17 +278,16 @@ def test_a_replica_whose_disk_stalls_vouches_not_on_its_primarys_old_word(
 
 
 def test_what_a_stalled_replica_finds_queued_on_its_stream_is_stale() -> None:
-    """As above, but the primary lives on: behind the stalled batch wait heartbeats it sent
-    while the replica was still in the set. Read after the stall, their "in sync" is old
-    news -- the primary has dropped the replica and acknowledged without it since. (The
-    primary now also cuts the stream of a member it drops unheard, and the heartbeats echo
-    acks sent before the stall; either keeps the old word from renewing the vouch.)"""
+    """As above, but the primary lives on: the batch's "in sync", stored after the stall, is
+    old news -- the primary has dropped the replica and acknowledged without it since. (Its
+    executor takes the primary's heartbeats while its storage is stuck, so it confirms
+    leaving; a member dropped unheard has its stream cut; the heartbeats echo acks sent
+    before the stall. Each keeps the old word from renewing the vouch.)"""
     w = World(3, 1)
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
     slow = next(n.index for n in w.nodes if n is not p)
     stall = StalledStore(w, p, slow)
-    assert all(link.broken for link in w.links if link.secondary == slow), "cut loose"
     stall.stalled = False
     # World.check() raises if it vouches, on a queued word, for a log without the write.
     assert w.settle(200, lambda: caught_up(w))
@@ -362,10 +365,10 @@ def test_a_secondary_that_reconnects_while_its_primary_commits_keeps_what_it_was
     def stored_everywhere() -> bool:
         return all(len(n.disk.log) >= x_seq for n in w.nodes if n is not p)
 
-    def committing(index: int, thread: str) -> bool:
-        return index == p.index and thread == "writer"
+    def committing(index: int) -> bool:
+        return index == p.index
 
-    assert w.settle(20, stored_everywhere, keep_blocked=committing)
+    assert w.settle(20, stored_everywhere, slow_commit=committing)
     assert p.written, "x is still being committed on the primary"
     for link in [k for k in w.links if not k.broken and k.primary == p.index]:
         w.break_link(link)
@@ -374,10 +377,9 @@ def test_a_secondary_that_reconnects_while_its_primary_commits_keeps_what_it_was
         return what == "down" and link.down[0].kind == "batch"
 
     def reconnected() -> bool:
-        streams = [n.follow for n in w.nodes if n is not p]
-        return all(k is not None and not k.broken and k.acked_once for k in streams)
+        return all(n.core is not None and n.core.following.streaming for n in w.nodes if n is not p)
 
-    assert w.settle(20, reconnected, hold=no_batches, keep_blocked=committing)
+    assert w.settle(20, reconnected, hold=no_batches, slow_commit=committing)
     assert stored_everywhere(), "a secondary truncated x"
     w.commit(p)
     assert w.settle(20, lambda: "x" in w.acked)

@@ -1,14 +1,18 @@
-"""The replication protocol as a hypothesis state machine: three real `ReplicaCore` objects
-(replica/protocol/) in a simulated world (protocol_sim.py).
+"""The replication protocol as a hypothesis state machine: three real replicas -- each the
+real `Executor` (replica/executor.py) around the real `ReplicaCore`, with the real `RoleState`
+and `CommitTracker` -- in a simulated world (sim.py) of storage, network and clients.
 
-Every protocol decision is the core's. The rules only make things happen in some order: ticks
-and time passing, messages delivered, calls answered or timed out, durable writes that take a
-while, client writes (to whichever replica shows itself primary, new or retried), streams that
-break, crashes (volatile state lost, the disk kept), restarts and pauses -- and, with
-min_insync = 2, partitions in one direction or both and unbounded delays. With min_insync = 1
-the network is the one that mode assumes (docs/replication.md): nothing that can happen waits
-longer than MAX_DELAY, though a paused or busy replica may. A primary streams a batch while
-its own commit of it is under way; that commit may then fail, fail in doubt, or never finish.
+Every protocol decision is the core's, and every effect is carried out by the executor. The
+rules only make things happen in some order: ticks and time passing, an executor taking its
+next input, a storage job completing (or failing, or failing in doubt: committed but reported
+failed), messages delivered, calls answered or timed out, client writes (to whichever replica
+shows itself primary, new or retried), streams that break, databases that go down,
+crashes (volatile state and pending I/O lost, the disk kept), restarts and pauses -- and,
+with min_insync = 2, partitions in one direction or both and unbounded delays. With
+min_insync = 1 the network is the one that mode assumes (docs/replication.md): nothing on the
+network waits longer than MAX_DELAY, though a paused or busy replica may. A primary streams
+a batch while its own commit of it is under way; that commit may then fail, fail in doubt, or
+never finish.
 
 Invariants (checked after every step, and where an effect is carried out):
 - every acknowledged write is in the log of every replica that is primary of its epoch or a
@@ -19,11 +23,15 @@ Invariants (checked after every step, and where an effect is carried out):
 - two logs that agree on the epoch at a seq agree up to it; each epoch's events start with its
   epoch_started event;
 - at most one primary per epoch; a primary's commit point never moves back nor past its log;
-- no replica acks what it has not stored, asks for or grants a vote before it recorded the
-  epoch, or shows as committed what it does not hold;
+- no replica acks what it has not stored (its transaction committed), asks for or grants a
+  vote before it recorded the epoch, or shows as committed what it does not hold;
+- a client is told "committed" only for its own event, committed in the primary term it
+  waited in (the commit tracker's terms);
 - no request id is stored twice in a log, and no two writes are acknowledged at one seq;
-- `quiesce`: with every replica up and the network healed, one primary emerges and all logs
-  and commit points converge.
+- bounded progress: while every process runs, a primary that no peer answers stops saying it
+  is primary within the in-sync timeout (and a probe round); `quiesce`: with every replica up
+  and the network healed, one primary emerges within a bounded number of steps, all logs and
+  commit points converge, and a new write then commits.
 """
 
 from __future__ import annotations
@@ -40,11 +48,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from replica.protocol import effects as fx
-from tests.replica.protocol_sim import HEARTBEAT, Link, LocalCommit, World
+from tests.replica.protocol.sim import HEARTBEAT, Link, World
 
 N = 3
 QUIESCE_ROUNDS = 400  # x HEARTBEAT / 2 of logical time
+WRITE_ROUNDS = 40  # once converged, a new write commits within this many rounds
 
 
 def _observe(what: str) -> None:
@@ -60,12 +68,6 @@ class ProtocolModel(RuleBasedStateMachine):
         self._data: st.DataObject | None = None
         self._since_quiesce = 0
 
-    def _slow(self, index: int, effect: fx.Effect | LocalCommit) -> bool:
-        """Whether a durable effect is still under way when the rule ends."""
-        if self._data is None:
-            return False
-        return self._data.draw(st.booleans(), label=f"{type(effect).__name__} takes a while")
-
     @initialize(
         min_insync=st.sampled_from([1, 2]),
         batch=st.sampled_from([1, 2, 3]),
@@ -76,7 +78,7 @@ class ProtocolModel(RuleBasedStateMachine):
         """Three replicas with empty logs -- or, `settled`, already past their first election,
         with every secondary streaming (more of an example's steps then go to what follows)."""
         self._data = None
-        self.world = World(N, min_insync, suspend=self._slow, batch_events=batch, observe=_observe)
+        self.world = World(N, min_insync, batch_events=batch, observe=_observe)
         if settled:
             assert self.world.settle(QUIESCE_ROUNDS, self._converged), self._describe()
         self._data = data
@@ -96,11 +98,11 @@ class ProtocolModel(RuleBasedStateMachine):
         w = self.w
         moves: list[tuple[str, object]] = []
         for node in w.nodes:
-            if node.running and node.idle("coordinator"):
+            if node.running:
                 moves.append(("tick", node.index))
-                if node.inbox:
-                    moves.append(("inbox", node.index))
-        moves += [("io", x) for x in w.blocked_threads() if w.nodes[x[0]].running]
+                if len(node.inbox):
+                    moves.append(("process", node.index))
+        moves += [("io", i) for i in w.io_ready()]
         moves += [("commit", n.index) for n in w.committing()]
         moves += [("stream", x) for x in w.stream_deliveries()]
         moves += [("call", c) for c in w.call_deliveries()]
@@ -109,10 +111,10 @@ class ProtocolModel(RuleBasedStateMachine):
     @precondition(lambda self: self.world is not None)
     @rule(data=st.data(), count=st.integers(1, 4))
     def progress(self, data: st.DataObject, count: int) -> None:
-        """A few things happen, one at a time: a tick, the coordinator's next piece of work, a
-        durable write completing, a primary's local commit of a batch it streamed already
-        ending (or failing, or failing in doubt), a stream message or end-of-stream notice
-        arriving, a sender sending, a call or its reply arriving."""
+        """A few things happen, one at a time: a tick, an executor taking its next input, a
+        storage job ending (or failing, or failing in doubt), a primary's local commit of a
+        batch it streamed already ending (likewise), a stream message or end-of-stream notice
+        arriving, a call or its reply arriving."""
         for _ in range(count):
             moves = self._moves()
             if not moves:
@@ -123,10 +125,14 @@ class ProtocolModel(RuleBasedStateMachine):
         w = self.w
         if kind == "tick":
             w.tick(move)  # type: ignore[arg-type]
-        elif kind == "inbox":
-            w.run_inbox(move)  # type: ignore[arg-type]
+        elif kind == "process":
+            w.process(move)  # type: ignore[arg-type]
         elif kind == "io":
-            w.resume(*move)  # type: ignore[misc]
+            assert self._data is not None
+            outcome = self._data.draw(
+                st.sampled_from(["ok"] * 8 + ["failed", "in doubt"]), label="storage"
+            )
+            w.complete_io(move, outcome)  # type: ignore[arg-type]
         elif kind == "commit":
             assert self._data is not None
             outcome = self._data.draw(
@@ -171,7 +177,7 @@ class ProtocolModel(RuleBasedStateMachine):
         while w.now < end:
             w.advance(min(end, w.now + HEARTBEAT))
             for node in w.nodes:
-                if node.running and node.idle("coordinator"):
+                if node.running:
                     w.tick(node.index)
 
     # -- faults ------------------------------------------------------------------------------
@@ -248,11 +254,12 @@ class ProtocolModel(RuleBasedStateMachine):
     @rule()
     def quiesce(self) -> None:
         """Everything up and healed, the processes running and the network delivering: one
-        primary, and every log and commit point the same. (Now and then: faults pile up in
-        between; and at the end of every example, see teardown.)"""
+        primary, and every log and commit point the same -- and then a new write commits.
+        (Now and then: faults pile up in between; and at the end of every example, see
+        teardown.)"""
         self._since_quiesce = 0
         w = self.w
-        self._data = None  # durable writes complete at once from here on
+        self._data = None
         w.cut.clear()
         for node in w.nodes:
             node.paused = False
@@ -260,6 +267,13 @@ class ProtocolModel(RuleBasedStateMachine):
             if not node.alive:
                 w.restart(node.index)
         assert w.settle(QUIESCE_ROUNDS, self._converged), self._describe()
+        w.next_request += 1
+        request_id = f"r{w.next_request}"
+        (primary,) = w.primaries()
+        assert w.client_write(primary, request_id), "the primary refused a write"
+        assert w.settle(WRITE_ROUNDS, lambda: request_id in w.acked), (
+            f"a write to primary {primary.index} did not commit\n{self._describe()}"
+        )
 
     def _converged(self) -> bool:
         return self.w.converged()
@@ -271,8 +285,8 @@ class ProtocolModel(RuleBasedStateMachine):
             role = core.role.value if core else "down"
             epoch = core.current_epoch if core else n.disk.epoch
             lines.append(
-                f"  replica {n.index}: {role} epoch {epoch} committed {n.committed} "
-                f"log {[(e.epoch, e.request_id) for e in n.disk.log]}"
+                f"  replica {n.index}: {role} epoch {epoch} committed "
+                f"{n.commits.committed_seq} log {[(e.epoch, e.request_id) for e in n.disk.log]}"
             )
         return "\n".join(lines)
 

@@ -4,7 +4,6 @@ primary's recent-events cache."""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 
 from eventlog import Event
 from projections import EventTypes
@@ -28,8 +27,7 @@ def committed(out: list[Effect]) -> list[int]:
 
 def set_with_two_secondaries() -> tuple[InSyncSet, float]:
     now = 100.0
-    versions = itertools.count(1)
-    iss = InSyncSet(CONFIG, 3, 0, 0, [1, 2], now, lambda: next(versions))
+    iss = InSyncSet(CONFIG, 3, 0, 0, [1, 2], now)
     out: list[Effect] = []
     for i in (1, 2):
         iss.hello(i, STREAMS[i])
@@ -76,7 +74,7 @@ def test_a_connected_secondary_is_not_dropped_for_a_refused_probe() -> None:
 
 
 def test_a_primary_just_awake_drops_no_one() -> None:
-    iss = InSyncSet(CONFIG, 3, 0, 0, [1, 2], 100.0, lambda: 1)
+    iss = InSyncSet(CONFIG, 3, 0, 0, [1, 2], 100.0)
     iss.hello(1, 7)
     iss.acked(1, 7, 0, True, 100.0, [])
     iss.disconnected(1, 7, 100.0)
@@ -87,7 +85,7 @@ def test_a_primary_just_awake_drops_no_one() -> None:
 def test_nothing_commits_before_the_primarys_own_epoch_started() -> None:
     """Acks of an older epoch's events alone commit nothing (Raft's figure 8; see
     tests/replica/protocol/test_scenarios.py for the history that loses a write without it)."""
-    iss = InSyncSet(CONFIG, 6, 4, 2, [1], 100.0, lambda: 1)
+    iss = InSyncSet(CONFIG, 6, 4, 2, [1], 100.0)
     out: list[Effect] = []
     iss.hello(1, 7)
     iss.acked(1, 7, 4, True, 100.0, out)

@@ -1,0 +1,245 @@
+"""The executor's storage port on the replica's database: one worker thread that does what it
+is handed in order -- durable writes (an epoch, a truncation), storing a batch from the
+primary, appending the epoch_started event, reads for inputs -- and reports each outcome to
+the executor's inbox. Nothing is reported done before its transaction committed."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+import eventlog
+import projections
+from eventlog import Position
+from protos import replication_pb2 as rpb
+from replica.database import StorageOutageLog, storage_problem
+from replica.ports import Inbox, LogReader, Persisted, Storage
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
+from replica.spans import DISABLED, Spans
+from replica.wire import event_from_proto
+from replica.writer import LogWriter, NewEvent
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[], None]
+
+
+class _Reader(LogReader):
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def last_position(self) -> Position:
+        return eventlog.last_position(self._conn)
+
+    def applied_seq(self) -> int:
+        return projections.last_applied_seq(self._conn)
+
+    def epoch_end(self, epoch: int) -> Position:
+        return eventlog.epoch_end_seq(self._conn, epoch)
+
+
+class DatabaseStorage(Storage):
+    def __init__(
+        self,
+        index: int,
+        engine: sa.Engine,
+        writer: LogWriter,
+        inbox: Inbox,
+        *,
+        spans: Spans = DISABLED,
+        on_store_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.index = index
+        self._engine = engine
+        self._writer = writer
+        self._inbox = inbox
+        self._spans = spans
+        self._on_store_error = on_store_error  # metrics
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._outage = StorageOutageLog(log, index, "replication")
+        # Where the log ends (== the projections' position) after the last batch stored from
+        # stream `_known_stream`, so that the next one reads neither; the position's
+        # compare-and-set (projections.PositionMoved) guards the assumption.
+        self._known_stream: int | None = None
+        self._known_end: Position | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._work, name=f"storage-{self.index}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self._jobs.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None or self._stopping:
+                return
+            job()
+
+    def run_pending(self) -> None:
+        """Do every job handed over so far, on the calling thread (for tests that turn the
+        replica by hand; never while the worker runs)."""
+        assert self._thread is None, "the worker runs"
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job()
+
+    def _failed(self, exc: BaseException) -> str:
+        if isinstance(exc, sa.exc.DBAPIError):
+            self._outage.failed(exc)
+            return storage_problem(exc)
+        if not self._stopping:
+            log.error(
+                "replica %d: a storage job failed: %s: %s",
+                self.index,
+                exc.__class__.__name__,
+                exc,
+                exc_info=exc,
+            )
+        return f"{exc.__class__.__name__}: {exc}"
+
+    # -- Storage ---------------------------------------------------------------------------
+
+    def persist(self, durable: tuple[fx.Durable, ...]) -> None:
+        def job() -> None:
+            try:
+                for effect in durable:
+                    match effect:
+                        case fx.PersistEpoch(epoch):
+                            with self._engine.begin() as conn:
+                                eventlog.raise_current_epoch(conn, epoch)
+                        case fx.Truncate(after_seq):
+                            self._truncate(after_seq)
+            except Exception as exc:
+                self._inbox.put(Persisted(self._failed(exc)))
+                return
+            self._outage.succeeded()
+            self._inbox.put(Persisted())
+
+        self._jobs.put(job)
+
+    def _truncate(self, after_seq: int) -> None:
+        started = time.monotonic()
+        with self._writer.lock:
+            self._writer.forget_positions()
+            self._known_end = None
+            with self._engine.begin() as conn:
+                # The projections hold the tail's effects: take them back first, while the
+                # tail is still in the log (undone event by event, or rebuilt).
+                rolled = projections.roll_back(conn, after_seq)
+                removed = eventlog.truncate_after(conn, after_seq)
+        log.warning(
+            "replica %d: truncated %d divergent event(s) after seq %d; projections %s in %.3fs",
+            self.index,
+            removed,
+            after_seq,
+            rolled.value,
+            time.monotonic() - started,
+        )
+
+    def store_batch(self, stream_id: int, batch: object) -> None:
+        if not isinstance(batch, rpb.Batch):
+            raise TypeError(f"a replication batch, not {type(batch).__name__}")
+
+        def job() -> None:
+            if stream_id != self._known_stream:
+                self._known_stream, self._known_end = stream_id, None
+            known, self._known_end = self._known_end, None  # until this one committed
+            try:
+                with self._writer.lock, self._engine.begin() as conn:
+                    self._writer.forget_positions()
+                    stored, exact = self._store(conn, batch, known)
+            except Exception as exc:
+                self._on_store_error()
+                self._inbox.submit(ins.StoreFailed(stream_id, self._failed(exc)))
+                return
+            # Committed: only now may the ack that BatchStored leads to go out.
+            self._outage.succeeded()
+            if exact:
+                self._known_end = stored
+            self._spans.mark("stored", stored.seq)
+            self._inbox.submit(
+                ins.BatchStored(
+                    stream_id, stored, batch.committed_seq, batch.in_sync, batch.echo_ack_id
+                )
+            )
+
+        self._jobs.put(job)
+
+    @staticmethod
+    def _store(
+        conn: sa.Connection, batch: rpb.Batch, known: Position | None
+    ) -> tuple[Position, bool]:
+        """Append and apply what the log lacks of `batch`, in the caller's transaction: the
+        log's new end, and whether it is known to equal the projections' position."""
+        events = [event_from_proto(e) for e in batch.events]
+        last = eventlog.last_position(conn) if known is None else known
+        fresh = [e for e in events if e.seq > last.seq]
+        if not fresh:
+            return last, known is not None
+        # Sends only (the common batch): the log's INSERT, the messages' INSERT and the
+        # position's update read nothing the others write, so on MySQL they travel in one
+        # round trip instead of three.
+        pipeline = projections.sends_pipeline(conn, fresh)
+        eventlog.append_events(conn, fresh, after_seq=last.seq, pipeline=pipeline)
+        position = None if known is None else known.seq
+        applied = projections.apply_events(conn, fresh, position=position, pipeline=pipeline)
+        if pipeline is not None:
+            pipeline.flush()
+        last = fresh[-1].position
+        return last, known is not None or applied == last.seq
+
+    def append_epoch_started(self, epoch: int) -> None:
+        def job() -> None:
+            try:
+                event = self._writer.append_system_event(
+                    NewEvent(projections.EventTypes.EPOCH_STARTED, {"replica_index": self.index}),
+                    epoch,
+                )
+            except Exception as exc:
+                self._inbox.submit(ins.EpochStartFailed(self._failed(exc)))
+                return
+            self._outage.succeeded()
+            self._inbox.submit(ins.EpochStartAppended(event.position))
+
+        self._jobs.put(job)
+
+    def read(
+        self,
+        then: Callable[[LogReader], None],
+        failed: Callable[[str], None],
+        *,
+        while_writes_wait: bool = False,
+    ) -> None:
+        def job() -> None:
+            lock = self._writer.lock if while_writes_wait else contextlib.nullcontext()
+            try:
+                with lock, self._engine.connect() as conn:
+                    then(_Reader(conn))
+            except Exception as exc:
+                failed(self._failed(exc))
+                return
+            self._outage.succeeded()
+
+        self._jobs.put(job)

@@ -1,0 +1,1382 @@
+"""A simulated world around real replicas: each one is the real `Executor` (replica/executor.py)
+with the real `ReplicaCore` in it, the real `RoleState` and `CommitTracker` beside it, and
+simulated ports -- a database whose jobs complete, stall or fail (also in doubt: committed,
+but reported failed) when the model says; a network of ordered streams and calls that
+deliver, delay, lose and break messages; a clock the model moves. Processes crash (volatile
+state and pending I/O lost, the disk kept), restart and pause.
+
+Nothing here decides what the protocol decides, and nothing here carries out an effect: the
+executor does both, one input at a time, on this thread. This module is the environment: it
+moves messages, completes storage jobs, runs the clients' writes as the writer does, and
+records the plain facts the invariants need. Where the real system can only assume something
+(a replica acks only what it stored, votes only once the vote is durable, a client is told
+"committed" only for its own event), the port or the client checks it the moment it happens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventlog import Position
+from replica.commit import CommitTracker
+from replica.errors import ChatError
+from replica.executor import Executor, StorageUnavailable
+from replica.ports import (
+    Answer,
+    Envelope,
+    FollowStreams,
+    Inbox,
+    LogFacts,
+    LogReader,
+    Peers,
+    Persisted,
+    ProbeRound,
+    ServedStream,
+    Storage,
+    divergence_received,
+)
+from replica.protocol import ProtocolConfig, ReplicaCore, Role
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
+from replica.role import RoleState
+
+HEARTBEAT = 0.1
+PEER_TIMEOUT = 0.6
+INSYNC_TIMEOUT = 1.0
+# The calls' deadlines (the real ports': replica/peers.py): a call not answered by then fails,
+# and its caller goes on.
+PROBE_TIMEOUT = max(2 * HEARTBEAT, 0.2)
+VOTE_TIMEOUT = PEER_TIMEOUT
+# min_insync = 1 is safe only on a network whose delays are far below the timeouts, with
+# threads that run (a process that does not run is paused, and notices). In that mode
+# nothing on the network may wait longer than this -- below the probe deadline: a probe
+# between two running replicas is answered.
+MAX_DELAY = 0.15
+# How long a primary that hears nothing from any peer may go on saying it is primary: the
+# in-sync timeout, then a probe round to notice it (and a tick to start that round).
+CUT_OFF_BOUND = INSYNC_TIMEOUT + PROBE_TIMEOUT + 2 * HEARTBEAT
+
+
+def _kind(text: str) -> str:
+    """A decision's wording without its numbers or details, to count decisions by kind."""
+    return re.sub(r"\d+(\.\d+)?", "N", text.split(" (")[0].split(": ")[-1])[:70]
+
+
+class Violation(AssertionError):
+    """An invariant of the protocol does not hold. Raised through `World.violation`, which
+    also keeps it: a violation found inside the executor's carrying out (a port's check) or
+    a future's callback (a reply, an acknowledgement) is caught there, and re-raised after
+    the move."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    epoch: int
+    request_id: str | None  # None: a new primary's epoch_started event
+
+
+@dataclass
+class Disk:
+    """What survives a crash: the log and the recorded epoch (log_state's current_epoch)."""
+
+    log: list[Entry] = field(default_factory=list)
+    epoch: int = 0
+
+    def position(self) -> Position:
+        return Position(self.log[-1].epoch, len(self.log)) if self.log else Position(0, 0)
+
+    def end_for_epoch(self, epoch: int) -> Position:
+        for seq in range(len(self.log), 0, -1):
+            if self.log[seq - 1].epoch <= epoch:
+                return Position(self.log[seq - 1].epoch, seq)
+        return Position(0, 0)
+
+    def current_epoch(self) -> int:
+        return max(self.epoch, self.log[-1].epoch if self.log else 0)
+
+
+class DiskReader(LogReader):
+    def __init__(self, disk: Disk) -> None:
+        self._disk = disk
+
+    def last_position(self) -> Position:
+        return self._disk.position()
+
+    def applied_seq(self) -> int:
+        return len(self._disk.log)
+
+    def epoch_end(self, epoch: int) -> Position:
+        return self._disk.end_for_epoch(epoch)
+
+
+# -- the network ------------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    sent_at: float
+    kind: str  # hello, ack (up); divergence, batch, heartbeat (down)
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SimBatch:
+    """A batch as the secondary received it (what its StoreBatch stores)."""
+
+    entries: tuple[tuple[int, Entry], ...]
+    committed: int
+    in_sync: bool
+    echo: int
+
+
+@dataclass
+class Link:
+    """One replication stream: a secondary's call to a primary."""
+
+    link_id: int
+    secondary: int
+    primary: int
+    secondary_incarnation: int
+    primary_incarnation: int
+    secondary_stream: int  # the secondary core's stream id
+    primary_stream: int | None = None  # the primary core's, once it answered the first Hello
+    served: SimServed | None = None  # the primary's end, once it heard a Hello
+    hello_epoch: int = 0  # the epoch of the last event of the newest Hello's log
+    up: deque[Message] = field(default_factory=deque)  # to the primary
+    down: deque[Message] = field(default_factory=deque)  # to the secondary
+    broken: bool = False
+    # When each end learns that the stream ended (None: told already, or nothing to tell).
+    secondary_notice: float | None = None
+    primary_notice: float | None = None
+
+    def __repr__(self) -> str:  # (how hypothesis prints a chosen one)
+        return f"<stream {self.link_id}: {self.secondary} -> {self.primary}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
+        printer.text(repr(self))
+
+
+@dataclass
+class Call:
+    """A probe or vote call: the request travels to the callee, the reply back."""
+
+    call_id: int
+    kind: str  # probe, vote
+    caller: int
+    callee: int
+    caller_incarnation: int
+    sent_at: float
+    request: dict[str, Any]
+    round_id: int = 0
+    timeout: float = PROBE_TIMEOUT
+    reply: dict[str, Any] | None = None  # in flight back once set
+    refused: bool = False  # the callee answered an error of its own (its database failed)
+    replied_at: float = 0.0
+    handling: bool = False  # the callee is deciding (its executor holds the request)
+
+    def __repr__(self) -> str:
+        way = "reply" if self.reply is not None or self.refused else "request"
+        return f"<{self.kind} {self.call_id} {way}: {self.caller} -> {self.callee}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
+        printer.text(repr(self))
+
+
+# -- the simulated ports ------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One piece of work handed to a replica's storage, done when the model says."""
+
+    kind: str  # persist, store, append, read
+    run: Callable[[], None]  # do it and report success
+    fail: Callable[[], None]  # report a failure (nothing done)
+    needs_writer_lock: bool = False  # waits while the writer commits a batch
+    writes: bool = False  # a write: may also fail in doubt (done, reported failed)
+
+
+class SimStorage(Storage):
+    """The replica's database: a queue of jobs done in order, one per model move."""
+
+    def __init__(self, world: World, node: Node) -> None:
+        self.world = world
+        self.node = node
+        self.jobs: deque[Job] = deque()
+
+    def persist(self, durable: tuple[fx.Durable, ...]) -> None:
+        node = self.node
+        inbox = node.inbox
+
+        def run() -> None:
+            for effect in durable:
+                match effect:
+                    case fx.PersistEpoch(epoch):
+                        node.disk.epoch = max(node.disk.epoch, epoch)
+                    case fx.Truncate(after_seq):
+                        log = node.disk.log
+                        self.world.observe(
+                            f"truncated a divergent tail ({len(log) - after_seq} events)"[:38]
+                        )
+                        del log[after_seq:]
+
+        def done() -> None:
+            run()
+            inbox.put(Persisted())
+
+        job = Job(
+            "persist",
+            done,
+            lambda: inbox.put(Persisted("the database is down")),
+            needs_writer_lock=any(isinstance(e, fx.Truncate) for e in durable),
+            writes=True,
+        )
+        self.jobs.append(job)
+        node.doubt[id(job)] = run
+
+    def store_batch(self, stream_id: int, batch: object) -> None:
+        assert isinstance(batch, SimBatch)
+        node = self.node
+
+        def run() -> None:
+            self.world.store(node, batch)
+            node.inbox.submit(
+                ins.BatchStored(
+                    stream_id, node.disk.position(), batch.committed, batch.in_sync, batch.echo
+                )
+            )
+
+        job = Job(
+            "store",
+            run,
+            lambda: node.inbox.submit(ins.StoreFailed(stream_id, "the database is down")),
+            needs_writer_lock=True,
+            writes=True,
+        )
+        self.jobs.append(job)
+        node.doubt[id(job)] = lambda: self.world.store(node, batch)
+
+    def append_epoch_started(self, epoch: int) -> None:
+        node = self.node
+
+        def append() -> None:
+            node.disk.log.append(Entry(epoch, None))
+
+        def run() -> None:
+            append()
+            node.inbox.submit(ins.EpochStartAppended(node.disk.position()))
+
+        job = Job(
+            "append",
+            run,
+            lambda: node.inbox.submit(ins.EpochStartFailed("the database is down")),
+            needs_writer_lock=True,
+            writes=True,
+        )
+        self.jobs.append(job)
+        node.doubt[id(job)] = append
+
+    def read(
+        self,
+        then: Callable[[LogReader], None],
+        failed: Callable[[str], None],
+        *,
+        while_writes_wait: bool = False,
+    ) -> None:
+        disk = self.node.disk
+        self.jobs.append(
+            Job(
+                "read",
+                lambda: then(DiskReader(disk)),
+                lambda: failed("the database is down"),
+                needs_writer_lock=while_writes_wait,
+            )
+        )
+
+    def runnable(self) -> bool:
+        """The next job can be done now (one that takes the writer's lock waits while the
+        writer commits a batch)."""
+        return bool(self.jobs) and not (self.jobs[0].needs_writer_lock and self.node.written)
+
+    def complete(self, outcome: str = "ok") -> None:
+        """The next job ends: "ok", "failed" (nothing done) or "in doubt" (done, but reported
+        failed: a connection lost on COMMIT). A database that is down fails it."""
+        job = self.jobs.popleft()
+        doubt = self.node.doubt.pop(id(job), None)
+        if self.node.db_down:
+            outcome = "failed"
+        if outcome == "ok":
+            job.run()
+            return
+        self.world.observe(f"storage {job.kind} {outcome}")
+        if outcome == "in doubt" and job.writes and doubt is not None:
+            doubt()
+        job.fail()
+
+
+class SimFollow(FollowStreams):
+    """A secondary's stream to its primary, over the simulated network."""
+
+    def __init__(self, world: World, node: Node) -> None:
+        self.world = world
+        self.node = node
+
+    def _current(self, stream_id: int) -> Link | None:
+        link = self.node.follow
+        if link is None or link.secondary_stream != stream_id or link.broken:
+            return None
+        return link
+
+    def open(self, effect: fx.OpenStream) -> None:
+        world, node = self.world, self.node
+        if node.follow is not None:
+            world.break_link(node.follow)
+        target = world.nodes[effect.primary]
+        link = Link(
+            next(world.ids),
+            node.index,
+            effect.primary,
+            node.incarnation,
+            target.incarnation,
+            effect.stream_id,
+        )
+        node.follow = link
+        world.links.append(link)
+
+        def start(reader: LogReader) -> None:
+            if link.broken:
+                return
+            if not world.nodes[link.primary].alive:
+                world.break_link(link)  # nothing listens: the call fails at once
+                return
+            link.primary_incarnation = world.nodes[link.primary].incarnation
+            link.up.append(world.message("hello", epoch=effect.epoch, at=reader.last_position()))
+
+        assert node.storage is not None
+        node.storage.read(start, lambda reason: world.break_link(link))
+
+    def cancel(self, stream_id: int, reason: str) -> None:
+        link = self._current(stream_id)
+        if link is not None:
+            self.world.break_link(link)
+
+    def hello(self, stream_id: int, epoch: int) -> None:
+        link = self._current(stream_id)
+        if link is None:
+            return
+        world = self.world
+
+        def send(reader: LogReader) -> None:
+            if not link.broken:
+                link.up.append(world.message("hello", epoch=epoch, at=reader.last_position()))
+
+        assert self.node.storage is not None
+        self.node.storage.read(send, lambda reason: world.break_link(link))
+
+    def ack(self, effect: fx.SendAck) -> None:
+        disk = self.node.disk
+        position = effect.position
+        if position.seq > len(disk.log) or (
+            position.seq > 0 and disk.log[position.seq - 1].epoch != position.epoch
+        ):
+            raise self.world.violation(
+                f"replica {self.node.index} acked {position} but stores {disk.position()}"
+            )
+        link = self._current(effect.stream_id)
+        if link is not None:
+            link.up.append(
+                self.world.message(
+                    "ack", seq=position.seq, in_sync=effect.in_sync, ack_id=effect.ack_id
+                )
+            )
+
+    def close_all(self, reason: str) -> None:
+        if self.node.follow is not None:
+            self.world.break_link(self.node.follow)
+
+
+class SimServed(ServedStream):
+    """A primary's end of one stream (made when its first Hello arrives)."""
+
+    def __init__(self, world: World, link: Link) -> None:
+        self.world = world
+        self.link = link
+        self.secondary = link.secondary
+
+    @property
+    def _node(self) -> Node:
+        return self.world.nodes[self.link.primary]
+
+    def divergence(self, effect: fx.SendDivergence) -> None:
+        link, node = self.link, self._node
+        link.primary_stream = effect.stream_id
+        if link.broken:
+            return
+        if node.db_down:
+            # Its log's end cannot be read: the core hears it first, the call fails.
+            node.inbox.submit(ins.DatabaseFailed("the database is down"))
+            self.world.break_link(link)
+            return
+        end = node.disk.end_for_epoch(link.hello_epoch)
+        if link.hello_epoch >= effect.epoch and effect.written_seq > end.seq:
+            end = Position(effect.epoch, effect.written_seq)  # (its commit under way)
+        link.down.append(self.world.message("divergence", epoch=effect.epoch, end=end))
+
+    def refuse(self, reason: str) -> None:
+        self.world.break_link(self.link, tell_primary=False)
+
+    def send(self, effect: fx.SendEvents | fx.SendHeartbeat) -> None:
+        link, node = self.link, self._node
+        if link.broken:
+            return
+        match effect:
+            case fx.SendEvents(_, _, epoch, after, through, committed, in_sync, echo):
+                log = node.log_as_written()
+                if through > len(log) or node.db_down:
+                    self.world.break_link(link)  # it cannot read them: the stream ends
+                    return
+                entries = tuple((s, log[s - 1]) for s in range(after + 1, through + 1))
+                link.down.append(
+                    self.world.message(
+                        "batch", epoch=epoch, batch=SimBatch(entries, committed, in_sync, echo)
+                    )
+                )
+            case fx.SendHeartbeat(_, _, epoch, committed, _, in_sync, echo):
+                link.down.append(
+                    self.world.message(
+                        "heartbeat", epoch=epoch, committed=committed, in_sync=in_sync, echo=echo
+                    )
+                )
+
+    def end(self, reason: str) -> None:
+        self.world.break_link(self.link)
+
+    def ready(self) -> bool:
+        return not self.link.broken
+
+
+class SimPeers(Peers):
+    """Probe rounds and vote requests as calls on the simulated network."""
+
+    def __init__(self, world: World, node: Node) -> None:
+        self.world = world
+        self.node = node
+        self.rounds: dict[int, dict[int, ins.ProbeOutcome]] = {}
+
+    def probe_all(self, effect: fx.ProbeAll) -> None:
+        node, world = self.node, self.world
+        round_id = next(world.ids)
+        self.rounds[round_id] = {}
+        for peer in range(world.n):
+            if peer != node.index:
+                world.call(
+                    node,
+                    "probe",
+                    peer,
+                    {"from": node.index, "epoch": effect.epoch, "primary": effect.from_primary},
+                    round_id,
+                )
+
+    def outcome(self, round_id: int, outcome: ins.ProbeOutcome) -> None:
+        outcomes = self.rounds.get(round_id)
+        if outcomes is None:
+            return
+        outcomes[outcome.index] = outcome
+        if len(outcomes) == self.world.n - 1:
+            del self.rounds[round_id]
+            self.node.inbox.put(ProbeRound(tuple(outcomes[i] for i in sorted(outcomes))))
+
+    def request_votes(self, effect: fx.RequestVotes) -> None:
+        node = self.node
+        if node.disk.epoch < effect.epoch:
+            raise self.world.violation(
+                f"replica {node.index} asked for votes in epoch {effect.epoch} before "
+                f"recording it (recorded {node.disk.epoch})"
+            )
+        for voter in effect.voters:
+            self.world.call(
+                node, "vote", voter, {"epoch": effect.epoch, "position": effect.position}
+            )
+
+
+# -- replicas ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Waiting:
+    """A client's write, written: waiting to be told it committed."""
+
+    request_id: str
+    seq: int
+    incarnation: int
+
+
+@dataclass
+class Node:
+    index: int
+    disk: Disk = field(default_factory=Disk)
+    executor: Executor | None = None
+    incarnation: int = 0
+    paused: bool = False
+    # Its database does not answer: every job fails (connections killed, the server
+    # restarting, a full disk); the process runs on.
+    db_down: bool = False
+    inbox: Inbox = field(default_factory=Inbox)
+    role: RoleState = field(default_factory=lambda: RoleState(0))
+    commits: CommitTracker = field(default_factory=CommitTracker)
+    storage: SimStorage | None = None
+    peers: SimPeers | None = None
+    follow: Link | None = None
+    doubt: dict[int, Callable[[], None]] = field(default_factory=dict)
+    # The writer: a batch decided and streamed, its local commit under way (it holds its lock
+    # until commit() or a failure): the seqs after the disk's log. Lost in a crash.
+    written: list[Entry] = field(default_factory=list)
+    written_term: int = 0  # the commit tracker's term the writer read for it
+    fenced_epoch: int | None = None  # the writer's: a streamed batch failed in this epoch
+    # Since when it shows itself primary, and when a peer last answered it (a call's reply or
+    # refusal, an ack on a stream): the cut-off primary check.
+    primary_since: float | None = None
+    heard_at: float = float("-inf")
+    last_term: tuple[int, int] = (0, 0)  # (commit tracker term, its commit point) last seen
+
+    def log_as_written(self) -> list[Entry]:
+        """What the primary's streams read: its log and the batch being committed."""
+        return self.disk.log + self.written
+
+    @property
+    def alive(self) -> bool:
+        return self.executor is not None
+
+    @property
+    def running(self) -> bool:
+        return self.executor is not None and not self.paused
+
+    @property
+    def core(self) -> ReplicaCore | None:
+        return None if self.executor is None else self.executor.core
+
+    @property
+    def jobs(self) -> deque[Job]:
+        return deque() if self.storage is None else self.storage.jobs
+
+    def __repr__(self) -> str:
+        return f"<replica {self.index}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
+        printer.text(repr(self))
+
+
+class World:
+    """N replicas and the network between them, on one logical clock."""
+
+    def __init__(
+        self,
+        n: int,
+        min_insync: int,
+        batch_events: int = 2,
+        observe: Callable[[str], None] = lambda what: None,
+        executor: type[Executor] = Executor,
+    ) -> None:
+        self.n = n
+        self.batch_events = batch_events
+        self.min_insync = min_insync
+        self.bounded = min_insync == 1  # see MAX_DELAY
+        self.observe = observe  # told of the protocol's notable decisions (hypothesis events)
+        self.executor_class = executor
+        self.now = 0.0
+        self.nodes = [Node(i) for i in range(n)]
+        self.links: list[Link] = []
+        self.calls: list[Call] = []
+        self.cut: set[tuple[int, int]] = set()  # directions a -> b that deliver nothing
+        self.ids = itertools.count(1)
+        # Plain facts for the invariants.
+        # request id -> (seq, epoch of the primary that acknowledged it)
+        self.acked: dict[str, tuple[int, int]] = {}
+        self.acked_at_seq: dict[int, str] = {}
+        self.primary_of_epoch: dict[int, int] = {}
+        self.next_request = 0
+        self.waiting: list[Waiting] = []
+        self.violations: list[Violation] = []
+        for node in self.nodes:
+            self.restart(node.index)
+
+    def violation(self, text: str) -> Violation:
+        found = Violation(text)
+        self.violations.append(found)
+        return found
+
+    # -- replicas --------------------------------------------------------------------------
+
+    def config(self, index: int) -> ProtocolConfig:
+        return ProtocolConfig(
+            index=index,
+            members=tuple(range(self.n)),
+            min_insync=self.min_insync,
+            heartbeat_interval=HEARTBEAT,
+            peer_timeout=PEER_TIMEOUT,
+            insync_timeout=INSYNC_TIMEOUT,
+            batch_events=self.batch_events,
+            max_in_flight=2 * self.batch_events,
+        )
+
+    def restart(self, index: int) -> None:
+        node = self.nodes[index]
+        assert node.executor is None
+        node.incarnation += 1
+        node.inbox = Inbox()
+        node.role = RoleState(index)
+        node.commits = CommitTracker()
+        node.storage = SimStorage(self, node)
+        node.peers = SimPeers(self, node)
+        node.doubt = {}
+        node.follow = None
+        node.primary_since = None
+        node.last_term = (node.commits.term, node.commits.committed_seq)
+        node.fenced_epoch = None
+        node.executor = self.executor_class(
+            self.config(index),
+            node.disk.current_epoch(),
+            inbox=node.inbox,
+            storage=node.storage,
+            peers=node.peers,
+            follow=SimFollow(self, node),
+            role=node.role,
+            commits=node.commits,
+            clock=lambda: self.now,
+            observe=self._observe_effect,
+        )
+        node.executor.claim()
+
+    def _observe_effect(self, effect: fx.Effect) -> None:
+        match effect:
+            case fx.LogNote(_, text):
+                self.observe(_kind(text))
+            case fx.StepDown(reason):
+                self.observe("step down: " + _kind(reason))
+            case fx.ReplyVote(granted, _, reason):
+                self.observe("vote granted" if granted else "vote refused: " + _kind(reason))
+            case _:
+                pass
+
+    def crash(self, index: int) -> None:
+        node = self.nodes[index]
+        node.executor = None
+        node.paused = False
+        node.db_down = False  # (its database is another process; a restart finds it up)
+        node.storage = None  # pending I/O never happened
+        node.written = []  # its commit never finished
+        node.follow = None
+        self.waiting = [w for w in self.waiting if w.incarnation != node.incarnation]
+        for link in self.links:
+            if not link.broken and index in (link.secondary, link.primary):
+                self.break_link(link)
+
+    # -- moves -------------------------------------------------------------------------------
+
+    def process(self, index: int) -> None:
+        """The replica's executor takes the next item from its inbox."""
+        executor = self.nodes[index].executor
+        assert executor is not None
+        executor.process_next()
+        self._after_move()
+
+    def tick(self, index: int) -> None:
+        executor = self.nodes[index].executor
+        assert executor is not None
+        executor.tick()
+        self._after_move()
+
+    def complete_io(self, index: int, outcome: str = "ok") -> None:
+        storage = self.nodes[index].storage
+        assert storage is not None
+        storage.complete(outcome)
+        self._after_move()
+
+    def io_ready(self) -> list[int]:
+        return [n.index for n in self.nodes if n.running and n.storage and n.storage.runnable()]
+
+    def _after_move(self) -> None:
+        """What the rest of the process shows, checked as it changes; and any violation found
+        where it could not propagate."""
+        if self.violations:
+            raise self.violations[0]
+        for node in self.nodes:
+            if node.executor is None:
+                continue
+            snap = node.role.snapshot
+            if snap.role is Role.PRIMARY:
+                if node.primary_since is None:
+                    node.primary_since = self.now
+                    if self.acked:
+                        self.observe("a new primary after acknowledged writes")
+                holder = self.primary_of_epoch.setdefault(snap.epoch, node.index)
+                if holder != node.index:
+                    raise self.violation(
+                        f"replicas {holder} and {node.index} both primary of epoch {snap.epoch}"
+                    )
+            else:
+                node.primary_since = None
+            commits = node.commits
+            if commits.committed_seq > len(node.disk.log):
+                raise self.violation(
+                    f"replica {node.index} shows seq {commits.committed_seq} committed, beyond "
+                    f"its log ({len(node.disk.log)})"
+                )
+            term, point = node.last_term
+            if commits.term == term and commits.committed_seq < point:
+                raise self.violation(f"replica {node.index}'s commit point moved back to {point}")
+            node.last_term = (commits.term, commits.committed_seq)
+
+    # -- storage -----------------------------------------------------------------------------
+
+    def store(self, node: Node, batch: SimBatch) -> None:
+        log = node.disk.log
+        for seq, entry in batch.entries:
+            if seq <= len(log):
+                if log[seq - 1] != entry:
+                    raise self.violation(
+                        f"replica {node.index} holds {log[seq - 1]} at seq {seq} where its "
+                        f"primary sent {entry}: logs disagree below the stream's start"
+                    )
+                continue
+            if seq != len(log) + 1:
+                raise self.violation(
+                    f"replica {node.index} was sent seq {seq} after its log's end {len(log)}"
+                )
+            log.append(entry)
+
+    # -- the network -------------------------------------------------------------------------
+
+    def message(self, kind: str, **body: Any) -> Message:
+        return Message(self.now, kind, body)
+
+    def break_link(self, link: Link, tell_primary: bool = True) -> None:
+        """The stream ends: what was in flight is lost, and each end will notice."""
+        if link.broken:
+            return
+        link.broken = True
+        link.up.clear()
+        link.down.clear()
+        if self.nodes[link.secondary].incarnation == link.secondary_incarnation:
+            link.secondary_notice = self.now
+        if (
+            tell_primary
+            and link.primary_stream is not None
+            and self.nodes[link.primary].incarnation == link.primary_incarnation
+        ):
+            link.primary_notice = self.now
+
+    def _end_alive(self, link: Link, end: str) -> bool:
+        node = self.nodes[link.secondary if end == "secondary" else link.primary]
+        incarnation = link.secondary_incarnation if end == "secondary" else link.primary_incarnation
+        return node.alive and node.incarnation == incarnation
+
+    def stream_deliveries(self) -> list[tuple[Link, str]]:
+        """What can happen next on streams (the model picks among these)."""
+        self.links = [
+            link
+            for link in self.links
+            if not link.broken
+            or link.secondary_notice is not None
+            or link.primary_notice is not None
+        ]
+        out = []
+        for link in self.links:
+            secondary = self.nodes[link.secondary]
+            primary = self.nodes[link.primary]
+            if link.broken:
+                if link.secondary_notice is not None and secondary.running:
+                    out.append((link, "secondary_notice"))
+                if link.primary_notice is not None and primary.running:
+                    out.append((link, "primary_notice"))
+                continue
+            if link.down and (link.primary, link.secondary) not in self.cut and secondary.running:
+                out.append((link, "down"))
+            if link.up and (link.secondary, link.primary) not in self.cut and primary.running:
+                out.append((link, "up"))
+        return out
+
+    def deliver(self, link: Link, what: str) -> None:
+        if what == "secondary_notice":
+            link.secondary_notice = None
+            node = self.nodes[link.secondary]
+            if node.incarnation == link.secondary_incarnation:
+                if node.follow is link:
+                    node.follow = None
+                node.inbox.submit(ins.ReplicationStreamEnded(link.secondary_stream))
+        elif what == "primary_notice":
+            link.primary_notice = None
+            node = self.nodes[link.primary]
+            assert link.primary_stream is not None
+            if node.incarnation == link.primary_incarnation:
+                node.inbox.submit(ins.SecondaryDisconnected(link.secondary, link.primary_stream))
+        elif what == "down":
+            self._deliver_down(link)
+        elif what == "up":
+            self._deliver_up(link)
+        else:
+            raise AssertionError(what)
+        self._after_move()
+
+    def _deliver_down(self, link: Link) -> None:
+        message = link.down.popleft()
+        node = self.nodes[link.secondary]
+        sid, body = link.secondary_stream, message.body
+        storage = node.storage
+        assert storage is not None
+        if message.kind == "divergence":
+            end: Position = body["end"]
+            epoch = body["epoch"]
+
+            def decide(reader: LogReader) -> None:
+                node.inbox.submit(divergence_received(sid, epoch, end, reader))
+
+            storage.read(decide, lambda reason: self.break_link(link), while_writes_wait=True)
+        elif message.kind == "batch":
+            batch: SimBatch = body["batch"]
+            last_seq, last = batch.entries[-1]
+            node.inbox.put(
+                Envelope(
+                    ins.BatchReceived(sid, body["epoch"], Position(last.epoch, last_seq)),
+                    batch=batch,
+                )
+            )
+        else:
+            node.inbox.submit(
+                ins.HeartbeatReceived(
+                    sid, body["epoch"], body["committed"], body["in_sync"], body["echo"]
+                )
+            )
+
+    def _deliver_up(self, link: Link) -> None:
+        message = link.up.popleft()
+        node = self.nodes[link.primary]
+        if message.kind == "hello":
+            position: Position = message.body["at"]
+            link.hello_epoch = position.epoch
+            if link.served is None:
+                link.served = SimServed(self, link)
+            node.inbox.put(
+                Envelope(
+                    ins.SecondaryHello(link.secondary, link.primary_stream, message.body["epoch"]),
+                    stream=link.served,
+                )
+            )
+        else:
+            assert link.primary_stream is not None
+            node.heard_at = self.now
+            node.inbox.submit(
+                ins.SecondaryAcked(
+                    link.secondary,
+                    link.primary_stream,
+                    message.body["seq"],
+                    message.body["in_sync"],
+                    message.body["ack_id"],
+                )
+            )
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(
+        self, node: Node, kind: str, callee: int, request: dict[str, Any], round_id: int = 0
+    ) -> None:
+        self.calls.append(
+            Call(
+                next(self.ids),
+                kind,
+                node.index,
+                callee,
+                node.incarnation,
+                self.now,
+                request,
+                round_id,
+                PROBE_TIMEOUT if kind == "probe" else VOTE_TIMEOUT,
+            )
+        )
+
+    def call_deliveries(self) -> list[Call]:
+        out = []
+        for call in self.calls:
+            if call.handling:
+                continue
+            if call.reply is None and not call.refused:
+                if (call.caller, call.callee) in self.cut:
+                    continue
+                callee = self.nodes[call.callee]
+                if not callee.alive or callee.running:
+                    out.append(call)
+            else:
+                if (call.callee, call.caller) in self.cut:
+                    continue
+                caller = self.nodes[call.caller]
+                if not caller.alive or caller.incarnation != call.caller_incarnation:
+                    out.append(call)  # dropped on delivery
+                elif caller.running:
+                    out.append(call)
+        return out
+
+    def deliver_call(self, call: Call) -> None:
+        if call.reply is None and not call.refused:
+            self._deliver_request(call)
+        else:
+            self._deliver_reply(call)
+        self._after_move()
+
+    def _deliver_request(self, call: Call) -> None:
+        callee = self.nodes[call.callee]
+        if callee.executor is None:
+            # Nothing listens on its port: the call fails at once (TCP RST).
+            self._fail(call, refused=True, gone=True)
+            return
+        call.handling = True
+        request = call.request
+        if call.kind == "probe" and callee.db_down:
+            # It reads its log before answering: UNAVAILABLE, once its core heard why.
+            answer = callee.executor.database_failed("the database is down")
+        elif call.kind == "probe":
+            disk = callee.disk
+            answer = callee.executor.probe_received(
+                ins.ProbeReceived(request["from"], request["epoch"], request["primary"]),
+                LogFacts(disk.position(), len(disk.log)),
+            )
+        else:
+            answer = callee.executor.vote_requested(
+                call.caller, request["epoch"], request["position"]
+            )
+        incarnation = callee.incarnation
+        answer.add_done_callback(lambda f: self._answered(call, callee, incarnation, f))
+
+    def _answered(self, call: Call, callee: Node, incarnation: int, answer: Future[Answer]) -> None:
+        """The callee's executor decided (on this thread): the reply leaves now."""
+        if callee.incarnation != incarnation or call not in self.calls:
+            return
+        call.handling = False
+        call.replied_at = self.now
+        exc = answer.exception()
+        if isinstance(exc, StorageUnavailable):
+            call.refused = True  # UNAVAILABLE, marked as the replica's own answer
+            return
+        if exc is not None:
+            call.handling = True  # no answer of its own: the caller's deadline fails it
+            return
+        result = answer.result()
+        if call.kind == "probe":
+            (reply,) = (r for r in result.replies if isinstance(r, fx.ReplyProbe))
+            assert result.facts is not None
+            call.reply = {"status": reply.status, "position": result.facts.last}
+        else:
+            (vote,) = (r for r in result.replies if isinstance(r, fx.ReplyVote))
+            if vote.granted and callee.disk.epoch < vote.epoch:
+                raise self.violation(
+                    f"replica {callee.index} granted a vote in epoch {vote.epoch} before "
+                    f"recording it (recorded {callee.disk.epoch})"
+                )
+            call.reply = {"granted": vote.granted, "epoch": vote.epoch, "reason": vote.reason}
+
+    def _deliver_reply(self, call: Call) -> None:
+        self.calls.remove(call)
+        caller = self.nodes[call.caller]
+        if not caller.alive or caller.incarnation != call.caller_incarnation:
+            return
+        caller.heard_at = self.now
+        if call.refused:
+            self._fail(call, refused=True, gone=False)
+            return
+        reply = call.reply
+        assert reply is not None
+        if call.kind == "probe":
+            status: fx.ReplicaStatus = reply["status"]
+            view = ins.PeerView(
+                status.index,
+                status.role,
+                status.epoch,
+                reply["position"],
+                status.in_sync,
+                status.trusted,
+                status.following_live_primary,
+                status.claim,
+            )
+            self._probe_outcome(caller, call, ins.ProbeOutcome(call.callee, view))
+        else:
+            caller.inbox.submit(
+                ins.VoteReplied(
+                    call.callee,
+                    call.request["epoch"],
+                    reply["granted"],
+                    reply["epoch"],
+                    reply["reason"],
+                )
+            )
+
+    def advance(self, to: float) -> None:
+        """Time passes; every call whose deadline passed fails, as its gRPC deadline makes it
+        (its caller hears a timeout; a reply still on its way is lost)."""
+        self.now = max(self.now, to)
+        for call in [c for c in self.calls if self.now >= c.sent_at + c.timeout]:
+            self._fail(call, refused=False, gone=False)
+
+    def _fail(self, call: Call, refused: bool, gone: bool) -> None:
+        if call in self.calls:
+            self.calls.remove(call)
+        caller = self.nodes[call.caller]
+        if not caller.alive or caller.incarnation != call.caller_incarnation:
+            return
+        if refused:
+            caller.heard_at = self.now
+        if call.kind == "probe":
+            self._probe_outcome(caller, call, ins.ProbeOutcome(call.callee, None, refused, gone))
+        else:
+            caller.inbox.submit(
+                ins.VoteReplied(call.callee, call.request["epoch"], False, 0, "unreachable")
+            )
+
+    def _probe_outcome(self, caller: Node, call: Call, outcome: ins.ProbeOutcome) -> None:
+        assert caller.peers is not None
+        caller.peers.outcome(call.round_id, outcome)
+
+    # -- clients (what the writer does) ------------------------------------------------------
+
+    def writable(self) -> list[Node]:
+        return [
+            n
+            for n in self.nodes
+            if n.running and n.role.snapshot.role is Role.PRIMARY and not n.written
+        ]
+
+    def committing(self) -> list[Node]:
+        """Primaries whose writer is committing a streamed batch."""
+        return [n for n in self.nodes if n.running and n.written]
+
+    def client_write(self, node: Node, request_id: str) -> bool:
+        """One command through the writer (replica/writer.py): the commit tracker's term read
+        first, then the role shown (primary, or refused); a request id already in the log
+        waits for its event; otherwise admission, then the event is decided and streamed
+        (Written), and its local commit starts: commit() finishes it (Appended), or it fails
+        (LocalWriteFailed). Returns whether the command was taken."""
+        if node.db_down:
+            return False  # UNAVAILABLE, nothing applied
+        # (A write that comes while a batch is decided joins it: the writer's group commit.)
+        term = node.written_term if node.written else node.commits.term
+        snap = node.role.snapshot
+        if snap.role is not Role.PRIMARY or snap.epoch == node.fenced_epoch:
+            return False
+        for seq, entry in enumerate(node.disk.log, 1):
+            if entry.request_id == request_id:
+                self._wait(node, request_id, seq, term)
+                return True
+        try:
+            node.commits.admit()
+        except ChatError:
+            return False
+        node.written.append(Entry(snap.epoch, request_id))
+        node.written_term = term
+        node.inbox.submit(ins.Written(len(node.disk.log) + len(node.written)))
+        return True
+
+    def commit(self, node: Node, outcome: str = "ok") -> None:
+        """The writer's commit of its streamed batch ends: "ok"; "failed" (rolled back); or
+        "in doubt" (it did commit, but the writer saw an error: a connection lost on COMMIT).
+        A database that is down fails it."""
+        assert node.written
+        epoch = node.written[0].epoch
+        if node.db_down and outcome == "ok":
+            outcome = "failed"
+        start = len(node.disk.log)
+        if outcome != "failed":
+            node.disk.log.extend(node.written)
+        batch, node.written = node.written, []
+        if outcome == "ok":
+            node.inbox.submit(ins.Appended(len(node.disk.log)))
+            for offset, entry in enumerate(batch, 1):
+                assert entry.request_id is not None
+                self._wait(node, entry.request_id, start + offset, node.written_term)
+        else:
+            self.observe(f"a streamed batch's local commit {outcome}")
+            node.fenced_epoch = epoch  # the clients see an error and retry
+            node.inbox.submit(ins.LocalWriteFailed(epoch, outcome))
+        self._after_move()
+
+    def _wait(self, node: Node, request_id: str, seq: int, term: int) -> None:
+        waiting = Waiting(request_id, seq, node.incarnation)
+        self.waiting.append(waiting)
+        node.commits.wait_for(seq, term).add_done_callback(lambda f: self._told(node, waiting, f))
+
+    def _told(self, node: Node, waiting: Waiting, answer: Future[None]) -> None:
+        """The writer's wait ended: the client is told committed, or to retry."""
+        if waiting not in self.waiting:
+            return  # its process crashed
+        self.waiting.remove(waiting)
+        if answer.exception() is None:
+            self._acknowledge(node, waiting.request_id, waiting.seq)
+
+    def _acknowledge(self, node: Node, request_id: str, seq: int) -> None:
+        log = node.disk.log
+        if seq > len(log):
+            raise self.violation(
+                f"replica {node.index} acknowledged {request_id} at seq {seq}, beyond its "
+                f"durable log ({len(log)})"
+            )
+        if log[seq - 1].request_id != request_id:
+            raise self.violation(
+                f"replica {node.index} told {request_id} committed at seq {seq}, which holds "
+                f"{log[seq - 1]}: a commit of another term answered its wait"
+            )
+        other = self.acked_at_seq.get(seq)
+        if other is not None and other != request_id:
+            raise self.violation(
+                f"replica {node.index} acknowledged {request_id} at seq {seq}, where {other} "
+                "was acknowledged before: one of them is lost"
+            )
+        before = self.acked.get(request_id)
+        if before is not None and before[0] != seq:
+            raise self.violation(f"request {request_id} acknowledged at seqs {before[0]} and {seq}")
+        self.acked[request_id] = (seq, node.role.snapshot.epoch)
+        self.observe("write acknowledged")
+        self.acked_at_seq[seq] = request_id
+
+    # -- time ------------------------------------------------------------------------------
+
+    def deadline(self) -> float:
+        """On a bounded network: the latest time things on the network must have happened by
+        (inf when unbounded)."""
+        if not self.bounded:
+            return float("inf")
+        times = [float("inf")]
+        for link, what in self.stream_deliveries():
+            if what == "down":
+                times.append(link.down[0].sent_at)
+            elif what == "up":
+                times.append(link.up[0].sent_at)
+            elif what == "secondary_notice":
+                assert link.secondary_notice is not None
+                times.append(link.secondary_notice)
+            else:
+                assert link.primary_notice is not None
+                times.append(link.primary_notice)
+        for call in self.call_deliveries():
+            if (
+                call.reply is None and not call.refused
+            ) or call.replied_at <= call.sent_at + MAX_DELAY:
+                times.append(call.sent_at)  # the whole call, both ways
+            else:
+                times.append(call.replied_at - MAX_DELAY)  # it was slow to answer: due now
+        return min(times) + MAX_DELAY
+
+    # -- a fair schedule -------------------------------------------------------------------
+
+    def settle(
+        self,
+        rounds: int,
+        until: Callable[[], bool] = lambda: False,
+        hold: Callable[[Link, str], bool] = lambda link, what: False,
+        respect_deadline: bool = False,
+        hold_calls: Callable[[Call], bool] = lambda call: False,
+        keep_io: Callable[[int, Job], bool] = lambda index, job: False,
+        slow_commit: Callable[[int], bool] = lambda index: False,
+    ) -> bool:
+        """Run every replica and deliver everything (except what `hold` keeps back), half a
+        heartbeat of logical time per round, until `until()` or `rounds` ran out. With
+        `respect_deadline`, time passes no further than the network's delay bound allows.
+        Storage jobs complete, except those `keep_io` keeps. Every process runs all along,
+        so a primary cut off from every peer must stop saying so (CUT_OFF_BOUND)."""
+        started = self.now
+        for _ in range(rounds):
+            for _ in range(5000):
+                if not self._settle_once(hold, hold_calls, keep_io):
+                    break
+                if until():
+                    self.check()
+                    return True
+            # A primary's commit ends after what its streams carried meanwhile (the acks of
+            # the batch it commits may come first).
+            for node in self.committing():
+                if not slow_commit(node.index):
+                    self.commit(node)
+            for node in self.nodes:
+                if node.running:
+                    self.tick(node.index)
+            self.check()
+            self._check_cut_off(started)
+            if until():
+                return True
+            step = HEARTBEAT / 2
+            if respect_deadline:
+                step = min(step, self.deadline() - self.now)
+                if step <= 0:
+                    return until()
+            self.advance(self.now + step)
+        return until()
+
+    def _settle_once(
+        self,
+        hold: Callable[[Link, str], bool],
+        hold_calls: Callable[[Call], bool],
+        keep_io: Callable[[int, Job], bool],
+    ) -> bool:
+        """One thing happens, if anything can: an executor's next input, a storage job, a
+        stream message, a call (in that order of preference)."""
+        for node in self.nodes:
+            if node.running and len(node.inbox):
+                self.process(node.index)
+                return True
+        for node in self.nodes:
+            storage = node.storage
+            if (
+                node.running
+                and storage is not None
+                and storage.runnable()
+                and not keep_io(node.index, storage.jobs[0])
+            ):
+                self.complete_io(node.index)
+                return True
+        streams = [x for x in self.stream_deliveries() if not hold(*x)]
+        if streams:
+            self.deliver(*streams[0])
+            return True
+        calls = [c for c in self.call_deliveries() if not hold_calls(c)]
+        if calls:
+            self.deliver_call(calls[0])
+            return True
+        return False
+
+    def _check_cut_off(self, running_since: float) -> None:
+        """A primary that no peer has answered for CUT_OFF_BOUND while it ran no longer says
+        it is primary (it cannot acknowledge anything anyway, and the others may elect)."""
+        for node in self.nodes:
+            if not node.running or node.primary_since is None:
+                continue
+            since = max(node.heard_at, node.primary_since, running_since)
+            if self.now - since > CUT_OFF_BOUND:
+                raise self.violation(
+                    f"replica {node.index} heard from no peer for {self.now - since:.2f}s and "
+                    "still says it is primary"
+                )
+
+    def primaries(self) -> list[Node]:
+        return [n for n in self.nodes if n.core is not None and n.core.role is Role.PRIMARY]
+
+    def converged(self, everyone: bool = True) -> bool:
+        """One primary, its commit point at its log's end, and every replica (every live one,
+        unless `everyone`) holding that log and showing it committed -- with nothing left to
+        do: no input waiting, no storage job, no batch being committed."""
+        if any(len(n.inbox) or n.jobs or n.written for n in self.nodes if n.alive):
+            return False
+        primaries = self.primaries()
+        if len(primaries) != 1:
+            return False
+        p = primaries[0]
+        assert p.core is not None
+        return p.core.commit_point == len(p.disk.log) and all(
+            n.disk.log == p.disk.log
+            and (n.commits.committed_seq == len(p.disk.log) or not everyone)
+            and (n is p or self._follows_live(n, p))
+            for n in self.nodes
+            if everyone or n.alive
+        )
+
+    def _follows_live(self, node: Node, primary: Node) -> bool:
+        """Streaming from `primary`, heard lately (so it elects nobody on an old silence)."""
+        core = node.core
+        return (
+            core is not None
+            and core.following.stream_primary == primary.index
+            and core.following_live_primary(self.now)
+        )
+
+    # -- invariants ------------------------------------------------------------------------
+
+    def _check_core(self, node: Node) -> None:
+        core = node.core
+        assert core is not None
+        point = core.commit_point
+        if point is not None and point > len(node.disk.log):
+            raise self.violation(f"replica {node.index}'s commit point {point} is beyond its log")
+        if core.trusted(self.now):
+            # What its probe replies and its own elections would say, as of this step.
+            missing = self._first_missing_acked(node.disk.log)
+            if missing is not None:
+                raise self.violation(
+                    f"replica {node.index} vouches for a log without acknowledged {missing}: "
+                    f"{node.disk.log}"
+                )
+        claim = core.claim()
+        if claim is not None:
+            # An election of every replica but `claim` may go ahead on it: the most
+            # up-to-date of their logs must hold every acknowledged write.
+            others = [n for n in self.nodes if n.index != claim]
+            best = max(
+                others, key=lambda n: (n.disk.position().epoch, n.disk.position().seq, -n.index)
+            )
+            missing = self._first_missing_acked(best.disk.log)
+            if missing is not None:
+                raise self.violation(
+                    f"replica {node.index} claims to be in sync with replica {claim}, but the "
+                    f"best log without {claim}'s (replica {best.index}'s) lacks acknowledged "
+                    f"{missing}: {best.disk.log}"
+                )
+
+    def _first_missing_acked(self, log: list[Entry]) -> str | None:
+        """An acknowledged write `log` lacks ("r7 at seq 9"), if any."""
+        for request_id, (seq, _epoch) in self.acked.items():
+            if seq > len(log) or log[seq - 1].request_id != request_id:
+                return f"{request_id} at seq {seq}"
+        return None
+
+    def check(self) -> None:
+        if self.violations:
+            raise self.violations[0]
+        for node in self.nodes:
+            log = node.disk.log
+            ids = [e.request_id for e in log if e.request_id is not None]
+            if len(ids) != len(set(ids)):
+                raise self.violation(f"replica {node.index} stored a request twice: {log}")
+            for seq, entry in enumerate(log, 1):
+                if entry.request_id is not None and (seq == 1 or log[seq - 2].epoch != entry.epoch):
+                    raise self.violation(
+                        f"replica {node.index}'s log has a client write at seq {seq} before its "
+                        f"epoch {entry.epoch} started: {log}"
+                    )
+            core = node.core
+            if core is None:
+                continue
+            self._check_core(node)
+            if core.role is Role.PRIMARY:
+                for request_id, (seq, epoch) in self.acked.items():
+                    if epoch <= core.current_epoch and (
+                        seq > len(log) or log[seq - 1].request_id != request_id
+                    ):
+                        raise self.violation(
+                            f"primary {node.index} (epoch {core.current_epoch}) lacks "
+                            f"acknowledged {request_id} at seq {seq}: {log}"
+                        )
+            for request_id, (seq, epoch) in self.acked.items():
+                if seq > len(log) or log[seq - 1].request_id == request_id:
+                    continue
+                if log[seq - 1].epoch >= epoch:
+                    raise self.violation(
+                        f"replica {node.index} holds {log[seq - 1]} where {request_id} was "
+                        f"acknowledged in epoch {epoch}"
+                    )
+                if core.trusted(self.now):
+                    raise self.violation(
+                        f"replica {node.index} vouches for a log without {request_id}"
+                    )
+        for a in self.nodes:
+            for b in self.nodes:
+                if a.index >= b.index:
+                    continue
+                common = min(len(a.disk.log), len(b.disk.log))
+                for seq in range(common, 0, -1):
+                    if a.disk.log[seq - 1].epoch == b.disk.log[seq - 1].epoch:
+                        if a.disk.log[:seq] != b.disk.log[:seq]:
+                            raise self.violation(
+                                f"replicas {a.index} and {b.index} agree on the epoch at seq "
+                                f"{seq} but not before: {a.disk.log} / {b.disk.log}"
+                            )
+                        break
