@@ -158,6 +158,7 @@ class ClusterProcesses:
     config_path: Path = field(init=False)
     _running: dict[int, _Running] = field(init=False, default_factory=dict)
     _channels: dict[int, grpc.Channel] = field(init=False, default_factory=dict)
+    _logs_checked: bool = field(init=False, default=False)
     _starts: dict[int, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -336,8 +337,11 @@ class ClusterProcesses:
                 f"{self.log_tail(index)}"
             ) from None
 
-    def close(self) -> None:
-        """Kill every process still running and close channels and log files."""
+    def close(self, *, check_logs: bool = True) -> None:
+        """Kill every process still running and close channels and log files. Then, with
+        `check_logs`, fail (ReplicaProcessError) if any replica's log holds a traceback: a
+        replica reports every failure it expects in one line, so a traceback is a bug --
+        also one that did no other harm (a thread dying as the process stops)."""
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -349,6 +353,25 @@ class ClusterProcesses:
         for running in self._running.values():
             running.process.wait(10)
             running.log_file.close()
+        found = self.tracebacks() if check_logs and not self._logs_checked else {}
+        self._logs_checked = True
+        if found:
+            raise ReplicaProcessError(
+                "\n".join(f"a traceback in replica {i}'s log:\n{text}" for i, text in found.items())
+            )
+
+    def tracebacks(self) -> dict[int, str]:
+        """Each replica whose log holds a traceback: the first one, with the line before it."""
+        found: dict[int, str] = {}
+        for spec in self.specs:
+            if spec.index not in self._running:
+                continue  # never started by this harness
+            lines = self.log_text(spec.index).splitlines()
+            for number, line in enumerate(lines):
+                if line.startswith(TRACEBACK) or line.startswith("Exception in thread"):
+                    found[spec.index] = "\n".join(lines[max(0, number - 1) : number + 30])
+                    break
+        return found
 
     def __enter__(self) -> ClusterProcesses:
         return self
@@ -359,7 +382,7 @@ class ClusterProcesses:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(check_logs=exc_type is None)
 
     # -- readiness -----------------------------------------------------------------------
 
@@ -418,6 +441,8 @@ class ClusterProcesses:
         return "\n".join([header, *tail])
 
 
+TRACEBACK = "Traceback (most recent call last)"
+
 # Belt and braces: processes of a harness that was never closed die with the test run.
 _LIVE: weakref.WeakSet[ClusterProcesses] = weakref.WeakSet()
 
@@ -425,7 +450,7 @@ _LIVE: weakref.WeakSet[ClusterProcesses] = weakref.WeakSet()
 @atexit.register
 def _kill_leftovers() -> None:
     for cluster in list(_LIVE):
-        cluster.close()
+        cluster.close(check_logs=False)
 
 
 def live_clusters() -> list[ClusterProcesses]:

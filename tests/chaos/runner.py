@@ -295,11 +295,13 @@ def run_chaos(
             report.failures.append(f"after the last round: {exc}")
         inbox = read_inbox(cluster, RECIPIENT)
         score(report, send_log, [m.body for m in inbox], {m.body: m.message_id for m in inbox})
+        for index, text in cluster.tracebacks().items():
+            report.failures.append(f"a traceback in replica {index}'s log:\n{text}")
         if not report.ok:
             for spec in cluster.specs:
                 report.failures.append(cluster.log_tail(spec.index, 30))
     finally:
-        cluster.close()
+        cluster.close(check_logs=False)  # (checked above, into the report)
         for server in servers:  # before the hosts: a namespace outlives its processes' end
             server.close(keep=not report.ok)
             if not report.ok:
