@@ -2,8 +2,8 @@
 check that the fast unit tests of the protocol and its shell, and the hypothesis model, catch
 it.
 
-For every mutant it runs the unit tests (tests/replica/protocol but the model, and the shell's:
-the executor, its ports, commit terms, the writer's streaming) and the model
+For every mutant it runs the unit tests (tests/replica/protocol but the model -- the core, the
+executor, its ports, commit terms -- the peers' and the writer's streaming) and the model
 (tests/replica/protocol/test_model.py, a fixed seed, up to --model-seconds), both whatever the
 other found, and prints what caught it: the failing unit tests, and how many examples and
 seconds the model took. Exits 1 if any mutant survived both, or if the model alone caught
@@ -34,10 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_TEST = "tests/replica/protocol/test_model.py"
 UNIT_TESTS = (
     "tests/replica/protocol",
-    "tests/replica/test_executor.py",
-    "tests/replica/test_shell.py",
     "tests/replica/test_peers.py",
-    "tests/replica/test_commit_terms.py",
     "tests/replica/test_stream_before_commit.py",
     "--ignore",
     MODEL_TEST,
