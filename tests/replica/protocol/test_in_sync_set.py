@@ -135,3 +135,18 @@ def test_recent_events_serve_a_contiguous_run_and_nothing_else() -> None:
     recent.add([event(10)])  # a gap (8 and 9 never passed through here)
     assert recent.after(6, 10) is None, "never serve across a gap"
     assert [e.seq for e in recent.after(9, 10) or []] == [10]
+
+
+def test_an_ack_on_a_stream_that_was_replaced_counts_for_nothing() -> None:
+    """What a secondary said on its old stream answers words from before the new one: a late
+    ack there must neither move its acked seq (nor the commit point) nor confirm anything."""
+    iss, now = set_with_two_secondaries()
+    out: list[Effect] = []
+    iss.appended(3, now, out)
+    iss.acked(2, STREAMS[2], 3, True, now, out)
+    new_stream = 201
+    iss.hello(1, new_stream)
+    iss.acked(1, new_stream, 1, True, now, out)  # reconnected: its log ends at 1
+    iss.acked(1, STREAMS[1], 3, True, now, out)  # the old stream's ack, arriving late
+    assert iss.commit_point == 1, "a replaced stream's ack committed what the new one lacks"
+    assert [m.acked_seq for m in iss.statuses() if m.index == 1] == [1]
