@@ -14,6 +14,7 @@ core included, through simulated networks, storage, crashes and pauses.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,9 @@ class Following:
     committed_seq: int = 0  # the primary's commit point, as last heard
     stored: LogPosition | None = None  # the log's end as of the last store or exchange
     last_contact: float = float("-inf")  # when the primary was last heard on a stream
-    processing_since: float | None = None  # storing or truncating since
+    # When each batch still being stored arrived, oldest first (storage works in order, and
+    # more batches may arrive while one is stored).
+    receiving: deque[float] = field(default_factory=deque)
     stream_opened_at: float = float("-inf")  # when the last stream was opened
     # The primary it followed when it gave up on it and began electing: not waited for in
     # the elections after (rules.may_be_vouching_unheard), until it follows someone again.
@@ -237,6 +240,12 @@ class ReplicaCore:
             return "this replica is not the primary"
         return iss.refusal()
 
+    def has_more_to_send(self, secondary: int, stream_id: int) -> bool:
+        """As primary: whether the stream to `secondary` lacks events of the log (the shell
+        asks what to send next when it does, and on every tick for heartbeats)."""
+        iss = self.in_sync_set
+        return iss is not None and iss.has_more_to_send(secondary, stream_id)
+
     @property
     def commit_point(self) -> int | None:
         """A primary's commit point (None when not primary)."""
@@ -365,7 +374,7 @@ class ReplicaCore:
         f.streaming = False
         f.stream_id = None
         f.stream_primary = None
-        f.processing_since = None
+        f.receiving.clear()
 
     def _forget_target(self) -> None:
         self.following.target = None
@@ -667,11 +676,9 @@ class ReplicaCore:
             event.own_last, event.primary_end, event.own_end_for_primary_epoch
         )
         if cut < event.own_last.seq:
-            f.processing_since = now
             self._out.append(Truncate(cut))
             self._out.append(SendHello(event.stream_id, self.current_epoch))
             return
-        f.processing_since = None
         f.streaming = True
         f.stored = event.own_last
         self._send_ack(event.stream_id, now)
@@ -679,15 +686,14 @@ class ReplicaCore:
     def _batch_received(self, event: BatchReceived, now: float) -> None:
         if not self._from_current_primary(event.stream_id, event.primary_epoch):
             return
-        self.following.processing_since = now
+        self.following.receiving.append(now)
         self._out.append(StoreBatch(event.stream_id))
 
     def _batch_stored(self, event: BatchStored, now: float) -> None:
         f = self.following
         if event.stream_id != f.stream_id:
             return  # stored, but its stream is gone: no ack
-        took = None if f.processing_since is None else now - f.processing_since
-        f.processing_since = None
+        took = now - f.receiving.popleft() if f.receiving else None
         f.stored = event.position
         if took is not None and took >= self.config.vouch_window:
             # Storing took long enough for the primary to have dropped this replica meanwhile:

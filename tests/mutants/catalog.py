@@ -229,9 +229,9 @@ MUTANTS = (
         (
             (
                 CORE,
-                "        self.following.processing_since = now\n"
+                "        self.following.receiving.append(now)\n"
                 "        self._out.append(StoreBatch(event.stream_id))",
-                "        self.following.processing_since = now\n"
+                "        self.following.receiving.append(now)\n"
                 "        self._out.append(SendAck(event.stream_id, event.batch_end, "
                 "self.following.in_sync))\n"
                 "        self._out.append(StoreBatch(event.stream_id))",

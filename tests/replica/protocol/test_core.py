@@ -546,6 +546,19 @@ def test_a_batch_stored_too_slowly_does_not_renew_the_vouch() -> None:
     assert s.core.trusted(s.now)
 
 
+def test_a_slow_store_is_timed_from_its_own_batch_though_more_arrived_meanwhile() -> None:
+    """Storage works in order while the stream goes on: a second batch arriving during a slow
+    store must not make the first look quick (its "in sync" is as old as the store is long)."""
+    s = Secondary()
+    old = s.stream
+    s.step(ins.BatchReceived(old, 3, Position(3, 6)))
+    for _ in range(4):
+        s.step(ins.Tick(), after=0.1)  # (running, not paused)
+    s.step(ins.BatchReceived(old, 3, Position(3, 7)), after=0.05)
+    out = s.step(ins.BatchStored(old, Position(3, 6), 5, True), after=0.1)  # 0.55 s after it came
+    assert of(out, fx.CancelStream) and not of(out, fx.SendAck)
+
+
 def test_a_secondary_woken_from_a_pause_reads_nothing_more_from_its_old_stream() -> None:
     s = Secondary()
     old = s.stream
