@@ -227,12 +227,13 @@ class Executor:
             case ins.SecondaryDisconnected(_, stream_id):
                 self._forget_served(stream_id)
             case ins.SecondaryAcked(_, stream_id) if stream_id in self._served:
-                self._serving.add(stream_id)
-                self._feed.add(stream_id)
+                if stream_id not in self._serving:  # its first ack: it is told at once
+                    self._serving.add(stream_id)
+                    self._feed.add(stream_id)
             case ins.ProbesAnswered():
                 self._probing_since = None
             case ins.Tick():
-                self._feed.update(self._serving)
+                self._feed.update(self._serving)  # (heartbeats)
             case _:
                 pass
         ready = core.step(self._clock(), event)
@@ -241,11 +242,18 @@ class Executor:
             self._next_persist()
         else:
             self._carry_out(ready.then, envelope)
-        if isinstance(event, ins.ReplicationStreamEnded):
-            # Look at the cluster now: a probe round under way may have left before the
-            # stream ended (and a new primary is found sooner).
-            self._probe_now = True
-            self._step(Envelope(ins.Tick()))
+        match event:
+            case ins.SecondaryAcked(secondary, stream_id) if core.has_more_to_send(
+                secondary, stream_id
+            ):
+                self._feed.add(stream_id)  # (it may have been held back by flow control)
+            case ins.ReplicationStreamEnded():
+                # Look at the cluster now: a probe round under way may have left before the
+                # stream ended (and a new primary is found sooner).
+                self._probe_now = True
+                self._step(Envelope(ins.Tick()))
+            case _:
+                pass
 
     def _next_persist(self) -> None:
         """Carry out the waiting steps in order, handing each one's `persist` to storage and
@@ -336,12 +344,12 @@ class Executor:
                 stream.divergence(effect)
             case fx.RefuseStream(_, reason):
                 self._stream_of(envelope).refuse(reason)
-            case fx.SendEvents(_, stream_id) | fx.SendHeartbeat(_, stream_id):
+            case fx.SendEvents(secondary, stream_id) | fx.SendHeartbeat(secondary, stream_id):
                 served = self._served.get(stream_id)
                 if served is not None:
                     served.send(effect)
-                    if isinstance(effect, fx.SendEvents):
-                        self._feed.add(stream_id)  # there may be more to send
+                    if self._core.has_more_to_send(secondary, stream_id):
+                        self._feed.add(stream_id)
             case fx.EndStream(_, stream_id, reason):
                 served = self._served.get(stream_id)
                 self._forget_served(stream_id)

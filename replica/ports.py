@@ -9,9 +9,8 @@ gives the same executor simulated ones."""
 
 from __future__ import annotations
 
-import threading
+import queue
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -86,35 +85,35 @@ Item = Envelope | Persisted | ProbeRound | Query | Stop
 
 
 class Inbox:
-    """The executor's one queue. Any thread puts; only the executor's thread takes."""
+    """The executor's one queue. Any thread puts; only the executor's thread takes. (A C-level
+    SimpleQueue: every input crosses it, and a hand-off is on every write's critical path.)"""
 
     def __init__(self) -> None:
-        self._items: deque[Item] = deque()
-        self._ready = threading.Condition(threading.Lock())
+        self._items: queue.SimpleQueue[Item] = queue.SimpleQueue()
 
     def put(self, item: Item) -> None:
-        with self._ready:
-            self._items.append(item)
-            self._ready.notify()
+        self._items.put(item)
 
     def submit(self, event: ins.Input) -> None:
-        self.put(Envelope(event))
+        self._items.put(Envelope(event))
 
     def take(self, timeout: float | None = 0.0) -> Item | None:
-        """The next item, waiting up to `timeout` seconds for one (None: no wait)."""
-        with self._ready:
-            if not self._items and timeout != 0.0:
-                self._ready.wait_for(lambda: bool(self._items), timeout)
-            return self._items.popleft() if self._items else None
+        """The next item, waiting up to `timeout` seconds for one (None: no limit)."""
+        try:
+            if timeout == 0.0:
+                return self._items.get_nowait()
+            return self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._items.qsize()
 
     def drain(self) -> list[Item]:
-        with self._ready:
-            items = list(self._items)
-            self._items.clear()
-            return items
+        items: list[Item] = []
+        while (item := self.take()) is not None:
+            items.append(item)
+        return items
 
 
 # -- storage --------------------------------------------------------------------------------

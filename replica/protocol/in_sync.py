@@ -375,6 +375,17 @@ class InSyncSet:
 
     # -- views -----------------------------------------------------------------------------
 
+    def has_more_to_send(self, secondary: int, stream_id: int) -> bool:
+        """Whether the stream lacks events of the log (what a SendWanted would send now, flow
+        control permitting)."""
+        m = self.members.get(secondary)
+        stream = None if m is None else m.stream
+        return (
+            stream is not None
+            and stream.stream_id == stream_id
+            and (stream.sent_seq < self.last_seq)
+        )
+
     def told_in_sync(self, secondary: int) -> bool:
         m = self.members.get(secondary)
         return m is not None and m.told_in_sync
