@@ -84,7 +84,10 @@ class Executor:
         clock: Clock,
         term_changed: Callable[[], None] = lambda: None,
         observe: Callable[[fx.Effect], None] = lambda effect: None,
+        raise_effect_errors: bool = False,
     ) -> None:
+        """`raise_effect_errors`: an effect that raises propagates (the protocol model: a bug
+        fails the example) instead of restarting the core (a replica keeps serving)."""
         self.config = config
         self.inbox = inbox
         self._storage = storage
@@ -95,6 +98,7 @@ class Executor:
         self._clock = clock
         self._term_changed = term_changed  # a primary term began or ended (caches are stale)
         self._observe = observe  # sees every effect carried out (metrics)
+        self._raise_effect_errors = raise_effect_errors
         self._core = ReplicaCore(config, current_epoch, clock())
         self._owner: int | None = None
         # Steps whose `then` waits: for their own `persist`, or behind an earlier one's.
@@ -283,11 +287,13 @@ class Executor:
                 self._observe(effect)
                 self._effect(effect, envelope, replies)
         except Exception as exc:
+            if self._raise_effect_errors:
+                raise
             log.exception("replica %d: carrying out %s failed", self.config.index, effect)
             self._restart(f"carrying out {type(effect).__name__} failed ({exc})", envelope)
             return
         answer = envelope.answer
-        if answer is None:
+        if answer is None or answer.done():
             return
         if envelope.failure is not None:
             answer.set_exception(StorageUnavailable(envelope.failure))
@@ -398,8 +404,8 @@ class Executor:
     def _probe_round(self, outcomes: tuple[ins.ProbeOutcome, ...]) -> None:
         """A round ended: the core hears it with the log's end as storage has it then (for an
         election). A primary needs no position: it hears the round at once, so that neither
-        a slow nor a failing database keeps it from noticing it is cut off."""
-        self._probing_since = None
+        a slow nor a failing database keeps it from noticing it is cut off. (The round is
+        over once the core heard it: with storage slow, no new round piles up meanwhile.)"""
         if self._core.role is Role.PRIMARY:
             self._step(Envelope(ins.ProbesAnswered(None, outcomes)))
             return
@@ -476,7 +482,9 @@ class Executor:
         self._fail_pending("the replica is stopping")
 
     def stop(self, timeout: float = 2.0) -> None:
-        self.inbox.put(Stop())
+        """Stop taking inputs now (what waits in the inbox is answered "stopping")."""
+        self._stopping = True
+        self.inbox.put(Stop())  # (wakes the loop)
         if self._thread is not None:
             self._thread.join(timeout)
 

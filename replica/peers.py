@@ -138,9 +138,13 @@ class Peers:
             return
         deadline = time.monotonic() + timeout
         for peer in peers:
-            call = self._stubs[peer.index].Probe.future(
-                request, timeout=timeout, metadata=self._metadata
-            )
+            try:
+                call = self._stubs[peer.index].Probe.future(
+                    request, timeout=timeout, metadata=self._metadata
+                )
+            except ValueError:  # the channel closed: the replica is stopping
+                store(ProbeResult(peer, None))
+                continue
             call.add_done_callback(lambda c, peer=peer: finished(peer, c))
 
     def _probe_result(self, peer: ReplicaAddress, call: grpc.Future[rpb.ProbeReply]) -> ProbeResult:

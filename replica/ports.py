@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import queue
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
@@ -145,6 +146,25 @@ def divergence_received(
         primary_end,
         reader.last_position(),
         reader.epoch_end(primary_end.epoch),
+    )
+
+
+class EventLike(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+
+def sendable(effect: fx.SendEvents, events: Sequence[EventLike]) -> bool:
+    """Whether `events`, read for `effect` when its turn to be sent came, are what the core
+    decided to send: every seq after `after_seq` through `through_seq`, none of a newer
+    epoch than the stream's (this replica's log may have moved on as a secondary since)."""
+    return (
+        len(events) == effect.through_seq - effect.after_seq
+        and all(e.seq == effect.after_seq + i for i, e in enumerate(events, 1))
+        and all(e.epoch <= effect.epoch for e in events)
     )
 
 

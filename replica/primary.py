@@ -44,18 +44,31 @@ class RecentEvents:
 
     def add(self, events: list[Event]) -> None:
         """Events from the writer: a batch already added when it was written (before its
-        commit) is not added again once it is durable."""
+        commit) is not added again once it is durable. A seq is not an event: one held with
+        another epoch than the one added (a batch of an older term that failed, written while
+        a newer term began) is dropped with everything after it."""
+        if not events:
+            return
         with self._lock:
-            held = self._events[-1].seq if self._events else None
-        if held is not None:
-            events = [e for e in events if e.seq > held]
-        protos = [event_to_proto(e) for e in events]
+            held = {e.seq: e.epoch for e in self._held_from(events[0].seq)}
+        if any(held.get(e.seq, e.epoch) != e.epoch for e in events):
+            with self._lock:
+                while self._events and self._events[-1].seq >= events[0].seq:
+                    self._events.pop()
+            held = {}
+        protos = [event_to_proto(e) for e in events if e.seq not in held]
         with self._lock:
             if self._events and protos and protos[0].seq != self._events[-1].seq + 1:
                 self._events.clear()  # a gap (e.g. an in-doubt commit): start a new run
             self._events.extend(protos)
             while len(self._events) > self._capacity:
                 self._events.popleft()
+
+    def _held_from(self, seq: int) -> list[rpb.Event]:
+        if not self._events or seq > self._events[-1].seq:
+            return []
+        start = max(0, seq - self._events[0].seq)
+        return list(itertools.islice(self._events, start, None))
 
     def clear(self) -> None:
         with self._lock:
@@ -90,11 +103,21 @@ class ServedStream(ports.ServedStream):
     # them, or gRPC's flow control holds it).
     READY_BELOW = 2
 
-    def __init__(self, secondary: int) -> None:
+    def __init__(self, secondary: int, inbox: ports.Inbox) -> None:
         self.secondary = secondary
+        self._inbox = inbox
         self._items: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.stream_id: int | None = None  # the core's, once it answered the Hello
+        self._closed = False  # the call is over
+        self.ended = threading.Event()  # the core ended it: what is queued is not sent
 
     def divergence(self, effect: fx.SendDivergence) -> None:
+        with self._lock:
+            self.stream_id = effect.stream_id
+            closed = self._closed
+        if closed:  # the call ended before its Hello was answered: the core forgets it
+            self._inbox.submit(ins.SecondaryDisconnected(self.secondary, effect.stream_id))
         self._items.put(effect)
 
     def refuse(self, reason: str) -> None:
@@ -104,13 +127,25 @@ class ServedStream(ports.ServedStream):
         self._items.put(effect)
 
     def end(self, reason: str) -> None:
+        self.ended.set()
         self._items.put(_Ended(reason))
 
     def ready(self) -> bool:
         return self._items.qsize() < self.READY_BELOW
 
+    def close(self) -> None:
+        """The call is over: the core hears the stream is gone (now, or once it answers the
+        Hello)."""
+        with self._lock:
+            self._closed = True
+            stream_id = self.stream_id
+        if stream_id is not None:
+            self._inbox.submit(ins.SecondaryDisconnected(self.secondary, stream_id))
+
     def next(self, context: grpc.ServicerContext, stopping: threading.Event) -> _Item:
         while True:
+            if self.ended.is_set():
+                return _Ended("ended")
             try:
                 return self._items.get(timeout=1.0)
             except queue.Empty:
@@ -161,9 +196,8 @@ class PrimaryStreams:
         if first is None or not first.HasField("hello"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a Replicate stream starts with Hello")
         secondary = first.hello.secondary_index
-        stream = ServedStream(secondary)
+        stream = ServedStream(secondary, self._inbox)
         hello = first.hello
-        stream_id: int | None = None
         self._inbox.put(
             ports.Envelope(
                 ins.SecondaryHello(secondary, None, hello.secondary_epoch), stream=stream
@@ -208,7 +242,7 @@ class PrimaryStreams:
                         ).start()
                     case fx.SendEvents():
                         batch = self._batch(item)
-                        if batch is None:
+                        if batch is None or stream.ended.is_set():
                             return
                         yield batch
                     case fx.SendHeartbeat(_, _, epoch, committed, last_seq, in_sync, echo):
@@ -222,8 +256,7 @@ class PrimaryStreams:
                             ),
                         )
         finally:
-            if stream_id is not None:  # (also while still in its divergence rounds)
-                self._inbox.submit(ins.SecondaryDisconnected(secondary, stream_id))
+            stream.close()  # (also while still in its divergence rounds)
 
     def _divergence(self, effect: fx.SendDivergence, hello: rpb.Hello) -> rpb.PrimaryMessage:
         """This log's last position among events of epoch <= the Hello's last epoch; through
@@ -260,17 +293,20 @@ class PrimaryStreams:
     def _batch(self, effect: fx.SendEvents) -> rpb.PrimaryMessage | None:
         count = effect.through_seq - effect.after_seq
         events = self.recent.after(effect.after_seq, count)
-        if events is None or not events or events[-1].seq != effect.through_seq:
+        if events is None or not ports.sendable(effect, events):
             with self._engine.connect() as conn:
                 stored = eventlog.read_events(conn, effect.after_seq, count)
             events = [event_to_proto(e) for e in stored]
-        if not events or events[-1].seq != effect.through_seq:
+        if not ports.sendable(effect, events):
             # The core counts these as sent: a stream that cannot send them ends, and the
-            # secondary resumes from what it acked.
+            # secondary resumes from what it acked. (Events of a newer epoch than the stream's
+            # mean this replica's log moved on since: it is no longer that epoch's primary.)
             log.warning(
-                "events %d..%d are not all in the log: ending the stream to replica %d",
+                "events %d..%d of epoch %d or older are not all in the log: ending the stream "
+                "to replica %d",
                 effect.after_seq + 1,
                 effect.through_seq,
+                effect.epoch,
                 effect.secondary,
             )
             return None

@@ -69,6 +69,7 @@ class DatabaseStorage(Storage):
         # compare-and-set (projections.PositionMoved) guards the assumption.
         self._known_stream: int | None = None
         self._known_end: Position | None = None
+        self._failed_stream: int | None = None  # a batch of it failed: skip the rest
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -163,6 +164,11 @@ class DatabaseStorage(Storage):
             raise TypeError(f"a replication batch, not {type(batch).__name__}")
 
         def job() -> None:
+            if stream_id == self._failed_stream:
+                # An earlier batch of this stream was not stored (its stream ended with it):
+                # this one would follow a gap.
+                self._inbox.submit(ins.StoreFailed(stream_id, "an earlier batch was not stored"))
+                return
             if stream_id != self._known_stream:
                 self._known_stream, self._known_end = stream_id, None
             known, self._known_end = self._known_end, None  # until this one committed
@@ -171,6 +177,7 @@ class DatabaseStorage(Storage):
                     self._writer.forget_positions()
                     stored, exact = self._store(conn, batch, known)
             except Exception as exc:
+                self._failed_stream = stream_id
                 self._on_store_error()
                 self._inbox.submit(ins.StoreFailed(stream_id, self._failed(exc)))
                 return
@@ -234,11 +241,15 @@ class DatabaseStorage(Storage):
     ) -> None:
         def job() -> None:
             lock = self._writer.lock if while_writes_wait else contextlib.nullcontext()
+            answered = False
             try:
                 with lock, self._engine.connect() as conn:
                     then(_Reader(conn))
+                    answered = True
             except Exception as exc:
-                failed(self._failed(exc))
+                reason = self._failed(exc)
+                if not answered:  # (one answer: a failure closing the connection is not one)
+                    failed(reason)
                 return
             self._outage.succeeded()
 

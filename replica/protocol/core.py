@@ -418,6 +418,14 @@ class ReplicaCore:
         self._out.append(ProbeAll(self.current_epoch, self.role is Role.PRIMARY))
         f = self.following
         if (
+            f.stream_id is not None
+            and now - max(f.last_contact, f.stream_opened_at) > self.config.peer_timeout
+        ):
+            # Nothing on the stream for this long -- no heartbeat, no answer to its Hello --
+            # while probes may show its primary alive (so no election moves this replica
+            # on): it is given up and opened again.
+            self._end_stream("silent for longer than the peer timeout; reconnecting")
+        if (
             f.target is not None
             and f.stream_id is None
             and self.in_sync_set is None

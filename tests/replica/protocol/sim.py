@@ -40,6 +40,7 @@ from replica.ports import (
     ServedStream,
     Storage,
     divergence_received,
+    sendable,
 )
 from replica.protocol import ProtocolConfig, ReplicaCore, Role
 from replica.protocol import effects as fx
@@ -209,6 +210,7 @@ class SimStorage(Storage):
         self.world = world
         self.node = node
         self.jobs: deque[Job] = deque()
+        self.failed_stream: int | None = None  # a batch of it was not stored
 
     def persist(self, durable: tuple[fx.Durable, ...]) -> None:
         node = self.node
@@ -245,6 +247,9 @@ class SimStorage(Storage):
         node = self.node
 
         def run() -> None:
+            if stream_id == self.failed_stream:
+                fail()  # (as the real port: an earlier batch of the stream was not stored)
+                return
             self.world.store(node, batch)
             node.inbox.submit(
                 ins.BatchStored(
@@ -252,15 +257,15 @@ class SimStorage(Storage):
                 )
             )
 
-        job = Job(
-            "store",
-            run,
-            lambda: node.inbox.submit(ins.StoreFailed(stream_id, "the database is down")),
-            needs_writer_lock=True,
-            writes=True,
-        )
+        def fail() -> None:
+            self.failed_stream = stream_id
+            node.inbox.submit(ins.StoreFailed(stream_id, "the database is down"))
+
+        job = Job("store", run, fail, needs_writer_lock=True, writes=True)
         self.jobs.append(job)
-        node.doubt[id(job)] = lambda: self.world.store(node, batch)
+        node.doubt[id(job)] = lambda: (
+            None if stream_id == self.failed_stream else self.world.store(node, batch)
+        )
 
     def append_epoch_started(self, epoch: int) -> None:
         node = self.node
@@ -413,40 +418,28 @@ class SimServed(ServedStream):
     def _node(self) -> Node:
         return self.world.nodes[self.link.primary]
 
+    # What it is handed goes on the link as decided; what the primary's log holds is read
+    # when the message is delivered -- as the call's thread reads it when it sends, some time
+    # after the decision (the log may have moved on meanwhile).
+
     def divergence(self, effect: fx.SendDivergence) -> None:
-        link, node = self.link, self._node
+        link = self.link
         link.primary_stream = effect.stream_id
-        if link.broken:
-            return
-        if node.db_down:
-            # Its log's end cannot be read: the core hears it first, the call fails.
-            node.inbox.submit(ins.DatabaseFailed("the database is down"))
-            self.world.break_link(link)
-            return
-        end = node.disk.end_for_epoch(link.hello_epoch)
-        if link.hello_epoch >= effect.epoch and effect.written_seq > end.seq:
-            end = Position(effect.epoch, effect.written_seq)  # (its commit under way)
-        link.down.append(self.world.message("divergence", epoch=effect.epoch, end=end))
+        if not link.broken:
+            link.down.append(
+                self.world.message("divergence", effect=effect, hello_epoch=link.hello_epoch)
+            )
 
     def refuse(self, reason: str) -> None:
-        self.world.break_link(self.link, tell_primary=False)
+        self.world.break_link(self.link)
 
     def send(self, effect: fx.SendEvents | fx.SendHeartbeat) -> None:
-        link, node = self.link, self._node
+        link = self.link
         if link.broken:
             return
         match effect:
-            case fx.SendEvents(_, _, epoch, after, through, committed, in_sync, echo):
-                log = node.log_as_written()
-                if through > len(log) or node.db_down:
-                    self.world.break_link(link)  # it cannot read them: the stream ends
-                    return
-                entries = tuple((s, log[s - 1]) for s in range(after + 1, through + 1))
-                link.down.append(
-                    self.world.message(
-                        "batch", epoch=epoch, batch=SimBatch(entries, committed, in_sync, echo)
-                    )
-                )
+            case fx.SendEvents(_, _, epoch):
+                link.down.append(self.world.message("batch", epoch=epoch, effect=effect))
             case fx.SendHeartbeat(_, _, epoch, committed, _, in_sync, echo):
                 link.down.append(
                     self.world.message(
@@ -458,7 +451,8 @@ class SimServed(ServedStream):
         self.world.break_link(self.link)
 
     def ready(self) -> bool:
-        return not self.link.broken
+        """Its call takes more while little waits on the link (gRPC's flow control)."""
+        return not self.link.broken and len(self.link.down) < 2
 
 
 class SimPeers(Peers):
@@ -650,6 +644,7 @@ class World:
             commits=node.commits,
             clock=lambda: self.now,
             observe=self._observe_effect,
+            raise_effect_errors=True,  # a bug here fails the example, not restarts the core
         )
         node.executor.claim()
 
@@ -830,16 +825,33 @@ class World:
         sid, body = link.secondary_stream, message.body
         storage = node.storage
         assert storage is not None
+        primary = self.nodes[link.primary]
+        if message.kind in ("divergence", "batch") and primary.db_down:
+            # The primary's call cannot read its log: its core hears it, the call fails.
+            primary.inbox.submit(ins.DatabaseFailed("the database is down"))
+            self.break_link(link)
+            return
         if message.kind == "divergence":
-            end: Position = body["end"]
-            epoch = body["epoch"]
+            decided: fx.SendDivergence = body["effect"]
+            hello_epoch: int = body["hello_epoch"]
+            end = primary.disk.end_for_epoch(hello_epoch)
+            if hello_epoch >= decided.epoch and decided.written_seq > end.seq:
+                end = Position(decided.epoch, decided.written_seq)  # (its commit under way)
+            epoch = decided.epoch
 
             def decide(reader: LogReader) -> None:
                 node.inbox.submit(divergence_received(sid, epoch, end, reader))
 
             storage.read(decide, lambda reason: self.break_link(link), while_writes_wait=True)
         elif message.kind == "batch":
-            batch: SimBatch = body["batch"]
+            effect: fx.SendEvents = body["effect"]
+            log = primary.log_as_written()
+            seqs = range(effect.after_seq + 1, min(effect.through_seq, len(log)) + 1)
+            entries = tuple((seq, log[seq - 1]) for seq in seqs)
+            if not sendable(effect, [Position(e.epoch, seq) for seq, e in entries]):
+                self.break_link(link)  # not what was decided: the primary's call ends it
+                return
+            batch = SimBatch(entries, effect.committed_seq, effect.in_sync, effect.echo)
             last_seq, last = batch.entries[-1]
             node.inbox.put(
                 Envelope(
@@ -953,7 +965,14 @@ class World:
         answer.add_done_callback(lambda f: self._answered(call, callee, incarnation, f))
 
     def _answered(self, call: Call, callee: Node, incarnation: int, answer: Future[Answer]) -> None:
-        """The callee's executor decided (on this thread): the reply leaves now."""
+        """The callee's executor decided (on this thread): the reply leaves now. (A future's
+        callback may not raise -- it would only be logged: whatever goes wrong is kept.)"""
+        try:
+            self._reply(call, callee, incarnation, answer)
+        except Exception as exc:  # (kept, and raised after the move)
+            self.violation(f"answering {call} failed: {exc!r}")
+
+    def _reply(self, call: Call, callee: Node, incarnation: int, answer: Future[Answer]) -> None:
         if callee.incarnation != incarnation or call not in self.calls:
             return
         call.handling = False
@@ -1112,8 +1131,11 @@ class World:
         if waiting not in self.waiting:
             return  # its process crashed
         self.waiting.remove(waiting)
-        if answer.exception() is None:
-            self._acknowledge(node, waiting.request_id, waiting.seq)
+        try:
+            if answer.exception() is None:
+                self._acknowledge(node, waiting.request_id, waiting.seq)
+        except Exception as exc:  # (a future's callback: kept, raised after the move)
+            self.violation(f"telling {waiting.request_id}'s client failed: {exc!r}")
 
     def _acknowledge(self, node: Node, request_id: str, seq: int) -> None:
         log = node.disk.log

@@ -559,6 +559,19 @@ def test_a_slow_store_is_timed_from_its_own_batch_though_more_arrived_meanwhile(
     assert of(out, fx.CancelStream) and not of(out, fx.SendAck)
 
 
+def test_a_stream_that_says_nothing_is_given_up_and_opened_again() -> None:
+    """Probes may show the primary alive (no election moves this replica on) while nothing
+    reaches it on its stream: after the peer timeout it opens another."""
+    s = Secondary()
+    old = s.stream
+    out: list[fx.Effect] = []
+    for _ in range(7):
+        out += s.step(ins.Tick(), after=0.1)
+    assert old in [c.stream_id for c in of(out, fx.CancelStream)]
+    (opened,) = of(out, fx.OpenStream)
+    assert opened.stream_id != old and opened.primary == 0
+
+
 def test_a_secondary_woken_from_a_pause_reads_nothing_more_from_its_old_stream() -> None:
     s = Secondary()
     old = s.stream

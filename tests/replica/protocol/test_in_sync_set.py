@@ -150,3 +150,20 @@ def test_an_ack_on_a_stream_that_was_replaced_counts_for_nothing() -> None:
     iss.acked(1, STREAMS[1], 3, True, now, out)  # the old stream's ack, arriving late
     assert iss.commit_point == 1, "a replaced stream's ack committed what the new one lacks"
     assert [m.acked_seq for m in iss.statuses() if m.index == 1] == [1]
+
+
+def test_the_cache_holds_an_event_by_its_epoch_not_by_its_seq_alone() -> None:
+    """A batch of an older term, streamed while a newer term began, then failed: its events
+    sit in the cache at the seqs the new term writes next. What the new term writes there
+    replaces them -- and everything after them -- instead of being taken for already held."""
+    recent = RecentEvents(capacity=10)
+    old_term = [
+        Event(s, 3, EventTypes.EPOCH_STARTED, {}, None, dt.datetime(2030, 1, 1)) for s in (1, 2, 3)
+    ]
+    recent.add(old_term)
+    started = Event(1, 6, EventTypes.EPOCH_STARTED, {}, None, dt.datetime(2030, 1, 1))
+    recent.add([started])
+    assert [(e.seq, e.epoch) for e in recent.after(0, 10) or []] == [(1, 6)]
+    recent.add([started])  # (the same event again, once durable: kept once)
+    recent.add([Event(2, 6, EventTypes.EPOCH_STARTED, {}, None, dt.datetime(2030, 1, 1))])
+    assert [(e.seq, e.epoch) for e in recent.after(0, 10) or []] == [(1, 6), (2, 6)]

@@ -23,8 +23,8 @@ from protos import replication_pb2 as rpb
 from replica.commit import CommitTracker
 from replica.database import make_engine, upgrade_schema
 from replica.executor import Executor
-from replica.ports import Envelope, Inbox, LogFacts, Persisted, ProbeRound
-from replica.primary import PrimaryStreams
+from replica.ports import Envelope, Inbox, LogFacts, Persisted, ProbeRound, sendable
+from replica.primary import PrimaryStreams, ServedStream
 from replica.protocol import ProtocolConfig, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
@@ -246,11 +246,31 @@ def test_a_batch_is_reported_stored_only_once_its_commit_returned(tmp_path: Path
     )
     with engine.connect() as conn:
         assert eventlog.last_position(conn).seq == 0
-    storage.store_batch(7, a_batch(1, 2))
+    storage.store_batch(8, a_batch(1, 2))  # (the stream ended with the failure: a new one)
     storage.run_pending()
     (stored,) = inbox.drain()
     assert isinstance(stored, Envelope) and stored.input == ins.BatchStored(
-        7, Position(4, 2), 0, True, 0
+        8, Position(4, 2), 0, True, 0
+    )
+
+
+def test_after_a_failed_store_the_stream_s_later_batches_are_not_stored(tmp_path: Path) -> None:
+    """Storage works in order while the stream goes on: batches queued behind one that failed
+    would follow a gap. They are reported failed too (the core ended the stream with the
+    first), and a new stream's batches are stored again."""
+    storage, inbox, engine = standalone_storage(tmp_path)
+    with FailingCommits(engine):
+        storage.store_batch(7, a_batch(1, 2))
+        storage.run_pending()
+    storage.store_batch(7, a_batch(3))
+    storage.run_pending()
+    reported = [r.input for r in inbox.drain() if isinstance(r, Envelope)]
+    assert [type(r) for r in reported] == [ins.StoreFailed, ins.StoreFailed]
+    storage.store_batch(8, a_batch(1, 2, 3))
+    storage.run_pending()
+    (stored,) = inbox.drain()
+    assert isinstance(stored, Envelope) and stored.input == ins.BatchStored(
+        8, Position(4, 3), 0, True, 0
     )
 
 
@@ -326,6 +346,27 @@ def test_a_stream_starts_with_divergence_then_sends_what_the_secondary_lacks(
     assert replica.commits.committed_seq == 0, "committed without voter 2, in sync too"
     context.active = False
     requests.put(ack(1, epoch, in_sync=True))
+
+
+def test_a_stream_whose_call_ends_before_its_hello_is_answered_is_forgotten() -> None:
+    """The core answers a Hello by giving the stream an id; if the call is already over by
+    then, the core hears that it is gone (it would otherwise keep it as pending forever)."""
+    inbox = Inbox()
+    stream = ServedStream(1, inbox)
+    stream.close()
+    assert inbox.drain() == []
+    stream.divergence(fx.SendDivergence(1, 42, 3, 0))
+    (gone,) = inbox.drain()
+    assert isinstance(gone, Envelope) and gone.input == ins.SecondaryDisconnected(1, 42)
+
+
+def test_a_batch_is_sent_only_as_the_core_decided_it() -> None:
+    """Read when its turn comes, a batch must hold every seq decided, none of a newer epoch
+    than the stream's: this replica's log may have moved on (it truncated and follows)."""
+    effect = fx.SendEvents(1, 7, 4, 2, 4, 0, True)
+    assert sendable(effect, [Position(4, 3), Position(3, 4)])
+    assert not sendable(effect, [Position(4, 3)]), "one missing"
+    assert not sendable(effect, [Position(4, 3), Position(6, 4)]), "a newer epoch's"
 
 
 def test_a_hello_from_a_newer_epoch_deposes_the_primary(replica: Replica) -> None:
