@@ -78,6 +78,28 @@ def snapshot(into: Path) -> None:
         shutil.copy2(REPO / name, target)
 
 
+def check_catalog(base: Path, mutants: list[Mutant]) -> None:
+    """Every mutant still applies and its code still compiles -- checked before a run that
+    takes most of an hour, not in the middle of it."""
+    for mutant in mutants:
+        mutated: dict[str, str] = {}
+        for file, old, new in mutant.replacements:
+            text = mutated.get(file, (base / file).read_text())
+            if text.count(old) != 1:
+                raise SystemExit(
+                    f"mutant {mutant.name}: the text to replace occurs {text.count(old)} times "
+                    f"in {file} (the catalog no longer matches the code)"
+                )
+            mutated[file] = text.replace(old, new)
+        for file, text in mutated.items():
+            try:
+                compile(text, file, "exec")
+            except SyntaxError as exc:
+                raise SystemExit(
+                    f"mutant {mutant.name}: {file} no longer compiles ({exc})"
+                ) from exc
+
+
 def mutated_copy(base: Path, mutant: Mutant, into: Path) -> None:
     shutil.copytree(base, into, dirs_exist_ok=True)
     for file, old, new in mutant.replacements:
@@ -147,7 +169,14 @@ def judge(base: Path, mutant: Mutant, model_seconds: float) -> Verdict:
                 if "Violation" in e or "Error" in e
             ]
             message = errors[-1] if errors else output.strip().splitlines()[-1]
-        return Verdict(mutant, unit_failures, code == 1, examples, seconds, message)
+        verdict = Verdict(mutant, unit_failures, code == 1, examples, seconds, message)
+        caught = "caught" if verdict.caught else "SURVIVED"
+        print(
+            f"{mutant.name}: {caught} ({len(unit_failures)} unit failures, model "
+            f"{'caught' if verdict.model_caught else 'missed'} in {seconds:.0f}s)",
+            flush=True,
+        )
+        return verdict
 
 
 def main() -> int:
@@ -166,6 +195,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mutants-base-") as tmp:
         base = Path(tmp)
         snapshot(base)
+        check_catalog(base, mutants)
         code, output, _ = pytest(base, ["--timeout=120", *UNIT_TESTS], 180)
         if code != 0:
             print(output)

@@ -324,7 +324,7 @@ MUTANTS = (
             (
                 CORE,
                 "        if not own:\n            self.following.in_sync = False\n",
-                "",
+                "        if not own:\n",
             ),
         ),
     ),
