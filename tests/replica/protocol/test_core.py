@@ -621,6 +621,20 @@ def test_with_min_insync_1_a_peer_that_does_not_answer_must_vote_too() -> None:
     assert request.voters == (2,)
 
 
+def test_a_primary_that_answers_unavailable_is_not_taken_for_dead() -> None:
+    """Its database failed, its process lives on and may acknowledge again once the database
+    is back: only a refused connection (nothing listens) makes a broken stream's primary gone
+    before the full peer timeout."""
+    s = Secondary()
+    s.step(ins.ReplicationStreamEnded(s.stream))
+    unavailable = ins.ProbeOutcome(0, None, refused=True)
+    out = s.step(ins.ProbesAnswered(Position(3, 5), (unavailable, view(2))))
+    assert not of(out, fx.RequestVotes) and s.core.role is not Role.CANDIDATE
+    gone = ins.ProbeOutcome(0, None, refused=True, process_gone=True)
+    out = s.step(ins.ProbesAnswered(Position(3, 5), (gone, view(2))))
+    assert of(out, fx.RequestVotes), "a primary whose host refuses connections is gone"
+
+
 def test_its_own_candidacy_keeps_the_vouch() -> None:
     """A candidate whose election fails must still be electable: no one acknowledged anything
     in its epoch."""
