@@ -42,7 +42,7 @@ from replica.ports import (
     divergence_received,
     sendable,
 )
-from replica.protocol import ProtocolConfig, ReplicaCore, Role
+from replica.protocol import ProtocolConfig, ReplicaCore, Role, rules
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.role import RoleState
@@ -149,6 +149,7 @@ class Link:
     primary_stream: int | None = None  # the primary core's, once it answered the first Hello
     served: SimServed | None = None  # the primary's end, once it heard a Hello
     hello_epoch: int = 0  # the epoch of the last event of the newest Hello's log
+    primary_epoch: int = 0  # the primary's epoch, as its divergence answer said
     up: deque[Message] = field(default_factory=deque)  # to the primary
     down: deque[Message] = field(default_factory=deque)  # to the secondary
     broken: bool = False
@@ -394,6 +395,13 @@ class SimFollow(FollowStreams):
                 f"replica {self.node.index} acked {position} but stores {disk.position()}"
             )
         link = self._current(effect.stream_id)
+        if link is not None and link.primary_epoch < disk.epoch:
+            # Its ack could complete a commit of a primary it no longer follows, in an epoch
+            # whose successor it helped elect without what it acks.
+            raise self.world.violation(
+                f"replica {self.node.index} acked on a stream from the primary of epoch "
+                f"{link.primary_epoch}, having recorded epoch {disk.epoch}"
+            )
         if link is not None:
             link.up.append(
                 self.world.message(
@@ -537,6 +545,7 @@ class Node:
     # refusal, an ack on a stream): the cut-off primary check.
     primary_since: float | None = None
     heard_at: float = float("-inf")
+    primary_epoch: int | None = None  # elected in, as the effects carried out say
     last_term: tuple[int, int] = (0, 0)  # (commit tracker term, its commit point) last seen
 
     def log_as_written(self) -> list[Entry]:
@@ -631,6 +640,7 @@ class World:
         node.doubt = {}
         node.follow = None
         node.primary_since = None
+        node.primary_epoch = None
         node.last_term = (node.commits.term, node.commits.committed_seq)
         node.fenced_epoch = None
         node.executor = self.executor_class(
@@ -643,17 +653,31 @@ class World:
             role=node.role,
             commits=node.commits,
             clock=lambda: self.now,
-            observe=self._observe_effect,
+            observe=lambda effect: self._observe_effect(node, effect),
             raise_effect_errors=True,  # a bug here fails the example, not restarts the core
         )
         node.executor.claim()
 
-    def _observe_effect(self, effect: fx.Effect) -> None:
+    def _observe_effect(self, node: Node, effect: fx.Effect) -> None:
         match effect:
+            case fx.AppendEpochStarted(epoch):  # (elected: its term begins)
+                node.primary_epoch = epoch
+            case fx.StepDown():
+                node.primary_epoch = None
+                self.observe("step down: " + _kind(effect.reason))
+            case fx.AdvanceCommit(seq):
+                # An older epoch's events commit only behind one of the primary's own epoch
+                # (Raft's figure 8: counted acks alone do not make them safe). The epoch is
+                # the one it was elected in, as the effects carried out say (the core's own
+                # state may be a step ahead).
+                epoch = node.primary_epoch
+                if not any(e.epoch == epoch for e in node.log_as_written()[:seq]):
+                    raise self.violation(
+                        f"primary {node.index} of epoch {epoch} committed up to seq {seq}, "
+                        "before any event of its own epoch"
+                    )
             case fx.LogNote(_, text):
                 self.observe(_kind(text))
-            case fx.StepDown(reason):
-                self.observe("step down: " + _kind(reason))
             case fx.ReplyVote(granted, _, reason):
                 self.observe("vote granted" if granted else "vote refused: " + _kind(reason))
             case _:
@@ -838,6 +862,7 @@ class World:
             if hello_epoch >= decided.epoch and decided.written_seq > end.seq:
                 end = Position(decided.epoch, decided.written_seq)  # (its commit under way)
             epoch = decided.epoch
+            link.primary_epoch = epoch
 
             def decide(reader: LogReader) -> None:
                 node.inbox.submit(divergence_received(sid, epoch, end, reader))
@@ -995,6 +1020,14 @@ class World:
                 raise self.violation(
                     f"replica {callee.index} granted a vote in epoch {vote.epoch} before "
                     f"recording it (recorded {callee.disk.epoch})"
+                )
+            # Raft's election restriction: a vote goes only to a log at least as up to date
+            # as the voter's own, as it read it for this request.
+            assert result.facts is not None
+            if vote.granted and rules.less_up_to_date(call.request["position"], result.facts.last):
+                raise self.violation(
+                    f"replica {callee.index} granted a vote in epoch {vote.epoch} to a log "
+                    f"ending at {call.request['position']}, behind its own {result.facts.last}"
                 )
             call.reply = {"granted": vote.granted, "epoch": vote.epoch, "reason": vote.reason}
 

@@ -28,6 +28,10 @@ Invariants (checked after every step, and where an effect is carried out):
 - a client is told "committed" only for its own event, committed in the primary term it
   waited in (the commit tracker's terms);
 - no request id is stored twice in a log, and no two writes are acknowledged at one seq;
+- the lemmas these rest on, checked where they are decided: a vote goes only to a log at
+  least as up to date as the voter's (Raft's election restriction); a primary commits an
+  older epoch's events only behind an event of its own epoch (Raft's figure 8); a secondary
+  acks only on a stream from a primary of the epoch it recorded, or a newer one;
 - bounded progress: while every process runs, a primary that no peer answers stops saying it
   is primary within the in-sync timeout (and a probe round); `quiesce`: with every replica up
   and the network healed, one primary emerges within a bounded number of steps, all logs and
