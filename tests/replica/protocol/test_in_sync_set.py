@@ -56,6 +56,21 @@ def test_a_secondary_whose_process_is_gone_leaves_at_once() -> None:
     assert committed(out) == [2]
 
 
+def test_a_member_seen_dead_long_after_its_last_ack_may_have_voted_and_counts_unheard() -> None:
+    """Its disk keeps any vote it cast: silent for most of a peer timeout before it was seen
+    dead, it may have helped elect a newer epoch, so it leaves unconfirmed (the primary may
+    not go on alone on its account); seen dead right after an ack, it could not have."""
+    iss, now = set_with_two_secondaries()
+    out: list[Effect] = []
+    iss.disconnected(1, STREAMS[1], now)
+    iss.evaluate(now + 0.1, {1}, out)  # a tenth of a second after its last ack
+    assert not iss.told_in_sync(1) and iss.unconfirmed() == []
+    iss, now = set_with_two_secondaries()
+    iss.disconnected(1, STREAMS[1], now)
+    iss.evaluate(now + CONFIG.peer_timeout, {1}, out)  # a whole peer timeout after
+    assert not iss.told_in_sync(1) and iss.unconfirmed() == [1]
+
+
 def test_a_silent_secondary_that_is_not_known_gone_waits_out_the_timeout() -> None:
     iss, now = set_with_two_secondaries()
     out: list[Effect] = []
