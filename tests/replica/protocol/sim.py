@@ -545,6 +545,9 @@ class Node:
     # refusal, an ack on a stream): the cut-off primary check.
     primary_since: float | None = None
     heard_at: float = float("-inf")
+    # Since when it has run with every input it received processed in time (the fair
+    # schedule of `settle`; time passing without that, a pause or a crash starts it over).
+    ran_since: float = 0.0
     primary_epoch: int | None = None  # elected in, as the effects carried out say
     last_term: tuple[int, int] = (0, 0)  # (commit tracker term, its commit point) last seen
 
@@ -1240,8 +1243,8 @@ class World:
         `respect_deadline`, time passes no further than the network's delay bound allows.
         Storage jobs complete, except those `keep_io` keeps. Every process runs all along,
         so a primary cut off from every peer must stop saying so (CUT_OFF_BOUND)."""
-        started = self.now
         for _ in range(rounds):
+            self._not_run()
             for _ in range(5000):
                 if not self._settle_once(hold, hold_calls, keep_io):
                     break
@@ -1257,7 +1260,8 @@ class World:
                 if node.running:
                     self.tick(node.index)
             self.check()
-            self._check_cut_off(started)
+            self._not_run()
+            self._check_cut_off()
             if until():
                 return True
             step = HEARTBEAT / 2
@@ -1300,13 +1304,24 @@ class World:
             return True
         return False
 
-    def _check_cut_off(self, running_since: float) -> None:
+    def _not_run(self) -> None:
+        for node in self.nodes:
+            if not node.running:
+                node.ran_since = self.now
+
+    def time_passed_unprocessed(self) -> None:
+        """Time passed with no input processed but ticks (the model's time_passes)."""
+        for node in self.nodes:
+            node.ran_since = self.now
+
+    def _check_cut_off(self) -> None:
         """A primary that no peer has answered for CUT_OFF_BOUND while it ran no longer says
-        it is primary (it cannot acknowledge anything anyway, and the others may elect)."""
+        it is primary (it cannot acknowledge anything anyway, and the others may elect) --
+        however many settles that time spans."""
         for node in self.nodes:
             if not node.running or node.primary_since is None:
                 continue
-            since = max(node.heard_at, node.primary_since, running_since)
+            since = max(node.heard_at, node.primary_since, node.ran_since)
             if self.now - since > CUT_OFF_BOUND:
                 raise self.violation(
                     f"replica {node.index} heard from no peer for {self.now - since:.2f}s and "

@@ -183,6 +183,7 @@ class ProtocolModel(RuleBasedStateMachine):
             for node in w.nodes:
                 if node.running:
                     w.tick(node.index)
+        w.time_passed_unprocessed()
 
     # -- faults ------------------------------------------------------------------------------
 
