@@ -82,36 +82,16 @@ def check_catalog(base: Path, mutants: list[Mutant]) -> None:
     """Every mutant still applies and its code still compiles -- checked before a run that
     takes most of an hour, not in the middle of it."""
     for mutant in mutants:
-        mutated: dict[str, str] = {}
-        for file, old, new in mutant.replacements:
-            text = mutated.get(file, (base / file).read_text())
-            if text.count(old) != 1:
-                raise SystemExit(
-                    f"mutant {mutant.name}: the text to replace occurs {text.count(old)} times "
-                    f"in {file} (the catalog no longer matches the code)"
-                )
-            mutated[file] = text.replace(old, new)
-        for file, text in mutated.items():
-            try:
-                compile(text, file, "exec")
-            except SyntaxError as exc:
-                raise SystemExit(
-                    f"mutant {mutant.name}: {file} no longer compiles ({exc})"
-                ) from exc
+        try:
+            mutant.apply(base)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
 
 
 def mutated_copy(base: Path, mutant: Mutant, into: Path) -> None:
     shutil.copytree(base, into, dirs_exist_ok=True)
-    for file, old, new in mutant.replacements:
-        path = into / file
-        text = path.read_text()
-        count = text.count(old)
-        if count != 1:
-            raise SystemExit(
-                f"mutant {mutant.name}: the text to replace occurs {count} times in {file} "
-                "(the catalog no longer matches the code)"
-            )
-        path.write_text(text.replace(old, new))
+    for file, text in mutant.apply(base).items():
+        (into / file).write_text(text)
 
 
 def pytest(cwd: Path, args: list[str], timeout: float) -> tuple[int | None, str, float]:

@@ -7,6 +7,7 @@ instead of testing nothing. `shell` marks the mutants outside replica/protocol/.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 CORE = "replica/protocol/core.py"
 IN_SYNC = "replica/protocol/in_sync.py"
@@ -28,6 +29,26 @@ class Mutant:
     @property
     def shell(self) -> bool:
         return not all(file.startswith("replica/protocol/") for file, _, _ in self.replacements)
+
+    def apply(self, root: Path) -> dict[str, str]:
+        """The mutated text of each file it changes under `root`. ValueError if a replacement
+        does not occur exactly once or a mutated file no longer compiles (the catalog no
+        longer matches the code)."""
+        mutated: dict[str, str] = {}
+        for file, old, new in self.replacements:
+            text = mutated.get(file, (root / file).read_text())
+            if old == new or text.count(old) != 1:
+                raise ValueError(
+                    f"mutant {self.name}: the text to replace occurs {text.count(old)} times "
+                    f"in {file} (the catalog no longer matches the code)"
+                )
+            mutated[file] = text.replace(old, new)
+        for file, text in mutated.items():
+            try:
+                compile(text, file, "exec")
+            except SyntaxError as exc:
+                raise ValueError(f"mutant {self.name}: {file} no longer compiles ({exc})") from exc
+        return mutated
 
 
 MUTANTS = (

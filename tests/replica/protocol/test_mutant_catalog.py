@@ -11,18 +11,5 @@ from testsupport.harness import REPO_ROOT
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
-def test_each_mutant_still_matches_the_code(mutant: Mutant) -> None:
-    for file, old, new in mutant.replacements:
-        text = (REPO_ROOT / file).read_text()
-        assert text.count(old) == 1, f"{mutant.name}: {old!r} occurs {text.count(old)}x in {file}"
-        assert old != new
-
-
-@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
-def test_each_mutant_compiles(mutant: Mutant) -> None:
-    mutated: dict[str, str] = {}
-    for file, old, new in mutant.replacements:
-        text = mutated.get(file, (REPO_ROOT / file).read_text())
-        mutated[file] = text.replace(old, new)
-    for file, text in mutated.items():
-        compile(text, file, "exec")  # raises SyntaxError (an IndentationError, say)
+def test_each_mutant_still_applies_and_compiles(mutant: Mutant) -> None:
+    assert mutant.apply(REPO_ROOT)  # raises ValueError where the catalog no longer matches
