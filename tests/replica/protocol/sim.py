@@ -395,19 +395,20 @@ class SimFollow(FollowStreams):
                 f"replica {self.node.index} acked {position} but stores {disk.position()}"
             )
         link = self._current(effect.stream_id)
-        if link is not None and link.primary_epoch < disk.epoch:
+        if link is None:
+            return
+        if link.primary_epoch < disk.epoch:
             # Its ack could complete a commit of a primary it no longer follows, in an epoch
             # whose successor it helped elect without what it acks.
             raise self.world.violation(
                 f"replica {self.node.index} acked on a stream from the primary of epoch "
                 f"{link.primary_epoch}, having recorded epoch {disk.epoch}"
             )
-        if link is not None:
-            link.up.append(
-                self.world.message(
-                    "ack", seq=position.seq, in_sync=effect.in_sync, ack_id=effect.ack_id
-                )
+        link.up.append(
+            self.world.message(
+                "ack", seq=position.seq, in_sync=effect.in_sync, ack_id=effect.ack_id
             )
+        )
 
     def close_all(self, reason: str) -> None:
         if self.node.follow is not None:
