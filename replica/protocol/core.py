@@ -108,6 +108,10 @@ class Following:
     # When each batch still being stored arrived, oldest first (storage works in order, and
     # more batches may arrive while one is stored).
     receiving: deque[float] = field(default_factory=deque)
+    # How many of the oldest batches still being stored came before a heartbeat already
+    # heard: what they say of membership and the commit point is older than what this replica
+    # acted on (it may have acked "out", and been removed on that, meanwhile).
+    superseded: int = 0
     stream_opened_at: float = float("-inf")  # when the last stream was opened
     # The primary it followed when it gave up on it and began electing: not waited for in
     # the elections after (rules.may_be_vouching_unheard), until it follows someone again.
@@ -375,6 +379,7 @@ class ReplicaCore:
         f.stream_id = None
         f.stream_primary = None
         f.receiving.clear()
+        f.superseded = 0
 
     def _forget_target(self) -> None:
         self.following.target = None
@@ -702,6 +707,8 @@ class ReplicaCore:
         if event.stream_id != f.stream_id:
             return  # stored, but its stream is gone: no ack
         took = now - f.receiving.popleft() if f.receiving else None
+        stale = f.superseded > 0
+        f.superseded = max(0, f.superseded - 1)
         f.stored = event.position
         if took is not None and took >= self.config.vouch_window:
             # Storing took long enough for the primary to have dropped this replica meanwhile:
@@ -711,6 +718,13 @@ class ReplicaCore:
             reason = f"storing a batch took {took:.2f}s; reconnecting for fresh news"
             self._out.append(LogNote("warning", reason))
             self._end_stream(reason)
+            return
+        if stale:
+            # A heartbeat sent after this batch was heard already: only the stored position
+            # is news (acked with what that newer word said).
+            f.last_contact = now
+            self._send_ack(event.stream_id, now)
+            self._out.append(SecondaryCommitted(min(f.committed_seq, f.stored.seq)))
             return
         self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, event.echo, now)
 
@@ -724,7 +738,9 @@ class ReplicaCore:
         if self.following.stored is None or not self.following.streaming:
             return
         # Acked too: it tells the primary this replica is alive and what it believes about
-        # its membership (the primary removes a member only once it knows).
+        # its membership (the primary removes a member only once it knows). What the batches
+        # still being stored said is older news than this.
+        self.following.superseded = len(self.following.receiving)
         self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, event.echo, now)
 
     def _heard_primary(

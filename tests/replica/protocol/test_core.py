@@ -546,6 +546,22 @@ def test_a_batch_stored_too_slowly_does_not_renew_the_vouch() -> None:
     assert s.core.trusted(s.now)
 
 
+def test_a_batch_stored_after_a_newer_heartbeat_does_not_undo_what_that_heartbeat_said() -> None:
+    """A heartbeat is heard while an earlier batch is still being stored. It says the primary
+    is dropping this replica, which acks that it knows -- on which the primary removes it,
+    confirmed. The batch, stored after, said "in sync" when it was sent: old news, which must
+    not bring back the vouch or the claim (the primary no longer counts this replica)."""
+    s = Secondary()
+    old = s.stream
+    s.step(ins.BatchReceived(old, 3, Position(3, 6)))  # sent while in sync
+    echoed = s.last_ack  # (the newest ack the primary had when it sent the batch)
+    out = s.step(ins.HeartbeatReceived(old, 3, 5, False))  # sent after: leaving
+    assert acks(out) == [(old, Position(3, 5), False)]
+    out = s.step(ins.BatchStored(old, Position(3, 6), 5, True, echoed), after=0.1)
+    assert acks(out) == [(old, Position(3, 6), False)], "the store is acked, with the newer word"
+    assert s.core.claim() is None and not s.core.trusted(s.now)
+
+
 def test_a_slow_store_is_timed_from_its_own_batch_though_more_arrived_meanwhile() -> None:
     """Storage works in order while the stream goes on: a second batch arriving during a slow
     store must not make the first look quick (its "in sync" is as old as the store is long)."""
