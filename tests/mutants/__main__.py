@@ -9,7 +9,7 @@ other found, and prints what caught it: the failing unit tests, and how many exa
 seconds the model took. Exits 1 if any mutant survived both, or if the model alone caught
 fewer than 80% of them.
 
-    python -m tests.mutants [--only NAME,...] [--model-seconds 240] [--jobs 2]
+    python -m tests.mutants [--only NAME,...] [--model-seconds 240] [--jobs 2] [--model-only]
 """
 
 from __future__ import annotations
@@ -115,15 +115,17 @@ def pytest(cwd: Path, args: list[str], timeout: float) -> tuple[int | None, str,
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 
-def judge(base: Path, mutant: Mutant, model_seconds: float) -> Verdict:
+def judge(base: Path, mutant: Mutant, model_seconds: float, unit: bool = True) -> Verdict:
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         root = Path(tmp)
         mutated_copy(base, mutant, root)
-        code, output, _ = pytest(root, ["--timeout=120", *UNIT_TESTS], 180)
-        if code not in (0, 1):
-            # A mutant that breaks collection or times out tells nothing about the tests.
-            raise SystemExit(f"mutant {mutant.name}: the unit tests did not run (exit {code})")
-        unit_failures = re.findall(r"^FAILED (\S+)", output, re.M)
+        unit_failures: list[str] = []
+        if unit:
+            code, output, _ = pytest(root, ["--timeout=120", *UNIT_TESTS], 180)
+            if code not in (0, 1):
+                # A mutant that breaks collection or times out tells nothing about the tests.
+                raise SystemExit(f"mutant {mutant.name}: the unit tests did not run (exit {code})")
+            unit_failures = re.findall(r"^FAILED (\S+)", output, re.M)
         code, output, seconds = pytest(
             root,
             [
@@ -164,6 +166,11 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated mutant names")
     parser.add_argument("--model-seconds", type=float, default=240.0)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--model-only",
+        action="store_true",
+        help="run only the model on each mutant (what it alone catches; no verdict on the whole)",
+    )
     args = parser.parse_args()
     mutants = list(MUTANTS)
     if args.only:
@@ -176,12 +183,18 @@ def main() -> int:
         base = Path(tmp)
         snapshot(base)
         check_catalog(base, mutants)
-        code, output, _ = pytest(base, ["--timeout=120", *UNIT_TESTS], 180)
-        if code != 0:
-            print(output)
-            raise SystemExit("the unit tests fail without any mutant: fix them first")
+        if not args.model_only:
+            code, output, _ = pytest(base, ["--timeout=120", *UNIT_TESTS], 180)
+            if code != 0:
+                print(output)
+                raise SystemExit("the unit tests fail without any mutant: fix them first")
         with ThreadPoolExecutor(args.jobs) as pool:
-            verdicts = list(pool.map(lambda m: judge(base, m, args.model_seconds), mutants))
+            verdicts = list(
+                pool.map(
+                    lambda m: judge(base, m, args.model_seconds, unit=not args.model_only),
+                    mutants,
+                )
+            )
     print(f"\n{'mutant':30} {'where':6} {'unit tests':12} {'model':28}  what")
     for v in verdicts:
         unit = f"{len(v.unit_failures)} failed" if v.unit_failures else "passed"
@@ -205,6 +218,8 @@ def main() -> int:
         f" the model alone caught {by_model} ({by_model / max(1, len(verdicts)):.0%})"
         + (f"; SURVIVED: {', '.join(survivors)}" if survivors else "")
     )
+    if args.model_only:
+        return 0
     if survivors:
         return 1
     return 0 if args.only or by_model >= MODEL_SHARE * len(verdicts) else 1

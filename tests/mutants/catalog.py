@@ -339,6 +339,18 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "older-word-believed",
+        "a batch stored after a newer heartbeat was heard brings back the 'in sync' that "
+        "heartbeat ended",
+        (
+            (
+                CORE,
+                "        self.following.superseded = len(self.following.receiving)\n",
+                "",
+            ),
+        ),
+    ),
+    Mutant(
         "foreign-epoch-keeps-vouch",
         "a replica that learns of an epoch it did not vote in goes on vouching",
         (

@@ -530,6 +530,9 @@ class Node:
     # Its database does not answer: every job fails (connections killed, the server
     # restarting, a full disk); the process runs on.
     db_down: bool = False
+    # Its database answers nothing at all (a stuck disk or server, connections kept open):
+    # every job, the writer's commit, a probe's read of the log wait until it answers again.
+    db_stalled: bool = False
     inbox: Inbox = field(default_factory=Inbox)
     role: RoleState = field(default_factory=lambda: RoleState(0))
     commits: CommitTracker = field(default_factory=CommitTracker)
@@ -606,6 +609,11 @@ class World:
         # request id -> (seq, epoch of the primary that acknowledged it)
         self.acked: dict[str, tuple[int, int]] = {}
         self.acked_at_seq: dict[int, str] = {}
+        # What any primary ever committed (AdvanceCommit), a prefix of the log: each seq's
+        # event and the oldest epoch whose primary committed it. Acknowledged writes are
+        # among them; so are epoch_started events, which no client waits for -- a committed
+        # event is applied by the secondaries, so it is never lost either.
+        self.committed: list[tuple[Entry, int]] = []
         self.primary_of_epoch: dict[int, int] = {}
         self.next_request = 0
         self.waiting: list[Waiting] = []
@@ -680,6 +688,8 @@ class World:
                         f"primary {node.index} of epoch {epoch} committed up to seq {seq}, "
                         "before any event of its own epoch"
                     )
+                assert epoch is not None
+                self._committed(node, seq, epoch)
             case fx.LogNote(_, text):
                 self.observe(_kind(text))
             case fx.ReplyVote(granted, _, reason):
@@ -687,11 +697,33 @@ class World:
             case _:
                 pass
 
+    def _committed(self, node: Node, seq: int, epoch: int) -> None:
+        """Primary `node` of `epoch` committed its log up to `seq`: that prefix must agree
+        with what any primary committed before (one event per committed seq)."""
+        log = node.disk.log
+        if seq > len(log):
+            raise self.violation(
+                f"primary {node.index} committed up to seq {seq}, beyond its durable log "
+                f"({len(log)})"
+            )
+        for at in range(seq):
+            if at < len(self.committed):
+                entry, first = self.committed[at]
+                if entry != log[at]:
+                    raise self.violation(
+                        f"primary {node.index} of epoch {epoch} committed {log[at]} at seq "
+                        f"{at + 1}, where the primary of epoch {first} committed {entry}"
+                    )
+                self.committed[at] = (entry, min(first, epoch))
+            else:
+                self.committed.append((log[at], epoch))
+
     def crash(self, index: int) -> None:
         node = self.nodes[index]
         node.executor = None
         node.paused = False
         node.db_down = False  # (its database is another process; a restart finds it up)
+        node.db_stalled = False
         node.storage = None  # pending I/O never happened
         node.written = []  # its commit never finished
         node.follow = None
@@ -722,7 +754,11 @@ class World:
         self._after_move()
 
     def io_ready(self) -> list[int]:
-        return [n.index for n in self.nodes if n.running and n.storage and n.storage.runnable()]
+        return [
+            n.index
+            for n in self.nodes
+            if n.running and not n.db_stalled and n.storage and n.storage.runnable()
+        ]
 
     def _after_move(self) -> None:
         """What the rest of the process shows, checked as it changes; and any violation found
@@ -819,7 +855,14 @@ class World:
                 if link.primary_notice is not None and primary.running:
                     out.append((link, "primary_notice"))
                 continue
-            if link.down and (link.primary, link.secondary) not in self.cut and secondary.running:
+            if (
+                link.down
+                and (link.primary, link.secondary) not in self.cut
+                and secondary.running
+                and not (primary.db_stalled and link.down[0].kind in ("divergence", "batch"))
+            ):
+                # (The primary's call reads its log to send those: a stalled database holds
+                # them back.)
                 out.append((link, "down"))
             if link.up and (link.secondary, link.primary) not in self.cut and primary.running:
                 out.append((link, "up"))
@@ -950,6 +993,8 @@ class World:
                 if (call.caller, call.callee) in self.cut:
                     continue
                 callee = self.nodes[call.callee]
+                if call.kind == "probe" and callee.running and callee.db_stalled:
+                    continue  # its answer reads the log: it fails at the caller's deadline
                 if not callee.alive or callee.running:
                     out.append(call)
             else:
@@ -1102,12 +1147,15 @@ class World:
         return [
             n
             for n in self.nodes
-            if n.running and n.role.snapshot.role is Role.PRIMARY and not n.written
+            if n.running
+            and n.role.snapshot.role is Role.PRIMARY
+            and not n.written
+            and not n.db_stalled  # (its writer's first query waits)
         ]
 
     def committing(self) -> list[Node]:
         """Primaries whose writer is committing a streamed batch."""
-        return [n for n in self.nodes if n.running and n.written]
+        return [n for n in self.nodes if n.running and n.written and not n.db_stalled]
 
     def client_write(self, node: Node, request_id: str) -> bool:
         """One command through the writer (replica/writer.py): the commit tracker's term read
@@ -1289,6 +1337,7 @@ class World:
             storage = node.storage
             if (
                 node.running
+                and not node.db_stalled
                 and storage is not None
                 and storage.runnable()
                 and not keep_io(node.index, storage.jobs[0])
@@ -1393,11 +1442,44 @@ class World:
                 )
 
     def _first_missing_acked(self, log: list[Entry]) -> str | None:
-        """An acknowledged write `log` lacks ("r7 at seq 9"), if any."""
+        """An acknowledged write or committed event `log` lacks ("r7 at seq 9"), if any."""
         for request_id, (seq, _epoch) in self.acked.items():
             if seq > len(log) or log[seq - 1].request_id != request_id:
                 return f"{request_id} at seq {seq}"
+        committed = self.committed
+        if log[: len(committed)] != [entry for entry, _ in committed]:
+            for seq, (entry, _) in enumerate(committed, 1):
+                if seq > len(log) or log[seq - 1] != entry:
+                    return f"committed {entry} at seq {seq}"
         return None
+
+    def _check_membership(self, node: Node) -> None:
+        """The lemma the vouch and the claim rest on (in_sync.py): the in-sync set never
+        shrinks behind a member's back. A replica that vouches for its log is counted in
+        sync by the primary of its epoch, whenever that primary has formed its set; one
+        that claims to be in sync is counted, or was removed unheard (so its primary
+        acknowledges nothing alone while it may claim)."""
+        core = node.core
+        assert core is not None
+        trusted = core.trusted(self.now)
+        claim = core.claim()
+        if not trusted and claim is None:
+            return
+        for other in self.nodes:
+            iss = None if other.core is None else other.core.in_sync_set
+            if other is node or iss is None or iss.epoch != core.current_epoch:
+                continue
+            member = iss.members.get(node.index)
+            if trusted and (member is None or not member.in_sync):
+                raise self.violation(
+                    f"replica {node.index} vouches for its log in epoch {iss.epoch}, whose "
+                    f"primary {other.index} does not count it in sync"
+                )
+            if member is None or not (member.in_sync or member.unconfirmed):
+                raise self.violation(
+                    f"replica {node.index} claims to be in sync with {claim} in epoch "
+                    f"{iss.epoch}, whose primary {other.index} counts it out, confirmed"
+                )
 
     def check(self) -> None:
         if self.violations:
@@ -1417,6 +1499,7 @@ class World:
             if core is None:
                 continue
             self._check_core(node)
+            self._check_membership(node)
             if core.role is Role.PRIMARY:
                 for request_id, (seq, epoch) in self.acked.items():
                     if epoch <= core.current_epoch and (
@@ -1425,6 +1508,24 @@ class World:
                         raise self.violation(
                             f"primary {node.index} (epoch {core.current_epoch}) lacks "
                             f"acknowledged {request_id} at seq {seq}: {log}"
+                        )
+            for seq, (entry, epoch) in enumerate(self.committed, 1):
+                if seq <= len(log) and log[seq - 1] != entry and log[seq - 1].epoch >= epoch:
+                    raise self.violation(
+                        f"replica {node.index} holds {log[seq - 1]} at seq {seq}, where the "
+                        f"primary of epoch {epoch} committed {entry}"
+                    )
+                if seq > len(log) or log[seq - 1] != entry:
+                    if core.role is Role.PRIMARY and epoch <= core.current_epoch:
+                        raise self.violation(
+                            f"primary {node.index} (epoch {core.current_epoch}) lacks "
+                            f"{entry} at seq {seq}, committed in epoch {epoch}: {log}"
+                        )
+                    if seq <= node.commits.committed_seq:
+                        raise self.violation(
+                            f"replica {node.index} shows seq {seq} committed, holding "
+                            f"{log[seq - 1] if seq <= len(log) else 'nothing'} where "
+                            f"{entry} was committed"
                         )
             for request_id, (seq, epoch) in self.acked.items():
                 if seq > len(log) or log[seq - 1].request_id == request_id:

@@ -6,8 +6,9 @@ Every protocol decision is the core's, and every effect is carried out by the ex
 rules only make things happen in some order: ticks and time passing, an executor taking its
 next input, a storage job completing (or failing, or failing in doubt: committed but reported
 failed), messages delivered, calls answered or timed out, client writes (to whichever replica
-shows itself primary, new or retried), streams that break, databases that go down,
-crashes (volatile state and pending I/O lost, the disk kept), restarts and pauses -- and,
+shows itself primary, new or retried), streams that break, databases that go down or
+stall (answer nothing: a stuck disk), crashes (volatile state and pending I/O lost, the
+disk kept), restarts and pauses -- and,
 with min_insync = 2, partitions in one direction or both and unbounded delays. With
 min_insync = 1 the network is the one that mode assumes (docs/replication.md): nothing on the
 network waits longer than MAX_DELAY, though a paused or busy replica may. A primary streams
@@ -15,6 +16,9 @@ a batch while its own commit of it is under way; that commit may then fail, fail
 never finish.
 
 Invariants (checked after every step, and where an effect is carried out):
+- what any primary committed is a prefix every later commit agrees with (one event per
+  committed seq); what follows for acknowledged writes holds for every committed event too
+  (epoch_started events included: the secondaries apply what is committed);
 - every acknowledged write is in the log of every replica that is primary of its epoch or a
   later one; with min_insync = 1 (where the vouch decides elections), in the log of every
   replica that vouches for its log, as of each of its steps -- what its probe replies and
@@ -31,7 +35,9 @@ Invariants (checked after every step, and where an effect is carried out):
 - the lemmas these rest on, checked where they are decided: a vote goes only to a log at
   least as up to date as the voter's (Raft's election restriction); a primary commits an
   older epoch's events only behind an event of its own epoch (Raft's figure 8); a secondary
-  acks only on a stream from a primary of the epoch it recorded, or a newer one;
+  acks only on a stream from a primary of the epoch it recorded, or a newer one; the in-sync
+  set never shrinks behind a member's back -- a replica that vouches is counted in sync by
+  the primary of its epoch, and one that claims is counted, or was removed unheard;
 - bounded progress: while every process runs, a primary that no peer answers stops saying it
   is primary within the in-sync timeout (and a probe round); `quiesce`: with every replica up
   and the network healed, one primary emerges within a bounded number of steps, all logs and
@@ -199,6 +205,8 @@ class ProtocolModel(RuleBasedStateMachine):
             "resume": [n.index for n in w.nodes if n.alive and n.paused],
             "db down": [n.index for n in w.nodes if n.alive and not n.db_down],
             "db up": [n.index for n in w.nodes if n.alive and n.db_down],
+            "db stall": [n.index for n in w.nodes if n.alive and not n.db_stalled],
+            "db unstall": [n.index for n in w.nodes if n.alive and n.db_stalled],
             "break": [link for link in w.links if not link.broken],
         }
         faults["cut"] = [(a, b) for a in range(N) for b in range(N) if a != b]
@@ -209,7 +217,8 @@ class ProtocolModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def fault(self, data: st.DataObject) -> None:
         """A process crashes (volatile state lost, its disk kept), restarts, pauses or
-        resumes; its database stops answering, or answers again; a stream breaks (each end
+        resumes; its database fails every job, or stalls (answers nothing, holding its jobs,
+        its writer's commit and its probe answers), or answers again; a stream breaks (each end
         notices in its own time); with min_insync = 2, a direction a -> b is cut (neither end
         can tell that from a pause or a dead host) or every cut heals. A call nobody answers
         fails at its deadline, as in the shell."""
@@ -225,6 +234,8 @@ class ProtocolModel(RuleBasedStateMachine):
             w.nodes[what].paused = kind == "pause"  # type: ignore[index]
         elif kind in ("db down", "db up"):
             w.nodes[what].db_down = kind == "db down"  # type: ignore[index]
+        elif kind in ("db stall", "db unstall"):
+            w.nodes[what].db_stalled = kind == "db stall"  # type: ignore[index]
         elif kind == "break":
             w.break_link(what)  # type: ignore[arg-type]
         elif kind == "cut":
@@ -269,6 +280,7 @@ class ProtocolModel(RuleBasedStateMachine):
         for node in w.nodes:
             node.paused = False
             node.db_down = False
+            node.db_stalled = False
             if not node.alive:
                 w.restart(node.index)
         assert w.settle(QUIESCE_ROUNDS, self._converged), self._describe()
