@@ -58,11 +58,20 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tests.replica.protocol.sim import HEARTBEAT, Link, World
+from tests.replica.protocol.sim import (
+    HEARTBEAT,
+    INSYNC_TIMEOUT,
+    PROBE_TIMEOUT,
+    Link,
+    World,
+)
 
 N = 3
 QUIESCE_ROUNDS = 400  # x HEARTBEAT / 2 of logical time
 WRITE_ROUNDS = 40  # once converged, a new write commits within this many rounds
+# A secondary whose database stalls leaves the in-sync set within the in-sync timeout (told
+# at the probe round after it, removed at its ack), and a write waiting for it then commits.
+SLOW_ROUNDS = round((INSYNC_TIMEOUT + PROBE_TIMEOUT + 4 * HEARTBEAT) / (HEARTBEAT / 2))
 
 
 def _observe(what: str) -> None:
@@ -290,6 +299,25 @@ class ProtocolModel(RuleBasedStateMachine):
         assert w.client_write(primary, request_id), "the primary refused a write"
         assert w.settle(WRITE_ROUNDS, lambda: request_id in w.acked), (
             f"a write to primary {primary.index} did not commit\n{self._describe()}"
+        )
+
+    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
+    @rule(data=st.data())
+    def slow_secondary(self, data: st.DataObject) -> None:
+        """Everything healed and converged (as `quiesce`), then one secondary's database
+        stalls: its primary drops it from the in-sync set -- telling it first -- and a write
+        commits with the other within SLOW_ROUNDS (Kafka's promise for a slow follower)."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        slow = self._pick(data, [n for n in w.nodes if n is not primary], "stalled")
+        slow.db_stalled = True
+        w.next_request += 1
+        request_id = f"r{w.next_request}"
+        assert w.client_write(primary, request_id), "the primary refused a write"
+        assert w.settle(SLOW_ROUNDS, lambda: request_id in w.acked), (
+            f"a write to primary {primary.index} waited for stalled replica {slow.index} for "
+            f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
         )
 
     def _converged(self) -> bool:
