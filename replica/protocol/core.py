@@ -192,6 +192,12 @@ class ReplicaCore:
         return Ready.of(out)
 
     @property
+    def last_input_at(self) -> float:
+        """When it last took an input: a gap after it longer than the pause threshold means
+        the process did not run (_observe_time)."""
+        return self._last_input_at
+
+    @property
     def last_id(self) -> int:
         """The highest stream or ack id used so far (see `ids_after`)."""
         return max(self._next_stream_id, self._next_ack_id)

@@ -216,6 +216,9 @@ class SimStorage(Storage):
     def persist(self, durable: tuple[fx.Durable, ...]) -> None:
         node = self.node
         inbox = node.inbox
+        for effect in durable:
+            if isinstance(effect, fx.Truncate):
+                self.world.check_truncation(node, effect.after_seq)
 
         def run() -> None:
             for effect in durable:
@@ -404,6 +407,7 @@ class SimFollow(FollowStreams):
                 f"replica {self.node.index} acked on a stream from the primary of epoch "
                 f"{link.primary_epoch}, having recorded epoch {disk.epoch}"
             )
+        self.world.check_prefix(self.node, link)
         link.up.append(
             self.world.message(
                 "ack", seq=position.seq, in_sync=effect.in_sync, ack_id=effect.ack_id
@@ -553,6 +557,10 @@ class Node:
     # schedule of `settle`; time passing without that, a pause or a crash starts it over).
     ran_since: float = 0.0
     primary_epoch: int | None = None  # elected in, as the effects carried out say
+    # A pause that ended, until its first step after it: (how long it did not run, whether
+    # it led -- or was about to -- and the stream it followed when it stopped).
+    woke: tuple[float, bool, int | None] | None = None
+    paused_at: float = 0.0
     last_term: tuple[int, int] = (0, 0)  # (commit tracker term, its commit point) last seen
 
     def log_as_written(self) -> list[Entry]:
@@ -674,6 +682,12 @@ class World:
         match effect:
             case fx.AppendEpochStarted(epoch):  # (elected: its term begins)
                 node.primary_epoch = epoch
+                missing = self._first_missing_acked(node.disk.log)
+                if missing is not None:
+                    raise self.violation(
+                        f"replica {node.index} won the election of epoch {epoch} without "
+                        f"{missing}: {node.disk.log}"
+                    )
             case fx.StepDown():
                 node.primary_epoch = None
                 self.observe("step down: " + _kind(effect.reason))
@@ -718,10 +732,53 @@ class World:
             else:
                 self.committed.append((log[at], epoch))
 
+    def _leading(self, link: Link) -> Node | None:
+        """The primary at the far end of `link`, if it still leads the epoch it answered the
+        stream in (its log, as written, only grows meanwhile)."""
+        primary = self.nodes[link.primary]
+        iss = None if primary.core is None else primary.core.in_sync_set
+        if (
+            primary.incarnation != link.primary_incarnation
+            or iss is None
+            or iss.epoch != link.primary_epoch
+        ):
+            return None
+        return primary
+
+    def check_truncation(self, node: Node, after_seq: int) -> None:
+        """KIP-101: a divergent tail is cut -- and only a divergent one: the first event cut is
+        not the one its primary holds at that seq."""
+        link = node.follow
+        primary = None if link is None or link.broken else self._leading(link)
+        if primary is None:
+            return
+        log, theirs = node.disk.log, primary.log_as_written()
+        if after_seq < min(len(log), len(theirs)) and log[after_seq] == theirs[after_seq]:
+            raise self.violation(
+                f"replica {node.index} cuts its log after seq {after_seq}, though its primary "
+                f"{primary.index} holds the same {log[after_seq]} at seq {after_seq + 1}"
+            )
+
+    def check_prefix(self, node: Node, link: Link) -> None:
+        """What a secondary acks on a stream is a prefix of its primary's log (as written):
+        the divergence exchange cut whatever differed."""
+        primary = self._leading(link)
+        if primary is None:
+            return
+        log, theirs = node.disk.log, primary.log_as_written()
+        common = min(len(log), len(theirs))
+        if log[:common] != theirs[:common]:
+            seq = next(k for k in range(common) if log[k] != theirs[k]) + 1
+            raise self.violation(
+                f"replica {node.index} acks on primary {primary.index}'s stream holding "
+                f"{log[seq - 1]} at seq {seq}, where its primary holds {theirs[seq - 1]}"
+            )
+
     def crash(self, index: int) -> None:
         node = self.nodes[index]
         node.executor = None
         node.paused = False
+        node.woke = None
         node.db_down = False  # (its database is another process; a restart finds it up)
         node.db_stalled = False
         node.storage = None  # pending I/O never happened
@@ -731,6 +788,46 @@ class World:
         for link in self.links:
             if not link.broken and index in (link.secondary, link.primary):
                 self.break_link(link)
+
+    def pause(self, index: int) -> None:
+        node = self.nodes[index]
+        node.paused = True
+        node.paused_at = self.now
+
+    def resume(self, index: int) -> None:
+        node = self.nodes[index]
+        core = node.core
+        if not node.paused or core is None:
+            return
+        node.paused = False
+        node.woke = (
+            self.now - node.paused_at,
+            core.in_sync_set is not None,
+            core.following.stream_id,
+        )
+
+    def _check_woke(self, node: Node) -> None:
+        """A process that did not run for longer than the pause threshold notices at its first
+        step after (whatever that step's input): what waits on its stream is old news, so it
+        drops that stream and its membership with it; and after longer than peer_timeout, a
+        primary steps down (the others may have elected)."""
+        core = node.core
+        if node.woke is None or core is None or core.last_input_at < self.now:
+            return
+        gap, led, stream = node.woke
+        node.woke = None
+        if gap > core.config.pause_threshold and (
+            core.following.in_sync or (stream is not None and core.following.stream_id == stream)
+        ):
+            raise self.violation(
+                f"replica {node.index}, paused for {gap:.2f}s, still believes its stream "
+                f"{stream} after its first step"
+            )
+        if gap > PEER_TIMEOUT and led and core.in_sync_set is not None:
+            raise self.violation(
+                f"replica {node.index}, primary and paused for {gap:.2f}s, did not step down "
+                "at its first step after"
+            )
 
     # -- moves -------------------------------------------------------------------------------
 
@@ -768,6 +865,7 @@ class World:
         for node in self.nodes:
             if node.executor is None:
                 continue
+            self._check_woke(node)
             snap = node.role.snapshot
             if snap.role is Role.PRIMARY:
                 if node.primary_since is None:

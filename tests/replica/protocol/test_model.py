@@ -37,7 +37,12 @@ Invariants (checked after every step, and where an effect is carried out):
   older epoch's events only behind an event of its own epoch (Raft's figure 8); a secondary
   acks only on a stream from a primary of the epoch it recorded, or a newer one; the in-sync
   set never shrinks behind a member's back -- a replica that vouches is counted in sync by
-  the primary of its epoch, and one that claims is counted, or was removed unheard;
+  the primary of its epoch, and one that claims is counted, or was removed unheard; a
+  divergent tail is cut, and only a divergent one (KIP-101): what a secondary acks on a
+  stream is a prefix of its primary's log; an election is won only by a log holding every
+  committed event; a process that did not run for longer than the pause threshold notices
+  at its first step after (it drops its stream and its membership; a primary paused for
+  longer than peer_timeout steps down);
 - bounded progress: while every process runs, a primary that no peer answers stops saying it
   is primary within the in-sync timeout (and a probe round); `quiesce`: with every replica up
   and the network healed, one primary emerges within a bounded number of steps, all logs and
@@ -239,8 +244,10 @@ class ProtocolModel(RuleBasedStateMachine):
             w.crash(what)  # type: ignore[arg-type]
         elif kind == "restart":
             w.restart(what)  # type: ignore[arg-type]
-        elif kind in ("pause", "resume"):
-            w.nodes[what].paused = kind == "pause"  # type: ignore[index]
+        elif kind == "pause":
+            w.pause(what)  # type: ignore[arg-type]
+        elif kind == "resume":
+            w.resume(what)  # type: ignore[arg-type]
         elif kind in ("db down", "db up"):
             w.nodes[what].db_down = kind == "db down"  # type: ignore[index]
         elif kind in ("db stall", "db unstall"):
@@ -287,7 +294,7 @@ class ProtocolModel(RuleBasedStateMachine):
         self._data = None
         w.cut.clear()
         for node in w.nodes:
-            node.paused = False
+            w.resume(node.index)
             node.db_down = False
             node.db_stalled = False
             if not node.alive:
