@@ -405,8 +405,11 @@ class Executor:
         """A round ended: the core hears it with the log's end as storage has it then (for an
         election). A primary needs no position: it hears the round at once, so that neither
         a slow nor a failing database keeps it from noticing it is cut off. (The round is
-        over once the core heard it: with storage slow, no new round piles up meanwhile.)"""
-        if self._core.role is Role.PRIMARY:
+        over once the core heard it: with storage slow, no new round piles up meanwhile.)
+        Nor does a secondary that follows a live primary: it elects no one on this round, and
+        a read per round would queue ahead of its stores on a slow database."""
+        core = self._core
+        if core.role is Role.PRIMARY or core.following_live_primary(self._clock()):
             self._step(Envelope(ins.ProbesAnswered(None, outcomes)))
             return
 

@@ -537,6 +537,10 @@ class Node:
     # Its database answers nothing at all (a stuck disk or server, connections kept open):
     # every job, the writer's commit, a probe's read of the log wait until it answers again.
     db_stalled: bool = False
+    # Its database is slow: it completes a job at most once every `slow_io` seconds (0: at
+    # the model's pace).
+    slow_io: float = 0.0
+    io_done_at: float = float("-inf")
     inbox: Inbox = field(default_factory=Inbox)
     role: RoleState = field(default_factory=lambda: RoleState(0))
     commits: CommitTracker = field(default_factory=CommitTracker)
@@ -781,6 +785,7 @@ class World:
         node.woke = None
         node.db_down = False  # (its database is another process; a restart finds it up)
         node.db_stalled = False
+        node.slow_io = 0.0
         node.storage = None  # pending I/O never happened
         node.written = []  # its commit never finished
         node.follow = None
@@ -845,17 +850,24 @@ class World:
         self._after_move()
 
     def complete_io(self, index: int, outcome: str = "ok") -> None:
-        storage = self.nodes[index].storage
+        node = self.nodes[index]
+        storage = node.storage
         assert storage is not None
+        node.io_done_at = self.now
         storage.complete(outcome)
         self._after_move()
 
     def io_ready(self) -> list[int]:
-        return [
-            n.index
-            for n in self.nodes
-            if n.running and not n.db_stalled and n.storage and n.storage.runnable()
-        ]
+        return [n.index for n in self.nodes if self._io_runnable(n)]
+
+    def _io_runnable(self, node: Node) -> bool:
+        return (
+            node.running
+            and not node.db_stalled
+            and self.now - node.io_done_at >= node.slow_io
+            and node.storage is not None
+            and node.storage.runnable()
+        )
 
     def _after_move(self) -> None:
         """What the rest of the process shows, checked as it changes; and any violation found
@@ -866,6 +878,10 @@ class World:
             if node.executor is None:
                 continue
             self._check_woke(node)
+            # What it would say of its log and membership, at every move: a vouch or a claim
+            # may last a single input (an old word believed, and undone by the next one).
+            self._check_core(node)
+            self._check_membership(node)
             snap = node.role.snapshot
             if snap.role is Role.PRIMARY:
                 if node.primary_since is None:
@@ -1434,10 +1450,8 @@ class World:
         for node in self.nodes:
             storage = node.storage
             if (
-                node.running
-                and not node.db_stalled
+                self._io_runnable(node)
                 and storage is not None
-                and storage.runnable()
                 and not keep_io(node.index, storage.jobs[0])
             ):
                 self.complete_io(node.index)
@@ -1493,12 +1507,12 @@ class World:
         return p.core.commit_point == len(p.disk.log) and all(
             n.disk.log == p.disk.log
             and (n.commits.committed_seq == len(p.disk.log) or not everyone)
-            and (n is p or self._follows_live(n, p))
+            and (n is p or self.follows_live(n, p))
             for n in self.nodes
             if everyone or n.alive
         )
 
-    def _follows_live(self, node: Node, primary: Node) -> bool:
+    def follows_live(self, node: Node, primary: Node) -> bool:
         """Streaming from `primary`, heard lately (so it elects nobody on an old silence)."""
         core = node.core
         return (

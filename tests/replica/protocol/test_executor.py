@@ -24,6 +24,7 @@ from replica.ports import (
     LogReader,
     Peers,
     Persisted,
+    ProbeRound,
     ServedStream,
     Storage,
 )
@@ -76,7 +77,10 @@ class HeldStorage(Storage):
         *,
         while_writes_wait: bool = False,
     ) -> None:
+        self.reads += 1
         then(self.log)
+
+    reads = 0
 
 
 class RecordingPeers(Peers):
@@ -299,3 +303,29 @@ def test_a_stream_the_core_ends_is_ended() -> None:
     replica.storage.finish()
     replica.run()
     assert any(isinstance(g, tuple) and g[0] == "ended" for g in stream.got), stream.got
+
+
+def test_a_secondary_following_a_live_primary_hears_probe_rounds_without_reading_its_log() -> None:
+    """Its own log's end matters only for an election, which it holds none of while its
+    primary is live: on a slow database a read per round (every heartbeat) would queue ahead
+    of its stores. Once the primary is silent, each round reads it again."""
+    r = Replica()
+    r.inbox.submit(ins.ProbeReceived(1, 4, True))  # primary 1 of epoch 4 announces itself
+    r.run()
+    r.storage.finish()  # epoch 4 recorded
+    r.run()
+    (opened,) = [e for e in r.follow.done if isinstance(e, fx.OpenStream)]
+    position = Position(3, 5)
+    r.inbox.submit(ins.DivergenceReceived(opened.stream_id, 4, position, position, position))
+    r.inbox.submit(ins.HeartbeatReceived(opened.stream_id, 4, 5, True))
+    r.run()
+    reads = r.storage.reads
+    view = ins.PeerView(1, Role.PRIMARY, 4, position, True, False, False)
+    others = (ins.ProbeOutcome(1, view), ins.ProbeOutcome(2, None))
+    r.inbox.put(ProbeRound(others))
+    r.run()
+    assert r.storage.reads == reads
+    r.now += 1.0  # nothing heard from the primary since
+    r.inbox.put(ProbeRound(others))
+    r.run()
+    assert r.storage.reads == reads + 1

@@ -66,6 +66,7 @@ from hypothesis.stateful import (
 from tests.replica.protocol.sim import (
     HEARTBEAT,
     INSYNC_TIMEOUT,
+    PEER_TIMEOUT,
     PROBE_TIMEOUT,
     Link,
     World,
@@ -74,9 +75,17 @@ from tests.replica.protocol.sim import (
 N = 3
 QUIESCE_ROUNDS = 400  # x HEARTBEAT / 2 of logical time
 WRITE_ROUNDS = 40  # once converged, a new write commits within this many rounds
-# A secondary whose database stalls leaves the in-sync set within the in-sync timeout (told
-# at the probe round after it, removed at its ack), and a write waiting for it then commits.
-SLOW_ROUNDS = round((INSYNC_TIMEOUT + PROBE_TIMEOUT + 4 * HEARTBEAT) / (HEARTBEAT / 2))
+# A secondary whose database stalls or gets slow leaves the in-sync set: behind for the
+# in-sync timeout, it is told at the probe round after and removed at its ack -- or, its
+# stream ended meanwhile (a batch stored too slowly), removed unreachable an in-sync timeout
+# after that; a write waiting for it then commits.
+SLOW_ROUNDS = round((2 * INSYNC_TIMEOUT + PROBE_TIMEOUT + 4 * HEARTBEAT) / (HEARTBEAT / 2))
+SLOW_IO = 2 * HEARTBEAT  # a slow database: one job every this many seconds
+# A primary lost (paused or crashed): the others give up on it after peer_timeout, and one of
+# them is elected in a few probe rounds more (here: within four peer timeouts in all).
+LOST_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
+# Long enough for a first election without the lost primary to be tried and to fail.
+HICCUP_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
 
 
 def _observe(what: str) -> None:
@@ -297,6 +306,7 @@ class ProtocolModel(RuleBasedStateMachine):
             w.resume(node.index)
             node.db_down = False
             node.db_stalled = False
+            node.slow_io = 0.0
             if not node.alive:
                 w.restart(node.index)
         assert w.settle(QUIESCE_ROUNDS, self._converged), self._describe()
@@ -309,22 +319,76 @@ class ProtocolModel(RuleBasedStateMachine):
         )
 
     @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
-    @rule(data=st.data())
-    def slow_secondary(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), how=st.sampled_from(["stalled", "slow"]), writes=st.integers(1, 6))
+    def slow_secondary(self, data: st.DataObject, how: str, writes: int) -> None:
         """Everything healed and converged (as `quiesce`), then one secondary's database
-        stalls: its primary drops it from the in-sync set -- telling it first -- and a write
-        commits with the other within SLOW_ROUNDS (Kafka's promise for a slow follower)."""
+        stalls, or gets slow (a job every SLOW_IO seconds), and `writes` writes come at once:
+        its primary drops it from the in-sync set -- telling it first -- or it keeps up, and
+        the writes commit within SLOW_ROUNDS (Kafka's promise for a slow follower). Then its
+        database is well again and it catches up while a few more writes come."""
         self.quiesce()
         w = self.w
         (primary,) = w.primaries()
-        slow = self._pick(data, [n for n in w.nodes if n is not primary], "stalled")
-        slow.db_stalled = True
+        slow = self._pick(data, [n for n in w.nodes if n is not primary], "slow")
+        if how == "stalled":
+            slow.db_stalled = True
+        else:
+            slow.slow_io = SLOW_IO
+        requests = []
+        for _ in range(writes):
+            w.next_request += 1
+            requests.append(f"r{w.next_request}")
+            assert w.client_write(primary, requests[-1]), "the primary refused a write"
+        assert w.settle(SLOW_ROUNDS, lambda: all(r in w.acked for r in requests)), (
+            f"writes to primary {primary.index} waited for {how} replica {slow.index} for "
+            f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+        )
+        slow.db_stalled = False
+        slow.slow_io = 0.0
+        for _ in range(3):
+            if w.writable():
+                w.next_request += 1
+                w.client_write(self._pick(data, w.writable(), "written to"), f"r{w.next_request}")
+            w.settle(data.draw(st.integers(1, 6), label="rounds"))
+
+    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
+    @rule(data=st.data(), how=st.sampled_from(["pause", "crash"]), hiccup=st.booleans())
+    def primary_lost(self, data: st.DataObject, how: str, hiccup: bool) -> None:
+        """Everything healed and converged (as `quiesce`), then the primary pauses or
+        crashes: the other two elect one of them within LOST_ROUNDS, and a write to it
+        commits. With a `hiccup`, one of them first stalls for HICCUP_ROUNDS (its database
+        answers nothing), so the first elections fail: the later ones must not wait for the
+        lost primary either."""
+        self.quiesce()
+        w = self.w
+        (lost,) = w.primaries()
+        if how == "pause":
+            w.pause(lost.index)
+        else:
+            w.crash(lost.index)
+        others = [n for n in w.nodes if n is not lost]
+        if hiccup:
+            stalled = self._pick(data, others, "hiccup")
+            stalled.db_stalled = True
+            w.settle(HICCUP_ROUNDS)
+            stalled.db_stalled = False
+
+        def elected() -> bool:  # (a paused primary still says so: it has not run since)
+            primaries = [n for n in w.primaries() if n is not lost]
+            return len(primaries) == 1 and all(
+                w.follows_live(n, primaries[0]) for n in others if n is not primaries[0]
+            )
+
+        assert w.settle(LOST_ROUNDS, elected), (
+            f"replica {lost.index} was lost ({how}) and the others elected no one in "
+            f"{LOST_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+        )
+        (primary,) = [n for n in w.primaries() if n is not lost]
         w.next_request += 1
         request_id = f"r{w.next_request}"
-        assert w.client_write(primary, request_id), "the primary refused a write"
-        assert w.settle(SLOW_ROUNDS, lambda: request_id in w.acked), (
-            f"a write to primary {primary.index} waited for stalled replica {slow.index} for "
-            f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+        assert w.client_write(primary, request_id), "the new primary refused a write"
+        assert w.settle(WRITE_ROUNDS, lambda: request_id in w.acked), (
+            f"a write to the new primary {primary.index} did not commit\n{self._describe()}"
         )
 
     def _converged(self) -> bool:
