@@ -391,6 +391,55 @@ class ProtocolModel(RuleBasedStateMachine):
             f"a write to the new primary {primary.index} did not commit\n{self._describe()}"
         )
 
+    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
+    @rule(data=st.data(), writes=st.integers(1, 3), both=st.booleans())
+    def lagging_then_lost(self, data: st.DataObject, writes: int, both: bool) -> None:
+        """The classic way to lose acknowledged writes (Kafka's unclean election): a secondary
+        falls behind -- its stream breaks and its database stalls, so it cannot come back --
+        and is dropped unheard while writes commit with the other; then the primary crashes
+        (and, `both`, the other secondary too) and the laggard's database answers again. It
+        may still claim to be in sync, but it must not be elected on that claim without the
+        replica that holds the writes, nor vouch before it holds them. With only the primary
+        lost, the other two elect one of them within LOST_ROUNDS."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        secondaries = [n for n in w.nodes if n is not primary]
+        lagging = self._pick(data, secondaries, "lagging")
+        lagging.db_stalled = True
+        if lagging.follow is not None:
+            w.break_link(lagging.follow)
+        requests = []
+        for _ in range(writes):
+            w.next_request += 1
+            requests.append(f"r{w.next_request}")
+            assert w.client_write(primary, requests[-1]), "the primary refused a write"
+        assert w.settle(SLOW_ROUNDS, lambda: all(r in w.acked for r in requests)), (
+            f"writes to primary {primary.index} waited for lagging replica {lagging.index}\n"
+            f"{self._describe()}"
+        )
+        w.crash(primary.index)
+        if both:
+            for n in secondaries:
+                if n is not lagging:
+                    w.crash(n.index)
+        lagging.db_stalled = False
+        if both:
+            w.settle(LOST_ROUNDS)
+            return
+        alive = [n for n in w.nodes if n.alive]
+
+        def elected() -> bool:
+            primaries = w.primaries()
+            return len(primaries) == 1 and all(
+                w.follows_live(n, primaries[0]) for n in alive if n is not primaries[0]
+            )
+
+        assert w.settle(LOST_ROUNDS, elected), (
+            f"primary {primary.index} crashed and the others elected no one in "
+            f"{LOST_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+        )
+
     def _converged(self) -> bool:
         return self.w.converged()
 
