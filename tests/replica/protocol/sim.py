@@ -1468,7 +1468,10 @@ class World:
 
     def _not_run(self) -> None:
         for node in self.nodes:
-            if not node.running:
+            # (A stalled database holds a primary's step-down: the new epoch it heard of is
+            # persisted before anything else it decided is carried out. Until it answers
+            # again, the bound does not run -- issue 26's fail-slow databases.)
+            if not node.running or node.db_stalled:
                 node.ran_since = self.now
 
     def time_passed_unprocessed(self) -> None:
@@ -1477,8 +1480,8 @@ class World:
             node.ran_since = self.now
 
     def _check_cut_off(self) -> None:
-        """A primary that no peer has answered for CUT_OFF_BOUND while it ran no longer says
-        it is primary (it cannot acknowledge anything anyway, and the others may elect) --
+        """A primary that no peer has answered for CUT_OFF_BOUND while it ran (and its
+        database answered) no longer says it is primary (it cannot acknowledge anything anyway, and the others may elect) --
         however many settles that time spans."""
         for node in self.nodes:
             if not node.running or node.primary_since is None:
