@@ -7,7 +7,8 @@ executor, its ports, commit terms -- the peers' and the writer's streaming) and 
 (tests/replica/protocol/test_model.py, a fixed seed, up to --model-seconds), both whatever the
 other found, and prints what caught it: the failing unit tests, and how many examples and
 seconds the model took. Exits 1 if any mutant survived both, or if the model alone caught
-fewer than 80% of them.
+fewer than 80% of them. First it runs the model unmutated, with the same seed and budget: a
+failure there would "catch" every mutant whose run lasts longer, so it stops the run.
 
     python -m tests.mutants [--only NAME,...] [--model-seconds 240] [--jobs 2] [--model-only]
 """
@@ -115,6 +116,28 @@ def pytest(cwd: Path, args: list[str], timeout: float) -> tuple[int | None, str,
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
 
+def model_args() -> list[str]:
+    return [
+        "-x",
+        "--timeout=0",
+        f"--hypothesis-seed={SEED}",
+        "--hypothesis-show-statistics",
+        MODEL_TEST,
+    ]
+
+
+def check_model_clean(base: Path, model_seconds: float) -> None:
+    """The model, unmutated, with the seed and budget each mutant gets: if it fails, every
+    mutant whose run lasts longer would be "caught" by that failure, not by its own change."""
+    code, output, _ = pytest(base, model_args(), model_seconds)
+    if code not in (0, None):
+        print(output[-6000:])
+        raise SystemExit(
+            "the model fails without any mutant (seed "
+            f"{SEED}, {model_seconds:.0f}s): fix it first -- its verdicts would be void"
+        )
+
+
 def judge(base: Path, mutant: Mutant, model_seconds: float, unit: bool = True) -> Verdict:
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         root = Path(tmp)
@@ -126,17 +149,7 @@ def judge(base: Path, mutant: Mutant, model_seconds: float, unit: bool = True) -
                 # A mutant that breaks collection or times out tells nothing about the tests.
                 raise SystemExit(f"mutant {mutant.name}: the unit tests did not run (exit {code})")
             unit_failures = re.findall(r"^FAILED (\S+)", output, re.M)
-        code, output, seconds = pytest(
-            root,
-            [
-                "-x",
-                "--timeout=0",
-                f"--hypothesis-seed={SEED}",
-                "--hypothesis-show-statistics",
-                MODEL_TEST,
-            ],
-            model_seconds,
-        )
+        code, output, seconds = pytest(root, model_args(), model_seconds)
         examples = None
         found = re.search(r"during generate phase.*?(\d+) passing", output, re.S)
         if found:  # the examples that passed before the first failing one, and that one
@@ -188,6 +201,7 @@ def main() -> int:
             if code != 0:
                 print(output)
                 raise SystemExit("the unit tests fail without any mutant: fix them first")
+        check_model_clean(base, args.model_seconds)
         with ThreadPoolExecutor(args.jobs) as pool:
             verdicts = list(
                 pool.map(
