@@ -468,7 +468,7 @@ class ProtocolModel(RuleBasedStateMachine):
 
 TestProtocolModel = ProtocolModel.TestCase
 TestProtocolModel.settings = settings(
-    max_examples=int(os.environ.get("CHAT_MODEL_EXAMPLES", "800")),
+    max_examples=int(os.environ.get("CHAT_MODEL_EXAMPLES", "500")),
     stateful_step_count=int(os.environ.get("CHAT_MODEL_STEPS", "80")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
