@@ -1481,8 +1481,8 @@ class World:
 
     def _check_cut_off(self) -> None:
         """A primary that no peer has answered for CUT_OFF_BOUND while it ran (and its
-        database answered) no longer says it is primary (it cannot acknowledge anything anyway, and the others may elect) --
-        however many settles that time spans."""
+        database answered) no longer says it is primary (it cannot acknowledge anything
+        anyway, and the others may elect) -- however many settles that time spans."""
         for node in self.nodes:
             if not node.running or node.primary_since is None:
                 continue

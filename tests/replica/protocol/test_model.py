@@ -69,6 +69,7 @@ from tests.replica.protocol.sim import (
     PEER_TIMEOUT,
     PROBE_TIMEOUT,
     Link,
+    Node,
     World,
 )
 
@@ -334,11 +335,7 @@ class ProtocolModel(RuleBasedStateMachine):
             slow.db_stalled = True
         else:
             slow.slow_io = SLOW_IO
-        requests = []
-        for _ in range(writes):
-            w.next_request += 1
-            requests.append(f"r{w.next_request}")
-            assert w.client_write(primary, requests[-1]), "the primary refused a write"
+        requests = self._write_new(primary, writes)
         assert w.settle(SLOW_ROUNDS, lambda: all(r in w.acked for r in requests)), (
             f"writes to primary {primary.index} waited for {how} replica {slow.index} for "
             f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
@@ -409,11 +406,7 @@ class ProtocolModel(RuleBasedStateMachine):
         lagging.db_stalled = True
         if lagging.follow is not None:
             w.break_link(lagging.follow)
-        requests = []
-        for _ in range(writes):
-            w.next_request += 1
-            requests.append(f"r{w.next_request}")
-            assert w.client_write(primary, requests[-1]), "the primary refused a write"
+        requests = self._write_new(primary, writes)
         assert w.settle(SLOW_ROUNDS, lambda: all(r in w.acked for r in requests)), (
             f"writes to primary {primary.index} waited for lagging replica {lagging.index}\n"
             f"{self._describe()}"
@@ -439,6 +432,16 @@ class ProtocolModel(RuleBasedStateMachine):
             f"primary {primary.index} crashed and the others elected no one in "
             f"{LOST_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
         )
+
+    def _write_new(self, primary: Node, count: int) -> list[str]:
+        """`count` new writes to `primary`, each of which it must take; their request ids."""
+        w = self.w
+        requests = []
+        for _ in range(count):
+            w.next_request += 1
+            requests.append(f"r{w.next_request}")
+            assert w.client_write(primary, requests[-1]), "the primary refused a write"
+        return requests
 
     def _converged(self) -> bool:
         return self.w.converged()
