@@ -1533,8 +1533,16 @@ class World:
         if point is not None and point > len(node.disk.log):
             raise self.violation(f"replica {node.index}'s commit point {point} is beyond its log")
         if core.trusted(self.now):
-            # What its probe replies and its own elections would say, as of this step.
-            missing = self._first_missing_acked(node.disk.log)
+            # What its probe replies and its own elections would say, as of this step. With
+            # min_insync >= 2 a primary is elected by a majority and waits for no one who did
+            # not answer (rules.may_be_vouching_unheard): a replica cut off meanwhile may
+            # still vouch for its epoch while a newer one commits without it -- harmless, as
+            # it cannot elect alone and a majority holds what that newer primary committed.
+            # It vouches for what was committed up to its own epoch. With min_insync = 1 the
+            # vouch is what keeps acknowledged writes: it must hold all of them.
+            missing = self._first_missing_acked(
+                node.disk.log, None if self.min_insync == 1 else core.current_epoch
+            )
             if missing is not None:
                 raise self.violation(
                     f"replica {node.index} vouches for a log without acknowledged {missing}: "
@@ -1556,14 +1564,19 @@ class World:
                     f"{missing}: {best.disk.log}"
                 )
 
-    def _first_missing_acked(self, log: list[Entry]) -> str | None:
-        """An acknowledged write or committed event `log` lacks ("r7 at seq 9"), if any."""
-        for request_id, (seq, _epoch) in self.acked.items():
+    def _first_missing_acked(self, log: list[Entry], up_to_epoch: int | None = None) -> str | None:
+        """An acknowledged write or committed event `log` lacks ("r7 at seq 9"), if any --
+        of those committed first in an epoch up to `up_to_epoch`, if given."""
+        for request_id, (seq, epoch) in self.acked.items():
+            if up_to_epoch is not None and epoch > up_to_epoch:
+                continue
             if seq > len(log) or log[seq - 1].request_id != request_id:
                 return f"{request_id} at seq {seq}"
-        committed = self.committed
-        if log[: len(committed)] != [entry for entry, _ in committed]:
-            for seq, (entry, _) in enumerate(committed, 1):
+        committed = [
+            entry for entry, epoch in self.committed if up_to_epoch is None or epoch <= up_to_epoch
+        ]
+        if log[: len(committed)] != committed:
+            for seq, entry in enumerate(committed, 1):
                 if seq > len(log) or log[seq - 1] != entry:
                     return f"committed {entry} at seq {seq}"
         return None

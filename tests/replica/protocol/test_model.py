@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -87,6 +88,12 @@ SLOW_IO = 2 * HEARTBEAT  # a slow database: one job every this many seconds
 LOST_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
 # Long enough for a first election without the lost primary to be tried and to fail.
 HICCUP_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
+
+
+# A failure is shrunk for up to five minutes (Hypothesis's own limit) after the examples that
+# found it: past pytest's default timeout, which would cut the shrink short and report a
+# "flaky" data generation instead of the violation.
+pytestmark = pytest.mark.timeout(900)
 
 
 def _observe(what: str) -> None:
