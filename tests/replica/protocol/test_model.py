@@ -89,6 +89,8 @@ LOST_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
 # Long enough for a first election without the lost primary to be tried and to fail.
 HICCUP_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
 
+# A stream broken and opened again: the end noticed, a probe round, the divergence exchange.
+RECONNECT_ROUNDS = round(2 * PEER_TIMEOUT / (HEARTBEAT / 2))
 
 # A failure is shrunk for up to five minutes (Hypothesis's own limit) after the examples that
 # found it: past pytest's default timeout, which would cut the shrink short and report a
@@ -438,6 +440,56 @@ class ProtocolModel(RuleBasedStateMachine):
         assert w.settle(LOST_ROUNDS, elected), (
             f"primary {primary.index} crashed and the others elected no one in "
             f"{LOST_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+        )
+
+    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
+    @rule(data=st.data(), writes=st.integers(1, 4), extra=st.integers(0, 6))
+    def reconnect_while_committing(self, data: st.DataObject, writes: int, extra: int) -> None:
+        """Everything healed and converged (as `quiesce`), then `writes` writes come while
+        the primary's own commit of what it streams is slow: a secondary stores them first,
+        its stream breaks, and it reconnects while that commit is still under way. The
+        primary's divergence answer counts what it wrote, not only what is durable: the
+        secondary keeps those events (KIP-101: a divergent tail is cut, and only that). Then
+        the commit ends, `extra` rounds later, and the writes commit."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        secondary = self._pick(data, [n for n in w.nodes if n is not primary], "reconnects")
+
+        def held(index: int) -> bool:
+            return index == primary.index
+
+        requests = self._write_new(primary, writes)
+        stored = w.settle(
+            RECONNECT_ROUNDS,
+            lambda: len(secondary.disk.log) >= len(primary.log_as_written()),
+            slow_commit=held,
+        )
+        assert stored, (
+            f"replica {secondary.index} did not store the streamed batch\n{self._describe()}"
+        )
+        old = secondary.follow
+        if old is not None:
+            w.break_link(old)
+
+        def reconnected() -> bool:
+            link = secondary.follow
+            return (
+                link is not None
+                and link is not old
+                and not link.broken
+                and link.primary_stream is not None
+                and w.follows_live(secondary, primary)
+            )
+
+        assert w.settle(RECONNECT_ROUNDS, reconnected, slow_commit=held), (
+            f"replica {secondary.index} did not reconnect to primary {primary.index}\n"
+            f"{self._describe()}"
+        )
+        w.settle(extra, slow_commit=held)
+        assert w.settle(WRITE_ROUNDS, lambda: all(r in w.acked for r in requests)), (
+            f"writes to primary {primary.index} did not commit after its slow commit\n"
+            f"{self._describe()}"
         )
 
     def _write_new(self, primary: Node, count: int) -> list[str]:
