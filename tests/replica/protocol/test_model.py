@@ -64,6 +64,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from replica.protocol import Role
 from tests.replica.protocol.sim import (
     HEARTBEAT,
     INSYNC_TIMEOUT,
@@ -491,6 +492,67 @@ class ProtocolModel(RuleBasedStateMachine):
             f"writes to primary {primary.index} did not commit after its slow commit\n"
             f"{self._describe()}"
         )
+
+    @precondition(
+        lambda self: self.world is not None and self._since_quiesce >= 25 and self.w.min_insync == 1
+    )
+    @rule(data=st.data(), writes=st.integers(1, 3))
+    def voter_dies(self, data: st.DataObject, writes: int) -> None:
+        """min_insync = 1. Everything healed and converged (as `quiesce`), then one secondary
+        crashes and its primary counts it out; the primary's messages to both secondaries
+        are cut, and the dead one restarts. The other stops hearing its primary and, with the
+        restarted one, elects a newer epoch -- then the voter crashes, and the primary, whose
+        messages reach its host again, sees it dead. That death does not make it out: it may
+        have voted meanwhile, so the primary must not acknowledge alone (the writes that come
+        now must not be acknowledged, or a newer primary would lack them)."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        secondaries = [n for n in w.nodes if n is not primary]
+        voter = self._pick(data, secondaries, "voter")
+        (other,) = [n for n in secondaries if n is not voter]
+        w.crash(other.index)
+
+        def counted_out(node: Node) -> bool:
+            core = primary.core
+            member = (
+                None
+                if core is None or core.in_sync_set is None
+                else core.in_sync_set.members.get(node.index)
+            )
+            return member is not None and not member.in_sync
+
+        w.settle(LOST_ROUNDS, lambda: counted_out(other))
+        w.cut.update({(primary.index, voter.index), (primary.index, other.index)})
+        w.restart(other.index)
+
+        def elected() -> bool:
+            core = voter.core
+            return (
+                core is not None
+                and any(n is not primary for n in w.primaries())
+                and core.current_epoch > (primary.core.current_epoch if primary.core else 0)
+            )
+
+        if not w.settle(LOST_ROUNDS, elected):
+            return
+        w.observe("voter_dies: a newer epoch elected")
+        w.crash(voter.index)
+        w.cut.discard((primary.index, voter.index))
+        if not w.settle(
+            LOST_ROUNDS,
+            lambda: counted_out(voter) or not primary.core or primary.core.role is not Role.PRIMARY,
+        ):
+            return
+        if primary.core is None or primary.core.role is not Role.PRIMARY:
+            return
+        w.observe("voter_dies: the old primary saw the voter dead")
+        for _ in range(writes):
+            if primary not in w.writable():
+                break
+            w.next_request += 1
+            w.client_write(primary, f"r{w.next_request}")
+        w.settle(data.draw(st.integers(1, 8), label="rounds"))
 
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
