@@ -92,6 +92,8 @@ HICCUP_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
 
 # A stream broken and opened again: the end noticed, a probe round, the divergence exchange.
 RECONNECT_ROUNDS = round(2 * PEER_TIMEOUT / (HEARTBEAT / 2))
+# A secondary silent for longer than the in-sync timeout: out, and its answers old.
+SILENT_ROUNDS = round(1.5 * INSYNC_TIMEOUT / (HEARTBEAT / 2))
 
 # A failure is shrunk for up to five minutes (Hypothesis's own limit) after the examples that
 # found it: past pytest's default timeout, which would cut the shrink short and report a
@@ -553,6 +555,53 @@ class ProtocolModel(RuleBasedStateMachine):
             w.next_request += 1
             w.client_write(primary, f"r{w.next_request}")
         w.settle(data.draw(st.integers(1, 8), label="rounds"))
+
+    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
+    @rule(data=st.data(), down_rounds=st.integers(1, 4))
+    def secondary_restarts(self, data: st.DataObject, down_rounds: int) -> None:
+        """Everything healed and converged (as `quiesce`), then one secondary pauses for
+        good (a stuck host: it answers nothing) and its primary goes on with the other. That
+        one crashes and restarts at once (`down_rounds` half-heartbeats later): its primary
+        keeps its office -- a secondary that acked within insync_timeout runs, whatever a
+        probe round that began before its restart says -- and a write then commits."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        assert primary.core is not None
+        epoch = primary.core.current_epoch
+        secondaries = [n for n in w.nodes if n is not primary]
+        restarting = self._pick(data, secondaries, "restarts")
+        (silent,) = [n for n in secondaries if n is not restarting]
+        w.pause(silent.index)
+        w.settle(SILENT_ROUNDS)
+
+        def in_office() -> bool:
+            core = primary.core
+            return core is not None and core.role is Role.PRIMARY and core.current_epoch == epoch
+
+        if not in_office():
+            return  # (it may have stepped down for what happened before: not this scenario)
+        w.crash(restarting.index)
+        w.settle(down_rounds)
+        w.restart(restarting.index)
+        back = w.settle(
+            SILENT_ROUNDS, lambda: not in_office() or w.follows_live(restarting, primary)
+        )
+        assert back and in_office(), (
+            f"primary {primary.index} stepped down while replica {restarting.index} restarted "
+            f"and replica {silent.index} was silent\n{self._describe()}"
+        )
+        w.resume(silent.index)
+        w.next_request += 1
+        request_id = f"r{w.next_request}"
+        assert w.settle(WRITE_ROUNDS, lambda: primary in w.writable()), (
+            f"primary {primary.index} took no write after replica {restarting.index} came back\n"
+            f"{self._describe()}"
+        )
+        assert w.client_write(primary, request_id), "the primary refused a write"
+        assert w.settle(WRITE_ROUNDS, lambda: request_id in w.acked), (
+            f"a write to primary {primary.index} did not commit\n{self._describe()}"
+        )
 
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
