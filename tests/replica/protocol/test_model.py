@@ -587,9 +587,13 @@ class ProtocolModel(RuleBasedStateMachine):
         back = w.settle(
             SILENT_ROUNDS, lambda: not in_office() or w.follows_live(restarting, primary)
         )
-        assert back and in_office(), (
+        assert in_office(), (
             f"primary {primary.index} stepped down while replica {restarting.index} restarted "
             f"and replica {silent.index} was silent\n{self._describe()}"
+        )
+        assert back, (
+            f"replica {restarting.index} did not follow primary {primary.index} again within "
+            f"{SILENT_ROUNDS * HEARTBEAT / 2:.1f}s of its restart\n{self._describe()}"
         )
         w.resume(silent.index)
         w.next_request += 1
