@@ -505,8 +505,9 @@ class ProtocolModel(RuleBasedStateMachine):
         are cut, and the dead one restarts. The other stops hearing its primary and, with the
         restarted one, elects a newer epoch -- then the voter crashes, and the primary, whose
         messages reach its host again, sees it dead. That death does not make it out: it may
-        have voted meanwhile, so the primary must not acknowledge alone (the writes that come
-        now must not be acknowledged, or a newer primary would lack them)."""
+        have voted meanwhile, so the primary must not acknowledge alone the writes that come
+        now. (Nothing here asserts it: a write it acknowledged is one a newer primary lacks,
+        which the world's own checks fail on when the cluster next converges.)"""
         self.quiesce()
         w = self.w
         (primary,) = w.primaries()
