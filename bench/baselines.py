@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import eventlog
 from bench.stats import Distribution
-from replica.writer import utc_now
+from replica.storage.writer import utc_now
 
 WARMUP_CALLS = 20
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 import eventlog
 import projections
-from replica.database import make_engine, upgrade_schema
+from replica.storage.database import make_engine, upgrade_schema
 from testsupport.databases import drop_mysql_database
 
 BACKENDS = ("sqlite", "mysql")

@@ -1,5 +1,5 @@
 """The critical path of one send at 1 sender, as measured spans: the bench times each call,
-the replicas (started with --trace-spans, replica/spans.py) mark each step of the write, and
+the replicas (started with --trace-spans, replica/storage/spans.py) mark each step of the write, and
 every timestamp is CLOCK_MONOTONIC, which all processes on this machine share.
 
 A send's path goes through the secondary whose ack came last (acknowledgement waits for

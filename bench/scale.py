@@ -39,8 +39,8 @@ from eventlog import Event
 from projections import EventTypes
 from protos import chat_pb2
 from protos.wire import MAX_PAGE_SIZE
-from replica.passwords import hash_password
-from replica.writer import utc_now
+from replica.chat.passwords import hash_password
+from replica.storage.writer import utc_now
 from testsupport.harness import ClusterProcesses
 
 SENDER, RECIPIENT = "scale_sender", "scale_recipient"

@@ -18,8 +18,8 @@ import projections
 from eventlog import Event
 from projections import EventTypes
 from projections.apply import POSITION_NAME, message_row
-from replica.passwords import hash_password
-from replica.writer import utc_now
+from replica.chat.passwords import hash_password
+from replica.storage.writer import utc_now
 
 EPOCH = 1
 SENDER = "seed_sender"

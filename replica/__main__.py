@@ -23,7 +23,7 @@ from replica.config import (
     load_cluster_config,
     parse_host_port,
 )
-from replica.database import SchemaError
+from replica.storage.database import SchemaError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["rebuild"]:
-        from replica.timetravel import main as rebuild_main
+        from replica.server.timetravel import main as rebuild_main
 
         return rebuild_main(argv[1:])
     args = parse_args(argv)
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.trace_spans) if args.trace_spans else None,
         )
         if cluster.tls is not None:
-            from replica.stderr_filter import filter_stderr
+            from replica.server.stderr_filter import filter_stderr
 
             filter_stderr()  # gRPC logs every failed TLS handshake: once a minute is enough
-        from replica.node import ReplicaNode  # imported late: grpc start-up is slow
+        from replica.server.node import ReplicaNode  # imported late: grpc start-up is slow
 
         node = ReplicaNode(settings)
     except (ConfigError, SchemaError, OSError) as exc:

@@ -60,7 +60,7 @@ class ReplicaAddress:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """PEM files (checked and loaded by replica/tls.py). One certificate may serve every
+    """PEM files (checked and loaded by replica/replication/tls.py). One certificate may serve every
     replica if its subjectAltName lists all their hosts; or each host sets its own through
     CHAT_TLS_CERT_FILE and CHAT_TLS_KEY_FILE. It must be signed by ca_file, and be usable
     both as a server and as a client certificate (replicas present it to each other)."""
@@ -91,7 +91,7 @@ class ClusterConfig:
     min_insync: int = 1
     max_subscriptions: int = 1000
     max_sessions_per_account: int = 100  # a login beyond it ends the oldest session
-    # Rate limits (token buckets, replica/ratelimit.py): tries allowed at once, then one per
+    # Rate limits (token buckets, replica/chat/ratelimit.py): tries allowed at once, then one per
     # 10 s (per account) or per second (per client address).
     min_password_length: int = 8  # for new accounts
     failed_logins_per_account: int = 5
@@ -284,7 +284,7 @@ class ReplicaSettings:
     db_url: str
     data_dir: Path
     metrics_override: str | None = None  # --metrics-address
-    spans_file: Path | None = None  # --trace-spans (replica/spans.py)
+    spans_file: Path | None = None  # --trace-spans (replica/storage/spans.py)
 
     @property
     def me(self) -> ReplicaAddress:

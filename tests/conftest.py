@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import settings
 
-from replica.database import make_engine, upgrade_schema
+from replica.storage.database import make_engine, upgrade_schema
 from testsupport.databases import drop_mysql_database
 from testsupport.harness import ClusterProcesses, live_clusters
 from testsupport.netns import hosts_problem

@@ -19,14 +19,14 @@ import eventlog
 import projections
 from eventlog import Event, Position
 from projections.schema import PROJECTION_TABLES
-from replica.chat import ChatService
-from replica.commit import CommitTracker
-from replica.notifier import InboxNotifier
-from replica.passwords import ScryptParams, hash_password
-from replica.role import Role, RoleState
-from replica.servicer import ChatServicer, ClusterView, RateLimits, add_chat_servicer
-from replica.tokens import SessionTokens
-from replica.writer import LogWriter, NewEvent, NoReplication, ReplicationFeed
+from replica.chat.passwords import ScryptParams, hash_password
+from replica.chat.service import ChatService
+from replica.chat.servicer import ChatServicer, ClusterView, RateLimits, add_chat_servicer
+from replica.chat.tokens import SessionTokens
+from replica.storage.commit import CommitTracker
+from replica.storage.notifier import InboxNotifier
+from replica.storage.role import Role, RoleState
+from replica.storage.writer import LogWriter, NewEvent, NoReplication, ReplicationFeed
 from testsupport.databases import iter_table_rows
 
 CLUSTER_SECRET = b"in-process-test-secret-0123456789"

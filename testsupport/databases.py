@@ -9,7 +9,7 @@ from sqlalchemy.engine import make_url
 
 from eventlog import Event, read_events
 from projections.schema import PROJECTION_TABLES, projection_position
-from replica.database import quote_identifier
+from replica.storage.database import quote_identifier
 
 
 def iter_all_events(conn: sa.Connection, batch_size: int = 1000) -> Iterable[Event]:

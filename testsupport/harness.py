@@ -150,7 +150,7 @@ class ClusterProcesses:
     metrics: bool = False
     """Each replica serves Prometheus metrics on a free port of its host (metrics_address)."""
     trace_spans: bool = False
-    """Each replica records the steps of every write (replica/spans.py) in spans_path(i)."""
+    """Each replica records the steps of every write (replica/storage/spans.py) in spans_path(i)."""
     launch_prefixes: Sequence[Sequence[str]] | None = None
     """Replica i's command is prefixed with launch_prefixes[i] (e.g. `ip netns exec NS`,
     which execs: the pid is still the replica's)."""

@@ -6,10 +6,10 @@ protocol decides on -- role, current epoch, follow target, what this replica kno
 membership (the vouch), the primary's in-sync set and each secondary's acked position
 (in_sync.py), pause detection, the commit point -- and nothing else: no threads, sockets,
 storage, clock or randomness. Time comes in with every input; storage facts (log positions)
-come in the inputs that need them. One thread owns it: the executor (replica/executor.py)
-turns RPCs, stream messages and storage outcomes into inputs, steps it, and carries out the
-effects; the hypothesis model (tests/replica/protocol/test_model.py) runs the same executor,
-core included, through simulated networks, storage, crashes and pauses.
+come in the inputs that need them. One thread owns it: the executor
+(replica/replication/executor.py) turns RPCs, stream messages and storage outcomes into inputs,
+steps it, and carries out the effects; the hypothesis model (tests/replica/protocol/test_model.py)
+runs the same executor, core included, through simulated networks, storage, crashes and pauses.
 """
 
 from __future__ import annotations

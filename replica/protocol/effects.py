@@ -3,7 +3,7 @@
 A step's `Ready` says what must be durable first (`persist`: the epoch seen, a truncation) and
 what follows only once it is (`then`, in order: the rest of the process's state, messages,
 calls, and storage work whose outcome comes back as an input). So "persist before reply" is
-a property of the type, as in etcd's `Ready`: the executor (replica/executor.py) hands
+a property of the type, as in etcd's `Ready`: the executor (replica/replication/executor.py) hands
 `persist` to its storage and carries out `then` only when storage reported it durable."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from client.errors import ChatError
 from client.library import ChatClient
 from protos import chat_pb2, chat_pb2_grpc
 from replica.config import default_db_url
-from replica.database import make_engine
+from replica.storage.database import make_engine
 from tests.conftest import MYSQL_SERVER_URL
 from testsupport.databases import drop_mysql_database, iter_table_rows
 from testsupport.harness import ClusterProcesses, wait_until

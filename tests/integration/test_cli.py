@@ -18,7 +18,7 @@ import pytest
 import eventlog
 from bench import scale
 from projections import EventTypes
-from replica.database import make_engine, upgrade_schema
+from replica.storage.database import make_engine, upgrade_schema
 from tests.integration.cluster_checks import (
     db_url,
     replica_state,

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from protos import replication_pb2 as rpb
 from replica.config import load_cluster_config
-from replica.peers import Peers, ProbeResult
+from replica.replication.peers import Peers, ProbeResult
 from tests.conftest import MYSQL_SERVER_URL, require_mysql
 from tests.integration.cluster_checks import (
     SETTINGS,

@@ -13,7 +13,7 @@ import pytest
 import eventlog
 import projections
 from eventlog import Event
-from replica.database import make_engine
+from replica.storage.database import make_engine
 from tests.integration.cluster_checks import (
     HOSTS,
     check_exactly_once,

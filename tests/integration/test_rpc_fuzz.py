@@ -42,7 +42,7 @@ from hypothesis.stateful import (
 
 from protos import chat_pb2, chat_pb2_grpc
 from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE, REPLICA_MAX_MESSAGE_BYTES
-from replica.database import make_engine
+from replica.storage.database import make_engine
 from tests.inprocess import Snapshot, snapshot
 from tests.integration.cluster_checks import db_url, wait_for_primary
 from testsupport.harness import ClusterProcesses

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import eventlog
 from protos import chat_pb2, chat_pb2_grpc
-from replica.database import make_engine
+from replica.storage.database import make_engine
 from tests.conftest import MYSQL_SERVER_URL, require_mysql
 from tests.integration.cluster_checks import db_url, wait_for_primary
 from testsupport.databases import drop_mysql_database, iter_table_rows

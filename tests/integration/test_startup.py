@@ -17,7 +17,7 @@ from client.library import ChatClient
 from eventlog import Event
 from projections import EventTypes
 from protos import chat_pb2, chat_pb2_grpc
-from replica.database import make_engine
+from replica.storage.database import make_engine
 from tests.integration.cluster_checks import PASSWORD, db_url, register_users, wait_for_primary
 from testsupport.harness import ClusterProcesses, wait_until
 

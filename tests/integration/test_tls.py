@@ -280,7 +280,7 @@ def test_repeated_handshake_failures_are_logged_once_a_minute(
 
 
 def test_handshake_lines_are_summed_up_when_the_minute_ends() -> None:
-    from replica.stderr_filter import HandshakeLines
+    from replica.server.stderr_filter import HandshakeLines
 
     now = [0.0]
     lines = HandshakeLines(60.0, clock=lambda: now[0])

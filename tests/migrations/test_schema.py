@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 
 import eventlog
 import projections
-from replica.database import (
+from replica.storage.database import (
     SchemaError,
     alembic_config,
     current_revision,

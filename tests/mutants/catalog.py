@@ -12,12 +12,12 @@ from pathlib import Path
 CORE = "replica/protocol/core.py"
 IN_SYNC = "replica/protocol/in_sync.py"
 RULES = "replica/protocol/rules.py"
-EXECUTOR = "replica/executor.py"
-COMMIT = "replica/commit.py"
-PORTS = "replica/ports.py"
-PEERS = "replica/peers.py"
-STORAGE = "replica/storage.py"
-WRITER = "replica/writer.py"
+EXECUTOR = "replica/replication/executor.py"
+COMMIT = "replica/storage/commit.py"
+PORTS = "replica/replication/ports.py"
+PEERS = "replica/replication/peers.py"
+STORAGE = "replica/replication/storage_worker.py"
+WRITER = "replica/storage/writer.py"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from projections import accounts, messages
 from projections.queries import conversation, list_usernames, literal_prefix, unread_by_sender
-from replica.validation import like_pattern
+from replica.chat.validation import like_pattern
 
 T0 = dt.datetime(2030, 5, 6, 7, 8, 9)
 ACCOUNTS = [1, 2, 3]

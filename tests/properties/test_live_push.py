@@ -1,8 +1,8 @@
 """A caught-up subscription pushes new messages from the notifier instead of querying its inbox
-(replica/servicer.py next_page, replica/notifier.py live_after). The invariant: whatever the
-interleaving of commits, listener calls (late, lost, in one batch or several), acks, step-downs
-and buffer overflows, each subscription yields every committed, unacknowledged message of its
-account exactly once, in seq order, and nothing else -- the same as one that always queried.
+(replica/chat/servicer.py next_page, replica/storage/notifier.py live_after). The invariant:
+whatever the interleaving of commits, listener calls (late, lost, in one batch or several), acks,
+step-downs and buffer overflows, each subscription yields every committed, unacknowledged message of
+its account exactly once, in seq order, and nothing else -- the same as one that always queried.
 
 The state machine drives the real notifier and the real next_page; the inbox they fall back
 to is a model of the committed log (what the projections would answer)."""
@@ -20,8 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from eventlog import Event
 from projections import EventTypes
 from projections.queries import StoredMessage
-from replica.notifier import InboxNotifier
-from replica.servicer import next_page
+from replica.chat.servicer import next_page
+from replica.storage.notifier import InboxNotifier
 
 ME, OTHER = 7, 8
 PAGE = 3

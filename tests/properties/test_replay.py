@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 
 import eventlog
 from projections import rebuild
-from replica.chat import LoginResult
+from replica.chat.service import LoginResult
 from replica.errors import (
     AlreadyExists,
     ChatError,

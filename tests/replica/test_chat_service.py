@@ -16,7 +16,9 @@ import eventlog
 import projections
 from projections import EventTypes, messages, sessions
 from projections import queries as q
-from replica.chat import ChatService
+from replica.chat.passwords import verify_password
+from replica.chat.service import ChatService
+from replica.chat.tokens import SessionTokens
 from replica.errors import (
     AlreadyExists,
     ChatError,
@@ -25,10 +27,8 @@ from replica.errors import (
     NotPrimary,
     Unauthenticated,
 )
-from replica.passwords import verify_password
-from replica.role import Role
-from replica.tokens import SessionTokens
-from replica.writer import NewEvent
+from replica.storage.role import Role
+from replica.storage.writer import NewEvent
 from tests.inprocess import (
     ADDRESSES,
     InProcessReplica,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from eventlog import Event
 from projections import Applier, EventTypes
 from projections import queries as q
-from replica.directory import Directory
+from replica.storage.directory import Directory
 from tests.conftest import DatabaseFactory
 from tests.inprocess import reset_database
 from tests.projections.test_apply import valid_logs

@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from replica.config import ClusterConfig, resolve_cluster_secret
-from replica.database import loose_permissions, make_engine, upgrade_schema
+from replica.storage.database import loose_permissions, make_engine, upgrade_schema
 from testsupport.harness import REPO_ROOT
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 import eventlog
 from replica.errors import AlreadyExists, ChatError
-from replica.writer import LogWriter, NewEvent
+from replica.storage.writer import LogWriter, NewEvent
 from tests.inprocess import InProcessReplica
 from testsupport.harness import wait_until
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-import replica.database
+import replica.storage.database
 from tests.conftest import DatabaseFactory, require_mysql
 
 pytestmark = pytest.mark.mysql

@@ -8,7 +8,7 @@ import threading
 
 from eventlog import Event
 from projections import EventTypes
-from replica.notifier import InboxNotifier
+from replica.storage.notifier import InboxNotifier
 
 T0 = dt.datetime(2030, 1, 1)
 

@@ -14,7 +14,7 @@ import pytest
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
 from replica.config import ClusterConfig, ReplicaAddress
-from replica.peers import Peers, ProbeResult
+from replica.replication.peers import Peers, ProbeResult
 from testsupport.harness import free_port
 
 SECRET = b"peers-test-secret-0123456789abcdef"

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from protos import chat_pb2, chat_pb2_grpc
-from replica.ratelimit import TokenBuckets, client_address
-from replica.servicer import RateLimits
+from replica.chat.ratelimit import TokenBuckets, client_address
+from replica.chat.servicer import RateLimits
 from tests.inprocess import InProcessReplica, serve_grpc
 
 

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from protos import chat_pb2, chat_pb2_grpc
 from protos.wire import SERVICE_ERROR_KEY
-from replica.chat import ChatService
-from replica.servicer import CHAT_SERVICE
+from replica.chat.service import ChatService
+from replica.chat.servicer import CHAT_SERVICE
 from tests.inprocess import (
     InProcessReplica,
     assert_unchanged,

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from protos import chat_pb2, chat_pb2_grpc
-from replica.database import make_engine, storage_error, upgrade_schema
 from replica.errors import ResourceExhausted, Unavailable
+from replica.storage.database import make_engine, storage_error, upgrade_schema
 from tests.inprocess import InProcessReplica, serve_grpc, snapshot
 
 PASSWORD = "correct horse"

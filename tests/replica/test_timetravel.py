@@ -9,7 +9,7 @@ import sys
 import sqlalchemy as sa
 
 import eventlog
-from replica.database import make_engine
+from replica.storage.database import make_engine
 from tests.conftest import DatabaseFactory
 from tests.inprocess import InProcessReplica, snapshot
 

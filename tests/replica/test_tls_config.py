@@ -1,5 +1,5 @@
 """The [tls] table, peer_address and CHAT_TLS_* overrides (replica/config.py), and the checks
-replica/tls.py makes of the files before a replica starts."""
+replica/replication/tls.py makes of the files before a replica starts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from replica.config import ConfigError, ReplicaAddress, TlsConfig, load_cluster_config
-from replica.tls import load_tls_material
+from replica.replication.tls import load_tls_material
 from tests.certs import cluster_tls, issue, make_authority, require_openssl
 
 REPLICAS = """

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replica.tokens import SessionTokens
+from replica.chat.tokens import SessionTokens
 
 tokens = SessionTokens(b"a-test-secret-of-enough-bytes")
 EMOJI = "\U0001f600"

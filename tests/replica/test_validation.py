@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replica import validation as v
+from replica.chat import validation as v
 from replica.errors import InvalidArgument
 
 SQL_INJECTIONS = [

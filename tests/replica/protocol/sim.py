@@ -1,9 +1,9 @@
-"""A simulated world around real replicas: each one is the real `Executor` (replica/executor.py)
-with the real `ReplicaCore` in it, the real `RoleState` and `CommitTracker` beside it, and
-simulated ports -- a database whose jobs complete, stall or fail (also in doubt: committed,
-but reported failed) when the model says; a network of ordered streams and calls that
-deliver, delay, lose and break messages; a clock the model moves. Processes crash (volatile
-state and pending I/O lost, the disk kept), restart and pause.
+"""A simulated world around real replicas: each one is the real `Executor`
+(replica/replication/executor.py) with the real `ReplicaCore` in it, the real `RoleState` and
+`CommitTracker` beside it, and simulated ports -- a database whose jobs complete, stall or fail
+(also in doubt: committed, but reported failed) when the model says; a network of ordered streams
+and calls that deliver, delay, lose and break messages; a clock the model moves. Processes crash
+(volatile state and pending I/O lost, the disk kept), restart and pause.
 
 Nothing here decides what the protocol decides, and nothing here carries out an effect: the
 executor does both, one input at a time, on this thread. This module is the environment: it
@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventlog import Position
-from replica.commit import CommitTracker
 from replica.errors import ChatError
-from replica.executor import Executor, StorageUnavailable
-from replica.ports import (
+from replica.protocol import ProtocolConfig, ReplicaCore, Role, rules
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
+from replica.replication.executor import Executor, StorageUnavailable
+from replica.replication.ports import (
     Answer,
     Envelope,
     FollowStreams,
@@ -42,16 +44,14 @@ from replica.ports import (
     divergence_received,
     sendable,
 )
-from replica.protocol import ProtocolConfig, ReplicaCore, Role, rules
-from replica.protocol import effects as fx
-from replica.protocol import inputs as ins
-from replica.role import RoleState
+from replica.storage.commit import CommitTracker
+from replica.storage.role import RoleState
 
 HEARTBEAT = 0.1
 PEER_TIMEOUT = 0.6
 INSYNC_TIMEOUT = 1.0
-# The calls' deadlines (the real ports': replica/peers.py): a call not answered by then fails,
-# and its caller goes on.
+# The calls' deadlines (the real ports': replica/replication/peers.py): a call not answered by then
+# fails, and its caller goes on.
 PROBE_TIMEOUT = max(2 * HEARTBEAT, 0.2)
 VOTE_TIMEOUT = PEER_TIMEOUT
 # min_insync = 1 is safe only on a network whose delays are far below the timeouts, with
@@ -1272,11 +1272,11 @@ class World:
         return [n for n in self.nodes if n.running and n.written and not n.db_stalled]
 
     def client_write(self, node: Node, request_id: str) -> bool:
-        """One command through the writer (replica/writer.py): the commit tracker's term read
-        first, then the role shown (primary, or refused); a request id already in the log
-        waits for its event; otherwise admission, then the event is decided and streamed
-        (Written), and its local commit starts: commit() finishes it (Appended), or it fails
-        (LocalWriteFailed). Returns whether the command was taken."""
+        """One command through the writer (replica/storage/writer.py): the commit tracker's term
+        read first, then the role shown (primary, or refused); a request id already in the log waits
+        for its event; otherwise admission, then the event is decided and streamed (Written), and
+        its local commit starts: commit() finishes it (Appended), or it fails (LocalWriteFailed).
+        Returns whether the command was taken."""
         if node.db_down:
             return False  # UNAVAILABLE, nothing applied
         # (A write that comes while a batch is decided joins it: the writer's group commit.)

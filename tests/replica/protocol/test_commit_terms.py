@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 import eventlog
-from replica.commit import CommitTracker
 from replica.errors import Unavailable
 from replica.protocol import Role
-from replica.role import RoleState
-from replica.writer import LogWriter, NewEvent
+from replica.storage.commit import CommitTracker
+from replica.storage.role import RoleState
+from replica.storage.writer import LogWriter, NewEvent
 from testsupport.harness import wait_until
 
 

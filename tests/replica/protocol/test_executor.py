@@ -1,5 +1,5 @@
-"""The executor (replica/executor.py) on its own, with ports that record what they are handed
-and a clock the test moves: who may touch the core, what waits for a durable write, what a
+"""The executor (replica/replication/executor.py) on its own, with ports that record what they are
+handed and a clock the test moves: who may touch the core, what waits for a durable write, what a
 failed one does, and what the rest of the process is told. (The protocol model runs the same
 executor through every interleaving; these pin single rules.)"""
 
@@ -12,10 +12,12 @@ from concurrent.futures import Future
 import pytest
 
 from eventlog import Position
-from replica.commit import CommitTracker
 from replica.errors import Unavailable
-from replica.executor import Executor, WrongThread
-from replica.ports import (
+from replica.protocol import ProtocolConfig, Role
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
+from replica.replication.executor import Executor, WrongThread
+from replica.replication.ports import (
     Answer,
     Envelope,
     FollowStreams,
@@ -28,10 +30,8 @@ from replica.ports import (
     ServedStream,
     Storage,
 )
-from replica.protocol import ProtocolConfig, Role
-from replica.protocol import effects as fx
-from replica.protocol import inputs as ins
-from replica.role import RoleState
+from replica.storage.commit import CommitTracker
+from replica.storage.role import RoleState
 
 
 class Log(LogReader):

@@ -7,10 +7,10 @@ import datetime as dt
 
 from eventlog import Event
 from projections import EventTypes
-from replica.primary import RecentEvents
 from replica.protocol import ProtocolConfig
 from replica.protocol.effects import AdvanceCommit, Effect
 from replica.protocol.in_sync import InSyncSet
+from replica.replication.primary import RecentEvents
 
 CONFIG = ProtocolConfig(0, (0, 1, 2), peer_timeout=0.6, insync_timeout=1.0)
 AWAKE = 1.0  # past the 1.5 x peer_timeout window a new primary waits before dropping anyone

@@ -1,6 +1,6 @@
 """The replication protocol as a hypothesis state machine: three real replicas -- each the
-real `Executor` (replica/executor.py) around the real `ReplicaCore`, with the real `RoleState`
-and `CommitTracker` -- in a simulated world (sim.py) of storage, network and clients.
+real `Executor` (replica/replication/executor.py) around the real `ReplicaCore`, with the real
+`RoleState` and `CommitTracker` -- in a simulated world (sim.py) of storage, network and clients.
 
 Every protocol decision is the core's, and every effect is carried out by the executor. The
 rules only make things happen in some order: ticks and time passing, an executor taking its

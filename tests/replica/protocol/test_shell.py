@@ -20,18 +20,18 @@ import sqlalchemy as sa
 import eventlog
 from eventlog import Position
 from protos import replication_pb2 as rpb
-from replica.commit import CommitTracker
-from replica.database import make_engine, upgrade_schema
-from replica.executor import Executor
-from replica.ports import Envelope, Inbox, LogFacts, Persisted, ProbeRound, sendable
-from replica.primary import PrimaryStreams, ServedStream
 from replica.protocol import ProtocolConfig, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
-from replica.role import RoleState
-from replica.secondary import FollowStreams
-from replica.storage import DatabaseStorage
-from replica.writer import LogWriter
+from replica.replication.executor import Executor
+from replica.replication.ports import Envelope, Inbox, LogFacts, Persisted, ProbeRound, sendable
+from replica.replication.primary import PrimaryStreams, ServedStream
+from replica.replication.secondary import FollowStreams
+from replica.replication.storage_worker import DatabaseStorage
+from replica.storage.commit import CommitTracker
+from replica.storage.database import make_engine, upgrade_schema
+from replica.storage.role import RoleState
+from replica.storage.writer import LogWriter
 from testsupport.harness import wait_until
 
 PROTOCOL = ProtocolConfig(0, (0, 1, 2))

@@ -11,10 +11,10 @@ import eventlog
 import projections
 from protos import replication_pb2
 from replica.config import ClusterConfig
-from replica.peers import ProbeResult
 from replica.protocol import Role
 from replica.protocol.effects import MemberStatus, ReplicaStatus
-from replica.role import RoleSnapshot
+from replica.replication.peers import ProbeResult
+from replica.storage.role import RoleSnapshot
 
 
 @dataclass(frozen=True)

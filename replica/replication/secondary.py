@@ -19,12 +19,12 @@ import grpc
 
 from eventlog import Position
 from protos import replication_pb2 as rpb
-from replica import ports
-from replica.peers import Peers
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.protocol.rules import LogPosition
-from replica.spans import DISABLED, Spans
+from replica.replication import ports
+from replica.replication.peers import Peers
+from replica.storage.spans import DISABLED, Spans
 
 log = logging.getLogger(__name__)
 

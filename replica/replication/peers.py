@@ -18,12 +18,12 @@ from eventlog import Position
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
 from protos.wire import CLUSTER_SECRET_KEY, REPLICA_MAX_MESSAGE_BYTES, SERVICE_ERROR_KEY
-from replica import ports
 from replica.config import ClusterConfig, ReplicaAddress
 from replica.protocol import ProtocolConfig, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
-from replica.tls import TlsMaterial
+from replica.replication import ports
+from replica.replication.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 

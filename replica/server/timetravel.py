@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 import eventlog
 import projections
 from replica.config import ConfigError, default_db_url, load_cluster_config
-from replica.database import SchemaError, make_engine, upgrade_schema
+from replica.storage.database import SchemaError, make_engine, upgrade_schema
 
 BATCH = 5000
 

@@ -6,8 +6,8 @@ time, steps the core with it, and carries out the `Ready` the core returns: what
 durable (`persist`) goes to storage first, and what follows (`then`) is carried out only once
 storage reported it durable -- in order, after every earlier step's, through one exhaustive
 `match`. Slow work (the database, calls to peers, the streams' sending) runs in the ports
-(replica/ports.py), which report back through the inbox; a caller that needs a decision waits
-on a future the executor completes. No other thread touches the core: `process` raises
+(replica/replication/ports.py), which report back through the inbox; a caller that needs a decision
+waits on a future the executor completes. No other thread touches the core: `process` raises
 `WrongThread` on any thread but the one that claimed the executor.
 
 The loop (`run`) is a thin thread around `process`: the protocol model
@@ -31,9 +31,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import assert_never
 
-from replica.commit import CommitTracker
 from replica.errors import Unavailable
-from replica.ports import (
+from replica.protocol import ProtocolConfig, ReplicaCore, Role
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
+from replica.protocol.rules import LogPosition
+from replica.replication.ports import (
     Answer,
     Envelope,
     FollowStreams,
@@ -49,11 +52,8 @@ from replica.ports import (
     Stop,
     Storage,
 )
-from replica.protocol import ProtocolConfig, ReplicaCore, Role
-from replica.protocol import effects as fx
-from replica.protocol import inputs as ins
-from replica.protocol.rules import LogPosition
-from replica.role import RoleState
+from replica.storage.commit import CommitTracker
+from replica.storage.role import RoleState
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Who may call what: replica-to-replica RPCs require the cluster secret and, with TLS, a
-client certificate signed by the cluster's CA (see replica/tls.py); and nothing but the health
-check is answered while the replica starts."""
+client certificate signed by the cluster's CA (see replica/replication/tls.py); and nothing but the
+health check is answered while the replica starts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from protos.wire import CLUSTER_SECRET_KEY, SERVICE_ERROR_KEY
-from replica.tls import PEER_CERTIFICATE_KEY
+from replica.replication.tls import PEER_CERTIFICATE_KEY
 
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]  # generic only in the type stubs
@@ -110,7 +110,7 @@ class StartingInterceptor(_Interceptor):
     """Until `ready` is set (the projections replayed), every call but the health check and
     reflection is refused with UNAVAILABLE, marked as the replica's own answer: clients try
     another replica, and peers count it as a refusal -- a replica that has just started
-    vouches for nothing (replica/peers.py)."""
+    vouches for nothing (replica/replication/peers.py)."""
 
     def __init__(self, ready: threading.Event, why: Callable[[], str]) -> None:
         self._ready = ready

@@ -20,30 +20,30 @@ import eventlog
 import projections
 from protos import chat_pb2, replication_pb2, replication_pb2_grpc
 from protos.wire import REPLICA_MAX_MESSAGE_BYTES
-from replica.auth import ClusterSecretInterceptor, StartingInterceptor
-from replica.chat import ChatService
-from replica.cluster_status import ClusterView, cluster_view
-from replica.commit import CommitTracker
+from replica.chat.service import ChatService
+from replica.chat.servicer import ChatServicer, RateLimits, add_chat_servicer
+from replica.chat.tokens import SessionTokens
 from replica.config import ClusterConfig, ReplicaSettings, resolve_cluster_secret
-from replica.database import loose_permissions, make_engine, upgrade_schema
 from replica.errors import Unavailable
-from replica.executor import Executor
-from replica.metrics import MetricsInterceptor, ReplicaMetrics, gauge
-from replica.notifier import InboxNotifier
-from replica.peers import PeerCalls, Peers
-from replica.ports import Inbox
-from replica.primary import PrimaryStreams
 from replica.protocol import ProtocolConfig, Role
 from replica.protocol.effects import ReplicaStatus
-from replica.replication_service import ReplicationServicer
-from replica.role import RoleState
-from replica.secondary import FollowStreams
-from replica.servicer import ChatServicer, RateLimits, add_chat_servicer
-from replica.spans import Spans
-from replica.storage import DatabaseStorage
-from replica.tls import TlsMaterial, load_tls_material
-from replica.tokens import SessionTokens
-from replica.writer import Clock, LogWriter, utc_now
+from replica.replication.executor import Executor
+from replica.replication.peers import PeerCalls, Peers
+from replica.replication.ports import Inbox
+from replica.replication.primary import PrimaryStreams
+from replica.replication.secondary import FollowStreams
+from replica.replication.service import ReplicationServicer
+from replica.replication.status import ClusterView, cluster_view
+from replica.replication.storage_worker import DatabaseStorage
+from replica.replication.tls import TlsMaterial, load_tls_material
+from replica.server.auth import ClusterSecretInterceptor, StartingInterceptor
+from replica.server.metrics import MetricsInterceptor, ReplicaMetrics, gauge
+from replica.storage.commit import CommitTracker
+from replica.storage.database import loose_permissions, make_engine, upgrade_schema
+from replica.storage.notifier import InboxNotifier
+from replica.storage.role import RoleState
+from replica.storage.spans import Spans
+from replica.storage.writer import Clock, LogWriter, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import sqlalchemy as sa
 import eventlog
 from eventlog import Event, Position
 from protos import replication_pb2 as rpb
-from replica import ports
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
-from replica.spans import DISABLED, Spans
-from replica.wire import event_to_proto
+from replica.replication import ports
+from replica.storage.spans import DISABLED, Spans
+from replica.storage.wire import event_to_proto
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import sqlalchemy as sa
 import eventlog
 import projections
 from eventlog import Event
-from replica.commit import CommitTracker
-from replica.database import storage_error
-from replica.directory import Directory
 from replica.errors import ChatError, Unavailable
-from replica.role import RoleState
-from replica.spans import DISABLED, Spans
+from replica.storage.commit import CommitTracker
+from replica.storage.database import storage_error
+from replica.storage.directory import Directory
+from replica.storage.role import RoleState
+from replica.storage.spans import DISABLED, Spans
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ Decide = Callable[[sa.Connection], NewEvent | None]
 
 
 class ReplicationFeed(Protocol):
-    """What the writer tells replication (replica/primary.py), under its lock: a batch's
+    """What the writer tells replication (replica/replication/primary.py), under its lock: a batch's
     events as soon as they are decided (`written`, before their local commit), that such a
     batch then failed to commit (`write_failed`), and events once durable (`appended`)."""
 

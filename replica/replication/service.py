@@ -1,5 +1,5 @@
 """The gRPC servicer for replica-to-replica calls: each call becomes an input for the executor
-(replica/executor.py), and the handler waits for the decision on a future."""
+(replica/replication/executor.py), and the handler waits for the decision on a future."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from eventlog import Position
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
 from protos.wire import SERVICE_ERROR_KEY
-from replica.database import StorageOutageLog, storage_problem
 from replica.errors import Unavailable
-from replica.executor import Executor, StorageUnavailable
-from replica.ports import Answer, LogFacts
-from replica.primary import PrimaryStreams
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.protocol.rules import LogPosition
+from replica.replication.executor import Executor, StorageUnavailable
+from replica.replication.ports import Answer, LogFacts
+from replica.replication.primary import PrimaryStreams
+from replica.storage.database import StorageOutageLog, storage_problem
 
 log = logging.getLogger(__name__)
 

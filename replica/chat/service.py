@@ -18,7 +18,9 @@ from eventlog import Event
 from projections import EventTypes
 from projections import queries as q
 from protos.wire import UNDELIVERED_COUNT_CAP
-from replica import validation as v
+from replica.chat import validation as v
+from replica.chat.passwords import hash_password, verify_password
+from replica.chat.tokens import SessionTokens
 from replica.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -26,9 +28,7 @@ from replica.errors import (
     Unauthenticated,
     Unavailable,
 )
-from replica.passwords import hash_password, verify_password
-from replica.tokens import SessionTokens
-from replica.writer import LogWriter, NewEvent
+from replica.storage.writer import LogWriter, NewEvent
 
 # Each check runs in the writer's transaction, after the request was validated.
 _WRONG_LOGIN = "wrong username or password"

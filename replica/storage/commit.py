@@ -18,7 +18,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from eventlog import Event
 from replica.errors import Unavailable
-from replica.spans import DISABLED, Spans
+from replica.storage.spans import DISABLED, Spans
 
 LOST_ROLE = (
     "the request was not committed: this replica lost its primary role; "

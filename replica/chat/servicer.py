@@ -19,19 +19,19 @@ from projections.queries import StoredMessage
 from protos import chat_pb2, chat_pb2_grpc
 from protos.wire import PRIMARY_ADDRESS_KEY, SERVICE_ERROR_KEY
 from replica import errors
-from replica.chat import ChatService, sent_at_unix_ms
-from replica.cluster_status import ClusterView
-from replica.database import storage_problem
-from replica.notifier import InboxNotifier
-from replica.ratelimit import TokenBuckets, client_address, retry_text
-from replica.role import Role, RoleState
+from replica.chat.ratelimit import TokenBuckets, client_address, retry_text
+from replica.chat.service import ChatService, sent_at_unix_ms
+from replica.replication.status import ClusterView
+from replica.storage.database import storage_problem
+from replica.storage.notifier import InboxNotifier
+from replica.storage.role import Role, RoleState
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RateLimits:
-    """Token buckets (replica/ratelimit.py): `burst` tries, then one per `interval` seconds.
+    """Token buckets (replica/chat/ratelimit.py): `burst` tries, then one per `interval` seconds.
     Failed logins per account (5, then one per 10 s: at most ~8,600 guesses a day) and per
     client address (50, then one a second); registrations per address (100, then one a
     second: a classroom behind one NAT registers at once, a squatter crawls)."""

@@ -1,11 +1,11 @@
-"""What the executor (replica/executor.py) needs of the world, as plain objects passed in.
+"""What the executor (executor.py) needs of the world, as plain objects passed in.
 
 Every port does its slow work elsewhere -- on a worker thread, on gRPC's threads, in a
 simulated network -- and reports back through the executor's inbox: its methods return at
-once and never step the core. The replica's own ports are `replica.storage.DatabaseStorage`,
-`replica.peers.Peers`, `replica.secondary.FollowStreams` and the streams
-`replica.primary.PrimaryStreams` serves; the protocol model (tests/replica/protocol/sim.py)
-gives the same executor simulated ones."""
+once and never step the core. The replica's own ports are `storage_worker.DatabaseStorage`,
+`peers.Peers`, `secondary.FollowStreams` and the streams `primary.PrimaryStreams` serves (all
+in this package); the protocol model (tests/replica/protocol/sim.py) gives the same executor
+simulated ones."""
 
 from __future__ import annotations
 

@@ -18,13 +18,13 @@ import eventlog
 import projections
 from eventlog import Position
 from protos import replication_pb2 as rpb
-from replica.database import StorageOutageLog, storage_problem
-from replica.ports import Inbox, LogReader, Persisted, Storage
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
-from replica.spans import DISABLED, Spans
-from replica.wire import event_from_proto
-from replica.writer import LogWriter, NewEvent
+from replica.replication.ports import Inbox, LogReader, Persisted, Storage
+from replica.storage.database import StorageOutageLog, storage_problem
+from replica.storage.spans import DISABLED, Spans
+from replica.storage.wire import event_from_proto
+from replica.storage.writer import LogWriter, NewEvent
 
 log = logging.getLogger(__name__)
 
