@@ -6,6 +6,8 @@ room's private `_names`."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,78 @@ def test_a_forbidden_import_is_found(tmp_path: Path, room: str, line: str, found
     (copy / room / "mod.py").write_text(line + "\n")
     (problem,) = violations(copy)
     assert found in problem and "mod.py:1" in problem
+
+
+# -- names that point at code ---------------------------------------------------------------
+
+REPO = REPLICA.parent
+TOP = ("replica", "tests", "bench", "client", "eventlog", "projections", "testsupport", "chaos",
+       "migrations", "docs", "protos")  # fmt: skip
+PATH = re.compile(r"\b((?:" + "|".join(TOP) + r")/[\w/.-]+?\.(?:py|md|toml|proto))\b")
+DOTTED = re.compile(r"(?<![\w./-])(replica(?:\.\w+)+)")
+
+
+def _texts() -> list[Path]:
+    files = subprocess.run(
+        ["git", "ls-files", "*.py", "*.md", "Makefile"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [REPO / f for f in files if (REPO / f).is_file()]
+
+
+def _resolves(dotted: str) -> bool:
+    """`replica.storage.writer.LogWriter` names a module (and a name defined in it)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = REPO.joinpath(*parts[:cut])
+        module = base.with_suffix(".py") if not base.is_dir() else base / "__init__.py"
+        if module.is_file():
+            rest = parts[cut:]
+            if not rest:
+                return True
+            source = module.read_text()
+            return re.search(rf"\b(class|def)\s+{rest[0]}\b|^\s*{rest[0]}\b\s*[:=]", source, re.M)
+    return False
+
+
+def _prose(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of what a reader reads as prose: a Python file's docstrings and comments,
+    a Markdown file's code spans -- not code, where `replica.x` may be a variable's field."""
+    text = path.read_text()
+    if path.suffix != ".py":
+        return [(n, " ".join(re.findall(r"`([^`]+)`", line))) for n, line in
+                enumerate(text.splitlines(), 1)]  # fmt: skip
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            value = body[0].value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                for offset, line in enumerate(value.value.splitlines()):
+                    found.append((value.lineno + offset, line))
+    for n, line in enumerate(text.splitlines(), 1):
+        if "#" in line:
+            found.append((n, line[line.index("#") :]))
+    return found
+
+
+def test_no_stale_names() -> None:
+    """Every file path named anywhere, and every `replica.` module path named in docstrings,
+    comments and docs, exists (files were moved: a comment naming the old place misleads)."""
+    stale = []
+    for path in _texts():
+        if path.resolve() == Path(__file__).resolve():
+            continue
+        where = path.relative_to(REPO)
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for found in PATH.findall(line):
+                if not (REPO / found).exists():
+                    stale.append(f"{where}:{n}: {found}")
+        for n, line in _prose(path):
+            for found in DOTTED.findall(line):
+                if not _resolves(found.rstrip(".")):
+                    stale.append(f"{where}:{n}: {found}")
+    assert stale == []

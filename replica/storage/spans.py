@@ -7,7 +7,7 @@ Off unless a replica is started with `--trace-spans FILE` (or CHAT_TRACE_SPANS).
 one line `NAME SEQ NANOSECONDS`, the time from CLOCK_MONOTONIC, which every process on the
 machine shares. A mark either belongs to one event (`decided 41`) or covers every event up to
 its seq (`stored 41`: all of 1..41 are stored); the reader tells them apart by name
-(bench/spans.py). Marks are buffered and written by a thread every FLUSH_SECONDS."""
+(bench/path.py). Marks are buffered and written by a thread every FLUSH_SECONDS."""
 
 from __future__ import annotations
 
