@@ -1,5 +1,12 @@
+import os
 import sys
 
-from client.cli import main
+# gRPC's C core logs each failed TLS handshake on stderr at INFO, around the CLI's own one-line
+# error; it reads this once, when grpc is first imported, so it is set before that. An
+# explicit GRPC_VERBOSITY (e.g. INFO, to see them) wins. (The library leaves the process's
+# environment alone: this is the CLI's choice.)
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from client.cli import main  # (after the variable above)
 
 sys.exit(main())

@@ -1,8 +1,29 @@
-"""The client's own exceptions: every failure a caller sees is a ChatError."""
+"""The client's own exceptions: every failure a caller sees is a ChatError, of the class that
+says what went wrong -- built from the error class the replica sends with its status (or, for
+a transport failure, from the status code alone):
+
+    ChatError
+    ├── InvalidArgument        a bad username, password, page size, empty message, ...
+    ├── AlreadyExists          the username is taken
+    ├── NotFound               no such account (or message)
+    ├── Unauthenticated        wrong password, an expired session
+    │   └── NotLoggedInError   a call that needs a session, made before login
+    ├── PermissionDenied       not yours to do
+    ├── ResourceExhausted      a replica's limit (subscriptions, a full disk)
+    │   └── RateLimited        too many tries: `retry_after` seconds until the next one
+    └── Unavailable            the service cannot answer now (no quorum, storage failing)
+        └── ChatUnavailableError  no replica (or no primary) answered before the deadline
+
+Each keeps the gRPC status `code` and the replica's `message`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import grpc
+
+from protos.wire import RETRY_AFTER_KEY, SERVICE_ERROR_KEY
 
 _DEFAULT_MESSAGES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.INVALID_ARGUMENT: "invalid request",
@@ -26,19 +47,105 @@ class ChatError(Exception):
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> ChatError:
-        code = error.code()
-        message = error.details() or _DEFAULT_MESSAGES.get(
-            code, code.name.lower().replace("_", " ")
-        )
-        return cls(code, message)
+        """The exception of the class the replica named (its SERVICE_ERROR_KEY trailer), or
+        else of the one its status code means."""
+        code: grpc.StatusCode = error.code()
+        details: str | None = error.details()
+        message = details or _DEFAULT_MESSAGES.get(code, code.name.lower().replace("_", " "))
+        trailers = _trailers(error)
+        kind = _BY_SERVICE_CLASS.get(trailers.get(SERVICE_ERROR_KEY, ""))
+        if kind is None:
+            kind = _BY_CODE.get(code, ChatError)
+        if kind is ResourceExhausted and RETRY_AFTER_KEY in trailers:
+            try:
+                return RateLimited(code, message, float(trailers[RETRY_AFTER_KEY]))
+            except ValueError:
+                pass
+        return kind(code, message)
 
 
-class ChatUnavailableError(ChatError):
-    """No replica (or no primary) answered before the client's deadline."""
+class InvalidArgument(ChatError):
+    """The request is malformed or breaks a rule (username, password, sizes)."""
 
 
-class NotLoggedInError(ChatError):
+class AlreadyExists(ChatError):
+    """What the request would create exists already (a taken username)."""
+
+
+class NotFound(ChatError):
+    """What the request names does not exist (an account)."""
+
+
+class Unauthenticated(ChatError):
+    """Wrong credentials, or a session that is no longer valid."""
+
+
+class NotLoggedInError(Unauthenticated):
     """A request that needs a session was made before login (or after logout)."""
 
     def __init__(self) -> None:
         super().__init__(grpc.StatusCode.UNAUTHENTICATED, "not logged in")
+
+
+class PermissionDenied(ChatError):
+    """Authenticated, but not allowed to do this."""
+
+
+class ResourceExhausted(ChatError):
+    """A replica's limit was reached (its subscriptions, its disk)."""
+
+
+class RateLimited(ResourceExhausted):
+    """Too many tries (logins, registrations): the next one is allowed `retry_after` seconds
+    from when the replica answered."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after: float) -> None:
+        super().__init__(code, message)
+        self.retry_after = retry_after
+
+
+class Unavailable(ChatError):
+    """The service cannot answer now (too few replicas in sync, its storage failing); a retry
+    later may succeed."""
+
+
+class ChatUnavailableError(Unavailable):
+    """No replica (or no primary) answered before the client's deadline."""
+
+
+# The replica's error classes (replica/errors.py) by name, as its SERVICE_ERROR_KEY trailer
+# gives them; NotPrimary is the client's to handle (it follows the primary) and is never raised
+# to a caller but as Unavailable, once no primary answered.
+_BY_SERVICE_CLASS: dict[str, type[ChatError]] = {
+    "InvalidArgument": InvalidArgument,
+    "AlreadyExists": AlreadyExists,
+    "NotFound": NotFound,
+    "Unauthenticated": Unauthenticated,
+    "PermissionDenied": PermissionDenied,
+    "ResourceExhausted": ResourceExhausted,
+    "Unavailable": Unavailable,
+    "NotPrimary": Unavailable,
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[ChatError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+}
+
+
+def _trailers(error: grpc.RpcError) -> dict[str, str]:
+    metadata: Iterable[Any] = ()
+    trailing = getattr(error, "trailing_metadata", None)
+    if callable(trailing):
+        metadata = trailing() or ()
+    found = {}
+    for item in metadata:
+        key, value = (item.key, item.value) if hasattr(item, "key") else item
+        if isinstance(value, str):
+            found[key] = value
+    return found

@@ -38,10 +38,11 @@ class ChatClient:
     """A client for the chat cluster at `servers` ("host:port" of every replica).
 
     Every call retries across replicas until `timeout` seconds have passed (see
-    client.failover); a mutating call keeps one request_id through all its retries. Domain
-    errors raise ChatError; no answer in time raises ChatUnavailableError. After `login` the
-    client holds the session and uses it for the calls that need one. With
-    `root_certificates` (PEM bytes of the cluster's CA) it talks TLS. Thread-safe.
+    client.failover); a mutating call keeps one request_id through all its retries. Domain errors
+    raise the ChatError subclass that names them (client.errors: NotFound, AlreadyExists,
+    RateLimited, ...); no answer in time raises ChatUnavailableError. After `login` the client holds
+    the session and uses it for the calls that need one. With `root_certificates` (PEM bytes of the
+    cluster's CA) it talks TLS. Thread-safe.
     """
 
     def __init__(

@@ -9,6 +9,8 @@ CLUSTER_SECRET_KEY = "x-chat-cluster-secret"
 PRIMARY_ADDRESS_KEY = "chat-primary-address"
 # Set by replicas on their own error statuses (not a transport failure), with the error's kind.
 SERVICE_ERROR_KEY = "chat-error"
+# With a rate limit's RESOURCE_EXHAUSTED: the seconds until the next try is allowed.
+RETRY_AFTER_KEY = "chat-retry-after"
 
 _MIB = 1024 * 1024
 # Replication batches are the largest messages (500 events of up to 4 KiB bodies each).

@@ -28,7 +28,12 @@ class PermissionDenied(ChatError):
 
 
 class ResourceExhausted(ChatError):
-    pass
+    """A limit was reached; `retry_after`: the seconds until a rate limit allows the next try
+    (None: no time is known to help, e.g. a full disk)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(ChatError):

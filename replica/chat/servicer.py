@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 from projections.queries import StoredMessage
 from protos import chat_pb2, chat_pb2_grpc
-from protos.wire import PRIMARY_ADDRESS_KEY, SERVICE_ERROR_KEY
+from protos.wire import PRIMARY_ADDRESS_KEY, RETRY_AFTER_KEY, SERVICE_ERROR_KEY
 from replica import errors
 from replica.chat.ratelimit import TokenBuckets, client_address, retry_text
 from replica.chat.service import ChatService, sent_at_unix_ms
@@ -68,6 +68,8 @@ def abort_with(context: grpc.ServicerContext, error: errors.ChatError) -> None:
     metadata = [(SERVICE_ERROR_KEY, type(error).__name__)]
     if isinstance(error, errors.NotPrimary) and error.primary_address:
         metadata.append((PRIMARY_ADDRESS_KEY, error.primary_address))
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+        metadata.append((RETRY_AFTER_KEY, f"{error.retry_after:.3f}"))
     context.set_trailing_metadata(tuple(metadata))
     context.abort(_STATUS.get(type(error), grpc.StatusCode.UNKNOWN), str(error))
 
@@ -249,7 +251,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         wait = self._registrations.wait(address)
         if wait:
             raise errors.ResourceExhausted(
-                f"too many registrations from {address}; {retry_text(wait)}"
+                f"too many registrations from {address}; {retry_text(wait)}", retry_after=wait
             )
         self._registrations.take(address)
         name = self._service.register(request.request_id, request.username, request.password)
@@ -265,7 +267,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         )
         if wait:
             raise errors.ResourceExhausted(
-                f"too many failed logins for {account!r} or from {address}; {retry_text(wait)}"
+                f"too many failed logins for {account!r} or from {address}; {retry_text(wait)}",
+                retry_after=wait,
             )
         try:
             result = self._service.login(request.request_id, request.username, request.password)

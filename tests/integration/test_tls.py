@@ -258,7 +258,7 @@ def test_repeated_handshake_failures_are_logged_once_a_minute(
 ) -> None:
     """A plaintext client retrying against a TLS replica: gRPC logs each failed handshake;
     the replica's log gets the first of the minute, the rest summed up later."""
-    # As a replica runs by hand (this test process has GRPC_VERBOSITY=ERROR from `client`).
+    # As a replica runs by hand, whatever GRPC_VERBOSITY this test process was given.
     verbose = {"GRPC_VERBOSITY": "INFO"}
     with ClusterProcesses(tmp_path / "one", 1, tls=tls, env=verbose) as one:
         one.start_all()
