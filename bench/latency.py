@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from bench.stats import Distribution
 from client.errors import ChatError
 from client.library import ChatClient
-from protos import chat_pb2
+from client.models import CaughtUp
 
 START_DELAY = 0.2
 # A cluster slower than the rate falls behind the schedule; a paced sender starts no send
@@ -61,7 +61,7 @@ def run_latency(
         try:
             for item in subscription:
                 now = time.monotonic()
-                if isinstance(item, chat_pb2.CaughtUp):
+                if isinstance(item, CaughtUp):
                     caught_up.set()
                     continue
                 with lock:

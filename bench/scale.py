@@ -35,9 +35,9 @@ from bench.cluster import HOST, SETTINGS
 from bench.databases import Databases
 from bench.memory import proc_status_kb
 from client.library import ChatClient
+from client.models import CaughtUp
 from eventlog import Event
 from projections import EventTypes
-from protos import chat_pb2
 from protos.wire import MAX_PAGE_SIZE
 from replica.chat.passwords import hash_password
 from replica.storage.writer import utc_now
@@ -200,7 +200,7 @@ def _user_calls(client: ChatClient, run: ScaleRun, say: Callable[[str], None]) -
     began = time.monotonic()
     try:
         for item in subscription:
-            if isinstance(item, chat_pb2.CaughtUp):
+            if isinstance(item, CaughtUp):
                 break
             run.drained += 1
     finally:

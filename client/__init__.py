@@ -16,20 +16,25 @@ from client.errors import (
 )
 from client.failover import Backoff
 from client.library import ChatClient, LoginResult, Session
+from client.models import CaughtUp, ClusterStatus, Message, ReplicaStatus
 from client.subscription import Subscription, SubscriptionItem
 
 __all__ = [
     "AlreadyExists",
     "Backoff",
+    "CaughtUp",
     "ChatClient",
     "ChatError",
     "ChatUnavailableError",
+    "ClusterStatus",
     "InvalidArgument",
     "LoginResult",
+    "Message",
     "NotFound",
     "NotLoggedInError",
     "PermissionDenied",
     "RateLimited",
+    "ReplicaStatus",
     "ResourceExhausted",
     "Session",
     "Subscription",

@@ -15,8 +15,8 @@ from typing import NoReturn
 
 from client.errors import ChatError
 from client.library import ChatClient
+from client.models import Message
 from client.output import escape_field, history_line, inbox_line, status_table
-from protos import chat_pb2
 from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def _read(client: ChatClient, args: argparse.Namespace, password: PasswordSource
         stop_timer: threading.Timer | None = None
         try:
             for item in subscription:
-                if isinstance(item, chat_pb2.Message):
+                if isinstance(item, Message):
                     print(inbox_line(item), flush=True)
                     unacked.append(item.message_id)
                     if not caught_up and len(unacked) < MAX_ACK_IDS:

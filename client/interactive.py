@@ -20,9 +20,9 @@ from prompt_toolkit.patch_stdout import patch_stdout
 
 from client.errors import ChatError, ChatUnavailableError
 from client.library import ChatClient, LoginResult
+from client.models import Message
 from client.output import escape_field, status_table
 from client.subscription import Subscription
-from protos import chat_pb2
 from protos.wire import UNDELIVERED_COUNT_CAP
 
 COMMANDS = (
@@ -66,7 +66,7 @@ class ChatShell:
         self.recipient: str | None = None
         self.last_sender: str | None = None  # set by the receiver, for /reply
         self.known_users: list[str] = []
-        self._older: tuple[str, Iterator[chat_pb2.Message]] | None = None  # for /more
+        self._older: tuple[str, Iterator[Message]] | None = None  # for /more
 
     def completions(self) -> list[str]:
         return [*COMMANDS, *self.known_users]
@@ -297,7 +297,7 @@ def receive(
     the session: a chat that no longer receives must not look alive)."""
     try:
         for item in subscription:
-            if not isinstance(item, chat_pb2.Message):
+            if not isinstance(item, Message):
                 continue
             if shell is not None:
                 shell.last_sender = item.sender
@@ -322,7 +322,7 @@ def unread_summary(by_sender: Sequence[tuple[str, int]], shown: int = 5) -> str:
     return " (" + ", ".join(parts) + ")"
 
 
-def local_time(message: chat_pb2.Message) -> str:
+def local_time(message: Message) -> str:
     """When the message was committed, in this machine's time zone (HH:MM:SS; with the date
     when it is not today)."""
     when = dt.datetime.fromtimestamp(message.sent_at_unix_ms / 1000).astimezone()

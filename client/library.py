@@ -12,6 +12,7 @@ from types import TracebackType
 from client.channels import DEFAULT_CHANNEL_OPTIONS, ChannelPool
 from client.errors import NotLoggedInError
 from client.failover import Backoff, Failover, Liveness
+from client.models import ClusterStatus, Message
 from client.subscription import Subscription
 from protos import chat_pb2
 from protos.wire import MAX_ACK_IDS
@@ -195,7 +196,7 @@ class ChatClient:
 
     def history(
         self, other_user: str, *, page_size: int = 0, newest_first: bool = False
-    ) -> Iterator[chat_pb2.Message]:
+    ) -> Iterator[Message]:
         """Messages exchanged with `other_user`, oldest first (or newest first, going back),
         fetching each page only as the one before has been iterated: a whole history of any
         length in O(page) memory, its first lines at once."""
@@ -203,7 +204,7 @@ class ChatClient:
         page_token = ""
         while True:
             page = self._history_page(token, other_user, page_size, page_token, newest_first)
-            yield from page.messages
+            yield from map(Message.from_proto, page.messages)
             if not page.next_page_token:
                 return
             page_token = page.next_page_token
@@ -219,11 +220,13 @@ class ChatClient:
         with self._lock:
             self._session = None
 
-    def cluster_status(self) -> chat_pb2.ClusterStatusReply:
+    def cluster_status(self) -> ClusterStatus:
+        """The cluster as the replica that answered sees it (any replica: no primary needed)."""
         request = chat_pb2.ClusterStatusRequest()
-        return self._failover.call_unary(
+        reply = self._failover.call_unary(
             lambda stub, timeout: stub.ClusterStatus(request, timeout=timeout)
         )
+        return ClusterStatus.from_proto(reply)
 
     def _token(self) -> str:
         with self._lock:

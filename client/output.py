@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 
-from protos import chat_pb2
+from client.models import ClusterStatus, Message
 
 _ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
 # Every other C0 control, DEL and every C1 control, as \xNN: nothing a sender writes can
@@ -21,13 +20,13 @@ def escape_field(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def sent_at(message: chat_pb2.Message) -> str:
+def sent_at(message: Message) -> str:
     """When the message was committed, ISO 8601 in UTC with milliseconds."""
-    when = dt.datetime.fromtimestamp(message.sent_at_unix_ms / 1000, dt.UTC)
+    when = message.sent_at
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
-def inbox_line(message: chat_pb2.Message) -> str:
+def inbox_line(message: Message) -> str:
     """ID, SENT_AT, SENDER, TEXT (the id first and the text last, as scripts expect)."""
     return "\t".join(
         (
@@ -39,7 +38,7 @@ def inbox_line(message: chat_pb2.Message) -> str:
     )
 
 
-def history_line(message: chat_pb2.Message) -> str:
+def history_line(message: Message) -> str:
     """ID, SENT_AT, SENDER, RECIPIENT, TEXT."""
     return "\t".join(
         (
@@ -67,7 +66,7 @@ _STATUS_HEADER = (
 UNKNOWN = "-"
 
 
-def status_table(status: chat_pb2.ClusterStatusReply) -> str:
+def status_table(status: ClusterStatus) -> str:
     """One row per replica; `-` for what the answering replica does not know (a replica that
     did not answer its last probe), never a made-up 0. "in-sync" is the primary's view,
     "knows it" the replica's own word (only that lets it take over)."""

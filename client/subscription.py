@@ -13,11 +13,12 @@ import grpc
 from client.channels import ChatStub
 from client.errors import ChatError
 from client.failover import RETRYABLE_CODES, Failover
+from client.models import CaughtUp, Message
 from protos import chat_pb2
 
 logger = logging.getLogger(__name__)
 
-SubscriptionItem = chat_pb2.Message | chat_pb2.CaughtUp
+SubscriptionItem = Message | CaughtUp
 
 # grpc.CallIterator exists only in grpc-stubs, so the alias must stay a string at runtime.
 _Stream: TypeAlias = "grpc.CallIterator[chat_pb2.SubscribeReply]"
@@ -124,7 +125,11 @@ class Subscription:
         CaughtUp marker."""
         kind = reply.WhichOneof("item")
         if kind == "messages":
-            fresh = [m for m in reply.messages.messages if m.message_id > self._last_yielded_id]
+            fresh = [
+                Message.from_proto(m)
+                for m in reply.messages.messages
+                if m.message_id > self._last_yielded_id
+            ]
             if fresh:
                 self._last_yielded_id = fresh[-1].message_id
             return list(fresh)
@@ -132,9 +137,9 @@ class Subscription:
             if reply.message.message_id <= self._last_yielded_id:
                 return []
             self._last_yielded_id = reply.message.message_id
-            return [reply.message]
+            return [Message.from_proto(reply.message)]
         if kind == "caught_up":
-            return [reply.caught_up]
+            return [CaughtUp()]
         logger.warning("ignoring a subscription item of unknown kind %r", kind)
         return []
 

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from client import Backoff, ChatClient, ChatError, ChatUnavailableError, NotLoggedInError
+from client.models import CaughtUp, Message
 from protos import chat_pb2
 from tests.client.chat_fakes import (
     CAUGHT_UP,
@@ -286,11 +287,17 @@ def test_subscription_moves_on_when_its_replica_goes_down(
     r0.script("Subscribe", stream(message(1), CAUGHT_UP))
     r1.script("Subscribe", stream(message(1), message(2), CAUGHT_UP))
     subscription = client.subscribe()
-    assert [next(subscription), next(subscription)] == [message(1).message, CAUGHT_UP.caught_up]
+    assert [next(subscription), next(subscription)] == [
+        Message.from_proto(message(1).message),
+        CaughtUp(),
+    ]
 
     stop_replica(r0)
 
-    assert [next(subscription), next(subscription)] == [message(2).message, CAUGHT_UP.caught_up]
+    assert [next(subscription), next(subscription)] == [
+        Message.from_proto(message(2).message),
+        CaughtUp(),
+    ]
     assert client.connected_address == r1.address
     subscription.cancel()
 
@@ -326,7 +333,7 @@ def test_cancel_from_another_thread_ends_the_subscription(
     consumer.join(5)
 
     assert not consumer.is_alive()
-    assert received == [chat_pb2.CaughtUp()]
+    assert received == [CaughtUp()]
 
 
 def test_close_ends_a_waiting_subscription(
@@ -336,7 +343,7 @@ def test_close_ends_a_waiting_subscription(
     client = logged_in(make_client([r0.address], fake_time), r0)
     r0.script("Subscribe", stream(CAUGHT_UP))
     subscription = client.subscribe()
-    assert isinstance(next(subscription), chat_pb2.CaughtUp)
+    assert isinstance(next(subscription), CaughtUp)
 
     client.close()
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 import eventlog
 from client.errors import ChatError
 from client.library import ChatClient
+from client.models import CaughtUp, Message
 from protos import chat_pb2, chat_pb2_grpc
 from replica.config import default_db_url
 from replica.storage.database import make_engine
@@ -228,14 +229,14 @@ def register_users(cluster: ClusterProcesses, names: list[str]) -> None:
             client.register(name, PASSWORD)
 
 
-def read_inbox(cluster: ClusterProcesses, user: str) -> list[chat_pb2.Message]:
+def read_inbox(cluster: ClusterProcesses, user: str) -> list[Message]:
     """Every undelivered message of `user`, through a real subscription, acked afterwards."""
     with ChatClient(cluster.addresses, timeout=20.0) as client:
         client.login(user, PASSWORD)
-        received: list[chat_pb2.Message] = []
+        received: list[Message] = []
         subscription = client.subscribe()
         for item in subscription:
-            if isinstance(item, chat_pb2.CaughtUp):
+            if isinstance(item, CaughtUp):
                 break
             received.append(item)
         subscription.cancel()
@@ -243,7 +244,7 @@ def read_inbox(cluster: ClusterProcesses, user: str) -> list[chat_pb2.Message]:
         return received
 
 
-def check_exactly_once(log: SendLog, delivered: list[chat_pb2.Message]) -> None:
+def check_exactly_once(log: SendLog, delivered: list[Message]) -> None:
     """Every acknowledged send delivered once; nothing delivered twice; nothing invented."""
     bodies = Counter(m.body for m in delivered)
     duplicated = {b: n for b, n in bodies.items() if n > 1}

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client.errors import ChatError
 from client.library import ChatClient
-from protos import chat_pb2
+from client.models import CaughtUp, Message
 from tests.integration.cluster_checks import (
     PASSWORD,
     SETTINGS,
@@ -51,7 +51,7 @@ def test_a_scrape_shows_roles_seqs_rpcs_latencies_and_in_sync_changes(
     primary = wait_for_primary(cluster)
     wait_all_running_follow(cluster, primary)
     register_users(cluster, ["alice", "bob"])
-    received: list[chat_pb2.Message] = []
+    received: list[Message] = []
     subscribed = threading.Event()
     with ChatClient(cluster.addresses, timeout=20.0) as bob:
         bob.login("bob", PASSWORD)
@@ -59,7 +59,7 @@ def test_a_scrape_shows_roles_seqs_rpcs_latencies_and_in_sync_changes(
 
         def listen() -> None:
             for item in subscription:
-                if isinstance(item, chat_pb2.CaughtUp):
+                if isinstance(item, CaughtUp):
                     subscribed.set()
                 else:
                     received.append(item)

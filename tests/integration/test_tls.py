@@ -16,6 +16,7 @@ import pytest
 
 from client.errors import ChatUnavailableError
 from client.library import ChatClient
+from client.models import Message
 from protos import chat_pb2, chat_pb2_grpc
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
@@ -76,7 +77,7 @@ def test_a_tls_client_registers_logs_in_sends_and_receives(
         sent = alice.send("bob", "over tls")
         subscription = bob.subscribe()
         try:
-            received = next(item for item in subscription if isinstance(item, chat_pb2.Message))
+            received = next(item for item in subscription if isinstance(item, Message))
         finally:
             subscription.cancel()
         assert (received.message_id, received.sender, received.body) == (

@@ -1,7 +1,7 @@
-"""The client's typed exceptions: each refusal of a real replica arrives as the ChatError
-subclass that names it (from the error class the replica sends), with its status code and
-message -- a rate limit with the seconds until the next try -- and a transport failure as
-the class its status code means."""
+"""The client library against a real replica: each refusal arrives as the ChatError subclass
+that names it (from the error class the replica sends), with its status code and message -- a
+rate limit with the seconds until the next try -- and a transport failure as the class its
+status code means; every call returns plain dataclasses, never protobuf messages."""
 
 from __future__ import annotations
 
@@ -16,16 +16,21 @@ import pytest
 import client
 from client import (
     AlreadyExists,
+    CaughtUp,
     ChatClient,
     ChatError,
+    ClusterStatus,
     InvalidArgument,
+    Message,
     NotFound,
     NotLoggedInError,
     RateLimited,
+    ReplicaStatus,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
+from protos import chat_pb2
 from protos.wire import RETRY_AFTER_KEY, SERVICE_ERROR_KEY
 from tests.integration.cluster_checks import wait_for_primary
 from testsupport.harness import ClusterProcesses
@@ -137,3 +142,38 @@ def test_importing_the_library_leaves_the_environment_alone(tmp_path: Path) -> N
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "None"
+
+
+def test_calls_return_plain_dataclasses(address: str) -> None:
+    with ChatClient([address]) as alice, ChatClient([address]) as bob:
+        a = alice.register(name("alice"), PASSWORD)
+        b = bob.register(name("bob"), PASSWORD)
+        alice.login(a, PASSWORD)
+        bob.login(b, PASSWORD)
+        message_id = alice.send(b, "hello")
+        [sent] = list(alice.history(b))
+        assert type(sent) is Message
+        assert (sent.message_id, sent.sender, sent.recipient, sent.body) == (
+            message_id,
+            a,
+            b,
+            "hello",
+        )
+        assert sent.sent_at.tzinfo is not None
+        assert abs(sent.sent_at.timestamp() * 1000 - sent.sent_at_unix_ms) < 1
+        subscription = bob.subscribe()
+        received = [next(subscription), next(subscription)]
+        subscription.cancel()
+        assert received == [sent, CaughtUp()]
+        status = alice.cluster_status()
+        assert type(status) is ClusterStatus
+        assert status.primary_index == 0 and status.primary_known
+        [replica] = status.replicas
+        assert type(replica) is ReplicaStatus
+        assert (replica.index, replica.address, replica.role) == (0, address, "primary")
+
+
+def test_a_status_without_a_primary_says_none() -> None:
+    reply = chat_pb2.ClusterStatusReply(answered_by=2, primary_index=0, primary_known=False)
+    status = ClusterStatus.from_proto(reply)
+    assert status.primary_index is None and not status.primary_known
