@@ -187,3 +187,24 @@ def test_no_stale_names() -> None:
                 if not _resolves(found.rstrip(".")):
                     stale.append(f"{where}:{n}: {found}")
     assert stale == []
+
+
+def test_the_cli_uses_only_the_librarys_public_names() -> None:
+    """client/cli/ is built as any program would be: from what `client` exports (and the wire
+    limits both sides share), never from the library's modules."""
+    cli = REPO / "client" / "cli"
+    found = []
+    for path in sorted(cli.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                module = node.module
+            elif isinstance(node, ast.Import):
+                module = node.names[0].name
+            else:
+                continue
+            top = module.split(".")[0]
+            if top == "client" and module != "client" and not module.startswith("client.cli"):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {module}")
+            if top == "protos" and module != "protos.wire":
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {module}")
+    assert found == []

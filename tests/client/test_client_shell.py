@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from client import ChatClient
-from client.interactive import ChatShell, local_time, log_in, receive
+from client.cli.interactive import ChatShell, local_time, log_in, receive
 from protos import chat_pb2
 from tests.client.chat_fakes import CAUGHT_UP, FakeReplica, answer, fail, message, stream
 
@@ -152,7 +152,7 @@ def test_receive_prints_and_acks_each_message(client: ChatClient, replica: FakeR
 def test_history_shows_the_newest_page_and_more_goes_back(
     client: ChatClient, replica: FakeReplica
 ) -> None:
-    from client.interactive import HISTORY_LINES
+    from client.cli.interactive import HISTORY_LINES
 
     def page(ids: range, token: str) -> chat_pb2.HistoryReply:
         items = [
@@ -235,7 +235,7 @@ def test_receive_escapes_control_characters_and_says_when_it_gives_up(
 
 
 def test_the_login_line_names_the_senders_of_unread_messages() -> None:
-    from client.interactive import unread_summary
+    from client.cli.interactive import unread_summary
 
     assert unread_summary(()) == ""
     assert unread_summary((("carol", 3), ("alice", 1))) == " (carol 3, alice 1)"
@@ -252,7 +252,7 @@ class _Tty:
 
 
 def test_colours_only_on_a_terminal_and_never_with_no_color() -> None:
-    from client.interactive import colour_wanted, style_of
+    from client.cli.interactive import colour_wanted, style_of
 
     assert colour_wanted(_Tty(True), {"TERM": "xterm"})
     assert not colour_wanted(_Tty(True), {"TERM": "xterm", "NO_COLOR": ""})

@@ -18,11 +18,8 @@ from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from client.errors import ChatError, ChatUnavailableError
-from client.library import ChatClient, LoginResult
-from client.models import Message
-from client.output import escape_field, status_table
-from client.subscription import Subscription
+from client import ChatClient, ChatError, ChatUnavailableError, LoginResult, Message, Subscription
+from client.cli.output import escape_field, status_table
 from protos.wire import UNDELIVERED_COUNT_CAP
 
 COMMANDS = (
@@ -333,7 +330,7 @@ def local_time(message: Message) -> str:
 
 def displayed(text: str) -> str:
     """Message text as shown: control characters (but newlines) escaped, so that no message
-    can drive the terminal (see client/output.py)."""
+    can drive the terminal (see client/cli/output.py)."""
     return "\n".join(escape_field(line) for line in text.split("\n"))
 
 

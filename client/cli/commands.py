@@ -13,10 +13,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-from client.errors import ChatError
-from client.library import ChatClient
-from client.models import Message
-from client.output import escape_field, history_line, inbox_line, status_table
+from client import ChatClient, ChatError, Message
+from client.cli.output import escape_field, history_line, inbox_line, status_table
 from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE
 
 logger = logging.getLogger(__name__)
@@ -193,7 +191,7 @@ def _run(args: argparse.Namespace, servers: Sequence[str], environ: Mapping[str,
     command: str | None = args.command
     root_certificates = _tls_ca(args.tls_ca or environ.get(TLS_CA_ENV))
     if command is None:
-        from client.interactive import run_interactive
+        from client.cli.interactive import run_interactive
 
         return run_interactive(servers, timeout=args.timeout, root_certificates=root_certificates)
     with ChatClient(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from client.models import ClusterStatus, Message
+from client import ClusterStatus, Message
 
 _ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
 # Every other C0 control, DEL and every C1 control, as \xNN: nothing a sender writes can
