@@ -1,23 +1,71 @@
-"""Client library and CLI for the replicated chat service. Importing it changes nothing in
-the process (the CLI, `python -m client`, quiets gRPC's C core for itself)."""
+"""Client library and CLI for the replicated chat service.
 
-from client.errors import (
-    AlreadyExists,
-    ChatError,
-    ChatUnavailableError,
-    InvalidArgument,
-    NotFound,
-    NotLoggedInError,
-    PermissionDenied,
-    RateLimited,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-)
-from client.failover import Backoff
-from client.library import ChatClient, LoginResult, Session
-from client.models import CaughtUp, ClusterStatus, Message, ReplicaStatus
-from client.subscription import Subscription, SubscriptionItem
+Importing `client` loads nothing and changes nothing in the process: each name below is
+imported from its module on first use. (So `python -m client` can quiet gRPC's C core for the
+CLI before grpc is first imported -- see __main__.py -- without the library doing it to every
+program that imports it.)"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from client.errors import (
+        AlreadyExists,
+        ChatError,
+        ChatUnavailableError,
+        InvalidArgument,
+        NotFound,
+        NotLoggedInError,
+        PermissionDenied,
+        RateLimited,
+        ResourceExhausted,
+        Unauthenticated,
+        Unavailable,
+    )
+    from client.failover import (
+        Backoff,
+    )
+    from client.library import (
+        ChatClient,
+        LoginResult,
+        Session,
+    )
+    from client.models import (
+        CaughtUp,
+        ClusterStatus,
+        Message,
+        ReplicaStatus,
+    )
+    from client.subscription import (
+        Subscription,
+        SubscriptionItem,
+    )
+
+_EXPORTS: dict[str, str] = {
+    "AlreadyExists": "client.errors",
+    "Backoff": "client.failover",
+    "CaughtUp": "client.models",
+    "ChatClient": "client.library",
+    "ChatError": "client.errors",
+    "ChatUnavailableError": "client.errors",
+    "ClusterStatus": "client.models",
+    "InvalidArgument": "client.errors",
+    "LoginResult": "client.library",
+    "Message": "client.models",
+    "NotFound": "client.errors",
+    "NotLoggedInError": "client.errors",
+    "PermissionDenied": "client.errors",
+    "RateLimited": "client.errors",
+    "ReplicaStatus": "client.models",
+    "ResourceExhausted": "client.errors",
+    "Session": "client.library",
+    "Subscription": "client.subscription",
+    "SubscriptionItem": "client.subscription",
+    "Unauthenticated": "client.errors",
+    "Unavailable": "client.errors",
+}
 
 __all__ = [
     "AlreadyExists",
@@ -42,3 +90,12 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # (looked up once)
+    return value

@@ -73,7 +73,7 @@ def test_a_replica_warns_at_start_up_about_a_world_readable_database(tmp_path: P
         "logging.basicConfig(level=logging.WARNING, stream=sys.stdout)\n"
         "from pathlib import Path\n"
         "from replica.config import ReplicaSettings, load_cluster_config\n"
-        "from replica.node import ReplicaNode\n"
+        "from replica.server.node import ReplicaNode\n"
         f"s = ReplicaSettings(0, load_cluster_config({str(config)!r}),"
         f" 'sqlite:///{db}', Path({str(data)!r}))\n"
         "ReplicaNode(s).engine.dispose()\n"

@@ -60,11 +60,11 @@ def _kill(engine: sa.Engine, connection_id: int) -> None:
 def test_a_connection_killed_while_idle_is_replaced_at_checkout(
     mysql_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replica.database, "IDLE_BEFORE_PING", 0.0)
+    monkeypatch.setattr(replica.storage.database, "IDLE_BEFORE_PING", 0.0)
     with mysql_engine.connect() as conn:
         stale = _connection_id(conn)
     # A second engine's connection does the killing, so the pool's one stays idle.
-    killer = replica.database.make_engine(mysql_engine.url.render_as_string(False))
+    killer = replica.storage.database.make_engine(mysql_engine.url.render_as_string(False))
     try:
         _kill(killer, stale)
     finally:
@@ -82,7 +82,7 @@ def test_a_connection_killed_under_a_busy_pool_fails_one_transaction_only(
     with mysql_engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO t VALUES (1)"))
         victim = _connection_id(conn)
-    killer = replica.database.make_engine(mysql_engine.url.render_as_string(False))
+    killer = replica.storage.database.make_engine(mysql_engine.url.render_as_string(False))
     try:
         _kill(killer, victim)
     finally:
