@@ -1,8 +1,9 @@
 """Read models derived only by applying events in order.
 
-`statements_for(event)` is a pure function from an event to the SQL statements it causes;
-`apply_events` runs them and records the last applied seq in the caller's transaction, which
-is what makes apply exactly-once. Knows nothing of gRPC or replication.
+The events are typed (events.py: one dataclass per event type, and the one codec to and from the
+log's JSON payloads). `statements_for(event)` is a pure function from an event to the SQL statements
+it causes; `apply_events` runs them and records the last applied seq in the caller's transaction,
+which is what makes apply exactly-once. Knows nothing of gRPC or replication.
 """
 
 from projections import undo
@@ -18,17 +19,41 @@ from projections.apply import (
     sends_pipeline,
     statements_for,
 )
+from projections.events import (
+    AccountDeleted,
+    AccountRegistered,
+    ChatEvent,
+    EpochStarted,
+    MalformedEvent,
+    MessagesAcked,
+    MessageSent,
+    SessionClosed,
+    SessionOpened,
+    decode,
+    encode,
+)
 from projections.rollback import RolledBack, roll_back
 from projections.schema import accounts, messages, metadata, projection_position, sessions
 
 __all__ = [
+    "AccountDeleted",
+    "AccountRegistered",
     "Applier",
+    "ChatEvent",
+    "EpochStarted",
     "EventTypes",
+    "MalformedEvent",
+    "MessageSent",
+    "MessagesAcked",
     "PositionMoved",
     "RolledBack",
+    "SessionClosed",
+    "SessionOpened",
     "accounts",
     "apply_events",
     "catch_up",
+    "decode",
+    "encode",
     "last_applied_seq",
     "messages",
     "metadata",

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar, assert_never
 
 import sqlalchemy as sa
 
 from eventlog import Event, read_events
 from eventlog.statements import Pipeline, insert_rows, run_compiled
 from projections import undo
+from projections.events import (
+    AccountDeleted,
+    AccountRegistered,
+    ChatEvent,
+    EpochStarted,
+    MalformedEvent,
+    MessagesAcked,
+    MessageSent,
+    SessionClosed,
+    SessionOpened,
+    decode,
+)
 from projections.schema import (
     PROJECTION_TABLES,
     accounts,
@@ -22,97 +34,105 @@ POSITION_NAME: Final = "chat"
 
 
 class EventTypes:
-    ACCOUNT_REGISTERED: Final = "account_registered"
-    SESSION_OPENED: Final = "session_opened"
-    SESSION_CLOSED: Final = "session_closed"
-    MESSAGE_SENT: Final = "message_sent"
-    MESSAGES_ACKED: Final = "messages_acked"
-    ACCOUNT_DELETED: Final = "account_deleted"
-    # Written by a new primary to start its epoch; changes no projection.
-    EPOCH_STARTED: Final = "epoch_started"
+    """The log's `type` column for each event class (projections/events.py)."""
+
+    ACCOUNT_REGISTERED: Final = AccountRegistered.TYPE
+    SESSION_OPENED: Final = SessionOpened.TYPE
+    SESSION_CLOSED: Final = SessionClosed.TYPE
+    MESSAGE_SENT: Final = MessageSent.TYPE
+    MESSAGES_ACKED: Final = MessagesAcked.TYPE
+    ACCOUNT_DELETED: Final = AccountDeleted.TYPE
+    EPOCH_STARTED: Final = EpochStarted.TYPE
 
 
 def statements_for(event: Event) -> list[sa.Executable]:
     """The changes one event makes, as SQL statements. Pure: depends on the event alone, so
     every replica that applies the same log makes the same changes."""
-    p = event.payload
-    t = event.type
-    if t == EventTypes.ACCOUNT_REGISTERED:
-        return [accounts.insert().values(**account_row(event))]
-    if t == EventTypes.SESSION_OPENED:
-        opened = sessions.insert().values(**session_row(event))
-        # The oldest sessions a login ends when the account is at its cap of open sessions.
-        closes = [str(i) for i in p.get("closes", [])]
-        if not closes:
-            return [opened]
-        return [
-            sessions.delete()
-            .where(sessions.c.account_id == p["account_id"])
-            .where(sessions.c.session_id.in_(closes)),
-            opened,
-        ]
-    if t == EventTypes.SESSION_CLOSED:
-        return [sessions.delete().where(sessions.c.session_id == p["session_id"])]
-    if t == EventTypes.MESSAGE_SENT:
-        return [messages.insert().values(**message_row(event))]
-    if t == EventTypes.MESSAGES_ACKED:
-        ids = [int(i) for i in p["message_ids"]]
-        if not ids:
+    return _statements(event, decode(event))
+
+
+def _statements(event: Event, e: ChatEvent) -> list[sa.Executable]:
+    match e:
+        case AccountRegistered():
+            return [accounts.insert().values(**account_row(event, e))]
+        case SessionOpened():
+            opened = sessions.insert().values(**session_row(event, e))
+            # The oldest sessions a login ends when the account is at its cap of open sessions.
+            if not e.closes:
+                return [opened]
+            return [
+                sessions.delete()
+                .where(sessions.c.account_id == e.account_id)
+                .where(sessions.c.session_id.in_(e.closes)),
+                opened,
+            ]
+        case SessionClosed():
+            return [sessions.delete().where(sessions.c.session_id == e.session_id)]
+        case MessageSent():
+            return [messages.insert().values(**message_row(event, e))]
+        case MessagesAcked():
+            if not e.message_ids:
+                return []
+            return [
+                messages.update()
+                .where(messages.c.recipient_id == e.account_id)
+                .where(messages.c.message_id.in_(e.message_ids))
+                .where(messages.c.delivered == sa.false())
+                .values(delivered=True)
+            ]
+        case AccountDeleted():
+            # Its inbox goes with it; what it sent stays with the recipients (see README).
+            return [
+                sessions.delete().where(sessions.c.account_id == e.account_id),
+                messages.delete().where(messages.c.recipient_id == e.account_id),
+                accounts.delete().where(accounts.c.account_id == e.account_id),
+            ]
+        case EpochStarted():
             return []
-        return [
-            messages.update()
-            .where(messages.c.recipient_id == p["account_id"])
-            .where(messages.c.message_id.in_(ids))
-            .where(messages.c.delivered == sa.false())
-            .values(delivered=True)
-        ]
-    if t == EventTypes.ACCOUNT_DELETED:
-        account_id = p["account_id"]
-        # Its inbox goes with it; what it sent stays with the recipients (see README).
-        return [
-            sessions.delete().where(sessions.c.account_id == account_id),
-            messages.delete().where(messages.c.recipient_id == account_id),
-            accounts.delete().where(accounts.c.account_id == account_id),
-        ]
-    if t == EventTypes.EPOCH_STARTED:
-        return []
-    raise ValueError(f"unknown event type {t!r} at seq {event.seq}")
+        case _:
+            assert_never(e)
 
 
-def account_row(event: Event) -> dict[str, Any]:
+def account_row(event: Event, e: AccountRegistered | None = None) -> dict[str, Any]:
     """The accounts row an account_registered event inserts (its id: the event's seq)."""
-    p = event.payload
+    e = e or _as(event, AccountRegistered)
     return {
         "account_id": event.seq,
-        "username": p["username"],
-        "password_hash": p["password_hash"],
+        "username": e.username,
+        "password_hash": e.password_hash,
         "created_at": event.created_at,
     }
 
 
-def session_row(event: Event) -> dict[str, Any]:
+def session_row(event: Event, e: SessionOpened | None = None) -> dict[str, Any]:
     """The sessions row a session_opened event inserts."""
-    p = event.payload
-    return {
-        "session_id": p["session_id"],
-        "account_id": p["account_id"],
-        "created_at": event.created_at,
-    }
+    e = e or _as(event, SessionOpened)
+    return {"session_id": e.session_id, "account_id": e.account_id, "created_at": event.created_at}
 
 
-def message_row(event: Event) -> dict[str, Any]:
+def message_row(event: Event, e: MessageSent | None = None) -> dict[str, Any]:
     """The messages row a message_sent event inserts."""
-    p = event.payload
+    e = e or _as(event, MessageSent)
     return {
         "message_id": event.seq,
-        "sender_id": p["sender_id"],
-        "sender": p["sender"],
-        "recipient_id": p["recipient_id"],
-        "recipient": p["recipient"],
-        "body": p["body"],
+        "sender_id": e.sender_id,
+        "sender": e.sender,
+        "recipient_id": e.recipient_id,
+        "recipient": e.recipient,
+        "body": e.body,
         "sent_at": event.created_at,
         "delivered": False,
     }
+
+
+_E = TypeVar("_E", AccountRegistered, SessionOpened, MessageSent)
+
+
+def _as(event: Event, cls: type[_E]) -> _E:
+    e = decode(event)
+    if not isinstance(e, cls):
+        raise MalformedEvent(f"the event at seq {event.seq} is a {event.type}, not a {cls.TYPE}")
+    return e
 
 
 def last_applied_seq(conn: sa.Connection) -> int:
@@ -204,68 +224,69 @@ class Applier:
             return
         if event.seq != self.position + 1:
             raise ValueError(f"cannot apply seq {event.seq}: projections are at {self.position}")
-        p = event.payload
-        t = event.type
-        if t == EventTypes.MESSAGE_SENT:
-            self._messages.append(message_row(event))
-        elif t == EventTypes.EPOCH_STARTED:
-            pass
-        elif not self._hold_all:
-            self.flush()
-            self._apply_now(event)
-        elif t == EventTypes.ACCOUNT_REGISTERED:
-            self._accounts.append(account_row(event))
-        elif t == EventTypes.SESSION_OPENED:
-            for closed in p.get("closes", []):
-                self._end_session(event.seq, str(closed), p["account_id"])
-            self._sessions[p["session_id"]] = session_row(event)
-        elif t == EventTypes.SESSION_CLOSED:
-            self._end_session(event.seq, p["session_id"], None)
-        else:
-            self.flush()
-            self._apply_now(event)
+        e = decode(event)
+        match e:
+            case MessageSent():
+                self._messages.append(message_row(event, e))
+            case EpochStarted():
+                pass
+            case _ if not self._hold_all:
+                self.flush()
+                self._apply_now(event, e)
+            case AccountRegistered():
+                self._accounts.append(account_row(event, e))
+            case SessionOpened():
+                for closed in e.closes:
+                    self._end_session(event.seq, closed, e.account_id)
+                self._sessions[e.session_id] = session_row(event, e)
+            case SessionClosed():
+                self._end_session(event.seq, e.session_id, None)
+            case MessagesAcked() | AccountDeleted():
+                self.flush()
+                self._apply_now(event, e)
+            case _:
+                assert_never(e)
         self.position = event.seq
 
-    def _apply_now(self, event: Event) -> None:
+    def _apply_now(self, event: Event, e: ChatEvent) -> None:
         """Run the event's statements now, recording first what they remove."""
-        p = event.payload
-        t = event.type
         conn = self._conn
-        if t == EventTypes.MESSAGES_ACKED:
-            # Exact to take back only if every named message was undelivered until now.
-            for statement in statements_for(event):
-                if conn.execute(statement).rowcount != len(set(p["message_ids"])):
-                    self._undo.inexact(event.seq)
-            return
-        if t == EventTypes.SESSION_CLOSED:
-            self._undo.removed(
-                event.seq,
-                sessions,
-                undo.select_rows(conn, sessions, sessions.c.session_id == p["session_id"]),
-            )
-        elif t == EventTypes.SESSION_OPENED and p.get("closes"):
-            closes = [str(i) for i in p["closes"]]
-            self._undo.removed(
-                event.seq,
-                sessions,
-                undo.select_rows(
-                    conn,
-                    sessions,
-                    sessions.c.account_id == p["account_id"],
-                    sessions.c.session_id.in_(closes),
-                ),
-            )
-        elif t == EventTypes.ACCOUNT_DELETED:
-            account_id = p["account_id"]
-            for table, column in (
-                (accounts, accounts.c.account_id),
-                (sessions, sessions.c.account_id),
-                (messages, messages.c.recipient_id),
-            ):
+        match e:
+            case MessagesAcked():
+                # Exact to take back only if every named message was undelivered until now.
+                for statement in _statements(event, e):
+                    if conn.execute(statement).rowcount != len(set(e.message_ids)):
+                        self._undo.inexact(event.seq)
+                return
+            case SessionClosed():
                 self._undo.removed(
-                    event.seq, table, undo.select_rows(conn, table, column == account_id)
+                    event.seq,
+                    sessions,
+                    undo.select_rows(conn, sessions, sessions.c.session_id == e.session_id),
                 )
-        for statement in statements_for(event):
+            case SessionOpened() if e.closes:
+                self._undo.removed(
+                    event.seq,
+                    sessions,
+                    undo.select_rows(
+                        conn,
+                        sessions,
+                        sessions.c.account_id == e.account_id,
+                        sessions.c.session_id.in_(e.closes),
+                    ),
+                )
+            case AccountDeleted():
+                for table, column in (
+                    (accounts, accounts.c.account_id),
+                    (sessions, sessions.c.account_id),
+                    (messages, messages.c.recipient_id),
+                ):
+                    self._undo.removed(
+                        event.seq, table, undo.select_rows(conn, table, column == e.account_id)
+                    )
+            case _:
+                pass
+        for statement in _statements(event, e):
             conn.execute(statement)
 
     def _end_session(self, seq: int, session_id: str, account_id: int | None) -> None:
@@ -344,7 +365,7 @@ def sends_pipeline(conn: sa.Connection, batch: Sequence[Event]) -> Pipeline | No
     """A pipeline for appending and applying `batch` if it holds sends only: the log's INSERT,
     the messages' INSERT and the position's update then read nothing the others write, and
     may travel together (eventlog.statements.Pipeline). None for any other batch."""
-    if batch and all(e.type == EventTypes.MESSAGE_SENT for e in batch):
+    if batch and all(e.type == MessageSent.TYPE for e in batch):
         return Pipeline(conn)
     return None
 

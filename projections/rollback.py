@@ -8,7 +8,7 @@ the log up to that seq produces (property-tested against rebuild)."""
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, assert_never
 
 import sqlalchemy as sa
 
@@ -16,10 +16,19 @@ from eventlog import Event, read_events
 from projections import undo
 from projections.apply import (
     POSITION_NAME,
-    EventTypes,
     last_applied_seq,
     rebuild,
     reset_projections,
+)
+from projections.events import (
+    AccountDeleted,
+    AccountRegistered,
+    EpochStarted,
+    MessagesAcked,
+    MessageSent,
+    SessionClosed,
+    SessionOpened,
+    decode,
 )
 from projections.schema import accounts, messages, projection_position, sessions
 
@@ -50,7 +59,7 @@ def roll_back(conn: sa.Connection, seq: int) -> RolledBack:
     tail = _read_range(conn, seq, position)
     pending_messages: list[int] = []
     for event in reversed(tail):
-        if event.type == EventTypes.MESSAGE_SENT:
+        if event.type == MessageSent.TYPE:
             pending_messages.append(event.seq)  # consecutive sends: one DELETE
             continue
         _delete_messages(conn, pending_messages)
@@ -83,23 +92,24 @@ def _delete_messages(conn: sa.Connection, ids: list[int]) -> None:
 
 
 def _undo_one(conn: sa.Connection, event: Event, record: dict[str, Any]) -> None:
-    p = event.payload
-    t = event.type
-    if t == EventTypes.ACCOUNT_REGISTERED:
-        conn.execute(accounts.delete().where(accounts.c.account_id == event.seq))
-    elif t == EventTypes.SESSION_OPENED:
-        conn.execute(sessions.delete().where(sessions.c.session_id == p["session_id"]))
-    elif t == EventTypes.MESSAGES_ACKED:
-        ids = [int(i) for i in p["message_ids"]]
-        if ids:
-            conn.execute(
-                messages.update()
-                .where(messages.c.recipient_id == p["account_id"])
-                .where(messages.c.message_id.in_(ids))
-                .values(delivered=False)
-            )
-    elif t not in (EventTypes.SESSION_CLOSED, EventTypes.ACCOUNT_DELETED, EventTypes.EPOCH_STARTED):
-        raise ValueError(f"unknown event type {t!r} at seq {event.seq}")
+    e = decode(event)
+    match e:
+        case AccountRegistered():
+            conn.execute(accounts.delete().where(accounts.c.account_id == event.seq))
+        case SessionOpened():
+            conn.execute(sessions.delete().where(sessions.c.session_id == e.session_id))
+        case MessagesAcked():
+            if e.message_ids:
+                conn.execute(
+                    messages.update()
+                    .where(messages.c.recipient_id == e.account_id)
+                    .where(messages.c.message_id.in_(e.message_ids))
+                    .values(delivered=False)
+                )
+        case SessionClosed() | AccountDeleted() | EpochStarted() | MessageSent():
+            pass  # (what they removed comes back below; sends are deleted by the caller)
+        case _:
+            assert_never(e)
     # What the event removed goes back (a deleted account before its sessions and inbox).
     for name in ("accounts", "sessions", "messages"):
         rows = record.get(name)

@@ -16,6 +16,7 @@ from types import FrameType
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from projections.events import MalformedEvent
 from replica.config import (
     ConfigError,
     ReplicaSettings,
@@ -124,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         node.start()
     except OSError as exc:
         log.error("%s", exc)
+        node.stop()
+        return 1
+    except MalformedEvent as exc:
+        # A logged event this code cannot read (a newer version's, or damaged): nothing after
+        # it can be applied, so the replica does not serve; the line names the seq.
+        log.error("cannot replay the log: %s", exc)
         node.stop()
         return 1
     # Woken now and then: a signal delivered to another thread (Linux may pick any) runs its

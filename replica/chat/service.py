@@ -15,8 +15,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from eventlog import Event
-from projections import EventTypes
 from projections import queries as q
+from projections.events import (
+    AccountDeleted,
+    AccountRegistered,
+    ChatEvent,
+    MessagesAcked,
+    MessageSent,
+    SessionClosed,
+    SessionOpened,
+    decode,
+    encode,
+)
 from protos.wire import UNDELIVERED_COUNT_CAP
 from replica.chat import validation as v
 from replica.chat.passwords import hash_password, verify_password
@@ -97,19 +107,20 @@ class ChatService:
         def decide(conn: sa.Connection) -> NewEvent:
             if self._writer.directory.account(conn, name) is not None:
                 raise AlreadyExists(f"username {name!r} is taken; choose another")
-            return NewEvent(
-                EventTypes.ACCOUNT_REGISTERED, {"username": name, "password_hash": password_hash}
-            )
+            return _new(AccountRegistered(name, password_hash))
 
-        event = self._write(
+        _, registered = self._write(
             request_id,
             decide,
-            EventTypes.ACCOUNT_REGISTERED,
+            AccountRegistered,
             {"username": name},
             # A retry repeats the password too; another password is another request.
-            same_request=lambda first: self._verify(password, first.payload["password_hash"]),
+            same_request=lambda first: (
+                isinstance(first, AccountRegistered) and self._verify(password, first.password_hash)
+            ),
         )
-        return str(event.payload["username"])
+        assert isinstance(registered, AccountRegistered)
+        return registered.username
 
     def login(self, request_id: str, username: str, password: str) -> LoginResult:
         request_id = v.request_id(request_id)
@@ -126,26 +137,21 @@ class ChatService:
             current = self._writer.directory.account(conn, name)
             if current is None or current.account_id != account.account_id:
                 raise Unauthenticated(_WRONG_LOGIN)
-            payload: dict[str, Any] = {
-                "session_id": session_id,
-                "account_id": account.account_id,
-                "username": name,
-            }
             # Sessions never expire, and a client that lost its token cannot log it out: at
             # the cap the oldest sessions end (refusing the login would lock the user out).
             open_ids = q.open_session_ids(conn, account.account_id)
             excess = len(open_ids) + 1 - self._max_sessions
-            if excess > 0:
-                payload["closes"] = open_ids[:excess]
-            return NewEvent(EventTypes.SESSION_OPENED, payload)
+            closes = tuple(open_ids[:excess]) if excess > 0 else ()
+            return _new(SessionOpened(session_id, account.account_id, name, closes))
 
-        event = self._write(request_id, decide, EventTypes.SESSION_OPENED, {"username": name})
+        _, opened = self._write(request_id, decide, SessionOpened, {"username": name})
+        assert isinstance(opened, SessionOpened)
         with self._read() as conn:
             senders = q.unread_by_sender(
                 conn, account.account_id, self._committed_seq(), UNDELIVERED_COUNT_CAP
             )
         return LoginResult(
-            self._tokens.token_for(event.payload["session_id"]),
+            self._tokens.token_for(opened.session_id),
             name,
             sum(senders.values()),
             tuple(senders.items()),
@@ -157,12 +163,9 @@ class ChatService:
 
         def decide(conn: sa.Connection) -> NewEvent:
             account = self._writer_account_in(conn, session_id)
-            return NewEvent(
-                EventTypes.SESSION_CLOSED,
-                {"session_id": session_id, "account_id": account.account_id},
-            )
+            return _new(SessionClosed(session_id, account.account_id))
 
-        self._write(request_id, decide, EventTypes.SESSION_CLOSED, {"session_id": session_id})
+        self._write(request_id, decide, SessionClosed, {"session_id": session_id})
 
     def send(self, request_id: str, token: str, recipient: str, body: str) -> int:
         request_id = v.request_id(request_id)
@@ -175,22 +178,21 @@ class ChatService:
             target = self._writer.directory.account(conn, to)
             if target is None:
                 raise NotFound(f"user {to!r} does not exist")
-            return NewEvent(
-                EventTypes.MESSAGE_SENT,
-                {
-                    "sender_id": sender.account_id,
-                    "sender": sender.username,
-                    "recipient_id": target.account_id,
-                    "recipient": target.username,
-                    "body": text,
-                    "session_id": session_id,
-                },
+            return _new(
+                MessageSent(
+                    sender.account_id,
+                    sender.username,
+                    target.account_id,
+                    target.username,
+                    text,
+                    session_id,
+                )
             )
 
-        event = self._write(
+        event, _ = self._write(
             request_id,
             decide,
-            EventTypes.MESSAGE_SENT,
+            MessageSent,
             {"recipient": to, "body": text},
             session_id=session_id,
             reads_inboxes=False,  # sessions and accounts only
@@ -214,33 +216,25 @@ class ChatService:
             newly.extend(i for i in ids if not found[i])
             if not newly:
                 return None
-            return NewEvent(
-                EventTypes.MESSAGES_ACKED,
-                {
-                    "account_id": account.account_id,
-                    "message_ids": newly,
-                    "requested_ids": ids,
-                    "session_id": session_id,
-                },
-            )
+            return _new(MessagesAcked(account.account_id, tuple(newly), tuple(ids), session_id))
 
         outcome = self._writer.execute(request_id, decide)
         if outcome.event is None:
             return 0
-        self._check_same_request(outcome.event, EventTypes.MESSAGES_ACKED, {})
+        first = self._check_same_request(outcome.event, MessagesAcked, {})
+        assert isinstance(first, MessagesAcked)
         if outcome.duplicate:
             # A retry is the same session's (its token still names the session after a
-            # logout) with the same ids; "message_ids" holds only those newly acked, so older
-            # events without "requested_ids" are checked against it as a subset.
-            first = outcome.event.payload
+            # logout) with the same ids; message_ids holds only those newly acked, so older
+            # events without requested_ids are checked against it as a subset.
             same_ids = (
-                first["requested_ids"] == ids
-                if "requested_ids" in first
-                else set(first["message_ids"]) <= set(ids)
+                list(first.requested_ids) == ids
+                if first.requested_ids is not None
+                else set(first.message_ids) <= set(ids)
             )
-            if first.get("session_id") != session_id or not same_ids:
+            if first.session_id != session_id or not same_ids:
                 raise InvalidArgument(_REUSED_ID)
-        return len(outcome.event.payload["message_ids"])
+        return len(first.message_ids)
 
     def delete_account(self, request_id: str, token: str, password: str) -> None:
         request_id = v.request_id(request_id)
@@ -257,16 +251,9 @@ class ChatService:
             current = self._writer_account_in(conn, session_id)
             if account is None or current.account_id != account.account_id:
                 raise Unauthenticated("session expired; log in again")
-            return NewEvent(
-                EventTypes.ACCOUNT_DELETED,
-                {
-                    "account_id": account.account_id,
-                    "username": account.username,
-                    "session_id": session_id,
-                },
-            )
+            return _new(AccountDeleted(account.account_id, account.username, session_id))
 
-        self._write(request_id, decide, EventTypes.ACCOUNT_DELETED, {"session_id": session_id})
+        self._write(request_id, decide, AccountDeleted, {"session_id": session_id})
 
     # -- queries -------------------------------------------------------------------------
 
@@ -372,35 +359,46 @@ class ChatService:
         self,
         request_id: str,
         decide: Callable[[sa.Connection], NewEvent | None],
-        event_type: str,
+        kind: type[ChatEvent],
         expected: dict[str, Any],
         *,
         session_id: str | None = None,
-        same_request: Callable[[Event], bool] | None = None,
+        same_request: Callable[[ChatEvent], bool] | None = None,
         reads_inboxes: bool = True,
-    ) -> Event:
+    ) -> tuple[Event, ChatEvent]:
         """Run the command; for a request_id already in the log, its first result, provided
-        the request is the same (payload fields in `expected`, the same session, and whatever
-        `same_request` checks)."""
+        the request is the same (a `kind` event whose fields match `expected`, the same
+        session, and whatever `same_request` checks). The logged event, and it typed."""
         outcome = self._writer.execute(request_id, decide, reads_inboxes=reads_inboxes)
         if outcome.event is None:
             raise Unavailable("the command produced no event")  # decide() never returns None here
-        if outcome.duplicate:
-            event = outcome.event
-            self._check_same_request(event, event_type, expected)
-            # Events logged before they carried the session are taken to be the same session's.
-            if session_id is not None and event.payload.get("session_id", session_id) != session_id:
-                raise InvalidArgument(_REUSED_ID)
-            if same_request is not None and not same_request(event):
-                raise InvalidArgument(_REUSED_ID)
-        return outcome.event
+        if not outcome.duplicate:
+            return outcome.event, decode(outcome.event)
+        typed = self._check_same_request(outcome.event, kind, expected)
+        # Events logged before they carried the session are taken to be the same session's.
+        first_session = getattr(typed, "session_id", None)
+        if session_id is not None and first_session not in (None, session_id):
+            raise InvalidArgument(_REUSED_ID)
+        if same_request is not None and not same_request(typed):
+            raise InvalidArgument(_REUSED_ID)
+        return outcome.event, typed
 
     @staticmethod
-    def _check_same_request(event: Event, event_type: str, expected: dict[str, Any]) -> None:
-        if event.type != event_type or any(
-            event.payload.get(k) != val for k, val in expected.items()
+    def _check_same_request(
+        event: Event, kind: type[ChatEvent], expected: dict[str, Any]
+    ) -> ChatEvent:
+        """The logged event, typed -- InvalidArgument unless it is a `kind` whose fields
+        match `expected` (a request id reused for another request)."""
+        typed = decode(event)
+        if not isinstance(typed, kind) or any(
+            getattr(typed, k) != val for k, val in expected.items()
         ):
             raise InvalidArgument(_REUSED_ID)
+        return typed
+
+
+def _new(event: ChatEvent) -> NewEvent:
+    return NewEvent(*encode(event))
 
 
 _REUSED_ID = "request_id was already used for a different request; generate a new one"

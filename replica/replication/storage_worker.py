@@ -221,7 +221,7 @@ class DatabaseStorage(Storage):
         def job() -> None:
             try:
                 event = self._writer.append_system_event(
-                    NewEvent(projections.EventTypes.EPOCH_STARTED, {"replica_index": self.index}),
+                    NewEvent(*projections.encode(projections.EpochStarted(self.index))),
                     epoch,
                 )
             except Exception as exc:

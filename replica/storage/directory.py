@@ -13,12 +13,22 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import assert_never
 
 import sqlalchemy as sa
 
 from eventlog import Event
-from projections import EventTypes
 from projections import queries as q
+from projections.events import (
+    AccountDeleted,
+    AccountRegistered,
+    EpochStarted,
+    MessagesAcked,
+    MessageSent,
+    SessionClosed,
+    SessionOpened,
+    decode,
+)
 
 DEFAULT_CAPACITY = 100_000  # entries of each kind; the least recently used go first
 
@@ -64,20 +74,24 @@ class Directory:
 
     def applied(self, event: Event) -> None:
         """An event of the open batch was applied: forget what it removed."""
-        p = event.payload
-        if event.type == EventTypes.SESSION_CLOSED:
-            self._forget_session(str(p["session_id"]))
-        elif event.type == EventTypes.SESSION_OPENED:
-            for closed in p.get("closes", ()):
-                self._forget_session(str(closed))
-        elif event.type == EventTypes.ACCOUNT_DELETED:
-            account_id = p["account_id"]
-            for table in (self._accounts, self._new_accounts):
-                for name in [n for n, a in table.items() if a.account_id == account_id]:
-                    del table[name]
-            for sessions in (self._sessions, self._new_sessions):
-                for sid in [s for s, a in sessions.items() if a.account_id == account_id]:
-                    del sessions[sid]
+        e = decode(event)
+        match e:
+            case SessionClosed():
+                self._forget_session(e.session_id)
+            case SessionOpened():
+                for closed in e.closes:
+                    self._forget_session(closed)
+            case AccountDeleted():
+                for table in (self._accounts, self._new_accounts):
+                    for name in [n for n, a in table.items() if a.account_id == e.account_id]:
+                        del table[name]
+                for sessions in (self._sessions, self._new_sessions):
+                    for sid in [s for s, a in sessions.items() if a.account_id == e.account_id]:
+                        del sessions[sid]
+            case AccountRegistered() | MessageSent() | MessagesAcked() | EpochStarted():
+                pass  # (it removes nothing the directory holds)
+            case _:
+                assert_never(e)
 
     def committed(self) -> None:
         """The open batch committed: what it read holds."""

@@ -8,10 +8,21 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from eventlog import Event
-from projections import EventTypes
 from projections.apply import message_row
+from projections.events import (
+    AccountDeleted,
+    AccountRegistered,
+    ChatEvent,
+    EpochStarted,
+    MessagesAcked,
+    MessageSent,
+    SessionClosed,
+    SessionOpened,
+    decode,
+)
 from projections.queries import StoredMessage
 
 # Committed messages held per watched account for its subscriptions (see live_after). A
@@ -60,18 +71,17 @@ class InboxNotifier:
         self._live: dict[int, _Live] = {}
 
     def on_committed(self, events: list[Event]) -> None:
+        typed = [(event, decode(event)) for event in events]
         if events:
             with self._lock:
-                self._keep_live(events)
-        accounts = {
-            int(e.payload["recipient_id"]) for e in events if e.type == EventTypes.MESSAGE_SENT
-        }
+                self._keep_live(typed)
+        accounts = {e.recipient_id for _, e in typed if isinstance(e, MessageSent)}
         # Sessions that ended: their subscriptions notice at once.
         ended = {
-            int(e.payload["account_id"])
-            for e in events
-            if e.type in (EventTypes.ACCOUNT_DELETED, EventTypes.SESSION_CLOSED)
-            or (e.type == EventTypes.SESSION_OPENED and e.payload.get("closes"))
+            e.account_id
+            for _, e in typed
+            if isinstance(e, AccountDeleted | SessionClosed)
+            or (isinstance(e, SessionOpened) and e.closes)
         }
         accounts |= ended
         if events and not accounts:
@@ -87,52 +97,56 @@ class InboxNotifier:
                 if cond is not None:
                     cond.notify_all()
 
-    def _keep_live(self, events: list[Event]) -> None:
+    def _keep_live(self, events: list[tuple[Event, ChatEvent]]) -> None:
         """(Under the lock.) Follow the committed events into the live buffers."""
-        first = events[0].seq
+        first = events[0][0].seq
         if self._through is None or first != self._through + 1:
             # A gap (or the first events): vouch only for what comes from here on.
             for account_id in self._watchers:
                 self._live[account_id] = _Live(first - 1)
-        self._through = events[-1].seq
+        self._through = events[-1][0].seq
         if not self._watchers:
             return
-        for event in events:
-            t = event.type
-            if t == EventTypes.MESSAGE_SENT:
-                account_id = int(event.payload["recipient_id"])
-                live = self._live.get(account_id)
-                if live is None:
-                    continue  # not watched
-                row = message_row(event)
-                live.messages.append(
-                    StoredMessage(
-                        row["message_id"],
-                        row["sender"],
-                        row["recipient"],
-                        row["body"],
-                        row["sent_at"],
-                        False,
+        for event, e in events:
+            match e:
+                case MessageSent():
+                    live = self._live.get(e.recipient_id)
+                    if live is None:
+                        continue  # not watched
+                    row = message_row(event, e)
+                    live.messages.append(
+                        StoredMessage(
+                            row["message_id"],
+                            row["sender"],
+                            row["recipient"],
+                            row["body"],
+                            row["sent_at"],
+                            False,
+                        )
                     )
-                )
-                live.body_chars += len(row["body"])
-                while len(live.messages) > self._live_cap or live.body_chars > self._live_bytes_cap:
-                    dropped = live.messages.popleft()
-                    live.body_chars -= len(dropped.body)
-                    live.vouched_from = dropped.message_id
-            elif t == EventTypes.MESSAGES_ACKED:
-                account_id = int(event.payload["account_id"])
-                live = self._live.get(account_id)
-                if live is not None and live.messages:
-                    acked = {int(i) for i in event.payload["message_ids"]}
-                    kept = [m for m in live.messages if m.message_id not in acked]
-                    if len(kept) != len(live.messages):
-                        live.messages = deque(kept)
-                        live.body_chars = sum(len(m.body) for m in kept)
-            elif t == EventTypes.ACCOUNT_DELETED:
-                account_id = int(event.payload["account_id"])
-                if account_id in self._live:  # its inbox is gone with it
-                    self._live[account_id] = _Live(event.seq)
+                    live.body_chars += len(e.body)
+                    while (
+                        len(live.messages) > self._live_cap
+                        or live.body_chars > self._live_bytes_cap
+                    ):
+                        dropped = live.messages.popleft()
+                        live.body_chars -= len(dropped.body)
+                        live.vouched_from = dropped.message_id
+                case MessagesAcked():
+                    live = self._live.get(e.account_id)
+                    if live is not None and live.messages:
+                        acked = set(e.message_ids)
+                        kept = [m for m in live.messages if m.message_id not in acked]
+                        if len(kept) != len(live.messages):
+                            live.messages = deque(kept)
+                            live.body_chars = sum(len(m.body) for m in kept)
+                case AccountDeleted():
+                    if e.account_id in self._live:  # its inbox is gone with it
+                        self._live[e.account_id] = _Live(event.seq)
+                case AccountRegistered() | SessionOpened() | SessionClosed() | EpochStarted():
+                    pass
+                case _:
+                    assert_never(e)
 
     def live_after(
         self, account_id: int, seen_through: int, committed_seq: int

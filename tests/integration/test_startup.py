@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 import eventlog
 from client.library import ChatClient
 from eventlog import Event
-from projections import EventTypes
+from projections import EventTypes, MessageSent
 from protos import chat_pb2, chat_pb2_grpc
 from replica.storage.database import make_engine
 from tests.integration.cluster_checks import PASSWORD, db_url, register_users, wait_for_primary
@@ -106,3 +106,46 @@ def test_a_replica_replaying_its_log_says_not_serving_and_why_then_serves(
         history = list(client.history("alice", page_size=1000))
     assert len(history) == UNAPPLIED
     assert history[-1].message_id == last
+
+
+def test_a_log_event_it_cannot_read_stops_the_replica_with_one_line_naming_its_seq(
+    cluster_processes: Callable[..., ClusterProcesses],
+) -> None:
+    """A logged event this code cannot read (a newer version's type, a damaged payload) is
+    never skipped: the replica does not serve, and says which seq -- no traceback."""
+    cluster = cluster_processes(1)
+    cluster.start_all()
+    wait_for_primary(cluster)
+    register_users(cluster, ["alice"])
+    cluster.terminate(0)
+    url = db_url(cluster, 0)
+    engine = make_engine(url, create_database=False)
+    try:
+        with engine.begin() as conn:
+            last = eventlog.last_position(conn)
+            # A send without its recipient, written to the log only (as a restore would).
+            damaged = {"sender_id": 2, "sender": "alice", "body": "to nobody"}
+            eventlog.append_events(
+                conn,
+                [
+                    Event(
+                        last.seq + 1,
+                        last.epoch,
+                        MessageSent.TYPE,
+                        damaged,
+                        "bad",
+                        dt.datetime.now(),
+                    )
+                ],
+            )
+    finally:
+        engine.dispose()
+
+    cluster.start(0, wait=False)
+    assert cluster.wait_exit(0, 60) == 1
+    log = cluster.log_text(0)
+    assert (
+        f"cannot replay the log: the message_sent event at seq {last.seq + 1}: "
+        "Object missing required field `recipient_id`"
+    ) in log
+    assert "Traceback" not in log

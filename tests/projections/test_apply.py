@@ -173,7 +173,7 @@ def test_statements_for_epoch_started_changes_nothing() -> None:
 
 
 def test_statements_for_unknown_type_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown event type 'surprise' at seq 9"):
+    with pytest.raises(ValueError, match=r"seq 9 has an unknown type 'surprise'"):
         statements_for(ev(9, "surprise"))
 
 
