@@ -34,6 +34,7 @@ import projections
 from bench.cluster import HOST, SETTINGS
 from bench.databases import Databases
 from bench.memory import proc_status_kb
+from client import ClientSettings
 from client.library import ChatClient
 from client.models import CaughtUp
 from eventlog import Event
@@ -156,7 +157,9 @@ def run_size(
                 replay_rss_mb=rss * 1024 / 1e6,
             )
             say(f"scale {size:,}: replayed {run.replay_events:,} at {run.replay_rate:,.0f}/s")
-            with ChatClient([cluster.address(0)], timeout=120.0, attempt_timeout=120.0) as client:
+            with ChatClient(
+                [cluster.address(0)], ClientSettings(timeout=120.0, attempt_timeout=120.0)
+            ) as client:
                 _user_calls(client, run, say)
             cluster.terminate(0)
         run.repair_ms, run.repair_how = _repair(engine)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from client import ClientSettings
 from client.library import ChatClient
 
 PASSWORD = "bench-password"
@@ -17,7 +18,7 @@ CLIENT_ATTEMPT_TIMEOUT = 3.0
 
 def register(addresses: Sequence[str], names: Sequence[str]) -> None:
     def one(name: str) -> None:
-        with ChatClient(addresses, timeout=30.0) as client:
+        with ChatClient(addresses, ClientSettings(timeout=30.0)) as client:
             client.register(name, PASSWORD)
 
     with ThreadPoolExecutor(SETUP_WORKERS, thread_name_prefix="register") as pool:
@@ -29,7 +30,8 @@ def logged_in_clients(addresses: Sequence[str], names: Sequence[str]) -> list[Ch
 
     def one(name: str) -> ChatClient:
         client = ChatClient(
-            addresses, timeout=CLIENT_TIMEOUT, attempt_timeout=CLIENT_ATTEMPT_TIMEOUT
+            addresses,
+            ClientSettings(timeout=CLIENT_TIMEOUT, attempt_timeout=CLIENT_ATTEMPT_TIMEOUT),
         )
         try:
             client.login(name, PASSWORD)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     )
     from client.failover import (
         Backoff,
+        Liveness,
     )
     from client.library import (
         ChatClient,
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
         ClusterStatus,
         Message,
         ReplicaStatus,
+    )
+    from client.settings import (
+        ClientHooks,
+        ClientSettings,
     )
     from client.subscription import (
         Subscription,
@@ -50,8 +55,11 @@ _EXPORTS: dict[str, str] = {
     "ChatClient": "client.library",
     "ChatError": "client.errors",
     "ChatUnavailableError": "client.errors",
+    "ClientHooks": "client.settings",
+    "ClientSettings": "client.settings",
     "ClusterStatus": "client.models",
     "InvalidArgument": "client.errors",
+    "Liveness": "client.failover",
     "LoginResult": "client.library",
     "Message": "client.models",
     "NotFound": "client.errors",
@@ -74,8 +82,11 @@ __all__ = [
     "ChatClient",
     "ChatError",
     "ChatUnavailableError",
+    "ClientHooks",
+    "ClientSettings",
     "ClusterStatus",
     "InvalidArgument",
+    "Liveness",
     "LoginResult",
     "Message",
     "NotFound",

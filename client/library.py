@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from client.channels import DEFAULT_CHANNEL_OPTIONS, ChannelPool
+from client.channels import ChannelPool
 from client.errors import NotLoggedInError
-from client.failover import Backoff, Failover, Liveness
+from client.failover import Failover
 from client.models import ClusterStatus, Message
+from client.settings import ClientHooks, ClientSettings
 from client.subscription import Subscription
 from protos import chat_pb2
 from protos.wire import MAX_ACK_IDS
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -36,48 +31,43 @@ class LoginResult:
 
 
 class ChatClient:
-    """A client for the chat cluster at `servers` ("host:port" of every replica).
+    """A client for the chat cluster at `servers` ("host:port" of every replica), configured
+    by `settings` (ClientSettings: timeouts, TLS, ...) and `hooks` (ClientHooks: callbacks,
+    request ids, a test's clock).
 
-    Every call retries across replicas until `timeout` seconds have passed (see
+    Every call retries across replicas until `settings.timeout` seconds have passed (see
     client.failover); a mutating call keeps one request_id through all its retries. Domain errors
     raise the ChatError subclass that names them (client.errors: NotFound, AlreadyExists,
     RateLimited, ...); no answer in time raises ChatUnavailableError. After `login` the client holds
-    the session and uses it for the calls that need one. With `root_certificates` (PEM bytes of the
-    cluster's CA) it talks TLS. Thread-safe.
+    the session and uses it for the calls that need one. Thread-safe.
     """
 
     def __init__(
         self,
         servers: Sequence[str],
+        settings: ClientSettings | None = None,
         *,
-        timeout: float = 10.0,
-        attempt_timeout: float = 3.0,
-        backoff: Backoff | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], object] | None = None,
-        request_ids: Callable[[], str] = new_request_id,
-        on_replica_change: Callable[[str], None] | None = None,
-        channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
-        root_certificates: bytes | None = None,
-        liveness: Liveness | None = None,
-        on_unreachable: Callable[[str], None] | None = None,
+        hooks: ClientHooks | None = None,
     ) -> None:
-        if timeout <= 0 or attempt_timeout <= 0:
-            raise ValueError("timeouts must be positive")
-        self._pool = ChannelPool(channel_options, root_certificates=root_certificates)
+        settings = settings if settings is not None else ClientSettings()
+        hooks = hooks if hooks is not None else ClientHooks()
+        self.settings = settings
+        self._pool = ChannelPool(
+            settings.channel_options, root_certificates=settings.root_certificates
+        )
         self._failover = Failover(
             servers,
             self._pool,
-            timeout=timeout,
-            attempt_timeout=attempt_timeout,
-            backoff=backoff if backoff is not None else Backoff(),
-            clock=clock,
-            sleep=sleep,
-            on_replica_change=on_replica_change,
-            liveness=liveness,
-            on_unreachable=on_unreachable,
+            timeout=settings.timeout,
+            attempt_timeout=settings.attempt_timeout,
+            backoff=settings.backoff,
+            clock=hooks.clock,
+            sleep=hooks.sleep,
+            on_replica_change=hooks.on_replica_change,
+            liveness=settings.liveness,
+            on_unreachable=hooks.on_unreachable,
         )
-        self._request_ids = request_ids
+        self._request_ids = hooks.request_ids
         self._lock = threading.Lock()
         self._session: Session | None = None
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-from client import ChatClient, ChatError, Message
+from client import ChatClient, ChatError, ClientHooks, ClientSettings, Message
 from client.cli.output import escape_field, history_line, inbox_line, status_table
 from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE
 
@@ -196,9 +196,8 @@ def _run(args: argparse.Namespace, servers: Sequence[str], environ: Mapping[str,
         return run_interactive(servers, timeout=args.timeout, root_certificates=root_certificates)
     with ChatClient(
         servers,
-        timeout=args.timeout,
-        root_certificates=root_certificates,
-        on_unreachable=_say_unreachable,
+        ClientSettings(timeout=args.timeout, root_certificates=root_certificates),
+        hooks=ClientHooks(on_unreachable=_say_unreachable),
     ) as client:
         _COMMANDS[command](client, args, lambda prompt: _password(prompt, environ))
     return EXIT_OK

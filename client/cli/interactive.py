@@ -18,7 +18,16 @@ from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from client import ChatClient, ChatError, ChatUnavailableError, LoginResult, Message, Subscription
+from client import (
+    ChatClient,
+    ChatError,
+    ChatUnavailableError,
+    ClientHooks,
+    ClientSettings,
+    LoginResult,
+    Message,
+    Subscription,
+)
 from client.cli.output import escape_field, status_table
 from protos.wire import UNDELIVERED_COUNT_CAP
 
@@ -172,10 +181,11 @@ def run_interactive(
 ) -> int:
     with ChatClient(
         servers,
-        timeout=timeout,
-        on_replica_change=_announce_replica,
-        root_certificates=root_certificates,
-        on_unreachable=lambda text: _emit(f"reconnecting... ({text})"),
+        ClientSettings(timeout=timeout, root_certificates=root_certificates),
+        hooks=ClientHooks(
+            on_replica_change=_announce_replica,
+            on_unreachable=lambda text: _emit(f"reconnecting... ({text})"),
+        ),
     ) as client:
         try:
             login = log_in(client, ask=prompt, ask_password=_ask_password, emit=_emit)

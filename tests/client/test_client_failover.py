@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import grpc
 import pytest
 
-from client import Backoff, ChatClient, ChatError, ChatUnavailableError, NotLoggedInError
+from client import (
+    Backoff,
+    ChatClient,
+    ChatError,
+    ChatUnavailableError,
+    ClientHooks,
+    ClientSettings,
+    NotLoggedInError,
+)
 from client.models import CaughtUp, Message
 from protos import chat_pb2
 from tests.client.chat_fakes import (
@@ -26,14 +35,23 @@ SENT = answer(chat_pb2.SendReply(message_id=7))
 LOGGED_IN = answer(chat_pb2.LoginReply(session_token="token-1", username="bob"))
 
 
-def make_client(addresses: list[str], fake_time: FakeTime, **options: object) -> ChatClient:
-    return ChatClient(
-        addresses,
-        timeout=options.pop("timeout", 5.0),  # type: ignore[arg-type]
+def make_client(
+    addresses: list[str],
+    fake_time: FakeTime,
+    *,
+    timeout: float = 5.0,
+    backoff: Backoff | None = None,
+    on_replica_change: Callable[[str], None] | None = None,
+    on_unreachable: Callable[[str], None] | None = None,
+) -> ChatClient:
+    settings = ClientSettings(timeout=timeout, backoff=backoff or Backoff())
+    hooks = ClientHooks(
+        on_replica_change=on_replica_change,
+        on_unreachable=on_unreachable,
         clock=fake_time.clock,
         sleep=fake_time.sleep,
-        **options,  # type: ignore[arg-type]
     )
+    return ChatClient(addresses, settings, hooks=hooks)
 
 
 def logged_in(client: ChatClient, replica: FakeReplica) -> ChatClient:

@@ -19,6 +19,7 @@ from client import (
     CaughtUp,
     ChatClient,
     ChatError,
+    ClientSettings,
     ClusterStatus,
     InvalidArgument,
     Message,
@@ -49,7 +50,7 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def chat(address: str) -> Iterator[ChatClient]:
-    with ChatClient([address], timeout=10.0) as c:
+    with ChatClient([address], ClientSettings(timeout=10.0)) as c:
         yield c
 
 
@@ -177,3 +178,10 @@ def test_a_status_without_a_primary_says_none() -> None:
     reply = chat_pb2.ClusterStatusReply(answered_by=2, primary_index=0, primary_known=False)
     status = ClusterStatus.from_proto(reply)
     assert status.primary_index is None and not status.primary_known
+
+
+def test_settings_refuse_a_timeout_that_is_not_positive() -> None:
+    with pytest.raises(ValueError, match="timeouts must be positive"):
+        ClientSettings(timeout=0)
+    with pytest.raises(ValueError, match="attempt_timeout -1"):
+        ClientSettings(attempt_timeout=-1)

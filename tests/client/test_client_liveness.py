@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client import ChatClient
+from client import ChatClient, ClientSettings
 from client.failover import Liveness, _Unresponsive, _Watchdog
 from protos import chat_pb2
 from tests.client.chat_fakes import FakeReplica, answer, fail, start_replica, stop_replica
@@ -67,7 +67,9 @@ def test_a_replica_that_stops_answering_is_left_well_before_the_attempt_timeout(
     pair: tuple[FakeReplica, FakeReplica], released: threading.Event
 ) -> None:
     frozen, alive = pair
-    with ChatClient([frozen.address, alive.address], timeout=10, attempt_timeout=3) as client:
+    with ChatClient(
+        [frozen.address, alive.address], ClientSettings(timeout=10, attempt_timeout=3)
+    ) as client:
         logged_in(client, frozen)
         freeze(frozen, released)
         alive.script("Send", answer(chat_pb2.SendReply(message_id=42)))
@@ -87,7 +89,9 @@ def test_a_slow_replica_that_still_answers_is_waited_for(
     pair: tuple[FakeReplica, FakeReplica],
 ) -> None:
     busy, other = pair
-    with ChatClient([busy.address, other.address], timeout=10, attempt_timeout=3) as client:
+    with ChatClient(
+        [busy.address, other.address], ClientSettings(timeout=10, attempt_timeout=3)
+    ) as client:
         logged_in(client, busy)
         busy.script("Send", slow(1.2, chat_pb2.SendReply(message_id=7)))
         busy.script("ClusterStatus", STATUS)
@@ -101,7 +105,9 @@ def test_every_call_waiting_on_a_silent_replica_is_abandoned_and_retried_elsewhe
     pair: tuple[FakeReplica, FakeReplica], released: threading.Event
 ) -> None:
     frozen, alive = pair
-    with ChatClient([frozen.address, alive.address], timeout=10, attempt_timeout=3) as client:
+    with ChatClient(
+        [frozen.address, alive.address], ClientSettings(timeout=10, attempt_timeout=3)
+    ) as client:
         logged_in(client, frozen)
         freeze(frozen, released)
         alive.script("Send", answer(chat_pb2.SendReply(message_id=9)))
@@ -127,7 +133,7 @@ def test_every_call_waiting_on_a_silent_replica_is_abandoned_and_retried_elsewhe
 
 def test_the_watchdog_thread_ends_with_its_client(pair: tuple[FakeReplica, FakeReplica]) -> None:
     replica, _ = pair
-    client = ChatClient([replica.address], timeout=5, attempt_timeout=3)
+    client = ChatClient([replica.address], ClientSettings(timeout=5, attempt_timeout=3))
     logged_in(client, replica)
     before = set(threading.enumerate())
     replica.script("Send", answer(chat_pb2.SendReply(message_id=1)))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from client import ChatClient
+from client import ChatClient, ClientSettings
 from client.cli.interactive import ChatShell, local_time, log_in, receive
 from protos import chat_pb2
 from tests.client.chat_fakes import CAUGHT_UP, FakeReplica, answer, fail, message, stream
@@ -24,7 +24,7 @@ def replica(replicas: list[FakeReplica]) -> FakeReplica:
 
 @pytest.fixture
 def client(replica: FakeReplica) -> Iterator[ChatClient]:
-    with ChatClient([replica.address], timeout=2.0) as client:
+    with ChatClient([replica.address], ClientSettings(timeout=2.0)) as client:
         yield client
 
 

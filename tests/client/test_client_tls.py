@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import ChatClient, ChatUnavailableError
+from client import ChatClient, ChatUnavailableError, ClientHooks, ClientSettings
 from client.cli import main
 from client.failover import MISMATCH_ROUNDS
 from protos import chat_pb2
@@ -41,10 +41,8 @@ def client(
 ) -> ChatClient:
     return ChatClient(
         addresses,
-        timeout=timeout,
-        clock=fake_time.clock,
-        sleep=fake_time.sleep,
-        root_certificates=None if ca is None else ca.read_bytes(),
+        ClientSettings(timeout=timeout, root_certificates=None if ca is None else ca.read_bytes()),
+        hooks=ClientHooks(clock=fake_time.clock, sleep=fake_time.sleep),
     )
 
 

@@ -16,6 +16,7 @@ import grpc
 import sqlalchemy as sa
 
 import eventlog
+from client import ClientSettings
 from client.errors import ChatError
 from client.library import ChatClient
 from client.models import CaughtUp, Message
@@ -174,7 +175,9 @@ class Senders:
 
     def _run(self, user: str) -> None:
         try:
-            with ChatClient(self._cluster.addresses, timeout=self._timeout) as client:
+            with ChatClient(
+                self._cluster.addresses, ClientSettings(timeout=self._timeout)
+            ) as client:
                 client.login(user, PASSWORD)
                 n = 0
                 while not self._stop.is_set():
@@ -224,14 +227,14 @@ def sending(cluster: ClusterProcesses, senders: list[str], recipient: str) -> It
 
 
 def register_users(cluster: ClusterProcesses, names: list[str]) -> None:
-    with ChatClient(cluster.addresses, timeout=20.0) as client:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as client:
         for name in names:
             client.register(name, PASSWORD)
 
 
 def read_inbox(cluster: ClusterProcesses, user: str) -> list[Message]:
     """Every undelivered message of `user`, through a real subscription, acked afterwards."""
-    with ChatClient(cluster.addresses, timeout=20.0) as client:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as client:
         client.login(user, PASSWORD)
         received: list[Message] = []
         subscription = client.subscribe()
@@ -279,7 +282,7 @@ def now() -> float:
 def history_on_each_replica(cluster: ClusterProcesses, user: str, other: str) -> list[list[int]]:
     """The ids of `user`'s conversation with `other`, read from every replica in turn (reads
     may be served by secondaries: they show what the primary reported committed)."""
-    with ChatClient(cluster.addresses, timeout=20.0) as client:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as client:
         client.login(user, PASSWORD)
         session = client.session
         assert session is not None

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
+from client import ClientSettings
 from client.library import ChatClient
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
@@ -62,7 +63,7 @@ def test_a_replica_with_another_secret_cannot_join(cluster: ClusterProcesses) ->
     cluster.env = {"CHAT_CLUSTER_SECRET": "a-different-secret-of-sufficient-length"}
     cluster.start(outsider)
     cluster.env = None
-    with ChatClient(cluster.addresses, timeout=20) as client:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=20)) as client:
         client.register("alice", PASSWORD)
         client.login("alice", PASSWORD)
         for n in range(20):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from client import ClientSettings
 from client.errors import ChatError
 from client.library import ChatClient
 from client.models import CaughtUp, Message
@@ -53,7 +54,7 @@ def test_a_scrape_shows_roles_seqs_rpcs_latencies_and_in_sync_changes(
     register_users(cluster, ["alice", "bob"])
     received: list[Message] = []
     subscribed = threading.Event()
-    with ChatClient(cluster.addresses, timeout=20.0) as bob:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as bob:
         bob.login("bob", PASSWORD)
         subscription = bob.subscribe()
 
@@ -67,7 +68,7 @@ def test_a_scrape_shows_roles_seqs_rpcs_latencies_and_in_sync_changes(
         listener = threading.Thread(target=listen, daemon=True)
         listener.start()
         assert subscribed.wait(20)
-        with ChatClient(cluster.addresses, timeout=20.0) as alice:
+        with ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as alice:
             alice.login("alice", PASSWORD)
             for n in range(5):
                 alice.send("bob", f"m{n}")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from client import ClientSettings
 from client.errors import ChatError
 from client.library import ChatClient
 from tests.integration.cluster_checks import (
@@ -27,14 +28,14 @@ def test_min_insync_two_refuses_writes_alone(
     cluster.start_all()
     primary = wait_for_primary(cluster)
     wait_all_running_follow(cluster, primary)
-    with ChatClient(cluster.addresses, timeout=20) as client:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=20)) as client:
         client.register("alice", PASSWORD)
         client.login("alice", PASSWORD)
         assert client.send("alice", "with everyone") > 0
         secondaries = [i for i in range(3) if i != primary]
         for index in secondaries:
             cluster.kill(index)
-    with ChatClient(cluster.addresses, timeout=3) as client:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=3)) as client:
         # Login itself is a write: refused too, with a message that says why.
         with pytest.raises(ChatError) as refused:
             client.login("alice", PASSWORD)
@@ -52,7 +53,7 @@ def test_min_insync_two_refuses_writes_alone(
 
 def _can_send(cluster: ClusterProcesses, body: str) -> bool:
     try:
-        with ChatClient(cluster.addresses, timeout=5) as client:
+        with ChatClient(cluster.addresses, ClientSettings(timeout=5)) as client:
             client.login("alice", PASSWORD)
             client.send("alice", body)
             return True

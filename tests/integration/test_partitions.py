@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from client import ClientSettings
 from client.errors import ChatUnavailableError
 from client.library import ChatClient
 from tests.conftest import require_test_hosts
@@ -103,7 +104,7 @@ def test_a_client_that_reaches_only_the_cut_off_primary_is_told_unavailable_then
     hosts, cluster = on_hosts
     old = wait_for_primary(cluster)
     others = [i for i in range(3) if i != old]
-    client = ChatClient(cluster.addresses, timeout=4.0)
+    client = ChatClient(cluster.addresses, ClientSettings(timeout=4.0))
     try:
         client.login("alice", PASSWORD)
         client.send("bob", "before the cut")
@@ -129,7 +130,7 @@ def test_a_client_that_reaches_only_the_cut_off_primary_is_told_unavailable_then
         wait_all_running_follow(cluster, new, timeout=20)
     finally:
         client.close()
-    with ChatClient(cluster.addresses, timeout=10.0) as reader:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=10.0)) as reader:
         reader.login("bob", PASSWORD)
         bodies = [m.body for m in reader.history("alice")]
     assert "before the cut" in bodies and "after the move" in bodies

@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 import eventlog
+from client import ClientSettings
 from client.library import ChatClient
 from eventlog import Event
 from projections import EventTypes, MessageSent
@@ -101,7 +102,7 @@ def test_a_replica_replaying_its_log_says_not_serving_and_why_then_serves(
     assert f"replaying {UNAPPLIED} logged events into the projections" in log
     assert f"replayed {UNAPPLIED} events in" in log
     wait_for_primary(cluster)
-    with ChatClient(cluster.addresses, timeout=10.0) as client:
+    with ChatClient(cluster.addresses, ClientSettings(timeout=10.0)) as client:
         client.login("bob", PASSWORD)
         history = list(client.history("alice", page_size=1000))
     assert len(history) == UNAPPLIED

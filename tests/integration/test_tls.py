@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from client import ClientSettings
 from client.errors import ChatUnavailableError
 from client.library import ChatClient
 from client.models import Message
@@ -62,7 +63,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tls: TlsConfig) -> Iterato
 
 def tls_client(cluster: ClusterProcesses, tls: TlsConfig, timeout: float = 20.0) -> ChatClient:
     return ChatClient(
-        cluster.addresses, timeout=timeout, root_certificates=tls.ca_file.read_bytes()
+        cluster.addresses,
+        ClientSettings(timeout=timeout, root_certificates=tls.ca_file.read_bytes()),
     )
 
 
@@ -110,7 +112,7 @@ def test_secondaries_replicate_over_mutual_tls(cluster: ClusterProcesses, tls: T
 def test_a_plaintext_client_is_told_to_use_tls(cluster: ClusterProcesses) -> None:
     started = time.monotonic()
     with (
-        ChatClient(cluster.addresses, timeout=20.0) as client,
+        ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as client,
         pytest.raises(ChatUnavailableError) as refused,
     ):
         client.register("mallory", PASSWORD)
