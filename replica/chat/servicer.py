@@ -192,7 +192,7 @@ def next_page(
 ) -> tuple[list[StoredMessage], int]:
     """A subscription's next messages (ids after `last_id`, at most `page`) and the seq
     through which, once they are yielded, it has yielded every undelivered message. `live`
-    (caught up): from the notifier when it vouches for them, without querying the inbox."""
+    (caught up): from the notifier when it covers them, without querying the inbox."""
     found = None
     if live:
         found = notifier.live_after(account_id, seen_through, inbox.committed_seq())
@@ -392,7 +392,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         # Read before the stream's first query, so that an end after it is seen.
         checked_ends, checked_at = self._notifier.session_ends(account_id), time.monotonic()
         # Every undelivered message up to this seq has been yielded (once caught up, woken
-        # subscriptions take new messages from the notifier while it can vouch for them).
+        # subscriptions take new messages from the notifier while it covers them).
         seen_through = 0
         while context.is_active() and not self._stopping.is_set():
             version = self._notifier.version(account_id)

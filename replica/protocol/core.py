@@ -95,7 +95,7 @@ class Following:
     # set, or did when it was last heard (the claim; see ReplicaCore.claim).
     in_sync: bool = False
     counted_by: int | None = None
-    # The vouch (ReplicaCore.trusted): when this replica sent the newest ack its primary then
+    # The vouch (ReplicaCore.vouches): when this replica sent the newest ack its primary then
     # confirmed it in sync with (the primary echoes the id of the newest ack it received).
     confirmed_at: float = float("-inf")
     acks_sent: dict[int, float] = field(default_factory=dict)  # ack id -> when sent
@@ -204,7 +204,7 @@ class ReplicaCore:
 
     # -- views (read-only) -----------------------------------------------------------------
 
-    def trusted(self, now: float) -> bool:
+    def vouches(self, now: float) -> bool:
         """Holds every event the latest primary acknowledged: in its in-sync set and knows it,
         confirmed lately (see rules.vouches and rules.electable)."""
         f = self.following
@@ -236,7 +236,7 @@ class ReplicaCore:
             epoch=self.current_epoch,
             primary_index=self.primary_index,
             in_sync=primary or self.following.in_sync,
-            trusted=self.trusted(now),
+            vouches=self.vouches(now),
             following_live_primary=self.following_live_primary(now),
             secondaries=iss.statuses() if primary and iss is not None else (),
             claim=self.claim(),
@@ -467,7 +467,7 @@ class ReplicaCore:
         if primaries:
             best = max(primaries, key=lambda v: v.epoch)
             self._set_target(best.index, best.epoch)
-            # Not streaming from it yet: the vouch ends with the stream anyway (`trusted`).
+            # Not streaming from it yet: the vouch ends with the stream anyway (`vouches`).
             return
         if self.following_live_primary(now) or self.election is not None:
             return
@@ -506,10 +506,10 @@ class ReplicaCore:
             self.following.lost_primary = self.following.target[0]
         self._forget_target()
         mine = rules.CandidateView(
-            self.config.index, own_position, self.current_epoch, self.trusted(now), claim
+            self.config.index, own_position, self.current_epoch, self.vouches(now), claim
         )
         electorate = [mine] + [
-            rules.CandidateView(v.index, v.position, v.epoch, v.trusted, v.claim)
+            rules.CandidateView(v.index, v.position, v.epoch, v.vouches, v.claim)
             for v in live
             if v.role is not Role.PRIMARY
         ]
@@ -540,7 +540,7 @@ class ReplicaCore:
     ) -> None:
         summary = (
             tuple(
-                (c.index, c.position.epoch, c.position.seq, c.trusted, c.claim) for c in electorate
+                (c.index, c.position.epoch, c.position.seq, c.vouches, c.claim) for c in electorate
             ),
             choice,
             silent,
@@ -550,8 +550,8 @@ class ReplicaCore:
         self._last_election_view = summary
         members = ", ".join(
             f"{c.index}@{c.position.epoch}.{c.position.seq}"
-            + ("*" if c.trusted else "")
-            + (f"(in sync with {c.claim})" if c.claim is not None and not c.trusted else "")
+            + ("*" if c.vouches else "")
+            + (f"(in sync with {c.claim})" if c.claim is not None and not c.vouches else "")
             for c in electorate
         )
         outcome = (
@@ -594,7 +594,7 @@ class ReplicaCore:
         # from the start, so acknowledges nothing without it. The vote is the epoch, recorded
         # durably before the reply (an epoch names one candidate).
         f = self.following
-        f.vouched_at_vote = self.trusted(now)
+        f.vouched_at_vote = self.vouches(now)
         if f.in_sync:
             f.counted_by = event.candidate  # which counts its voters in sync from the start
         self._observe_epoch(event.epoch, own=True)

@@ -149,7 +149,7 @@ class ReplicaStatus:
     epoch: int
     primary_index: int | None
     in_sync: bool
-    trusted: bool
+    vouches: bool
     following_live_primary: bool
     secondaries: tuple[MemberStatus, ...]
     claim: int | None = None  # ReplicaCore.claim

@@ -5,7 +5,7 @@ A secondary may vouch in an election for holding every acknowledged event only w
 the set and knows it; so the set never shrinks behind a member's back: a connected member is
 told first and removed when it confirms, and an unreachable one is removed only after
 `insync_timeout` past the last "in sync" it was sent, while it stops vouching half of that
-after the ack that word answered (ReplicaCore.trusted).
+after the ack that word answered (ReplicaCore.vouches).
 
 A member removed unheard (unreachable, or it never confirmed leaving) may still *claim* to be
 in sync (ReplicaCore.claim) -- and the other replicas may elect on that claim, without this

@@ -29,7 +29,7 @@ class PeerView:
     epoch: int
     position: LogPosition
     in_sync: bool
-    trusted: bool
+    vouches: bool
     following_live_primary: bool
     # The primary that counts it in its in-sync set, as it last heard (ReplicaCore.claim).
     claim: int | None = None

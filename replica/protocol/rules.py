@@ -52,7 +52,7 @@ class CandidateView:
     index: int
     position: LogPosition  # its log's last (epoch, seq)
     epoch: int  # the highest epoch it has seen (and maybe voted in)
-    trusted: bool  # holds every acknowledged event now (ReplicaCore.trusted)
+    vouches: bool  # holds every acknowledged event now (ReplicaCore.vouches)
     # The primary that counts it in sync, as it last heard, though maybe not lately
     # (ReplicaCore.claim); None when it claims nothing.
     claim: int | None = None
@@ -67,7 +67,7 @@ def log_order_key(c: CandidateView) -> tuple[int, int, int]:
 def electable(electorate: Iterable[CandidateView], cluster_size: int) -> bool:
     """Whether the live replicas can be sure to hold every acknowledged event. They can when
     the whole cluster is present (the in-sync set is among them); when one of them vouches
-    for its log now (`trusted`: its primary confirmed it in sync lately, so cannot have
+    for its log now (`vouches`: its primary confirmed it in sync lately, so cannot have
     dropped it yet); or when one of them was counted in sync by a primary X (`claim`, however
     long ago) and every replica but X is present: X never acknowledges without an in-sync
     secondary while a secondary it dropped unheard may still claim (InSyncSet), so what X
@@ -75,7 +75,7 @@ def electable(electorate: Iterable[CandidateView], cluster_size: int) -> bool:
     it cannot know what was acknowledged while it was down."""
     members = list(electorate)
     present = {c.index for c in members}
-    if len(present) >= cluster_size or any(c.trusted for c in members):
+    if len(present) >= cluster_size or any(c.vouches for c in members):
         return True
     return any(
         c.claim is not None and c.claim not in present and len(present) >= cluster_size - 1

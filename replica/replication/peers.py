@@ -306,7 +306,7 @@ def probe_outcome(result: ProbeResult) -> ins.ProbeOutcome:
             epoch=reply.self.epoch,
             position=Position(reply.self.position.epoch, reply.self.position.seq),
             in_sync=reply.self.in_sync,
-            trusted=reply.trusted,
+            vouches=reply.trusted,  # (the wire's name for the vouch)
             following_live_primary=reply.following_live_primary,
             claim=reply.claim_primary if reply.claims else None,
         )

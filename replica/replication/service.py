@@ -116,7 +116,7 @@ def probe_reply(status: fx.ReplicaStatus, position: LogPosition, applied: int) -
         ),
         primary_known=status.primary_index is not None,
         primary_index=status.primary_index or 0,
-        trusted=status.trusted,
+        trusted=status.vouches,  # (the wire's name for the vouch)
         following_live_primary=status.following_live_primary,
         claims=status.claim is not None,
         claim_primary=status.claim or 0,

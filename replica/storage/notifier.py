@@ -33,10 +33,10 @@ LIVE_BYTES = 256 * 1024
 
 @dataclass
 class _Live:
-    """One watched account's committed, undelivered messages after seq `vouched_from` (None:
-    the notifier vouches for nothing yet)."""
+    """One watched account's committed, undelivered messages after seq `covered_from` (None:
+    the notifier covers nothing yet)."""
 
-    vouched_from: int | None
+    covered_from: int | None
     messages: deque[StoredMessage] = field(default_factory=deque)
     body_chars: int = 0
 
@@ -48,10 +48,10 @@ class InboxNotifier:
     was given, so that a woken subscription can push them without querying the inbox. The
     rule that keeps this exact: the notifier knows through which seq (`_through`) it has been
     given every committed event, one contiguous run (a gap, a step-down or a full buffer
-    narrows what it vouches for); per account, `_live[a].vouched_from` is the seq after which
+    narrows what it covers); per account, `_live[a].covered_from` is the seq after which
     every undelivered message of a committed event up to `_through` is in `_live[a]`. A
     subscription that has seen its inbox through seq K asks `live_after(a, K, committed)`:
-    the answer is the messages after K when vouched_from <= K and _through has reached the
+    the answer is the messages after K when covered_from <= K and _through has reached the
     commit point, and None (query the inbox) otherwise."""
 
     def __init__(self, *, live_messages: int = LIVE_MESSAGES, live_bytes: int = LIVE_BYTES) -> None:
@@ -101,7 +101,7 @@ class InboxNotifier:
         """(Under the lock.) Follow the committed events into the live buffers."""
         first = events[0][0].seq
         if self._through is None or first != self._through + 1:
-            # A gap (or the first events): vouch only for what comes from here on.
+            # A gap (or the first events): cover only what comes from here on.
             for account_id in self._watchers:
                 self._live[account_id] = _Live(first - 1)
         self._through = events[-1][0].seq
@@ -131,7 +131,7 @@ class InboxNotifier:
                     ):
                         dropped = live.messages.popleft()
                         live.body_chars -= len(dropped.body)
-                        live.vouched_from = dropped.message_id
+                        live.covered_from = dropped.message_id
                 case MessagesAcked():
                     live = self._live.get(e.account_id)
                     if live is not None and live.messages:
@@ -152,20 +152,20 @@ class InboxNotifier:
         self, account_id: int, seen_through: int, committed_seq: int
     ) -> tuple[list[StoredMessage], int] | None:
         """The account's undelivered committed messages after seq `seen_through`, and the seq
-        the answer covers -- or None when the notifier cannot vouch for all of them (the
+        the answer covers -- or None when the notifier cannot cover all of them (the
         caller reads the inbox instead). `committed_seq`: the commit point, read before."""
         with self._lock:
             live = self._live.get(account_id)
             through = self._through
-            if live is None or live.vouched_from is None or through is None:
+            if live is None or live.covered_from is None or through is None:
                 return None
-            if live.vouched_from > seen_through or through < committed_seq:
+            if live.covered_from > seen_through or through < committed_seq:
                 return None  # (the latter: committed events not given here yet)
             return [m for m in live.messages if m.message_id > seen_through], through
 
     def wake_all(self) -> None:
         with self._lock:
-            self._through = None  # (a step-down, a new term): vouch for nothing until told
+            self._through = None  # (a step-down, a new term): cover nothing until told
             for account_id in self._watchers:
                 self._live[account_id] = _Live(None)
             for account_id in self._watchers:

@@ -327,7 +327,7 @@ class LogWriter:
         self._fail(batch, error)
 
     def _forget(self) -> None:
-        """What is held in memory can no longer be vouched for (a failed or in-doubt batch,
+        """What is held in memory can no longer be answered for (a failed or in-doubt batch,
         a new term, a write by another path): read it afresh."""
         self._term = None
         self._last_seq = None

@@ -211,7 +211,7 @@ MUTANTS = (
     ),
     Mutant(
         "elect-without-trusted",
-        "an electorate that holds no trusted replica elects",
+        "an electorate in which no replica vouches elects",
         (
             (
                 RULES,

@@ -71,7 +71,7 @@ def test_events_the_notifier_was_not_given_make_it_refuse() -> None:
         # seq 2 (a message to 7) committed, but the listener never saw it: a gap.
         assert notifier.live_after(7, 1, committed_seq=2) is None
         notifier.on_committed([sent_to(3, 7)])
-        assert notifier.live_after(7, 1, committed_seq=3) is None  # it cannot vouch for 2
+        assert notifier.live_after(7, 1, committed_seq=3) is None  # it cannot cover 2
         assert notifier.live_after(7, 2, committed_seq=3) is not None  # a query read 2
 
 
@@ -85,7 +85,7 @@ def test_an_acknowledged_message_is_not_handed_to_another_subscription() -> None
         assert found is not None and [m.message_id for m in found[0]] == [3]
 
 
-def test_a_full_buffer_and_a_step_down_narrow_what_it_vouches_for() -> None:
+def test_a_full_buffer_and_a_step_down_narrow_what_it_covers() -> None:
     notifier = InboxNotifier(live_messages=2)
     notifier.on_committed([sent_to(1, 9)])
     with notifier.watching(7):

@@ -1213,7 +1213,7 @@ class World:
                 status.epoch,
                 reply["position"],
                 status.in_sync,
-                status.trusted,
+                status.vouches,
                 status.following_live_primary,
                 status.claim,
             )
@@ -1532,7 +1532,7 @@ class World:
         point = core.commit_point
         if point is not None and point > len(node.disk.log):
             raise self.violation(f"replica {node.index}'s commit point {point} is beyond its log")
-        if core.trusted(self.now):
+        if core.vouches(self.now):
             # What its probe replies and its own elections would say, as of this step. With
             # min_insync >= 2 a primary is elected by a majority and waits for no one who did
             # not answer (rules.may_be_vouching_unheard): a replica cut off meanwhile may
@@ -1589,16 +1589,16 @@ class World:
         acknowledges nothing alone while it may claim)."""
         core = node.core
         assert core is not None
-        trusted = core.trusted(self.now)
+        vouches = core.vouches(self.now)
         claim = core.claim()
-        if not trusted and claim is None:
+        if not vouches and claim is None:
             return
         for other in self.nodes:
             iss = None if other.core is None else other.core.in_sync_set
             if other is node or iss is None or iss.epoch != core.current_epoch:
                 continue
             member = iss.members.get(node.index)
-            if trusted and (member is None or not member.in_sync):
+            if vouches and (member is None or not member.in_sync):
                 raise self.violation(
                     f"replica {node.index} vouches for its log in epoch {iss.epoch}, whose "
                     f"primary {other.index} does not count it in sync"
@@ -1663,7 +1663,7 @@ class World:
                         f"replica {node.index} holds {log[seq - 1]} where {request_id} was "
                         f"acknowledged in epoch {epoch}"
                     )
-                if core.trusted(self.now):
+                if core.vouches(self.now):
                     raise self.violation(
                         f"replica {node.index} vouches for a log without {request_id}"
                     )

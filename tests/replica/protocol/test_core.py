@@ -37,7 +37,7 @@ def view(index: int, role: Role = Role.CANDIDATE, epoch: int = 3, seq: int = 5, 
             epoch,
             Position(epoch if seq else 0, seq),
             kw.get("in_sync", False),
-            kw.get("trusted", False),
+            kw.get("vouches", False),
             kw.get("following_live_primary", False),
             kw.get("claim"),  # type: ignore[arg-type]
         ),
@@ -187,7 +187,7 @@ def test_an_electorate_without_a_trusted_replica_elects_no_one() -> None:
     gone = ins.ProbeOutcome(0, None, True, True)
     out = core.step(1.0, ins.ProbesAnswered(Position(3, 5), (gone, view(2))))
     assert not of(out, fx.RequestVotes) and not of(out, fx.PersistEpoch)
-    out = core.step(1.1, ins.ProbesAnswered(Position(3, 5), (gone, view(2, trusted=True))))
+    out = core.step(1.1, ins.ProbesAnswered(Position(3, 5), (gone, view(2, vouches=True))))
     assert of(out, fx.RequestVotes)  # replica 1 has the longest log of an electable set
     core = ReplicaCore(config(1), 3, 0.0)
     out = core.step(1.0, ins.ProbesAnswered(Position(3, 5), (view(0, seq=4), view(2, seq=4))))
@@ -486,13 +486,13 @@ def test_the_vouch_lasts_half_the_in_sync_timeout_from_the_ack_the_primary_confi
     than insync_timeout after its last "in sync" to it."""
     s = Secondary()
     confirmed = s.core.following.confirmed_at
-    assert s.core.trusted(confirmed + 0.45)
-    assert not s.core.trusted(confirmed + 0.5)
+    assert s.core.vouches(confirmed + 0.45)
+    assert not s.core.vouches(confirmed + 0.5)
     # The next heartbeat echoes the newest ack: the vouch runs from that ack's sending.
     sent = _last_ack_sent_at(s)
     s.step(ins.HeartbeatReceived(s.stream, 3, 5, True), after=0.3)
     assert s.core.following.confirmed_at == sent
-    assert s.core.trusted(sent + 0.45) and not s.core.trusted(sent + 0.5)
+    assert s.core.vouches(sent + 0.45) and not s.core.vouches(sent + 0.5)
 
 
 def test_a_word_delayed_in_the_network_does_not_stretch_the_vouch() -> None:
@@ -505,15 +505,15 @@ def test_a_word_delayed_in_the_network_does_not_stretch_the_vouch() -> None:
     for _ in range(8):
         out = s.step(ins.HeartbeatReceived(s.stream, 3, 5, True, old_ack), after=0.1)
     assert of(out, fx.SendAck), "still acked: the primary hears it is alive"
-    assert not s.core.trusted(s.now)
+    assert not s.core.vouches(s.now)
     assert s.core.claim() == 0, "it was counted in sync, and nothing said it left"
 
 
 def test_a_lost_stream_ends_the_vouch_but_not_the_claim() -> None:
     s = Secondary()
-    assert s.core.trusted(s.now)
+    assert s.core.vouches(s.now)
     s.step(ins.ReplicationStreamEnded(s.stream))
-    assert not s.core.trusted(s.core.following.confirmed_at + 0.5)
+    assert not s.core.vouches(s.core.following.confirmed_at + 0.5)
     assert s.core.claim() == 0
 
 
@@ -521,8 +521,8 @@ def test_a_secondary_stuck_storing_stops_vouching() -> None:
     s = Secondary()
     s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
     began = s.now
-    assert s.core.trusted(began + 0.3)
-    assert not s.core.trusted(began + 0.5), "its last confirmed ack was sent before the store"
+    assert s.core.vouches(began + 0.3)
+    assert not s.core.vouches(began + 0.5), "its last confirmed ack was sent before the store"
 
 
 def test_a_batch_stored_too_slowly_does_not_renew_the_vouch() -> None:
@@ -535,15 +535,15 @@ def test_a_batch_stored_too_slowly_does_not_renew_the_vouch() -> None:
     for _ in range(5):
         s.step(ins.Tick(), after=0.1)  # (running, not paused)
     out = s.step(ins.BatchStored(old, Position(3, 6), 5, True))
-    assert not s.core.trusted(s.now)
+    assert not s.core.vouches(s.now)
     assert of(out, fx.CancelStream) and not of(out, fx.SendAck)
     out = s.step(ins.HeartbeatReceived(old, 3, 6, True))  # queued behind the batch
-    assert not s.core.trusted(s.now) and not of(out, fx.SendAck)
+    assert not s.core.vouches(s.now) and not of(out, fx.SendAck)
     (opened,) = of(s.step(ins.Tick(), after=0.1), fx.OpenStream)
     new = opened.stream_id
     s.step(ins.DivergenceReceived(new, 3, Position(3, 6), Position(3, 6), Position(3, 6)))
     s.step(ins.HeartbeatReceived(new, 3, 6, True))
-    assert s.core.trusted(s.now)
+    assert s.core.vouches(s.now)
 
 
 def test_a_batch_stored_after_a_newer_heartbeat_does_not_undo_what_that_heartbeat_said() -> None:
@@ -559,7 +559,7 @@ def test_a_batch_stored_after_a_newer_heartbeat_does_not_undo_what_that_heartbea
     assert acks(out) == [(old, Position(3, 5), False)]
     out = s.step(ins.BatchStored(old, Position(3, 6), 5, True, echoed), after=0.1)
     assert acks(out) == [(old, Position(3, 6), False)], "the store is acked, with the newer word"
-    assert s.core.claim() is None and not s.core.trusted(s.now)
+    assert s.core.claim() is None and not s.core.vouches(s.now)
 
 
 def test_a_slow_store_is_timed_from_its_own_batch_though_more_arrived_meanwhile() -> None:
@@ -593,7 +593,7 @@ def test_a_secondary_woken_from_a_pause_reads_nothing_more_from_its_old_stream()
     old = s.stream
     out = s.step(ins.HeartbeatReceived(old, 3, 5, True), after=1.0)  # sent before the pause
     assert of(out, fx.CancelStream) and not of(out, fx.SendAck)
-    assert not s.core.trusted(s.now)
+    assert not s.core.vouches(s.now)
 
 
 def test_a_stream_lost_while_storing_ends_the_vouch_from_when_the_store_began() -> None:
@@ -603,8 +603,8 @@ def test_a_stream_lost_while_storing_ends_the_vouch_from_when_the_store_began() 
     for _ in range(4):
         s.step(ins.Tick(), after=0.1)
     s.step(ins.ReplicationStreamEnded(s.stream))
-    assert s.core.trusted(began + 0.3)
-    assert not s.core.trusted(began + 0.5), "the primary may drop it counting from the store"
+    assert s.core.vouches(began + 0.3)
+    assert not s.core.vouches(began + 0.5), "the primary may drop it counting from the store"
 
 
 def test_a_replica_whose_database_fails_stops_vouching_before_its_peer_hears_so() -> None:
@@ -613,16 +613,16 @@ def test_a_replica_whose_database_fails_stops_vouching_before_its_peer_hears_so(
     s = Secondary()
     old = s.stream
     out = s.step(ins.DatabaseFailed("OperationalError: gone away"))
-    assert not s.core.trusted(s.now) and of(out, fx.CancelStream)
+    assert not s.core.vouches(s.now) and of(out, fx.CancelStream)
     s.step(ins.HeartbeatReceived(old, 3, 5, True))
-    assert not s.core.trusted(s.now)
+    assert not s.core.vouches(s.now)
 
 
 def test_news_of_an_epoch_it_did_not_vote_in_ends_the_vouch() -> None:
     """That epoch's primary did not count this replica and may acknowledge without it."""
     s = Secondary()
     s.step(ins.ProbeReceived(2, 5, True))  # replica 2 announces itself primary of epoch 5
-    assert not s.core.trusted(s.now)
+    assert not s.core.vouches(s.now)
 
 
 def test_with_min_insync_1_a_peer_that_does_not_answer_must_vote_too() -> None:
@@ -661,7 +661,7 @@ def test_its_own_candidacy_keeps_the_vouch() -> None:
     )
     (request,) = of(out, fx.RequestVotes)
     s.step(ins.VoteReplied(2, request.epoch, False, request.epoch, "busy"))
-    assert s.core.trusted(s.now)
+    assert s.core.vouches(s.now)
 
 
 def _voter_streaming_from_new_primary(s: Secondary) -> int:
@@ -686,11 +686,11 @@ def test_a_voter_that_was_behind_vouches_only_once_it_holds_the_new_epoch() -> N
     stream = _voter_streaming_from_new_primary(s)
     s.step(ins.BatchReceived(stream, 5, Position(3, 6)))
     out = s.step(ins.BatchStored(stream, Position(3, 6), 0, True))
-    assert not s.core.trusted(s.now)
+    assert not s.core.vouches(s.now)
     assert acks(out) == [(stream, Position(3, 6), False)]
     s.step(ins.BatchReceived(stream, 5, Position(5, 9)))
     out = s.step(ins.BatchStored(stream, Position(5, 9), 0, True))
-    assert s.core.trusted(s.now)
+    assert s.core.vouches(s.now)
     assert acks(out) == [(stream, Position(5, 9), True)]
 
 
@@ -699,26 +699,26 @@ def test_a_voter_that_only_claimed_vouches_only_once_it_holds_the_new_epoch() ->
     s = Secondary()
     for _ in range(8):
         s.step(ins.Tick(), after=0.1)  # its primary silent: the vouch runs out, the claim stays
-    assert not s.core.trusted(s.now) and s.core.claim() == 0
+    assert not s.core.vouches(s.now) and s.core.claim() == 0
     stream = _voter_streaming_from_new_primary(s)
     assert s.core.claim() == 2, "the new primary counts its voters in sync"
     s.step(ins.BatchReceived(stream, 5, Position(3, 6)))
     s.step(ins.BatchStored(stream, Position(3, 6), 0, True))
-    assert not s.core.trusted(s.now) and s.core.claim() == 2
+    assert not s.core.vouches(s.now) and s.core.claim() == 2
     s.step(ins.BatchReceived(stream, 5, Position(5, 9)))
     s.step(ins.BatchStored(stream, Position(5, 9), 0, True))
-    assert s.core.trusted(s.now)
+    assert s.core.vouches(s.now)
 
 
 def test_a_voter_that_vouched_keeps_vouching_for_the_new_primary() -> None:
     s = Secondary()
-    assert s.core.trusted(s.now)
+    assert s.core.vouches(s.now)
     stream = _voter_streaming_from_new_primary(s)
-    assert s.core.trusted(s.now)
+    assert s.core.vouches(s.now)
     s.step(ins.BatchReceived(stream, 5, Position(3, 6)))
     s.step(ins.BatchStored(stream, Position(3, 6), 0, True))
-    assert s.core.trusted(s.now), "its new primary's word renews the vouch"
-    assert not s.core.trusted(s.now + 5) and s.core.claim() == 2
+    assert s.core.vouches(s.now), "its new primary's word renews the vouch"
+    assert not s.core.vouches(s.now + 5) and s.core.claim() == 2
 
 
 def test_a_silent_stream_keeps_the_claim_not_the_vouch() -> None:
@@ -728,7 +728,7 @@ def test_a_silent_stream_keeps_the_claim_not_the_vouch() -> None:
     s = Secondary()
     for _ in range(20):
         s.step(ins.Tick(), after=0.1)
-    assert not s.core.trusted(s.now) and not s.core.following_live_primary(s.now)
+    assert not s.core.vouches(s.now) and not s.core.following_live_primary(s.now)
     assert s.core.claim() == 0
     assert s.core.status(s.now).claim == 0
 

@@ -80,8 +80,8 @@ def test_a_secondary_vouches_only_before_the_primary_can_have_dropped_it(
     assert not protocol.vouches(False, 0.0, HALF_INSYNC)
 
 
-def _candidate(index: int, trusted: bool = False, claim: int | None = None):  # type: ignore[no-untyped-def]
-    return protocol.CandidateView(index, Position(3, 5), 3, trusted, claim)
+def _candidate(index: int, vouches: bool = False, claim: int | None = None):  # type: ignore[no-untyped-def]
+    return protocol.CandidateView(index, Position(3, 5), 3, vouches, claim)
 
 
 def test_a_claim_elects_only_with_every_replica_but_the_one_it_names() -> None:
@@ -92,7 +92,7 @@ def test_a_claim_elects_only_with_every_replica_but_the_one_it_names() -> None:
     assert electable([_candidate(1, claim=0), _candidate(2)], N)
     assert not electable([_candidate(1, claim=0)], N), "replica 2 may hold what 0 acknowledged"
     assert not electable([_candidate(1, claim=2), _candidate(2)], N), "the one it names is here"
-    assert electable([_candidate(1, trusted=True)], N), "a vouch now is enough alone"
+    assert electable([_candidate(1, vouches=True)], N), "a vouch now is enough alone"
     assert electable([_candidate(i) for i in range(N)], N), "everyone present"
     assert not electable([_candidate(1), _candidate(2)], N), "no claim, no vouch"
 
