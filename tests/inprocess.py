@@ -94,7 +94,7 @@ class InProcessReplica:
         role = RoleState(0, ADDRESSES)
         role.set(Role.PRIMARY, last.epoch + 1, 0)
         commits = CommitTracker(last.seq)
-        commits.reset(last.seq)  # its primary term begins, as the core's ResetCommit does
+        commits.reset(last.seq)  # its tenure begins, as the core's ResetCommit does
         replication = LoneReplication(role, commits)
         writer = LogWriter(engine, role, commits, feed=replication, clock=clock or counting_clock())
         writer.append_system_event(

@@ -82,7 +82,7 @@ class Executor:
         role: RoleState,
         commits: CommitTracker,
         clock: Clock,
-        term_changed: Callable[[], None] = lambda: None,
+        tenure_changed: Callable[[], None] = lambda: None,
         observe: Callable[[fx.Effect], None] = lambda effect: None,
         raise_effect_errors: bool = False,
     ) -> None:
@@ -96,7 +96,7 @@ class Executor:
         self._role = role
         self._commits = commits
         self._clock = clock
-        self._term_changed = term_changed  # a primary term began or ended (caches are stale)
+        self._tenure_changed = tenure_changed  # a tenure began or ended (caches are stale)
         self._observe = observe  # sees every effect carried out (metrics)
         self._raise_effect_errors = raise_effect_errors
         self._core = ReplicaCore(config, current_epoch, clock())
@@ -309,10 +309,10 @@ class Executor:
             case fx.StepDown(reason):
                 log.warning("replica %d: stepping down: %s", index, reason)
                 self._commits.abandon()
-                self._term_changed()
+                self._tenure_changed()
             case fx.ResetCommit(seq):
                 self._commits.reset(seq)
-                self._term_changed()
+                self._tenure_changed()
             case fx.AdvanceCommit(seq) | fx.SecondaryCommitted(seq):
                 self._commits.advance(seq)
             case fx.CommitStalled(shortfall):
@@ -452,7 +452,7 @@ class Executor:
         )
         self._probing_since = None
         self._commits.abandon()
-        self._term_changed()
+        self._tenure_changed()
         self._role.set(Role.CANDIDATE, old.current_epoch, None)
 
     # -- the loop ----------------------------------------------------------------------------

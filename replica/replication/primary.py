@@ -45,8 +45,8 @@ class RecentEvents:
     def add(self, events: list[Event]) -> None:
         """Events from the writer: a batch already added when it was written (before its
         commit) is not added again once it is durable. A seq is not an event: one held with
-        another epoch than the one added (a batch of an older term that failed, written while
-        a newer term began) is dropped with everything after it."""
+        another epoch than the one added (a batch of an older tenure that failed, written while
+        a newer tenure began) is dropped with everything after it."""
         if not events:
             return
         with self._lock:

@@ -141,7 +141,7 @@ class ReplicaNode:
             role=self.role,
             commits=self.commits,
             clock=time.monotonic,
-            term_changed=self._term_changed,
+            tenure_changed=self._tenure_changed,
             observe=self.metrics.observe_effect,
         )
         self.servicer = ChatServicer(
@@ -269,9 +269,9 @@ class ReplicaNode:
 
     # -- metrics -------------------------------------------------------------------------
 
-    def _term_changed(self) -> None:
-        """A primary term began or ended: events cached for the streams may have other events
-        at their seqs in the new term, and subscriptions look at their inboxes again."""
+    def _tenure_changed(self) -> None:
+        """A tenure began or ended: events cached for the streams may have other events
+        at their seqs in the new tenure, and subscriptions look at their inboxes again."""
         self.primary_streams.recent.clear()
         self.notifier.wake_all()
 

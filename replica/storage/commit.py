@@ -49,13 +49,13 @@ class CommitTracker:
         self._pending: deque[Event] = deque()
         self._listeners: list[Callable[[list[Event]], None]] = []
         self._shortfall: str | None = None  # why the commit point cannot move now
-        # Which primary term the commit point belongs to: reset() starts one, abandon() ends
-        # it. A wait belongs to the term it wrote (or found its event) in; once that term
+        # Which tenure the commit point belongs to: reset() starts one, abandon() ends
+        # it. A wait belongs to the tenure it wrote (or found its event) in; once that tenure
         # ends, a seq reaching the commit point is no longer its event's commit (after a
         # truncation another event holds that seq), so it fails instead.
-        self._term = 0
-        self._term_live = False
-        # The waits of the live term, by seq: (seq, tie-breaker, future).
+        self._tenure = 0
+        self._tenure_live = False
+        # The waits of the live tenure, by seq: (seq, tie-breaker, future).
         self._waits: list[tuple[int, int, Future[None]]] = []
         self._order = itertools.count()
 
@@ -64,9 +64,9 @@ class CommitTracker:
         return self._committed_seq
 
     @property
-    def term(self) -> int:
-        """The current primary term's number (see wait_for)."""
-        return self._term
+    def tenure(self) -> int:
+        """The current tenure's number (see wait_for)."""
+        return self._tenure
 
     def waiting(self) -> int:
         """How many waits are parked (not yet answered)."""
@@ -106,12 +106,12 @@ class CommitTracker:
             listener(newly)
 
     def abandon(self) -> None:
-        """The primary term ends (the replica stepped down): its uncommitted events will never
+        """The tenure ends (the replica stepped down): its uncommitted events will never
         be committed here; their waits fail instead of being acknowledged."""
         with self._lock:
             self._pending.clear()
-            self._term += 1
-            self._term_live = False
+            self._tenure += 1
+            self._tenure_live = False
             failed = self._take_waits()
         _fail(failed, LOST_ROLE)
 
@@ -126,24 +126,24 @@ class CommitTracker:
             _fail(failed, stalled_message(shortfall))
 
     def reset(self, committed_seq: int) -> None:
-        """A primary term begins with its commit point at `committed_seq`."""
+        """A tenure begins with its commit point at `committed_seq`."""
         with self._lock:
             self._committed_seq = committed_seq
             self._pending.clear()
             self._shortfall = None
-            self._term += 1
-            self._term_live = True
+            self._tenure += 1
+            self._tenure_live = True
             failed = self._take_waits()
         _fail(failed, LOST_ROLE)
 
-    def wait_for(self, seq: int, term: int) -> Future[None]:
-        """A future that succeeds once `seq` is committed in primary term `term` (read from
-        `term` before the write or the look-up that produced `seq`), and fails with
-        Unavailable if that term ends first or commits stall: a commit after the term ended
+    def wait_for(self, seq: int, tenure: int) -> Future[None]:
+        """A future that succeeds once `seq` is committed in tenure `tenure` (read from
+        `tenure` before the write or the look-up that produced `seq`), and fails with
+        Unavailable if that tenure ends first or commits stall: a commit after the tenure ended
         does not count -- after a truncation another event may hold the seq."""
         future: Future[None] = Future()
         with self._lock:
-            if term != self._term or not self._term_live:
+            if tenure != self._tenure or not self._tenure_live:
                 failure: str | None = LOST_ROLE
             elif self._committed_seq >= seq:
                 failure = None
@@ -158,11 +158,11 @@ class CommitTracker:
             future.set_exception(Unavailable(failure))
         return future
 
-    def wait_committed(self, seq: int, timeout: float, term: int) -> None:
-        """Block until `seq` is committed in term `term` (see wait_for); Unavailable if it is
+    def wait_committed(self, seq: int, timeout: float, tenure: int) -> None:
+        """Block until `seq` is committed in tenure `tenure` (see wait_for); Unavailable if it is
         not within `timeout`."""
         try:
-            self.wait_for(seq, term).result(timeout)
+            self.wait_for(seq, tenure).result(timeout)
         except FutureTimeout:
             raise Unavailable(NOT_IN_TIME) from None
 

@@ -6,7 +6,7 @@ transaction would read. Entries come from those reads; what an event removes (a 
 closed or ended by a login at the cap, an account deleted with its sessions) is evicted the
 moment the event is applied in the batch, before any later decide runs; what a batch read is
 kept only once the batch committed (a rolled-back batch may have read its own uncommitted
-registrations). The writer clears it whenever it cannot answer for it: a new term, a failed
+registrations). The writer clears it whenever it cannot answer for it: a new tenure, a failed
 batch (the commit may be in doubt), anything written by another path (replication)."""
 
 from __future__ import annotations

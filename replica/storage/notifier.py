@@ -165,7 +165,7 @@ class InboxNotifier:
 
     def wake_all(self) -> None:
         with self._lock:
-            self._through = None  # (a step-down, a new term): cover nothing until told
+            self._through = None  # (a step-down, a new tenure): cover nothing until told
             for account_id in self._watchers:
                 self._live[account_id] = _Live(None)
             for account_id in self._watchers:

@@ -81,8 +81,8 @@ class _Command:
     decide: Decide
     reads_inboxes: bool = True  # decide() reads the messages table
     received_ns: int = 0  # when it came in (only with spans on)
-    # The commit tracker's term its batch was written in (-1, no term, until then).
-    commit_term: int = -1
+    # The commit tracker's tenure its batch was written in (-1, no tenure, until then).
+    commit_tenure: int = -1
     # Set once the command is written (done) or its thread is to lead the next batch.
     wake: threading.Event = field(default_factory=threading.Event)
     done: bool = False
@@ -126,12 +126,12 @@ class LogWriter:
         # events). The core steps down when it hears of the failure; this holds off the
         # writes that come before it has.
         self._fenced_epoch: int | None = None
-        # Held in memory between batches of one term, so that a batch reads neither the log's
+        # Held in memory between batches of one tenure, so that a batch reads neither the log's
         # end nor the projections' position, nor (through the directory) the accounts and
-        # sessions a send names. Forgotten at a new term and after any failed batch; the
+        # sessions a send names. Forgotten at a new tenure and after any failed batch; the
         # position's compare-and-set (projections.PositionMoved) guards the assumption.
         self.directory = Directory()
-        self._term: int | None = None  # the epoch the two below belong to
+        self._cached_epoch: int | None = None  # the epoch the two below belong to
         self._last_seq: int | None = None  # the log's end == the projections' position
 
     @property
@@ -165,7 +165,7 @@ class LogWriter:
         assert outcome is not None
         if outcome.event is not None:
             self._commits.wait_committed(
-                outcome.event.seq, self._commit_timeout, term=command.commit_term
+                outcome.event.seq, self._commit_timeout, tenure=command.commit_tenure
             )
             self._spans.mark("woken", outcome.event.seq)
         return outcome
@@ -200,19 +200,19 @@ class LogWriter:
         streamed: int | None = None  # the epoch the batch was handed to the streams in
         locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
-            # Read before the role: a term that ends after this read fails the waits below.
-            commit_term = self._commits.term
+            # Read before the role: a tenure that ends after this read fails the waits below.
+            commit_tenure = self._commits.tenure
             for command in batch:
-                command.commit_term = commit_term
+                command.commit_tenure = commit_tenure
             snap = self._role.require_primary()
             if snap.epoch == self._fenced_epoch:
                 raise Unavailable(
                     "this replica's commit of a streamed batch failed: it writes nothing more "
                     f"in epoch {snap.epoch}; retry with the same request_id"
                 )
-            if snap.epoch != self._term:
+            if snap.epoch != self._cached_epoch:
                 self._forget()
-                self._term = snap.epoch
+                self._cached_epoch = snap.epoch
             known = self._last_seq
             self._last_seq = None  # until this batch is known to have committed
             with self._engine.begin() as conn:
@@ -328,8 +328,8 @@ class LogWriter:
 
     def _forget(self) -> None:
         """What is held in memory can no longer be answered for (a failed or in-doubt batch,
-        a new term, a write by another path): read it afresh."""
-        self._term = None
+        a new tenure, a write by another path): read it afresh."""
+        self._cached_epoch = None
         self._last_seq = None
         self.directory.clear()
 

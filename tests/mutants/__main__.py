@@ -3,7 +3,7 @@ check that the fast unit tests of the protocol and its shell, and the hypothesis
 it.
 
 For every mutant it runs the unit tests (tests/replica/protocol but the model -- the core, the
-executor, its ports, commit terms -- the peers' and the writer's streaming) and the model
+executor, its ports, commit tenures -- the peers' and the writer's streaming) and the model
 (tests/replica/protocol/test_model.py, a fixed seed, up to --model-seconds), both whatever the
 other found, and prints what caught it: the failing unit tests, and how many examples and
 seconds the model took. Exits 1 if any mutant survived both, or if the model alone caught

@@ -520,24 +520,25 @@ MUTANTS = (
         ((EXECUTOR, "ids_after=old.last_id", "ids_after=0"),),
     ),
     Mutant(
-        "term-cache-kept",
-        "events cached for the streams in one primary term are served in the next",
+        "tenure-cache-kept",
+        "events cached for the streams in one tenure are served in the next",
         (
             (
                 EXECUTOR,
-                "                self._commits.reset(seq)\n                self._term_changed()\n",
+                "                self._commits.reset(seq)\n"
+                "                self._tenure_changed()\n",
                 "                self._commits.reset(seq)\n",
             ),
         ),
     ),
     Mutant(
-        "ended-term-waiter-woken",
-        "a write waiting in a primary term that ended is answered by a later commit of its seq",
+        "ended-tenure-waiter-woken",
+        "a write waiting in a tenure that ended is answered by a later commit of its seq",
         (
             (
                 COMMIT,
-                "            self._term_live = False\n            failed = self._take_waits()\n",
-                "            self._term_live = False\n            failed = []\n",
+                "            self._tenure_live = False\n            failed = self._take_waits()\n",
+                "            self._tenure_live = False\n            failed = []\n",
             ),
         ),
     ),

@@ -137,7 +137,7 @@ class LivePush(RuleBasedStateMachine):
     @precondition(lambda self: self.given < self.log.committed)
     @rule()
     def lose_listener_call(self) -> None:
-        """Committed events the listener never sees (e.g. a new term's inherited tail)."""
+        """Committed events the listener never sees (e.g. a new tenure's inherited tail)."""
         self.given = self.log.committed
 
     @rule()

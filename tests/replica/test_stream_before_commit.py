@@ -41,7 +41,7 @@ def start(engine: sa.Engine) -> tuple[InProcessReplica, Streams, str]:
     token = replica.service.login("r-login", "alice", "pw").session_token
     streams = Streams(engine)
     replica.replication.tap = streams
-    replica.replication.reelect = False  # the test moves to a new term itself
+    replica.replication.reelect = False  # the test moves to a new tenure itself
     return replica, streams, token
 
 
@@ -80,7 +80,7 @@ def test_a_streamed_batch_whose_commit_fails_is_reported_and_not_acknowledged(
     with pytest.raises(Unavailable, match="writes nothing more in epoch"):
         replica.service.send("s-2", token, "alice", "hello again")
     assert last_seq(engine) == before and len(streams.written_seqs) == 1
-    # A new term (the core stepped down; an election chose a new epoch): the writer trusts
+    # A new tenure (the core stepped down; an election chose a new epoch): the writer trusts
     # nothing it held, so the retry is decided afresh and stored once.
     snap = replica.role.snapshot
     replica.role.set(snap.role, snap.epoch + 1, 0)

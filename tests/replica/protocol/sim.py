@@ -551,7 +551,7 @@ class Node:
     # The writer: a batch decided and streamed, its local commit under way (it holds its lock
     # until commit() or a failure): the seqs after the disk's log. Lost in a crash.
     written: list[Entry] = field(default_factory=list)
-    written_term: int = 0  # the commit tracker's term the writer read for it
+    written_tenure: int = 0  # the commit tracker's tenure the writer read for it
     fenced_epoch: int | None = None  # the writer's: a streamed batch failed in this epoch
     # Since when it shows itself primary, and when a peer last answered it (a call's reply or
     # refusal, an ack on a stream): the cut-off primary check.
@@ -565,7 +565,7 @@ class Node:
     # it led -- or was about to -- and the stream it followed when it stopped).
     woke: tuple[float, bool, int | None] | None = None
     paused_at: float = 0.0
-    last_term: tuple[int, int] = (0, 0)  # (commit tracker term, its commit point) last seen
+    last_tenure: tuple[int, int] = (0, 0)  # (commit tracker tenure, its commit point) last seen
 
     def log_as_written(self) -> list[Entry]:
         """What the primary's streams read: its log and the batch being committed."""
@@ -665,7 +665,7 @@ class World:
         node.follow = None
         node.primary_since = None
         node.primary_epoch = None
-        node.last_term = (node.commits.term, node.commits.committed_seq)
+        node.last_tenure = (node.commits.tenure, node.commits.committed_seq)
         node.fenced_epoch = None
         node.executor = self.executor_class(
             self.config(index),
@@ -684,7 +684,7 @@ class World:
 
     def _observe_effect(self, node: Node, effect: fx.Effect) -> None:
         match effect:
-            case fx.AppendEpochStarted(epoch):  # (elected: its term begins)
+            case fx.AppendEpochStarted(epoch):  # (elected: its tenure begins)
                 node.primary_epoch = epoch
                 missing = self._first_missing_acked(node.disk.log)
                 if missing is not None:
@@ -901,10 +901,10 @@ class World:
                     f"replica {node.index} shows seq {commits.committed_seq} committed, beyond "
                     f"its log ({len(node.disk.log)})"
                 )
-            term, point = node.last_term
-            if commits.term == term and commits.committed_seq < point:
+            tenure, point = node.last_tenure
+            if commits.tenure == tenure and commits.committed_seq < point:
                 raise self.violation(f"replica {node.index}'s commit point moved back to {point}")
-            node.last_term = (commits.term, commits.committed_seq)
+            node.last_tenure = (commits.tenure, commits.committed_seq)
 
     # -- storage -----------------------------------------------------------------------------
 
@@ -1272,7 +1272,7 @@ class World:
         return [n for n in self.nodes if n.running and n.written and not n.db_stalled]
 
     def client_write(self, node: Node, request_id: str) -> bool:
-        """One command through the writer (replica/storage/writer.py): the commit tracker's term
+        """One command through the writer (replica/storage/writer.py): the commit tracker's tenure
         read first, then the role shown (primary, or refused); a request id already in the log waits
         for its event; otherwise admission, then the event is decided and streamed (Written), and
         its local commit starts: commit() finishes it (Appended), or it fails (LocalWriteFailed).
@@ -1280,20 +1280,20 @@ class World:
         if node.db_down:
             return False  # UNAVAILABLE, nothing applied
         # (A write that comes while a batch is decided joins it: the writer's group commit.)
-        term = node.written_term if node.written else node.commits.term
+        tenure = node.written_tenure if node.written else node.commits.tenure
         snap = node.role.snapshot
         if snap.role is not Role.PRIMARY or snap.epoch == node.fenced_epoch:
             return False
         for seq, entry in enumerate(node.disk.log, 1):
             if entry.request_id == request_id:
-                self._wait(node, request_id, seq, term)
+                self._wait(node, request_id, seq, tenure)
                 return True
         try:
             node.commits.admit()
         except ChatError:
             return False
         node.written.append(Entry(snap.epoch, request_id))
-        node.written_term = term
+        node.written_tenure = tenure
         node.inbox.submit(ins.Written(len(node.disk.log) + len(node.written)))
         return True
 
@@ -1313,17 +1313,17 @@ class World:
             node.inbox.submit(ins.Appended(len(node.disk.log)))
             for offset, entry in enumerate(batch, 1):
                 assert entry.request_id is not None
-                self._wait(node, entry.request_id, start + offset, node.written_term)
+                self._wait(node, entry.request_id, start + offset, node.written_tenure)
         else:
             self.observe(f"a streamed batch's local commit {outcome}")
             node.fenced_epoch = epoch  # the clients see an error and retry
             node.inbox.submit(ins.LocalWriteFailed(epoch, outcome))
         self._after_move()
 
-    def _wait(self, node: Node, request_id: str, seq: int, term: int) -> None:
+    def _wait(self, node: Node, request_id: str, seq: int, tenure: int) -> None:
         waiting = Waiting(request_id, seq, node.incarnation)
         self.waiting.append(waiting)
-        node.commits.wait_for(seq, term).add_done_callback(lambda f: self._told(node, waiting, f))
+        node.commits.wait_for(seq, tenure).add_done_callback(lambda f: self._told(node, waiting, f))
 
     def _told(self, node: Node, waiting: Waiting, answer: Future[None]) -> None:
         """The writer's wait ended: the client is told committed, or to retry."""
@@ -1346,7 +1346,7 @@ class World:
         if log[seq - 1].request_id != request_id:
             raise self.violation(
                 f"replica {node.index} told {request_id} committed at seq {seq}, which holds "
-                f"{log[seq - 1]}: a commit of another term answered its wait"
+                f"{log[seq - 1]}: a commit of another tenure answered its wait"
             )
         other = self.acked_at_seq.get(seq)
         if other is not None and other != request_id:

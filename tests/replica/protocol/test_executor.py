@@ -146,7 +146,7 @@ class Replica:
         self.follow = RecordingFollow()
         self.role = RoleState(0)
         self.commits = CommitTracker()
-        self.terms_changed = 0
+        self.tenures_changed = 0
         self.executor = Executor(
             ProtocolConfig(0, (0, 1, 2)),
             3,
@@ -157,12 +157,12 @@ class Replica:
             role=self.role,
             commits=self.commits,
             clock=lambda: self.now,
-            term_changed=self._term_changed,
+            tenure_changed=self._tenure_changed,
         )
         self.executor.claim()
 
-    def _term_changed(self) -> None:
-        self.terms_changed += 1
+    def _tenure_changed(self) -> None:
+        self.tenures_changed += 1
 
     def run(self) -> None:
         while self.executor.process_next():
@@ -270,11 +270,11 @@ def test_a_failed_durable_write_restarts_the_core_from_what_is_durable() -> None
 def test_a_new_primary_term_and_its_end_are_told_to_the_process() -> None:
     replica = Replica()
     replica.elect()
-    assert replica.terms_changed == 1  # ResetCommit: cached events of an older term are stale
+    assert replica.tenures_changed == 1  # ResetCommit: cached events of an older tenure are stale
     replica.now += 1.2  # paused: it steps down at its next input
     replica.executor.tick()
     assert replica.role.snapshot.role is not Role.PRIMARY
-    assert replica.terms_changed == 2
+    assert replica.tenures_changed == 2
 
 
 def test_an_input_is_stamped_when_it_is_processed_not_when_it_came() -> None:

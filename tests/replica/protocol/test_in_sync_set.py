@@ -168,8 +168,8 @@ def test_an_ack_on_a_stream_that_was_replaced_counts_for_nothing() -> None:
 
 
 def test_the_cache_holds_an_event_by_its_epoch_not_by_its_seq_alone() -> None:
-    """A batch of an older term, streamed while a newer term began, then failed: its events
-    sit in the cache at the seqs the new term writes next. What the new term writes there
+    """A batch of an older tenure, streamed while a newer tenure began, then failed: its events
+    sit in the cache at the seqs the new tenure writes next. What the new tenure writes there
     replaces them -- and everything after them -- instead of being taken for already held."""
     recent = RecentEvents(capacity=10)
     old_term = [

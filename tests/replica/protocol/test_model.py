@@ -29,8 +29,8 @@ Invariants (checked after every step, and where an effect is carried out):
 - at most one primary per epoch; a primary's commit point never moves back nor past its log;
 - no replica acks what it has not stored (its transaction committed), asks for or grants a
   vote before it recorded the epoch, or shows as committed what it does not hold;
-- a client is told "committed" only for its own event, committed in the primary term it
-  waited in (the commit tracker's terms);
+- a client is told "committed" only for its own event, committed in the tenure it
+  waited in (the commit tracker's tenures);
 - no request id is stored twice in a log, and no two writes are acknowledged at one seq;
 - the lemmas these rest on, checked where they are decided: a vote goes only to a log at
   least as up to date as the voter's (Raft's election restriction); a primary commits an

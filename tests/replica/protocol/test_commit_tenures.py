@@ -1,4 +1,4 @@
-"""A write is acknowledged only by a commit of the primary term it was written (or found) in.
+"""A write is acknowledged only by a commit of the tenure it was written (or found) in.
 
 Found by the chaos run on real hosts (split_all after flaky links, SQLite, min_insync 1): a
 deposed primary still held four unacknowledged sends; their clients' retries found them in its
@@ -23,13 +23,13 @@ from testsupport.harness import wait_until
 
 
 def wait_in_thread(
-    commits: CommitTracker, seq: int, term: int
+    commits: CommitTracker, seq: int, tenure: int
 ) -> tuple[threading.Thread, list[object]]:
     outcome: list[object] = []
 
     def body() -> None:
         try:
-            commits.wait_committed(seq, timeout=10, term=term)
+            commits.wait_committed(seq, timeout=10, tenure=tenure)
             outcome.append("committed")
         except Unavailable as exc:
             outcome.append(exc)
@@ -41,9 +41,9 @@ def wait_in_thread(
 
 def test_a_waiter_of_an_ended_term_is_not_answered_by_a_later_commit_of_its_seq() -> None:
     commits = CommitTracker(50)
-    commits.reset(50)  # primary term begins; its writes 51..54 wait
-    term = commits.term
-    thread, outcome = wait_in_thread(commits, 51, term)
+    commits.reset(50)  # tenure begins; its writes 51..54 wait
+    tenure = commits.tenure
+    thread, outcome = wait_in_thread(commits, 51, tenure)
     commits.abandon()  # deposed: 51..54 may be truncated
     # As a follower, it truncates 51..54 and its new primary's events reach 51.
     commits.advance(51)
@@ -55,29 +55,29 @@ def test_a_waiter_of_an_ended_term_is_not_answered_by_a_later_commit_of_its_seq(
 def test_a_wait_that_starts_after_its_term_ended_fails_at_once() -> None:
     commits = CommitTracker(50)
     commits.reset(50)
-    term = commits.term
+    tenure = commits.tenure
     commits.abandon()
-    commits.reset(50)  # elected again: a new term
+    commits.reset(50)  # elected again: a new tenure
     commits.advance(60)
     with pytest.raises(Unavailable, match="lost its primary role"):
-        commits.wait_committed(55, timeout=5, term=term)
+        commits.wait_committed(55, timeout=5, tenure=tenure)
 
 
 def test_a_commit_in_the_waiters_own_term_answers_it() -> None:
     commits = CommitTracker(50)
     commits.reset(50)
-    thread, outcome = wait_in_thread(commits, 52, commits.term)
+    thread, outcome = wait_in_thread(commits, 52, commits.tenure)
     commits.advance(52)
     thread.join(5)
     assert outcome == ["committed"]
-    commits.wait_committed(52, timeout=1, term=commits.term)  # already committed: at once
+    commits.wait_committed(52, timeout=1, tenure=commits.tenure)  # already committed: at once
 
 
 def test_a_retry_that_finds_its_event_uncommitted_fails_when_the_term_ends(
     engine: sa.Engine,
 ) -> None:
     """The writer-level shape of the chaos failure: the retry is a duplicate (its event is in
-    the log from an earlier term, not among this term's pending events)."""
+    the log from an earlier tenure, not among this tenure's pending events)."""
     role = RoleState(0, {0: "here"})
     role.set(Role.PRIMARY, 1, 0)
     commits = CommitTracker(0)
