@@ -11,6 +11,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from client.aio import (
+        AsyncChatClient,
+        AsyncSubscription,
+    )
     from client.errors import (
         AlreadyExists,
         ChatError,
@@ -49,6 +53,8 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS: dict[str, str] = {
+    "AsyncChatClient": "client.aio",
+    "AsyncSubscription": "client.aio",
     "AlreadyExists": "client.errors",
     "Backoff": "client.failover",
     "CaughtUp": "client.models",
@@ -77,6 +83,8 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "AlreadyExists",
+    "AsyncChatClient",
+    "AsyncSubscription",
     "Backoff",
     "CaughtUp",
     "ChatClient",

@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -392,11 +392,8 @@ class Failover:
     def _primary_hint(self, error: grpc.RpcError, address: str, remaining: float) -> str | None:
         if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
             return None
-        for metadatum in error.trailing_metadata() or ():
-            if metadatum.key == PRIMARY_ADDRESS_KEY:
-                value: str | bytes = metadatum.value
-                return value.decode() if isinstance(value, bytes) else value
-        return self._primary_from_cluster_status(address, remaining)
+        named = primary_named_by(error)
+        return named if named is not None else self._primary_from_cluster_status(address, remaining)
 
     def _primary_from_cluster_status(self, address: str, remaining: float) -> str | None:
         stub = self._pool.stub(address)
@@ -408,12 +405,7 @@ class Failover:
         except grpc.RpcError as error:
             logger.debug("ClusterStatus at %s failed: %s", address, error.code().name)
             return None
-        if not status.primary_known:
-            return None
-        for replica in status.replicas:
-            if replica.index == status.primary_index and replica.address:
-                return replica.address
-        return None
+        return primary_address_in(status)
 
     def _next_untried(self, after: str, tried: set[str]) -> str | None:
         """The next address after `after` not tried yet, skipping those that stopped answering
@@ -441,18 +433,55 @@ class Failover:
     def _give_up(
         self, saw_not_primary: bool, refusal: str | None, mismatches: dict[str, str]
     ) -> ChatUnavailableError:
-        addresses = ", ".join(self.addresses)
-        if refusal is not None:
-            message = refusal
-        elif mismatches:
-            message = next(iter(mismatches.values()))
-        elif saw_not_primary:
-            message = f"no primary found among {addresses}"
-        else:
-            message = f"no replica reachable at {addresses}"
-        return ChatUnavailableError(grpc.StatusCode.UNAVAILABLE, message)
+        return give_up(self.addresses, saw_not_primary, refusal, mismatches)
+
+
+def give_up(
+    addresses: Sequence[str], saw_not_primary: bool, refusal: str | None, mismatches: dict[str, str]
+) -> ChatUnavailableError:
+    """The error a call ends with at its deadline: the service's own last reason, a TLS
+    mismatch, or which of "no primary" and "no replica" it was."""
+    listed = ", ".join(addresses)
+    if refusal is not None:
+        message = refusal
+    elif mismatches:
+        message = next(iter(mismatches.values()))
+    elif saw_not_primary:
+        message = f"no primary found among {listed}"
+    else:
+        message = f"no replica reachable at {listed}"
+    return ChatUnavailableError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def primary_named_by(error: grpc.RpcError) -> str | None:
+    """The primary's address a replica's "not primary" answer names, if it does."""
+    for key, value in trailers(error):
+        if key == PRIMARY_ADDRESS_KEY:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def trailers(error: grpc.RpcError) -> list[tuple[str, str | bytes]]:
+    """An error's trailing metadata as pairs (grpc gives objects, grpc.aio gives pairs)."""
+    found: list[tuple[str, str | bytes]] = []
+    items: Any = error.trailing_metadata() or ()
+    for item in items:
+        found.append((item.key, item.value) if hasattr(item, "key") else (item[0], item[1]))
+    return found
+
+
+def primary_address_in(status: chat_pb2.ClusterStatusReply) -> str | None:
+    if not status.primary_known:
+        return None
+    for replica in status.replicas:
+        if replica.index == status.primary_index and replica.address:
+            return str(replica.address)
+    return None
 
 
 def _from_service(error: grpc.RpcError) -> bool:
     """Whether the status is the service's own answer rather than a transport failure."""
-    return any(m.key == SERVICE_ERROR_KEY for m in error.trailing_metadata() or ())
+    return any(key == SERVICE_ERROR_KEY for key, _ in trailers(error))
+
+
+from_service = _from_service

@@ -121,27 +121,29 @@ class Subscription:
         return stream, itertools.chain((first,), replies)
 
     def _accept(self, reply: chat_pb2.SubscribeReply) -> list[SubscriptionItem]:
-        """What to yield of a reply: its messages not yielded before (ids only grow), or the
-        CaughtUp marker."""
-        kind = reply.WhichOneof("item")
-        if kind == "messages":
-            fresh = [
-                Message.from_proto(m)
-                for m in reply.messages.messages
-                if m.message_id > self._last_yielded_id
-            ]
-            if fresh:
-                self._last_yielded_id = fresh[-1].message_id
-            return list(fresh)
-        if kind == "message":
-            if reply.message.message_id <= self._last_yielded_id:
-                return []
-            self._last_yielded_id = reply.message.message_id
-            return [Message.from_proto(reply.message)]
-        if kind == "caught_up":
-            return [CaughtUp()]
-        logger.warning("ignoring a subscription item of unknown kind %r", kind)
-        return []
+        items, self._last_yielded_id = accept(reply, self._last_yielded_id)
+        return items
+
+
+def accept(
+    reply: chat_pb2.SubscribeReply, last_yielded_id: int
+) -> tuple[list[SubscriptionItem], int]:
+    """What to yield of a reply -- its messages not yielded before (ids only grow), or the
+    CaughtUp marker -- and the last id yielded after it."""
+    kind = reply.WhichOneof("item")
+    if kind == "messages":
+        fresh = [
+            Message.from_proto(m) for m in reply.messages.messages if m.message_id > last_yielded_id
+        ]
+        return list(fresh), (fresh[-1].message_id if fresh else last_yielded_id)
+    if kind == "message":
+        if reply.message.message_id <= last_yielded_id:
+            return [], last_yielded_id
+        return [Message.from_proto(reply.message)], reply.message.message_id
+    if kind == "caught_up":
+        return [CaughtUp()], last_yielded_id
+    logger.warning("ignoring a subscription item of unknown kind %r", kind)
+    return [], last_yielded_id
 
 
 def _cancel(stream: _Stream) -> None:
