@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from client import ChatClient, ChatError, ClientHooks, ClientSettings, Message
 from client.cli.output import escape_field, history_line, inbox_line, status_table
@@ -43,11 +43,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments: the options every command takes, then the commands."""
     parser = _Parser(
         prog="python -m client",
         description="Chat client. Without a command: an interactive chat.",
         epilog=f"Passwords come from ${PASSWORD_ENV} or a prompt.",
     )
+    _add_global_options(parser)
+    _add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--servers",
         help=f"comma-separated host:port of every replica (default: ${SERVERS_ENV} or "
@@ -73,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print no confirming line (register, send, delete-account); data still prints",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def _add_commands(commands: Any) -> None:
+    """One subparser per command (`commands`: argparse's subparsers action)."""
 
     register = commands.add_parser(
         "register",
@@ -141,7 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Each replica's role, epoch, seqs, lag and in-sync state, as the replica"
         " that answers sees them; '-' where it does not know.",
     )
-    return parser
 
 
 def parse_servers(text: str) -> tuple[str, ...]:
