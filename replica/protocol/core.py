@@ -114,9 +114,8 @@ class Following:
     superseded: int = 0
     stream_opened_at: float = float("-inf")  # when the last stream was opened
     # The primary it followed when it gave up on it and began electing: not waited for in
-    # the elections after (rules.may_be_vouching_unheard), until it follows someone again.
-    # (Forgotten with the target at the first attempt, it was waited for at every later one:
-    # on separate hosts, an isolated primary stalled the other two for the whole partition.)
+    # the elections after (rules.may_be_vouching_unheard) until it follows someone again --
+    # kept past the first attempt, or a primary cut off for good would stall every later one.
     lost_primary: int | None = None
 
 

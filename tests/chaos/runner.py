@@ -186,6 +186,67 @@ def heal(ctx: ChaosContext, *, under_load: bool = True, wait: bool = True) -> No
     ctx.recovery = recovery
 
 
+def _cluster(
+    base_dir: Path, test_hosts: TestHosts | None, urls: list[str | None], settings: dict[str, int]
+) -> ClusterProcesses:
+    """Three replicas on loopback, or one on each test host."""
+    if test_hosts is None:
+        return ClusterProcesses(base_dir, len(HOSTS), hosts=HOSTS, db_urls=urls, settings=settings)
+    return ClusterProcesses(
+        base_dir,
+        len(HOSTS),
+        hosts=[test_hosts.address(i) for i in range(len(HOSTS))],
+        ports=[REPLICA_PORT] * len(HOSTS),
+        launch_prefixes=[test_hosts.exec_prefix(i) for i in range(len(HOSTS))],
+        db_urls=urls,
+        settings=settings,
+    )
+
+
+def _round(
+    ctx: ChaosContext, load: Senders, number: int, fault: Fault, overlapped: bool
+) -> RoundResult:
+    """One fault under load and its healing (not waited for when `overlapped`: the next fault
+    comes at once); ChaosFailure if it could not be healed."""
+    round_start = time.monotonic()
+    acked_before = ctx.acked()
+    ctx.recovery = None
+    what = fault.inject(ctx)
+    heal(ctx, wait=not overlapped)
+    round_end = time.monotonic()
+    with load.log.lock:
+        gap = longest_gap(load.log.ack_times, round_start, round_end)
+    return RoundResult(
+        number,
+        acked_before,
+        fault.name,
+        what,
+        ctx.recovery,
+        round_end - round_start,
+        gap,
+        overlapped,
+    )
+
+
+def _judge(report: ChaosReport, ctx: ChaosContext, send_log: SendLog) -> None:
+    """After the last round: everything healed and converged, every acknowledged send in the
+    recipient's inbox exactly once, no traceback in any replica's log."""
+    cluster = ctx.cluster
+    try:
+        heal(ctx, under_load=False)
+        wait_converged(cluster, timeout=HEAL_TIMEOUT)
+        report.converged = True
+    except (ChaosFailure, TimeoutError) as exc:
+        report.failures.append(f"after the last round: {exc}")
+    inbox = read_inbox(cluster, RECIPIENT)
+    score(report, send_log, [m.body for m in inbox], {m.body: m.message_id for m in inbox})
+    for index, text in cluster.tracebacks().items():
+        report.failures.append(f"a traceback in replica {index}'s log:\n{text}")
+    if not report.ok:
+        for spec in cluster.specs:
+            report.failures.append(cluster.log_tail(spec.index, 30))
+
+
 def run_chaos(
     base_dir: Path,
     *,
@@ -224,20 +285,7 @@ def run_chaos(
             test_hosts.close()
             raise
         urls = [server.url(f"chat_chaos_{i}") for i, server in enumerate(servers)]
-    if test_hosts is None:
-        cluster = ClusterProcesses(
-            base_dir, len(HOSTS), hosts=HOSTS, db_urls=urls, settings=settings
-        )
-    else:
-        cluster = ClusterProcesses(
-            base_dir,
-            len(HOSTS),
-            hosts=[test_hosts.address(i) for i in range(len(HOSTS))],
-            ports=[REPLICA_PORT] * len(HOSTS),
-            launch_prefixes=[test_hosts.exec_prefix(i) for i in range(len(HOSTS))],
-            db_urls=urls,
-            settings=settings,
-        )
+    cluster = _cluster(base_dir, test_hosts, urls, settings)
     try:
         cluster.start_all()
         primary = wait_for_primary(cluster)
@@ -251,35 +299,19 @@ def run_chaos(
             for number in range(1, rounds + 1):
                 fault = faults[(number - 1) % len(faults)] if schedule == "cycle" else None
                 fault = fault or rng.choice(faults)
-                round_start = time.monotonic()
-                acked_before = ctx.acked()
-                ctx.recovery = None
                 overlapped = number < rounds and rng.random() < overlap
                 try:
-                    what = fault.inject(ctx)
-                    heal(ctx, wait=not overlapped)
+                    result = _round(ctx, load, number, fault, overlapped)
                 except ChaosFailure as exc:
                     report.failures.append(f"round {number} ({fault.name}): {exc}")
                     break
-                round_end = time.monotonic()
-                with load.log.lock:
-                    gap = longest_gap(load.log.ack_times, round_start, round_end)
-                result = RoundResult(
-                    number,
-                    acked_before,
-                    fault.name,
-                    what,
-                    ctx.recovery,
-                    round_end - round_start,
-                    gap,
-                    overlapped,
-                )
                 report.rounds.append(result)
                 recovery = "-" if result.recovery_s is None else f"{result.recovery_s:.2f}s"
                 progress(
-                    f"round {number:>3}/{rounds} {fault.name:<19} {what}; first ack after "
-                    f"{recovery}; no ack for {gap:.2f}s at most; round {result.seconds:.1f}s"
-                    f"{'; next fault at once' if overlapped else ''}; {ctx.acked()} acked"
+                    f"round {number:>3}/{rounds} {fault.name:<19} {result.what}; first ack after "
+                    f"{recovery}; no ack for {result.longest_gap_s:.2f}s at most; round "
+                    f"{result.seconds:.1f}s{'; next fault at once' if overlapped else ''}; "
+                    f"{ctx.acked()} acked"
                 )
         finally:
             try:
@@ -287,19 +319,7 @@ def run_chaos(
             except AssertionError as exc:
                 report.failures.append(str(exc))
                 send_log = load.log
-        try:
-            heal(ctx, under_load=False)
-            wait_converged(cluster, timeout=HEAL_TIMEOUT)
-            report.converged = True
-        except (ChaosFailure, TimeoutError) as exc:
-            report.failures.append(f"after the last round: {exc}")
-        inbox = read_inbox(cluster, RECIPIENT)
-        score(report, send_log, [m.body for m in inbox], {m.body: m.message_id for m in inbox})
-        for index, text in cluster.tracebacks().items():
-            report.failures.append(f"a traceback in replica {index}'s log:\n{text}")
-        if not report.ok:
-            for spec in cluster.specs:
-                report.failures.append(cluster.log_tail(spec.index, 30))
+        _judge(report, ctx, send_log)
     finally:
         cluster.close(check_logs=False)  # (checked above, into the report)
         for server in servers:  # before the hosts: a namespace outlives its processes' end
