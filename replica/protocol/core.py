@@ -113,6 +113,10 @@ class Following:
     # acted on (it may have acked "out", and been removed on that, meanwhile).
     superseded: int = 0
     stream_opened_at: float = float("-inf")  # when the last stream was opened
+    # When it last granted a vote: its candidate is given peer_timeout to win and reach it
+    # before this replica elects on a probe round of its own (begun, perhaps, before the vote
+    # and blind to the new primary) -- Raft's election timer, reset by a granted vote.
+    voted_at: float = float("-inf")
     # The primary it followed when it gave up on it and began electing: not waited for in
     # the elections after (rules.may_be_vouching_unheard) until it follows someone again --
     # kept past the first attempt, or a primary cut off for good would stall every later one.
@@ -471,6 +475,8 @@ class ReplicaCore:
         if self.following_live_primary(now) or self.election is not None:
             return
         f = self.following
+        if now - f.voted_at < self.config.peer_timeout:
+            return  # (the candidate it voted for may have won and not reached it yet)
         quiet_since = max(f.last_contact, self.started_at)
         # A primary whose stream broke and whose host refuses connections is gone (a killed
         # process closes its sockets at once); only a silent one needs the full timeout. Any
@@ -594,6 +600,7 @@ class ReplicaCore:
         # durably before the reply (an epoch names one candidate).
         f = self.following
         f.vouched_at_vote = self.vouches(now)
+        f.voted_at = now
         if f.in_sync:
             f.counted_by = event.candidate  # which counts its voters in sync from the start
         self._observe_epoch(event.epoch, own=True)

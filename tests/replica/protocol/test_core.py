@@ -827,3 +827,19 @@ def test_a_newer_epoch_deposes_the_primary() -> None:
     assert of(out, fx.PersistEpoch) == [fx.PersistEpoch(p.epoch + 2)]
     assert of(out, fx.StepDown) and of(out, fx.RefuseStream)
     assert of(p.send(1), fx.EndStream)
+
+
+def test_a_voter_gives_its_candidate_time_before_electing_on_a_probe_round_of_its_own() -> None:
+    """Seen on loopback under load: a replica voted for 2, then a probe round begun before
+    the vote (2 not yet primary in it) made it a candidate too; its vote request deposed 2
+    a few milliseconds into its epoch. A granted vote waits peer_timeout, as Raft's election
+    timer restarts when it grants one."""
+    core = ReplicaCore(config(1), 3, 0.0)
+    gone = ins.ProbeOutcome(0, None, True, True)
+    out = core.step(1.0, ins.VoteRequested(2, 8, Position(3, 5), Position(3, 5)))
+    assert of(out, fx.ReplyVote) == [fx.ReplyVote(True, 8)]
+    stale = (gone, view(2, seq=5, vouches=True))  # 2 as it answered before it won
+    assert not of(core.step(1.01, ins.ProbesAnswered(Position(3, 5), stale)), fx.RequestVotes)
+    assert not of(core.step(1.55, ins.ProbesAnswered(Position(3, 5), stale)), fx.RequestVotes)
+    # Its candidate never came: after peer_timeout it may elect.
+    assert of(core.step(1.65, ins.ProbesAnswered(Position(3, 5), stale)), fx.RequestVotes)
