@@ -6,6 +6,7 @@ into another database (see `python -m replica rebuild --help`)."""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Installed before the server starts: a SIGTERM right after it answers is a clean stop.
     signal.signal(signal.SIGTERM, on_signal)
+    # An operator's (or the test harness's) view into a replica that hangs: SIGUSR1 writes
+    # every thread's stack to stderr (the log), and the replica runs on.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGINT, on_signal)
     try:
         node.start()

@@ -10,6 +10,7 @@ when a test fails).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -330,11 +331,15 @@ class ClusterProcesses:
         try:
             return process.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Where it hangs: a replica dumps every thread's stack on SIGUSR1 (faulthandler).
+            process.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(1.0)
             process.kill()
             process.wait(10)
             raise ReplicaProcessError(
-                f"replica {index} did not exit within {timeout:.1f}s of SIGTERM; killed it\n"
-                f"{self.log_tail(index)}"
+                f"replica {index} did not exit within {timeout:.1f}s of SIGTERM; killed it "
+                f"(its threads' stacks, dumped first, end its log)\n{self.log_tail(index, 120)}"
             ) from None
 
     def close(self, *, check_logs: bool = True) -> None:
