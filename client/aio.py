@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -116,7 +117,9 @@ class _Failover:
 
     async def pause(self, seconds: float) -> None:
         if self._hooks.sleep is not None:
-            self._hooks.sleep(seconds)
+            slept = self._hooks.sleep(seconds)  # (a test's: plain, or a coroutine function)
+            if inspect.isawaitable(slept):
+                await slept
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), seconds)
@@ -142,6 +145,10 @@ class _Failover:
                 result = await attempt(
                     self.channels.stub(address), min(remaining, settings.attempt_timeout)
                 )
+            except asyncio.CancelledError:
+                if self._closed.is_set():  # (close() cancelled the call under way)
+                    raise ChatError(grpc.StatusCode.CANCELLED, "client closed") from None
+                raise
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 if code not in RETRYABLE_CODES:
@@ -252,8 +259,8 @@ class AsyncSubscription:
         while not self._cancelled:
             try:
                 call, first = await self._failover.call(self._open, timeout=self._reconnect_timeout)
-            except ChatError:
-                if self._cancelled:
+            except (ChatError, asyncio.CancelledError):
+                if self._cancelled:  # (cancel() ended the stream being opened)
                     return
                 raise
             try:

@@ -322,6 +322,15 @@ class ClusterProcesses:
             process.send_signal(signal.SIGKILL)
         return process.wait(10)
 
+    def kill_together(self, indexes: list[int]) -> list[int]:
+        """SIGKILL these replicas at once (every signal sent before any is reaped: the others
+        get no time to react to the first death), then reap them; their exit codes."""
+        processes = [self.process(index) for index in indexes]
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+        return [process.wait(10) for process in processes]
+
     def terminate(self, index: int, timeout: float = 15.0) -> int:
         """SIGTERM replica `index` and wait for it to exit; its exit code. A replica that
         ignores SIGTERM is killed, and that is an error."""

@@ -69,7 +69,8 @@ def abort_with(context: grpc.ServicerContext, error: errors.ChatError) -> None:
     if isinstance(error, errors.NotPrimary) and error.primary_address:
         metadata.append((PRIMARY_ADDRESS_KEY, error.primary_address))
     if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
-        metadata.append((RETRY_AFTER_KEY, f"{error.retry_after:.3f}"))
+        # (never "0.000": a wait shorter than a millisecond is still a wait)
+        metadata.append((RETRY_AFTER_KEY, f"{max(error.retry_after, 0.001):.3f}"))
     context.set_trailing_metadata(tuple(metadata))
     context.abort(_STATUS.get(type(error), grpc.StatusCode.UNKNOWN), str(error))
 

@@ -358,6 +358,7 @@ class ReplicaCore:
         self._step_down(f"replica {primary} is primary of epoch {epoch}")
         self.election = None
         self.following.lost_primary = None
+        self.following.voted_at = float("-inf")  # (a primary found: its loss is news of its own)
         if self.following.target != (primary, epoch):
             self._out.append(LogNote("info", f"following replica {primary} (epoch {epoch})"))
             self.following.target = (primary, epoch)

@@ -69,7 +69,11 @@ def test_the_calls_their_errors_and_their_results(one: ClusterProcesses) -> None
             third = await alice.send(b, "three")  # pushed live
             live = await asyncio.wait_for(anext(subscription), 10)
             assert isinstance(live, Message) and (live.message_id, live.body) == (third, "three")
+            waiting = asyncio.ensure_future(anext(subscription))  # (nothing more comes)
+            await asyncio.sleep(0.2)
             subscription.cancel()
+            with pytest.raises(StopAsyncIteration):  # it ends; no CancelledError leaks
+                await asyncio.wait_for(waiting, 5)
             assert await bob.ack([first, second, third]) == 3
 
             status = await alice.cluster_status()

@@ -843,3 +843,14 @@ def test_a_voter_gives_its_candidate_time_before_electing_on_a_probe_round_of_it
     assert not of(core.step(1.55, ins.ProbesAnswered(Position(3, 5), stale)), fx.RequestVotes)
     # Its candidate never came: after peer_timeout it may elect.
     assert of(core.step(1.65, ins.ProbesAnswered(Position(3, 5), stale)), fx.RequestVotes)
+
+
+def test_a_voter_that_found_its_new_primary_does_not_wait_on_its_vote_any_longer() -> None:
+    """Once the primary it voted for reached it, the wait is over: should that primary die,
+    its loss is news of its own (a refused connection: at once), not the vote's."""
+    core = ReplicaCore(config(1), 3, 0.0)
+    core.step(1.0, ins.VoteRequested(2, 8, Position(3, 5), Position(3, 5)))
+    assert core.following.voted_at == 1.0
+    core.step(1.02, ins.ProbeReceived(2, 8, True))  # the winner reaches it
+    assert core.following.target == (2, 8)
+    assert core.following.voted_at == float("-inf")
