@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 DEFAULT_WAIT = 5.0
 
 
+def wait_for(remaining: float | None) -> float:
+    """How long to wait for the executor within a call's remaining time. A stream has no
+    deadline, and gRPC then reports a time remaining too large for a lock's timeout (an
+    OverflowError on a Replicate stream when the database failed): DEFAULT_WAIT at most."""
+    return DEFAULT_WAIT if remaining is None else min(remaining, DEFAULT_WAIT)
+
+
 class ReplicationServicer(rpb_grpc.ReplicationServicer):
     def __init__(self, executor: Executor, streams: PrimaryStreams, engine: sa.Engine) -> None:
         self._executor = executor
@@ -54,9 +61,8 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
     def _decision(self, context: grpc.ServicerContext, pending: Any) -> Answer:
         """Wait for the executor's answer within the caller's deadline. No answer in time is
         no answer at all (DEADLINE_EXCEEDED, not the replica's own error)."""
-        remaining = context.time_remaining()
         try:
-            answer: Answer = pending.result(DEFAULT_WAIT if remaining is None else remaining)
+            answer: Answer = pending.result(wait_for(context.time_remaining()))
         except StorageUnavailable as exc:
             self._storage_failed(context, str(exc))
         except Unavailable as exc:
