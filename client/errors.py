@@ -18,7 +18,6 @@ Each keeps the gRPC status `code` and the replica's `message`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -138,14 +137,13 @@ _BY_CODE: dict[grpc.StatusCode, type[ChatError]] = {
 }
 
 
-def _trailers(error: grpc.RpcError) -> dict[str, str]:
-    metadata: Iterable[Any] = ()
+def trailers(error: grpc.RpcError) -> list[tuple[str, str | bytes]]:
+    """An error's trailing metadata as pairs (grpc gives objects, grpc.aio gives pairs; an
+    error that is no call has none)."""
     trailing = getattr(error, "trailing_metadata", None)
-    if callable(trailing):
-        metadata = trailing() or ()
-    found = {}
-    for item in metadata:
-        key, value = (item.key, item.value) if hasattr(item, "key") else item
-        if isinstance(value, str):
-            found[key] = value
-    return found
+    items: Any = (trailing() if callable(trailing) else None) or ()
+    return [(i.key, i.value) if hasattr(i, "key") else (i[0], i[1]) for i in items]
+
+
+def _trailers(error: grpc.RpcError) -> dict[str, str]:
+    return {key: value for key, value in trailers(error) if isinstance(value, str)}

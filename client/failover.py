@@ -23,12 +23,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
 from client.channels import ChannelPool, ChatStub, security_mismatch
-from client.errors import ChatError, ChatUnavailableError
+from client.errors import ChatError, ChatUnavailableError, trailers
 from protos import chat_pb2
 from protos.wire import PRIMARY_ADDRESS_KEY, SERVICE_ERROR_KEY
 
@@ -459,15 +459,6 @@ def primary_named_by(error: grpc.RpcError) -> str | None:
         if key == PRIMARY_ADDRESS_KEY:
             return value.decode() if isinstance(value, bytes) else str(value)
     return None
-
-
-def trailers(error: grpc.RpcError) -> list[tuple[str, str | bytes]]:
-    """An error's trailing metadata as pairs (grpc gives objects, grpc.aio gives pairs)."""
-    found: list[tuple[str, str | bytes]] = []
-    items: Any = error.trailing_metadata() or ()
-    for item in items:
-        found.append((item.key, item.value) if hasattr(item, "key") else (item[0], item[1]))
-    return found
 
 
 def primary_address_in(status: chat_pb2.ClusterStatusReply) -> str | None:
