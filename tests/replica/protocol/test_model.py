@@ -608,6 +608,120 @@ class ProtocolModel(RuleBasedStateMachine):
             f"a write to primary {primary.index} did not commit\n{self._describe()}"
         )
 
+    # -- recipes: logs that diverge ----------------------------------------------------------
+
+    @precondition(
+        lambda self: self.world is not None and self._since_quiesce >= 25 and self.w.min_insync == 2
+    )
+    @rule(data=st.data(), writes=st.integers(1, 2), more=st.integers(0, 2))
+    def crossed_tails(self, data: st.DataObject, writes: int, more: int) -> None:
+        """min_insync = 2. Everything healed and converged (as `quiesce`), then two
+        unacknowledged tails of different epochs cross. The primary streams `writes` writes
+        to one secondary only and crashes before its own commit of them ends; that secondary
+        crashes too. The other two elect one of them (a newer epoch), which appends its
+        epoch_started -- and `more` writes -- that the other does not store, and crashes. The
+        first secondary, back, is elected with the other's vote: its log is longer in the
+        older epoch. When the third returns, its tail of the middle epoch diverges from the
+        new primary's log at the same seqs: the divergence exchange must cut it, comparing
+        the logs by epoch, not by seq alone (KIP-101), before it acks anything."""
+        self.quiesce()
+        w = self.w
+        (first,) = w.primaries()
+        secondaries = [n for n in w.nodes if n is not first]
+        longer = self._pick(data, secondaries, "longer")
+        (other,) = [n for n in secondaries if n is not longer]
+        start = len(longer.disk.log)
+        requests = self._write_new(first, writes)
+
+        def only_to_longer(link: Link, what: str) -> bool:
+            return what == "down" and link.secondary == other.index
+
+        stored = w.settle(
+            WRITE_ROUNDS,
+            lambda: len(longer.disk.log) >= start + writes,
+            hold=only_to_longer,
+            slow_commit=lambda index: index == first.index,
+        )
+        if not stored or any(r in w.acked for r in requests):
+            return  # (not this scenario)
+        w.crash(first.index)
+        w.crash(longer.index)
+        w.restart(first.index)
+
+        def one_of_them_leads() -> bool:
+            return any(n is not longer for n in w.primaries())
+
+        def nothing_streamed_to_them(link: Link, what: str) -> bool:
+            return what == "down" and link.secondary in (first.index, other.index)
+
+        if not w.settle(LOST_ROUNDS, one_of_them_leads, hold=nothing_streamed_to_them):
+            return
+        (middle,) = [n for n in w.primaries() if n is not longer]
+
+        for _ in range(more):
+            if middle in w.writable():
+                w.next_request += 1
+                w.client_write(middle, f"r{w.next_request}")
+        w.settle(data.draw(st.integers(0, 4), label="rounds"), hold=nothing_streamed_to_them)
+        w.crash(middle.index)
+        w.restart(longer.index)
+        if not w.settle(LOST_ROUNDS, lambda: longer in w.primaries()):
+            return
+        w.observe("crossed_tails: the longer log of the older epoch elected")
+        w.restart(middle.index)
+        assert w.settle(QUIESCE_ROUNDS, self._converged), self._describe()
+
+    @precondition(
+        lambda self: self.world is not None and self._since_quiesce >= 25 and self.w.min_insync == 1
+    )
+    @rule(data=st.data(), missed=st.integers(1, 3), burst=st.integers(1, 3))
+    def rejoins_behind(self, data: st.DataObject, missed: int, burst: int) -> None:
+        """min_insync = 1. Everything healed and converged (as `quiesce`), then a secondary
+        crashes, `missed` writes are acknowledged without it, and it restarts and catches up
+        to its primary's log end. Its ack of that end is delayed in the network (within the
+        delay bound) while a burst of writes -- more than its stream has in flight -- is
+        acknowledged with the other secondary. The delayed ack then arrives: the secondary
+        joins the in-sync set behind the commit point, and may vouch only once it holds what
+        was acknowledged meanwhile."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        rejoining = self._pick(data, [n for n in w.nodes if n is not primary], "rejoins")
+        w.crash(rejoining.index)
+        missed_requests = self._write_new(primary, missed)
+        if not w.settle(WRITE_ROUNDS, lambda: all(r in w.acked for r in missed_requests)):
+            return  # (not this scenario)
+        w.restart(rejoining.index)
+        tip = len(primary.disk.log)
+
+        def within_bound() -> bool:
+            return w.now + HEARTBEAT / 2 < w.deadline()
+
+        def ack_of_the_tip_delayed(link: Link, what: str) -> bool:
+            return (
+                what == "up"
+                and link.secondary == rejoining.index
+                and len(rejoining.disk.log) >= tip
+                and within_bound()
+            )
+
+        if not w.settle(
+            RECONNECT_ROUNDS, lambda: len(rejoining.disk.log) >= tip, hold=ack_of_the_tip_delayed
+        ):
+            return
+        requests = self._write_new(primary, 2 * w.batch_events + burst)
+
+        def both_ways_delayed(link: Link, what: str) -> bool:
+            return link.secondary == rejoining.index and within_bound()
+
+        if not w.settle(4, lambda: all(r in w.acked for r in requests), hold=both_ways_delayed):
+            return
+        w.observe("rejoins_behind: a burst acknowledged while the ack of the tip was delayed")
+        assert w.settle(WRITE_ROUNDS, lambda: w.follows_live(rejoining, primary)), (
+            f"replica {rejoining.index} did not follow primary {primary.index} again\n"
+            f"{self._describe()}"
+        )
+
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
         w = self.w
