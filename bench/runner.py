@@ -622,41 +622,8 @@ class Runner:
         """Each figure at the small size beside its same-run baseline; at the large size beside
         the same figure at the small size: the ratio is the growth ratio."""
         n = run.size
-        grows = run is not small
-        details: dict[str, object] = {"accounts": n, "messages": n, "log_events": run.events}
         noop = f"grpc_noop.{backend}"
-
-        def figure(
-            what: str,
-            title: str,
-            value: float,
-            unit: str,
-            baseline: str,
-            baseline_value: float | None = None,
-            target: Target | None = None,
-            note: str = "",
-        ) -> None:
-            key = f"scale_{what}.{backend}"
-            if grows:
-                baseline, baseline_value = f"{key}.n_{small.size}", None
-                small_value = self.results.value(baseline)
-                if small_value:
-                    note = (note + "; " if note else "") + f"growth {value / small_value:.2f}x"
-            self.results.compared(
-                f"{key}.n_{n}",
-                f"{title}, {n:,} accounts + messages",
-                backend,
-                value,
-                unit,
-                baseline,
-                baseline_value=baseline_value,
-                baseline_title=None if grows or baseline_value is None else "a no-op gRPC call",
-                baseline_unit=None if grows or baseline_value is None else unit,
-                target=target,
-                details=details,
-                note=note,
-            )
-
+        figure = _ScaleFigures(self.results, backend, run, small).record
         noop_ms = self.results.value(noop)
         noop_ms = 1000 / noop_ms if noop_ms else None
         figure(
@@ -712,6 +679,52 @@ class Runner:
             noop_ms,
             SCALE_REPAIR_TARGET,
             note=f"projections {run.repair_how}",
+        )
+
+
+@dataclass(frozen=True)
+class _ScaleFigures:
+    """Records the figures of one scale run (`run`) of the two, `small` being the first."""
+
+    results: Results
+    backend: str
+    run: scale.ScaleRun
+    small: scale.ScaleRun
+
+    def record(
+        self,
+        what: str,
+        title: str,
+        value: float,
+        unit: str,
+        baseline: str,
+        baseline_value: float | None = None,
+        target: Target | None = None,
+        note: str = "",
+    ) -> None:
+        """At the small size, beside `baseline` (or `baseline_value`, derived from it); at the
+        large size, beside the same figure at the small size instead, with the growth noted."""
+        n = self.run.size
+        grows = self.run is not self.small
+        key = f"scale_{what}.{self.backend}"
+        if grows:
+            baseline, baseline_value = f"{key}.n_{self.small.size}", None
+            small_value = self.results.value(baseline)
+            if small_value:
+                note = (note + "; " if note else "") + f"growth {value / small_value:.2f}x"
+        self.results.compared(
+            f"{key}.n_{n}",
+            f"{title}, {n:,} accounts + messages",
+            self.backend,
+            value,
+            unit,
+            baseline,
+            baseline_value=baseline_value,
+            baseline_title=None if grows or baseline_value is None else "a no-op gRPC call",
+            baseline_unit=None if grows or baseline_value is None else unit,
+            target=target,
+            details={"accounts": n, "messages": n, "log_events": self.run.events},
+            note=note,
         )
 
 

@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -187,6 +187,39 @@ class Backoff:
             delay = min(delay * self.multiplier, self.maximum)
 
 
+@dataclass
+class _Retries:
+    """What one call's attempts have learnt so far, across its rounds over the replicas."""
+
+    round_start: str  # where the next round starts: the last primary named, else the first tried
+    tried: set[str] = field(default_factory=set)  # in this round
+    attempts: int = 0
+    saw_not_primary: bool = False
+    refusal: str | None = None  # the service's own last reason for refusing
+    # What to change about TLS, by address, while that address's latest failure says so.
+    mismatches: dict[str, str] = field(default_factory=dict)
+    mismatch_rounds: int = 0  # rounds running in which every replica failed as a mismatch
+    told: bool = False  # the caller heard that no replica answers
+    answered_this_round: bool = False
+
+    def failed(self, error: grpc.RpcError, address: str, *, uses_tls: bool) -> None:
+        """Note a retryable failure of the attempt on `address`."""
+        logger.debug("%s answered %s: %s", address, error.code().name, error.details())
+        self.saw_not_primary |= error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # A replica that answered, even to refuse: not "no replica answers".
+        self.answered_this_round |= (
+            error.code() == grpc.StatusCode.FAILED_PRECONDITION or _from_service(error)
+        )
+        if error.code() == grpc.StatusCode.UNAVAILABLE and _from_service(error):
+            self.refusal = f"{error.details()} (replica at {address})"
+        mismatch = security_mismatch(error, address, uses_tls=uses_tls)
+        if mismatch is None:
+            self.mismatches.pop(address, None)
+        else:
+            self.mismatches[address] = mismatch
+            self.answered_this_round = True
+
+
 class Failover:
     """Routes requests to the primary among `addresses`; safe to share between threads."""
 
@@ -316,78 +349,62 @@ class Failover:
             address = self._preferred
         if self._suspect(address):
             address = self._next_untried(address, {address}) or address
-        round_start = address
-        tried: set[str] = set()
-        saw_not_primary = False
-        refusal: str | None = None  # the service's own last reason for refusing
-        # What to change about TLS, by address, while that address's latest failure says so.
-        mismatches: dict[str, str] = {}
-        mismatch_rounds = 0
-        attempts = 0
-        told = False
-        answered_this_round = False
+        call = _Retries(round_start=address)
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
             remaining = deadline - self._clock()
-            if remaining <= 0 and attempts > 0:
-                raise self._give_up(saw_not_primary, refusal, mismatches)
-            tried.add(address)
-            attempts += 1
+            if remaining <= 0 and call.attempts > 0:
+                raise self._give_up(call.saw_not_primary, call.refusal, call.mismatches)
+            call.tried.add(address)
+            call.attempts += 1
             try:
                 result = run(address, min(remaining, self._attempt_timeout))
             except grpc.RpcError as error:
                 if error.code() not in RETRYABLE_CODES:
                     raise ChatError.from_rpc_error(error) from None
-                logger.debug("%s answered %s: %s", address, error.code().name, error.details())
-                saw_not_primary |= error.code() == grpc.StatusCode.FAILED_PRECONDITION
-                # A replica that answered, even to refuse: not "no replica answers".
-                answered_this_round |= (
-                    error.code() == grpc.StatusCode.FAILED_PRECONDITION or _from_service(error)
-                )
-                if error.code() == grpc.StatusCode.UNAVAILABLE and _from_service(error):
-                    refusal = f"{error.details()} (replica at {address})"
-                mismatch = security_mismatch(error, address, uses_tls=self._pool.uses_tls)
-                if mismatch is None:
-                    mismatches.pop(address, None)
-                else:
-                    mismatches[address] = mismatch
-                    answered_this_round = True
+                call.failed(error, address, uses_tls=self._pool.uses_tls)
                 hint = self._primary_hint(error, address, remaining)
             else:
-                self._record_success(address, announce=told)
+                self._record_success(address, announce=call.told)
                 return result
             if hint is not None:
-                round_start = hint
-            usable_hint = hint is not None and hint not in tried and not self._suspect(hint)
+                call.round_start = hint
+            usable_hint = hint is not None and hint not in call.tried and not self._suspect(hint)
             following = hint if usable_hint else None
-            following = following or self._next_untried(address, tried)
-            if following is None:
-                # Every replica failed this round: pause, then start over.
-                mismatch_rounds = mismatch_rounds + 1 if tried.issubset(mismatches) else 0
-                remaining = deadline - self._clock()
-                if remaining <= 0 or mismatch_rounds >= MISMATCH_ROUNDS:
-                    raise self._give_up(saw_not_primary, refusal, mismatches)
-                if not told and not answered_this_round:
-                    told = True
-                    if self._on_unreachable is not None:
-                        how_long = (
-                            ""
-                            if remaining == math.inf
-                            else f" for up to {max(1, round(remaining))} s"
-                        )
-                        self._on_unreachable(
-                            f"no replica answers at {', '.join(self.addresses)}; still trying"
-                            + how_long
-                        )
-                if not self._recheck_suspects():
-                    self._sleep(min(next(delays), remaining))
-                tried.clear()
-                answered_this_round = False
-                following = round_start
-                if self._suspect(round_start):
-                    following = self._next_untried(round_start, {round_start}) or round_start
-            address = following
+            address = (
+                following
+                or self._next_untried(address, call.tried)
+                or self._next_round(call, deadline, delays)
+            )
+
+    def _next_round(self, call: _Retries, deadline: float, delays: Iterator[float]) -> str:
+        """Every replica failed this round: give up, or pause and say where the next round
+        starts."""
+        call.mismatch_rounds = (
+            call.mismatch_rounds + 1 if call.tried.issubset(call.mismatches) else 0
+        )
+        remaining = deadline - self._clock()
+        if remaining <= 0 or call.mismatch_rounds >= MISMATCH_ROUNDS:
+            raise self._give_up(call.saw_not_primary, call.refusal, call.mismatches)
+        if not call.told and not call.answered_this_round:
+            call.told = True
+            self._tell_unreachable(remaining)
+        if not self._recheck_suspects():
+            self._sleep(min(next(delays), remaining))
+        call.tried.clear()
+        call.answered_this_round = False
+        if self._suspect(call.round_start):
+            return self._next_untried(call.round_start, {call.round_start}) or call.round_start
+        return call.round_start
+
+    def _tell_unreachable(self, remaining: float) -> None:
+        if self._on_unreachable is None:
+            return
+        how_long = "" if remaining == math.inf else f" for up to {max(1, round(remaining))} s"
+        self._on_unreachable(
+            f"no replica answers at {', '.join(self.addresses)}; still trying" + how_long
+        )
 
     def _primary_hint(self, error: grpc.RpcError, address: str, remaining: float) -> str | None:
         if error.code() != grpc.StatusCode.FAILED_PRECONDITION:

@@ -1,7 +1,7 @@
 """Hot statements at a fraction of SQLAlchemy Core's CPU per execution: compiled once per
 dialect, then handed to the driver as they are. Core builds and hashes a statement's cache
 key on every execute even when its compiled form is cached; on the write path (a batch of
-a few events: the log's INSERT, the projections' position) that was a fifth of a
+a few events: the log's INSERT, the projections' position) that costs a fifth of a
 secondary's CPU."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
     executemany -- as tuples for a positional paramstyle (SQLite's qmark, the `format` the
     replica's MySQL engines use), as dicts for pyformat (mysql-connector's own default);
     mysql-connector makes one multi-row INSERT of either. SQLAlchemy's per-row
-    parameter building was a third of a replay's CPU."""
+    parameter building costs a third of a replay's CPU."""
     if not rows:
         return
     prepared = _prepared_insert(conn, table)
@@ -135,8 +135,9 @@ class Pipeline:
         params = _row_params(prepared, rows)
         size = sum(len(v) if isinstance(v, str | bytes) else 8 for row in params for v in row)
         if not group or self._bytes + size > self.MAX_JOINED_BYTES:
-            # Large rows go on their own, as before (the server's max_allowed_packet bounds
-            # one statement; a multi-statement carries them all): what is held goes first.
+            # Large rows go on their own, as insert_rows sends them (the server's
+            # max_allowed_packet bounds one statement; a multi-statement carries them all):
+            # what is held goes first.
             self.flush()
             self._conn.exec_driver_sql(sql, params)
             return

@@ -347,7 +347,7 @@ class Applier:
         self._accounts, self._sessions, self._messages = [], {}, []
         self._undo.write(conn)
 
-    flush_messages = flush  # the writer's name for it, from when only messages were held
+    flush_messages = flush  # what the writer calls before a decide that reads the inboxes
 
     def finish(self, pipeline: Pipeline | None = None) -> int:
         """Write what is held back and the new position; the new last applied seq. With

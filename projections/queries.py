@@ -181,8 +181,8 @@ def conversation(
 
     One index-ordered range per direction on ix_messages_conversation (sender, recipient,
     message_id), each LIMITed, merged: the cost is that of the page, not of the conversation.
-    (A single `OR` of the two directions read and sorted every message after the page token:
-    108 ms for the first page of 10^6.) The statement is built once per shape."""
+    (A single `OR` of the two directions would read and sort every message after the page
+    token: 108 ms for the first page of 10^6.) The statement is built once per shape."""
     both = other_id != account_id
     statement = _conversation_statement(both, newest_first)
     params = {"a": account_id, "b": other_id, "after": after_id, "up_to": up_to_id, "n": limit}

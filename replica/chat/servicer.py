@@ -429,7 +429,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             self._notifier.wait(account_id, version, self._recheck_interval)
             # A logout, a deleted account or a lost primary role ends the stream. The session
             # is looked up again when an event may have ended it, and at least once per
-            # recheck interval -- not for every message (two queries per push, which slowed
+            # recheck interval -- not for every message (two queries per push would slow
             # every send on a primary with live subscribers).
             ends = self._notifier.session_ends(account_id)
             now = time.monotonic()

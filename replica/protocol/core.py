@@ -326,7 +326,7 @@ class ReplicaCore:
         running = [p for p in self.config.peers if p not in self._gone]
         timeout = self.config.insync_timeout
         # A peer acking on its stream runs, whatever a probe round that began before it
-        # restarted says (it once made a primary with a live secondary step down).
+        # restarted says: a stale "gone" must not make a primary with a live secondary step down.
         acking = any(now - t <= timeout for t in self._last_ack.values())
         if (
             running

@@ -60,7 +60,7 @@ class CandidateView:
 
 def log_order_key(c: CandidateView) -> tuple[int, int, int]:
     """The most up-to-date log wins (epoch of its last event, then seq); ties go to the lowest
-    index, the original design's rule."""
+    index, so that replicas that see the same logs name the same candidate."""
     return (c.position.epoch, c.position.seq, -c.index)
 
 

@@ -89,8 +89,37 @@ class ReplicaNode:
         secret = resolve_cluster_secret(cluster, settings.data_dir)
         for warning in loose_permissions(self._private_paths()):
             log.warning("replica %d: %s", self.index, warning)
-        self.role = RoleState(settings.index, {r.index: r.address for r in cluster.replicas})
-        self.spans = Spans(settings.spans_file)
+        self._build_storage(clock)
+        self.metrics = ReplicaMetrics(self.index)
+        self.tokens = SessionTokens(secret)
+        self.service = ChatService(
+            self.engine,
+            self.writer,
+            self.tokens,
+            lambda: self.commits.committed_seq,
+            max_sessions_per_account=cluster.max_sessions_per_account,
+            min_password_length=cluster.min_password_length,
+        )
+        self._build_replication(secret)
+        self.servicer = self._chat_servicer()
+        self.replication_servicer = ReplicationServicer(
+            self.executor, self.primary_streams, self.engine
+        )
+        self._wire_metrics()
+        self._secret = secret
+        self.health = health.HealthServicer()
+        self._server: grpc.Server | None = None
+        self._stopped = threading.Event()
+        self._ready = threading.Event()  # projections replayed: answering more than health
+        self._starting = "opening its database"
+
+    def _build_storage(self, clock: Clock) -> None:
+        """The role the writer fences on, the commit tracker, the log writer and those it
+        tells: the streams a primary serves, and the live-message notifier."""
+        self.role = RoleState(
+            self.index, {r.index: r.address for r in self.settings.cluster.replicas}
+        )
+        self.spans = Spans(self.settings.spans_file)
         self.commits = CommitTracker(spans=self.spans)
         self.inbox = Inbox()
         self.primary_streams = PrimaryStreams(self.engine, self.inbox, spans=self.spans)
@@ -104,16 +133,12 @@ class ReplicaNode:
         )
         self.notifier = InboxNotifier()
         self.commits.add_listener(self.notifier.on_committed)
-        self.metrics = ReplicaMetrics(self.index)
-        self.tokens = SessionTokens(secret)
-        self.service = ChatService(
-            self.engine,
-            self.writer,
-            self.tokens,
-            lambda: self.commits.committed_seq,
-            max_sessions_per_account=cluster.max_sessions_per_account,
-            min_password_length=cluster.min_password_length,
-        )
+
+    def _build_replication(self, secret: bytes) -> None:
+        """The executor that owns the protocol core, and its ports: the peers, the storage
+        worker and the streams a secondary follows. It starts as a candidate in the log's
+        epoch."""
+        cluster = self.settings.cluster
         protocol = protocol_config(self.index, cluster)
         self.peers = Peers(self.index, cluster, secret, self.tls)
         self.peer_calls = PeerCalls(self.peers, protocol, self.inbox)
@@ -144,7 +169,10 @@ class ReplicaNode:
             tenure_changed=self._tenure_changed,
             observe=self.metrics.observe_effect,
         )
-        self.servicer = ChatServicer(
+
+    def _chat_servicer(self) -> ChatServicer:
+        cluster = self.settings.cluster
+        return ChatServicer(
             self.service,
             self.role,
             self.notifier,
@@ -156,16 +184,6 @@ class ReplicaNode:
                 register_burst=cluster.registrations_per_address,
             ),
         )
-        self.replication_servicer = ReplicationServicer(
-            self.executor, self.primary_streams, self.engine
-        )
-        self._wire_metrics()
-        self._secret = secret
-        self.health = health.HealthServicer()
-        self._server: grpc.Server | None = None
-        self._stopped = threading.Event()
-        self._ready = threading.Event()  # projections replayed: answering more than health
-        self._starting = "opening its database"
 
     # -- lifecycle -----------------------------------------------------------------------
 

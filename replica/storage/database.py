@@ -71,7 +71,7 @@ def make_engine(url: str, *, create_database: bool = True) -> sa.Engine:
 
 
 # A pooled MySQL connection idle for longer than this is pinged before use: the server may
-# have restarted or dropped it meanwhile. One that is busy is not (a ping per transaction was
+# have restarted or dropped it meanwhile. One that is busy is not (a ping per transaction is
 # a tenth of a send's round trips); if its server went away, the statement fails with a
 # disconnect error, the pool replaces every connection older than that, and the caller
 # answers UNAVAILABLE -- a client retries with the same request_id.

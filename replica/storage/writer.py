@@ -200,42 +200,22 @@ class LogWriter:
         streamed: int | None = None  # the epoch the batch was handed to the streams in
         locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
-            # Read before the role: a tenure that ends after this read fails the waits below.
-            commit_tenure = self._commits.tenure
-            for command in batch:
-                command.commit_tenure = commit_tenure
-            snap = self._role.require_primary()
-            if snap.epoch == self._fenced_epoch:
-                raise Unavailable(
-                    "this replica's commit of a streamed batch failed: it writes nothing more "
-                    f"in epoch {snap.epoch}; retry with the same request_id"
-                )
-            if snap.epoch != self._cached_epoch:
-                self._forget()
-                self._cached_epoch = snap.epoch
+            epoch = self._admit_batch(batch)
             known = self._last_seq
             self._last_seq = None  # until this batch is known to have committed
             with self._engine.begin() as conn:
                 start = eventlog.last_position(conn).seq if known is None else known
-                seq = start
                 logged = eventlog.find_by_request_ids(
                     conn, [c.request_id for c in batch if c.request_id is not None]
                 )
                 applier = projections.Applier(conn, position=known)
-                for command in batch:
-                    try:
-                        event = self._write_one(conn, command, snap.epoch, seq + 1, logged, applier)
-                    except ChatError as exc:
-                        command.error = exc
-                        continue
-                    if event is not None:
-                        seq = event.seq
-                        appended.append(event)
+                appended = self._decide_batch(conn, batch, epoch, start, logged, applier)
+                seq = appended[-1].seq if appended else start
                 if appended:
                     # The secondaries store them while this transaction writes and commits
                     # them: the core acknowledges nothing before Appended says they are
                     # durable here too, and a failure from here on deposes this primary.
-                    streamed = snap.epoch
+                    streamed = epoch
                     self._feed.written(appended)
                 # One INSERT for the batch's events: nothing a decide() reads comes from the
                 # log itself (request ids are looked up above and kept in `logged`). A batch
@@ -266,6 +246,52 @@ class LogWriter:
             error = Unavailable(f"the write failed ({exc.__class__.__name__}); retry")
             self._failed(batch, error, streamed, exc.__class__.__name__)
             appended = []
+        self._finish_batch(batch, appended, locked_ns)
+
+    def _admit_batch(self, batch: list[_Command]) -> int:
+        """The epoch the batch is written in; raises Unavailable (a ChatError) when this
+        replica may not write now. Stamps each command with the commit tracker's tenure."""
+        # Read before the role: a tenure that ends after this read fails the waits in execute().
+        commit_tenure = self._commits.tenure
+        for command in batch:
+            command.commit_tenure = commit_tenure
+        snap = self._role.require_primary()
+        if snap.epoch == self._fenced_epoch:
+            raise Unavailable(
+                "this replica's commit of a streamed batch failed: it writes nothing more "
+                f"in epoch {snap.epoch}; retry with the same request_id"
+            )
+        if snap.epoch != self._cached_epoch:
+            self._forget()
+            self._cached_epoch = snap.epoch
+        return snap.epoch
+
+    def _decide_batch(
+        self,
+        conn: sa.Connection,
+        batch: list[_Command],
+        epoch: int,
+        after_seq: int,
+        logged: dict[str, Event],
+        applier: projections.Applier,
+    ) -> list[Event]:
+        """Each command's event, in seq order after `after_seq`; a command whose decide()
+        raised a ChatError keeps it as its error and takes no seq."""
+        appended: list[Event] = []
+        seq = after_seq
+        for command in batch:
+            try:
+                event = self._write_one(conn, command, epoch, seq + 1, logged, applier)
+            except ChatError as exc:
+                command.error = exc
+                continue
+            if event is not None:
+                seq = event.seq
+                appended.append(event)
+        return appended
+
+    def _finish_batch(self, batch: list[_Command], appended: list[Event], locked_ns: int) -> None:
+        """Tell the commit tracker and the streams what became durable, then wake the batch."""
         if appended:
             if self._spans.enabled:
                 self._mark_batch(batch, locked_ns, appended[-1].seq)

@@ -52,6 +52,23 @@ def test_a_scrape_shows_roles_seqs_rpcs_latencies_and_in_sync_changes(
     primary = wait_for_primary(cluster)
     wait_all_running_follow(cluster, primary)
     register_users(cluster, ["alice", "bob"])
+    samples = send_five_to_a_subscriber_and_scrape(cluster, primary)
+    assert_rpcs_and_latencies(samples)
+    assert_primary_role_and_seqs(samples)
+    secondaries = [i for i in range(3) if i != primary]
+    for index in secondaries:
+        theirs = scrape(cluster, index)
+        assert value(theirs, "chat_role", role="secondary") == 1
+        assert value(theirs, "chat_role", role="primary") == 0
+        assert (value(theirs, "chat_replication_streams_opened_total") or 0) >= 1
+        assert value(theirs, "chat_has_primary") == 1
+    assert value(samples, "chat_in_sync_expands_total") == 0  # voters start in the set
+    assert_in_sync_shrinks_then_expands(cluster, primary, secondaries[0])
+
+
+def send_five_to_a_subscriber_and_scrape(cluster: ClusterProcesses, primary: int) -> Samples:
+    """alice sends bob, who is subscribed, five messages and one to nobody; the primary's
+    samples once bob has the five, scraped while his subscription is still open."""
     received: list[Message] = []
     subscribed = threading.Event()
     with ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as bob:
@@ -79,7 +96,11 @@ def test_a_scrape_shows_roles_seqs_rpcs_latencies_and_in_sync_changes(
         assert value(samples, "chat_open_subscriptions") == 1
         subscription.cancel()
         listener.join(10)
+    return samples
 
+
+def assert_rpcs_and_latencies(samples: Samples) -> None:
+    """The five sends and the refused one, by gRPC code, and their latencies."""
     chat = {"grpc_type": "unary", "grpc_service": "chat.v1.Chat"}
     assert (
         value(samples, "grpc_server_handled_total", **chat, grpc_method="Send", grpc_code="OK") == 5
@@ -93,6 +114,10 @@ def test_a_scrape_shows_roles_seqs_rpcs_latencies_and_in_sync_changes(
     assert value(samples, "grpc_server_handling_seconds_count", **chat, grpc_method="Send") == 6
     assert value(samples, "chat_send_latency_seconds_count") == 5
     assert (value(samples, "chat_delivery_latency_seconds_count") or 0) >= 5
+
+
+def assert_primary_role_and_seqs(samples: Samples) -> None:
+    """The primary's role, its one election, its seqs level, every replica in sync."""
     assert value(samples, "chat_role", role="primary") == 1
     assert value(samples, "chat_elections_won_total") == 1
     last = value(samples, "chat_last_seq")
@@ -102,29 +127,27 @@ def test_a_scrape_shows_roles_seqs_rpcs_latencies_and_in_sync_changes(
     for index in range(3):
         assert value(samples, "chat_replica_in_sync", replica=str(index)) == 1
         assert value(samples, "chat_replica_lag_events", replica=str(index)) == 0
-    secondaries = [i for i in range(3) if i != primary]
-    for index in secondaries:
-        theirs = scrape(cluster, index)
-        assert value(theirs, "chat_role", role="secondary") == 1
-        assert value(theirs, "chat_role", role="primary") == 0
-        assert (value(theirs, "chat_replication_streams_opened_total") or 0) >= 1
-        assert value(theirs, "chat_has_primary") == 1
-    assert value(samples, "chat_in_sync_expands_total") == 0  # voters start in the set
 
-    cluster.kill(secondaries[0])
+
+def assert_in_sync_shrinks_then_expands(
+    cluster: ClusterProcesses, primary: int, secondary: int
+) -> None:
+    """Killing `secondary` shows on the primary as a shrink of the in-sync set (without a step
+    down); restarting it, as an expand."""
+    cluster.kill(secondary)
 
     def shrunk() -> Samples | None:
         now = scrape(cluster, primary)
-        gone = value(now, "chat_replica_in_sync", replica=str(secondaries[0])) == 0
+        gone = value(now, "chat_replica_in_sync", replica=str(secondary)) == 0
         return now if gone and value(now, "chat_in_sync_shrinks_total") == 1 else None
 
     after = wait_until(shrunk, 20, "the primary's metrics never showed the secondary leave")
     assert value(after, "chat_step_downs_total") == 0
-    cluster.start(secondaries[0])
+    cluster.start(secondary)
 
     def expanded() -> Samples | None:
         now = scrape(cluster, primary)
-        back = value(now, "chat_replica_in_sync", replica=str(secondaries[0])) == 1
+        back = value(now, "chat_replica_in_sync", replica=str(secondary)) == 1
         return now if back and value(now, "chat_in_sync_expands_total") == 1 else None
 
     wait_until(expanded, 20, "the primary's metrics never showed the secondary rejoin")

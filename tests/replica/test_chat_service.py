@@ -481,8 +481,17 @@ def test_delete_account_semantics(
     with assert_unchanged(engine):
         chat.delete_account("del-1", alice, "pw-alice")
 
-    # Every session of the account is gone.
-    for token in (alice, alice_too):
+    assert_sessions_ended(engine, chat, old_alice_id, [alice, alice_too])
+    assert_inbox_gone_and_sent_kept(engine, chat, old_alice_id, bob, bob_id, from_alice)
+    assert_name_gone(engine, chat, bob)
+    assert_name_registers_afresh(engine, chat, old_alice_id, bob, to_alice)
+
+
+def assert_sessions_ended(
+    engine: sa.Engine, chat: ChatService, account_id: int, tokens: list[str]
+) -> None:
+    """Every session of the deleted account is gone."""
+    for token in tokens:
         rejected(
             engine, Unauthenticated, SESSION_ENDED, lambda token=token: chat.authenticate(token)
         )
@@ -501,34 +510,52 @@ def test_delete_account_semantics(
     with engine.connect() as conn:
         assert (
             conn.execute(
-                sa.select(sa.func.count()).where(sessions.c.account_id == old_alice_id)
+                sa.select(sa.func.count()).where(sessions.c.account_id == account_id)
             ).scalar_one()
             == 0
         )
-        # Its inbox is gone...
+
+
+def assert_inbox_gone_and_sent_kept(
+    engine: sa.Engine,
+    chat: ChatService,
+    account_id: int,
+    bob: str,
+    bob_id: int,
+    sent_to_bob: list[int],
+) -> None:
+    """The deleted account's inbox is gone; what it sent stays with the recipient, still
+    undelivered, and can be acked."""
+    with engine.connect() as conn:
         assert (
             conn.execute(
-                sa.select(messages.c.message_id).where(messages.c.recipient_id == old_alice_id)
+                sa.select(messages.c.message_id).where(messages.c.recipient_id == account_id)
             ).all()
             == []
         )
-    # ...what it sent stays with the recipient, still undelivered, and can be acked.
-    assert [m.message_id for m in chat.undelivered(bob_id, 0, 10)] == from_alice
+    assert [m.message_id for m in chat.undelivered(bob_id, 0, 10)] == sent_to_bob
     assert chat.login(rid(), "bob", "pw-bob").undelivered_count == 2
-    assert chat.ack(rid(), bob, from_alice) == 2
+    assert chat.ack(rid(), bob, sent_to_bob) == 2
 
-    # The name is gone: it cannot log in or be sent to, and is not listed.
+
+def assert_name_gone(engine: sa.Engine, chat: ChatService, bob: str) -> None:
+    """The deleted name cannot log in or be sent to, and is not listed."""
     rejected(engine, Unauthenticated, WRONG_LOGIN, lambda: chat.login(rid(), "alice", "pw-alice"))
     rejected(
         engine, NotFound, "user 'alice' does not exist", lambda: chat.send(rid(), bob, "alice", "x")
     )
     assert chat.list_accounts("*", 0, "").items == ["bob"]
 
-    # The name can be registered again: a new account that sees none of the old one's history.
+
+def assert_name_registers_afresh(
+    engine: sa.Engine, chat: ChatService, old_account_id: int, bob: str, sent_to_old: int
+) -> None:
+    """The deleted name can be registered again: a new account that sees none of the old
+    one's history."""
     chat.register(rid(), "alice", "new password")
     new_alice = chat.login(rid(), "alice", "new password")
     assert new_alice.undelivered_count == 0
-    assert chat.authenticate(new_alice.session_token).account_id != old_alice_id
+    assert chat.authenticate(new_alice.session_token).account_id != old_account_id
     assert chat.history(new_alice.session_token, "bob", 0, "").items == []
     assert chat.history(bob, "alice", 0, "").items == []
     assert chat.undelivered(chat.authenticate(new_alice.session_token).account_id, 0, 10) == []
@@ -536,7 +563,7 @@ def test_delete_account_semantics(
         engine,
         NotFound,
         "not in your inbox",
-        lambda: chat.ack(rid(), new_alice.session_token, [to_alice]),
+        lambda: chat.ack(rid(), new_alice.session_token, [sent_to_old]),
     )
     new_message = chat.send(rid(), bob, "alice", "welcome back")
     assert [m.message_id for m in chat.history(new_alice.session_token, "bob", 0, "").items] == [

@@ -10,7 +10,7 @@ from replica.replication.service import DEFAULT_WAIT, wait_for
 def test_a_call_without_a_deadline_waits_a_bounded_time() -> None:
     """A Replicate stream has no deadline: gRPC reports ~1.8e19 s remaining, which a lock's
     timeout cannot take (OverflowError: timestamp out of range for platform time_t -- a
-    traceback in a primary's log when its database failed mid-stream, found by chaos)."""
+    traceback in a primary's log when its database fails mid-stream)."""
     endless = 1.8446744073709552e19
     assert wait_for(endless) == DEFAULT_WAIT
     done: Future[int] = Future()

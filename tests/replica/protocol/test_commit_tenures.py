@@ -1,10 +1,10 @@
 """A write is acknowledged only by a commit of the tenure it was written (or found) in.
 
-Found by the chaos run on real hosts (split_all after flaky links, SQLite, min_insync 1): a
-deposed primary still held four unacknowledged sends; their clients' retries found them in its
-log (duplicates) and waited for their seqs; it was elected again, deposed again, truncated them
-as a follower -- and when the new primary's own events reached those seqs, the waiters woke as
-if their events had committed. Four acknowledged messages were lost."""
+Otherwise a waiter can be answered for another event at its seq: a deposed primary holds
+unacknowledged sends; their clients' retries find them in its log (duplicates) and wait for
+their seqs; it is elected again, deposed again, and truncates them as a follower -- and when
+the new primary's own events reach those seqs, the waiters would wake as if their events had
+committed, acknowledging messages that are gone."""
 
 from __future__ import annotations
 

@@ -187,8 +187,7 @@ def test_a_primary_whose_database_fails_is_not_taken_for_dead() -> None:
     sync with it, elect without it; the new primary acknowledges a write and dies with its
     voter. The old one, its database back and nobody alive to tell it of the newer epoch,
     must not then acknowledge alone at the same seqs: the two are dead, but dropped unheard
-    first -- their disks may hold a newer epoch (as they do). (The protocol model found the
-    first half of this history; the second broke the first version of the claim rule.)"""
+    first -- their disks may hold a newer epoch (as they do)."""
     w = World(3, 1)
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
@@ -220,7 +219,7 @@ def test_a_voter_that_was_behind_vouches_only_once_it_holds_the_new_epoch() -> N
     new primary counts its voters in sync from the start and says so in its first batches;
     the voter must not vouch on that word alone while it lacks the earlier epoch's writes, or,
     the new primary dying, it would elect itself without them. Only its log reaching the new
-    epoch's epoch_started shows it holds all the new primary held. (The model found this.)"""
+    epoch's epoch_started shows it holds all the new primary held."""
     w = World(3, 1, batch_events=1)
     p, restarted, other, start = restarted_after_writes(w)
 
@@ -300,8 +299,8 @@ def test_a_replica_whose_database_fails_stops_vouching_before_it_says_so() -> No
     the database is back the two elect on their claims and acknowledge a write; the new
     primary dies. The one whose database failed must have stopped vouching and claiming at
     once: it must not, with the old primary's word still on its stream, elect itself without
-    that write. (The protocol model found the first version of this history, in which a
-    silent stream kept the vouch and the lone secondary elected itself.)"""
+    that write. Nor may a silent stream keep the vouch: the lone secondary would then elect
+    itself."""
     w = World(3, 1)
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
@@ -328,8 +327,8 @@ def test_an_election_waits_for_a_replica_that_does_not_answer() -> None:
     """With min_insync = 1, a secondary paused for less than the pause detector notices
     misses the probes of the election that follows the primary's death. Had the other
     secondary elected alone and acknowledged a write, the paused one, once running again,
-    would still vouch for its log, without that write. (The protocol model found this.) Its
-    vote is needed: the new primary then counts it in sync."""
+    would still vouch for its log, without that write. Its vote is needed: the new primary
+    then counts it in sync."""
     w = World(3, 1)
     assert w.settle(100, lambda: caught_up(w))
     p = w.primaries()[0]
