@@ -1079,6 +1079,29 @@ class World:
                 )
             )
 
+    def strand_acks(self, link: Link) -> list[tuple[int, int, ins.SecondaryAcked]]:
+        """The acks on their way up `link` reach the primary's process, but the thread that
+        reads the stream's acks (one per stream in the shell) is slow to hand them on: they
+        leave the link -- its end no longer loses them -- and reach the executor only at
+        `hand_over`, perhaps after the stream was replaced."""
+        assert link.primary_stream is not None
+        stranded = []
+        for message in [m for m in link.up if m.kind == "ack"]:
+            link.up.remove(message)
+            body = message.body
+            acked = ins.SecondaryAcked(
+                link.secondary, link.primary_stream, body["seq"], body["in_sync"], body["ack_id"]
+            )
+            stranded.append((link.primary, link.primary_incarnation, acked))
+        return stranded
+
+    def hand_over(self, stranded: list[tuple[int, int, ins.SecondaryAcked]]) -> None:
+        """The slow thread hands its acks to the executor at last (if its process lives on)."""
+        for index, incarnation, acked in stranded:
+            node = self.nodes[index]
+            if node.alive and node.incarnation == incarnation:
+                node.inbox.submit(acked)
+
     # -- calls -----------------------------------------------------------------------------
 
     def call(

@@ -722,6 +722,96 @@ class ProtocolModel(RuleBasedStateMachine):
             f"{self._describe()}"
         )
 
+    # -- recipes: streams ---------------------------------------------------------------------
+
+    @precondition(
+        lambda self: self.world is not None and self._since_quiesce >= 25 and self.w.min_insync == 2
+    )
+    @rule(data=st.data(), writes=st.integers(2, 3), rounds=st.integers(1, 8))
+    def late_ack_of_a_lost_batch(self, data: st.DataObject, writes: int, rounds: int) -> None:
+        """min_insync = 2. Everything healed and converged (as `quiesce`), then `writes`
+        writes come; one secondary stores them and acks, but the primary's thread that reads
+        that stream's acks is slow to hand them on (the shell reads each stream's acks on a
+        thread of its own), and the primary's own commit of the batch fails: it steps down
+        without those events. That secondary is cut off meanwhile; the other one, which has
+        not stored them yet and still vouches, votes the old primary back in a newer epoch --
+        and crashes. The secondary comes back, its tail that the primary lacks is cut, and it
+        acks on a new stream; only then does the stale ack reach the executor. It speaks of
+        events the new tenure does not have: it must count for nothing (an ack counts only on
+        the stream it came on), so a write that comes while the secondary's stream is slow is
+        acknowledged only once it truly holds it (the world checks what the secondary vouches
+        and claims for)."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        secondaries = [n for n in w.nodes if n is not primary]
+        # The voter's log will equal the primary's: the tie goes to the lower index.
+        voters = [n for n in secondaries if n.index > primary.index]
+        if not voters:
+            return
+        voter = self._pick(data, voters, "voter")
+        (acker,) = [n for n in secondaries if n is not voter]
+        start = len(primary.disk.log)
+        for _ in range(writes):
+            w.next_request += 1
+            assert w.client_write(primary, f"r{w.next_request}"), "the primary refused a write"
+        end = start + writes
+
+        def slow(link: Link, what: str) -> bool:
+            return (link.secondary == voter.index and what == "down") or (
+                link.secondary == acker.index and what == "up" and len(acker.disk.log) >= end
+            )
+
+        def ack_waits() -> bool:
+            link = acker.follow
+            return link is not None and any(
+                m.kind == "ack" and m.body["seq"] == end for m in link.up
+            )
+
+        if not w.settle(RECONNECT_ROUNDS, ack_waits, hold=slow, slow_commit=lambda i: True):
+            return
+        assert acker.follow is not None
+        stranded = w.strand_acks(acker.follow)
+        w.commit(primary, "failed")
+        a, p, v = acker.index, primary.index, voter.index
+        w.cut.update({(a, p), (p, a), (a, v), (v, a)})
+        if not w.settle(LOST_ROUNDS, lambda: bool(primary.core and primary.core.in_sync_set)):
+            return
+        w.observe("late ack: the old primary elected again")
+        w.crash(voter.index)
+        w.cut.clear()
+
+        def streaming(link: Link, what: str) -> bool:
+            core = acker.core
+            return (
+                link.secondary == acker.index
+                and what == "down"
+                and core is not None
+                and core.following.streaming
+            )
+
+        def on_new_stream() -> bool:
+            core = primary.core
+            iss = None if core is None else core.in_sync_set
+            if core is None or iss is None or core.role is not Role.PRIMARY:
+                return False
+            member = iss.members.get(acker.index)
+            return member is not None and member.stream is not None and not iss.members[v].in_sync
+
+        if not w.settle(LOST_ROUNDS, on_new_stream, hold=streaming):
+            return
+        w.observe("late ack: handed on after a new stream began")
+        w.hand_over(stranded)
+        w.settle(rounds)
+        if primary in w.writable():
+            w.next_request += 1
+            w.client_write(primary, f"r{w.next_request}")
+
+            def held(link: Link, what: str) -> bool:
+                return link.secondary == acker.index and what == "down"
+
+            w.settle(rounds, hold=held)
+
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
         w = self.w
