@@ -608,6 +608,38 @@ class ProtocolModel(RuleBasedStateMachine):
             f"a write to primary {primary.index} did not commit\n{self._describe()}"
         )
 
+    # -- recipes: vouch --
+
+    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
+    @rule(data=st.data(), io=st.sampled_from([0.04, 0.06, 0.08]), rounds=st.integers(30, 40))
+    def slow_secondary_under_load(self, data: st.DataObject, io: float, rounds: int) -> None:
+        """Everything healed and converged (as `quiesce`), then one secondary's database gets
+        slow (a job every `io` seconds) while clients keep writing, a full batch every half
+        heartbeat for `rounds` rounds: more than it can store, yet each batch waits less than
+        the vouch window in its queue. It falls ever further behind, and its primary tells it,
+        by heartbeat, that it is leaving while batches sent earlier -- "in sync", they said --
+        are still being stored; it confirms and is dropped. What those batches said is older
+        than what it confirmed: it must not bring back its membership (the primary no longer
+        counts it, and acknowledges without it). The writes commit within SLOW_ROUNDS of the
+        last one; then its database is well again."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        slow = self._pick(data, [n for n in w.nodes if n is not primary], "slow")
+        slow.slow_io = io
+        requests: list[str] = []
+        for _ in range(rounds):
+            for _ in range(w.batch_events):
+                w.next_request += 1
+                if w.client_write(primary, f"r{w.next_request}"):
+                    requests.append(f"r{w.next_request}")
+            w.settle(1)
+        assert w.settle(SLOW_ROUNDS, lambda: all(r in w.acked for r in requests)), (
+            f"writes to primary {primary.index} waited for slow replica {slow.index} for "
+            f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s after the last one\n{self._describe()}"
+        )
+        slow.slow_io = 0.0
+
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
         w = self.w
