@@ -640,6 +640,37 @@ class ProtocolModel(RuleBasedStateMachine):
         )
         slow.slow_io = 0.0
 
+    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
+    @rule(data=st.data(), lag=st.sampled_from([0.8, 0.9, 1.0]))
+    def busy_secondary(self, data: st.DataObject, lag: float) -> None:
+        """Everything healed and converged (as `quiesce`), then one secondary's executor falls
+        behind: its inputs come faster than it takes them, so it takes each one later and
+        later (by half a round more each round, up to `lag` seconds), while its ticks keep
+        time -- busy, not paused. Then its stream breaks: its primary drops it after the
+        in-sync timeout, and a write that came meanwhile commits with the other secondary,
+        within SLOW_ROUNDS. The busy one is still working through what its primary said
+        before the break: "in sync", in words that echo acks it sent long before it reads
+        them. Its vouch counts from those acks' sending, so it has ended before the drop.
+        Then its executor catches up."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        busy = self._pick(data, [n for n in w.nodes if n is not primary], "busy")
+        while busy.lag < lag:
+            busy.lag = min(lag, busy.lag + HEARTBEAT / 4)
+            w.settle(1)
+        if busy.follow is not None:
+            w.break_link(busy.follow)
+        w.settle(data.draw(st.integers(0, 2), label="rounds"))
+        w.next_request += 1
+        request_id = f"r{w.next_request}"
+        if w.client_write(primary, request_id):
+            assert w.settle(SLOW_ROUNDS, lambda: request_id in w.acked), (
+                f"a write to primary {primary.index} waited for busy replica {busy.index} for "
+                f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+            )
+        busy.lag = 0.0
+
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
         w = self.w
