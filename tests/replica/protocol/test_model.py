@@ -610,25 +610,39 @@ class ProtocolModel(RuleBasedStateMachine):
 
     # -- recipes: vouch --
 
-    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
-    @rule(data=st.data(), io=st.sampled_from([0.04, 0.06, 0.08]), rounds=st.integers(30, 40))
-    def slow_secondary_under_load(self, data: st.DataObject, io: float, rounds: int) -> None:
-        """Everything healed and converged (as `quiesce`), then one secondary's database gets
-        slow (a job every `io` seconds) while clients keep writing, a full batch every half
-        heartbeat for `rounds` rounds: more than it can store, yet each batch waits less than
-        the vouch window in its queue. It falls ever further behind, and its primary tells it,
-        by heartbeat, that it is leaving while batches sent earlier -- "in sync", they said --
-        are still being stored; it confirms and is dropped. What those batches said is older
-        than what it confirmed: it must not bring back its membership (the primary no longer
-        counts it, and acknowledges without it). The writes commit within SLOW_ROUNDS of the
-        last one; then its database is well again."""
+    @precondition(
+        lambda self: self.world is not None and self._since_quiesce >= 25 and self.w.min_insync == 1
+    )
+    @rule(data=st.data(), how=st.sampled_from(["slow disk under load", "busy executor"]))
+    def secondary_falls_behind(self, data: st.DataObject, how: str) -> None:
+        """min_insync = 1. Everything healed and converged (as `quiesce`), then one secondary
+        falls behind what its primary says -- its disk too slow for the writes that keep
+        coming (`_slow_under_load`), or its executor working through a growing backlog
+        (`_busy`) -- until its primary drops it. What it reads late is old news by then: it
+        must not vouch (nor claim) on it for a log without what was acknowledged since. The
+        writes that waited for it commit within SLOW_ROUNDS."""
         self.quiesce()
         w = self.w
         (primary,) = w.primaries()
-        slow = self._pick(data, [n for n in w.nodes if n is not primary], "slow")
-        slow.slow_io = io
+        behind = self._pick(data, [n for n in w.nodes if n is not primary], "behind")
+        if how == "slow disk under load":
+            self._slow_under_load(data, primary, behind)
+        else:
+            self._busy(data, primary, behind)
+
+    def _slow_under_load(self, data: st.DataObject, primary: Node, slow: Node) -> None:
+        """Its database gets slow (a job every 40-80 ms) while clients keep writing, a full
+        batch every half heartbeat for 1.5-2 s: more than it can store, yet each batch waits
+        less than the vouch window in its queue. It falls further and further behind, and its
+        primary tells it, by heartbeat, that it is leaving while batches sent earlier -- "in
+        sync", they said -- are still being stored; it confirms and is dropped. What those
+        batches said is older than what it confirmed, and must not bring its membership back
+        (its primary no longer counts it, and acknowledges without it). Then its database is
+        well again."""
+        w = self.w
+        slow.slow_io = self._pick(data, [0.04, 0.06, 0.08], "slow io")
         requests: list[str] = []
-        for _ in range(rounds):
+        for _ in range(data.draw(st.integers(30, 40), label="rounds")):
             for _ in range(w.batch_events):
                 w.next_request += 1
                 if w.client_write(primary, f"r{w.next_request}"):
@@ -640,22 +654,17 @@ class ProtocolModel(RuleBasedStateMachine):
         )
         slow.slow_io = 0.0
 
-    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
-    @rule(data=st.data(), lag=st.sampled_from([0.8, 0.9, 1.0]))
-    def busy_secondary(self, data: st.DataObject, lag: float) -> None:
-        """Everything healed and converged (as `quiesce`), then one secondary's executor falls
-        behind: its inputs come faster than it takes them, so it takes each one later and
-        later (by half a round more each round, up to `lag` seconds), while its ticks keep
-        time -- busy, not paused. Then its stream breaks: its primary drops it after the
-        in-sync timeout, and a write that came meanwhile commits with the other secondary,
-        within SLOW_ROUNDS. The busy one is still working through what its primary said
-        before the break: "in sync", in words that echo acks it sent long before it reads
-        them. Its vouch counts from those acks' sending, so it has ended before the drop.
-        Then its executor catches up."""
-        self.quiesce()
+    def _busy(self, data: st.DataObject, primary: Node, busy: Node) -> None:
+        """Its executor falls behind: its inputs come faster than it takes them, so it takes
+        each one later and later (by half a round more each round, up to 0.8-1 s), while its
+        ticks keep time -- busy, not paused. Then its stream breaks: its primary drops it
+        after the in-sync timeout, and a write that came meanwhile commits with the other
+        secondary. The busy one is still working through what its primary said before the
+        break: "in sync", in words that echo acks it sent long before it reads them. Its vouch
+        counts from those acks' sending, so it has ended before the drop. Then its executor
+        catches up."""
         w = self.w
-        (primary,) = w.primaries()
-        busy = self._pick(data, [n for n in w.nodes if n is not primary], "busy")
+        lag = self._pick(data, [0.8, 0.9, 1.0], "lag")
         while busy.lag < lag:
             busy.lag = min(lag, busy.lag + HEARTBEAT / 4)
             w.settle(1)
