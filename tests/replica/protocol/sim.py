@@ -34,6 +34,7 @@ from replica.replication.ports import (
     Envelope,
     FollowStreams,
     Inbox,
+    Item,
     LogFacts,
     LogReader,
     Peers,
@@ -515,6 +516,32 @@ class SimPeers(Peers):
 # -- replicas ---------------------------------------------------------------------------------
 
 
+class TimedInbox(Inbox):
+    """The executor's inbox, noting when each item arrived (for a busy executor: Node.lag)."""
+
+    def __init__(self, clock: Callable[[], float] = lambda: 0.0) -> None:
+        super().__init__()
+        self._clock = clock
+        self._arrived: deque[float] = deque()
+
+    def put(self, item: Item) -> None:
+        self._arrived.append(self._clock())
+        super().put(item)
+
+    def submit(self, event: ins.Input) -> None:
+        self.put(Envelope(event))
+
+    def take(self, timeout: float | None = 0.0) -> Item | None:
+        item = super().take(timeout)
+        if item is not None:
+            self._arrived.popleft()
+        return item
+
+    def oldest(self) -> float | None:
+        """When the item it would take next arrived."""
+        return self._arrived[0] if self._arrived else None
+
+
 @dataclass
 class Waiting:
     """A client's write, written: waiting to be told it committed."""
@@ -541,7 +568,11 @@ class Node:
     # the model's pace).
     slow_io: float = 0.0
     io_done_at: float = float("-inf")
-    inbox: Inbox = field(default_factory=Inbox)
+    # Its executor is busy: it takes each input `lag` seconds after it arrived (a backlog it
+    # works through in order), while its ticks keep time -- so it is not paused, and notices
+    # no pause (0: at the model's pace). Honoured by `settle`.
+    lag: float = 0.0
+    inbox: TimedInbox = field(default_factory=TimedInbox)
     role: RoleState = field(default_factory=lambda: RoleState(0))
     commits: CommitTracker = field(default_factory=CommitTracker)
     storage: SimStorage | None = None
@@ -656,7 +687,7 @@ class World:
         node = self.nodes[index]
         assert node.executor is None
         node.incarnation += 1
-        node.inbox = Inbox()
+        node.inbox = TimedInbox(lambda: self.now)
         node.role = RoleState(index)
         node.commits = CommitTracker()
         node.storage = SimStorage(self, node)
@@ -786,6 +817,7 @@ class World:
         node.db_down = False  # (its database is another process; a restart finds it up)
         node.db_stalled = False
         node.slow_io = 0.0
+        node.lag = 0.0
         node.storage = None  # pending I/O never happened
         node.written = []  # its commit never finished
         node.follow = None
@@ -1467,7 +1499,7 @@ class World:
         """One thing happens, if anything can: an executor's next input, a storage job, a
         stream message, a call (in that order of preference)."""
         for node in self.nodes:
-            if node.running and len(node.inbox):
+            if node.running and len(node.inbox) and self._inbox_due(node):
                 self.process(node.index)
                 return True
         for node in self.nodes:
@@ -1489,13 +1521,18 @@ class World:
             return True
         return False
 
+    def _inbox_due(self, node: Node) -> bool:
+        """Its executor gets to its next input now (a busy one takes it `lag` after it came)."""
+        arrived = node.inbox.oldest()
+        return node.lag <= 0 or arrived is None or self.now - arrived >= node.lag - 1e-9
+
     def _not_run(self) -> None:
         for node in self.nodes:
             # (A stalled database holds a primary's step-down: the new epoch it heard of is
             # persisted before anything else it decided is carried out. Until it answers
             # again, the bound does not run -- issue 26's fail-slow databases.)
-            if not node.running or node.db_stalled:
-                node.ran_since = self.now
+            if not node.running or node.db_stalled or node.lag > 0:
+                node.ran_since = self.now  # (a busy executor's inputs are not taken in time)
 
     def time_passed_unprocessed(self) -> None:
         """Time passed with no input processed but ticks (the model's time_passes)."""

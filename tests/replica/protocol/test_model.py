@@ -812,6 +812,78 @@ class ProtocolModel(RuleBasedStateMachine):
 
             w.settle(rounds, hold=held)
 
+    # -- recipes: vouch -----------------------------------------------------------------------
+
+    @precondition(
+        lambda self: self.world is not None and self._since_quiesce >= 25 and self.w.min_insync == 1
+    )
+    @rule(data=st.data(), how=st.sampled_from(["slow disk under load", "busy executor"]))
+    def secondary_falls_behind(self, data: st.DataObject, how: str) -> None:
+        """min_insync = 1. Everything healed and converged (as `quiesce`), then one secondary
+        falls behind what its primary says -- its disk too slow for the writes that keep
+        coming (`_slow_under_load`), or its executor working through a growing backlog
+        (`_busy`) -- until its primary drops it. What it reads late is old news by then: it
+        must not vouch (nor claim) on it for a log without what was acknowledged since. The
+        writes that waited for it commit within SLOW_ROUNDS."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        behind = self._pick(data, [n for n in w.nodes if n is not primary], "behind")
+        if how == "slow disk under load":
+            self._slow_under_load(data, primary, behind)
+        else:
+            self._busy(data, primary, behind)
+
+    def _slow_under_load(self, data: st.DataObject, primary: Node, slow: Node) -> None:
+        """Its database gets slow (a job every 40-80 ms) while clients keep writing, a full
+        batch every half heartbeat for 1.5-2 s: more than it can store, yet each batch waits
+        less than the vouch window in its queue. It falls further and further behind, and its
+        primary tells it, by heartbeat, that it is leaving while batches sent earlier -- "in
+        sync", they said -- are still being stored; it confirms and is dropped. What those
+        batches said is older than what it confirmed, and must not bring its membership back
+        (its primary no longer counts it, and acknowledges without it). Then its database is
+        well again."""
+        w = self.w
+        slow.slow_io = self._pick(data, [0.04, 0.06, 0.08], "slow io")
+        requests: list[str] = []
+        for _ in range(data.draw(st.integers(30, 40), label="rounds")):
+            for _ in range(w.batch_events):
+                w.next_request += 1
+                if w.client_write(primary, f"r{w.next_request}"):
+                    requests.append(f"r{w.next_request}")
+            w.settle(1)
+        assert w.settle(SLOW_ROUNDS, lambda: all(r in w.acked for r in requests)), (
+            f"writes to primary {primary.index} waited for slow replica {slow.index} for "
+            f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s after the last one\n{self._describe()}"
+        )
+        slow.slow_io = 0.0
+
+    def _busy(self, data: st.DataObject, primary: Node, busy: Node) -> None:
+        """Its executor falls behind: its inputs come faster than it takes them, so it takes
+        each one later and later (by half a round more each round, up to 0.8-1 s), while its
+        ticks keep time -- busy, not paused. Then its stream breaks: its primary drops it
+        after the in-sync timeout, and a write that came meanwhile commits with the other
+        secondary. The busy one is still working through what its primary said before the
+        break: "in sync", in words that echo acks it sent long before it reads them. Its vouch
+        counts from those acks' sending, so it has ended before the drop. Then its executor
+        catches up."""
+        w = self.w
+        lag = self._pick(data, [0.8, 0.9, 1.0], "lag")
+        while busy.lag < lag:
+            busy.lag = min(lag, busy.lag + HEARTBEAT / 4)
+            w.settle(1)
+        if busy.follow is not None:
+            w.break_link(busy.follow)
+        w.settle(data.draw(st.integers(0, 2), label="rounds"))
+        w.next_request += 1
+        request_id = f"r{w.next_request}"
+        if w.client_write(primary, request_id):
+            assert w.settle(SLOW_ROUNDS, lambda: request_id in w.acked), (
+                f"a write to primary {primary.index} waited for busy replica {busy.index} for "
+                f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+            )
+        busy.lag = 0.0
+
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
         w = self.w
