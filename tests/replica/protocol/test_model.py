@@ -70,6 +70,7 @@ from tests.replica.protocol.sim import (
     INSYNC_TIMEOUT,
     PEER_TIMEOUT,
     PROBE_TIMEOUT,
+    Call,
     Link,
     Node,
     World,
@@ -721,6 +722,70 @@ class ProtocolModel(RuleBasedStateMachine):
             f"replica {rejoining.index} did not follow primary {primary.index} again\n"
             f"{self._describe()}"
         )
+
+    @precondition(
+        lambda self: self.world is not None and self._since_quiesce >= 25 and self.w.min_insync == 2
+    )
+    @rule(data=st.data(), writes=st.integers(1, 2))
+    def delayed_vote_request(self, data: st.DataObject, writes: int) -> None:
+        """min_insync = 2. Everything healed and converged (as `quiesce`), then one secondary
+        is cut off from its primary, which drops it and goes on with the other. That other's
+        stream breaks; before it is back, the cut-off one sees it follow no live primary,
+        with a log no longer than its own, and asks for its vote -- a request the network
+        then holds. The other reconnects, `writes` writes are acknowledged with it alone, and
+        the primary crashes. The vote request arrives now: the voter's log has grown past the
+        candidate's since, and it must refuse (Raft's election restriction), or the
+        acknowledged writes are cut from its log when it follows the candidate."""
+        self.quiesce()
+        w = self.w
+        (primary,) = w.primaries()
+        # Equal logs tie on the lower index: the candidate counts itself the one to elect.
+        candidate, voter = sorted((n for n in w.nodes if n is not primary), key=lambda n: n.index)
+        w.cut.update({(primary.index, candidate.index), (candidate.index, primary.index)})
+
+        def dropped() -> bool:
+            core = primary.core
+            iss = None if core is None else core.in_sync_set
+            member = None if iss is None else iss.members.get(candidate.index)
+            return member is not None and not member.in_sync
+
+        if not w.settle(SLOW_ROUNDS, dropped) or voter.follow is None:
+            return
+        held = {"request": True, "stream": True}
+
+        def request(call: Call) -> bool:
+            return (
+                held["request"]
+                and call.kind == "vote"
+                and (call.caller, call.callee) == (candidate.index, voter.index)
+            )
+
+        def reconnecting(link: Link, what: str) -> bool:
+            return held["stream"] and what == "down" and link.secondary == voter.index
+
+        w.break_link(voter.follow)
+        if not w.settle(
+            LOST_ROUNDS,
+            lambda: any(request(c) for c in w.calls),
+            hold=reconnecting,
+            hold_calls=request,
+        ):
+            return
+        held["stream"] = False
+        if not w.settle(
+            RECONNECT_ROUNDS, lambda: w.follows_live(voter, primary), hold_calls=request
+        ):
+            return
+        if primary not in w.writable():
+            return
+        requests = self._write_new(primary, writes)
+        if not w.settle(4, lambda: all(r in w.acked for r in requests), hold_calls=request):
+            return
+        w.crash(primary.index)
+        w.settle(2, lambda: not w.follows_live(voter, primary), hold_calls=request)
+        w.observe("delayed_vote_request: the request arrives after the voter's log grew")
+        held["request"] = False
+        assert w.settle(QUIESCE_ROUNDS, lambda: w.converged(everyone=False)), self._describe()
 
     # -- recipes: streams ---------------------------------------------------------------------
 
