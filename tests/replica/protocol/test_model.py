@@ -95,7 +95,13 @@ HICCUP_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
 # The recipes (ProtocolModel.recipe) for each min_insync.
 RECIPES = {
     1: ("rejoins_behind", "vote_not_recorded", "secondary_falls_behind"),
-    2: ("crossed_tails", "delayed_vote_request", "vote_not_recorded", "late_ack_of_a_lost_batch"),
+    2: (
+        "crossed_tails",
+        "delayed_vote_request",
+        "vote_not_recorded",
+        "late_ack_of_a_lost_batch",
+        "late_ack_across_a_core_restart",
+    ),
 }
 
 # A stream broken and opened again: the end noticed, a probe round, the divergence exchange.
@@ -989,6 +995,119 @@ class ProtocolModel(RuleBasedStateMachine):
                 f"{SLOW_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
             )
         busy.lag = 0.0
+
+    # -- recipes: ids across a restart of the protocol ---------------------------------------
+
+    def late_ack_across_a_core_restart(self, data: st.DataObject) -> None:
+        """min_insync = 2. Everything healed and converged (as `quiesce`), then a power
+        outage: every replica restarts, one is elected, and one secondary's stream is answered
+        before the other's. Then, as in `late_ack_of_a_lost_batch`, `writes` writes come; that
+        secondary stores them and acks, but the primary's thread that reads the stream's acks
+        is slow to hand them on, and the primary's own commit of the batch fails: it steps
+        down without those events. The secondary is cut off meanwhile. The primary runs for a
+        newer epoch and its database fails that durable write: its protocol starts over from
+        what is durable -- as after a crash, but in the same process, where the stale acks
+        still wait. It is elected with the other secondary's vote (whose stream is slow), and
+        answers the first secondary's Hello on a new stream -- the first one again -- before
+        the stale acks reach the executor. They speak of events this tenure does not have:
+        they must count for nothing (an ack counts only on the stream it came on, and no
+        stream of the restarted protocol is one of its predecessor's), so a write that comes
+        while the secondary's stream is slow is acknowledged only once it truly holds it (the
+        world checks what the secondary vouches and claims for)."""
+        writes = data.draw(st.integers(2, 3), label="writes")
+        rounds = data.draw(st.integers(1, 8), label="rounds")
+        self.quiesce()
+        w = self.w
+        for node in w.nodes:
+            w.crash(node.index)
+        for node in w.nodes:
+            w.restart(node.index)
+
+        def no_stream_yet(link: Link, what: str) -> bool:
+            return what == "up"
+
+        if not w.settle(LOST_ROUNDS, lambda: len(w.primaries()) == 1, hold=no_stream_yet):
+            return
+        (primary,) = w.primaries()
+        secondaries = [n for n in w.nodes if n is not primary]
+        # The voter's log will equal the primary's: the tie goes to the lower index.
+        voters = [n for n in secondaries if n.index > primary.index]
+        if not voters:
+            return
+        voter = self._pick(data, voters, "voter")
+        (acker,) = [n for n in secondaries if n is not voter]
+        a, p, v = acker.index, primary.index, voter.index
+
+        def voter_slow(link: Link, what: str) -> bool:
+            return link.secondary == v and what == "up"
+
+        def answered() -> bool:  # the primary answered the acker's Hello on its stream
+            link = acker.follow
+            return (
+                link is not None
+                and not link.broken
+                and link.primary == p
+                and link.primary_stream is not None
+            )
+
+        if not w.settle(RECONNECT_ROUNDS, answered, hold=voter_slow):
+            return
+        if not w.settle(QUIESCE_ROUNDS, self._converged) or w.primaries() != [primary]:
+            return
+        start = len(primary.disk.log)
+        self._write_new(primary, writes)
+        end = start + writes
+
+        def slow(link: Link, what: str) -> bool:
+            return (link.secondary == v and what == "down") or (
+                link.secondary == a and what == "up" and len(acker.disk.log) >= end
+            )
+
+        def ack_waits() -> bool:
+            link = acker.follow
+            return link is not None and any(
+                m.kind == "ack" and m.body["seq"] == end for m in link.up
+            )
+
+        if not w.settle(RECONNECT_ROUNDS, ack_waits, hold=slow, slow_commit=lambda i: True):
+            return
+        assert acker.follow is not None
+        stranded = w.strand_acks(acker.follow)
+        w.commit(primary, "failed")
+        w.cut.update({(a, p), (p, a), (a, v), (v, a)})
+
+        def epoch_written(index: int, job: Job) -> bool:
+            return index == p and job.kind == "persist"
+
+        if not w.settle(
+            LOST_ROUNDS,
+            lambda: bool(primary.jobs) and epoch_written(p, primary.jobs[0]),
+            keep_io=epoch_written,
+        ):
+            return
+        w.complete_io(p, "failed")
+        w.observe("late ack across a core restart: the primary's protocol restarted")
+
+        def leads() -> bool:
+            core = primary.core
+            return core is not None and core.role is Role.PRIMARY
+
+        if not w.settle(LOST_ROUNDS, leads, hold=voter_slow):
+            return
+        w.cut.clear()
+        if not w.settle(RECONNECT_ROUNDS, lambda: leads() and answered(), hold=voter_slow):
+            return
+        w.observe("late ack across a core restart: handed on after a new stream began")
+        w.hand_over(stranded)
+        w.settle(rounds)
+        if primary in w.writable():
+            w.next_request += 1
+            w.client_write(primary, f"r{w.next_request}")
+
+            def held(link: Link, what: str) -> bool:
+                return link.secondary == a and what == "down"
+
+            w.settle(rounds, hold=held)
 
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
