@@ -8,7 +8,8 @@ next input, a storage job completing (or failing, or failing in doubt: committed
 failed), messages delivered, calls answered or timed out, client writes (to whichever replica
 shows itself primary, new or retried), streams that break, databases that go down or
 stall (answer nothing: a stuck disk), crashes (volatile state and pending I/O lost, the
-disk kept), restarts and pauses -- and,
+disk kept), restarts and pauses, an executor busy with a backlog (it takes each input late
+while its ticks keep time), acks a primary's slow reader thread hands on late -- and,
 with min_insync = 2, partitions in one direction or both and unbounded delays. With
 min_insync = 1 the network is the one that mode assumes (docs/replication.md): nothing on the
 network waits longer than MAX_DELAY, though a paused or busy replica may. A primary streams
