@@ -10,7 +10,8 @@ seconds the model took. Exits 1 if any mutant survived both, or if the model alo
 fewer than 80% of them. First it runs the model unmutated, with the same seed and budget: a
 failure there would "catch" every mutant whose run lasts longer, so it stops the run.
 
-    python -m tests.mutants [--only NAME,...] [--model-seconds 240] [--jobs 2] [--model-only]
+    python -m tests.mutants [--only NAME,...] [--model-seconds 240] [--jobs 2]
+                            [--model-only | --unit-only]
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def check_model_clean(base: Path, model_seconds: float) -> None:
         )
 
 
-def judge(base: Path, mutant: Mutant, model_seconds: float, unit: bool = True) -> Verdict:
+def judge(
+    base: Path, mutant: Mutant, model_seconds: float, unit: bool = True, model: bool = True
+) -> Verdict:
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         root = Path(tmp)
         mutated_copy(base, mutant, root)
@@ -149,6 +152,11 @@ def judge(base: Path, mutant: Mutant, model_seconds: float, unit: bool = True) -
                 # A mutant that breaks collection or times out tells nothing about the tests.
                 raise SystemExit(f"mutant {mutant.name}: the unit tests did not run (exit {code})")
             unit_failures = re.findall(r"^FAILED (\S+)", output, re.M)
+        if not model:
+            verdict = Verdict(mutant, unit_failures, False, None, 0.0, "")
+            caught = "caught" if verdict.caught else "SURVIVED"
+            print(f"{mutant.name}: {caught} ({len(unit_failures)} unit failures)", flush=True)
+            return verdict
         code, output, seconds = pytest(root, model_args(), model_seconds)
         examples = None
         found = re.search(r"during generate phase.*?(\d+) passing", output, re.S)
@@ -184,7 +192,14 @@ def main() -> int:
         action="store_true",
         help="run only the model on each mutant (what it alone catches; no verdict on the whole)",
     )
+    parser.add_argument(
+        "--unit-only",
+        action="store_true",
+        help="run only the unit tests on each mutant (no verdict on the model's share)",
+    )
     args = parser.parse_args()
+    if args.model_only and args.unit_only:
+        parser.error("--model-only and --unit-only exclude each other")
     mutants = list(MUTANTS)
     if args.only:
         wanted = set(args.only.split(","))
@@ -201,18 +216,27 @@ def main() -> int:
             if code != 0:
                 print(output)
                 raise SystemExit("the unit tests fail without any mutant: fix them first")
-        check_model_clean(base, args.model_seconds)
+        if not args.unit_only:
+            check_model_clean(base, args.model_seconds)
         with ThreadPoolExecutor(args.jobs) as pool:
             verdicts = list(
                 pool.map(
-                    lambda m: judge(base, m, args.model_seconds, unit=not args.model_only),
+                    lambda m: judge(
+                        base,
+                        m,
+                        args.model_seconds,
+                        unit=not args.model_only,
+                        model=not args.unit_only,
+                    ),
                     mutants,
                 )
             )
     print(f"\n{'mutant':30} {'where':6} {'unit tests':12} {'model':28}  what")
     for v in verdicts:
         unit = f"{len(v.unit_failures)} failed" if v.unit_failures else "passed"
-        if v.model_caught:
+        if args.unit_only:
+            model = "not run"
+        elif v.model_caught:
             examples = "?" if v.model_examples is None else str(v.model_examples)
             model = f"caught: {examples} ex, {v.model_seconds:.0f}s"
         else:
@@ -234,6 +258,8 @@ def main() -> int:
     )
     if args.model_only:
         return 0
+    if args.unit_only:
+        return 1 if any(not v.unit_failures for v in verdicts) else 0
     if survivors:
         return 1
     return 0 if args.only or by_model >= MODEL_SHARE * len(verdicts) else 1
