@@ -448,14 +448,7 @@ class ProtocolModel(RuleBasedStateMachine):
             w.settle(LOST_ROUNDS)
             return
         alive = [n for n in w.nodes if n.alive]
-
-        def elected() -> bool:
-            primaries = w.primaries()
-            return len(primaries) == 1 and all(
-                w.follows_live(n, primaries[0]) for n in alive if n is not primaries[0]
-            )
-
-        assert w.settle(LOST_ROUNDS, elected), (
+        assert w.settle(LOST_ROUNDS, lambda: self._one_primary_followed_by(alive)), (
             f"primary {primary.index} crashed and the others elected no one in "
             f"{LOST_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
         )
@@ -828,14 +821,7 @@ class ProtocolModel(RuleBasedStateMachine):
         w.complete_io(deciding[0], "failed")
         w.observe("vote_not_recorded: the voter's write of its epoch failed")
         alive = [n for n in w.nodes if n.alive]
-
-        def elected() -> bool:
-            primaries = w.primaries()
-            return len(primaries) == 1 and all(
-                w.follows_live(n, primaries[0]) for n in alive if n is not primaries[0]
-            )
-
-        assert w.settle(LOST_ROUNDS, elected), (
+        assert w.settle(LOST_ROUNDS, lambda: self._one_primary_followed_by(alive)), (
             f"primary {lost.index} crashed, a vote was not recorded, and the others elected "
             f"no one in {LOST_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
         )
@@ -1119,6 +1105,13 @@ class ProtocolModel(RuleBasedStateMachine):
             requests.append(f"r{w.next_request}")
             assert w.client_write(primary, requests[-1]), "the primary refused a write"
         return requests
+
+    def _one_primary_followed_by(self, nodes: list[Node]) -> bool:
+        """One primary, and every other of `nodes` streaming from it, heard lately."""
+        primaries = self.w.primaries()
+        return len(primaries) == 1 and all(
+            self.w.follows_live(n, primaries[0]) for n in nodes if n is not primaries[0]
+        )
 
     def _converged(self) -> bool:
         return self.w.converged()
