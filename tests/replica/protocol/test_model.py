@@ -66,6 +66,7 @@ from hypothesis.stateful import (
 )
 
 from replica.protocol import Role
+from replica.protocol import inputs as ins
 from tests.replica.protocol.sim import (
     HEARTBEAT,
     INSYNC_TIMEOUT,
@@ -853,30 +854,10 @@ class ProtocolModel(RuleBasedStateMachine):
             return
         voter = self._pick(data, voters, "voter")
         (acker,) = [n for n in secondaries if n is not voter]
-        start = len(primary.disk.log)
-        for _ in range(writes):
-            w.next_request += 1
-            assert w.client_write(primary, f"r{w.next_request}"), "the primary refused a write"
-        end = start + writes
-
-        def slow(link: Link, what: str) -> bool:
-            return (link.secondary == voter.index and what == "down") or (
-                link.secondary == acker.index and what == "up" and len(acker.disk.log) >= end
-            )
-
-        def ack_waits() -> bool:
-            link = acker.follow
-            return link is not None and any(
-                m.kind == "ack" and m.body["seq"] == end for m in link.up
-            )
-
-        if not w.settle(RECONNECT_ROUNDS, ack_waits, hold=slow, slow_commit=lambda i: True):
+        stranded = self._lost_batch_acks_stranded(primary, voter, acker, writes)
+        if stranded is None:
             return
-        assert acker.follow is not None
-        stranded = w.strand_acks(acker.follow)
-        w.commit(primary, "failed")
-        a, p, v = acker.index, primary.index, voter.index
-        w.cut.update({(a, p), (p, a), (a, v), (v, a)})
+        v = voter.index
         if not w.settle(LOST_ROUNDS, lambda: bool(primary.core and primary.core.in_sync_set)):
             return
         w.observe("late ack: the old primary elected again")
@@ -1041,27 +1022,9 @@ class ProtocolModel(RuleBasedStateMachine):
             return
         if not w.settle(QUIESCE_ROUNDS, self._converged) or w.primaries() != [primary]:
             return
-        start = len(primary.disk.log)
-        self._write_new(primary, writes)
-        end = start + writes
-
-        def slow(link: Link, what: str) -> bool:
-            return (link.secondary == v and what == "down") or (
-                link.secondary == a and what == "up" and len(acker.disk.log) >= end
-            )
-
-        def ack_waits() -> bool:
-            link = acker.follow
-            return link is not None and any(
-                m.kind == "ack" and m.body["seq"] == end for m in link.up
-            )
-
-        if not w.settle(RECONNECT_ROUNDS, ack_waits, hold=slow, slow_commit=lambda i: True):
+        stranded = self._lost_batch_acks_stranded(primary, voter, acker, writes)
+        if stranded is None:
             return
-        assert acker.follow is not None
-        stranded = w.strand_acks(acker.follow)
-        w.commit(primary, "failed")
-        w.cut.update({(a, p), (p, a), (a, v), (v, a)})
 
         def epoch_written(index: int, job: Job) -> bool:
             return index == p and job.kind == "persist"
@@ -1095,6 +1058,38 @@ class ProtocolModel(RuleBasedStateMachine):
                 return link.secondary == a and what == "down"
 
             w.settle(rounds, hold=held)
+
+    def _lost_batch_acks_stranded(
+        self, primary: Node, voter: Node, acker: Node, writes: int
+    ) -> list[tuple[int, int, ins.SecondaryAcked]] | None:
+        """`writes` writes come; `acker` stores them and acks, but the primary's reader thread
+        keeps those acks (`World.strand_acks`) while `voter`'s stream is slow, and the
+        primary's own commit of the batch fails. `acker` is cut off from both others. The
+        stranded acks, or None if the acker's ack never came (not this scenario)."""
+        w = self.w
+        start = len(primary.disk.log)
+        self._write_new(primary, writes)
+        end = start + writes
+
+        def slow(link: Link, what: str) -> bool:
+            return (link.secondary == voter.index and what == "down") or (
+                link.secondary == acker.index and what == "up" and len(acker.disk.log) >= end
+            )
+
+        def ack_waits() -> bool:
+            link = acker.follow
+            return link is not None and any(
+                m.kind == "ack" and m.body["seq"] == end for m in link.up
+            )
+
+        if not w.settle(RECONNECT_ROUNDS, ack_waits, hold=slow, slow_commit=lambda i: True):
+            return None
+        assert acker.follow is not None
+        stranded = w.strand_acks(acker.follow)
+        w.commit(primary, "failed")
+        a, p, v = acker.index, primary.index, voter.index
+        w.cut.update({(a, p), (p, a), (a, v), (v, a)})
+        return stranded
 
     def _write_new(self, primary: Node, count: int) -> list[str]:
         """`count` new writes to `primary`, each of which it must take; their request ids."""
