@@ -741,8 +741,15 @@ class World:
                 self._committed(node, seq, epoch)
             case fx.LogNote(_, text):
                 self.observe(_kind(text))
-            case fx.ReplyVote(granted, _, reason):
+            case fx.ReplyVote(granted, epoch, reason):
                 self.observe("vote granted" if granted else "vote refused: " + _kind(reason))
+                # The vote is the epoch recorded: durable before the candidate hears it, or a
+                # restart would forget it and vote again in that epoch (two primaries).
+                if granted and node.disk.current_epoch() < epoch:
+                    raise self.violation(
+                        f"replica {node.index} granted its vote in epoch {epoch} with epoch "
+                        f"{node.disk.epoch} durable"
+                    )
             case _:
                 pass
 

@@ -96,11 +96,12 @@ HICCUP_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
 
 # The recipes (ProtocolModel.recipe) for each min_insync.
 RECIPES = {
-    1: ("rejoins_behind", "vote_not_recorded", "secondary_falls_behind"),
+    1: ("rejoins_behind", "vote_not_recorded", "votes_wait_in_turn", "secondary_falls_behind"),
     2: (
         "crossed_tails",
         "delayed_vote_request",
         "vote_not_recorded",
+        "votes_wait_in_turn",
         "late_ack_of_a_lost_batch",
         "late_ack_across_a_core_restart",
     ),
@@ -825,6 +826,41 @@ class ProtocolModel(RuleBasedStateMachine):
         assert w.settle(LOST_ROUNDS, lambda: self._one_primary_followed_by(alive)), (
             f"primary {lost.index} crashed, a vote was not recorded, and the others elected "
             f"no one in {LOST_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+        )
+
+    def votes_wait_in_turn(self, data: st.DataObject) -> None:
+        """Everything healed and converged (as `quiesce`), then the primary crashes. The
+        voter's database is slow: the candidate's vote request waits in it, unanswered, until
+        the candidate has asked again in a newer epoch. Then the database catches up and both
+        requests are decided, the second while the epoch of the first vote is still being
+        written. Each grant waits for the write of its own epoch (the executor carries out
+        waiting steps in the order they were decided), and the candidate is elected."""
+        self.quiesce()
+        w = self.w
+        (lost,) = w.primaries()
+        # Equal logs tie on the lower index: the candidate counts itself the one to elect.
+        candidate, voter = sorted((n for n in w.nodes if n is not lost), key=lambda n: n.index)
+        w.crash(lost.index)
+        asked: set[int] = set()
+
+        def asked_twice() -> bool:
+            asked.update(
+                c.call_id
+                for c in w.calls
+                if c.kind == "vote" and c.callee == voter.index and c.handling
+            )
+            return len(asked) >= 2
+
+        def slow(index: int, job: Job) -> bool:
+            return index == voter.index and bool(asked)
+
+        if not w.settle(2 * LOST_ROUNDS, asked_twice, keep_io=slow):
+            return
+        w.observe("votes_wait_in_turn: a second vote request before the first was decided")
+        assert w.settle(LOST_ROUNDS, lambda: self._one_primary_followed_by([candidate, voter])), (
+            f"primary {lost.index} crashed, replica {voter.index}'s database was slow to decide "
+            f"two vote requests, and no one was elected in {LOST_ROUNDS * HEARTBEAT / 2:.1f}s\n"
+            f"{self._describe()}"
         )
 
     # -- recipes: streams ---------------------------------------------------------------------
