@@ -30,13 +30,10 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from client.channels import security_mismatch
 from client.errors import ChatError, ChatUnavailableError, NotLoggedInError
 from client.failover import (
-    MISMATCH_ROUNDS,
     RETRYABLE_CODES,
-    from_service,
-    give_up,
+    Retries,
     primary_address_in,
     primary_named_by,
 )
@@ -128,19 +125,16 @@ class _Failover:
         settings, clock = self._settings, self._hooks.clock
         deadline = clock() + (settings.timeout if timeout is None else timeout)
         delays = settings.backoff.delays()
-        address = round_start = self._preferred
-        tried: set[str] = set()
-        saw_not_primary, refusal, told, answered = False, None, False, False
-        mismatches: dict[str, str] = {}
-        mismatch_rounds = attempts = 0
+        address = self._preferred
+        call = Retries(round_start=address)
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
             remaining = deadline - clock()
-            if remaining <= 0 and attempts > 0:
-                raise give_up(self.addresses, saw_not_primary, refusal, mismatches)
-            tried.add(address)
-            attempts += 1
+            if remaining <= 0 and call.attempts > 0:
+                raise call.give_up(self.addresses)
+            call.tried.add(address)
+            call.attempts += 1
             try:
                 result = await attempt(
                     self.channels.stub(address), min(remaining, settings.attempt_timeout)
@@ -150,41 +144,25 @@ class _Failover:
                     raise ChatError(grpc.StatusCode.CANCELLED, "client closed") from None
                 raise
             except grpc.aio.AioRpcError as error:
-                code = error.code()
-                if code not in RETRYABLE_CODES:
+                if error.code() not in RETRYABLE_CODES:
                     raise ChatError.from_rpc_error(error) from None
-                logger.debug("%s answered %s: %s", address, code.name, error.details())
-                saw_not_primary |= code == grpc.StatusCode.FAILED_PRECONDITION
-                answered |= code == grpc.StatusCode.FAILED_PRECONDITION or from_service(error)
-                if code == grpc.StatusCode.UNAVAILABLE and from_service(error):
-                    refusal = f"{error.details()} (replica at {address})"
-                mismatch = security_mismatch(error, address, uses_tls=self.channels.uses_tls)
-                if mismatch is None:
-                    mismatches.pop(address, None)
-                else:
-                    mismatches[address] = mismatch
-                    answered = True
+                call.failed(error, address, uses_tls=self.channels.uses_tls)
                 hint = await self._primary_hint(error, address, remaining)
             else:
-                self._record_success(address, announce=told)
+                self._record_success(address, announce=call.told)
                 return result
             if hint is not None:
-                round_start = hint
-            following = hint if hint is not None and hint not in tried else None
-            following = following or self._next_untried(address, tried)
+                call.round_start = hint
+            following = hint if hint is not None and hint not in call.tried else None
+            following = following or self._next_untried(address, call.tried)
             if following is None:
                 # Every replica failed this round: pause, then start over.
-                mismatch_rounds = mismatch_rounds + 1 if tried.issubset(mismatches) else 0
                 remaining = deadline - clock()
-                if remaining <= 0 or mismatch_rounds >= MISMATCH_ROUNDS:
-                    raise give_up(self.addresses, saw_not_primary, refusal, mismatches)
-                if not told and not answered:
-                    told = True
+                if call.end_round(remaining, self.addresses):
                     self._tell_unreachable(remaining)
                 await self.pause(min(next(delays), remaining))
-                tried.clear()
-                answered = False
-                following = round_start
+                call.next_round()
+                following = call.round_start
             address = following
 
     async def _primary_hint(

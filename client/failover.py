@@ -188,8 +188,9 @@ class Backoff:
 
 
 @dataclass
-class _Retries:
-    """What one call's attempts have learnt so far, across its rounds over the replicas."""
+class Retries:
+    """What one call's attempts have learnt so far, across its rounds over the replicas (the
+    bookkeeping Failover and the asyncio client's twin share)."""
 
     round_start: str  # where the next round starts: the last primary named, else the first tried
     tried: set[str] = field(default_factory=set)  # in this round
@@ -218,6 +219,26 @@ class _Retries:
         else:
             self.mismatches[address] = mismatch
             self.answered_this_round = True
+
+    def give_up(self, addresses: Sequence[str]) -> ChatUnavailableError:
+        return give_up(addresses, self.saw_not_primary, self.refusal, self.mismatches)
+
+    def end_round(self, remaining: float, addresses: Sequence[str]) -> bool:
+        """Every replica failed this round. Raises the give-up error once the deadline passed
+        or every replica keeps failing as a TLS mismatch; else True if the caller is now to
+        be told that no replica answers (once per call)."""
+        self.mismatch_rounds = (
+            self.mismatch_rounds + 1 if self.tried.issubset(self.mismatches) else 0
+        )
+        if remaining <= 0 or self.mismatch_rounds >= MISMATCH_ROUNDS:
+            raise self.give_up(addresses)
+        tell = not self.told and not self.answered_this_round
+        self.told |= tell
+        return tell
+
+    def next_round(self) -> None:
+        self.tried.clear()
+        self.answered_this_round = False
 
 
 class Failover:
@@ -349,13 +370,13 @@ class Failover:
             address = self._preferred
         if self._suspect(address):
             address = self._next_untried(address, {address}) or address
-        call = _Retries(round_start=address)
+        call = Retries(round_start=address)
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
             remaining = deadline - self._clock()
             if remaining <= 0 and call.attempts > 0:
-                raise self._give_up(call.saw_not_primary, call.refusal, call.mismatches)
+                raise call.give_up(self.addresses)
             call.tried.add(address)
             call.attempts += 1
             try:
@@ -378,22 +399,15 @@ class Failover:
                 or self._next_round(call, deadline, delays)
             )
 
-    def _next_round(self, call: _Retries, deadline: float, delays: Iterator[float]) -> str:
+    def _next_round(self, call: Retries, deadline: float, delays: Iterator[float]) -> str:
         """Every replica failed this round: give up, or pause and say where the next round
         starts."""
-        call.mismatch_rounds = (
-            call.mismatch_rounds + 1 if call.tried.issubset(call.mismatches) else 0
-        )
         remaining = deadline - self._clock()
-        if remaining <= 0 or call.mismatch_rounds >= MISMATCH_ROUNDS:
-            raise self._give_up(call.saw_not_primary, call.refusal, call.mismatches)
-        if not call.told and not call.answered_this_round:
-            call.told = True
+        if call.end_round(remaining, self.addresses):
             self._tell_unreachable(remaining)
         if not self._recheck_suspects():
             self._sleep(min(next(delays), remaining))
-        call.tried.clear()
-        call.answered_this_round = False
+        call.next_round()
         if self._suspect(call.round_start):
             return self._next_untried(call.round_start, {call.round_start}) or call.round_start
         return call.round_start
@@ -446,11 +460,6 @@ class Failover:
             logger.info("connected to replica at %s", address)
             if self._on_replica_change is not None:
                 self._on_replica_change(address)
-
-    def _give_up(
-        self, saw_not_primary: bool, refusal: str | None, mismatches: dict[str, str]
-    ) -> ChatUnavailableError:
-        return give_up(self.addresses, saw_not_primary, refusal, mismatches)
 
 
 def give_up(
