@@ -25,7 +25,7 @@ from replica.config import (
     load_cluster_config,
     parse_host_port,
 )
-from replica.storage.database import SchemaError
+from replica.storage.database import SchemaError, UnsafeDurability
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         from replica.server.node import ReplicaNode  # imported late: grpc start-up is slow
 
         node = ReplicaNode(settings)
-    except (ConfigError, SchemaError, OSError) as exc:
+    except (ConfigError, SchemaError, UnsafeDurability, OSError) as exc:
         log.error("%s", exc)
         return 1
     except SQLAlchemyError as exc:

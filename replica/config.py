@@ -97,6 +97,9 @@ class ClusterConfig:
     failed_logins_per_account: int = 5
     failed_logins_per_address: int = 50
     registrations_per_address: int = 100
+    # Run on a MySQL server that may acknowledge commits it has not flushed (see
+    # replica.storage.database.durability_risks): refused unless this says so.
+    allow_unsafe_durability: bool = False
     tls: TlsConfig | None = None
 
     def replica(self, index: int) -> ReplicaAddress:
@@ -187,7 +190,14 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
             continue
         if key not in known:
             raise ConfigError(f"{source}: unknown setting {key!r}")
-        kwargs[key] = value if key == "cluster_secret" else _int(value, key)
+        if key == "cluster_secret":
+            kwargs[key] = value
+        elif key == "allow_unsafe_durability":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: {key} must be true or false, not {value!r}")
+            kwargs[key] = value
+        else:
+            kwargs[key] = _int(value, key)
     replicas = data.get("replicas")
     if replicas is not None:
         if not isinstance(replicas, list) or not replicas:

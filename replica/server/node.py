@@ -39,7 +39,13 @@ from replica.replication.tls import TlsMaterial, load_tls_material
 from replica.server.auth import ClusterSecretInterceptor, StartingInterceptor
 from replica.server.metrics import MetricsInterceptor, ReplicaMetrics, gauge
 from replica.storage.commit import CommitTracker
-from replica.storage.database import loose_permissions, make_engine, upgrade_schema
+from replica.storage.database import (
+    UnsafeDurability,
+    durability_risks,
+    loose_permissions,
+    make_engine,
+    upgrade_schema,
+)
 from replica.storage.notifier import InboxNotifier
 from replica.storage.role import RoleState
 from replica.storage.spans import Spans
@@ -85,6 +91,7 @@ class ReplicaNode:
             None if cluster.tls is None else load_tls_material(cluster.tls, settings.me)
         )
         self.engine = make_engine(settings.db_url)
+        self.unsafe_durability = self._check_durability()
         upgrade_schema(self.engine)
         secret = resolve_cluster_secret(cluster, settings.data_dir)
         for warning in loose_permissions(self._private_paths()):
@@ -112,6 +119,27 @@ class ReplicaNode:
         self._stopped = threading.Event()
         self._ready = threading.Event()  # projections replayed: answering more than health
         self._starting = "opening its database"
+
+    def _check_durability(self) -> bool:
+        """Refuse a database server that may acknowledge commits it has not flushed, unless
+        the config allows it; True if it runs on one."""
+        risks = durability_risks(self.engine)
+        if not risks:
+            return False
+        if not self.settings.cluster.allow_unsafe_durability:
+            self.engine.dispose()
+            raise UnsafeDurability(
+                f"replica {self.index}: its database server may acknowledge commits it has "
+                f"not written to disk: {'; '.join(risks)} (or set allow_unsafe_durability = "
+                "true in the cluster config to run anyway)"
+            )
+        log.warning(
+            "replica %d: UNSAFE DURABILITY ALLOWED (allow_unsafe_durability = true): %s -- a "
+            "power loss of every host may erase sends this replica acknowledged",
+            self.index,
+            "; ".join(risks),
+        )
+        return True
 
     def _build_storage(self, clock: Clock) -> None:
         """The role the writer fences on, the commit tracker, the log writer and those it
@@ -324,6 +352,12 @@ class ReplicaNode:
                 "chat_committed_seq",
                 "The commit point this replica knows.",
                 self.commits.committed_seq,
+            ),
+            gauge(
+                "chat_unsafe_durability",
+                "1 if this replica runs on a database server that may acknowledge commits it "
+                "has not flushed (allow_unsafe_durability).",
+                1.0 if self.unsafe_durability else 0.0,
             ),
             gauge(
                 "chat_open_subscriptions",

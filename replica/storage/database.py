@@ -244,6 +244,34 @@ def upgrade_schema(engine: sa.Engine) -> str:
     return head
 
 
+class UnsafeDurability(Exception):
+    """The database server may acknowledge commits it has not written to disk."""
+
+
+def durability_risks(engine: sa.Engine) -> list[str]:
+    """The MySQL server's settings under which it acknowledges a commit before the commit is
+    on disk, each with its fix: a replica there would acknowledge sends that a power loss of
+    every host erases. None on SQLite (every connection gets synchronous=FULL, above)."""
+    if engine.dialect.name != "mysql":
+        return []
+    with engine.connect() as conn:
+        flush, log_bin, sync_binlog = conn.execute(
+            sa.text("SELECT @@innodb_flush_log_at_trx_commit, @@log_bin, @@sync_binlog")
+        ).one()
+    risks = []
+    if int(flush) != 1:
+        risks.append(
+            f"innodb_flush_log_at_trx_commit = {flush} (InnoDB flushes its log about once a "
+            "second, not at each commit): set it to 1"
+        )
+    if int(log_bin) and int(sync_binlog) != 1:
+        risks.append(
+            f"sync_binlog = {sync_binlog} with binary logging on (the binary log is not "
+            "flushed at each commit): set it to 1"
+        )
+    return risks
+
+
 def storage_problem(exc: sa.exc.DBAPIError) -> str:
     """One line on what the database said (the driver's own message, without the SQL)."""
     if exc.orig is not None:

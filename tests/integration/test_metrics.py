@@ -124,6 +124,7 @@ def assert_primary_role_and_seqs(samples: Samples) -> None:
     assert last is not None and last >= 5 + 4  # epoch, 2 registrations, 2 logins, 5 sends
     assert value(samples, "chat_committed_seq") == last
     assert value(samples, "chat_applied_seq") == last
+    assert value(samples, "chat_unsafe_durability") == 0
     for index in range(3):
         assert value(samples, "chat_replica_in_sync", replica=str(index)) == 1
         assert value(samples, "chat_replica_lag_events", replica=str(index)) == 0

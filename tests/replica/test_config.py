@@ -1,4 +1,4 @@
-"""Cluster settings that bound resources."""
+"""Cluster settings that bound resources, and the durability override."""
 
 from __future__ import annotations
 
@@ -20,4 +20,16 @@ def test_max_sessions_per_account_must_be_positive(tmp_path: Path) -> None:
     path = tmp_path / "cluster.toml"
     path.write_text("max_sessions_per_account = 0\n")
     with pytest.raises(ConfigError, match="max_sessions_per_account must be at least 1"):
+        load_cluster_config(path, env={})
+
+
+def test_allow_unsafe_durability_is_off_by_default_and_takes_only_a_boolean(
+    tmp_path: Path,
+) -> None:
+    assert load_cluster_config(None, env={}).allow_unsafe_durability is False
+    path = tmp_path / "cluster.toml"
+    path.write_text("allow_unsafe_durability = true\n")
+    assert load_cluster_config(path, env={}).allow_unsafe_durability is True
+    path.write_text("allow_unsafe_durability = 1\n")
+    with pytest.raises(ConfigError, match="allow_unsafe_durability must be true or false"):
         load_cluster_config(path, env={})
