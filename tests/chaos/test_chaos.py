@@ -1,5 +1,4 @@
-"""The short chaos run inside `make test`: every fault once (twice for the process faults),
-under concurrent load, then the exactly-once and convergence checks. `make chaos` runs the
+"""The short chaos run inside `make test`: every fault once, in turn, under concurrent load, then the exactly-once and convergence checks. `make chaos` runs the
 long random version (tests/chaos/runner.py)."""
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_fault_under_load_loses_and_duplicates_nothing(backend: str, tmp_path: Path) -> None:
-    rounds = 2 * len(faults_for(backend))
+    rounds = len(faults_for(backend))
     report = run_chaos(
         tmp_path / "cluster", rounds=rounds, backend=backend, seed=20261126, schedule="cycle"
     )
