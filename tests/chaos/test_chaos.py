@@ -1,5 +1,6 @@
-"""The short chaos run inside `make test`: every fault once, in turn, under concurrent load, then the exactly-once and convergence checks. `make chaos` runs the
-long random version (tests/chaos/runner.py)."""
+"""The short chaos run inside `make test`: every fault once, in turn, under concurrent load,
+then the exactly-once and convergence checks. `make chaos` runs the long random version
+(tests/chaos/runner.py)."""
 
 from __future__ import annotations
 
