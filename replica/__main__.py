@@ -29,7 +29,9 @@ from replica.storage.database import SchemaError, UnsafeDurability
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m replica", description=__doc__)
+    # (the chat-replica console script, or python -m replica)
+    prog = "chat-replica" if os.path.basename(sys.argv[0]) == "chat-replica" else None
+    parser = argparse.ArgumentParser(prog=prog or "python -m replica", description=__doc__)
     parser.add_argument(
         "--index",
         type=int,
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         from replica.server.node import ReplicaNode  # imported late: grpc start-up is slow
 
         node = ReplicaNode(settings)
-    except (ConfigError, SchemaError, UnsafeDurability, OSError) as exc:
+    except (ConfigError, OSError) as exc:
         log.error("%s", exc)
         return 1
     except SQLAlchemyError as exc:
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("replica %d: %s, shutting down", args.index, signal.Signals(signum).name)
         done.set()
+        node.interrupt()  # (if it is still waiting for its database)
 
     # Installed before the server starts: a SIGTERM right after it answers is a clean stop.
     signal.signal(signal.SIGTERM, on_signal)
@@ -135,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         # A logged event this code cannot read (a newer version's, or damaged): nothing after
         # it can be applied, so the replica does not serve; the line names the seq.
         log.error("cannot replay the log: %s", exc)
+        node.stop()
+        return 1
+    except (SchemaError, UnsafeDurability) as exc:
+        log.error("%s", exc)
+        node.stop()
+        return 1
+    except SQLAlchemyError as exc:  # (one that waiting for the database cannot fix)
+        log.error("cannot open the database: %s", str(exc).splitlines()[0])
         node.stop()
         return 1
     # Woken now and then: a signal delivered to another thread (Linux may pick any) runs its

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hypothesis import settings
 from replica.storage.database import make_engine, upgrade_schema
 from testsupport.databases import drop_mysql_database
 from testsupport.harness import ClusterProcesses, live_clusters
+from testsupport.mariadb import MariaDBServer, MariaDBUnavailable
 from testsupport.netns import hosts_problem
 
 MYSQL_SERVER_URL = os.environ.get(
@@ -64,6 +66,28 @@ def require_test_hosts() -> None:
     if IN_CI:
         pytest.fail(f"{problem} (CI=true: the test-host tests must run, not skip)")
     pytest.skip(problem)
+
+
+@contextmanager
+def own_mariadb(base_dir: Path, options: tuple[str, ...] = ()) -> Iterator[MariaDBServer]:
+    """A MariaDB server of the test's own on loopback (testsupport/mariadb.py), installed and
+    answering; stopped and removed afterwards. Skips (fails under CI=true) where this machine
+    cannot run one."""
+    server = MariaDBServer(base_dir, options=options)
+    try:
+        server.install()
+    except MariaDBUnavailable as exc:
+        server.close()
+        if IN_CI:
+            pytest.fail(f"{exc} (CI=true: this test must run, not skip)")
+        pytest.skip(str(exc))
+    except BaseException:
+        server.close()
+        raise
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 class DatabaseFactory:

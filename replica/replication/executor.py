@@ -457,8 +457,11 @@ class Executor:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._core = ReplicaCore(self.config, self._core.current_epoch, self._clock())
+    def start(self, epoch: int | None = None) -> None:
+        """Run the loop on a thread of its own, with a fresh core in `epoch` (the log's, read
+        once the database answered; by default the one it was made with)."""
+        epoch = self._core.current_epoch if epoch is None else epoch
+        self._core = ReplicaCore(self.config, epoch, self._clock())
         self._thread = threading.Thread(
             target=self.run, name=f"executor-{self.config.index}", daemon=True
         )

@@ -41,9 +41,13 @@ from replica.server.metrics import MetricsInterceptor, ReplicaMetrics, gauge
 from replica.storage.commit import CommitTracker
 from replica.storage.database import (
     UnsafeDurability,
+    create_mysql_database,
+    database_location,
+    database_unreachable,
     durability_risks,
     loose_permissions,
     make_engine,
+    storage_problem,
     upgrade_schema,
 )
 from replica.storage.notifier import InboxNotifier
@@ -68,6 +72,11 @@ REPLAY_PROGRESS_SECONDS = 2.0
 CHAT_SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name
 REPLICATION_SERVICE_NAME = replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name
 STATUS_WAIT = 2.0  # seconds a status page or a scrape waits for the executor
+# A database that does not answer at start-up is tried again after 0.1 s, then twice as long
+# each time up to 2 s; the wait is logged at once, then every 10 s.
+DB_WAIT_FIRST_DELAY = 0.1
+DB_WAIT_MAX_DELAY = 2.0
+DB_WAIT_LOG_SECONDS = 10.0
 
 
 def protocol_config(index: int, config: ClusterConfig) -> ProtocolConfig:
@@ -90,9 +99,9 @@ class ReplicaNode:
         self.tls: TlsMaterial | None = (
             None if cluster.tls is None else load_tls_material(cluster.tls, settings.me)
         )
-        self.engine = make_engine(settings.db_url)
-        self.unsafe_durability = self._check_durability()
-        upgrade_schema(self.engine)
+        # Not connected yet: start() opens it, waiting for a database that comes late.
+        self.engine = make_engine(settings.db_url, create_database=False)
+        self.unsafe_durability = False  # (known once it is open)
         secret = resolve_cluster_secret(cluster, settings.data_dir)
         for warning in loose_permissions(self._private_paths()):
             log.warning("replica %d: %s", self.index, warning)
@@ -117,6 +126,7 @@ class ReplicaNode:
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
+        self._interrupted = threading.Event()  # told to stop while starting
         self._ready = threading.Event()  # projections replayed: answering more than health
         self._starting = "opening its database"
 
@@ -127,7 +137,6 @@ class ReplicaNode:
         if not risks:
             return False
         if not self.settings.cluster.allow_unsafe_durability:
-            self.engine.dispose()
             raise UnsafeDurability(
                 f"replica {self.index}: its database server may acknowledge commits it has "
                 f"not written to disk: {'; '.join(risks)} (or set allow_unsafe_durability = "
@@ -181,12 +190,9 @@ class ReplicaNode:
         self.follow = FollowStreams(
             self.index, self.peers, self.storage, self.inbox, spans=self.spans
         )
-        with self.engine.connect() as conn:
-            epoch = eventlog.current_epoch(conn)
-        self.role.set(Role.CANDIDATE, epoch, None)
         self.executor = Executor(
             protocol,
-            epoch,
+            0,  # (start() gives it the log's epoch, once the database is open)
             inbox=self.inbox,
             storage=self.storage,
             peers=self.peer_calls,
@@ -217,7 +223,9 @@ class ReplicaNode:
 
     def start(self) -> None:
         """Listen at once (health says NOT_SERVING, everything else is refused as
-        "starting"), replay what the projections lack, then serve."""
+        "starting"), open the database (waiting for it if it does not answer yet), replay what
+        the projections lack, then serve. Returns early, serving nothing, if interrupt() was
+        called meanwhile."""
         cluster = self.settings.cluster
         server = grpc.server(
             futures.ThreadPoolExecutor(
@@ -260,10 +268,14 @@ class ReplicaNode:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         server.start()
         self._server = server
+        epoch = self._open_database()
+        if epoch is None:
+            return
         self._recover_projections()
+        self.role.set(Role.CANDIDATE, epoch, None)
         self._ready.set()
         self.storage.start()
-        self.executor.start()
+        self.executor.start(epoch)
         for service in ("", CHAT_SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -272,6 +284,65 @@ class ReplicaNode:
             " and ".join(me.listen_addresses),
             "" if self.tls is None else " (TLS; mutual TLS for replicas on the second)",
         )
+
+    def interrupt(self) -> None:
+        """Stop waiting for the database (a signal came while starting): start() returns."""
+        self._interrupted.set()
+
+    def _open_database(self) -> int | None:
+        """Create the database if it is missing, refuse unsafe durability, bring the schema to
+        the newest revision, and read the log's epoch -- waiting with capped back-off while
+        the database server cannot be reached (it may come up after this replica: at boot,
+        after maintenance), saying so once and then every DB_WAIT_LOG_SECONDS. None if
+        interrupted meanwhile. What waiting cannot fix (a refused login, an unknown schema
+        revision, unsafe settings) is raised."""
+        where = database_location(self.engine)
+        began = noted = time.monotonic()
+        delay, tries = DB_WAIT_FIRST_DELAY, 0
+        while True:
+            tries += 1
+            try:
+                create_mysql_database(self.engine.url)
+                self.unsafe_durability = self._check_durability()
+                upgrade_schema(self.engine)
+                with self.engine.connect() as conn:
+                    epoch = eventlog.current_epoch(conn)
+                break
+            except sa.exc.DBAPIError as exc:
+                if not database_unreachable(exc):
+                    raise
+                problem = storage_problem(exc)
+            now = time.monotonic()
+            if tries == 1:
+                self._starting = (
+                    f"waiting for the database at {where} since {time.strftime('%H:%M:%S')}"
+                )
+                log.warning(
+                    "replica %d: waiting for the database at %s (%s)", self.index, where, problem
+                )
+            elif now - noted >= DB_WAIT_LOG_SECONDS:
+                noted = now
+                log.warning(
+                    "replica %d: still waiting for the database at %s: %d tries in %.0fs (%s)",
+                    self.index,
+                    where,
+                    tries,
+                    now - began,
+                    problem,
+                )
+            if self._interrupted.wait(delay):
+                return None
+            delay = min(2 * delay, DB_WAIT_MAX_DELAY)
+        if tries > 1:
+            log.info(
+                "replica %d: the database at %s answers, after %.1fs and %d tries",
+                self.index,
+                where,
+                time.monotonic() - began,
+                tries,
+            )
+        self._starting = "opening its database"
+        return epoch
 
     def _add_port(self, server: grpc.Server, address: str, *, is_peer_port: bool) -> int:
         try:

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 # MySQL's "disk full" (1021), "table is full" (1114) and "error writing file" (3, e.g. ENOSPC).
 _MYSQL_STORAGE_FULL = frozenset({3, 1021, 1114})
+# MySQL client and server errors of a server that is not serving (yet): too many connections
+# (1040), shutting down (1053), connection killed (1927), no socket (2002), no TCP connection
+# (2003), unknown host (2005: DNS may come up late at boot), gone away or lost (2006, 2013,
+# 2055), disconnected for inactivity (4031). Waiting may fix them; a refused login (1045), an
+# unknown database or a missing privilege it cannot.
+_MYSQL_UNREACHABLE = frozenset({1040, 1053, 1927, 2002, 2003, 2005, 2006, 2013, 2055, 4031})
 
 
 class SchemaError(Exception):
@@ -47,8 +53,8 @@ def make_engine(url: str, *, create_database: bool = True) -> sa.Engine:
         return engine
     if parsed.get_backend_name() == "mysql":
         _warn_if_pure_python_driver()
-        if create_database and parsed.database:
-            _create_mysql_database(parsed)
+        if create_database:
+            create_mysql_database(parsed)
         # No pre-ping on every checkout: a busy replica's connections are never stale, and a
         # ping is a round trip per transaction (see _ping_if_idle).
         kwargs.update(pool_recycle=3600, pool_size=8, max_overflow=16)
@@ -187,7 +193,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _create_mysql_database(url: sa.URL) -> None:
+def create_mysql_database(url: sa.URL) -> None:
+    """Create the URL's MySQL database (utf8mb4) if it does not exist; nothing for SQLite."""
+    if url.get_backend_name() != "mysql" or not url.database:
+        return
     server = sa.create_engine(url.set(database=""), poolclass=sa.pool.NullPool)
     try:
         with server.connect() as conn:
@@ -270,6 +279,20 @@ def durability_risks(engine: sa.Engine) -> list[str]:
             "flushed at each commit): set it to 1"
         )
     return risks
+
+
+def database_unreachable(exc: sa.exc.DBAPIError) -> bool:
+    """The database server cannot be reached or does not serve yet: worth waiting for (never
+    for SQLite: a file it cannot open stays so)."""
+    return exc.connection_invalidated or getattr(exc.orig, "errno", None) in _MYSQL_UNREACHABLE
+
+
+def database_location(engine: sa.Engine) -> str:
+    """Where the database is, for a person: "HOST:PORT/NAME" (MySQL) or the SQLite file."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return f"{url.host or 'localhost'}:{url.port or 3306}/{url.database or ''}"
 
 
 def storage_problem(exc: sa.exc.DBAPIError) -> str:

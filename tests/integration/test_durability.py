@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from replica.storage.database import durability_risks, make_engine
-from tests.conftest import IN_CI, MYSQL_SERVER_URL, require_mysql
+from tests.conftest import MYSQL_SERVER_URL, own_mariadb, require_mysql
 from tests.integration.cluster_checks import wait_for_primary
 from tests.integration.test_metrics import scrape, value
 from testsupport.harness import ClusterProcesses
-from testsupport.mariadb import MariaDBServer, MariaDBUnavailable
+from testsupport.mariadb import MariaDBServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.mysql]
 
@@ -31,14 +31,8 @@ UNSAFE = (
 
 @pytest.fixture(scope="module")
 def unsafe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
-    server = MariaDBServer(tmp_path_factory.mktemp("unsafe-mariadb"), options=UNSAFE)
-    try:
-        with server:
-            yield server
-    except MariaDBUnavailable as exc:
-        if IN_CI:
-            pytest.fail(f"{exc} (CI=true: this test must run, not skip)")
-        pytest.skip(str(exc))
+    with own_mariadb(tmp_path_factory.mktemp("unsafe-mariadb"), UNSAFE) as server:
+        yield server
 
 
 def risks_of(url: str) -> list[str]:
