@@ -45,7 +45,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments: the options every command takes, then the commands."""
     parser = _Parser(
-        prog="python -m client",
+        # (the `chat` console script, or python -m client)
+        prog="chat" if os.path.basename(sys.argv[0]) == "chat" else "python -m client",
         description="Chat client. Without a command: an interactive chat.",
         epilog=f"Passwords come from ${PASSWORD_ENV} or a prompt.",
     )
