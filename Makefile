@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install protos lint typecheck clean bench bench-smoke chaos mutants hosts host-tools
+.PHONY: run test install protos lint typecheck clean bench bench-smoke chaos mutants hosts host-tools \
+	prometheus-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +18,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m replica.launcher $(RUN_ARGS)
 
-test: $(STAMP) host-tools
+test: $(STAMP) host-tools prometheus-tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The test hosts (testsupport/netns.py) need nft; as root, install it where it is missing
@@ -29,6 +30,20 @@ host-tools:
 	@command -v tmux >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		{ apt-get install -y -qq tmux >/dev/null 2>&1 || \
 		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tmux >/dev/null; }; }
+
+# Prometheus and promtool for the alert rules' tests (deploy/prometheus): Debian's package,
+# unpacked under .venv -- not installed, which would start a Prometheus service on the machine.
+PROMETHEUS_BIN := $(VENV)/prometheus/usr/bin
+prometheus-tools: $(PROMETHEUS_BIN)/promtool
+
+$(PROMETHEUS_BIN)/promtool:
+	@mkdir -p $(VENV)/prometheus
+	@cd $(VENV)/prometheus && rm -f prometheus_*.deb && \
+		{ apt-get download prometheus >/dev/null 2>&1 || \
+		  { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && \
+		    apt-get download prometheus >/dev/null 2>&1; }; } && \
+		dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb || \
+		echo "prometheus-tools: could not unpack Debian's prometheus package (the alert tests skip)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
