@@ -253,7 +253,11 @@ def main() -> int:
     print(
         f"\n{len(verdicts) - len(survivors)} of {len(verdicts)} mutants caught"
         f" ({len(shell) - sum(1 for v in shell if not v.caught)} of {len(shell)} in the shell);"
-        f" the model alone caught {by_model} ({by_model / max(1, len(verdicts)):.0%})"
+        + (
+            " the model was not run"
+            if args.unit_only
+            else f" the model alone caught {by_model} ({by_model / max(1, len(verdicts)):.0%})"
+        )
         + (f"; SURVIVED: {', '.join(survivors)}" if survivors else "")
     )
     if args.model_only:
