@@ -111,10 +111,23 @@ class ChaosContext:
             raise ChaosFailure(str(exc)) from None
 
     def wait_in_sync(self) -> None:
-        """Until every running replica is in the primary's in-sync set (after a round that
-        let the next fault come at once)."""
+        """Until every running replica is in the primary's in-sync set and knows it (after a
+        round that let the next fault come at once). Its own word counts, as in
+        wait_for_a_successor: a secondary the primary has just counted but that has not heard
+        it yet cannot show it holds every acknowledged write, and rightly does not carry on
+        alone."""
+        primary = self.current_primary()
+
+        def each_knows() -> bool:
+            return all(
+                (me := seen_by(self.cluster, i, i)) is not None and me.knows_in_sync
+                for i in self.running()
+                if i != primary
+            )
+
         try:
-            wait_all_running_follow(self.cluster, self.current_primary(), PROGRESS_TIMEOUT)
+            wait_all_running_follow(self.cluster, primary, PROGRESS_TIMEOUT)
+            wait_until(each_knows, PROGRESS_TIMEOUT, f"every secondary of {primary} to know it")
         except TimeoutError as exc:
             raise ChaosFailure(f"replicas did not get back in sync: {exc}") from None
 
