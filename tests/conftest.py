@@ -18,6 +18,7 @@ from testsupport.databases import drop_mysql_database
 from testsupport.harness import ClusterProcesses, live_clusters
 from testsupport.mariadb import MariaDBServer, MariaDBUnavailable
 from testsupport.netns import hosts_problem
+from testsupport.prometheus import tool as prometheus_tool
 
 MYSQL_SERVER_URL = os.environ.get(
     "CHAT_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306"
@@ -66,6 +67,18 @@ def require_test_hosts() -> None:
     if IN_CI:
         pytest.fail(f"{problem} (CI=true: the test-host tests must run, not skip)")
     pytest.skip(problem)
+
+
+def require_prometheus_tool(name: str) -> str:
+    """The path of `prometheus` or `promtool` (testsupport/prometheus.py); skips (fails under
+    CI=true) where there is none."""
+    found = prometheus_tool(name)
+    if found is not None:
+        return found
+    message = f"{name} is missing: `make prometheus-tools` unpacks it under .venv"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: this test must run, not skip)")
+    pytest.skip(message)
 
 
 @contextmanager

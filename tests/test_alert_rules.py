@@ -11,11 +11,9 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.conftest import IN_CI
-from testsupport.prometheus import tool
+from tests.conftest import require_prometheus_tool
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -27,13 +25,7 @@ METRIC = re.compile(r"\b(chat_[a-z_]+|grpc_server_[a-z_]+)\b")
 
 
 def promtool() -> str:
-    found = tool("promtool")
-    if found is None:
-        message = "promtool is missing: `make prometheus-tools` unpacks it under .venv"
-        if IN_CI:
-            pytest.fail(f"{message} (CI=true: this test must run, not skip)")
-        pytest.skip(message)
-    return found
+    return require_prometheus_tool("promtool")
 
 
 def alerts() -> dict[str, dict[str, object]]:

@@ -90,18 +90,19 @@ class ChaosContext:
         primary = self.current_primary()
 
         def successor() -> bool:
-            # Its own word, not the primary's: it may take over only once it has heard it.
-            return any(
-                (me := seen_by(self.cluster, i, i)) is not None and me.knows_in_sync
-                for i in self.running()
-                if i != primary
-            )
+            return any(self._knows_in_sync(i) for i in self.running() if i != primary)
 
         try:
             wait_until(successor, PROGRESS_TIMEOUT, f"a secondary in sync with {primary}")
         except TimeoutError as exc:
             raise ChaosFailure(str(exc)) from None
         return primary
+
+    def _knows_in_sync(self, index: int) -> bool:
+        """Replica `index`'s own word, not its primary's: it may take over only once it has
+        heard that it is in sync."""
+        me = seen_by(self.cluster, index, index)
+        return me is not None and me.knows_in_sync
 
     def wait_stepped_down(self, index: int, what: str) -> None:
         """Until replica `index` no longer says it is primary."""
@@ -119,11 +120,7 @@ class ChaosContext:
         primary = self.current_primary()
 
         def each_knows() -> bool:
-            return all(
-                (me := seen_by(self.cluster, i, i)) is not None and me.knows_in_sync
-                for i in self.running()
-                if i != primary
-            )
+            return all(self._knows_in_sync(i) for i in self.running() if i != primary)
 
         try:
             wait_all_running_follow(self.cluster, primary, PROGRESS_TIMEOUT)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import IN_CI
+from tests.conftest import require_prometheus_tool
 from tests.integration.cluster_checks import HOSTS, SETTINGS, register_users, wait_for_primary
 from tests.test_alert_rules import RULES, expressions, metric_names
 from testsupport.harness import ClusterProcesses, wait_until
-from testsupport.prometheus import PrometheusServer, tool
+from testsupport.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.slow
 WATCHED = {"ChatNoPrimary", "ChatTwoPrimaries", "ChatUnderReplicated", "ChatReplicaDown"}
@@ -35,12 +35,7 @@ def exported(cluster: ClusterProcesses, index: int) -> set[str]:
 def test_alerts_and_dashboard_on_a_real_prometheus(
     cluster_processes: Callable[..., ClusterProcesses], tmp_path: Path
 ) -> None:
-    binary = tool("prometheus")
-    if binary is None:
-        message = "prometheus is missing: `make prometheus-tools` unpacks it under .venv"
-        if IN_CI:
-            pytest.fail(f"{message} (CI=true: this test must run, not skip)")
-        pytest.skip(message)
+    binary = require_prometheus_tool("prometheus")
     cluster = cluster_processes(len(HOSTS), hosts=HOSTS, settings=SETTINGS, metrics=True)
     cluster.start_all()
     primary = wait_for_primary(cluster)
