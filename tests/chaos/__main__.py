@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     fault_names = args.faults.split(",") if args.faults else None
     try:
-        faults_for(args.backend, fault_names, network=args.hosts == "netns")
+        faults_for(
+            args.backend, fault_names, network=args.hosts == "netns", min_insync=args.min_insync
+        )
     except ValueError as exc:
         parser.error(str(exc))
     base = Path(tempfile.mkdtemp(prefix="chat-chaos-"))

@@ -135,6 +135,9 @@ class Fault:
     inject: Callable[[ChaosContext], str]  # returns a description of what it did
     backends: tuple[str, ...] = ("sqlite", "mysql")
     network: bool = False  # needs test hosts (--hosts netns)
+    # The largest min_insync under which the replicas it leaves running still acknowledge
+    # (what the round waits for): two of three need min_insync <= 2, a lone one 1.
+    max_min_insync: int = 3
 
 
 # -- process faults ----------------------------------------------------------------------------
@@ -448,15 +451,15 @@ def break_stream(ctx: ChaosContext) -> str:
 
 
 FAULTS = (
-    Fault("kill_one", kill_one),
-    Fault("kill_two", kill_two),
+    Fault("kill_one", kill_one, max_min_insync=2),
+    Fault("kill_two", kill_two, max_min_insync=1),
     Fault("kill_all", kill_all),
-    Fault("pause_primary", pause_primary),
+    Fault("pause_primary", pause_primary, max_min_insync=2),
     Fault("drop_connections", drop_connections, ("mysql",)),
     Fault("restart_mariadb", restart_mariadb, ("mysql",)),
-    Fault("partition_primary", partition_primary, network=True),
-    Fault("isolate_primary", isolate_primary, network=True),
-    Fault("partition_secondary", partition_secondary, network=True),
+    Fault("partition_primary", partition_primary, network=True, max_min_insync=2),
+    Fault("isolate_primary", isolate_primary, network=True, max_min_insync=2),
+    Fault("partition_secondary", partition_secondary, network=True, max_min_insync=2),
     Fault("partition_ring", partition_ring, network=True),
     Fault("one_way", one_way, network=True),
     Fault("flaky_link", flaky_link, network=True),
@@ -466,15 +469,25 @@ FAULTS = (
 
 
 def faults_for(
-    backend: str, names: list[str] | None = None, *, network: bool = False
+    backend: str, names: list[str] | None = None, *, network: bool = False, min_insync: int = 1
 ) -> list[Fault]:
     """The faults that apply (without `names`: every one that does)."""
-    chosen = [f for f in FAULTS if backend in f.backends and (network or not f.network)]
+    chosen = [
+        f
+        for f in FAULTS
+        if backend in f.backends and (network or not f.network) and min_insync <= f.max_min_insync
+    ]
     if names:
         unknown = set(names) - {f.name for f in FAULTS}
         if unknown:
             raise ValueError(f"unknown faults: {sorted(unknown)}")
         if not network and any(f.network for f in FAULTS if f.name in names):
             raise ValueError("network faults need --hosts netns")
+        stalling = [f.name for f in FAULTS if f.name in names and min_insync > f.max_min_insync]
+        if stalling:
+            raise ValueError(
+                f"with min_insync {min_insync}, {', '.join(stalling)} leave(s) too few replicas "
+                "running to acknowledge anything (the round would wait for progress in vain)"
+            )
         chosen = [f for f in chosen if f.name in names]
     return chosen

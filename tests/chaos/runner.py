@@ -267,7 +267,9 @@ def run_chaos(
     comes at once, without waiting for the replicas to be back in sync."""
     seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    faults: list[Fault] = faults_for(backend, fault_names, network=hosts == "netns")
+    faults: list[Fault] = faults_for(
+        backend, fault_names, network=hosts == "netns", min_insync=min_insync
+    )
     report = ChaosReport(backend, seed, rounds, hosts, min_insync)
     started = time.monotonic()
     urls: list[str | None] = [None] * len(HOSTS)

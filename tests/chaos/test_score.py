@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tests.chaos.faults import faults_for
 from tests.chaos.runner import ChaosReport, RoundResult, score
 from tests.integration.cluster_checks import SendLog
 
@@ -40,3 +43,14 @@ def test_an_unfinished_run_fails() -> None:
     report = report_for(["a#1", "a#2", "b#1"], {"a#1": 10, "a#2": 11, "b#1": 12})
     report.rounds_planned = 2
     assert not report.ok
+
+
+def test_a_fault_that_leaves_too_few_replicas_for_min_insync_is_not_drawn() -> None:
+    """With min_insync 2 a lone survivor rightly acknowledges nothing: kill_two would wait for
+    progress in vain, so it is not drawn, and naming it is a usage error."""
+    assert "kill_two" in {f.name for f in faults_for("mysql")}
+    drawn = {f.name for f in faults_for("mysql", min_insync=2)}
+    assert "kill_two" not in drawn and {"kill_one", "restart_mariadb"} <= drawn
+    assert "kill_one" not in {f.name for f in faults_for("mysql", min_insync=3)}
+    with pytest.raises(ValueError, match="with min_insync 2, kill_two leave"):
+        faults_for("mysql", ["kill_one", "kill_two"], min_insync=2)
