@@ -920,16 +920,7 @@ class ProtocolModel(RuleBasedStateMachine):
         if not w.settle(LOST_ROUNDS, on_new_stream, hold=streaming):
             return
         w.observe("late ack: handed on after a new stream began")
-        w.hand_over(stranded)
-        w.settle(rounds)
-        if primary in w.writable():
-            w.next_request += 1
-            w.client_write(primary, f"r{w.next_request}")
-
-            def held(link: Link, what: str) -> bool:
-                return link.secondary == acker.index and what == "down"
-
-            w.settle(rounds, hold=held)
+        self._stale_acks_arrive(primary, acker, stranded, rounds)
 
     # -- recipes: vouch -----------------------------------------------------------------------
 
@@ -1040,7 +1031,7 @@ class ProtocolModel(RuleBasedStateMachine):
             return
         voter = self._pick(data, voters, "voter")
         (acker,) = [n for n in secondaries if n is not voter]
-        a, p, v = acker.index, primary.index, voter.index
+        p, v = primary.index, voter.index
 
         def voter_slow(link: Link, what: str) -> bool:
             return link.secondary == v and what == "up"
@@ -1084,6 +1075,19 @@ class ProtocolModel(RuleBasedStateMachine):
         if not w.settle(RECONNECT_ROUNDS, lambda: leads() and answered(), hold=voter_slow):
             return
         w.observe("late ack across a core restart: handed on after a new stream began")
+        self._stale_acks_arrive(primary, acker, stranded, rounds)
+
+    def _stale_acks_arrive(
+        self,
+        primary: Node,
+        acker: Node,
+        stranded: list[tuple[int, int, ins.SecondaryAcked]],
+        rounds: int,
+    ) -> None:
+        """The stranded acks reach `primary` now, and a new write follows while `acker`'s
+        stream carries nothing down: the stale acks must count for nothing (the world judges
+        what is acknowledged)."""
+        w = self.w
         w.hand_over(stranded)
         w.settle(rounds)
         if primary in w.writable():
@@ -1091,7 +1095,7 @@ class ProtocolModel(RuleBasedStateMachine):
             w.client_write(primary, f"r{w.next_request}")
 
             def held(link: Link, what: str) -> bool:
-                return link.secondary == a and what == "down"
+                return link.secondary == acker.index and what == "down"
 
             w.settle(rounds, hold=held)
 
