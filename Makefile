@@ -61,7 +61,8 @@ bench: $(STAMP)
 # connections dropped, MariaDB restarted); prints rounds, acknowledged sends, lost, duplicated.
 # CHAOS_ARGS="--backend sqlite --rounds 20 --seed N" narrows or replays a run.
 # On test hosts with the network faults (root):
-# CHAOS_ARGS="--hosts netns --min-insync 2 --faults partition_primary,isolate_primary,..."
+# CHAOS_ARGS="--hosts netns --min-insync 2" (faults that would leave too few replicas running
+# for min_insync are left out; --faults partition_primary,... names some).
 chaos: $(STAMP) host-tools
 	$(BIN)/python -m tests.chaos --rounds 100 --backend mysql $(CHAOS_ARGS)
 

@@ -7,6 +7,7 @@ waiting cannot fix. Each test runs a MariaDB server of its own and stops and sta
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ from grpc_health.v1 import health_pb2
 from client import ClientSettings
 from client.library import ChatClient
 from protos import chat_pb2, chat_pb2_grpc
+from replica.config import ClusterConfig, ReplicaAddress, ReplicaSettings
+from replica.server import node as node_module
 from tests.conftest import own_mariadb
 from tests.integration.cluster_checks import (
     HOSTS,
@@ -26,7 +29,7 @@ from tests.integration.cluster_checks import (
     register_users,
     wait_for_primary,
 )
-from testsupport.harness import ClusterProcesses, wait_until
+from testsupport.harness import ClusterProcesses, free_port, wait_until
 from testsupport.mariadb import MariaDBServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.mysql]
@@ -132,3 +135,39 @@ def test_two_replicas_restarted_while_mariadb_is_down_wait_and_nothing_is_lost(
         bob.login("bob", PASSWORD)
         seen = [m.message_id for m in bob.history("alice")]
     assert seen == [*before, after]
+
+
+def test_a_long_wait_is_logged_again_now_and_then_and_interrupt_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process, a MySQL port where nothing listens: the wait is logged once, then again
+    every DB_WAIT_LOG_SECONDS (shortened here) with the tries so far; interrupt() (what a
+    signal does) ends it, and start() returns without serving."""
+    monkeypatch.setattr(node_module, "DB_WAIT_LOG_SECONDS", 0.5)
+    port = free_port()  # (nothing listens there: refused at once)
+    config = ClusterConfig(
+        replicas=(ReplicaAddress(0, f"127.0.0.1:{free_port()}"),),
+        cluster_secret="a-test-secret-of-32-characters!!",
+    )
+    url = f"mysql+mysqlconnector://root@127.0.0.1:{port}/chat_never"
+    node = node_module.ReplicaNode(ReplicaSettings(0, config, url, tmp_path))
+    starting = threading.Thread(target=node.start, daemon=True)
+    starting.start()
+    try:
+        wait_until(
+            lambda: "still waiting for the database" in caplog.text,
+            20,
+            lambda: f"no second line about the wait: {caplog.text}",
+        )
+    finally:
+        node.interrupt()
+        starting.join(10)
+        node.stop()
+    assert not starting.is_alive()
+    said = [r.getMessage() for r in caplog.records if "waiting for the database" in r.getMessage()]
+    where = f"127.0.0.1:{port}/chat_never"
+    assert said[0].startswith(f"replica 0: waiting for the database at {where} (")
+    assert "Can't connect to MySQL server" in said[0]
+    again = re.match(rf"replica 0: still waiting for the database at {where}: (\d+) tries", said[1])
+    assert again is not None and int(again[1]) >= 3, said[1]
+    assert not node._ready.is_set()  # it never served
