@@ -883,13 +883,10 @@ class ProtocolModel(RuleBasedStateMachine):
         self.quiesce()
         w = self.w
         (primary,) = w.primaries()
-        secondaries = [n for n in w.nodes if n is not primary]
-        # The voter's log will equal the primary's: the tie goes to the lower index.
-        voters = [n for n in secondaries if n.index > primary.index]
-        if not voters:
+        picked = self._voter_and_acker(data, primary)
+        if picked is None:
             return
-        voter = self._pick(data, voters, "voter")
-        (acker,) = [n for n in secondaries if n is not voter]
+        voter, acker = picked
         stranded = self._lost_batch_acks_stranded(primary, voter, acker, writes)
         if stranded is None:
             return
@@ -1024,13 +1021,10 @@ class ProtocolModel(RuleBasedStateMachine):
         if not w.settle(LOST_ROUNDS, lambda: len(w.primaries()) == 1, hold=no_stream_yet):
             return
         (primary,) = w.primaries()
-        secondaries = [n for n in w.nodes if n is not primary]
-        # The voter's log will equal the primary's: the tie goes to the lower index.
-        voters = [n for n in secondaries if n.index > primary.index]
-        if not voters:
+        picked = self._voter_and_acker(data, primary)
+        if picked is None:
             return
-        voter = self._pick(data, voters, "voter")
-        (acker,) = [n for n in secondaries if n is not voter]
+        voter, acker = picked
         p, v = primary.index, voter.index
 
         def voter_slow(link: Link, what: str) -> bool:
@@ -1076,6 +1070,18 @@ class ProtocolModel(RuleBasedStateMachine):
             return
         w.observe("late ack across a core restart: handed on after a new stream began")
         self._stale_acks_arrive(primary, acker, stranded, rounds)
+
+    def _voter_and_acker(self, data: st.DataObject, primary: Node) -> tuple[Node, Node] | None:
+        """Of `primary`'s two secondaries, the voter -- drawn from those with a higher index:
+        its log will equal the primary's, and the tie goes to the lower index -- and the
+        other, which acks; None if neither has a higher index (not this scenario)."""
+        secondaries = [n for n in self.w.nodes if n is not primary]
+        voters = [n for n in secondaries if n.index > primary.index]
+        if not voters:
+            return None
+        voter = self._pick(data, voters, "voter")
+        (acker,) = [n for n in secondaries if n is not voter]
+        return voter, acker
 
     def _stale_acks_arrive(
         self,
