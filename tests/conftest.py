@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import sqlalchemy as sa
@@ -48,25 +48,26 @@ def _mysql_reachable() -> str | None:
 _MYSQL_PROBLEM: list[str | None] = []
 
 
+def skip_unless_ci(problem: str, what: str = "this test") -> NoReturn:
+    """Skip for `problem` -- but fail under CI=true, where every test must run."""
+    if IN_CI:
+        pytest.fail(f"{problem} (CI=true: {what} must run, not skip)")
+    pytest.skip(problem)
+
+
 def require_mysql() -> None:
     if not _MYSQL_PROBLEM:
         _MYSQL_PROBLEM.append(_mysql_reachable())
     problem = _MYSQL_PROBLEM[0]
-    if problem is None:
-        return
-    if IN_CI:
-        pytest.fail(f"{problem} (CI=true: MySQL tests must run, not skip)")
-    pytest.skip(problem)
+    if problem is not None:
+        skip_unless_ci(problem, "MySQL tests")
 
 
 def require_test_hosts() -> None:
     """Skip (fail under CI=true) where test hosts cannot be made (testsupport/netns.py)."""
     problem = hosts_problem()
-    if problem is None:
-        return
-    if IN_CI:
-        pytest.fail(f"{problem} (CI=true: the test-host tests must run, not skip)")
-    pytest.skip(problem)
+    if problem is not None:
+        skip_unless_ci(problem, "the test-host tests")
 
 
 def require_prometheus_tool(name: str) -> str:
@@ -75,10 +76,7 @@ def require_prometheus_tool(name: str) -> str:
     found = prometheus_tool(name)
     if found is not None:
         return found
-    message = f"{name} is missing: `make prometheus-tools` unpacks it under .venv"
-    if IN_CI:
-        pytest.fail(f"{message} (CI=true: this test must run, not skip)")
-    pytest.skip(message)
+    skip_unless_ci(f"{name} is missing: `make prometheus-tools` unpacks it under .venv")
 
 
 @contextmanager
@@ -91,9 +89,7 @@ def own_mariadb(base_dir: Path, options: tuple[str, ...] = ()) -> Iterator[Maria
         server.install()
     except MariaDBUnavailable as exc:
         server.close()
-        if IN_CI:
-            pytest.fail(f"{exc} (CI=true: this test must run, not skip)")
-        pytest.skip(str(exc))
+        skip_unless_ci(str(exc))
     except BaseException:
         server.close()
         raise
