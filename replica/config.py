@@ -4,6 +4,8 @@ cluster_secret = "..."          # or CHAT_CLUSTER_SECRET; default: data_dir/clus
 heartbeat_interval_ms = 100
 peer_timeout_ms = 600           # a peer silent this long is considered dead
 insync_timeout_ms = 1000        # a secondary this far behind leaves the in-sync set
+storage_timeout_ms = 2000       # a primary whose database is stuck this long hands over
+slow_storage_ms = 200           # database operations slower than this are logged
 min_insync = 1
 min_password_length = 8         # for new accounts
 failed_logins_per_account = 5   # then one more per 10 s (RESOURCE_EXHAUSTED meanwhile)
@@ -88,6 +90,11 @@ class ClusterConfig:
     heartbeat_interval_ms: int = 100
     peer_timeout_ms: int = 600
     insync_timeout_ms: int = 1000
+    # A primary whose database makes no progress this long hands over to an in-sync
+    # secondary (fail-slow storage); 0: twice insync_timeout_ms.
+    storage_timeout_ms: int = 0
+    # A database operation slower than this is counted and logged (at most once a minute).
+    slow_storage_ms: int = 200
     min_insync: int = 1
     max_subscriptions: int = 1000
     max_sessions_per_account: int = 100  # a login beyond it ends the oldest session
@@ -101,6 +108,10 @@ class ClusterConfig:
     # replica.storage.database.durability_risks): refused unless this says so.
     allow_unsafe_durability: bool = False
     tls: TlsConfig | None = None
+
+    @property
+    def effective_storage_timeout_ms(self) -> int:
+        return self.storage_timeout_ms or 2 * self.insync_timeout_ms
 
     def replica(self, index: int) -> ReplicaAddress:
         for r in self.replicas:
@@ -228,7 +239,10 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
         raise ConfigError(f"{source}: min_insync must be between 1 and {len(config.replicas)}")
     if config.max_sessions_per_account < 1:
         raise ConfigError(f"{source}: max_sessions_per_account must be at least 1")
+    if config.storage_timeout_ms < 0:
+        raise ConfigError(f"{source}: storage_timeout_ms must be positive (or 0: the default)")
     for name in (
+        "slow_storage_ms",
         "min_password_length",
         "failed_logins_per_account",
         "failed_logins_per_address",

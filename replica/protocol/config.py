@@ -14,6 +14,9 @@ class ProtocolConfig:
     heartbeat_interval: float = 0.1
     peer_timeout: float = 0.6  # a primary silent this long may be replaced
     insync_timeout: float = 1.0  # a secondary behind or gone this long leaves the in-sync set
+    # A primary whose database makes no progress this long hands over to an in-sync
+    # secondary (fail-slow storage); by default twice the in-sync timeout.
+    storage_timeout: float = 2.0
     batch_events: int = 500  # events per replication batch
     max_in_flight: int = 5000  # events sent to a secondary and not yet acked
 
@@ -45,6 +48,14 @@ class ProtocolConfig:
         """A primary drops an unreachable member after insync_timeout; the member stops
         vouching for its log well before that."""
         return self.insync_timeout / 2
+
+    @property
+    def stalled_after(self) -> float:
+        """A database on which an operation has waited this long is stalled: the replica
+        answers its peers UNAVAILABLE (it stops vouching first), so that an election does not
+        wait on it -- well before a primary's own storage_timeout has it step down, so that
+        once it did, the others elect without it at once."""
+        return self.storage_timeout / 2
 
     @property
     def pause_threshold(self) -> float:

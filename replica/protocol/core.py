@@ -429,7 +429,8 @@ class ReplicaCore:
 
     # -- inputs: the cluster ---------------------------------------------------------------
 
-    def _tick(self, _event: Tick, now: float) -> None:
+    def _tick(self, event: Tick, now: float) -> None:
+        self._check_storage(event.storage_busy_since, now)
         self._out.append(ProbeAll(self.current_epoch, self.role is Role.PRIMARY))
         f = self.following
         if (
@@ -454,6 +455,28 @@ class ReplicaCore:
             # Every vote call has a deadline of peer_timeout: an answer that never came means
             # the shell lost it. Give up; a later round may elect.
             self.election = None
+
+    def _check_storage(self, busy_since: float | None, now: float) -> None:
+        """A primary (or a candidate appending its epoch_started) whose own database has made
+        no progress for storage_timeout hands over while a secondary that is in sync could take
+        over: its writes wait, and with them every client, however healthy the others are
+        (fail-slow storage: a stuck disk or server). Stepping down is always safe -- it is
+        what a crash does -- and its stalled database keeps it from being elected meanwhile
+        (it answers its peers UNAVAILABLE: Executor.probe). With no such secondary it stays:
+        no one else could acknowledge anything either."""
+        iss = self.in_sync_set
+        if iss is None or busy_since is None:
+            return
+        stalled = now - busy_since
+        if stalled <= self.config.storage_timeout:
+            return
+        successor = iss.successor(now)
+        if successor is None:
+            return
+        self._step_down(
+            f"its database has made no progress for {stalled:.1f}s (storage timeout "
+            f"{self.config.storage_timeout:.1f}s); replica {successor} is in sync and can take over"
+        )
 
     def _probes_answered(self, event: ProbesAnswered, now: float) -> None:
         live = [o.view for o in event.outcomes if o.view is not None]

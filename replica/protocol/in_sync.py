@@ -386,6 +386,16 @@ class InSyncSet:
             and (stream.sent_seq < self.last_seq)
         )
 
+    def successor(self, now: float) -> int | None:
+        """A member that could take over now: in the set and told so, connected, and acking
+        lately (so it vouches, or at least claims, for every acknowledged event), if any."""
+        ready = [
+            m.index
+            for m in self.members.values()
+            if m.told_in_sync and m.connected and now - m.last_ack_at < self._config.vouch_window
+        ]
+        return min(ready, default=None)
+
     def told_in_sync(self, secondary: int) -> bool:
         m = self.members.get(secondary)
         return m is not None and m.told_in_sync

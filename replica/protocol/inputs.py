@@ -17,7 +17,11 @@ from replica.protocol.rules import LogPosition
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Logical time passes (the shell ticks every heartbeat interval)."""
+    """Logical time passes (the shell ticks every heartbeat interval). `storage_busy_since`:
+    since when this replica's database has made no progress on what waits on it (None while
+    nothing waits) -- the shell knows it without asking the database."""
+
+    storage_busy_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ from replica.replication.ports import (
 )
 from replica.storage.commit import CommitTracker
 from replica.storage.role import RoleState
+from replica.storage.watch import stalled_reason
 
 log = logging.getLogger(__name__)
 
@@ -144,19 +145,39 @@ class Executor:
         self.inbox.put(Envelope(event, answer=answer))
         return answer
 
-    def probe_received(self, request: ins.ProbeReceived, facts: LogFacts) -> Future[Answer]:
-        """A peer's probe, answered with this replica's status; `facts`: its log's end as the
-        caller read it (for the reply only: a probe decides nothing on them, so they need not
-        wait in storage's order behind a slow write)."""
+    def probe(self, request: ins.ProbeReceived) -> Future[Answer]:
+        """A peer's probe, answered with this replica's status and its log's end as of the
+        last commit (known in memory: a probe decides nothing on it, so it need not wait in
+        storage's order behind a slow write) -- or, while its database is stalled, UNAVAILABLE
+        with the reason, once the core stopped vouching (`stalled`)."""
+        stalled = self.stalled()
+        if stalled is not None:
+            return self.database_failed(stalled)
         answer: Future[Answer] = Future()
-        self.inbox.put(Envelope(request, answer=answer, facts=facts))
+        self.inbox.put(Envelope(request, answer=answer, facts=self._storage.known_facts()))
         return answer
+
+    def stalled(self) -> str | None:
+        """Why this replica's database counts as stalled (no progress on what waits on it for
+        `stalled_after`), if it does: it then has nothing to say of its log to its peers --
+        any answer it gives would be stale, and an election waiting on it would stall too.
+        (Any thread: reads only what the storage port keeps in memory.)"""
+        since = self._storage.busy_since()
+        if since is None:
+            return None
+        stalled_for = self._clock() - since
+        if stalled_for < self.config.stalled_after:
+            return None
+        return stalled_reason(stalled_for)
 
     def vote_requested(self, candidate: int, epoch: int, position: LogPosition) -> Future[Answer]:
         """A candidate's vote request, decided on this replica's log as storage has it once
         every write handed to it before is done (its acks are all in what is read); if the
-        database fails, the core hears DatabaseFailed first and the future fails with
-        StorageUnavailable."""
+        database fails -- or is stalled now, when the read would wait behind it -- the core
+        hears DatabaseFailed first and the future fails with StorageUnavailable."""
+        stalled = self.stalled()
+        if stalled is not None:
+            return self.database_failed(stalled)
         answer: Future[Answer] = Future()
 
         def read(reader: LogReader) -> None:
@@ -204,7 +225,7 @@ class Executor:
 
     def tick(self) -> None:
         """Logical time passes: step a Tick (the loop does every heartbeat interval)."""
-        self._step(Envelope(ins.Tick()))
+        self._step(Envelope(ins.Tick(self._storage.busy_since())))
         self._feed_senders()
 
     def process(self, item: Item) -> None:
@@ -255,7 +276,7 @@ class Executor:
                 # Look at the cluster now: a probe round under way may have left before the
                 # stream ended (and a new primary is found sooner).
                 self._probe_now = True
-                self._step(Envelope(ins.Tick()))
+                self._step(Envelope(ins.Tick(self._storage.busy_since())))
             case _:
                 pass
 

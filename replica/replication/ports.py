@@ -174,6 +174,16 @@ class Storage(ABC):
     from a read knows every write whose outcome the core has already seen."""
 
     @abstractmethod
+    def busy_since(self) -> float | None:
+        """Since when the database has made no progress on what waits on it (None while
+        nothing waits): replica/storage/watch.py. Never waits on the database."""
+
+    @abstractmethod
+    def known_facts(self) -> LogFacts:
+        """The log's end and the projections' position as of the last commit that moved them
+        (kept in memory: never waits on the database)."""
+
+    @abstractmethod
     def persist(self, durable: tuple[fx.Durable, ...]) -> None:
         """Make these durable, in order, then report Persisted (with the failure, if any)."""
 

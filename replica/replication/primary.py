@@ -27,6 +27,7 @@ from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.replication import ports
 from replica.storage.spans import DISABLED, Spans
+from replica.storage.watch import StorageWatch
 from replica.storage.wire import event_to_proto
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,16 @@ class PrimaryStreams:
 
     RECENT_EVENTS = 4096  # kept in wire form for the streams (RecentEvents)
 
-    def __init__(self, engine: sa.Engine, inbox: ports.Inbox, *, spans: Spans = DISABLED) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        inbox: ports.Inbox,
+        *,
+        spans: Spans = DISABLED,
+        watch: StorageWatch | None = None,
+    ) -> None:
         self._spans = spans
+        self._watch = watch if watch is not None else StorageWatch(-1)
         self._engine = engine
         self._inbox = inbox
         self.recent = RecentEvents(self.RECENT_EVENTS)
@@ -261,7 +270,7 @@ class PrimaryStreams:
     def _divergence(self, effect: fx.SendDivergence, hello: rpb.Hello) -> rpb.PrimaryMessage:
         """This log's last position among events of epoch <= the Hello's last epoch; through
         `written_seq`, all of `epoch` (its commit here may be under way)."""
-        with self._engine.connect() as conn:
+        with self._watch.operation(), self._engine.connect() as conn:
             end = eventlog.epoch_end_seq(conn, hello.position.epoch)
         if hello.position.epoch >= effect.epoch and effect.written_seq > end.seq:
             end = Position(effect.epoch, effect.written_seq)
@@ -294,7 +303,7 @@ class PrimaryStreams:
         count = effect.through_seq - effect.after_seq
         events = self.recent.after(effect.after_seq, count)
         if events is None or not ports.sendable(effect, events):
-            with self._engine.connect() as conn:
+            with self._watch.operation(), self._engine.connect() as conn:
                 stored = eventlog.read_events(conn, effect.after_seq, count)
             events = [event_to_proto(e) for e in stored]
         if not ports.sendable(effect, events):

@@ -11,8 +11,6 @@ from typing import Any, NoReturn
 import grpc
 import sqlalchemy as sa
 
-import eventlog
-import projections
 from eventlog import Position
 from protos import replication_pb2 as rpb
 from protos import replication_pb2_grpc as rpb_grpc
@@ -22,7 +20,7 @@ from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.protocol.rules import LogPosition
 from replica.replication.executor import Executor, StorageUnavailable
-from replica.replication.ports import Answer, LogFacts
+from replica.replication.ports import Answer
 from replica.replication.primary import PrimaryStreams
 from replica.storage.database import StorageOutageLog, storage_problem
 
@@ -40,9 +38,8 @@ def wait_for(remaining: float | None) -> float:
 
 
 class ReplicationServicer(rpb_grpc.ReplicationServicer):
-    def __init__(self, executor: Executor, streams: PrimaryStreams, engine: sa.Engine) -> None:
+    def __init__(self, executor: Executor, streams: PrimaryStreams) -> None:
         self._executor = executor
-        self._engine = engine
         self._streams = streams
         self._index = executor.config.index
         self._outage = StorageOutageLog(log, self._index, "replica-to-replica calls")
@@ -55,7 +52,7 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
         context.set_trailing_metadata(((SERVICE_ERROR_KEY, "database"),))
         context.abort(
             grpc.StatusCode.UNAVAILABLE,
-            f"replica {self._index} cannot read its database: {reason}",
+            f"replica {self._index} cannot use its database: {reason}",
         )
 
     def _decision(self, context: grpc.ServicerContext, pending: Any) -> Answer:
@@ -90,18 +87,12 @@ class ReplicationServicer(rpb_grpc.ReplicationServicer):
         return rpb.VoteReply(granted=reply.granted, epoch=reply.epoch, reason=reply.reason)
 
     def Probe(self, request: Any, context: grpc.ServicerContext) -> rpb.ProbeReply:
-        try:
-            with self._engine.connect() as conn:
-                facts = LogFacts(eventlog.last_position(conn), projections.last_applied_seq(conn))
-        except sa.exc.DBAPIError as exc:
-            self._outage.failed(exc)
-            self._decision(context, self._executor.database_failed(storage_problem(exc)))
-        self._outage.succeeded()
+        # Answered from memory -- the log's end as of the last commit -- or, while the
+        # database is stalled, UNAVAILABLE: a probe never waits on the database.
         answer = self._decision(
             context,
-            self._executor.probe_received(
-                ins.ProbeReceived(request.from_index, request.from_epoch, request.from_primary),
-                facts,
+            self._executor.probe(
+                ins.ProbeReceived(request.from_index, request.from_epoch, request.from_primary)
             ),
         )
         (reply,) = (r for r in answer.replies if isinstance(r, fx.ReplyProbe))

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
-import eventlog
-import projections
 from protos import replication_pb2
 from replica.config import ClusterConfig
 from replica.protocol import Role
 from replica.protocol.effects import MemberStatus, ReplicaStatus
 from replica.replication.peers import ProbeResult
+from replica.replication.ports import LogFacts
 from replica.storage.role import RoleSnapshot
 
 
@@ -41,16 +38,15 @@ class ClusterView:
 def cluster_view(
     config: ClusterConfig,
     index: int,
-    engine: sa.Engine,
+    facts: LogFacts,
     snap: RoleSnapshot,
     status: ReplicaStatus,
     last_round: list[ProbeResult],
 ) -> ClusterView:
-    """`status`: the executor's (its core's view of itself, and as primary of its
-    secondaries); `last_round`: what the peers said in the last probe round."""
-    with engine.connect() as conn:
-        last = eventlog.last_position(conn)
-        applied = projections.last_applied_seq(conn)
+    """`facts`: this replica's log as of its last commit (kept in memory: a status never
+    waits on the database); `status`: the executor's (its core's view of itself, and as
+    primary of its secondaries); `last_round`: what the peers said in the last probe round."""
+    last, applied = facts.last, facts.applied_seq
     probes = {p.peer.index: p.reply for p in last_round}
     primary_reply = probes.get(snap.primary_index) if snap.primary_index is not None else None
     # In-sync and lag come from the primary's view of its secondaries.

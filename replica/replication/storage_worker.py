@@ -20,7 +20,7 @@ from eventlog import Position
 from protos import replication_pb2 as rpb
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
-from replica.replication.ports import Inbox, LogReader, Persisted, Storage
+from replica.replication.ports import Inbox, LogFacts, LogReader, Persisted, Storage
 from replica.storage.database import StorageOutageLog, storage_problem
 from replica.storage.spans import DISABLED, Spans
 from replica.storage.wire import event_from_proto
@@ -122,13 +122,20 @@ class DatabaseStorage(Storage):
 
     # -- Storage ---------------------------------------------------------------------------
 
+    def busy_since(self) -> float | None:
+        return self._writer.watch.busy_since()
+
+    def known_facts(self) -> LogFacts:
+        last, applied = self._writer.known.get()
+        return LogFacts(last, applied)
+
     def persist(self, durable: tuple[fx.Durable, ...]) -> None:
         def job() -> None:
             try:
                 for effect in durable:
                     match effect:
                         case fx.PersistEpoch(epoch):
-                            with self._engine.begin() as conn:
+                            with self._writer.watch.operation(), self._engine.begin() as conn:
                                 eventlog.raise_current_epoch(conn, epoch)
                         case fx.Truncate(after_seq):
                             self._truncate(after_seq)
@@ -145,11 +152,14 @@ class DatabaseStorage(Storage):
         with self._writer.lock:
             self._writer.forget_positions()
             self._known_end = None
-            with self._engine.begin() as conn:
+            with self._writer.watch.operation(), self._engine.begin() as conn:
                 # The projections hold the tail's effects: take them back first, while the
                 # tail is still in the log (undone event by event, or rebuilt).
                 rolled = projections.roll_back(conn, after_seq)
                 removed = eventlog.truncate_after(conn, after_seq)
+                end = eventlog.last_position(conn)
+                applied = projections.last_applied_seq(conn)
+            self._writer.known.set(end, applied)
         log.warning(
             "replica %d: truncated %d divergent event(s) after seq %d; projections %s in %.3fs",
             self.index,
@@ -173,9 +183,11 @@ class DatabaseStorage(Storage):
                 self._known_stream, self._known_end = stream_id, None
             known, self._known_end = self._known_end, None  # until this one committed
             try:
-                with self._writer.lock, self._engine.begin() as conn:
-                    self._writer.forget_positions()
-                    stored, exact = self._store(conn, batch, known)
+                with self._writer.lock:
+                    with self._writer.watch.operation(), self._engine.begin() as conn:
+                        self._writer.forget_positions()
+                        stored, exact = self._store(conn, batch, known)
+                    self._writer.known.set(stored, stored.seq)
             except Exception as exc:
                 self._failed_stream = stream_id
                 self._on_store_error()
@@ -243,7 +255,7 @@ class DatabaseStorage(Storage):
             lock = self._writer.lock if while_writes_wait else contextlib.nullcontext()
             answered = False
             try:
-                with lock, self._engine.connect() as conn:
+                with lock, self._writer.watch.operation(), self._engine.connect() as conn:
                     then(_Reader(conn))
                     answered = True
             except Exception as exc:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from replica.config import parse_host_port
@@ -80,6 +80,13 @@ class ReplicaMetrics:
         self.delivery_seconds = Histogram(
             "chat_delivery_latency_seconds",
             "From a message's commit (its sent_at) to its push to a live subscriber.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.storage_seconds = Histogram(
+            "chat_storage_operation_seconds",
+            "Each operation on this replica's database (a commit with its statements, a read), "
+            "start to end.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -164,6 +171,10 @@ class _StateCollector(Collector):
 
 def gauge(name: str, documentation: str, value: float | None = None) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
+
+
+def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
 
 
 if TYPE_CHECKING:

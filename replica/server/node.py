@@ -37,7 +37,8 @@ from replica.replication.status import ClusterView, cluster_view
 from replica.replication.storage_worker import DatabaseStorage
 from replica.replication.tls import TlsMaterial, load_tls_material
 from replica.server.auth import ClusterSecretInterceptor, StartingInterceptor
-from replica.server.metrics import MetricsInterceptor, ReplicaMetrics, gauge
+from replica.server.database_monitor import DatabaseMonitor
+from replica.server.metrics import MetricsInterceptor, ReplicaMetrics, counter, gauge
 from replica.storage.commit import CommitTracker
 from replica.storage.database import (
     UnsafeDurability,
@@ -53,6 +54,7 @@ from replica.storage.database import (
 from replica.storage.notifier import InboxNotifier
 from replica.storage.role import RoleState
 from replica.storage.spans import Spans
+from replica.storage.watch import KnownLog, StorageWatch
 from replica.storage.writer import Clock, LogWriter, utc_now
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ def protocol_config(index: int, config: ClusterConfig) -> ProtocolConfig:
         heartbeat_interval=config.heartbeat_interval_ms / 1000,
         peer_timeout=config.peer_timeout_ms / 1000,
         insync_timeout=config.insync_timeout_ms / 1000,
+        storage_timeout=config.effective_storage_timeout_ms / 1000,
     )
 
 
@@ -118,9 +121,7 @@ class ReplicaNode:
         )
         self._build_replication(secret)
         self.servicer = self._chat_servicer()
-        self.replication_servicer = ReplicationServicer(
-            self.executor, self.primary_streams, self.engine
-        )
+        self.replication_servicer = ReplicationServicer(self.executor, self.primary_streams)
         self._wire_metrics()
         self._secret = secret
         self.health = health.HealthServicer()
@@ -159,7 +160,15 @@ class ReplicaNode:
         self.spans = Spans(self.settings.spans_file)
         self.commits = CommitTracker(spans=self.spans)
         self.inbox = Inbox()
-        self.primary_streams = PrimaryStreams(self.engine, self.inbox, spans=self.spans)
+        # What the replica knows of its database without asking it (for answers that must
+        # not wait on it, and for the protocol to see a stall: replica/storage/watch.py).
+        self.storage_watch = StorageWatch(
+            self.index, slow_after=self.settings.cluster.slow_storage_ms / 1000
+        )
+        self.known_log = KnownLog()
+        self.primary_streams = PrimaryStreams(
+            self.engine, self.inbox, spans=self.spans, watch=self.storage_watch
+        )
         self.writer = LogWriter(
             self.engine,
             self.role,
@@ -167,6 +176,8 @@ class ReplicaNode:
             feed=self.primary_streams,
             clock=clock,
             spans=self.spans,
+            watch=self.storage_watch,
+            known=self.known_log,
         )
         self.notifier = InboxNotifier()
         self.commits.add_listener(self.notifier.on_committed)
@@ -202,6 +213,13 @@ class ReplicaNode:
             clock=time.monotonic,
             tenure_changed=self._tenure_changed,
             observe=self.metrics.observe_effect,
+        )
+        self.database_monitor = DatabaseMonitor(
+            self.index,
+            self.engine,
+            self.storage_watch,
+            stalled_after=protocol.stalled_after,
+            serving=self._set_serving,
         )
 
     def _chat_servicer(self) -> ChatServicer:
@@ -272,18 +290,30 @@ class ReplicaNode:
         if epoch is None:
             return
         self._recover_projections()
+        with self.engine.connect() as conn:
+            self.known_log.set(eventlog.last_position(conn), projections.last_applied_seq(conn))
         self.role.set(Role.CANDIDATE, epoch, None)
         self._ready.set()
         self.storage.start()
         self.executor.start(epoch)
-        for service in ("", CHAT_SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._set_serving(True)
+        self.database_monitor.start()
         log.info(
             "replica %d: serving on %s%s",
             self.index,
             " and ".join(me.listen_addresses),
             "" if self.tls is None else " (TLS; mutual TLS for replicas on the second)",
         )
+
+    def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if not self._stopped.is_set():
+            for service in ("", CHAT_SERVICE_NAME):
+                self.health.set(service, status)
 
     def interrupt(self) -> None:
         """Stop waiting for the database (a signal came while starting): start() returns."""
@@ -361,6 +391,7 @@ class ReplicaNode:
         self.health.enter_graceful_shutdown()
         # The executor first (waiting callers are told the replica stops), then what it
         # drives: the stream to a primary, the streams served, storage, the calls to peers.
+        self.database_monitor.stop()
         self.executor.stop()
         self.follow.stop()
         self.primary_streams.stop()
@@ -403,6 +434,7 @@ class ReplicaNode:
         m = self.metrics
         self.writer.on_database_error = m.database_errors.labels("write").inc
         self.servicer.on_delivered = m.delivery_seconds.observe
+        self.storage_watch.on_duration = m.storage_seconds.observe
         m.add_state(self._state_metrics)
 
     def _state_metrics(self) -> list[Metric]:
@@ -436,6 +468,32 @@ class ReplicaNode:
                 self.servicer.open_subscriptions,
             ),
         ]
+        storage = self.storage_watch.health()
+        stalled_for = 0.0 if storage.busy_since is None else time.monotonic() - storage.busy_since
+        out.append(
+            gauge(
+                "chat_storage_stalled",
+                "1 while an operation on this replica's database has waited longer than half "
+                "the storage timeout (health is NOT_SERVING; a primary hands over at the "
+                "timeout).",
+                1.0 if stalled_for >= self.executor.config.stalled_after else 0.0,
+            )
+        )
+        out.append(
+            gauge(
+                "chat_storage_waiting_seconds",
+                "How long the oldest operation on this replica's database has waited (0 if "
+                "none waits).",
+                stalled_for,
+            )
+        )
+        out.append(
+            counter(
+                "chat_storage_slow_operations",
+                "Database operations slower than slow_storage_ms.",
+                storage.slow_operations,
+            )
+        )
         if not self._ready.is_set():
             return out
         try:
@@ -523,10 +581,16 @@ class ReplicaNode:
         )
 
     def cluster_view(self, status: ReplicaStatus | None = None) -> ClusterView:
+        """The cluster as this replica sees it, from memory -- or Unavailable, with the
+        reason, while its database is stalled (what it knows of its own log may be stale,
+        and a client waiting on it should go elsewhere)."""
+        stalled = self.executor.stalled()
+        if stalled is not None:
+            raise Unavailable(f"replica {self.index}: {stalled}; ask another replica")
         return cluster_view(
             self.settings.cluster,
             self.index,
-            self.engine,
+            self.storage.known_facts(),
             self.role.snapshot,
             self.status() if status is None else status,
             self.peer_calls.last_round(),

@@ -22,6 +22,7 @@ from replica.storage.database import storage_error
 from replica.storage.directory import Directory
 from replica.storage.role import RoleState
 from replica.storage.spans import DISABLED, Spans
+from replica.storage.watch import KnownLog, StorageWatch
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,14 @@ class LogWriter:
         clock: Clock = utc_now,
         commit_timeout: float = 10.0,
         spans: Spans = DISABLED,
+        watch: StorageWatch | None = None,
+        known: KnownLog | None = None,
     ) -> None:
         self._spans = spans
+        # Whether the database makes progress, and where the log ends (for answers that must
+        # not wait on the database: replica/storage/watch.py).
+        self.watch = watch if watch is not None else StorageWatch(role.index)
+        self.known = known if known is not None else KnownLog()
         self._engine = engine
         self._role = role
         self._commits = commits
@@ -203,7 +210,7 @@ class LogWriter:
             epoch = self._admit_batch(batch)
             known = self._last_seq
             self._last_seq = None  # until this batch is known to have committed
-            with self._engine.begin() as conn:
+            with self.watch.operation(), self._engine.begin() as conn:
                 start = eventlog.last_position(conn).seq if known is None else known
                 logged = eventlog.find_by_request_ids(
                     conn, [c.request_id for c in batch if c.request_id is not None]
@@ -227,6 +234,8 @@ class LogWriter:
                 if pipeline is not None:
                     pipeline.flush()
             self.directory.committed()
+            if appended:
+                self.known.set(appended[-1].position, applied)
             if applied == seq:
                 self._last_seq = seq
         except ChatError as exc:  # not the primary: nothing was written
@@ -372,12 +381,14 @@ class LogWriter:
 
     def append_system_event(self, new: NewEvent, epoch: int) -> Event:
         """An event the cluster writes itself (e.g. a new primary's epoch marker)."""
-        with self._lock, self._engine.begin() as conn:
-            self._forget()
-            seq = eventlog.last_position(conn).seq + 1
-            event = Event(seq, epoch, new.type, new.payload, None, self._clock())
-            eventlog.append_events(conn, [event])
-            projections.apply_events(conn, [event])
+        with self._lock:
+            with self.watch.operation(), self._engine.begin() as conn:
+                self._forget()
+                seq = eventlog.last_position(conn).seq + 1
+                event = Event(seq, epoch, new.type, new.payload, None, self._clock())
+                eventlog.append_events(conn, [event])
+                applied = projections.apply_events(conn, [event])
+            self.known.set(event.position, applied)
         self._commits.appended([event])
         self._feed.appended([event])
         return event

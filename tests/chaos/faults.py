@@ -10,10 +10,12 @@ partition; each fault heals its network itself after a random time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from tests.integration.cluster_checks import (
 from testsupport.harness import ClusterProcesses, wait_until
 from testsupport.host_mariadb import HostMariaDB
 from testsupport.netns import LinkFault, TestHosts
+from testsupport.tcpproxy import TcpProxy
 
 PROGRESS_TIMEOUT = 45.0  # a fault after which no send is acknowledged for this long is a failure
 STEP_DOWN_TIMEOUT = 15.0
@@ -48,6 +51,10 @@ class ChaosContext:
     backend: str
     hosts: TestHosts | None = None  # each replica on its own test host (network faults)
     databases: list[HostMariaDB] = field(default_factory=list)  # a MariaDB per test host
+    # On loopback with MySQL: each replica reaches its database through a proxy of its own,
+    # which can freeze or slow it (stall_db, slow_db).
+    proxies: list[TcpProxy] = field(default_factory=list)
+    max_fault_seconds: float = 30.0  # how long a stall or a slow database may last
     recovery: float | None = None  # seconds from the last fault to its first acknowledged send
 
     def acked(self) -> int:
@@ -138,6 +145,7 @@ class Fault:
     # The largest min_insync under which the replicas it leaves running still acknowledge
     # (what the round waits for): two of three need min_insync <= 2, a lone one 1.
     max_min_insync: int = 3
+    loopback_only: bool = False  # needs the database proxies (not on test hosts)
 
 
 # -- process faults ----------------------------------------------------------------------------
@@ -307,6 +315,83 @@ def start_mariadb() -> None:
     wait_until(_mariadb_up, 120, "MariaDB to answer again", interval=0.2)
 
 
+# -- fail-slow databases -----------------------------------------------------------------------
+
+
+def _database_victim(ctx: ChaosContext) -> tuple[int, str]:
+    """A running replica, the primary as often as not; with the primary, only once a
+    secondary is in sync (it hands over to one)."""
+    primary = ctx.current_primary()
+    others = [i for i in ctx.running() if i != primary]
+    victim = primary if not others or ctx.rng.random() < 0.5 else ctx.rng.choice(others)
+    if victim == primary:
+        ctx.wait_for_a_successor()
+        return victim, "primary"
+    return victim, "secondary"
+
+
+def _freeze(ctx: ChaosContext, index: int) -> None:
+    if ctx.databases:
+        pid = ctx.databases[index].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+    else:
+        ctx.proxies[index].freeze()
+
+
+def thaw_databases(ctx: ChaosContext) -> None:
+    """Every database answers again, at full speed (heal)."""
+    for server in ctx.databases:
+        if server.pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # (it was stopped, not stalled)
+                os.kill(server.pid, signal.SIGCONT)
+    for proxy in ctx.proxies:
+        proxy.thaw()
+        proxy.delay(0.0)
+
+
+def stall_db(ctx: ChaosContext) -> str:
+    """One replica's database answers nothing for 0.5-30 s -- its host's mariadbd SIGSTOPped
+    (test hosts) or its proxy frozen (loopback) -- then answers again. A stalled primary hands
+    over within storage_timeout_ms (its secondaries are in sync); a stalled secondary leaves
+    the in-sync set. Sends are acknowledged meanwhile (or, after a short stall, once it
+    ends)."""
+    if not ctx.databases and not ctx.proxies:
+        raise ChaosFailure("stall_db needs MySQL through proxies, or a MariaDB per test host")
+    victim, role = _database_victim(ctx)
+    seconds = ctx.rng.uniform(0.5, ctx.max_fault_seconds)
+    before = ctx.acked()
+    stalled_at = time.monotonic()
+    _freeze(ctx, victim)
+    thaw = threading.Timer(seconds, thaw_databases, args=(ctx,))
+    thaw.start()
+    try:
+        ctx.wait_progress(before, 10, f"stalling replica {victim}'s database", stalled_at)
+    finally:
+        thaw.join()  # (the stall lasts its time: the round is about all of it)
+    return f"replica {victim}'s ({role}) database stalled for {seconds:.1f}s"
+
+
+def slow_db(ctx: ChaosContext) -> str:
+    """One replica's database answers every round trip 10-100 ms late (a proxy holding each
+    packet 5-50 ms each way) for 2-15 s. Nothing needs to move: sends go on, slower."""
+    victim, role = _database_victim(ctx)
+    hold = ctx.rng.uniform(0.005, 0.05)
+    seconds = ctx.rng.uniform(2.0, min(15.0, ctx.max_fault_seconds))
+    before = ctx.acked()
+    started = time.monotonic()
+    ctx.proxies[victim].delay(hold)
+    try:
+        ctx.wait_progress(before, 10, f"slowing replica {victim}'s database", started)
+        time.sleep(max(0.0, started + seconds - time.monotonic()))  # (the fault's length)
+    finally:
+        ctx.proxies[victim].delay(0.0)
+    return (
+        f"replica {victim}'s ({role}) database {2 * hold * 1000:.0f} ms slower per round trip "
+        f"for {seconds:.1f}s"
+    )
+
+
 # -- network faults (test hosts) -------------------------------------------------------------
 
 HOLD_SECONDS = (0.2, 2.5)  # how much longer a partition lasts once the cluster has progressed
@@ -405,6 +490,28 @@ def flaky_link(ctx: ChaosContext) -> str:
     return f"{percent}% of packets lost between {primary} and {victim}{slow}"
 
 
+def slow_link(ctx: ChaosContext) -> str:
+    """One host's link (the primary's as often as not) slowed for 2-15 s with no loss: a
+    token bucket of 32-512 kbit/s whose queue holds up to 5 s of packets, so every packet
+    waits its turn -- the longer the more traffic -- and none is dropped (this kernel has no
+    netem for a plain delay). Nothing needs to move: sends go on, slower."""
+    primary = ctx.current_primary()
+    victim = primary if ctx.rng.random() < 0.5 else ctx.rng.choice(_secondaries(ctx, primary))
+    role = "primary" if victim == primary else "secondary"
+    kbit = ctx.rng.choice([32, 64, 128, 512])
+    seconds = ctx.rng.uniform(2.0, min(15.0, ctx.max_fault_seconds))
+    hosts = _network(ctx)
+    before = ctx.acked()
+    started = time.monotonic()
+    hosts.set_rate(victim, kbit, latency_ms=5000)
+    try:
+        ctx.wait_progress(before, 10, f"slowing replica {victim}'s link", started)
+        time.sleep(max(0.0, started + seconds - time.monotonic()))  # (the fault's length)
+    finally:
+        hosts.set_rate(victim, None)
+    return f"replica {victim}'s ({role}) link limited to {kbit} kbit/s for {seconds:.1f}s"
+
+
 def split_all(ctx: ChaosContext) -> str:
     """Every replica cut off from both others, the clients reaching all three: no side holds
     a majority, so none may acknowledge, and none may go on saying it is primary. (Before the
@@ -457,6 +564,8 @@ FAULTS = (
     Fault("pause_primary", pause_primary, max_min_insync=2),
     Fault("drop_connections", drop_connections, ("mysql",)),
     Fault("restart_mariadb", restart_mariadb, ("mysql",)),
+    Fault("stall_db", stall_db, ("mysql",), max_min_insync=2),
+    Fault("slow_db", slow_db, ("mysql",), loopback_only=True),
     Fault("partition_primary", partition_primary, network=True, max_min_insync=2),
     Fault("isolate_primary", isolate_primary, network=True, max_min_insync=2),
     Fault("partition_secondary", partition_secondary, network=True, max_min_insync=2),
@@ -465,6 +574,7 @@ FAULTS = (
     Fault("flaky_link", flaky_link, network=True),
     Fault("break_stream", break_stream, network=True),
     Fault("split_all", split_all, network=True),
+    Fault("slow_link", slow_link, network=True),
 )
 
 
@@ -475,7 +585,10 @@ def faults_for(
     chosen = [
         f
         for f in FAULTS
-        if backend in f.backends and (network or not f.network) and min_insync <= f.max_min_insync
+        if backend in f.backends
+        and (network or not f.network)
+        and not (network and f.loopback_only)
+        and min_insync <= f.max_min_insync
     ]
     if names:
         unknown = set(names) - {f.name for f in FAULTS}
@@ -483,6 +596,11 @@ def faults_for(
             raise ValueError(f"unknown faults: {sorted(unknown)}")
         if not network and any(f.network for f in FAULTS if f.name in names):
             raise ValueError("network faults need --hosts netns")
+        if network and any(f.loopback_only for f in FAULTS if f.name in names):
+            raise ValueError("slow_db needs the loopback hosts (its database proxies)")
+        wrong = [f.name for f in FAULTS if f.name in names and backend not in f.backends]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} need(s) --backend mysql")
         stalling = [f.name for f in FAULTS if f.name in names and min_insync > f.max_min_insync]
         if stalling:
             raise ValueError(

@@ -27,7 +27,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tests.chaos.faults import ChaosContext, ChaosFailure, Fault, faults_for, start_mariadb
+from sqlalchemy.engine import make_url
+
+from tests.chaos.faults import (
+    ChaosContext,
+    ChaosFailure,
+    Fault,
+    faults_for,
+    start_mariadb,
+    thaw_databases,
+)
 from tests.conftest import MYSQL_SERVER_URL
 from tests.integration.cluster_checks import (
     HOSTS,
@@ -44,6 +53,7 @@ from testsupport.databases import drop_mysql_database
 from testsupport.harness import ClusterProcesses
 from testsupport.host_mariadb import HostMariaDB, start_host_servers
 from testsupport.netns import TestHosts
+from testsupport.tcpproxy import TcpProxy
 
 RECIPIENT = "inbox"
 HEAL_TIMEOUT = 60.0
@@ -161,6 +171,7 @@ def longest_gap(ack_times: list[float], start: float, end: float) -> float:
 def heal(ctx: ChaosContext, *, under_load: bool = True, wait: bool = True) -> None:
     """Restart every replica that is down and (`wait`) wait until all three follow one
     primary (and, `under_load`, acknowledge sends again)."""
+    thaw_databases(ctx)
     if ctx.databases:
         for server in ctx.databases:
             server.start()
@@ -259,6 +270,7 @@ def run_chaos(
     hosts: str = "loopback",
     min_insync: int = 1,
     overlap: float = 0.0,
+    max_fault_seconds: float = 30.0,
     progress: Callable[[str], None] = print,
 ) -> ChaosReport:
     """`schedule`: "random" draws each round's fault; "cycle" takes them in turn (so a short
@@ -273,9 +285,18 @@ def run_chaos(
     report = ChaosReport(backend, seed, rounds, hosts, min_insync)
     started = time.monotonic()
     urls: list[str | None] = [None] * len(HOSTS)
-    if backend == "mysql":
+    proxies: list[TcpProxy] = []
+    if backend == "mysql" and hosts != "netns":
+        # Each replica's database behind a proxy of its own (stall_db, slow_db).
         tag = os.urandom(4).hex()
-        urls = [f"{MYSQL_SERVER_URL}/chat_chaos_{tag}_{i}" for i in range(len(HOSTS))]
+        server = make_url(MYSQL_SERVER_URL)
+        proxies = [TcpProxy((server.host or "127.0.0.1", server.port or 3306)) for _ in HOSTS]
+        urls = [
+            server.set(port=proxy.port, database=f"chat_chaos_{tag}_{i}").render_as_string(
+                hide_password=False
+            )
+            for i, proxy in enumerate(proxies)
+        ]
     names = [f"sender{i}" for i in range(senders)]
     settings = {**SETTINGS, "min_insync": min_insync}
     test_hosts = TestHosts(len(HOSTS)) if hosts == "netns" else None
@@ -294,7 +315,16 @@ def run_chaos(
         register_users(cluster, [*names, RECIPIENT])
         wait_all_running_follow(cluster, primary)
         load = Senders(cluster, names, RECIPIENT)
-        ctx = ChaosContext(cluster, load, rng, backend, test_hosts, servers)
+        ctx = ChaosContext(
+            cluster,
+            load,
+            rng,
+            backend,
+            test_hosts,
+            servers,
+            proxies=proxies,
+            max_fault_seconds=max_fault_seconds,
+        )
         load.start()
         try:
             load.wait_for_acks(20)
@@ -339,5 +369,7 @@ def run_chaos(
                     drop_mysql_database(url)
                 else:  # kept for the post-mortem
                     report.failures.append(f"database kept: {url}")
+        for proxy in proxies:
+            proxy.close()
         report.seconds = time.monotonic() - started
     return report

@@ -118,8 +118,19 @@ def test_a_replica_whose_database_fails_stops_vouching_before_it_answers_unavail
     )
     rename_events_table(cluster, broken, "events", "events_hidden")
     try:
-        result = _probe(peers, broken)
-        assert result.reply is None and result.refused and not result.process_gone, result
+        # A probe is answered from memory; once its database has failed (here: storing the
+        # batch a registration brings) for longer than half the storage timeout, it answers
+        # UNAVAILABLE -- after it stopped vouching.
+        register_users(cluster, ["erin"])
+        seen: list[ProbeResult] = []
+
+        def refused() -> bool:
+            seen.append(result := _probe(peers, broken))
+            return result.refused
+
+        wait_until(refused, 10, lambda: f"replica {broken} to answer UNAVAILABLE: {seen[-3:]}")
+        result = seen[-1]
+        assert result.reply is None and not result.process_gone, result
         assert "stops vouching" in cluster.log_text(broken), cluster.log_tail(broken)
     finally:
         rename_events_table(cluster, broken, "events_hidden", "events")

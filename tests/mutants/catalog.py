@@ -18,6 +18,7 @@ PORTS = "replica/replication/ports.py"
 PEERS = "replica/replication/peers.py"
 STORAGE = "replica/replication/storage_worker.py"
 WRITER = "replica/storage/writer.py"
+WATCH = "replica/storage/watch.py"
 
 
 @dataclass(frozen=True)
@@ -595,6 +596,55 @@ MUTANTS = (
                 "            self._inbox.submit(\n",
                 '            self._spans.mark("stored", stored.seq)\n'
                 "            (lambda *a: None)(\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "stalled-primary-stays",
+        "a primary whose database makes no progress keeps its role (fail-slow storage)",
+        ((CORE, "        if stalled <= self.config.storage_timeout:\n", "        if True:\n"),),
+    ),
+    Mutant(
+        "stalled-hands-over-to-no-one",
+        "a stalled primary steps down though no secondary could take over",
+        (
+            (
+                CORE,
+                "        if successor is None:\n            return\n        self._step_down(",
+                "        self._step_down(",
+            ),
+        ),
+    ),
+    Mutant(
+        "stalled-answer-keeps-vouch",
+        "a replica whose database is stalled answers its peer UNAVAILABLE before its core "
+        "stopped vouching",
+        (
+            (
+                EXECUTOR,
+                "        stalled = self.stalled()\n        if stalled is not None:\n"
+                "            return self.database_failed(stalled)\n"
+                "        answer: Future[Answer] = Future()\n"
+                "        self.inbox.put(Envelope(request, answer=answer, "
+                "facts=self._storage.known_facts()))\n",
+                "        stalled = self.stalled()\n        if stalled is not None:\n"
+                "            failed: Future[Answer] = Future()\n"
+                "            failed.set_exception(StorageUnavailable(stalled))\n"
+                "            return failed\n"
+                "        answer: Future[Answer] = Future()\n"
+                "        self.inbox.put(Envelope(request, answer=answer, "
+                "facts=self._storage.known_facts()))\n",
+            ),
+        ),
+    ),
+    Mutant(
+        "stuck-hidden-by-answers",
+        "any operation the database answers counts as progress, though an older one is stuck",
+        (
+            (
+                WATCH,
+                "            oldest = min(self._running.values(), default=None)\n",
+                "            oldest = max(self._running.values(), default=None)\n",
             ),
         ),
     ),

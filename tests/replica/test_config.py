@@ -33,3 +33,17 @@ def test_allow_unsafe_durability_is_off_by_default_and_takes_only_a_boolean(
     path.write_text("allow_unsafe_durability = 1\n")
     with pytest.raises(ConfigError, match="allow_unsafe_durability must be true or false"):
         load_cluster_config(path, env={})
+
+
+def test_the_storage_timeout_defaults_to_twice_the_in_sync_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text("insync_timeout_ms = 1500\n")
+    assert load_cluster_config(path, env={}).effective_storage_timeout_ms == 3000
+    path.write_text("insync_timeout_ms = 1500\nstorage_timeout_ms = 5000\n")
+    assert load_cluster_config(path, env={}).effective_storage_timeout_ms == 5000
+    path.write_text("storage_timeout_ms = -1\n")
+    with pytest.raises(ConfigError, match="storage_timeout_ms"):
+        load_cluster_config(path, env={})
+    path.write_text("slow_storage_ms = 0\n")
+    with pytest.raises(ConfigError, match="slow_storage_ms"):
+        load_cluster_config(path, env={})

@@ -47,10 +47,12 @@ from replica.replication.ports import (
 )
 from replica.storage.commit import CommitTracker
 from replica.storage.role import RoleState
+from replica.storage.watch import StorageWatch
 
 HEARTBEAT = 0.1
 PEER_TIMEOUT = 0.6
 INSYNC_TIMEOUT = 1.0
+STORAGE_TIMEOUT = 2 * INSYNC_TIMEOUT  # (the real default)
 # The calls' deadlines (the real ports': replica/replication/peers.py): a call not answered by then
 # fails, and its caller goes on.
 PROBE_TIMEOUT = max(2 * HEARTBEAT, 0.2)
@@ -61,8 +63,10 @@ VOTE_TIMEOUT = PEER_TIMEOUT
 # between two running replicas is answered.
 MAX_DELAY = 0.15
 # How long a primary that hears nothing from any peer may go on saying it is primary: the
-# in-sync timeout, then a probe round to notice it (and a tick to start that round).
-CUT_OFF_BOUND = INSYNC_TIMEOUT + PROBE_TIMEOUT + 2 * HEARTBEAT
+# in-sync timeout, then a probe round to notice it (and a tick to start that round) -- counted
+# from the last answer's round, which the core hears when the round ends: up to a probe
+# timeout after the answer came (a peer that refused at once, one that timed out beside it).
+CUT_OFF_BOUND = INSYNC_TIMEOUT + 2 * PROBE_TIMEOUT + 2 * HEARTBEAT
 
 
 def _kind(text: str) -> str:
@@ -213,6 +217,23 @@ class SimStorage(Storage):
         self.node = node
         self.jobs: deque[Job] = deque()
         self.failed_stream: int | None = None  # a batch of it was not stored
+        # The real watch, on the model's clock: the job at the head of the queue is under
+        # way (the real worker does one at a time), and so is the writer's batch.
+        self.watch = StorageWatch(node.index, clock=lambda: world.now)
+        self._head: int | None = None  # the watch's token for the job under way
+        self.writer_op: int | None = None  # and for the writer's batch
+
+    def _queue(self, job: Job) -> None:
+        self.jobs.append(job)
+        if self._head is None:
+            self._head = self.watch.begin()
+
+    def busy_since(self) -> float | None:
+        return self.watch.busy_since()
+
+    def known_facts(self) -> LogFacts:
+        disk = self.node.disk
+        return LogFacts(disk.position(), len(disk.log))
 
     def persist(self, durable: tuple[fx.Durable, ...]) -> None:
         node = self.node
@@ -244,7 +265,7 @@ class SimStorage(Storage):
             needs_writer_lock=any(isinstance(e, fx.Truncate) for e in durable),
             writes=True,
         )
-        self.jobs.append(job)
+        self._queue(job)
         node.doubt[id(job)] = run
 
     def store_batch(self, stream_id: int, batch: object) -> None:
@@ -267,7 +288,7 @@ class SimStorage(Storage):
             node.inbox.submit(ins.StoreFailed(stream_id, "the database is down"))
 
         job = Job("store", run, fail, needs_writer_lock=True, writes=True)
-        self.jobs.append(job)
+        self._queue(job)
         node.doubt[id(job)] = lambda: (
             None if stream_id == self.failed_stream else self.world.store(node, batch)
         )
@@ -289,7 +310,7 @@ class SimStorage(Storage):
             needs_writer_lock=True,
             writes=True,
         )
-        self.jobs.append(job)
+        self._queue(job)
         node.doubt[id(job)] = append
 
     def read(
@@ -300,7 +321,7 @@ class SimStorage(Storage):
         while_writes_wait: bool = False,
     ) -> None:
         disk = self.node.disk
-        self.jobs.append(
+        self._queue(
             Job(
                 "read",
                 lambda: then(DiskReader(disk)),
@@ -321,6 +342,9 @@ class SimStorage(Storage):
         doubt = self.node.doubt.pop(id(job), None)
         if self.node.db_down:
             outcome = "failed"
+        assert self._head is not None
+        self.watch.end(self._head, answered=outcome == "ok")
+        self._head = self.watch.begin() if self.jobs else None
         if outcome == "ok":
             job.run()
             return
@@ -679,6 +703,7 @@ class World:
             heartbeat_interval=HEARTBEAT,
             peer_timeout=PEER_TIMEOUT,
             insync_timeout=INSYNC_TIMEOUT,
+            storage_timeout=STORAGE_TIMEOUT,
             batch_events=self.batch_events,
             max_in_flight=2 * self.batch_events,
         )
@@ -1051,7 +1076,11 @@ class World:
         assert storage is not None
         primary = self.nodes[link.primary]
         if message.kind in ("divergence", "batch") and primary.db_down:
-            # The primary's call cannot read its log: its core hears it, the call fails.
+            # The primary's call cannot read its log: its watch sees the database fail (as the
+            # real PrimaryStreams' reads are watched), its core hears it, the call fails.
+            if primary.storage is not None:
+                watch = primary.storage.watch
+                watch.end(watch.begin(), answered=False)
             primary.inbox.submit(ins.DatabaseFailed("the database is down"))
             self.break_link(link)
             return
@@ -1169,8 +1198,6 @@ class World:
                 if (call.caller, call.callee) in self.cut:
                     continue
                 callee = self.nodes[call.callee]
-                if call.kind == "probe" and callee.running and callee.db_stalled:
-                    continue  # its answer reads the log: it fails at the caller's deadline
                 if not callee.alive or callee.running:
                     out.append(call)
             else:
@@ -1198,14 +1225,9 @@ class World:
             return
         call.handling = True
         request = call.request
-        if call.kind == "probe" and callee.db_down:
-            # It reads its log before answering: UNAVAILABLE, once its core heard why.
-            answer = callee.executor.database_failed("the database is down")
-        elif call.kind == "probe":
-            disk = callee.disk
-            answer = callee.executor.probe_received(
-                ins.ProbeReceived(request["from"], request["epoch"], request["primary"]),
-                LogFacts(disk.position(), len(disk.log)),
+        if call.kind == "probe":
+            answer = callee.executor.probe(
+                ins.ProbeReceived(request["from"], request["epoch"], request["primary"])
             )
         else:
             answer = callee.executor.vote_requested(
@@ -1354,6 +1376,9 @@ class World:
             node.commits.admit()
         except ChatError:
             return False
+        if not node.written:
+            assert node.storage is not None
+            node.storage.writer_op = node.storage.watch.begin()  # (its transaction)
         node.written.append(Entry(snap.epoch, request_id))
         node.written_tenure = tenure
         node.inbox.submit(ins.Written(len(node.disk.log) + len(node.written)))
@@ -1371,6 +1396,10 @@ class World:
         if outcome != "failed":
             node.disk.log.extend(node.written)
         batch, node.written = node.written, []
+        storage = node.storage
+        if storage is not None and storage.writer_op is not None:
+            storage.watch.end(storage.writer_op, answered=outcome == "ok")
+            storage.writer_op = None
         if outcome == "ok":
             node.inbox.submit(ins.Appended(len(node.disk.log)))
             for offset, entry in enumerate(batch, 1):

@@ -319,6 +319,53 @@ def test_a_primary_whose_commit_of_streamed_events_failed_steps_down() -> None:
     assert p.core.write_refusal() is not None
 
 
+def _stalled_ticks(p: Primary, since: float, seconds: float, ack: bool = True) -> list[fx.Effect]:
+    """Ticks every 0.1 s while the database has waited since `since`; the secondaries ack
+    heartbeats (`ack`) or are silent."""
+    out: list[fx.Effect] = []
+    for _ in range(round(seconds / 0.1)):
+        out += p.step(ins.Tick(since), after=0.1)
+        if ack:
+            for s in (1, 2):
+                p.send(s)
+                p.step(ins.SecondaryAcked(s, p.streams[s], 7, True), after=0)
+    return out
+
+
+def test_a_primary_whose_database_makes_no_progress_hands_over_to_an_in_sync_secondary() -> None:
+    """Fail-slow storage: its write waits (streamed, acked by both, never durable here), and
+    with it every client -- while two in-sync secondaries could take over."""
+    p = Primary(storage_timeout=2.0)
+    p.step(ins.Written(7))
+    stuck = p.now
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 7)
+    assert not of(_stalled_ticks(p, stuck, 1.8), fx.StepDown), "not before the storage timeout"
+    assert p.core.role is Role.PRIMARY and p.core.commit_point == 6, "nothing durable here"
+    (down,) = of(_stalled_ticks(p, stuck, 0.5), fx.StepDown)
+    assert "its database has made no progress" in down.reason and "replica 1" in down.reason
+    assert p.core.role is not Role.PRIMARY and p.core.write_refusal() is not None
+    assert not of(p.step(ins.Appended(7)), fx.AdvanceCommit), "its late commit counts for nothing"
+
+
+def test_a_primary_whose_database_stalls_stays_while_no_secondary_could_take_over() -> None:
+    """Stepping down would help no one: neither secondary acks (both silent), so neither is a
+    successor that holds every acknowledged event and answers."""
+    p = Primary(storage_timeout=2.0)
+    p.step(ins.Written(7))
+    out = _stalled_ticks(p, p.now, 3.0, ack=False)
+    assert not [d for d in of(out, fx.StepDown) if "database" in d.reason]
+
+
+def test_a_database_that_answers_again_is_no_stall() -> None:
+    p = Primary(storage_timeout=2.0)
+    out: list[fx.Effect] = []
+    for _ in range(30):  # 3 s of busy storage, each operation done within 0.1 s
+        out += _stalled_ticks(p, p.now - 0.1, 0.1)
+    assert not of(out, fx.StepDown) and p.core.role is Role.PRIMARY
+
+
 def test_the_divergence_answer_counts_events_streamed_but_not_yet_durable() -> None:
     p = Primary()
     p.step(ins.Written(9))

@@ -16,7 +16,7 @@ from replica.errors import Unavailable
 from replica.protocol import ProtocolConfig, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
-from replica.replication.executor import Executor, WrongThread
+from replica.replication.executor import Executor, StorageUnavailable, WrongThread
 from replica.replication.ports import (
     Answer,
     Envelope,
@@ -56,6 +56,13 @@ class HeldStorage(Storage):
         self.log = Log()
         self.persisting: list[tuple[fx.Durable, ...]] = []
         self.work: list[object] = []
+        self.stalled_since: float | None = None  # (what the watch would say)
+
+    def busy_since(self) -> float | None:
+        return self.stalled_since
+
+    def known_facts(self) -> LogFacts:
+        return LogFacts(Position(0, 0), 0)
 
     def persist(self, durable: tuple[fx.Durable, ...]) -> None:
         self.persisting.append(durable)
@@ -234,9 +241,7 @@ def test_later_steps_wait_behind_a_durable_write() -> None:
     nothing durable itself: a probe's answer waits for the vote before it."""
     replica = Replica()
     vote = replica.vote(1, 7)
-    probe = replica.executor.probe_received(
-        ins.ProbeReceived(2, 3, False), LogFacts(Position(0, 0), 0)
-    )
+    probe = replica.executor.probe(ins.ProbeReceived(2, 3, False))
     replica.run()
     assert not probe.done() and not vote.done()
     replica.storage.finish()
@@ -329,3 +334,59 @@ def test_a_secondary_following_a_live_primary_hears_probe_rounds_without_reading
     r.inbox.put(ProbeRound(others))
     r.run()
     assert r.storage.reads == reads + 1
+
+
+# -- a stalled database ----------------------------------------------------------------------
+
+
+def test_a_probe_is_answered_from_memory_without_waiting_on_storage() -> None:
+    replica = Replica()
+    replica.storage.stalled_since = replica.now - 0.3  # (busy, not yet stalled)
+    answer = replica.executor.probe(ins.ProbeReceived(1, 3, False))
+    replica.run()
+    assert answer.result(0).facts == replica.storage.known_facts()
+    assert not replica.storage.work and not replica.storage.persisting, "no read, no write"
+
+
+def test_a_stalled_replica_answers_unavailable_only_once_its_core_heard_why() -> None:
+    """Its peer may elect without it on that answer: the core must have stopped vouching
+    first (DatabaseFailed), exactly as when a read fails."""
+    replica = Replica()
+    stalled_after = replica.executor.config.stalled_after
+    replica.storage.stalled_since = replica.now - stalled_after - 0.1
+    asks: list[Callable[[], Future[Answer]]] = [
+        lambda: replica.executor.probe(ins.ProbeReceived(1, 3, False)),
+        lambda: replica.executor.vote_requested(1, 9, Position(0, 0)),
+    ]
+    for ask in asks:
+        answer = ask()
+        assert not answer.done(), "told before the core heard it"
+        replica.run()
+        with pytest.raises(StorageUnavailable, match="database stalled since"):
+            answer.result(0)
+    assert replica.executor.core.current_epoch == 3, "no vote was recorded"
+
+
+def test_a_tick_tells_the_core_since_when_storage_has_waited() -> None:
+    """A primary's storage waits past the storage timeout: the tick carries it, and with both
+    secondaries acking the primary steps down."""
+    replica = Replica()
+    replica.elect()
+    assert replica.role.snapshot.role is Role.PRIMARY
+    served = {voter: RecordingStream(voter) for voter in (1, 2)}
+    for voter, stream in served.items():
+        replica.executor.hello(ins.SecondaryHello(voter, None, 6), stream)
+    replica.run()
+    streams = {
+        voter: next(e.stream_id for e in s.got if isinstance(e, fx.SendDivergence))
+        for voter, s in served.items()
+    }
+    replica.storage.stalled_since = replica.now
+    timeout = replica.executor.config.storage_timeout
+    for _ in range(round(timeout / 0.1) + 3):
+        replica.now += 0.1
+        for voter, sid in streams.items():
+            replica.inbox.submit(ins.SecondaryAcked(voter, sid, 1, True))
+        replica.executor.tick()
+        replica.run()
+    assert replica.role.snapshot.role is not Role.PRIMARY

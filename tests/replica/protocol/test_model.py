@@ -72,6 +72,7 @@ from tests.replica.protocol.sim import (
     INSYNC_TIMEOUT,
     PEER_TIMEOUT,
     PROBE_TIMEOUT,
+    STORAGE_TIMEOUT,
     Call,
     Job,
     Link,
@@ -93,6 +94,10 @@ SLOW_IO = 2 * HEARTBEAT  # a slow database: one job every this many seconds
 LOST_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
 # Long enough for a first election without the lost primary to be tried and to fail.
 HICCUP_ROUNDS = round(4 * PEER_TIMEOUT / (HEARTBEAT / 2))
+
+# A primary whose database stalls hands over after the storage timeout (a tick to notice),
+# and the others elect one of them as after a lost primary.
+STALL_ROUNDS = round((STORAGE_TIMEOUT + 2 * HEARTBEAT) / (HEARTBEAT / 2)) + LOST_ROUNDS
 
 # The recipes (ProtocolModel.recipe) for each min_insync.
 RECIPES = {
@@ -416,6 +421,47 @@ class ProtocolModel(RuleBasedStateMachine):
         assert w.settle(WRITE_ROUNDS, lambda: request_id in w.acked), (
             f"a write to the new primary {primary.index} did not commit\n{self._describe()}"
         )
+
+    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
+    @rule(writes=st.integers(1, 4))
+    def primary_database_stalls(self, writes: int) -> None:
+        """Everything healed and converged (as `quiesce`), then `writes` writes come and the
+        primary's database stalls with their batch written (its streams carry it; its own
+        commit waits) and answers nothing for as long as it takes: the primary
+        hands over within the storage timeout (its secondaries are in sync), one of the others
+        is elected within STALL_ROUNDS, and a retry of every write there commits it once. Then
+        the stalled database answers again: the old primary's batch, if its commit finishes
+        now, is an older epoch's tail -- cut when it follows the new primary."""
+        self.quiesce()
+        w = self.w
+        (stalled,) = w.primaries()
+        requests = self._write_new(stalled, writes)
+        stalled.db_stalled = True
+        others = [n for n in w.nodes if n is not stalled]
+
+        def handed_over() -> bool:
+            primaries = [n for n in w.primaries() if n is not stalled]
+            return (
+                len(primaries) == 1
+                and all(w.follows_live(n, primaries[0]) for n in others if n is not primaries[0])
+                # (Its core stepped down; what it shows may wait behind a write its stalled
+                # database holds -- the epoch it heard of, say.)
+                and stalled.core is not None
+                and stalled.core.in_sync_set is None
+            )
+
+        assert w.settle(STALL_ROUNDS, handed_over), (
+            f"primary {stalled.index}'s database stalled and no other replica was primary "
+            f"after {STALL_ROUNDS * HEARTBEAT / 2:.1f}s\n{self._describe()}"
+        )
+        (primary,) = [n for n in w.primaries() if n is not stalled]
+        for request_id in requests:  # (the clients retry, with the same request ids)
+            if request_id not in w.acked:
+                assert w.client_write(primary, request_id), "the new primary refused a retry"
+        assert w.settle(WRITE_ROUNDS, lambda: all(r in w.acked for r in requests)), (
+            f"retries to the new primary {primary.index} did not commit\n{self._describe()}"
+        )
+        stalled.db_stalled = False
 
     @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
     @rule(data=st.data(), writes=st.integers(1, 3), both=st.booleans())

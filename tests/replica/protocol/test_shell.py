@@ -24,7 +24,7 @@ from replica.protocol import ProtocolConfig, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.replication.executor import Executor
-from replica.replication.ports import Envelope, Inbox, LogFacts, Persisted, ProbeRound, sendable
+from replica.replication.ports import Envelope, Inbox, Persisted, ProbeRound, sendable
 from replica.replication.primary import PrimaryStreams, ServedStream
 from replica.replication.secondary import FollowStreams
 from replica.replication.storage_worker import DatabaseStorage
@@ -35,7 +35,6 @@ from replica.storage.writer import LogWriter
 from testsupport.harness import wait_until
 
 PROTOCOL = ProtocolConfig(0, (0, 1, 2))
-NO_FACTS = LogFacts(Position(0, 0), 0)  # (what a probe's reply says of the log: unused here)
 
 
 class FakePeers:
@@ -389,7 +388,7 @@ def primary_message(epoch: int, **kind: Any) -> rpb.PrimaryMessage:
 
 
 def test_the_secondary_acks_only_what_it_stored(replica: Replica) -> None:
-    replica.executor.probe_received(ins.ProbeReceived(1, 4, True), NO_FACTS).result(5)
+    replica.executor.probe(ins.ProbeReceived(1, 4, True)).result(5)
     assert replica.epoch_recorded() == 4 and replica.role.snapshot.primary_index == 1
     requests, call = replica.peers.streams.get(timeout=5)
     said = iter(requests)
@@ -436,7 +435,7 @@ def test_the_secondary_truncates_a_divergent_tail_before_acking(replica: Replica
     """Its log holds epoch 3 at seq 1 and epoch 5 after; the primary's holds epoch 3 up to
     seq 2. Seqs alone agree up to 2; the epochs only up to 1."""
     events_of_epochs(replica.engine, 3, 5, 5)
-    replica.executor.probe_received(ins.ProbeReceived(1, 7, True), NO_FACTS).result(5)
+    replica.executor.probe(ins.ProbeReceived(1, 7, True)).result(5)
     requests, call = replica.peers.streams.get(timeout=5)
     said = iter(requests)
     assert next(said).hello.position.seq == 3

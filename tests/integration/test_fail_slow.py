@@ -1,0 +1,171 @@
+"""Fail-slow storage with real processes: each replica's MySQL database sits behind a proxy
+that can freeze it (no byte forwarded, connections kept open: a stuck disk or server).
+
+With the primary's database frozen and two in-sync secondaries, the primary hands over once
+its writes have made no progress for storage_timeout_ms, a secondary takes over, and writes
+resume within storage_timeout_ms + 1 s; ClusterStatus answers throughout (from memory, or
+UNAVAILABLE with the reason -- never a hang, never UNKNOWN); nothing acknowledged is lost or
+duplicated, and once the database answers again the old primary rejoins and converges."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from protos import chat_pb2, chat_pb2_grpc
+from tests.conftest import MYSQL_SERVER_URL, require_mysql
+from tests.integration.cluster_checks import (
+    HOSTS,
+    SETTINGS,
+    check_exactly_once,
+    primary_of,
+    read_inbox,
+    register_users,
+    sending,
+    wait_all_running_follow,
+    wait_converged,
+    wait_for_primary,
+)
+from testsupport.harness import ClusterProcesses, wait_until
+from testsupport.tcpproxy import TcpProxy
+
+pytestmark = [pytest.mark.slow, pytest.mark.mysql]
+
+STORAGE_TIMEOUT = 2.0  # the default: twice insync_timeout_ms
+# How long the primary's database stays frozen: 30 s is the issue's measure; `make test`
+# uses less (the hand-over happens within the first few seconds either way).
+FREEZE_SECONDS = float(os.environ.get("CHAT_FREEZE_SECONDS", "8"))
+
+
+@contextmanager
+def proxied_cluster(
+    cluster_processes: object, min_insync: int
+) -> Iterator[tuple[ClusterProcesses, list[TcpProxy]]]:
+    server = make_url(MYSQL_SERVER_URL)
+    target = (server.host or "127.0.0.1", server.port or 3306)
+    tag = os.urandom(4).hex()
+    names = [f"chat_failslow_{tag}_{i}" for i in range(len(HOSTS))]
+    proxies = [TcpProxy(target) for _ in HOSTS]
+    urls = [
+        server.set(port=proxy.port, database=name).render_as_string(hide_password=False)
+        for proxy, name in zip(proxies, names, strict=True)
+    ]
+    settings = {**SETTINGS, "min_insync": min_insync}
+    cluster = cluster_processes(len(HOSTS), hosts=HOSTS, db_urls=urls, settings=settings)  # type: ignore[operator]
+    try:
+        cluster.start_all()
+        yield cluster, proxies
+    finally:
+        for proxy in proxies:
+            proxy.thaw()
+        cluster.close()
+        for proxy in proxies:
+            proxy.close()
+        engine = sa.create_engine(MYSQL_SERVER_URL + "/", poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                for name in names:
+                    conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+        finally:
+            engine.dispose()
+
+
+class StatusWatcher:
+    """Asks every replica for its ClusterStatus every 0.2 s (1 s deadline) and keeps every
+    answer's status code: OK or UNAVAILABLE (with a reason) are answers; anything else is
+    not."""
+
+    def __init__(self, cluster: ClusterProcesses) -> None:
+        self._cluster = cluster
+        self.codes: list[tuple[int, grpc.StatusCode, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stubs = {i: chat_pb2_grpc.ChatStub(cluster.channel(i)) for i in range(len(HOSTS))}
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for i, stub in self._stubs.items():
+                try:
+                    stub.ClusterStatus(chat_pb2.ClusterStatusRequest(), timeout=1.0)
+                    self.codes.append((i, grpc.StatusCode.OK, ""))
+                except grpc.RpcError as exc:
+                    self.codes.append((i, exc.code(), exc.details() or ""))
+
+    def __enter__(self) -> StatusWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize("min_insync", [1, 2])
+def test_a_primary_whose_database_freezes_hands_over_within_the_storage_timeout(
+    cluster_processes: object, min_insync: int
+) -> None:
+    require_mysql()
+    with proxied_cluster(cluster_processes, min_insync) as (cluster, proxies):
+        primary = wait_for_primary(cluster)
+        register_users(cluster, ["alice", "bob", "dave"])
+        wait_all_running_follow(cluster, primary)
+        with StatusWatcher(cluster) as statuses, sending(cluster, ["alice", "bob"], "dave") as load:
+            load.wait_for_acks(40)
+            frozen_at = time.monotonic()
+            proxies[primary].freeze()
+            (new_primary,) = wait_until(
+                lambda: _primary_now(cluster, primary),
+                STORAGE_TIMEOUT + 10,
+                "another replica to take over from the frozen primary",
+            )
+            acked = load.acknowledged_count()
+            load.wait_for_acks(acked + 20, timeout=10)
+            time.sleep(max(0.0, frozen_at + FREEZE_SECONDS - time.monotonic()))
+            proxies[primary].thaw()
+            thawed_at = time.monotonic()
+            load.wait_for_acks(load.acknowledged_count() + 40, timeout=20)
+        log = load.log
+        assert new_primary != primary
+        gaps = [
+            (b - a, a - frozen_at)
+            for a, b in zip(log.ack_times, log.ack_times[1:], strict=False)
+            if b > frozen_at
+        ]
+        worst, at = max(gaps)
+        assert worst <= STORAGE_TIMEOUT + 1.0, (
+            f"no send was acknowledged for {worst:.2f}s ({at:.2f}s into the freeze); "
+            f"storage timeout {STORAGE_TIMEOUT}s"
+        )
+        assert len(statuses.codes) >= 3 * FREEZE_SECONDS, "ClusterStatus was asked throughout"
+        bad = [(i, code, d) for i, code, d in statuses.codes if code not in _ANSWERS]
+        assert not bad, f"ClusterStatus did not answer: {bad[:5]}"
+        during = [c for c in statuses.codes if c[1] is grpc.StatusCode.UNAVAILABLE]
+        assert all("database stalled since" in d for _, _, d in during), during[:3]
+        log_text = cluster.log_text(primary)
+        assert "its database has made no progress" in log_text, cluster.log_tail(primary)
+        # Once its database answers again, the old primary follows and converges.
+        wait_converged(cluster, timeout=30)
+        check_exactly_once(log, read_inbox(cluster, "dave"))
+        print(
+            f"min_insync={min_insync}: worst gap {worst:.2f}s at {at:.2f}s into a "
+            f"{thawed_at - frozen_at:.1f}s freeze; {len(log.acknowledged)} acknowledged"
+        )
+
+
+_ANSWERS = (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
+
+
+def _primary_now(cluster: ClusterProcesses, old: int) -> tuple[int] | None:
+    """A replica other than `old` that says it is primary (asked directly)."""
+    for i in range(len(HOSTS)):
+        if i != old and primary_of(cluster, i) == i:
+            return (i,)
+    return None
