@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import grpc
 import pytest
 import sqlalchemy as sa
+from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
 
 from protos import chat_pb2, chat_pb2_grpc
@@ -29,6 +30,7 @@ from tests.integration.cluster_checks import (
     primary_of,
     read_inbox,
     register_users,
+    seen_by,
     sending,
     wait_all_running_follow,
     wait_converged,
@@ -39,6 +41,8 @@ from testsupport.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.mysql]
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 STORAGE_TIMEOUT = 2.0  # the default: twice insync_timeout_ms
 # How long the primary's database stays frozen: 30 s is the issue's measure; `make test`
 # uses less (the hand-over happens within the first few seconds either way).
@@ -128,10 +132,21 @@ def test_a_primary_whose_database_freezes_hands_over_within_the_storage_timeout(
             )
             acked = load.acknowledged_count()
             load.wait_for_acks(acked + 20, timeout=10)
-            time.sleep(max(0.0, frozen_at + FREEZE_SECONDS - time.monotonic()))
+            # Its health says so while its database is stalled.
+            wait_until(
+                lambda: cluster.health_status(primary) == NOT_SERVING,
+                5,
+                f"replica {primary}'s health to say NOT_SERVING",
+            )
+            time.sleep(max(0.0, frozen_at + FREEZE_SECONDS - time.monotonic()))  # (the fault)
             proxies[primary].thaw()
             thawed_at = time.monotonic()
             load.wait_for_acks(load.acknowledged_count() + 40, timeout=20)
+            wait_until(
+                lambda: cluster.health_status(primary) == SERVING,
+                10,
+                f"replica {primary}'s health to say SERVING again",
+            )
         log = load.log
         assert new_primary != primary
         gaps = [
@@ -151,6 +166,7 @@ def test_a_primary_whose_database_freezes_hands_over_within_the_storage_timeout(
         assert all("database stalled since" in d for _, _, d in during), during[:3]
         log_text = cluster.log_text(primary)
         assert "its database has made no progress" in log_text, cluster.log_tail(primary)
+        assert "its database answers again" in log_text, cluster.log_tail(primary)
         # Once its database answers again, the old primary follows and converges.
         wait_converged(cluster, timeout=30)
         check_exactly_once(log, read_inbox(cluster, "dave"))
@@ -169,3 +185,44 @@ def _primary_now(cluster: ClusterProcesses, old: int) -> tuple[int] | None:
         if i != old and primary_of(cluster, i) == i:
             return (i,)
     return None
+
+
+def test_a_secondary_whose_database_freezes_answers_unavailable_and_leaves_the_in_sync_set(
+    cluster_processes: object,
+) -> None:
+    """min_insync = 2: the other secondary carries the writes once the frozen one is out of
+    the in-sync set; the frozen one answers its peers UNAVAILABLE ("database stalled since"),
+    says NOT_SERVING, and its executor keeps running (no "was paused": nothing it does waits
+    on the database). Thawed, it catches up and everything converges."""
+    require_mysql()
+    with proxied_cluster(cluster_processes, 2) as (cluster, proxies):
+        primary = wait_for_primary(cluster)
+        register_users(cluster, ["alice", "dave"])
+        wait_all_running_follow(cluster, primary)
+        frozen = next(i for i in range(len(HOSTS)) if i != primary)
+        with StatusWatcher(cluster) as statuses, sending(cluster, ["alice"], "dave") as load:
+            load.wait_for_acks(20)
+            frozen_at = time.monotonic()
+            proxies[frozen].freeze()
+            wait_until(
+                lambda: (
+                    (seen := seen_by(cluster, primary, frozen)) is not None and not seen.in_sync
+                ),
+                10,
+                f"replica {frozen} to leave the in-sync set",
+            )
+            load.wait_for_acks(load.acknowledged_count() + 20, timeout=10)
+            wait_until(
+                lambda: cluster.health_status(frozen) == NOT_SERVING,
+                5,
+                f"replica {frozen}'s health to say NOT_SERVING",
+            )
+            time.sleep(max(0.0, frozen_at + 4.0 - time.monotonic()))  # (the fault)
+            proxies[frozen].thaw()
+            load.wait_for_acks(load.acknowledged_count() + 20, timeout=20)
+        log = load.log
+        answers = [d for i, code, d in statuses.codes if i == frozen and code != grpc.StatusCode.OK]
+        assert answers and all("database stalled since" in d for d in answers), answers[:3]
+        assert "was paused" not in cluster.log_text(frozen), cluster.log_tail(frozen)
+        wait_converged(cluster, timeout=30)
+        check_exactly_once(log, read_inbox(cluster, "dave"))
