@@ -490,6 +490,11 @@ class ReplicaCore:
                 iss.evaluate(now, gone, self._out)
                 self._check_cut_off(event.outcomes, now)
             return  # (or waiting for its epoch_started event to be durable)
+        if event.ended_at is not None and now - event.ended_at > self.config.probe_timeout:
+            # Heard long after it ended (its own position's read waited behind a stalled
+            # database): the others may have elected since, and an election on these views
+            # would depose a primary they follow. The next round sees them as they are.
+            return
         primaries = [v for v in live if v.role is Role.PRIMARY and v.epoch >= self.current_epoch]
         if primaries:
             best = max(primaries, key=lambda v: v.epoch)

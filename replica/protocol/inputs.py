@@ -60,6 +60,10 @@ class ProbesAnswered:
 
     own_position: LogPosition | None
     outcomes: tuple[ProbeOutcome, ...]
+    # When the round ended, if that was before this input (its own position was read after
+    # it): a round heard long after it ended -- the read waited behind a stalled database --
+    # is old news, and no election is held on it.
+    ended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,7 @@ class Executor:
         # stream just ended); a round that never reports is given up after a while.
         self._probing_since: float | None = None
         self._probe_now = False
+        self._reading_position = False  # a probe round's read of the log's end waits in storage
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -255,8 +256,10 @@ class Executor:
                 if stream_id not in self._serving:  # its first ack: it is told at once
                     self._serving.add(stream_id)
                     self._feed.add(stream_id)
-            case ins.ProbesAnswered():
+            case ins.ProbesAnswered(_, _, ended_at):
                 self._probing_since = None
+                if ended_at is not None:  # (the read _probe_round handed storage is done)
+                    self._reading_position = False
             case ins.Tick():
                 self._feed.update(self._serving)  # (heartbeats)
             case _:
@@ -430,15 +433,24 @@ class Executor:
         Nor does a secondary that follows a live primary: it elects no one on this round, and
         a read per round would queue ahead of its stores on a slow database."""
         core = self._core
-        if core.role is Role.PRIMARY or core.following_live_primary(self._clock()):
+        ended = self._clock()
+        if (
+            core.role is Role.PRIMARY
+            or core.following_live_primary(ended)
+            or self._reading_position
+        ):
+            # (While a read for an earlier round still waits -- a slow or stalled database --
+            # no other piles up behind it: this round elects no one.)
             self._step(Envelope(ins.ProbesAnswered(None, outcomes)))
             return
+        self._reading_position = True
 
         def read(reader: LogReader) -> None:
-            self.inbox.submit(ins.ProbesAnswered(reader.last_position(), outcomes))
+            position = reader.last_position()
+            self.inbox.submit(ins.ProbesAnswered(position, outcomes, ended))
 
         def failed(reason: str) -> None:
-            self.inbox.submit(ins.ProbesAnswered(None, outcomes))
+            self.inbox.submit(ins.ProbesAnswered(None, outcomes, ended))
 
         self._storage.read(read, failed)
 

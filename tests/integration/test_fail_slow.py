@@ -9,6 +9,7 @@ duplicated, and once the database answers again the old primary rejoins and conv
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -226,3 +227,40 @@ def test_a_secondary_whose_database_freezes_answers_unavailable_and_leaves_the_i
         assert "was paused" not in cluster.log_text(frozen), cluster.log_tail(frozen)
         wait_converged(cluster, timeout=30)
         check_exactly_once(log, read_inbox(cluster, "dave"))
+
+
+def test_a_primary_thawed_onto_a_slow_database_does_not_depose_its_successor(
+    cluster_processes: object,
+) -> None:
+    """Found by `make chaos` (stall_db, then slow_db on the same replica): the old primary's
+    database answers again, slowly; the probe round it took during the freeze was heard only
+    once its position's read got through the queue, and it elected itself on those stale
+    views -- a newer epoch that deposed its healthy successor, whose next elections then
+    waited on the slow replica's votes: 11 s without an acknowledged send. A round heard long
+    after it ended elects no one now."""
+    require_mysql()
+    with proxied_cluster(cluster_processes, 1) as (cluster, proxies):
+        primary = wait_for_primary(cluster)
+        register_users(cluster, ["alice", "bob", "dave"])
+        wait_all_running_follow(cluster, primary)
+        with sending(cluster, ["alice", "bob"], "dave") as load:
+            load.wait_for_acks(40)
+            frozen_at = time.monotonic()
+            proxies[primary].freeze()
+            (successor,) = wait_until(
+                lambda: _primary_now(cluster, primary),
+                STORAGE_TIMEOUT + 10,
+                "another replica to take over from the frozen primary",
+            )
+            time.sleep(max(0.0, frozen_at + 5.0 - time.monotonic()))  # (the fault)
+            proxies[primary].thaw()
+            proxies[primary].delay(0.05)  # 100 ms more per round trip
+            time.sleep(8.0)  # (the fault)
+            proxies[primary].delay(0.0)
+            load.wait_for_acks(load.acknowledged_count() + 40, timeout=20)
+        times = [t for t in load.log.ack_times if t > frozen_at]
+        worst = max(b - a for a, b in itertools.pairwise(times))
+        assert worst <= STORAGE_TIMEOUT + 1.0, f"no send acknowledged for {worst:.2f}s"
+        assert "a newer epoch" not in cluster.log_text(successor), cluster.log_tail(successor)
+        wait_converged(cluster, timeout=30)
+        check_exactly_once(load.log, read_inbox(cluster, "dave"))

@@ -638,6 +638,19 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "stale-round-elects",
+        "a probe round heard long after it ended (its read waited on a stalled database) "
+        "still elects",
+        (
+            (
+                CORE,
+                "        if event.ended_at is not None and now - event.ended_at > "
+                "self.config.probe_timeout:\n",
+                "        if False:\n",
+            ),
+        ),
+    ),
+    Mutant(
         "stuck-hidden-by-answers",
         "any operation the database answers counts as progress, though an older one is stuck",
         (

@@ -204,6 +204,17 @@ def test_an_election_asks_for_votes_only_once_the_epoch_is_recorded() -> None:
     assert of(out, fx.RequestVotes) == [fx.RequestVotes(8, Position(3, 5), (0, 1))]
 
 
+def test_no_election_on_a_probe_round_heard_long_after_it_ended() -> None:
+    """Its own position's read waited behind a stalled database: the views are old news (the
+    others may have elected since, and a new epoch from them would depose that primary)."""
+    core = ReplicaCore(config(2), 3, 0.0)
+    round_ = (view(0, seq=4), view(1, seq=4))
+    out = core.step(5.0, ins.ProbesAnswered(Position(3, 5), round_, ended_at=2.0))
+    assert not of(out, fx.PersistEpoch) and not of(out, fx.RequestVotes)
+    out = core.step(5.1, ins.ProbesAnswered(Position(3, 5), round_, ended_at=5.05))
+    assert of(out, fx.RequestVotes), "a round read at once elects"
+
+
 def test_client_writes_wait_for_the_durable_epoch_started() -> None:
     core = ReplicaCore(config(0), 0, 0.0)
     out = core.step(1.0, ins.ProbesAnswered(Position(0, 0), (view(1, seq=0), view(2, seq=0))))
