@@ -5,10 +5,10 @@ request_id) gets the first result even on another replica after a failover."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +87,12 @@ class ChatService:
         self._password_slots = threading.BoundedSemaphore(password_workers)
         self._max_sessions = max_sessions_per_account
 
-    def _read(self) -> AbstractContextManager[sa.Connection]:
-        return self._engine.connect()
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        # Watched like every other operation on the database: a primary whose clients' reads
+        # are all stuck (a frozen database) must notice it as well as when a write is.
+        with self._writer.watch.operation(), self._engine.connect() as conn:
+            yield conn
 
     # -- commands ------------------------------------------------------------------------
 

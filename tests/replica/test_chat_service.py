@@ -789,3 +789,25 @@ def test_login_says_who_the_unread_messages_are_from(
     assert result.undelivered_count == 4
     assert result.unread_by_sender == (("carol", 3), ("alice", 1))  # most first
     assert chat.login(rid(), "alice", "pw-alice").unread_by_sender == ()
+
+
+def test_a_clients_read_is_watched_like_every_operation_on_the_database(
+    replica: InProcessReplica, login: Callable[[str], str]
+) -> None:
+    """A primary whose clients' reads are all stuck (a frozen database) must see it as it sees
+    a stuck write: the storage watch counts the read while it waits."""
+    token = login("watched")
+    seen: list[float | None] = []
+    real_connect = replica.engine.connect
+
+    def connect() -> sa.Connection:
+        seen.append(replica.writer.watch.busy_since())
+        return real_connect()
+
+    replica.engine.connect = connect  # type: ignore[method-assign]
+    try:
+        replica.service.authenticate(token)
+    finally:
+        replica.engine.connect = real_connect  # type: ignore[method-assign]
+    assert seen and seen[0] is not None, "the read began outside the watch"
+    assert replica.writer.watch.busy_since() is None
