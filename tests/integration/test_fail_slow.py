@@ -124,13 +124,7 @@ def test_a_primary_whose_database_freezes_hands_over_within_the_storage_timeout(
         wait_all_running_follow(cluster, primary)
         with StatusWatcher(cluster) as statuses, sending(cluster, ["alice", "bob"], "dave") as load:
             load.wait_for_acks(40)
-            frozen_at = time.monotonic()
-            proxies[primary].freeze()
-            (new_primary,) = wait_until(
-                lambda: _primary_now(cluster, primary),
-                STORAGE_TIMEOUT + 10,
-                "another replica to take over from the frozen primary",
-            )
+            frozen_at, new_primary = freeze_until_taken_over(cluster, proxies, primary)
             acked = load.acknowledged_count()
             load.wait_for_acks(acked + 20, timeout=10)
             # Its health says so while its database is stalled.
@@ -178,6 +172,20 @@ def test_a_primary_whose_database_freezes_hands_over_within_the_storage_timeout(
 
 
 _ANSWERS = (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
+
+
+def freeze_until_taken_over(
+    cluster: ClusterProcesses, proxies: list[TcpProxy], primary: int
+) -> tuple[float, int]:
+    """Freeze the primary's database; when, and the replica that took over."""
+    frozen_at = time.monotonic()
+    proxies[primary].freeze()
+    (successor,) = wait_until(
+        lambda: _primary_now(cluster, primary),
+        STORAGE_TIMEOUT + 10,
+        "another replica to take over from the frozen primary",
+    )
+    return frozen_at, successor
 
 
 def _primary_now(cluster: ClusterProcesses, old: int) -> tuple[int] | None:
@@ -245,13 +253,7 @@ def test_a_primary_thawed_onto_a_slow_database_does_not_depose_its_successor(
         wait_all_running_follow(cluster, primary)
         with sending(cluster, ["alice", "bob"], "dave") as load:
             load.wait_for_acks(40)
-            frozen_at = time.monotonic()
-            proxies[primary].freeze()
-            (successor,) = wait_until(
-                lambda: _primary_now(cluster, primary),
-                STORAGE_TIMEOUT + 10,
-                "another replica to take over from the frozen primary",
-            )
+            frozen_at, successor = freeze_until_taken_over(cluster, proxies, primary)
             time.sleep(max(0.0, frozen_at + 5.0 - time.monotonic()))  # (the fault)
             proxies[primary].thaw()
             proxies[primary].delay(0.05)  # 100 ms more per round trip
