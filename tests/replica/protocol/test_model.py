@@ -101,9 +101,16 @@ STALL_ROUNDS = round((STORAGE_TIMEOUT + 2 * HEARTBEAT) / (HEARTBEAT / 2)) + LOST
 
 # The recipes (ProtocolModel.recipe) for each min_insync.
 RECIPES = {
-    1: ("rejoins_behind", "vote_not_recorded", "votes_wait_in_turn", "secondary_falls_behind"),
+    1: (
+        "rejoins_behind",
+        "vote_not_recorded",
+        "votes_wait_in_turn",
+        "secondary_falls_behind",
+        "primary_database_stalls",
+    ),
     2: (
         "crossed_tails",
+        "primary_database_stalls",
         "delayed_vote_request",
         "vote_not_recorded",
         "votes_wait_in_turn",
@@ -422,16 +429,16 @@ class ProtocolModel(RuleBasedStateMachine):
             f"a write to the new primary {primary.index} did not commit\n{self._describe()}"
         )
 
-    @precondition(lambda self: self.world is not None and self._since_quiesce >= 25)
-    @rule(writes=st.integers(1, 4))
-    def primary_database_stalls(self, writes: int) -> None:
-        """Everything healed and converged (as `quiesce`), then `writes` writes come and the
+    def primary_database_stalls(self, data: st.DataObject) -> None:
+        """Both min_insync. Everything healed and converged (as `quiesce`), then `writes`
+        writes come and the
         primary's database stalls with their batch written (its streams carry it; its own
         commit waits) and answers nothing for as long as it takes: the primary
         hands over within the storage timeout (its secondaries are in sync), one of the others
         is elected within STALL_ROUNDS, and a retry of every write there commits it once. Then
         the stalled database answers again: the old primary's batch, if its commit finishes
         now, is an older epoch's tail -- cut when it follows the new primary."""
+        writes = data.draw(st.integers(1, 4), label="writes")
         self.quiesce()
         w = self.w
         (stalled,) = w.primaries()
