@@ -1037,14 +1037,28 @@ class World:
                 link.down
                 and (link.primary, link.secondary) not in self.cut
                 and secondary.running
-                and not (primary.db_stalled and link.down[0].kind in ("divergence", "batch"))
+                and not (primary.db_stalled and self._reads_log(primary, link.down[0]))
             ):
-                # (The primary's call reads its log to send those: a stalled database holds
-                # them back.)
                 out.append((link, "down"))
             if link.up and (link.secondary, link.primary) not in self.cut and primary.running:
                 out.append((link, "up"))
         return out
+
+    @staticmethod
+    def _reads_log(primary: Node, message: Message) -> bool:
+        """Whether the primary's call reads its log to send `message` (a stalled database
+        holds it back): a divergence answer does; a batch only for events older than this
+        tenure's epoch_started -- the rest come from the events the writer handed the streams
+        (PrimaryStreams.recent), which a new tenure starts empty."""
+        if message.kind == "divergence":
+            return True
+        if message.kind != "batch":
+            return False
+        core = primary.core
+        iss = None if core is None else core.in_sync_set
+        start = None if iss is None else iss.epoch_start_seq
+        effect: fx.SendEvents = message.body["effect"]
+        return start is None or effect.after_seq + 1 < start
 
     def deliver(self, link: Link, what: str) -> None:
         if what == "secondary_notice":
