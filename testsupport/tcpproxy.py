@@ -36,7 +36,6 @@ class TcpProxy:
         self._closed = False
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
-        self.connections = 0
         self._start(self._accept, "proxy-accept")
 
     @property
@@ -61,10 +60,6 @@ class TcpProxy:
         with self._cond:
             self._delay = seconds
             self._cond.notify_all()
-
-    @property
-    def frozen(self) -> bool:
-        return self._frozen
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -96,7 +91,6 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._sockets.update((client, upstream))
-                self.connections += 1
             self._pipe(client, upstream)
             self._pipe(upstream, client)
 

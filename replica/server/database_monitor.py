@@ -64,16 +64,11 @@ class DatabaseMonitor:
     def stop(self) -> None:
         self._stop.set()
 
-    @property
-    def down_since(self) -> str | None:
-        """When (wall-clock, HH:MM:SS) the database was found stalled or lost, while it is."""
-        return self._wall_down_since if self._down_since is not None else None
-
     def _run(self) -> None:
         delay = FIRST_RETRY
         while not self._stop.is_set():
             since = self._watch.busy_since()
-            stalled_for = 0.0 if since is None else max(0.0, self._clock() - since)
+            stalled_for = self._watch.stalled_for()
             if stalled_for >= self._stalled_after:
                 self._lost(stalled_for)
             else:

@@ -282,8 +282,7 @@ class ReplicaNode:
         for address in me.listen_addresses:
             if self._add_port(server, address, is_peer_port=address == me.peer_address) == 0:
                 raise OSError(f"cannot listen on {address}")
-        for service in ("", CHAT_SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._set_serving(False)
         server.start()
         self._server = server
         epoch = self._open_database()
@@ -468,15 +467,13 @@ class ReplicaNode:
                 self.servicer.open_subscriptions,
             ),
         ]
-        storage = self.storage_watch.health()
-        stalled_for = 0.0 if storage.busy_since is None else time.monotonic() - storage.busy_since
         out.append(
             gauge(
                 "chat_storage_stalled",
                 "1 while an operation on this replica's database has waited longer than half "
                 "the storage timeout (health is NOT_SERVING; a primary hands over at the "
                 "timeout).",
-                1.0 if stalled_for >= self.executor.config.stalled_after else 0.0,
+                0.0 if self.executor.stalled() is None else 1.0,
             )
         )
         out.append(
@@ -484,14 +481,14 @@ class ReplicaNode:
                 "chat_storage_waiting_seconds",
                 "How long the oldest operation on this replica's database has waited (0 if "
                 "none waits).",
-                stalled_for,
+                self.storage_watch.stalled_for(),
             )
         )
         out.append(
             counter(
                 "chat_storage_slow_operations",
                 "Database operations slower than slow_storage_ms.",
-                storage.slow_operations,
+                self.storage_watch.slow_operations,
             )
         )
         if not self._ready.is_set():

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -27,14 +26,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 SLOW_LOG_EVERY = 60.0  # a slow database is logged at most this often
-
-
-@dataclass(frozen=True)
-class StorageHealth:
-    """A snapshot for metrics and answers."""
-
-    busy_since: float | None  # the oldest operation under way with no progress since
-    slow_operations: int  # operations slower than the slow threshold, so far
 
 
 class StorageWatch:
@@ -137,8 +128,11 @@ class StorageWatch:
         since = self.busy_since()
         return 0.0 if since is None else max(0.0, self._clock() - since)
 
-    def health(self) -> StorageHealth:
-        return StorageHealth(self.busy_since(), self._slow)
+    @property
+    def slow_operations(self) -> int:
+        """Operations slower than `slow_after`, so far."""
+        with self._lock:
+            return self._slow
 
 
 def stalled_reason(stalled_for: float, wall_clock: Callable[[], float] = time.time) -> str:
