@@ -33,11 +33,6 @@ class ProtocolConfig:
         return tuple(i for i in self.members if i != self.index)
 
     @property
-    def slot(self) -> int:
-        """This replica's place among the sorted members: the remainder of its epochs."""
-        return sorted(self.members).index(self.index)
-
-    @property
     def probe_timeout(self) -> float:
         """How long a probe waits for its answer (one between two running replicas comes well
         within it)."""

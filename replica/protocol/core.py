@@ -547,17 +547,15 @@ class ReplicaCore:
             for v in live
             if v.role is not Role.PRIMARY
         ]
-        choice = rules.choose_primary(electorate, self.config.cluster_size)
+        choice = rules.choose_primary(electorate, self.config.members)
         self.role = Role.CANDIDATE
         self.primary_index = None
         self._note_electorate(electorate, choice, silent)
         if choice != self.config.index:
             return
-        if len(electorate) < rules.votes_needed(self.config.min_insync):
+        if len(electorate) < rules.votes_needed(self.config.min_insync, self.config.cluster_size):
             return
-        epoch = rules.next_epoch(
-            max(c.epoch for c in electorate), self.config.slot, self.config.cluster_size
-        )
+        epoch = rules.next_epoch(max(c.epoch for c in electorate), self.config.index)
         self._observe_epoch(epoch, own=True)
         voters = tuple(c.index for c in electorate if c.index != self.config.index) + silent
         self.election = Election(epoch, own_position, voters, set(voters), now)

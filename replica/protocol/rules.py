@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from math import isqrt
 from typing import Protocol
 
 
@@ -64,21 +65,23 @@ def log_order_key(c: CandidateView) -> tuple[int, int, int]:
     return (c.position.epoch, c.position.seq, -c.index)
 
 
-def electable(electorate: Iterable[CandidateView], cluster_size: int) -> bool:
+def electable(electorate: Iterable[CandidateView], voters: Collection[int]) -> bool:
     """Whether the live replicas can be sure to hold every acknowledged event. They can when
-    the whole cluster is present (the in-sync set is among them); when one of them vouches
+    every voter is present (the in-sync set is among them); when one of them vouches
     for its log now (`vouches`: its primary confirmed it in sync lately, so cannot have
     dropped it yet); or when one of them was counted in sync by a primary X (`claim`, however
-    long ago) and every replica but X is present: X never acknowledges without an in-sync
+    long ago) and every voter but X is present: X never acknowledges without an in-sync
     secondary while a secondary it dropped unheard may still claim (InSyncSet), so what X
     acknowledged is on some replica other than X. A restarted replica alone is not enough:
-    it cannot know what was acknowledged while it was down."""
+    it cannot know what was acknowledged while it was down. Presence is counted over the
+    voters: a replica that is not one holds nothing an acknowledgement counted on."""
     members = list(electorate)
     present = {c.index for c in members}
-    if len(present) >= cluster_size or any(c.vouches for c in members):
+    needed = set(voters)
+    if needed <= present or any(c.vouches for c in members):
         return True
     return any(
-        c.claim is not None and c.claim not in present and len(present) >= cluster_size - 1
+        c.claim is not None and c.claim not in present and needed - {c.claim} <= present
         for c in members
     )
 
@@ -105,18 +108,51 @@ def may_be_vouching_unheard(
     )
 
 
-def choose_primary(electorate: Sequence[CandidateView], cluster_size: int) -> int | None:
+def choose_primary(electorate: Sequence[CandidateView], voters: Collection[int]) -> int | None:
     """The index the live replicas should elect, or None when no safe choice exists yet."""
-    if not electorate or not electable(electorate, cluster_size):
+    if not electorate or not electable(electorate, voters):
         return None
     return max(electorate, key=log_order_key).index
 
 
-def next_epoch(max_known_epoch: int, slot: int, cluster_size: int) -> int:
-    """The smallest epoch above every epoch known whose remainder modulo the cluster size is
-    the candidate's slot: two candidates can never start the same epoch, so an epoch always
-    names a single primary (which divergence detection relies on)."""
-    return (max_known_epoch // cluster_size + 1) * cluster_size + slot
+def next_epoch(max_known_epoch: int, index: int) -> int:
+    """The smallest epoch above every epoch known that is replica `index`'s to start: two
+    candidates can never start the same epoch, so an epoch always names a single primary
+    (which divergence detection relies on) -- for any index and any number of replicas,
+    which may change while the cluster runs. Epochs are Cantor's pairing of a round and the
+    index (one-to-one, so no two replicas share one): replica 0 starts epochs 1, 3, 6, ...;
+    replica 1 epochs 2, 4, 7, ...; replica 2 epochs 5, 8, 12, ... -- small while indexes
+    are. (Epoch 0 is no one's: the state before any election.)"""
+    if index < 0:
+        raise ValueError(f"a replica index is never negative: {index}")
+    # The epoch of round r is T(r + index) + index, T(n) = n(n+1)/2: increasing in r.
+    total = max(index, _triangle_root(max(0, max_known_epoch - index)))
+    while _triangle(total) + index <= max_known_epoch or (total == 0 and index == 0):
+        total += 1
+    return _triangle(total) + index
+
+
+def epoch_owner(epoch: int) -> int:
+    """The replica whose epoch `epoch` is (see next_epoch): the one replica that may have led
+    it. Epoch 0 is none's (no primary yet)."""
+    if epoch <= 0:
+        raise ValueError(f"epoch {epoch} is no replica's")
+    total = _triangle_root(epoch)
+    return epoch - _triangle(total)
+
+
+def _triangle(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def _triangle_root(value: int) -> int:
+    """The largest n with T(n) <= value."""
+    n = (isqrt(8 * value + 1) - 1) // 2
+    while _triangle(n + 1) <= value:
+        n += 1
+    while _triangle(n) > value:
+        n -= 1
+    return n
 
 
 def truncation_point(
@@ -140,10 +176,17 @@ def enough_in_sync(in_sync_secondaries: int, min_insync: int) -> bool:
     return in_sync_secondaries + 1 >= min_insync
 
 
-def votes_needed(min_insync: int) -> int:
-    """Votes (the candidate's own included) a candidate needs. With min_insync >= 2, a majority
-    of a three-replica cluster, so that two sides of a partition cannot both elect."""
-    return max(1, min_insync)
+def votes_needed(min_insync: int, voters: int) -> int:
+    """Votes (the candidate's own included) a candidate needs. With min_insync = 1 its own is
+    enough for the count: every replica that may be vouching must vote anyway
+    (may_be_vouching_unheard). With min_insync >= 2 no one is waited for, so the votes must
+    meet every group of replicas that can acknowledge a write (min_insync of them): then a
+    deposed primary's in-sync secondaries include a voter of the new epoch, which no longer
+    acks the old one, and two sides of a partition cannot both acknowledge. On three
+    replicas with min_insync 2 that is a majority, two; never fewer than min_insync."""
+    if min_insync <= 1:
+        return 1
+    return min(voters, max(min_insync, voters - min_insync + 1))
 
 
 def vouches(in_sync: bool, confirmed_for: float | None, vouch_window: float) -> bool:

@@ -410,8 +410,8 @@ MUTANTS = (
         (
             (
                 RULES,
-                "        c.claim is not None and c.claim not in present and len(present) >= "
-                "cluster_size - 1",
+                "        c.claim is not None and c.claim not in present and needed - {c.claim} "
+                "<= present",
                 "        c.claim is not None and c.claim not in present",
             ),
         ),

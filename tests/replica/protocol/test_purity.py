@@ -11,7 +11,7 @@ from pathlib import Path
 import replica.protocol
 
 PACKAGE = Path(replica.protocol.__file__).parent
-ALLOWED = {"__future__", "collections", "collections.abc", "dataclasses", "enum", "typing"}
+ALLOWED = {"__future__", "collections", "collections.abc", "dataclasses", "enum", "math", "typing"}
 FORBIDDEN = ("threading", "socket", "grpc", "sqlalchemy", "random", "logging", "time", "asyncio")
 
 

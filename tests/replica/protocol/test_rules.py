@@ -53,14 +53,30 @@ def test_divergence_exchange_keeps_exactly_the_common_prefix(
     assert len(secondary) >= common, "the secondary cut into the prefix it shares with the primary"
 
 
-@given(st.integers(0, 10**6), st.integers(0, 10**6))
-def test_candidates_never_share_an_epoch(known_a: int, known_b: int) -> None:
-    """Two candidates, whatever epochs each has seen, never start the same epoch; each starts
-    one above everything it knows."""
-    a = protocol.next_epoch(known_a, 0, N)
-    b = protocol.next_epoch(known_b, 1, N)
-    assert a != b
-    assert a > known_a and b > known_b
+@given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**4), st.integers(0, 10**4))
+def test_candidates_never_share_an_epoch(known_a: int, known_b: int, a: int, b: int) -> None:
+    """Two candidates, whatever epochs each has seen and whatever their indexes (a cluster's
+    size changes, and indexes are never reused), never start the same epoch; each starts
+    one above everything it knows, and the epoch says whose it is."""
+    epoch_a = protocol.next_epoch(known_a, a)
+    epoch_b = protocol.next_epoch(known_b, b)
+    assert epoch_a > known_a and epoch_b > known_b
+    assert protocol.epoch_owner(epoch_a) == a and protocol.epoch_owner(epoch_b) == b
+    if a != b:
+        assert epoch_a != epoch_b
+
+
+@given(st.integers(0, 10**6), st.integers(0, 200))
+def test_next_epoch_is_the_smallest_of_its_own_above_what_is_known(known: int, index: int) -> None:
+    """No epoch of this replica's lies between what it knows and what it starts: epochs stay
+    as small as they can (they are shown to operators)."""
+    epoch = protocol.next_epoch(known, index)
+    assert all(protocol.epoch_owner(e) != index for e in range(known + 1, epoch))
+
+
+def test_epochs_of_the_first_replicas_stay_small() -> None:
+    assert [protocol.next_epoch(0, i) for i in range(4)] == [1, 2, 5, 9]
+    assert [protocol.next_epoch(5, i) for i in range(3)] == [6, 7, 8]
 
 
 HALF_INSYNC = 0.5  # vouch window for insync_timeout_ms = 1000
@@ -80,6 +96,9 @@ def test_a_secondary_vouches_only_before_the_primary_can_have_dropped_it(
     assert not protocol.vouches(False, 0.0, HALF_INSYNC)
 
 
+VOTERS = frozenset(range(N))
+
+
 def _candidate(index: int, vouches: bool = False, claim: int | None = None):  # type: ignore[no-untyped-def]
     return protocol.CandidateView(index, Position(3, 5), 3, vouches, claim)
 
@@ -89,12 +108,40 @@ def test_a_claim_elects_only_with_every_replica_but_the_one_it_names() -> None:
     nothing alone while a secondary it dropped unheard may claim): all of those must be
     present, and it must not be (it would then be asked, and its log decide)."""
     electable = protocol.electable
-    assert electable([_candidate(1, claim=0), _candidate(2)], N)
-    assert not electable([_candidate(1, claim=0)], N), "replica 2 may hold what 0 acknowledged"
-    assert not electable([_candidate(1, claim=2), _candidate(2)], N), "the one it names is here"
-    assert electable([_candidate(1, vouches=True)], N), "a vouch now is enough alone"
-    assert electable([_candidate(i) for i in range(N)], N), "everyone present"
-    assert not electable([_candidate(1), _candidate(2)], N), "no claim, no vouch"
+    assert electable([_candidate(1, claim=0), _candidate(2)], VOTERS)
+    assert not electable([_candidate(1, claim=0)], VOTERS), "2 may hold what 0 acknowledged"
+    assert not electable([_candidate(1, claim=2), _candidate(2)], VOTERS), "the one it names"
+    assert electable([_candidate(1, vouches=True)], VOTERS), "a vouch now is enough alone"
+    assert electable([_candidate(i) for i in range(N)], VOTERS), "everyone present"
+    assert not electable([_candidate(1), _candidate(2)], VOTERS), "no claim, no vouch"
+
+
+def test_presence_counts_only_voters() -> None:
+    """Any size, any indexes: a replica that is no voter (a learner, one removed) present
+    stands for no voter that is absent."""
+    electable = protocol.electable
+    voters = frozenset({0, 4, 7})
+    assert electable([_candidate(0), _candidate(4), _candidate(7)], voters)
+    assert not electable([_candidate(0), _candidate(4), _candidate(9)], voters), "9 is no voter"
+    assert electable([_candidate(4, claim=0), _candidate(7)], voters)
+    assert not electable([_candidate(4, claim=0), _candidate(9)], voters), "7 may hold it"
+    assert electable([_candidate(3)], frozenset({3})), "a cluster of one"
+
+
+def test_votes_meet_every_group_that_can_acknowledge() -> None:
+    """With min_insync >= 2 the votes a candidate needs and the min_insync replicas an
+    acknowledgement needs always share a replica, for any number of voters: a deposed
+    primary's in-sync secondaries include a voter of the new epoch. Three replicas with
+    min_insync 2 keep needing two votes (a majority)."""
+    for voters in range(1, 10):
+        assert protocol.votes_needed(1, voters) == 1
+        for min_insync in range(2, voters + 1):
+            needed = protocol.votes_needed(min_insync, voters)
+            assert needed + min_insync > voters, (voters, min_insync)
+            assert min_insync <= needed <= voters
+    assert protocol.votes_needed(2, 3) == 2
+    assert protocol.votes_needed(3, 3) == 3
+    assert protocol.votes_needed(2, 5) == 4
 
 
 def test_an_election_waits_only_for_peers_that_may_be_vouching() -> None:
