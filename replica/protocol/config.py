@@ -9,7 +9,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ProtocolConfig:
     index: int
-    members: tuple[int, ...]  # every replica's index, this one's included
+    # The voters the cluster config names: the membership until a membership event in the
+    # log says otherwise (membership.py). A replica that joined later is in none of them.
+    members: tuple[int, ...]
     min_insync: int = 1
     heartbeat_interval: float = 0.1
     peer_timeout: float = 0.6  # a primary silent this long may be replaced
@@ -20,13 +22,19 @@ class ProtocolConfig:
     batch_events: int = 500  # events per replication batch
     max_in_flight: int = 5000  # events sent to a secondary and not yet acked
 
-    def __post_init__(self) -> None:
-        if self.index not in self.members:
-            raise ValueError(f"replica {self.index} is not among the members {self.members}")
-
     @property
     def cluster_size(self) -> int:
         return len(self.members)
+
+    @property
+    def promotion_lag(self) -> int:
+        """A learner is promoted only while within this many events of the log's end..."""
+        return self.batch_events
+
+    @property
+    def promotion_steady(self) -> float:
+        """...and only once it has kept that close for this long (several heartbeats)."""
+        return 5 * self.heartbeat_interval
 
     @property
     def peers(self) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ from replica.protocol.effects import (
     CancelStream,
     Effect,
     EndStream,
+    LeaveCluster,
     LogNote,
     OpenStream,
     PersistEpoch,
@@ -59,6 +60,7 @@ from replica.protocol.inputs import (
     HeartbeatReceived,
     Input,
     LocalWriteFailed,
+    MembershipChanged,
     PeerView,
     ProbeOutcome,
     ProbeReceived,
@@ -74,6 +76,7 @@ from replica.protocol.inputs import (
     VoteRequested,
     Written,
 )
+from replica.protocol.membership import ChangeKind, Membership, MembershipChange
 from replica.protocol.roles import Role
 from replica.protocol.rules import LogPosition
 
@@ -145,6 +148,9 @@ class ReplicaCore:
         self.primary_index: int | None = None
         self.following = Following()
         self.in_sync_set: InSyncSet | None = None  # while primary (or about to be)
+        # The latest membership in this replica's log (membership.py), as the shell last said.
+        self.membership = Membership.initial(config.members)
+        self._left = False  # told the shell it was removed (LeaveCluster)
         self.election: Election | None = None
         self.started_at = now
         self._last_input_at = now
@@ -180,6 +186,7 @@ class ReplicaCore:
             SendWanted: self._send_wanted,
             SecondaryDisconnected: self._secondary_disconnected,
             DatabaseFailed: self._database_failed,
+            MembershipChanged: self._membership_changed,
         }
 
     # -- the one entry point -------------------------------------------------------------
@@ -211,7 +218,7 @@ class ReplicaCore:
         """Holds every event the latest primary acknowledged: in its in-sync set and knows it,
         confirmed lately (see rules.vouches and rules.electable)."""
         f = self.following
-        if self.role is Role.PRIMARY or self.in_sync_set is not None:
+        if self.role is Role.PRIMARY or self.in_sync_set is not None or not self.is_voter:
             return False
         confirmed_for = None if f.confirmed_at == float("-inf") else now - f.confirmed_at
         return rules.vouches(f.in_sync, confirmed_for, self.config.vouch_window)
@@ -224,7 +231,58 @@ class ReplicaCore:
         f = self.following
         if self.role is Role.PRIMARY or self.in_sync_set is not None or not f.in_sync:
             return None
+        if not self.is_voter:
+            return None
         return f.counted_by
+
+    @property
+    def is_voter(self) -> bool:
+        return self.membership.is_voter(self.config.index)
+
+    def voter_peers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.membership.voters - {self.config.index}))
+
+    def membership_change_refusal(self, change: MembershipChange, now: float) -> str | None:
+        """Why the primary must not write `change` now, if it must not: the rules of
+        single-server changes. Only a primary changes membership, once the start of its epoch
+        is committed (what an earlier primary began is settled first: hashicorp/raft's
+        configurationChangeChIfStable), one change at a time (the previous one committed, so
+        the memberships any two replicas act on differ by one replica at most), indexes never
+        reused, never below min_insync voters or without its own vote, and a learner promoted
+        only once it keeps up."""
+        iss = self.in_sync_set
+        if iss is None or self.role is not Role.PRIMARY:
+            return "this replica is not the primary"
+        if iss.epoch_start_seq is None or iss.commit_point < iss.epoch_start_seq:
+            return (
+                f"the primary has not committed the start of its epoch {iss.epoch} yet "
+                "(until it has, what an earlier primary began is not settled); try again shortly"
+            )
+        pending = self.membership.seq
+        if pending > iss.commit_point:
+            return (
+                f"a membership change is in progress (the event at seq {pending} is not "
+                f"committed yet: {self.membership.describe()}); try again once it is"
+            )
+        refusal = self.membership.refusal(change)
+        if refusal is not None:
+            return refusal
+        index = change.index
+        if change.kind is ChangeKind.REMOVE:
+            if index == self.config.index:
+                return (
+                    f"replica {index} is the primary: it cannot remove itself (stop it, or "
+                    "let another replica take over, then remove it)"
+                )
+            left = len(self.membership.voters - {index})
+            if self.membership.is_voter(index) and left < self.config.min_insync:
+                return (
+                    f"removing replica {index} would leave {left} voter(s), fewer than "
+                    f"min_insync={self.config.min_insync}"
+                )
+        if change.kind is ChangeKind.PROMOTE:
+            return iss.promotion_refusal(index, now)
+        return None
 
     def following_live_primary(self, now: float) -> bool:
         f = self.following
@@ -323,7 +381,7 @@ class ReplicaCore:
                 self._gone.add(o.index)
             else:
                 self._gone.discard(o.index)
-        running = [p for p in self.config.peers if p not in self._gone]
+        running = [p for p in self.voter_peers() if p not in self._gone]
         timeout = self.config.insync_timeout
         # A peer acking on its stream runs, whatever a probe round that began before it
         # restarted says: a stale "gone" must not make a primary with a live secondary step down.
@@ -479,6 +537,13 @@ class ReplicaCore:
         )
 
     def _probes_answered(self, event: ProbesAnswered, now: float) -> None:
+        # Only members' words count: a removed replica's epochs must not disrupt the others.
+        outcomes = tuple(
+            o
+            for o in event.outcomes
+            if o.index != self.config.index and self.membership.is_member(o.index)
+        )
+        event = ProbesAnswered(event.own_position, outcomes, event.ended_at)
         live = [o.view for o in event.outcomes if o.view is not None]
         newest = max((v.epoch for v in live), default=0)
         iss = self.in_sync_set
@@ -503,6 +568,8 @@ class ReplicaCore:
             return
         if self.following_live_primary(now) or self.election is not None:
             return
+        if not self.is_voter:
+            return  # a learner (or a removed replica) follows; it never elects
         f = self.following
         if now - f.voted_at < self.config.peer_timeout:
             return  # (the candidate it voted for may have won and not reached it yet)
@@ -522,7 +589,8 @@ class ReplicaCore:
         if event.own_position is None:
             return  # its own log's end is unknown: no election on it
         lost = f.target[0] if f.target is not None else f.lost_primary
-        silent = rules.may_be_vouching_unheard(event.outcomes, lost, self.config.min_insync)
+        voting = tuple(o for o in event.outcomes if self.membership.is_voter(o.index))
+        silent = rules.may_be_vouching_unheard(voting, lost, self.config.min_insync)
         self._elect(live, event.own_position, now, silent)
 
     def _elect(
@@ -542,25 +610,26 @@ class ReplicaCore:
         mine = rules.CandidateView(
             self.config.index, own_position, self.current_epoch, self.vouches(now), claim
         )
+        voters = self.membership.voters
         electorate = [mine] + [
             rules.CandidateView(v.index, v.position, v.epoch, v.vouches, v.claim)
             for v in live
-            if v.role is not Role.PRIMARY
+            if v.role is not Role.PRIMARY and v.index in voters
         ]
-        choice = rules.choose_primary(electorate, self.config.members)
+        choice = rules.choose_primary(electorate, voters)
         self.role = Role.CANDIDATE
         self.primary_index = None
         self._note_electorate(electorate, choice, silent)
         if choice != self.config.index:
             return
-        if len(electorate) < rules.votes_needed(self.config.min_insync, self.config.cluster_size):
+        if len(electorate) < rules.votes_needed(self.config.min_insync, len(voters)):
             return
         epoch = rules.next_epoch(max(c.epoch for c in electorate), self.config.index)
         self._observe_epoch(epoch, own=True)
-        voters = tuple(c.index for c in electorate if c.index != self.config.index) + silent
-        self.election = Election(epoch, own_position, voters, set(voters), now)
-        if voters:
-            self._out.append(RequestVotes(epoch, own_position, voters))
+        asked = tuple(c.index for c in electorate if c.index != self.config.index) + silent
+        self.election = Election(epoch, own_position, asked, set(asked), now)
+        if asked:
+            self._out.append(RequestVotes(epoch, own_position, asked))
         else:
             self._become_primary(now)
 
@@ -602,7 +671,8 @@ class ReplicaCore:
             and event.from_epoch >= self.current_epoch
             and self.role is not Role.PRIMARY
             and self.following.target != (event.from_index, event.from_epoch)
-            and event.from_index in self.config.peers
+            and event.from_index != self.config.index
+            and self.membership.is_member(event.from_index)
         ):
             # A new primary announces itself: follow it now rather than at our next probe.
             self._set_target(event.from_index, event.from_epoch)
@@ -613,6 +683,10 @@ class ReplicaCore:
         def refuse(reason: str) -> None:
             self._out.append(ReplyVote(False, self.current_epoch, reason))
 
+        if not self.is_voter:
+            return refuse(f"I am not a voter ({self.membership.describe()})")
+        if not self.membership.is_member(event.candidate):
+            return refuse(f"replica {event.candidate} is not a member of this cluster")
         if event.epoch <= self.current_epoch:
             return refuse(f"epoch {event.epoch} is not newer than {self.current_epoch}")
         if self.in_sync_set is not None:
@@ -666,7 +740,9 @@ class ReplicaCore:
         f.lost_primary = None
         point = min(f.committed_seq, e.position.seq)
         self._out.append(ResetCommit(point))
-        self.in_sync_set = InSyncSet(self.config, e.epoch, e.position.seq, point, e.voters, now)
+        self.in_sync_set = InSyncSet(
+            self.config, e.epoch, e.position.seq, point, e.voters, now, self.membership
+        )
         # The new epoch starts durably, in the log, before any client write: committing
         # this event also commits every earlier event the new primary holds. Until then the
         # role stays candidate, so nothing else is written in this epoch.
@@ -678,7 +754,7 @@ class ReplicaCore:
             return
         self.role = Role.PRIMARY
         self.primary_index = self.config.index
-        self._last_answer = dict.fromkeys(self.config.peers, now)
+        self._last_answer = dict.fromkeys(self.voter_peers(), now)
         self._last_ack = {}
         self._gone = set()
         iss.started(event.position.seq, now, self._out)
@@ -764,6 +840,7 @@ class ReplicaCore:
             f.last_contact = now
             self._send_ack(event.stream_id, now)
             self._out.append(SecondaryCommitted(min(f.committed_seq, f.stored.seq)))
+            self._check_removed()
             return
         self._heard_primary(event.stream_id, event.in_sync, event.committed_seq, event.echo, now)
 
@@ -797,7 +874,7 @@ class ReplicaCore:
         # when the epoch began (its log is a prefix of the primary's). A voter that only
         # claimed (rules.electable) keeps claiming: its new primary counts it.
         holds_epoch = f.stored.epoch >= self.current_epoch
-        f.in_sync = in_sync and (f.in_sync or holds_epoch)
+        f.in_sync = in_sync and (f.in_sync or holds_epoch) and self.is_voter
         if f.in_sync:
             f.counted_by = f.stream_primary
             sent = f.acks_sent.get(echo)
@@ -809,6 +886,24 @@ class ReplicaCore:
         f.committed_seq = committed_seq
         self._send_ack(stream_id, now)
         self._out.append(SecondaryCommitted(min(committed_seq, f.stored.seq)))
+        self._check_removed()
+
+    def _check_removed(self) -> None:
+        """Removed, and the removal committed (its primary said so): it stops, once. Until
+        then it follows like a learner, so that the removal can commit on its ack."""
+        m = self.membership
+        f = self.following
+        if self._left or m.is_member(self.config.index) or self.config.index not in m.removed:
+            return
+        if f.committed_seq < m.seq or f.stored is None or f.stored.seq < m.seq:
+            return
+        self._left = True
+        self._out.append(
+            LeaveCluster(
+                f"replica {self.config.index} was removed from the cluster (the event at seq "
+                f"{m.seq}, committed; {m.describe()})"
+            )
+        )
 
     def _send_ack(self, stream_id: int, now: float) -> None:
         f = self.following
@@ -822,6 +917,25 @@ class ReplicaCore:
     def _replication_stream_ended(self, event: ReplicationStreamEnded, now: float) -> None:
         if event.stream_id == self.following.stream_id:
             self._stream_lost()
+
+    def _membership_changed(self, event: MembershipChanged, now: float) -> None:
+        before = self.membership
+        after = event.membership
+        if after == before:
+            return
+        self.membership = after
+        self._out.append(LogNote("info", f"membership as of seq {after.seq}: {after.describe()}"))
+        iss = self.in_sync_set
+        if iss is not None:
+            iss.membership_changed(after, now, self._out)
+        if not self.is_voter:
+            # A learner, or a replica removed: it vouches and claims nothing, votes for no one
+            # and elects no one (it follows, so that a removal can commit on its ack).
+            self.following.in_sync = False
+            self.following.vouched_at_vote = False
+            self.election = None
+            if iss is not None:
+                self._step_down(f"replica {self.config.index} is no longer a voter")
 
     def _database_failed(self, event: DatabaseFailed, now: float) -> None:
         """Its peer is about to hear UNAVAILABLE, and may elect without it on that answer (a

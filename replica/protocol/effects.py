@@ -107,6 +107,14 @@ class WakeSenders:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaveCluster:
+    """This replica was removed from the cluster and the removal is committed: it has no
+    part in it any more, and stops (an operator may remove it only this way)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class LogNote:
     """Something an operator should see in the log; `level` is "info" or "warning". `event`
     names the notes the shell also counts (metrics): "in_sync_joined", "in_sync_left"."""
@@ -138,6 +146,7 @@ class MemberStatus:
     in_sync: bool
     acked_seq: int
     lag: int
+    voter: bool = True  # (False: a learner, or a replica being removed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +286,7 @@ Then = (
     | CommitStalled
     | SecondaryCommitted
     | WakeSenders
+    | LeaveCluster
     | LogNote
     | ProbeAll
     | ReplyProbe

@@ -31,6 +31,7 @@ from replica.protocol.effects import (
     SendHeartbeat,
     WakeSenders,
 )
+from replica.protocol.membership import Membership
 
 
 @dataclass(slots=True)
@@ -69,6 +70,9 @@ class Member:
     unconfirmed: bool = False
     last_ack_at: float = float("-inf")
     gone_at: float | None = None  # first seen dead (connection refused) while disconnected
+    # Since when its lag has stayed within the promotion threshold (None: beyond it now): a
+    # learner is promoted only once it keeps up (InSyncSet.promotion_refusal).
+    keeping_up_since: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -92,11 +96,14 @@ class InSyncSet:
         commit_point: int,
         voters: Iterable[int],
         now: float,
+        membership: Membership | None = None,
     ) -> None:
         """Lead `epoch`. The replicas that voted start in the in-sync set: they keep vouching
         for their logs through the election, so nothing is acknowledged without them until
-        they catch up or are removed."""
+        they catch up or are removed. Only voters of `membership` ever join it: a learner
+        follows and counts for nothing, and a replica being removed is told it is out."""
         self._config = config
+        self.membership = membership or Membership.initial(config.members)
         self.epoch = epoch
         # The log's end as streamed (written by the writer, its local commit perhaps still
         # under way) and as durable here: only durable events can be acknowledged.
@@ -135,9 +142,12 @@ class InSyncSet:
         if last_seq <= self.last_seq:
             return
         self.last_seq = last_seq
+        limit = self._config.promotion_lag
         for m in self.members.values():
             if m.acked_seq < last_seq and m.behind_since is None:
                 m.behind_since = now
+            if m.keeping_up_since is not None and last_seq - m.acked_seq > limit:
+                m.keeping_up_since = None
         out.append(WakeSenders())
 
     def appended(self, last_seq: int, now: float, out: list[Effect]) -> None:
@@ -231,17 +241,23 @@ class InSyncSet:
         if not knows_in_sync and not m.in_sync:
             m.unconfirmed = False  # it knows it is out
         m.acked_seq = max(m.acked_seq, seq)
+        if self.last_seq - m.acked_seq > self._config.promotion_lag:
+            m.keeping_up_since = None
+        elif m.keeping_up_since is None:
+            m.keeping_up_since = now
         caught_up = m.acked_seq >= self.last_seq or was_tip
         if caught_up:
             m.behind_since = None
         elif m.behind_since is None:
             m.behind_since = now
+        voter = self.membership.is_voter(secondary)
         if m.leaving_since is not None and not knows_in_sync:
-            self._remove(m, "behind for too long", out, confirmed=True)
-        elif caught_up and m.leaving_since is not None:
+            reason = "behind for too long" if voter else "no longer a voter"
+            self._remove(m, reason, out, confirmed=True)
+        elif caught_up and m.leaving_since is not None and voter:
             m.leaving_since = None  # caught up before it left: it stays
             out.append(WakeSenders())
-        elif caught_up and not m.in_sync:
+        elif caught_up and not m.in_sync and voter:
             m.in_sync = True
             m.unconfirmed = False
             m.joined_at_commit = self.commit_point
@@ -315,6 +331,39 @@ class InSyncSet:
                     stream.last_ack_id,
                 )
             )
+
+    # -- membership ------------------------------------------------------------------------
+
+    def membership_changed(self, membership: Membership, now: float, out: list[Effect]) -> None:
+        """A membership event was written: a member that is no voter any more leaves the set as
+        one that fell behind does -- told first, removed once it confirms (or, unheard, after
+        the in-sync timeout, and then counted unconfirmed) -- since until it knows, it may
+        still vouch or claim in an election. A promoted learner joins once caught up."""
+        self.membership = membership
+        for m in self.members.values():
+            if m.in_sync and not membership.is_voter(m.index) and m.leaving_since is None:
+                m.leaving_since = now
+        out.append(WakeSenders())
+        self.advance_commit(out)
+
+    def promotion_refusal(self, learner: int, now: float) -> str | None:
+        """Why `learner` must not become a voter yet, if it must not: it has to be connected
+        and keep within `promotion_lag` events of the log's end for `promotion_steady`
+        seconds -- a voter that cannot keep up would stall every write once in the in-sync
+        set, or leave it at once."""
+        config = self._config
+        m = self.members.get(learner)
+        if m is None or not m.connected:
+            return f"replica {learner} is not connected to the primary (has it started?)"
+        lag = max(0, self.last_seq - m.acked_seq)
+        steady = 0.0 if m.keeping_up_since is None else now - m.keeping_up_since
+        if m.keeping_up_since is None or steady < config.promotion_steady:
+            return (
+                f"replica {learner} is catching up: {lag} event(s) behind, within "
+                f"{config.promotion_lag} for {steady:.1f}s of the {config.promotion_steady:.1f}s "
+                "needed; try again shortly"
+            )
+        return None
 
     # -- removing members ------------------------------------------------------------------
 
@@ -403,7 +452,12 @@ class InSyncSet:
     def statuses(self) -> tuple[MemberStatus, ...]:
         return tuple(
             MemberStatus(
-                m.index, m.connected, m.in_sync, m.acked_seq, max(0, self.last_seq - m.acked_seq)
+                m.index,
+                m.connected,
+                m.in_sync,
+                m.acked_seq,
+                max(0, self.last_seq - m.acked_seq),
+                self.membership.is_voter(m.index),
             )
             for m in self.members.values()
         )

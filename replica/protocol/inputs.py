@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from replica.protocol.membership import Membership
 from replica.protocol.roles import Role
 from replica.protocol.rules import LogPosition
 
@@ -230,6 +231,14 @@ class DatabaseFailed:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class MembershipChanged:
+    """The latest membership event in this replica's log changed (written, stored, or cut by a
+    truncation): `membership` is in force from now on (membership.py)."""
+
+    membership: Membership
+
+
 Input = (
     Tick
     | ProbesAnswered
@@ -252,4 +261,5 @@ Input = (
     | SendWanted
     | SecondaryDisconnected
     | DatabaseFailed
+    | MembershipChanged
 )

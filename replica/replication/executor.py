@@ -85,6 +85,7 @@ class Executor:
         clock: Clock,
         tenure_changed: Callable[[], None] = lambda: None,
         observe: Callable[[fx.Effect], None] = lambda effect: None,
+        left: Callable[[str], None] = lambda reason: None,
         raise_effect_errors: bool = False,
     ) -> None:
         """`raise_effect_errors`: an effect that raises propagates (the protocol model: a bug
@@ -99,6 +100,7 @@ class Executor:
         self._clock = clock
         self._tenure_changed = tenure_changed  # a tenure began or ended (caches are stale)
         self._observe = observe  # sees every effect carried out (metrics)
+        self._left = left  # this replica was removed from the cluster: the process stops
         self._raise_effect_errors = raise_effect_errors
         self._core = ReplicaCore(config, current_epoch, clock())
         self._owner: int | None = None
@@ -343,6 +345,9 @@ class Executor:
                 self._commits.set_stalled(shortfall)
             case fx.WakeSenders():
                 self._feed.update(self._serving)
+            case fx.LeaveCluster(reason):
+                log.error("replica %d: %s; stopping", index, reason)
+                self._left(reason)
             case fx.LogNote(level, text):
                 log.log(
                     logging.WARNING if level == "warning" else logging.INFO,

@@ -368,9 +368,9 @@ MUTANTS = (
         (
             (
                 CORE,
-                "        voters = tuple(c.index for c in electorate if c.index != "
+                "        asked = tuple(c.index for c in electorate if c.index != "
                 "self.config.index) + silent",
-                "        voters = tuple(c.index for c in electorate if c.index != "
+                "        asked = tuple(c.index for c in electorate if c.index != "
                 "self.config.index)",
             ),
         ),

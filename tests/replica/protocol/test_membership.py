@@ -1,0 +1,238 @@
+"""Membership in the protocol core: learners, promotion, removal, and the rules of
+single-server changes (replica/protocol/membership.py, ReplicaCore, InSyncSet)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from eventlog import Position
+from replica.protocol import ReplicaCore, Role
+from replica.protocol import effects as fx
+from replica.protocol import inputs as ins
+from replica.protocol.membership import ChangeKind, Membership, MembershipChange, MembershipError
+from tests.replica.protocol.test_core import Primary, Secondary, config, of, view
+
+ADD, PROMOTE, REMOVE = ChangeKind.ADD, ChangeKind.PROMOTE, ChangeKind.REMOVE
+THREE = Membership.initial((0, 1, 2))
+
+
+def change(kind: ChangeKind, index: int) -> MembershipChange:
+    return MembershipChange(kind, index)
+
+
+# -- the membership value ----------------------------------------------------------------------
+
+
+def test_a_replica_joins_as_a_learner_then_votes_and_its_index_is_never_reused() -> None:
+    added = THREE.changed(change(ADD, 3), 10)
+    assert (added.voters, added.learners, added.seq) == ({0, 1, 2}, {3}, 10)
+    promoted = added.changed(change(PROMOTE, 3), 12)
+    assert (promoted.voters, promoted.learners) == ({0, 1, 2, 3}, frozenset())
+    removed = promoted.changed(change(REMOVE, 0), 15)
+    assert (removed.voters, removed.removed) == ({1, 2, 3}, {0})
+    assert removed.refusal(change(ADD, 0)) == (
+        "index 0 belonged to a replica that was removed; indexes are never reused "
+        "(choose one above 3)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "index", "reason"),
+    [
+        (ADD, 1, "index 1 is in use (replica 1 is a voter)"),
+        (ADD, -1, "a replica index is never negative (-1)"),
+        (PROMOTE, 1, "replica 1 is a voter already"),
+        (PROMOTE, 7, "replica 7 is not a learner of this cluster"),
+        (REMOVE, 7, "replica 7 is not a member of this cluster"),
+    ],
+)
+def test_a_change_that_makes_no_sense_is_refused_with_a_reason(
+    kind: ChangeKind, index: int, reason: str
+) -> None:
+    assert THREE.refusal(change(kind, index)) == reason
+    with pytest.raises(MembershipError, match=re.escape(reason)):
+        THREE.changed(change(kind, index), 9)
+
+
+def test_the_last_voter_stays() -> None:
+    one = Membership.initial((4,))
+    assert one.refusal(change(REMOVE, 4)) == "replica 4 is the last voter (a cluster needs one)"
+
+
+# -- the primary's rules ---------------------------------------------------------------------
+
+
+def membership_event(p: Primary, after: Membership) -> list[fx.Effect]:
+    """The primary wrote a membership event at seq `after.seq` (durable at once)."""
+    out = p.step(ins.Written(after.seq))
+    out += p.step(ins.MembershipChanged(after), after=0)
+    out += p.step(ins.Appended(after.seq), after=0)
+    return out
+
+
+def test_a_change_waits_for_the_primary_and_for_the_previous_change_to_commit() -> None:
+    s = Secondary()
+    assert s.core.membership_change_refusal(change(ADD, 3), s.now) == (
+        "this replica is not the primary"
+    )
+    p = Primary()
+    assert p.core.membership_change_refusal(change(ADD, 3), p.now) is None
+    membership_event(p, THREE.changed(change(ADD, 3), 7))
+    assert p.core.commit_point == 6
+    refusal = p.core.membership_change_refusal(change(ADD, 4), p.now)
+    assert refusal is not None and refusal.startswith(
+        "a membership change is in progress (the event at seq 7 is not committed yet"
+    )
+    for s_ in (1, 2):
+        p.send(s_)
+        p.ack(s_, 7)
+    assert p.core.commit_point == 7
+    assert p.core.membership_change_refusal(change(ADD, 4), p.now) is None
+
+
+def test_no_change_before_the_new_primary_commits_its_epoch_start() -> None:
+    core = ReplicaCore(config(0), 0, 0.0)
+    core.step(0.1, ins.ProbesAnswered(Position(2, 5), (view(1, epoch=2), view(2, epoch=2))))
+    epoch = core.current_epoch
+    core.step(0.2, ins.VoteReplied(1, epoch, True, epoch))
+    core.step(0.3, ins.VoteReplied(2, epoch, True, epoch))
+    core.step(0.4, ins.EpochStartAppended(Position(epoch, 6)))
+    assert core.role is Role.PRIMARY
+    refusal = core.membership_change_refusal(change(ADD, 3), 0.5)
+    assert refusal is not None and "has not committed the start of its epoch" in refusal
+
+
+def test_the_primary_cannot_remove_itself_nor_go_below_min_insync() -> None:
+    p = Primary(min_insync=3)
+    assert p.core.membership_change_refusal(change(REMOVE, 0), p.now) == (
+        "replica 0 is the primary: it cannot remove itself (stop it, or let another replica "
+        "take over, then remove it)"
+    )
+    assert p.core.membership_change_refusal(change(REMOVE, 2), p.now) == (
+        "removing replica 2 would leave 2 voter(s), fewer than min_insync=3"
+    )
+
+
+def learner_streaming(p: Primary, index: int = 3, seq: int = 7) -> int:
+    """Learner `index` connects to the primary and acks the log's end."""
+    (div,) = of(p.step(ins.SecondaryHello(index, None, p.epoch)), fx.SendDivergence)
+    p.streams[index] = div.stream_id
+    p.step(ins.SecondaryAcked(index, div.stream_id, 0, False))
+    return div.stream_id
+
+
+def test_a_learner_counts_for_nothing_and_is_promoted_only_once_it_keeps_up() -> None:
+    p = Primary()
+    membership_event(p, THREE.changed(change(ADD, 3), 7))
+    learner_streaming(p)
+    # The primary commits without it while it catches up.
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 7)
+    assert p.core.commit_point == 7
+    refusal = p.core.membership_change_refusal(change(PROMOTE, 3), p.now)
+    assert refusal is not None and refusal.startswith("replica 3 is catching up: 7 event(s)")
+    p.send(3)
+    p.ack(3, 7, knows=False)
+    iss = p.core.in_sync_set
+    assert iss is not None
+    statuses = {m.index: m for m in iss.statuses()}
+    assert not statuses[3].in_sync and not statuses[3].voter, "a learner joined the in-sync set"
+    refusal = p.core.membership_change_refusal(change(PROMOTE, 3), p.now)
+    assert refusal is not None and re.search(
+        r"0 event\(s\) behind, .* for 0\.\ds of the 0\.5s", refusal
+    )
+    p.run(0.6)
+    p.ack(3, 7, knows=False)
+    assert p.core.membership_change_refusal(change(PROMOTE, 3), p.now) is None
+    # Promoted, it joins the in-sync set once caught up, and then counts for commits.
+    membership_event(p, p.core.membership.changed(change(PROMOTE, 3), 8))
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 8)
+    p.send(3)
+    p.ack(3, 8, knows=False)
+    statuses = {m.index: m for m in iss.statuses()}
+    assert statuses[3].in_sync and statuses[3].voter
+    p.step(ins.Written(9))
+    p.step(ins.Appended(9), after=0)
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 9)
+    assert p.core.commit_point == 8, "committed without the new voter's ack"
+    p.send(3)
+    p.ack(3, 9)
+    assert p.core.commit_point == 9
+
+
+def test_a_voter_removed_is_told_first_and_out_once_it_knows() -> None:
+    p = Primary()
+    membership_event(p, THREE.changed(change(REMOVE, 2), 7))
+    iss = p.core.in_sync_set
+    assert iss is not None
+    assert not iss.told_in_sync(2), "a replica being removed is still told it is in sync"
+    p.send(1)
+    p.ack(1, 7)
+    assert p.core.commit_point == 6, "the removal committed without the ack of the removed"
+    p.send(2)
+    p.ack(2, 7, knows=False)
+    assert {m.index: m.in_sync for m in iss.statuses()}[2] is False
+    assert p.core.commit_point == 7
+    assert iss.unconfirmed() == [], "it confirmed it knows it is out"
+
+
+def test_a_removed_replica_stops_vouching_and_leaves_once_its_removal_is_committed() -> None:
+    s = Secondary()
+    assert s.core.vouches(s.now)
+    out = s.step(ins.MembershipChanged(THREE.changed(change(REMOVE, 1), 6)))
+    assert not s.core.vouches(s.now) and s.core.claim() is None
+    stored = s.step(ins.BatchReceived(s.stream, 3, Position(3, 6)))
+    assert of(stored, fx.StoreBatch)
+    out = s.step(ins.BatchStored(s.stream, Position(3, 6), 5, True))
+    assert [a.in_sync for a in of(out, fx.SendAck)] == [False], "it says it knows it is out"
+    assert not of(out, fx.LeaveCluster), "left before its removal was committed"
+    out = s.step(ins.HeartbeatReceived(s.stream, 3, 6, False))
+    (left,) = of(out, fx.LeaveCluster)
+    assert "replica 1 was removed from the cluster (the event at seq 6, committed" in left.reason
+    assert not of(s.step(ins.HeartbeatReceived(s.stream, 3, 6, False)), fx.LeaveCluster)
+
+
+def test_a_learner_never_elects_nor_votes() -> None:
+    learner = ReplicaCore(config(3), 3, 0.0)
+    learner.step(0.0, ins.MembershipChanged(THREE.changed(change(ADD, 3), 7)))
+    out = learner.step(
+        5.0, ins.ProbesAnswered(Position(3, 9), (view(0, seq=4), view(1, seq=4), view(2, seq=4)))
+    )
+    assert not of(out, fx.PersistEpoch) and not of(out, fx.RequestVotes)
+    (reply,) = of(
+        learner.step(5.1, ins.VoteRequested(0, 9, Position(3, 9), Position(3, 7))), fx.ReplyVote
+    )
+    assert not reply.granted and reply.reason.startswith("I am not a voter")
+
+
+def test_a_learner_is_no_voter_in_an_election_and_a_stranger_gets_no_vote() -> None:
+    core = ReplicaCore(config(1), 3, 0.0)
+    core.step(0.0, ins.MembershipChanged(THREE.changed(change(ADD, 3), 7)))
+    # 0 is gone; 2 and the learner 3 answer: without 2's vote or 0 present, only 2 decides.
+    out = core.step(
+        5.0,
+        ins.ProbesAnswered(Position(3, 5), (view(2, seq=5), view(3, seq=9, vouches=True))),
+    )
+    assert not of(out, fx.RequestVotes), "a learner's vouch elected"
+    (reply,) = of(
+        core.step(5.1, ins.VoteRequested(8, 40, Position(3, 9), Position(3, 5))), fx.ReplyVote
+    )
+    assert reply.reason == "replica 8 is not a member of this cluster"
+
+
+def test_a_removed_replicas_newer_epoch_does_not_depose_the_primary() -> None:
+    p = Primary()
+    membership_event(p, THREE.changed(change(REMOVE, 2), 7))
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 7, knows=s == 1)
+    assert p.core.commit_point == 7
+    p.step(ins.ProbesAnswered(None, (view(1, Role.SECONDARY, p.epoch), view(2, epoch=99))))
+    assert p.core.role is Role.PRIMARY and p.core.current_epoch == p.epoch
