@@ -137,11 +137,18 @@ class Election:
 
 class ReplicaCore:
     def __init__(
-        self, config: ProtocolConfig, current_epoch: int, now: float, *, ids_after: int = 0
+        self,
+        config: ProtocolConfig,
+        current_epoch: int,
+        now: float,
+        *,
+        ids_after: int = 0,
+        membership: Membership | None = None,
     ) -> None:
         """`ids_after`: stream and ack ids start above it -- a core restarted in a running
         process (the executor's, after a failed durable write) must not reuse its
-        predecessor's ids, which late messages may still carry."""
+        predecessor's ids, which late messages may still carry. `membership`: the latest in
+        the log (by default the config's members: a log without membership events)."""
         self.config = config
         self.current_epoch = current_epoch  # durable (as far as the effects were carried out)
         self.role = Role.CANDIDATE
@@ -149,7 +156,7 @@ class ReplicaCore:
         self.following = Following()
         self.in_sync_set: InSyncSet | None = None  # while primary (or about to be)
         # The latest membership in this replica's log (membership.py), as the shell last said.
-        self.membership = Membership.initial(config.members)
+        self.membership = membership or Membership.initial(config.members)
         self._left = False  # told the shell it was removed (LeaveCluster)
         self.election: Election | None = None
         self.started_at = now
@@ -239,10 +246,26 @@ class ReplicaCore:
     def is_voter(self) -> bool:
         return self.membership.is_voter(self.config.index)
 
+    def election_voters(self) -> frozenset[int]:
+        """Whom an election counts: the latest membership's voters once its change is known
+        committed; until then, the voters before it too. A voter being removed may still
+        vouch for its log until it hears it is out, and a new voter may already hold what
+        was acknowledged with it: an election must neither go ahead without the first
+        (the remaining voters alone could elect, as a majority of the new membership, and
+        acknowledge without it while it vouches) nor count presence without the second."""
+        m = self.membership
+        iss = self.in_sync_set
+        known_committed = iss.commit_point if iss is not None else self.following.committed_seq
+        if known_committed >= m.seq:
+            return m.voters
+        return m.voters_in_transition
+
     def voter_peers(self) -> tuple[int, ...]:
         return tuple(sorted(self.membership.voters - {self.config.index}))
 
-    def membership_change_refusal(self, change: MembershipChange, now: float) -> str | None:
+    def membership_change_refusal(
+        self, change: MembershipChange, now: float, latest: Membership | None = None
+    ) -> str | None:
         """Why the primary must not write `change` now, if it must not: the rules of
         single-server changes. Only a primary changes membership, once the start of its epoch
         is committed (what an earlier primary began is settled first: hashicorp/raft's
@@ -258,13 +281,15 @@ class ReplicaCore:
                 f"the primary has not committed the start of its epoch {iss.epoch} yet "
                 "(until it has, what an earlier primary began is not settled); try again shortly"
             )
-        pending = self.membership.seq
+        # `latest`: the writer's, which may be ahead of what this core was told yet.
+        membership = latest or self.membership
+        pending = membership.seq
         if pending > iss.commit_point:
             return (
                 f"a membership change is in progress (the event at seq {pending} is not "
-                f"committed yet: {self.membership.describe()}); try again once it is"
+                f"committed yet: {membership.describe()}); try again once it is"
             )
-        refusal = self.membership.refusal(change)
+        refusal = membership.refusal(change)
         if refusal is not None:
             return refusal
         index = change.index
@@ -274,8 +299,8 @@ class ReplicaCore:
                     f"replica {index} is the primary: it cannot remove itself (stop it, or "
                     "let another replica take over, then remove it)"
                 )
-            left = len(self.membership.voters - {index})
-            if self.membership.is_voter(index) and left < self.config.min_insync:
+            left = len(membership.voters - {index})
+            if membership.is_voter(index) and left < self.config.min_insync:
                 return (
                     f"removing replica {index} would leave {left} voter(s), fewer than "
                     f"min_insync={self.config.min_insync}"
@@ -537,15 +562,11 @@ class ReplicaCore:
         )
 
     def _probes_answered(self, event: ProbesAnswered, now: float) -> None:
-        # Only members' words count: a removed replica's epochs must not disrupt the others.
-        outcomes = tuple(
-            o
-            for o in event.outcomes
-            if o.index != self.config.index and self.membership.is_member(o.index)
-        )
-        event = ProbesAnswered(event.own_position, outcomes, event.ended_at)
         live = [o.view for o in event.outcomes if o.view is not None]
-        newest = max((v.epoch for v in live), default=0)
+        # Only members' epochs depose a primary: a removed replica's candidacies must not
+        # disrupt the others. (A primary is followed whoever it is: one elected after a
+        # change this replica has not stored yet may be no member in its eyes.)
+        newest = max((v.epoch for v in live if self.membership.is_member(v.index)), default=0)
         iss = self.in_sync_set
         if iss is not None:
             if newest > self.current_epoch:
@@ -589,7 +610,8 @@ class ReplicaCore:
         if event.own_position is None:
             return  # its own log's end is unknown: no election on it
         lost = f.target[0] if f.target is not None else f.lost_primary
-        voting = tuple(o for o in event.outcomes if self.membership.is_voter(o.index))
+        electing = self.election_voters()
+        voting = tuple(o for o in event.outcomes if o.index in electing)
         silent = rules.may_be_vouching_unheard(voting, lost, self.config.min_insync)
         self._elect(live, event.own_position, now, silent)
 
@@ -610,7 +632,7 @@ class ReplicaCore:
         mine = rules.CandidateView(
             self.config.index, own_position, self.current_epoch, self.vouches(now), claim
         )
-        voters = self.membership.voters
+        voters = self.election_voters()
         electorate = [mine] + [
             rules.CandidateView(v.index, v.position, v.epoch, v.vouches, v.claim)
             for v in live
@@ -672,7 +694,6 @@ class ReplicaCore:
             and self.role is not Role.PRIMARY
             and self.following.target != (event.from_index, event.from_epoch)
             and event.from_index != self.config.index
-            and self.membership.is_member(event.from_index)
         ):
             # A new primary announces itself: follow it now rather than at our next probe.
             self._set_target(event.from_index, event.from_epoch)
@@ -683,10 +704,11 @@ class ReplicaCore:
         def refuse(reason: str) -> None:
             self._out.append(ReplyVote(False, self.current_epoch, reason))
 
-        if not self.is_voter:
-            return refuse(f"I am not a voter ({self.membership.describe()})")
-        if not self.membership.is_member(event.candidate):
-            return refuse(f"replica {event.candidate} is not a member of this cluster")
+        # (No membership check, as in Raft: a candidate whose log is more up to date may know
+        # of a change this replica has not stored yet -- its own promotion, the candidate's
+        # addition -- and refusing would leave the best log without a primary for good. A
+        # removed replica's log lacks its removal: those that hold it refuse it as less up
+        # to date, and it leaves once it learns of it.)
         if event.epoch <= self.current_epoch:
             return refuse(f"epoch {event.epoch} is not newer than {self.current_epoch}")
         if self.in_sync_set is not None:
@@ -961,6 +983,17 @@ class ReplicaCore:
         iss = self.in_sync_set
         if iss is None or iss.epoch != self.current_epoch:
             self._out.append(RefuseStream(event.secondary, "this replica is not the primary"))
+            return
+        m = self.membership
+        if not m.is_member(event.secondary) and event.secondary not in m.removed:
+            # (A removed replica is served: it learns of its removal, and leaves.)
+            self._out.append(
+                RefuseStream(
+                    event.secondary,
+                    f"replica {event.secondary} is not a member of this cluster (an operator "
+                    "adds it first: admin member add)",
+                )
+            )
             return
         stream_id = event.stream_id
         if stream_id is None:

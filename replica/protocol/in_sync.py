@@ -127,6 +127,9 @@ class InSyncSet:
             )
             for v in voters
         }
+        for m in self.members.values():
+            if not self.membership.is_voter(m.index):
+                m.leaving_since = now  # a voter being removed: told it is out from the start
         self._pending_streams: dict[int, int] = {}  # stream id -> secondary, before its 1st ack
 
     # -- the log and the commit point ------------------------------------------------------

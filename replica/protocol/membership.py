@@ -37,10 +37,18 @@ class Membership:
     learners: frozenset[int] = field(default_factory=frozenset)
     removed: frozenset[int] = field(default_factory=frozenset)
     seq: int = 0  # where the event that set it is in the log (0: the config's replicas)
+    # The voters before the change at `seq` (None for the initial membership): until that
+    # change is known committed, elections count both (see ReplicaCore.election_voters).
+    voters_before: frozenset[int] | None = None
 
     @classmethod
     def initial(cls, voters: tuple[int, ...] | frozenset[int]) -> Membership:
         return cls(frozenset(voters))
+
+    @property
+    def voters_in_transition(self) -> frozenset[int]:
+        """The voters before and after the latest change, together."""
+        return self.voters | (self.voters_before or frozenset())
 
     @property
     def members(self) -> frozenset[int]:
@@ -88,11 +96,13 @@ class Membership:
         i = change.index
         match change.kind:
             case ChangeKind.ADD:
-                return Membership(self.voters, self.learners | {i}, self.removed, seq)
+                voters, learners, removed = self.voters, self.learners | {i}, self.removed
             case ChangeKind.PROMOTE:
-                return Membership(self.voters | {i}, self.learners - {i}, self.removed, seq)
+                voters, learners, removed = self.voters | {i}, self.learners - {i}, self.removed
             case ChangeKind.REMOVE:
-                return Membership(self.voters - {i}, self.learners - {i}, self.removed | {i}, seq)
+                voters, learners = self.voters - {i}, self.learners - {i}
+                removed = self.removed | {i}
+        return Membership(voters, learners, removed, seq, self.voters)
 
     def describe(self) -> str:
         voters = ", ".join(str(i) for i in sorted(self.voters))

@@ -35,6 +35,7 @@ from replica.errors import Unavailable
 from replica.protocol import ProtocolConfig, ReplicaCore, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
+from replica.protocol.membership import Membership
 from replica.protocol.rules import LogPosition
 from replica.replication.ports import (
     Answer,
@@ -86,10 +87,13 @@ class Executor:
         tenure_changed: Callable[[], None] = lambda: None,
         observe: Callable[[fx.Effect], None] = lambda effect: None,
         left: Callable[[str], None] = lambda reason: None,
+        membership: Membership | None = None,
         raise_effect_errors: bool = False,
     ) -> None:
         """`raise_effect_errors`: an effect that raises propagates (the protocol model: a bug
-        fails the example) instead of restarting the core (a replica keeps serving)."""
+        fails the example) instead of restarting the core (a replica keeps serving).
+        `membership`: the latest in the log (storage tells of every change after:
+        MembershipChanged); every core this executor makes starts with the latest."""
         self.config = config
         self.inbox = inbox
         self._storage = storage
@@ -102,7 +106,8 @@ class Executor:
         self._observe = observe  # sees every effect carried out (metrics)
         self._left = left  # this replica was removed from the cluster: the process stops
         self._raise_effect_errors = raise_effect_errors
-        self._core = ReplicaCore(config, current_epoch, clock())
+        self._membership = membership
+        self._core = ReplicaCore(config, current_epoch, clock(), membership=membership)
         self._owner: int | None = None
         # Steps whose `then` waits: for their own `persist`, or behind an earlier one's.
         self._waiting: deque[tuple[fx.Ready, Envelope]] = deque()
@@ -264,6 +269,8 @@ class Executor:
                     self._reading_position = False
             case ins.Tick():
                 self._feed.update(self._serving)  # (heartbeats)
+            case ins.MembershipChanged(membership):
+                self._membership = membership  # (for a core made after this one)
             case _:
                 pass
         ready = core.step(self._clock(), event)
@@ -486,7 +493,11 @@ class Executor:
         self._follow.close_all(reason)
         old = self._core
         self._core = ReplicaCore(
-            self.config, old.current_epoch, self._clock(), ids_after=old.last_id
+            self.config,
+            old.current_epoch,
+            self._clock(),
+            ids_after=old.last_id,
+            membership=self._membership,
         )
         self._probing_since = None
         self._commits.abandon()
@@ -499,7 +510,7 @@ class Executor:
         """Run the loop on a thread of its own, with a fresh core in `epoch` (the log's, read
         once the database answered; by default the one it was made with)."""
         epoch = self._core.current_epoch if epoch is None else epoch
-        self._core = ReplicaCore(self.config, epoch, self._clock())
+        self._core = ReplicaCore(self.config, epoch, self._clock(), membership=self._membership)
         self._thread = threading.Thread(
             target=self.run, name=f"executor-{self.config.index}", daemon=True
         )

@@ -28,6 +28,7 @@ from replica.errors import ChatError
 from replica.protocol import ProtocolConfig, ReplicaCore, Role, rules
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
+from replica.protocol.membership import Membership, MembershipChange
 from replica.replication.executor import Executor, StorageUnavailable
 from replica.replication.ports import (
     Answer,
@@ -85,6 +86,16 @@ class Violation(AssertionError):
 class Entry:
     epoch: int
     request_id: str | None  # None: a new primary's epoch_started event
+    change: MembershipChange | None = None  # a membership event (written as a client's write)
+
+
+def membership_of(initial: Membership, log: list[Entry]) -> Membership:
+    """The membership in force after `log`: its latest membership event's, or the initial."""
+    membership = initial
+    for seq, entry in enumerate(log, 1):
+        if entry.change is not None:
+            membership = membership.changed(entry.change, seq)
+    return membership
 
 
 @dataclass
@@ -253,6 +264,7 @@ class SimStorage(Storage):
                             f"truncated a divergent tail ({len(log) - after_seq} events)"[:38]
                         )
                         del log[after_seq:]
+            self.world.tell_membership(node)
 
         def done() -> None:
             run()
@@ -277,6 +289,7 @@ class SimStorage(Storage):
                 fail()  # (as the real port: an earlier batch of the stream was not stored)
                 return
             self.world.store(node, batch)
+            self.world.tell_membership(node)
             node.inbox.submit(
                 ins.BatchStored(
                     stream_id, node.disk.position(), batch.committed, batch.in_sync, batch.echo
@@ -500,28 +513,36 @@ class SimPeers(Peers):
         self.world = world
         self.node = node
         self.rounds: dict[int, dict[int, ins.ProbeOutcome]] = {}
+        self.expected: dict[int, int] = {}
 
     def probe_all(self, effect: fx.ProbeAll) -> None:
         node, world = self.node, self.world
         round_id = next(world.ids)
         self.rounds[round_id] = {}
-        for peer in range(world.n):
-            if peer != node.index:
-                world.call(
-                    node,
-                    "probe",
-                    peer,
-                    {"from": node.index, "epoch": effect.epoch, "primary": effect.from_primary},
-                    round_id,
-                )
+        # The members of the latest membership it knows (as the shell's peers are).
+        membership = node.told or world.initial
+        peers = sorted(membership.members - {node.index})
+        self.expected[round_id] = len(peers)
+        if not peers:
+            del self.rounds[round_id], self.expected[round_id]
+            node.inbox.put(ProbeRound(()))
+        for peer in peers:
+            world.call(
+                node,
+                "probe",
+                peer,
+                {"from": node.index, "epoch": effect.epoch, "primary": effect.from_primary},
+                round_id,
+            )
 
     def outcome(self, round_id: int, outcome: ins.ProbeOutcome) -> None:
         outcomes = self.rounds.get(round_id)
         if outcomes is None:
             return
         outcomes[outcome.index] = outcome
-        if len(outcomes) == self.world.n - 1:
+        if len(outcomes) == self.expected[round_id]:
             del self.rounds[round_id]
+            del self.expected[round_id]
             self.node.inbox.put(ProbeRound(tuple(outcomes[i] for i in sorted(outcomes))))
 
     def request_votes(self, effect: fx.RequestVotes) -> None:
@@ -621,6 +642,10 @@ class Node:
     woke: tuple[float, bool, int | None] | None = None
     paused_at: float = 0.0
     last_tenure: tuple[int, int] = (0, 0)  # (commit tracker tenure, its commit point) last seen
+    # The membership its executor was last told of (MembershipChanged), and whether it left
+    # the cluster (removed, its removal committed: it stops for good).
+    told: Membership | None = None
+    left: bool = False
 
     def log_as_written(self) -> list[Entry]:
         """What the primary's streams read: its log and the batch being committed."""
@@ -659,15 +684,19 @@ class World:
         batch_events: int = 2,
         observe: Callable[[str], None] = lambda what: None,
         executor: type[Executor] = Executor,
+        spare: int = 0,
     ) -> None:
+        """`n` replicas are the cluster's first voters; `spare` more run from the start
+        outside it, for membership changes to add."""
         self.n = n
+        self.initial = Membership.initial(tuple(range(n)))
         self.batch_events = batch_events
         self.min_insync = min_insync
         self.bounded = min_insync == 1  # see MAX_DELAY
         self.observe = observe  # told of the protocol's notable decisions (hypothesis events)
         self.executor_class = executor
         self.now = 0.0
-        self.nodes = [Node(i) for i in range(n)]
+        self.nodes = [Node(i) for i in range(n + spare)]
         self.links: list[Link] = []
         self.calls: list[Call] = []
         self.cut: set[tuple[int, int]] = set()  # directions a -> b that deliver nothing
@@ -723,6 +752,7 @@ class World:
         node.primary_epoch = None
         node.last_tenure = (node.commits.tenure, node.commits.committed_seq)
         node.fenced_epoch = None
+        node.told = membership_of(self.initial, node.disk.log)
         node.executor = self.executor_class(
             self.config(index),
             node.disk.current_epoch(),
@@ -734,6 +764,8 @@ class World:
             commits=node.commits,
             clock=lambda: self.now,
             observe=lambda effect: self._observe_effect(node, effect),
+            left=lambda reason: self._left(node),
+            membership=node.told,
             raise_effect_errors=True,  # a bug here fails the example, not restarts the core
         )
         node.executor.claim()
@@ -742,6 +774,12 @@ class World:
         match effect:
             case fx.AppendEpochStarted(epoch):  # (elected: its tenure begins)
                 node.primary_epoch = epoch
+                core = node.core
+                if core is not None and not core.membership.is_voter(node.index):
+                    raise self.violation(
+                        f"replica {node.index}, no voter ({core.membership.describe()}), won "
+                        f"the election of epoch {epoch}"
+                    )
                 missing = self._first_missing_acked(node.disk.log)
                 if missing is not None:
                     raise self.violation(
@@ -939,8 +977,11 @@ class World:
         if self.violations:
             raise self.violations[0]
         for node in self.nodes:
+            if node.left and node.alive:
+                self.crash(node.index)
             if node.executor is None:
                 continue
+            self.tell_membership(node)  # (after a write in doubt: done, reported failed)
             self._check_woke(node)
             # What it would say of its log and membership, at every move: a vouch or a claim
             # may last a single input (an old word believed, and undone by the next one).
@@ -1369,7 +1410,47 @@ class World:
         """Primaries whose writer is committing a streamed batch."""
         return [n for n in self.nodes if n.running and n.written and not n.db_stalled]
 
-    def client_write(self, node: Node, request_id: str) -> bool:
+    def change_membership(self, node: Node, change: MembershipChange) -> str | None:
+        """An operator's membership change on `node`: refused (why), or written through the
+        writer as a client's write is -- checked against the latest membership the writer
+        wrote, ahead of what the core was told (the shell checks and writes under the
+        writer's lock, so no second change slips in between)."""
+        core = node.core
+        if core is None or node.db_down:
+            return "not running"
+        latest = membership_of(self.initial, node.log_as_written())
+        refusal = core.membership_change_refusal(change, self.now, latest)
+        if refusal is not None:
+            return refusal
+        self.next_request += 1
+        if not self.client_write(node, f"m{self.next_request}", change):
+            return "the writer refused it"
+        return None
+
+    def tell_membership(self, node: Node) -> None:
+        """The storage side tells the executor when the latest membership in its log (as
+        written) changes, as the shell does."""
+        if node.executor is None:
+            return
+        membership = membership_of(self.initial, node.log_as_written())
+        if membership != node.told:
+            node.told = membership
+            node.inbox.submit(ins.MembershipChanged(membership))
+
+    def _left(self, node: Node) -> None:
+        """Its executor says it was removed and the removal committed: it stops for good
+        (once the step that said so is over)."""
+        removed = membership_of(self.initial, [e for e, _ in self.committed]).removed
+        if node.index not in removed:
+            raise self.violation(
+                f"replica {node.index} left the cluster, but no committed event removed it"
+            )
+        node.left = True
+        self.observe("a removed replica left")
+
+    def client_write(
+        self, node: Node, request_id: str, change: MembershipChange | None = None
+    ) -> bool:
         """One command through the writer (replica/storage/writer.py): the commit tracker's tenure
         read first, then the role shown (primary, or refused); a request id already in the log waits
         for its event; otherwise admission, then the event is decided and streamed (Written), and
@@ -1393,8 +1474,9 @@ class World:
         if not node.written:
             assert node.storage is not None
             node.storage.writer_op = node.storage.watch.begin()  # (its transaction)
-        node.written.append(Entry(snap.epoch, request_id))
+        node.written.append(Entry(snap.epoch, request_id, change))
         node.written_tenure = tenure
+        self.tell_membership(node)
         node.inbox.submit(ins.Written(len(node.disk.log) + len(node.written)))
         return True
 
@@ -1422,6 +1504,7 @@ class World:
         else:
             self.observe(f"a streamed batch's local commit {outcome}")
             node.fenced_epoch = epoch  # the clients see an error and retry
+            self.tell_membership(node)
             node.inbox.submit(ins.LocalWriteFailed(epoch, outcome))
         self._after_move()
 
@@ -1596,6 +1679,8 @@ class World:
         for node in self.nodes:
             if not node.running or node.primary_since is None:
                 continue
+            if node.core is not None and not node.core.voter_peers():
+                continue  # the one voter: it waits for no one
             since = max(node.heard_at, node.primary_since, node.ran_since)
             if self.now - since > CUT_OFF_BOUND:
                 raise self.violation(
@@ -1617,12 +1702,13 @@ class World:
             return False
         p = primaries[0]
         assert p.core is not None
+        members = p.core.membership.members
         return p.core.commit_point == len(p.disk.log) and all(
             n.disk.log == p.disk.log
             and (n.commits.committed_seq == len(p.disk.log) or not everyone)
             and (n is p or self.follows_live(n, p))
             for n in self.nodes
-            if everyone or n.alive
+            if (everyone or n.alive) and n.index in members
         )
 
     def follows_live(self, node: Node, primary: Node) -> bool:
@@ -1662,7 +1748,9 @@ class World:
         if claim is not None:
             # An election of every replica but `claim` may go ahead on it: the most
             # up-to-date of their logs must hold every acknowledged write.
-            others = [n for n in self.nodes if n.index != claim]
+            others = [
+                n for n in self.nodes if n.index != claim and core.membership.is_voter(n.index)
+            ]
             best = max(
                 others, key=lambda n: (n.disk.position().epoch, n.disk.position().seq, -n.index)
             )
@@ -1719,10 +1807,36 @@ class World:
                     f"{iss.epoch}, whose primary {other.index} counts it out, confirmed"
                 )
 
+    def _check_changes(self, node: Node) -> None:
+        """One membership change at a time: a log holds at most one beyond what was committed;
+        and only voters are counted in a primary's in-sync set (one being removed until it is
+        out: it is told first)."""
+        pending = [
+            seq
+            for seq, entry in enumerate(node.log_as_written(), 1)
+            if entry.change is not None and seq > len(self.committed)
+        ]
+        if len(pending) > 1:
+            raise self.violation(
+                f"replica {node.index}'s log holds membership changes at seqs {pending}, more "
+                f"than one not committed: {node.log_as_written()}"
+            )
+        core = node.core
+        iss = None if core is None else core.in_sync_set
+        if core is None or iss is None:
+            return
+        for m in iss.members.values():
+            if m.in_sync and not core.membership.is_voter(m.index) and m.leaving_since is None:
+                raise self.violation(
+                    f"primary {node.index} counts replica {m.index} in sync, which is no voter "
+                    f"({core.membership.describe()})"
+                )
+
     def check(self) -> None:
         if self.violations:
             raise self.violations[0]
         for node in self.nodes:
+            self._check_changes(node)
             log = node.disk.log
             ids = [e.request_id for e in log if e.request_id is not None]
             if len(ids) != len(set(ids)):

@@ -199,32 +199,39 @@ def test_a_removed_replica_stops_vouching_and_leaves_once_its_removal_is_committ
     assert not of(s.step(ins.HeartbeatReceived(s.stream, 3, 6, False)), fx.LeaveCluster)
 
 
-def test_a_learner_never_elects_nor_votes() -> None:
+def test_a_learner_never_elects_but_votes_when_asked() -> None:
+    """A candidate whose log is more up to date may know of the learner's promotion, which
+    the learner has not stored yet: refusing would leave the best log without a primary."""
     learner = ReplicaCore(config(3), 3, 0.0)
     learner.step(0.0, ins.MembershipChanged(THREE.changed(change(ADD, 3), 7)))
     out = learner.step(
         5.0, ins.ProbesAnswered(Position(3, 9), (view(0, seq=4), view(1, seq=4), view(2, seq=4)))
     )
     assert not of(out, fx.PersistEpoch) and not of(out, fx.RequestVotes)
-    (reply,) = of(
-        learner.step(5.1, ins.VoteRequested(0, 9, Position(3, 9), Position(3, 7))), fx.ReplyVote
-    )
-    assert not reply.granted and reply.reason.startswith("I am not a voter")
+    asked = ins.VoteRequested(0, 9, Position(3, 9), Position(3, 7))
+    (reply,) = of(learner.step(5.1, asked), fx.ReplyVote)
+    assert reply.granted
 
 
-def test_a_learner_is_no_voter_in_an_election_and_a_stranger_gets_no_vote() -> None:
+def test_a_learners_vouch_elects_no_one() -> None:
     core = ReplicaCore(config(1), 3, 0.0)
     core.step(0.0, ins.MembershipChanged(THREE.changed(change(ADD, 3), 7)))
-    # 0 is gone; 2 and the learner 3 answer: without 2's vote or 0 present, only 2 decides.
+    # 0 is gone; 2 and the learner 3 answer: without 2's vouch or 0 present, no one.
     out = core.step(
         5.0,
         ins.ProbesAnswered(Position(3, 5), (view(2, seq=5), view(3, seq=9, vouches=True))),
     )
     assert not of(out, fx.RequestVotes), "a learner's vouch elected"
-    (reply,) = of(
-        core.step(5.1, ins.VoteRequested(8, 40, Position(3, 9), Position(3, 5))), fx.ReplyVote
+
+
+def test_a_stranger_gets_no_stream() -> None:
+    p = Primary()
+    (refused,) = of(p.step(ins.SecondaryHello(8, None, p.epoch)), fx.RefuseStream)
+    assert refused.reason.startswith("replica 8 is not a member of this cluster")
+    membership_event(p, THREE.changed(change(REMOVE, 2), 7))
+    assert of(p.step(ins.SecondaryHello(2, None, p.epoch)), fx.SendDivergence), (
+        "a removed replica must be served, to learn of its removal"
     )
-    assert reply.reason == "replica 8 is not a member of this cluster"
 
 
 def test_a_removed_replicas_newer_epoch_does_not_depose_the_primary() -> None:
@@ -236,3 +243,19 @@ def test_a_removed_replicas_newer_epoch_does_not_depose_the_primary() -> None:
     assert p.core.commit_point == 7
     p.step(ins.ProbesAnswered(None, (view(1, Role.SECONDARY, p.epoch), view(2, epoch=99))))
     assert p.core.role is Role.PRIMARY and p.core.current_epoch == p.epoch
+
+
+def test_until_a_change_is_known_committed_elections_count_the_voters_before_it_too() -> None:
+    """The original failure (the membership model): a primary wrote the removal of an in-sync
+    voter, stepped down before it committed, and elected itself alone as the one voter left
+    -- while the voter being removed still vouched, and could elect itself in turn without
+    what the primary then acknowledged. Until the change is known committed, the voter being
+    removed counts too."""
+    p = Primary()
+    membership_event(p, THREE.changed(change(REMOVE, 1), 7))
+    assert p.core.election_voters() == {0, 1, 2}
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 7, knows=s == 2)
+    assert p.core.commit_point == 7
+    assert p.core.election_voters() == {0, 2}

@@ -67,6 +67,7 @@ from hypothesis.stateful import (
 
 from replica.protocol import Role
 from replica.protocol import inputs as ins
+from replica.protocol.membership import ChangeKind, MembershipChange
 from tests.replica.protocol.sim import (
     HEARTBEAT,
     INSYNC_TIMEOUT,
@@ -78,6 +79,7 @@ from tests.replica.protocol.sim import (
     Link,
     Node,
     World,
+    membership_of,
 )
 
 N = 3
@@ -265,7 +267,7 @@ class ProtocolModel(RuleBasedStateMachine):
         alive = [n.index for n in w.nodes if n.alive]
         faults: dict[str, list[object]] = {
             "crash": list(alive),
-            "restart": [n.index for n in w.nodes if not n.alive],
+            "restart": [n.index for n in w.nodes if not n.alive and not n.left],
             "pause": [n.index for n in w.nodes if n.running],
             "resume": [n.index for n in w.nodes if n.alive and n.paused],
             "db down": [n.index for n in w.nodes if n.alive and not n.db_down],
@@ -274,7 +276,8 @@ class ProtocolModel(RuleBasedStateMachine):
             "db unstall": [n.index for n in w.nodes if n.alive and n.db_stalled],
             "break": [link for link in w.links if not link.broken],
         }
-        faults["cut"] = [(a, b) for a in range(N) for b in range(N) if a != b]
+        everyone = range(len(w.nodes))
+        faults["cut"] = [(a, b) for a in everyone for b in everyone if a != b]
         faults["heal"] = [None] if w.cut else []
         return {kind: targets for kind, targets in faults.items() if targets}
 
@@ -349,7 +352,7 @@ class ProtocolModel(RuleBasedStateMachine):
             node.db_down = False
             node.db_stalled = False
             node.slow_io = 0.0
-            if not node.alive:
+            if not node.alive and not node.left:
                 w.restart(node.index)
         assert w.settle(QUIESCE_ROUNDS, self._converged), self._describe()
         w.next_request += 1
@@ -1232,6 +1235,107 @@ class ProtocolModel(RuleBasedStateMachine):
         if self.world is not None:
             self.quiesce()
 
+
+class MembershipModel(ProtocolModel):
+    """The same world with a fourth replica running outside the cluster from the start, and
+    an operator who adds replicas as learners, promotes them and removes replicas (voters,
+    learners, the old primary once deposed) -- each change through the primary's rules,
+    interleaved with every fault above. Further invariants: at most one membership change
+    not committed in any log; only voters in a primary's in-sync set (one being removed
+    until it is out); only a voter wins an election; a replica leaves only once its removal
+    is committed; and, as before, nothing acknowledged is lost -- counted over the
+    membership in force (quiesce converges over the primary's members)."""
+
+    @initialize(
+        min_insync=st.sampled_from([1, 2]),
+        batch=st.sampled_from([1, 2, 3]),
+        settled=st.booleans(),
+        data=st.data(),
+    )
+    def start(self, min_insync: int, batch: int, settled: bool, data: st.DataObject) -> None:
+        self._data = None
+        self.world = World(N, min_insync, batch_events=batch, observe=_observe, spare=1)
+        if settled:
+            assert self.world.settle(QUIESCE_ROUNDS, self._converged), self._describe()
+        self._data = data
+
+    # Not rules here: the scenarios and recipes drive three replicas step by step. (A
+    # method of the same name shadows the rule.)
+    def recipe(self, data: st.DataObject) -> None: ...
+    def slow_secondary(self, data: st.DataObject, how: str, writes: int) -> None: ...
+    def primary_lost(self, data: st.DataObject, how: str, hiccup: bool) -> None: ...
+    def primary_database_stalls(self, data: st.DataObject) -> None: ...
+    def lagging_then_lost(self, data: st.DataObject, writes: int, both: bool) -> None: ...
+    def reconnect_while_committing(self, data: st.DataObject, writes: int, extra: int) -> None: ...
+    def voter_dies(self, data: st.DataObject, writes: int) -> None: ...
+    def secondary_restarts(self, data: st.DataObject, down_rounds: int) -> None: ...
+
+    @precondition(lambda self: bool(self.world and self.w.writable()))
+    @rule(data=st.data())
+    def change_membership(self, data: st.DataObject) -> None:
+        """An operator asks whichever replica shows itself primary for a change: add a replica
+        not in the cluster (as a learner), promote a learner, remove a member."""
+        w = self.w
+        node = self._pick(data, w.writable(), "changed on")
+        membership = membership_of(w.initial, node.log_as_written())
+        options = [
+            MembershipChange(ChangeKind.ADD, n.index)
+            for n in w.nodes
+            if not membership.is_member(n.index) and n.index not in membership.removed
+        ]
+        options += [MembershipChange(ChangeKind.PROMOTE, i) for i in sorted(membership.learners)]
+        options += [MembershipChange(ChangeKind.REMOVE, i) for i in sorted(membership.members)]
+        change = self._pick(data, options, "change")
+        refusal = w.change_membership(node, change)
+        event(
+            f"membership {change.kind}: "
+            + ("written" if refusal is None else "refused: " + refusal.split(" (")[0][:40])
+        )
+
+    @precondition(lambda self: bool(self.world and self.w.writable()))
+    @rule(data=st.data())
+    def promote_once_caught_up(self, data: st.DataObject) -> None:
+        """Add the spare replica if it is not in, let it catch up, and promote it: the path an
+        operator takes (so that examples reach a four-voter cluster often)."""
+        w = self.w
+        node = self._pick(data, w.writable(), "changed on")
+        membership = membership_of(w.initial, node.log_as_written())
+        spare = w.nodes[-1].index
+        if spare in membership.removed or membership.is_voter(spare):
+            return
+        add = MembershipChange(ChangeKind.ADD, spare)
+        if not membership.is_member(spare) and w.change_membership(node, add) is not None:
+            return
+        promote = MembershipChange(ChangeKind.PROMOTE, spare)
+
+        def promoted() -> bool:
+            return node.running and w.change_membership(node, promote) is None
+
+        if w.settle(SLOW_ROUNDS, promoted, respect_deadline=True):
+            event("a learner caught up and was promoted")
+
+
+# Work in progress (issue 25), run on demand: `CHAT_MEMBERSHIP_MODEL=1 pytest -k Membership`.
+# It finds a liveness failure still: a removal committed, the removed replica gone for good,
+# and the survivors restarted -- they forget that the removal was committed (the commit point
+# they knew is volatile), so their elections still count the removed voter
+# (ReplicaCore.election_voters) and never succeed. The fix is the durable applied seq as the
+# known commit point; until then this model stays out of `make test`.
+if os.environ.get("CHAT_MEMBERSHIP_MODEL") == "1":
+    TestMembershipModel = MembershipModel.TestCase
+    TestMembershipModel.settings = settings(
+        max_examples=int(os.environ.get("CHAT_MEMBERSHIP_EXAMPLES", "100")),
+        stateful_step_count=int(os.environ.get("CHAT_MODEL_STEPS", "80")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        report_multiple_bugs=False,
+        print_blob=True,
+        phases=(
+            [Phase.explicit, Phase.reuse, Phase.generate]
+            if os.environ.get("CHAT_MODEL_SHRINK") == "0"
+            else list(Phase)
+        ),
+    )
 
 TestProtocolModel = ProtocolModel.TestCase
 TestProtocolModel.settings = settings(
