@@ -19,6 +19,7 @@ PEERS = "replica/replication/peers.py"
 STORAGE = "replica/replication/storage_worker.py"
 WRITER = "replica/storage/writer.py"
 WATCH = "replica/storage/watch.py"
+MEMBERSHIP = "replica/protocol/membership.py"
 
 
 @dataclass(frozen=True)
@@ -666,5 +667,55 @@ MUTANTS = (
         "the writer writes on in the epoch of a streamed batch whose commit failed, before the "
         "core stepped down",
         ((WRITER, "            self._fenced_epoch = streamed\n", ""),),
+    ),
+    # -- membership changes (issue 25) --
+    Mutant(
+        "change-before-previous-committed",
+        "a membership change is started before the previous one committed",
+        ((CORE, "        if pending > iss.commit_point:", "        if False:"),),
+    ),
+    Mutant(
+        "learner-counted",
+        "a learner joins the in-sync set (counted for commits) once caught up",
+        (
+            (
+                IN_SYNC,
+                "        elif caught_up and not m.in_sync and voter:",
+                "        elif caught_up and not m.in_sync:",
+            ),
+        ),
+    ),
+    Mutant(
+        "removed-still-counted",
+        "a voter removed stays in the in-sync set, its acks counted and its vouch kept",
+        (
+            (
+                IN_SYNC,
+                "            if m.in_sync and not membership.is_voter(m.index) and "
+                "m.leaving_since is None:",
+                "            if False:",
+            ),
+        ),
+    ),
+    Mutant(
+        "index-reused",
+        "an index that belonged to a removed replica is added again",
+        ((MEMBERSHIP, "                if i in self.removed:", "                if False:"),),
+    ),
+    Mutant(
+        "promote-without-catch-up",
+        "a learner is promoted without the check that it keeps up",
+        (
+            (
+                CORE,
+                "            return iss.promotion_refusal(index, now)",
+                "            return None",
+            ),
+        ),
+    ),
+    Mutant(
+        "new-membership-elects-at-once",
+        "an election counts only the latest membership's voters before its change committed",
+        ((CORE, "        if known_committed >= m.seq:", "        if True:"),),
     ),
 )
