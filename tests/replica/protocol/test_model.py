@@ -139,6 +139,8 @@ def _observe(what: str) -> None:
 
 
 class ProtocolModel(RuleBasedStateMachine):
+    spare = 0  # replicas running outside the cluster (MembershipModel adds them)
+
     def __init__(self) -> None:
         super().__init__()
         self.world: World | None = None
@@ -155,7 +157,7 @@ class ProtocolModel(RuleBasedStateMachine):
         """Three replicas with empty logs -- or, `settled`, already past their first election,
         with every secondary streaming (more of an example's steps then go to what follows)."""
         self._data = None
-        self.world = World(N, min_insync, batch_events=batch, observe=_observe)
+        self.world = World(N, min_insync, batch_events=batch, observe=_observe, spare=self.spare)
         if settled:
             assert self.world.settle(QUIESCE_ROUNDS, self._converged), self._describe()
         self._data = data
@@ -1246,18 +1248,7 @@ class MembershipModel(ProtocolModel):
     is committed; and, as before, nothing acknowledged is lost -- counted over the
     membership in force (quiesce converges over the primary's members)."""
 
-    @initialize(
-        min_insync=st.sampled_from([1, 2]),
-        batch=st.sampled_from([1, 2, 3]),
-        settled=st.booleans(),
-        data=st.data(),
-    )
-    def start(self, min_insync: int, batch: int, settled: bool, data: st.DataObject) -> None:
-        self._data = None
-        self.world = World(N, min_insync, batch_events=batch, observe=_observe, spare=1)
-        if settled:
-            assert self.world.settle(QUIESCE_ROUNDS, self._converged), self._describe()
-        self._data = data
+    spare = 1
 
     # Not rules here: the scenarios and recipes drive three replicas step by step. (A
     # method of the same name shadows the rule.)
@@ -1321,15 +1312,15 @@ class MembershipModel(ProtocolModel):
 # they knew is volatile), so their elections still count the removed voter
 # (ReplicaCore.election_voters) and never succeed. The fix is the durable applied seq as the
 # known commit point; until then this model stays out of `make test`.
-if os.environ.get("CHAT_MEMBERSHIP_MODEL") == "1":
-    TestMembershipModel = MembershipModel.TestCase
-    TestMembershipModel.settings = settings(
-        max_examples=int(os.environ.get("CHAT_MEMBERSHIP_EXAMPLES", "100")),
+def _model_settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
         stateful_step_count=int(os.environ.get("CHAT_MODEL_STEPS", "80")),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         report_multiple_bugs=False,
-        print_blob=True,
+        print_blob=True,  # a failure prints the @reproduce_failure line that replays it
+        # `make mutants` only asks whether a failure is found, and how soon: no shrinking.
         phases=(
             [Phase.explicit, Phase.reuse, Phase.generate]
             if os.environ.get("CHAT_MODEL_SHRINK") == "0"
@@ -1337,20 +1328,14 @@ if os.environ.get("CHAT_MEMBERSHIP_MODEL") == "1":
         ),
     )
 
+
+if os.environ.get("CHAT_MEMBERSHIP_MODEL") == "1":
+    TestMembershipModel = MembershipModel.TestCase
+    TestMembershipModel.settings = _model_settings(
+        int(os.environ.get("CHAT_MEMBERSHIP_EXAMPLES", "100"))
+    )
+
 TestProtocolModel = ProtocolModel.TestCase
-TestProtocolModel.settings = settings(
-    # 300 in `make test` (~1.5 min; its 10-minute budget); `make mutants` and a longer search set
-    # CHAT_MODEL_EXAMPLES.
-    max_examples=int(os.environ.get("CHAT_MODEL_EXAMPLES", "300")),
-    stateful_step_count=int(os.environ.get("CHAT_MODEL_STEPS", "80")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    report_multiple_bugs=False,
-    print_blob=True,  # a failure prints the @reproduce_failure line that replays it
-    # `make mutants` only asks whether a failure is found, and how soon: no shrinking.
-    phases=(
-        [Phase.explicit, Phase.reuse, Phase.generate]
-        if os.environ.get("CHAT_MODEL_SHRINK") == "0"
-        else list(Phase)
-    ),
-)
+# 300 in `make test` (~1.5 min; its 10-minute budget); `make mutants` and a longer search set
+# CHAT_MODEL_EXAMPLES.
+TestProtocolModel.settings = _model_settings(int(os.environ.get("CHAT_MODEL_EXAMPLES", "300")))
