@@ -247,18 +247,27 @@ class ReplicaCore:
         return self.membership.is_voter(self.config.index)
 
     def election_voters(self) -> frozenset[int]:
-        """Whom an election counts: the latest membership's voters once its change is known
-        committed; until then, the voters before it too. A voter being removed may still
-        vouch for its log until it hears it is out, and a new voter may already hold what
-        was acknowledged with it: an election must neither go ahead without the first
-        (the remaining voters alone could elect, as a majority of the new membership, and
-        acknowledge without it while it vouches) nor count presence without the second."""
+        """Whose votes an election needs when they answer (or are silent and may be
+        running): the latest membership's voters once its change is known committed; until
+        then, the voters before it too. A voter being removed may still vouch for its log
+        until it hears it is out: an election must not go ahead without it (the remaining
+        voters could elect, as every voter of the new membership, and acknowledge without it
+        while it vouches, and it could elect itself in turn). Its vote ends its vouch. Dead,
+        it vouches for nothing and is not waited for; candidates and presence are counted
+        over the latest voters alone (a removal committed leaves no one waiting for the
+        replica that left)."""
         m = self.membership
         iss = self.in_sync_set
         known_committed = iss.commit_point if iss is not None else self.following.committed_seq
         if known_committed >= m.seq:
             return m.voters
         return m.voters_in_transition
+
+    def probe_targets(self) -> tuple[int, ...]:
+        """The replicas a probe round asks: every member, and a voter being removed while an
+        election still needs its vote (election_voters)."""
+        targets = self.membership.members | self.election_voters()
+        return tuple(sorted(targets - {self.config.index}))
 
     def voter_peers(self) -> tuple[int, ...]:
         return tuple(sorted(self.membership.voters - {self.config.index}))
@@ -514,7 +523,9 @@ class ReplicaCore:
 
     def _tick(self, event: Tick, now: float) -> None:
         self._check_storage(event.storage_busy_since, now)
-        self._out.append(ProbeAll(self.current_epoch, self.role is Role.PRIMARY))
+        self._out.append(
+            ProbeAll(self.current_epoch, self.role is Role.PRIMARY, peers=self.probe_targets())
+        )
         f = self.following
         if (
             f.stream_id is not None
@@ -632,12 +643,21 @@ class ReplicaCore:
         mine = rules.CandidateView(
             self.config.index, own_position, self.current_epoch, self.vouches(now), claim
         )
-        voters = self.election_voters()
+        voters = self.membership.voters
         electorate = [mine] + [
             rules.CandidateView(v.index, v.position, v.epoch, v.vouches, v.claim)
             for v in live
             if v.role is not Role.PRIMARY and v.index in voters
         ]
+        # A voter being removed (its removal not known committed) is no candidate and stands
+        # for no one, but must vote, as a silent one must: it may still vouch for its log.
+        leaving = tuple(
+            v.index
+            for v in live
+            if v.role is not Role.PRIMARY
+            and v.index not in voters
+            and v.index in self.election_voters()
+        )
         choice = rules.choose_primary(electorate, voters)
         self.role = Role.CANDIDATE
         self.primary_index = None
@@ -648,7 +668,9 @@ class ReplicaCore:
             return
         epoch = rules.next_epoch(max(c.epoch for c in electorate), self.config.index)
         self._observe_epoch(epoch, own=True)
-        asked = tuple(c.index for c in electorate if c.index != self.config.index) + silent
+        asked = (
+            tuple(c.index for c in electorate if c.index != self.config.index) + leaving + silent
+        )
         self.election = Election(epoch, own_position, asked, set(asked), now)
         if asked:
             self._out.append(RequestVotes(epoch, own_position, asked))
@@ -784,7 +806,9 @@ class ReplicaCore:
             LogNote("info", f"primary for epoch {iss.epoch} (epoch started at seq {iss.last_seq})")
         )
         self._announce_role()
-        self._out.append(ProbeAll(self.current_epoch, True, announce=True))
+        self._out.append(
+            ProbeAll(self.current_epoch, True, announce=True, peers=self.probe_targets())
+        )
 
     def _epoch_start_failed(self, event: EpochStartFailed, now: float) -> None:
         if self.in_sync_set is None or self.role is Role.PRIMARY:

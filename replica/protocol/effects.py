@@ -135,6 +135,9 @@ class ProbeAll:
     epoch: int
     from_primary: bool
     announce: bool = False
+    # Whom to probe: every member of the latest membership and every voter an election
+    # still counts (ReplicaCore.probe_targets); empty: the ports' own list.
+    peers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,7 +260,7 @@ class InSyncSet:
         elif caught_up and m.leaving_since is not None and voter:
             m.leaving_since = None  # caught up before it left: it stays
             out.append(WakeSenders())
-        elif caught_up and not m.in_sync and voter:
+        elif caught_up and not m.in_sync and voter and self._may_join(secondary):
             m.in_sync = True
             m.unconfirmed = False
             m.joined_at_commit = self.commit_point
@@ -348,6 +348,15 @@ class InSyncSet:
                 m.leaving_since = now
         out.append(WakeSenders())
         self.advance_commit(out)
+
+    def _may_join(self, voter: int) -> bool:
+        """A voter promoted joins the set only once its promotion is committed: then every
+        replica that could be counted in sync holds the promotion and counts it in elections
+        too -- one counted in sync before would vouch while a replica that never stored the
+        promotion could be elected without asking it, and acknowledge alone."""
+        m = self.membership
+        before = m.voters if m.voters_before is None else m.voters_before
+        return voter in before or self.commit_point >= m.seq
 
     def promotion_refusal(self, learner: int, now: float) -> str | None:
         """Why `learner` must not become a voter yet, if it must not: it has to be connected

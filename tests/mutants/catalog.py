@@ -369,10 +369,10 @@ MUTANTS = (
         (
             (
                 CORE,
-                "        asked = tuple(c.index for c in electorate if c.index != "
-                "self.config.index) + silent",
-                "        asked = tuple(c.index for c in electorate if c.index != "
-                "self.config.index)",
+                "            tuple(c.index for c in electorate if c.index != self.config.index) "
+                "+ leaving + silent",
+                "            tuple(c.index for c in electorate if c.index != self.config.index) "
+                "+ leaving",
             ),
         ),
     ),
@@ -680,7 +680,7 @@ MUTANTS = (
         (
             (
                 IN_SYNC,
-                "        elif caught_up and not m.in_sync and voter:",
+                "        elif caught_up and not m.in_sync and voter and self._may_join(secondary):",
                 "        elif caught_up and not m.in_sync:",
             ),
         ),
@@ -694,6 +694,17 @@ MUTANTS = (
                 "            if m.in_sync and not membership.is_voter(m.index) and "
                 "m.leaving_since is None:",
                 "            if False:",
+            ),
+        ),
+    ),
+    Mutant(
+        "promoted-joins-before-commit",
+        "a learner promoted joins the in-sync set before its promotion is committed",
+        (
+            (
+                IN_SYNC,
+                "        return voter in before or self.commit_point >= m.seq",
+                "        return True",
             ),
         ),
     ),

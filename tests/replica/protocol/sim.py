@@ -519,9 +519,7 @@ class SimPeers(Peers):
         node, world = self.node, self.world
         round_id = next(world.ids)
         self.rounds[round_id] = {}
-        # The members of the latest membership it knows (as the shell's peers are).
-        membership = node.told or world.initial
-        peers = sorted(membership.members - {node.index})
+        peers = list(effect.peers)  # (the core's choice: ReplicaCore.probe_targets)
         self.expected[round_id] = len(peers)
         if not peers:
             del self.rounds[round_id], self.expected[round_id]

@@ -259,3 +259,49 @@ def test_until_a_change_is_known_committed_elections_count_the_voters_before_it_
         p.ack(s, 7, knows=s == 2)
     assert p.core.commit_point == 7
     assert p.core.election_voters() == {0, 2}
+
+
+def test_a_voter_being_removed_that_answers_must_vote_but_is_no_candidate() -> None:
+    """The removal is not known committed: the replica being removed may vouch, and must
+    vote (its vote ends its vouch); it is never chosen, nor stands for an absent voter."""
+    core = ReplicaCore(config(0), 3, 0.0)
+    core.step(0.0, ins.MembershipChanged(THREE.changed(change(REMOVE, 1), 6)))
+    out = core.step(
+        5.0,
+        ins.ProbesAnswered(
+            Position(3, 6), (view(1, seq=9, in_sync=True, vouches=True), view(2, seq=5))
+        ),
+    )
+    (request,) = of(out, fx.RequestVotes)
+    assert set(request.voters) == {1, 2}, "the vouching replica being removed was not asked"
+    # Its removal gone for good (its process refuses connections), the others elect alone.
+    core = ReplicaCore(config(0), 3, 0.0)
+    core.step(0.0, ins.MembershipChanged(THREE.changed(change(REMOVE, 1), 6)))
+    gone = ins.ProbeOutcome(1, None, refused=True, process_gone=True)
+    out = core.step(5.0, ins.ProbesAnswered(Position(3, 6), (gone, view(2, seq=5))))
+    (request,) = of(out, fx.RequestVotes)
+    assert request.voters == (2,)
+
+
+def test_a_promoted_learner_joins_the_in_sync_set_only_once_its_promotion_is_committed() -> None:
+    """Counted in sync earlier, it would vouch while a replica that never stored its
+    promotion could be elected without asking it (found by the membership model)."""
+    p = Primary()
+    membership_event(p, THREE.changed(change(ADD, 3), 7))
+    learner_streaming(p)
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 7)
+    promoted = p.core.membership.changed(change(PROMOTE, 3), 8)
+    membership_event(p, promoted)
+    p.send(3)
+    p.ack(3, 8, knows=False)
+    iss = p.core.in_sync_set
+    assert iss is not None and not iss.told_in_sync(3), "joined before its promotion committed"
+    assert not {m.index: m.in_sync for m in iss.statuses()}[3]
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, 8)
+    assert p.core.commit_point == 8
+    p.ack(3, 8, knows=False)
+    assert {m.index: m.in_sync for m in iss.statuses()}[3]

@@ -327,7 +327,12 @@ class ProtocolModel(RuleBasedStateMachine):
             if not writable:
                 return
             node = self._pick(data, writable, "written to")
-            stored = {e.request_id for n in self.w.nodes for e in n.disk.log if e.request_id}
+            stored = {
+                e.request_id
+                for n in self.w.nodes
+                for e in n.disk.log
+                if e.request_id and e.change is None  # (an operator retries a change)
+            }
             retry = sorted(r for r in stored if r not in self.w.acked)
             if retry and data.draw(st.booleans(), label="retry"):
                 request_id = data.draw(st.sampled_from(retry), label="request")
