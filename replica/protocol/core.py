@@ -257,11 +257,29 @@ class ReplicaCore:
         over the latest voters alone (a removal committed leaves no one waiting for the
         replica that left)."""
         m = self.membership
-        iss = self.in_sync_set
-        known_committed = iss.commit_point if iss is not None else self.following.committed_seq
-        if known_committed >= m.seq:
+        if self._change_known_committed():
             return m.voters
         return m.voters_in_transition
+
+    def _change_known_committed(self) -> bool:
+        iss = self.in_sync_set
+        known_committed = iss.commit_point if iss is not None else self.following.committed_seq
+        return known_committed >= self.membership.seq
+
+    def electing_voters(self) -> frozenset[int]:
+        """The voters of the membership this replica's own elections are held in: the
+        latest's -- but a replica that the latest change removes, not known committed yet,
+        holds them in the membership before it, where it is a voter still. Its log may be
+        the longest (the primary that wrote the removal may have lost its own copy: its
+        local commit failed after streaming), and no one else could be elected: the others
+        choose it, and it refuses a shorter log its vote. Elected, it commits its removal
+        with its epoch_started, and steps down and leaves (_check_removed_primary)."""
+        m = self.membership
+        if self.config.index in m.voters or m.voters_before is None:
+            return m.voters
+        if self._change_known_committed():
+            return m.voters
+        return m.voters_before
 
     def probe_targets(self) -> tuple[int, ...]:
         """The replicas a probe round asks: every member, and a voter being removed while an
@@ -600,7 +618,7 @@ class ReplicaCore:
             return
         if self.following_live_primary(now) or self.election is not None:
             return
-        if not self.is_voter:
+        if self.config.index not in self.electing_voters():
             return  # a learner (or a removed replica) follows; it never elects
         f = self.following
         if now - f.voted_at < self.config.peer_timeout:
@@ -643,7 +661,7 @@ class ReplicaCore:
         mine = rules.CandidateView(
             self.config.index, own_position, self.current_epoch, self.vouches(now), claim
         )
-        voters = self.membership.voters
+        voters = self.electing_voters()
         electorate = [mine] + [
             rules.CandidateView(v.index, v.position, v.epoch, v.vouches, v.claim)
             for v in live
@@ -823,6 +841,24 @@ class ReplicaCore:
         iss = self.in_sync_set
         if iss is not None and self.role is Role.PRIMARY:
             iss.appended(event.last_seq, now, self._out)
+            self._check_removed_primary()
+
+    def _check_removed_primary(self) -> None:
+        """A primary elected in the membership before its own removal (electing_voters) has
+        committed that removal: it steps down and leaves, once."""
+        m = self.membership
+        iss = self.in_sync_set
+        if iss is None or self.config.index in m.voters or iss.commit_point < m.seq:
+            return
+        self._step_down(f"its own removal (the event at seq {m.seq}) is committed")
+        if not self._left:
+            self._left = True
+            self._out.append(
+                LeaveCluster(
+                    f"replica {self.config.index} was removed from the cluster (the event at "
+                    f"seq {m.seq}, committed; {m.describe()})"
+                )
+            )
 
     def _written(self, event: Written, now: float) -> None:
         iss = self.in_sync_set
@@ -1040,6 +1076,7 @@ class ReplicaCore:
                 self._out,
                 event.ack_id,
             )
+            self._check_removed_primary()
 
     def _send_wanted(self, event: SendWanted, now: float) -> None:
         iss = self.in_sync_set

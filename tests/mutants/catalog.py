@@ -727,6 +727,6 @@ MUTANTS = (
     Mutant(
         "new-membership-elects-at-once",
         "an election counts only the latest membership's voters before its change committed",
-        ((CORE, "        if known_committed >= m.seq:", "        if True:"),),
+        ((CORE, "        return m.voters_in_transition", "        return m.voters"),),
     ),
 )

@@ -773,7 +773,9 @@ class World:
             case fx.AppendEpochStarted(epoch):  # (elected: its tenure begins)
                 node.primary_epoch = epoch
                 core = node.core
-                if core is not None and not core.membership.is_voter(node.index):
+                # (A voter of the membership it elects in: the latest, or, removed by a
+                # change not known committed, the one before -- ReplicaCore.electing_voters.)
+                if core is not None and node.index not in core.electing_voters():
                     raise self.violation(
                         f"replica {node.index}, no voter ({core.membership.describe()}), won "
                         f"the election of epoch {epoch}"

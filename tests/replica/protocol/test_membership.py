@@ -305,3 +305,27 @@ def test_a_promoted_learner_joins_the_in_sync_set_only_once_its_promotion_is_com
     assert p.core.commit_point == 8
     p.ack(3, 8, knows=False)
     assert {m.index: m.in_sync for m in iss.statuses()}[3]
+
+
+def test_a_replica_removed_by_a_change_not_yet_committed_may_still_lead_and_then_leaves() -> None:
+    """Found by the membership model: the primary that wrote the removal lost its own copy
+    (its local commit failed after streaming), so the removed replica holds the longest log;
+    the others choose it, and it refuses a shorter log its vote. It elects itself in the
+    membership before its removal, commits the removal with its epoch_started, and leaves."""
+    core = ReplicaCore(config(2), 3, 0.0)
+    four = THREE.changed(change(ADD, 3), 2)
+    core.step(0.0, ins.MembershipChanged(four.changed(change(REMOVE, 2), 4)))
+    assert core.electing_voters() == {0, 1, 2}
+    out = core.step(5.0, ins.ProbesAnswered(Position(3, 4), (view(0, seq=3), view(1, seq=3))))
+    (request,) = of(out, fx.RequestVotes)
+    for voter in (0, 1):
+        core.step(5.1, ins.VoteReplied(voter, request.epoch, True, request.epoch))
+    core.step(5.2, ins.EpochStartAppended(Position(request.epoch, 5)))
+    assert core.role is Role.PRIMARY
+    for s in (0, 1):
+        (div,) = of(core.step(5.3, ins.SecondaryHello(s, None, request.epoch)), fx.SendDivergence)
+        core.step(5.3, ins.SecondaryAcked(s, div.stream_id, 4, True))
+        core.step(5.3, ins.SendWanted(s, div.stream_id))
+        out = core.step(5.4, ins.SecondaryAcked(s, div.stream_id, 5, True))
+    assert of(out, fx.StepDown) and of(out, fx.LeaveCluster), "it stayed after its removal"
+    assert core.role is not Role.PRIMARY
