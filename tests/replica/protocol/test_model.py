@@ -44,6 +44,11 @@ Invariants (checked after every step, and where an effect is carried out):
   committed event; a process that did not run for longer than the pause threshold notices
   at its first step after (it drops its stream and its membership; a primary paused for
   longer than peer_timeout steps down);
+- membership changes (MembershipModel, the same world with a fourth replica outside the
+  cluster and an operator adding, promoting and removing): at most one change not committed
+  in any log; only voters in a primary's in-sync set (one being removed until it is out); an
+  election won only by a voter of the membership it is held in; a replica leaves only once a
+  committed event removed it; convergence over the primary's members;
 - bounded progress: while every process runs, a primary that no peer answers stops saying it
   is primary within the in-sync timeout (and a probe round); `quiesce`: with every replica up
   and the network healed, one primary emerges within a bounded number of steps, all logs and
