@@ -25,6 +25,11 @@ from projections.events import (
     ChatEvent,
     EpochStarted,
     MalformedEvent,
+    MemberAdded,
+    MemberPromoted,
+    MemberRecord,
+    MemberRemoved,
+    MembershipEvent,
     MessagesAcked,
     MessageSent,
     SessionClosed,
@@ -33,7 +38,14 @@ from projections.events import (
     encode,
 )
 from projections.rollback import RolledBack, roll_back
-from projections.schema import accounts, messages, metadata, projection_position, sessions
+from projections.schema import (
+    accounts,
+    membership_changes,
+    messages,
+    metadata,
+    projection_position,
+    sessions,
+)
 
 __all__ = [
     "AccountDeleted",
@@ -43,6 +55,11 @@ __all__ = [
     "EpochStarted",
     "EventTypes",
     "MalformedEvent",
+    "MemberAdded",
+    "MemberPromoted",
+    "MemberRecord",
+    "MemberRemoved",
+    "MembershipEvent",
     "MessageSent",
     "MessagesAcked",
     "PositionMoved",
@@ -55,6 +72,7 @@ __all__ = [
     "decode",
     "encode",
     "last_applied_seq",
+    "membership_changes",
     "messages",
     "metadata",
     "projection_position",

@@ -7,7 +7,7 @@ from typing import Any, Final, TypeVar, assert_never
 
 import sqlalchemy as sa
 
-from eventlog import Event, read_events
+from eventlog import Event, encode_payload, read_events
 from eventlog.statements import Pipeline, insert_rows, run_compiled
 from projections import undo
 from projections.events import (
@@ -16,6 +16,10 @@ from projections.events import (
     ChatEvent,
     EpochStarted,
     MalformedEvent,
+    MemberAdded,
+    MemberPromoted,
+    MemberRemoved,
+    MembershipEvent,
     MessagesAcked,
     MessageSent,
     SessionClosed,
@@ -25,6 +29,7 @@ from projections.events import (
 from projections.schema import (
     PROJECTION_TABLES,
     accounts,
+    membership_changes,
     messages,
     projection_position,
     sessions,
@@ -43,6 +48,9 @@ class EventTypes:
     MESSAGES_ACKED: Final = MessagesAcked.TYPE
     ACCOUNT_DELETED: Final = AccountDeleted.TYPE
     EPOCH_STARTED: Final = EpochStarted.TYPE
+    MEMBER_ADDED: Final = MemberAdded.TYPE
+    MEMBER_PROMOTED: Final = MemberPromoted.TYPE
+    MEMBER_REMOVED: Final = MemberRemoved.TYPE
 
 
 def statements_for(event: Event) -> list[sa.Executable]:
@@ -89,6 +97,8 @@ def _statements(event: Event, e: ChatEvent) -> list[sa.Executable]:
             ]
         case EpochStarted():
             return []
+        case MemberAdded() | MemberPromoted() | MemberRemoved():
+            return [membership_changes.insert().values(**membership_row(event, e))]
         case _:
             assert_never(e)
 
@@ -122,6 +132,16 @@ def message_row(event: Event, e: MessageSent | None = None) -> dict[str, Any]:
         "body": e.body,
         "sent_at": event.created_at,
         "delivered": False,
+    }
+
+
+def membership_row(event: Event, e: MembershipEvent) -> dict[str, Any]:
+    """The membership_changes row a membership event inserts (keyed by the event's seq)."""
+    return {
+        "seq": event.seq,
+        "kind": e.KIND,
+        "replica_index": e.index,
+        "membership": encode_payload(e.membership()),
     }
 
 
@@ -230,6 +250,10 @@ class Applier:
                 self._messages.append(message_row(event, e))
             case EpochStarted():
                 pass
+            case MemberAdded() | MemberPromoted() | MemberRemoved():
+                # Rare, and in a table of its own that nothing held back touches: at once.
+                for statement in _statements(event, e):
+                    self._conn.execute(statement)
             case _ if not self._hold_all:
                 self.flush()
                 self._apply_now(event, e)

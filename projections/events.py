@@ -1,7 +1,9 @@
 """The chat's events, typed: one frozen msgspec Struct per event type, and the one codec
 between them and the log's (type, JSON payload) rows. Everything that reads an event --
 applying it, taking it back, the notifier, the writer's directory -- decodes it here and
-matches on the class; nothing else looks into a payload.
+matches on the class; nothing else looks into a payload. Beside the chat's own events, the
+membership events (member_added, member_promoted, member_removed) say who is in the cluster;
+they change no chat projection.
 
 The stored format is the one the log has always held: a payload's keys and values are
 unchanged, optional fields are left out when unset (as they always were), and fields that older
@@ -89,6 +91,112 @@ class EpochStarted(_Event, frozen=True, omit_defaults=True):
     replica_index: int | None = None
 
 
+class MemberRecord(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One member of the cluster in a membership event: its index, where clients reach it
+    (`address`), where replicas do (`peer_address`; left out when unset, `address` then serves
+    both), and whether it votes (a voter) or only follows (a learner)."""
+
+    index: int
+    address: str
+    peer_address: str | None = None
+    voter: bool
+
+
+class _MembershipEvent(_Event, frozen=True, omit_defaults=True, kw_only=True):
+    """A membership change. Each carries the whole membership after it -- `members`, every
+    voter and learner in index order, and `removed`, every index removed so far (never used
+    again; left out while empty) -- so that the latest one in a log alone says who is in the
+    cluster. Changes no chat projection; its row in `membership_changes` keeps it queryable.
+
+    Checked when built and when read: indexes appear once, in order, none of them removed,
+    and the member the event names is where the change puts it."""
+
+    KIND: ClassVar[str]  # the `kind` of its membership_changes row
+    members: tuple[MemberRecord, ...]
+    removed: tuple[int, ...] = ()
+    index: int
+
+    def __post_init__(self) -> None:
+        # (msgspec reports a ValueError raised here as a ValidationError: MalformedEvent)
+        indexes = [m.index for m in self.members]
+        if indexes != sorted(set(indexes)):
+            raise ValueError(f"member indexes {indexes} are not unique and in order")
+        if list(self.removed) != sorted(set(self.removed)):
+            raise ValueError(f"removed indexes {list(self.removed)} are not unique and in order")
+        if set(indexes) & set(self.removed):
+            raise ValueError(f"indexes {sorted(set(indexes) & set(self.removed))} are removed")
+        if not any(m.voter for m in self.members):
+            raise ValueError("a membership needs a voter")
+        problem = self._subject_problem(self.member(self.index))
+        if problem is not None:
+            raise ValueError(f"replica {self.index} {problem}")
+
+    def member(self, index: int) -> MemberRecord | None:
+        return next((m for m in self.members if m.index == index), None)
+
+    def _subject_problem(self, member: MemberRecord | None) -> str | None:
+        raise NotImplementedError
+
+    def membership(self) -> dict[str, Any]:
+        """`members` and `removed` as JSON values (both always present)."""
+        return {
+            "members": [msgspec.to_builtins(m) for m in self.members],
+            "removed": list(self.removed),
+        }
+
+
+class MemberAdded(_MembershipEvent, frozen=True, omit_defaults=True, kw_only=True):
+    """Replica `index` joins as a learner, reached at `address` (and `peer_address`), e.g.
+    {"index": 3, "address": "h3:50051", "peer_address": "h3:50061",
+     "members": [{"index": 0, "address": "h0:50051", "voter": true}, ...,
+                 {"index": 3, "address": "h3:50051", "peer_address": "h3:50061",
+                  "voter": false}],
+     "removed": [1]}."""
+
+    TYPE: ClassVar[str] = "member_added"
+    KIND: ClassVar[str] = "added"
+    address: str
+    peer_address: str | None = None
+
+    def _subject_problem(self, member: MemberRecord | None) -> str | None:
+        if member is None:
+            return "is added but not among the members"
+        if member.voter:
+            return "is added as a voter (a replica joins as a learner)"
+        if (member.address, member.peer_address) != (self.address, self.peer_address):
+            return "is added at other addresses than its member entry's"
+        return None
+
+
+class MemberPromoted(_MembershipEvent, frozen=True, omit_defaults=True, kw_only=True):
+    """Learner `index` becomes a voter: {"index": 3, "members": [...], "removed": [...]}."""
+
+    TYPE: ClassVar[str] = "member_promoted"
+    KIND: ClassVar[str] = "promoted"
+
+    def _subject_problem(self, member: MemberRecord | None) -> str | None:
+        if member is None or not member.voter:
+            return "is promoted but not a voter among the members"
+        return None
+
+
+class MemberRemoved(_MembershipEvent, frozen=True, omit_defaults=True, kw_only=True):
+    """Member `index` leaves the cluster, its index never to be used again:
+    {"index": 3, "members": [...], "removed": [..., 3, ...]}."""
+
+    TYPE: ClassVar[str] = "member_removed"
+    KIND: ClassVar[str] = "removed"
+
+    def _subject_problem(self, member: MemberRecord | None) -> str | None:
+        if member is not None:
+            return "is removed but still among the members"
+        if self.index not in self.removed:
+            return "is removed but not among the removed indexes"
+        return None
+
+
+MembershipEvent: TypeAlias = MemberAdded | MemberPromoted | MemberRemoved
+
 ChatEvent: TypeAlias = (
     AccountRegistered
     | SessionOpened
@@ -97,6 +205,9 @@ ChatEvent: TypeAlias = (
     | MessagesAcked
     | AccountDeleted
     | EpochStarted
+    | MemberAdded
+    | MemberPromoted
+    | MemberRemoved
 )
 
 EVENT_CLASSES: Final[tuple[type[ChatEvent], ...]] = (
@@ -107,6 +218,9 @@ EVENT_CLASSES: Final[tuple[type[ChatEvent], ...]] = (
     MessagesAcked,
     AccountDeleted,
     EpochStarted,
+    MemberAdded,
+    MemberPromoted,
+    MemberRemoved,
 )
 _BY_TYPE: Final[dict[str, type[ChatEvent]]] = {cls.TYPE: cls for cls in EVENT_CLASSES}
 

@@ -7,9 +7,11 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 
-from projections.schema import accounts, messages, sessions
+from projections.events import MemberRecord
+from projections.schema import accounts, membership_changes, messages, sessions
 
 
 @dataclass(frozen=True)
@@ -211,3 +213,40 @@ def _conversation_statement(both: bool, newest_first: bool) -> sa.Select[Any]:
     merged = sa.union_all(*(sa.select(r) for r in ranges)).subquery()
     merged_order = merged.c.message_id.desc() if newest_first else merged.c.message_id
     return sa.select(merged).order_by(merged_order).limit(limit)
+
+
+@dataclass(frozen=True)
+class MembershipRecord:
+    """The membership a membership event set: `seq`, the event's place in the log; `members`,
+    every voter and learner in index order; `removed`, every index removed so far."""
+
+    seq: int
+    members: tuple[MemberRecord, ...]
+    removed: tuple[int, ...]
+
+    @property
+    def voters(self) -> frozenset[int]:
+        return frozenset(m.index for m in self.members if m.voter)
+
+    @property
+    def learners(self) -> frozenset[int]:
+        return frozenset(m.index for m in self.members if not m.voter)
+
+
+class _StoredMembership(msgspec.Struct, frozen=True):
+    members: tuple[MemberRecord, ...]
+    removed: tuple[int, ...]
+
+
+def latest_membership(conn: sa.Connection) -> MembershipRecord | None:
+    """The membership set by the latest membership event applied, or None before any (the
+    cluster config's replicas are then the members)."""
+    row = conn.execute(
+        sa.select(membership_changes.c.seq, membership_changes.c.membership)
+        .order_by(membership_changes.c.seq.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    stored = msgspec.json.decode(row.membership, type=_StoredMembership)
+    return MembershipRecord(int(row.seq), stored.members, stored.removed)

@@ -24,13 +24,22 @@ from projections.events import (
     AccountDeleted,
     AccountRegistered,
     EpochStarted,
+    MemberAdded,
+    MemberPromoted,
+    MemberRemoved,
     MessagesAcked,
     MessageSent,
     SessionClosed,
     SessionOpened,
     decode,
 )
-from projections.schema import accounts, messages, projection_position, sessions
+from projections.schema import (
+    accounts,
+    membership_changes,
+    messages,
+    projection_position,
+    sessions,
+)
 
 _TABLES = {table.name: table for table in (accounts, sessions, messages)}
 _READ_BATCH = 5000
@@ -98,6 +107,8 @@ def _undo_one(conn: sa.Connection, event: Event, record: dict[str, Any]) -> None
             conn.execute(accounts.delete().where(accounts.c.account_id == event.seq))
         case SessionOpened():
             conn.execute(sessions.delete().where(sessions.c.session_id == e.session_id))
+        case MemberAdded() | MemberPromoted() | MemberRemoved():
+            conn.execute(membership_changes.delete().where(membership_changes.c.seq == event.seq))
         case MessagesAcked():
             if e.message_ids:
                 conn.execute(

@@ -52,6 +52,23 @@ messages = sa.Table(
     mysql_collate="utf8mb4_bin",
 )
 
+# One row per membership event (projections/events.py), so that the membership in force --
+# the latest row's -- is one query away. `kind`: "added", "promoted" or "removed";
+# `membership`: the event's members and removed indexes, as canonical JSON
+# ({"members": [{"index": 0, "address": "h:1", "voter": true}, ...], "removed": [1]}).
+membership_changes = sa.Table(
+    "membership_changes",
+    metadata,
+    # The seq of the membership event.
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("replica_index", sa.Integer, nullable=False),
+    sa.Column("membership", sa.Text, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
 # One row: the seq of the last event applied to the tables above, written in the same
 # transaction as the changes that event caused.
 projection_position = sa.Table(
@@ -89,4 +106,4 @@ projection_undo_state = sa.Table(
     mysql_collate="utf8mb4_bin",
 )
 
-PROJECTION_TABLES = (accounts, sessions, messages)
+PROJECTION_TABLES = (accounts, sessions, messages, membership_changes)

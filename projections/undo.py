@@ -2,12 +2,12 @@
 truncated tail can be taken back event by event (projections/rollback.py) instead of
 rebuilding every projection from the whole log.
 
-Most events need none: their payload alone says how to take them back (a message or an
-account inserted under the event's seq is deleted again; an ack of messages that were all
-undelivered -- the primary logs only those -- is un-acked). Only what ends rows keeps a record,
-the rows as they stood: a session ended (by a logout or a login at the cap), an account deleted
-with its sessions and inbox. An ack that changed fewer rows than it names cannot be taken back
-exactly; its record says so, and a truncation below it rebuilds.
+Most events need none: their payload alone says how to take them back (a message, an account
+or a membership change inserted under the event's seq is deleted again; an ack of messages that
+were all undelivered -- the primary logs only those -- is un-acked). Only what ends rows keeps a
+record, the rows as they stood: a session ended (by a logout or a login at the cap), an account
+deleted with its sessions and inbox. An ack that changed fewer rows than it names cannot be
+taken back exactly; its record says so, and a truncation below it rebuilds.
 
 Records are kept for the last UNDO_WINDOW applied events: the horizon is the seq above which
 they are complete (a truncation at or above it is undone; below it, rebuilt). Acknowledged

@@ -23,6 +23,9 @@ from projections.events import (
     AccountDeleted,
     AccountRegistered,
     EpochStarted,
+    MemberAdded,
+    MemberPromoted,
+    MemberRemoved,
     MessagesAcked,
     MessageSent,
     SessionClosed,
@@ -90,6 +93,8 @@ class Directory:
                         del sessions[sid]
             case AccountRegistered() | MessageSent() | MessagesAcked() | EpochStarted():
                 pass  # (it removes nothing the directory holds)
+            case MemberAdded() | MemberPromoted() | MemberRemoved():
+                pass  # (nor does a membership change)
             case _:
                 assert_never(e)
 

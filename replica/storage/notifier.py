@@ -17,6 +17,9 @@ from projections.events import (
     AccountRegistered,
     ChatEvent,
     EpochStarted,
+    MemberAdded,
+    MemberPromoted,
+    MemberRemoved,
     MessagesAcked,
     MessageSent,
     SessionClosed,
@@ -145,6 +148,8 @@ class InboxNotifier:
                         self._live[e.account_id] = _Live(event.seq)
                 case AccountRegistered() | SessionOpened() | SessionClosed() | EpochStarted():
                     pass
+                case MemberAdded() | MemberPromoted() | MemberRemoved():
+                    pass  # (no client hears of membership)
                 case _:
                     assert_never(e)
 

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import eventlog
 import projections
+from projections.queries import latest_membership
 from replica.storage.database import (
     SchemaError,
     alembic_config,
@@ -71,6 +73,58 @@ def test_the_comparison_would_notice_a_difference(databases: DatabaseFactory) ->
         conn.execute(sa.schema.DropIndex(index))
     [difference] = schema_differences(engine)
     assert difference[0] == "add_index"  # type: ignore[index]
+
+
+def migrate(engine: sa.Engine, how: Callable[..., None], revision: str) -> None:
+    """`command.upgrade` or `command.downgrade` to `revision`, as a replica runs them."""
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        how(config, revision)
+
+
+def test_0004_membership_changes_downgrades_and_upgrades_again(
+    databases: DatabaseFactory,
+) -> None:
+    engine = databases.engine()
+    events = [
+        eventlog.Event(1, 1, "epoch_started", {"replica_index": 0}, None, T0),
+        eventlog.Event(
+            2,
+            1,
+            *projections.encode(
+                projections.MemberAdded(
+                    index=3,
+                    address="h3:1",
+                    members=(
+                        projections.MemberRecord(index=0, address="h0:1", voter=True),
+                        projections.MemberRecord(index=3, address="h3:1", voter=False),
+                    ),
+                )
+            ),
+            None,
+            T0,
+        ),
+    ]
+    with engine.begin() as conn:
+        eventlog.append_events(conn, events)
+        projections.apply_events(conn, events)
+    migrate(engine, command.downgrade, "0003_projection_undo")
+    assert current_revision(engine) == "0003_projection_undo"
+    assert set(sa.inspect(engine).get_table_names()) == TABLES - {"membership_changes"}
+    [difference] = schema_differences(engine)
+    assert difference[0] == "add_table"  # type: ignore[index]
+    assert difference[1].name == "membership_changes"  # type: ignore[index]
+    with engine.connect() as conn:
+        assert eventlog.last_position(conn).seq == 2  # the log and the rest stay
+    migrate(engine, command.upgrade, "head")
+    assert current_revision(engine) == HEAD
+    assert schema_differences(engine) == []
+    with engine.begin() as conn:
+        assert latest_membership(conn) is None  # empty until a rebuild
+        projections.rebuild(conn)
+        latest = latest_membership(conn)
+    assert latest is not None and latest.seq == 2 and latest.learners == {3}
 
 
 def test_upgrade_schema_is_idempotent(databases: DatabaseFactory) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -15,9 +16,15 @@ from eventlog import Event
 from projections import (
     Applier,
     EventTypes,
+    MemberAdded,
+    MemberPromoted,
+    MemberRecord,
+    MemberRemoved,
+    MembershipEvent,
     PositionMoved,
     accounts,
     apply_events,
+    encode,
     last_applied_seq,
     messages,
     projection_position,
@@ -48,6 +55,34 @@ def message(seq: int, sender: tuple[int, str], recipient: tuple[int, str], body:
         recipient=recipient[1],
         body=body,
     )
+
+
+def member_record(index: int, voter: bool) -> MemberRecord:
+    """Replica `index`'s entry (a peer address of its own for every other index)."""
+    peer = f"h{index}:50061" if index % 2 else None
+    return MemberRecord(index=index, address=f"h{index}:50051", peer_address=peer, voter=voter)
+
+
+def membership_event(
+    seq: int, kind: str, index: int, voters: Mapping[int, bool], removed: set[int]
+) -> Event:
+    """The membership event of `kind` about replica `index` that leaves the cluster with
+    `voters` (index -> votes) and `removed`."""
+    common: dict[str, Any] = {
+        "index": index,
+        "members": tuple(member_record(i, v) for i, v in sorted(voters.items())),
+        "removed": tuple(sorted(removed)),
+    }
+    e: MembershipEvent
+    if kind == "added":
+        added = member_record(index, False)
+        e = MemberAdded(address=added.address, peer_address=added.peer_address, **common)
+    elif kind == "promoted":
+        e = MemberPromoted(**common)
+    else:
+        e = MemberRemoved(**common)
+    type_, payload = encode(e)
+    return ev(seq, type_, **payload)
 
 
 def history() -> list[Event]:
@@ -356,6 +391,7 @@ def test_rebuild_of_an_empty_log(engine: sa.Engine) -> None:
         "accounts": [],
         "sessions": [],
         "messages": [],
+        "membership_changes": [],
         "projection_position": [],
     }
 
@@ -398,8 +434,11 @@ def test_applier_holds_messages_back_until_a_read_or_another_event(
 @st.composite
 def valid_logs(draw: st.DrawFn) -> list[Event]:
     """A log a primary could have written: registrations, logins (ending the account's
-    oldest sessions now and then), logouts, sends, acks and deletions of live accounts."""
+    oldest sessions now and then), logouts, sends, acks and deletions of live accounts, and
+    now and then a membership change (replicas added, promoted, removed)."""
     log: list[Event] = [ev(1, EventTypes.EPOCH_STARTED, replica_index=0)]
+    cluster = {0: True, 1: True, 2: True}  # index -> voter: the config's replicas at first
+    removed: set[int] = set()
     live: dict[int, str] = {}
     sessions_of: dict[int, list[str]] = {}
     inbox: dict[int, list[int]] = {}
@@ -408,6 +447,7 @@ def valid_logs(draw: st.DrawFn) -> list[Event]:
         seq = len(log) + 1
         kinds = ["register"] + ["login", "send", "send", "delete"] * bool(live)
         kinds += ["logout"] * any(sessions_of.values()) + ["ack"] * any(inbox.values())
+        kinds += ["membership"]
         kind = draw(st.sampled_from(kinds))
         if kind == "register":
             name = next(names)
@@ -439,6 +479,23 @@ def valid_logs(draw: st.DrawFn) -> list[Event]:
             log.append(
                 ev(seq, EventTypes.MESSAGES_ACKED, account_id=account, message_ids=sorted(acked))
             )
+        elif kind == "membership":
+            learners = sorted(i for i, voter in cluster.items() if not voter)
+            # (a cluster keeps a voter: the last one is never removed)
+            removable = sorted(i for i in cluster if not cluster[i] or sum(cluster.values()) > 1)
+            changes = ["added"] + ["promoted"] * bool(learners) + ["removed"] * bool(removable)
+            change = draw(st.sampled_from(changes))
+            if change == "added":
+                index = max(cluster.keys() | removed) + 1
+                cluster[index] = False
+            elif change == "promoted":
+                index = draw(st.sampled_from(learners))
+                cluster[index] = True
+            else:
+                index = draw(st.sampled_from(removable))
+                del cluster[index]
+                removed.add(index)
+            log.append(membership_event(seq, change, index, cluster, removed))
         else:
             account = draw(st.sampled_from(sorted(live)))
             name = live.pop(account)
