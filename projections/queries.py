@@ -241,12 +241,19 @@ class _StoredMembership(msgspec.Struct, frozen=True):
 def latest_membership(conn: sa.Connection) -> MembershipRecord | None:
     """The membership set by the latest membership event applied, or None before any (the
     cluster config's replicas are then the members)."""
-    row = conn.execute(
+    latest = latest_memberships(conn, 1)
+    return latest[0] if latest else None
+
+
+def latest_memberships(conn: sa.Connection, count: int) -> list[MembershipRecord]:
+    """The memberships set by the latest `count` membership events applied, newest first."""
+    rows = conn.execute(
         sa.select(membership_changes.c.seq, membership_changes.c.membership)
         .order_by(membership_changes.c.seq.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    stored = msgspec.json.decode(row.membership, type=_StoredMembership)
-    return MembershipRecord(int(row.seq), stored.members, stored.removed)
+        .limit(count)
+    ).all()
+    records = []
+    for row in rows:
+        stored = msgspec.json.decode(row.membership, type=_StoredMembership)
+        records.append(MembershipRecord(int(row.seq), stored.members, stored.removed))
+    return records

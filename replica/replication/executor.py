@@ -506,10 +506,12 @@ class Executor:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def start(self, epoch: int | None = None) -> None:
-        """Run the loop on a thread of its own, with a fresh core in `epoch` (the log's, read
-        once the database answered; by default the one it was made with)."""
+    def start(self, epoch: int | None = None, membership: Membership | None = None) -> None:
+        """Run the loop on a thread of its own, with a fresh core in `epoch` and `membership`
+        (the log's, read once the database answered; by default those it was made with)."""
         epoch = self._core.current_epoch if epoch is None else epoch
+        if membership is not None:
+            self._membership = membership
         self._core = ReplicaCore(self.config, epoch, self._clock(), membership=self._membership)
         self._thread = threading.Thread(
             target=self.run, name=f"executor-{self.config.index}", daemon=True

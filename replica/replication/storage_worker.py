@@ -20,8 +20,10 @@ from eventlog import Position
 from protos import replication_pb2 as rpb
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
+from replica.protocol.membership import Membership
 from replica.replication.ports import Inbox, LogFacts, LogReader, Persisted, Storage
 from replica.storage.database import StorageOutageLog, storage_problem
+from replica.storage.membership import MEMBERSHIP_EVENT_TYPES, membership_in_log
 from replica.storage.spans import DISABLED, Spans
 from replica.storage.wire import event_from_proto
 from replica.storage.writer import LogWriter, NewEvent
@@ -53,10 +55,16 @@ class DatabaseStorage(Storage):
         writer: LogWriter,
         inbox: Inbox,
         *,
+        initial_voters: tuple[int, ...],
         spans: Spans = DISABLED,
         on_store_error: Callable[[], None] = lambda: None,
     ) -> None:
+        """`initial_voters`: the cluster config's replicas, the membership before any
+        membership event in the log."""
         self.index = index
+        self._initial_voters = initial_voters
+        # The membership the executor was last told of (read_membership sets the first).
+        self.membership: Membership | None = None
         self._engine = engine
         self._writer = writer
         self._inbox = inbox
@@ -159,7 +167,9 @@ class DatabaseStorage(Storage):
                 removed = eventlog.truncate_after(conn, after_seq)
                 end = eventlog.last_position(conn)
                 applied = projections.last_applied_seq(conn)
+                membership = membership_in_log(conn, self._initial_voters)
             self._writer.known.set(end, applied)
+        self._tell_membership(membership)  # (the tail cut may have held a change)
         log.warning(
             "replica %d: truncated %d divergent event(s) after seq %d; projections %s in %.3fs",
             self.index,
@@ -183,18 +193,24 @@ class DatabaseStorage(Storage):
                 self._known_stream, self._known_end = stream_id, None
             known, self._known_end = self._known_end, None  # until this one committed
             try:
+                membership = None
                 with self._writer.lock:
                     with self._writer.watch.operation(), self._engine.begin() as conn:
                         self._writer.forget_positions()
                         stored, exact = self._store(conn, batch, known)
+                        if any(e.type in MEMBERSHIP_EVENT_TYPES for e in batch.events):
+                            membership = membership_in_log(conn, self._initial_voters)
                     self._writer.known.set(stored, stored.seq)
             except Exception as exc:
                 self._failed_stream = stream_id
                 self._on_store_error()
                 self._inbox.submit(ins.StoreFailed(stream_id, self._failed(exc)))
                 return
-            # Committed: only now may the ack that BatchStored leads to go out.
+            # Committed: only now may the ack that BatchStored leads to go out -- after the
+            # membership it stored, if it changed (a replica removed acks knowing it).
             self._outage.succeeded()
+            if membership is not None:
+                self._tell_membership(membership)
             if exact:
                 self._known_end = stored
             self._spans.mark("stored", stored.seq)
@@ -228,6 +244,17 @@ class DatabaseStorage(Storage):
             pipeline.flush()
         last = fresh[-1].position
         return last, known is not None or applied == last.seq
+
+    def read_membership(self) -> Membership:
+        """The membership in the log now (at start-up, before the worker runs)."""
+        with self._engine.connect() as conn:
+            self.membership = membership_in_log(conn, self._initial_voters)
+        return self.membership
+
+    def _tell_membership(self, membership: Membership) -> None:
+        if membership != self.membership:
+            self.membership = membership
+            self._inbox.submit(ins.MembershipChanged(membership))
 
     def append_epoch_started(self, epoch: int) -> None:
         def job() -> None:

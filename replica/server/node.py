@@ -197,6 +197,7 @@ class ReplicaNode:
             self.inbox,
             spans=self.spans,
             on_store_error=self.metrics.database_errors.labels("replicate").inc,
+            initial_voters=protocol.members,
         )
         self.follow = FollowStreams(
             self.index, self.peers, self.storage, self.inbox, spans=self.spans
@@ -293,8 +294,9 @@ class ReplicaNode:
             self.known_log.set(eventlog.last_position(conn), projections.last_applied_seq(conn))
         self.role.set(Role.CANDIDATE, epoch, None)
         self._ready.set()
+        membership = self.storage.read_membership()
         self.storage.start()
-        self.executor.start(epoch)
+        self.executor.start(epoch, membership)
         self._set_serving(True)
         self.database_monitor.start()
         log.info(

@@ -584,12 +584,12 @@ MUTANTS = (
         (
             (
                 STORAGE,
-                "                    stored, exact = self._store(conn, batch, known)\n",
-                "                    stored, exact = self._store(conn, batch, known)\n"
-                "                    self._inbox.submit(\n"
-                "                        ins.BatchStored(stream_id, stored, batch.committed_seq, "
-                "batch.in_sync, batch.echo_ack_id)\n"
-                "                    )\n",
+                "                        stored, exact = self._store(conn, batch, known)\n",
+                "                        stored, exact = self._store(conn, batch, known)\n"
+                "                        self._inbox.submit(\n"
+                "                            ins.BatchStored(stream_id, stored, "
+                "batch.committed_seq, batch.in_sync, batch.echo_ack_id)\n"
+                "                        )\n",
             ),
             (
                 STORAGE,

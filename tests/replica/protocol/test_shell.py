@@ -6,6 +6,7 @@ is reported done before its COMMIT returned), the primary's streams, the seconda
 from __future__ import annotations
 
 import datetime as dt
+import json
 import queue
 import threading
 import time
@@ -19,10 +20,12 @@ import sqlalchemy as sa
 
 import eventlog
 from eventlog import Position
+from projections.events import MemberRecord, MemberRemoved, encode
 from protos import replication_pb2 as rpb
 from replica.protocol import ProtocolConfig, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
+from replica.protocol.membership import Membership
 from replica.replication.executor import Executor
 from replica.replication.ports import Envelope, Inbox, Persisted, ProbeRound, sendable
 from replica.replication.primary import PrimaryStreams, ServedStream
@@ -119,7 +122,9 @@ class Replica:
         self.commits = CommitTracker()
         self.streams = PrimaryStreams(self.engine, self.inbox)
         self.writer = LogWriter(self.engine, self.role, self.commits, feed=self.streams)
-        self.storage = DatabaseStorage(0, self.engine, self.writer, self.inbox)
+        self.storage = DatabaseStorage(
+            0, self.engine, self.writer, self.inbox, initial_voters=PROTOCOL.members
+        )
         self.peers = FakePeers(self.inbox, self.engine)
         self.follow = FollowStreams(0, self.peers, self.storage, self.inbox)  # type: ignore[arg-type]
         self.executor = Executor(
@@ -223,7 +228,7 @@ def standalone_storage(tmp_path: Path) -> tuple[DatabaseStorage, Inbox, sa.Engin
     upgrade_schema(engine)
     inbox = Inbox()
     writer = LogWriter(engine, RoleState(0), CommitTracker())
-    return DatabaseStorage(0, engine, writer, inbox), inbox, engine
+    return DatabaseStorage(0, engine, writer, inbox, initial_voters=(0, 1, 2)), inbox, engine
 
 
 def a_batch(*seqs: int, epoch: int = 4) -> rpb.Batch:
@@ -271,6 +276,52 @@ def test_after_a_failed_store_the_stream_s_later_batches_are_not_stored(tmp_path
     assert isinstance(stored, Envelope) and stored.input == ins.BatchStored(
         8, Position(4, 3), 0, True, 0
     )
+
+
+def membership_batch(after: int, event: object, epoch: int = 4) -> rpb.Batch:
+    """Events after seq `after`: an epoch start, then the membership event."""
+    kind, payload = encode(event)  # type: ignore[arg-type]
+    return rpb.Batch(
+        events=[
+            rpb.Event(seq=after + 1, epoch=epoch, type="epoch_started", payload="{}"),
+            rpb.Event(seq=after + 2, epoch=epoch, type=kind, payload=json.dumps(payload)),
+        ],
+        committed_seq=0,
+        in_sync=True,
+    )
+
+
+def test_the_executor_hears_of_a_stored_membership_change_before_the_batch_is_acked(
+    tmp_path: Path,
+) -> None:
+    """The latest membership event in the log is the membership in force, committed or not:
+    told to the core before BatchStored (so a removed replica's ack already says it is out),
+    and again when a truncation cuts the change off."""
+    storage, inbox, _ = standalone_storage(tmp_path)
+    assert storage.read_membership() == Membership.initial((0, 1, 2))
+    members = (
+        MemberRecord(index=0, address="h0:1", voter=True),
+        MemberRecord(index=1, address="h1:1", voter=True),
+    )
+    storage.store_batch(
+        7, membership_batch(0, MemberRemoved(index=2, members=members, removed=(2,)))
+    )
+    storage.run_pending()
+    told, stored = [r.input for r in inbox.drain() if isinstance(r, Envelope)]
+    assert told == ins.MembershipChanged(
+        Membership(frozenset({0, 1}), frozenset(), frozenset({2}), 2, frozenset({0, 1, 2}))
+    )
+    assert isinstance(stored, ins.BatchStored) and stored.position == Position(4, 2)
+    storage.store_batch(7, a_batch(3))
+    storage.run_pending()
+    assert [type(r.input) for r in inbox.drain() if isinstance(r, Envelope)] == [ins.BatchStored]
+    storage.persist((fx.Truncate(1),))
+    storage.run_pending()
+    told, done = inbox.drain()
+    assert isinstance(told, Envelope) and told.input == ins.MembershipChanged(
+        Membership.initial((0, 1, 2))
+    )
+    assert done == Persisted()
 
 
 def test_a_durable_write_whose_commit_fails_is_reported_failed(tmp_path: Path) -> None:
