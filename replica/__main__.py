@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     # Woken now and then: a signal delivered to another thread (Linux may pick any) runs its
     # handler only once this thread runs Python again -- a plain wait() would sleep through it.
     while not done.wait(0.5):
-        pass
+        if node.left.is_set():  # removed from the cluster (the executor logged why)
+            break
     node.stop()
     return 0
 

@@ -129,6 +129,8 @@ class ReplicaNode:
         self._stopped = threading.Event()
         self._interrupted = threading.Event()  # told to stop while starting
         self._ready = threading.Event()  # projections replayed: answering more than health
+        # Removed from the cluster, the removal committed (LeaveCluster): the process stops.
+        self.left = threading.Event()
         self._starting = "opening its database"
 
     def _check_durability(self) -> bool:
@@ -214,6 +216,7 @@ class ReplicaNode:
             clock=time.monotonic,
             tenure_changed=self._tenure_changed,
             observe=self.metrics.observe_effect,
+            left=lambda reason: self.left.set(),
         )
         self.database_monitor = DatabaseMonitor(
             self.index,
