@@ -669,12 +669,11 @@ class ReplicaCore:
         ]
         # A voter being removed (its removal not known committed) is no candidate and stands
         # for no one, but must vote, as a silent one must: it may still vouch for its log.
+        asking = self.election_voters()
         leaving = tuple(
             v.index
             for v in live
-            if v.role is not Role.PRIMARY
-            and v.index not in voters
-            and v.index in self.election_voters()
+            if v.role is not Role.PRIMARY and v.index not in voters and v.index in asking
         )
         choice = rules.choose_primary(electorate, voters)
         self.role = Role.CANDIDATE

@@ -302,9 +302,13 @@ class SimStorage(Storage):
 
         job = Job("store", run, fail, needs_writer_lock=True, writes=True)
         self._queue(job)
-        node.doubt[id(job)] = lambda: (
-            None if stream_id == self.failed_stream else self.world.store(node, batch)
-        )
+
+        def stored_in_doubt() -> None:
+            if stream_id != self.failed_stream:
+                self.world.store(node, batch)
+                self.world.tell_membership(node)  # (done, though reported failed)
+
+        node.doubt[id(job)] = stored_in_doubt
 
     def append_epoch_started(self, epoch: int) -> None:
         node = self.node
@@ -981,7 +985,6 @@ class World:
                 self.crash(node.index)
             if node.executor is None:
                 continue
-            self.tell_membership(node)  # (after a write in doubt: done, reported failed)
             self._check_woke(node)
             # What it would say of its log and membership, at every move: a vouch or a claim
             # may last a single input (an old word believed, and undone by the next one).
