@@ -115,6 +115,13 @@ def test_the_primary_cannot_remove_itself_nor_go_below_min_insync() -> None:
     )
 
 
+def secondaries_ack(p: Primary, seq: int) -> None:
+    """Replicas 1 and 2 are sent what they lack and ack up to `seq`."""
+    for s in (1, 2):
+        p.send(s)
+        p.ack(s, seq)
+
+
 def learner_streaming(p: Primary, index: int = 3, seq: int = 7) -> int:
     """Learner `index` connects to the primary and acks the log's end."""
     (div,) = of(p.step(ins.SecondaryHello(index, None, p.epoch)), fx.SendDivergence)
@@ -128,9 +135,7 @@ def test_a_learner_counts_for_nothing_and_is_promoted_only_once_it_keeps_up() ->
     membership_event(p, THREE.changed(change(ADD, 3), 7))
     learner_streaming(p)
     # The primary commits without it while it catches up.
-    for s in (1, 2):
-        p.send(s)
-        p.ack(s, 7)
+    secondaries_ack(p, 7)
     assert p.core.commit_point == 7
     refusal = p.core.membership_change_refusal(change(PROMOTE, 3), p.now)
     assert refusal is not None and refusal.startswith("replica 3 is catching up: 7 event(s)")
@@ -149,18 +154,14 @@ def test_a_learner_counts_for_nothing_and_is_promoted_only_once_it_keeps_up() ->
     assert p.core.membership_change_refusal(change(PROMOTE, 3), p.now) is None
     # Promoted, it joins the in-sync set once caught up, and then counts for commits.
     membership_event(p, p.core.membership.changed(change(PROMOTE, 3), 8))
-    for s in (1, 2):
-        p.send(s)
-        p.ack(s, 8)
+    secondaries_ack(p, 8)
     p.send(3)
     p.ack(3, 8, knows=False)
     statuses = {m.index: m for m in iss.statuses()}
     assert statuses[3].in_sync and statuses[3].voter
     p.step(ins.Written(9))
     p.step(ins.Appended(9), after=0)
-    for s in (1, 2):
-        p.send(s)
-        p.ack(s, 9)
+    secondaries_ack(p, 9)
     assert p.core.commit_point == 8, "committed without the new voter's ack"
     p.send(3)
     p.ack(3, 9)
@@ -289,9 +290,7 @@ def test_a_promoted_learner_joins_the_in_sync_set_only_once_its_promotion_is_com
     p = Primary()
     membership_event(p, THREE.changed(change(ADD, 3), 7))
     learner_streaming(p)
-    for s in (1, 2):
-        p.send(s)
-        p.ack(s, 7)
+    secondaries_ack(p, 7)
     promoted = p.core.membership.changed(change(PROMOTE, 3), 8)
     membership_event(p, promoted)
     p.send(3)
@@ -299,9 +298,7 @@ def test_a_promoted_learner_joins_the_in_sync_set_only_once_its_promotion_is_com
     iss = p.core.in_sync_set
     assert iss is not None and not iss.told_in_sync(3), "joined before its promotion committed"
     assert not {m.index: m.in_sync for m in iss.statuses()}[3]
-    for s in (1, 2):
-        p.send(s)
-        p.ack(s, 8)
+    secondaries_ack(p, 8)
     assert p.core.commit_point == 8
     p.ack(3, 8, knows=False)
     assert {m.index: m.in_sync for m in iss.statuses()}[3]
