@@ -6,6 +6,104 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ListMembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("index", "address", "peer_address", "voter", "role", "epoch", "in_sync", "lag", "reachable")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VOTER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    address: str
+    peer_address: str
+    voter: bool
+    role: str
+    epoch: int
+    in_sync: bool
+    lag: int
+    reachable: bool
+    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., peer_address: _Optional[str] = ..., voter: _Optional[bool] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., in_sync: _Optional[bool] = ..., lag: _Optional[int] = ..., reachable: _Optional[bool] = ...) -> None: ...
+
+class ListMembersReply(_message.Message):
+    __slots__ = ("answered_by", "primary_known", "primary_index", "members", "removed", "membership_seq", "change_committed", "settings")
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    answered_by: int
+    primary_known: bool
+    primary_index: int
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    removed: _containers.RepeatedScalarFieldContainer[int]
+    membership_seq: int
+    change_committed: bool
+    settings: ClusterSettings
+    def __init__(self, answered_by: _Optional[int] = ..., primary_known: _Optional[bool] = ..., primary_index: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., removed: _Optional[_Iterable[int]] = ..., membership_seq: _Optional[int] = ..., change_committed: _Optional[bool] = ..., settings: _Optional[_Union[ClusterSettings, _Mapping]] = ...) -> None: ...
+
+class ClusterSettings(_message.Message):
+    __slots__ = ("min_insync", "heartbeat_interval_ms", "peer_timeout_ms", "insync_timeout_ms", "storage_timeout_ms")
+    MIN_INSYNC_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    PEER_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    INSYNC_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    min_insync: int
+    heartbeat_interval_ms: int
+    peer_timeout_ms: int
+    insync_timeout_ms: int
+    storage_timeout_ms: int
+    def __init__(self, min_insync: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., peer_timeout_ms: _Optional[int] = ..., insync_timeout_ms: _Optional[int] = ..., storage_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class AddMemberRequest(_message.Message):
+    __slots__ = ("request_id", "index", "address", "peer_address")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    index: int
+    address: str
+    peer_address: str
+    def __init__(self, request_id: _Optional[str] = ..., index: _Optional[int] = ..., address: _Optional[str] = ..., peer_address: _Optional[str] = ...) -> None: ...
+
+class PromoteMemberRequest(_message.Message):
+    __slots__ = ("request_id", "index")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    index: int
+    def __init__(self, request_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class RemoveMemberRequest(_message.Message):
+    __slots__ = ("request_id", "index")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    index: int
+    def __init__(self, request_id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class MembershipReply(_message.Message):
+    __slots__ = ("seq", "members", "removed")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    removed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., removed: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("request_id", "username", "password")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

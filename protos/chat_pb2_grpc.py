@@ -516,3 +516,239 @@ class Chat:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """The cluster's membership, for operators (`python -m client admin member ...`). Every call
+    needs the cluster secret in the metadata key `x-chat-cluster-secret` (UNAUTHENTICATED
+    without it, PERMISSION_DENIED with another). ListMembers is answered by any replica; a
+    change goes to the primary, which answers as Chat's writes do when it is not the primary
+    (FAILED_PRECONDITION with the `chat-primary-address` trailer), and once the change is
+    committed. A change the rules refuse is FAILED_PRECONDITION without that trailer and with
+    the trailer `chat-error: Refused` (one change at a time, a learner still catching up, ...),
+    INVALID_ARGUMENT (a malformed index or address), NOT_FOUND (no such member) or
+    ALREADY_EXISTS (the index is in use, or was used by a removed replica). A change carries a
+    request_id as Chat's writes do: its retry after a failover is applied at most once.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListMembers = channel.unary_unary(
+                '/chat.v1.Admin/ListMembers',
+                request_serializer=protos_dot_chat__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=protos_dot_chat__pb2.ListMembersReply.FromString,
+                _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/chat.v1.Admin/AddMember',
+                request_serializer=protos_dot_chat__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=protos_dot_chat__pb2.MembershipReply.FromString,
+                _registered_method=True)
+        self.PromoteMember = channel.unary_unary(
+                '/chat.v1.Admin/PromoteMember',
+                request_serializer=protos_dot_chat__pb2.PromoteMemberRequest.SerializeToString,
+                response_deserializer=protos_dot_chat__pb2.MembershipReply.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/chat.v1.Admin/RemoveMember',
+                request_serializer=protos_dot_chat__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=protos_dot_chat__pb2.MembershipReply.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """The cluster's membership, for operators (`python -m client admin member ...`). Every call
+    needs the cluster secret in the metadata key `x-chat-cluster-secret` (UNAUTHENTICATED
+    without it, PERMISSION_DENIED with another). ListMembers is answered by any replica; a
+    change goes to the primary, which answers as Chat's writes do when it is not the primary
+    (FAILED_PRECONDITION with the `chat-primary-address` trailer), and once the change is
+    committed. A change the rules refuse is FAILED_PRECONDITION without that trailer and with
+    the trailer `chat-error: Refused` (one change at a time, a learner still catching up, ...),
+    INVALID_ARGUMENT (a malformed index or address), NOT_FOUND (no such member) or
+    ALREADY_EXISTS (the index is in use, or was used by a removed replica). A change carries a
+    request_id as Chat's writes do: its retry after a failover is applied at most once.
+    """
+
+    def ListMembers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMember(self, request, context):
+        """A new replica joins as a learner: it catches up from the log and counts for nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteMember(self, request, context):
+        """A learner becomes a voter; refused while it lags (it must have kept within the
+        replication batch size of the log's end for five heartbeats).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """A voter or learner leaves for good (its index is never used again); the removed replica's
+        process stops by itself once it hears the removal is committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=protos_dot_chat__pb2.ListMembersRequest.FromString,
+                    response_serializer=protos_dot_chat__pb2.ListMembersReply.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=protos_dot_chat__pb2.AddMemberRequest.FromString,
+                    response_serializer=protos_dot_chat__pb2.MembershipReply.SerializeToString,
+            ),
+            'PromoteMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteMember,
+                    request_deserializer=protos_dot_chat__pb2.PromoteMemberRequest.FromString,
+                    response_serializer=protos_dot_chat__pb2.MembershipReply.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=protos_dot_chat__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=protos_dot_chat__pb2.MembershipReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'chat.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('chat.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """The cluster's membership, for operators (`python -m client admin member ...`). Every call
+    needs the cluster secret in the metadata key `x-chat-cluster-secret` (UNAUTHENTICATED
+    without it, PERMISSION_DENIED with another). ListMembers is answered by any replica; a
+    change goes to the primary, which answers as Chat's writes do when it is not the primary
+    (FAILED_PRECONDITION with the `chat-primary-address` trailer), and once the change is
+    committed. A change the rules refuse is FAILED_PRECONDITION without that trailer and with
+    the trailer `chat-error: Refused` (one change at a time, a learner still catching up, ...),
+    INVALID_ARGUMENT (a malformed index or address), NOT_FOUND (no such member) or
+    ALREADY_EXISTS (the index is in use, or was used by a removed replica). A change carries a
+    request_id as Chat's writes do: its retry after a failover is applied at most once.
+    """
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.Admin/ListMembers',
+            protos_dot_chat__pb2.ListMembersRequest.SerializeToString,
+            protos_dot_chat__pb2.ListMembersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.Admin/AddMember',
+            protos_dot_chat__pb2.AddMemberRequest.SerializeToString,
+            protos_dot_chat__pb2.MembershipReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.Admin/PromoteMember',
+            protos_dot_chat__pb2.PromoteMemberRequest.SerializeToString,
+            protos_dot_chat__pb2.MembershipReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.Admin/RemoveMember',
+            protos_dot_chat__pb2.RemoveMemberRequest.SerializeToString,
+            protos_dot_chat__pb2.MembershipReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,5 +1,9 @@
 """python -m replica --index N [--config cluster.toml] [--db URL] [--data-dir DIR]
 
+python -m replica --index N --address H:P [--peer-address H:P] --join H:P[,H:P...]: a new
+replica joining a running cluster (no config file needed; an operator adds it with
+`python -m client admin member add`, then promotes it once it has caught up).
+
 python -m replica rebuild --until SEQ --into URL: the projections as they stood at SEQ, written
 into another database (see `python -m replica rebuild --help`)."""
 
@@ -12,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -19,11 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from projections.events import MalformedEvent
 from replica.config import (
+    ClusterConfig,
     ConfigError,
+    ReplicaAddress,
     ReplicaSettings,
     default_db_url,
     load_cluster_config,
     parse_host_port,
+    resolve_cluster_secret,
 )
 from replica.storage.database import SchemaError, UnsafeDurability
 
@@ -58,6 +66,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " metrics_address in the config, if any)",
     )
     parser.add_argument(
+        "--join",
+        metavar="H:P[,H:P...]",
+        help="join a running cluster through any of these members (client addresses); needs"
+        " --address; no config file needed (a --config's [[replicas]] and timeouts are"
+        " replaced by the cluster's)",
+    )
+    parser.add_argument(
+        "--address", metavar="H:P", help="with --join: where clients reach this replica"
+    )
+    parser.add_argument(
+        "--peer-address",
+        metavar="H:P",
+        help="with --join: where replicas reach this replica (required in a TLS cluster)",
+    )
+    parser.add_argument(
+        "--cluster-secret-file",
+        metavar="FILE",
+        help="read the cluster secret from FILE (default: $CHAT_CLUSTER_SECRET, the config's,"
+        " or DATA_DIR/cluster.secret)",
+    )
+    parser.add_argument(
         "--trace-spans",
         default=os.environ.get("CHAT_TRACE_SPANS"),
         metavar="FILE",
@@ -65,6 +94,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " critical path of a send; off by default)",
     )
     return parser.parse_args(argv)
+
+
+def _read_secret(path: str) -> str:
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the cluster secret file {path}: {exc.strerror}") from exc
+    if not secret:
+        raise ConfigError(f"the cluster secret file {path} is empty")
+    return secret
+
+
+def _joined(args: argparse.Namespace, cluster: ClusterConfig, data_dir: Path) -> ClusterConfig:
+    """The config of a replica joining a running cluster (replica/server/join.py)."""
+    from replica.server.join import joined_config
+
+    if not args.address:
+        raise ConfigError("--join needs --address (where clients reach this replica)")
+    parse_host_port(args.address, "--address")
+    if args.peer_address:
+        parse_host_port(args.peer_address, "--peer-address")
+    elif cluster.tls is not None:
+        raise ConfigError("in a TLS cluster, --join needs --peer-address")
+    me = ReplicaAddress(args.index, args.address, args.db, args.peer_address or None)
+    joins = [a.strip() for a in args.join.split(",") if a.strip()]
+    return joined_config(cluster, me, joins, resolve_cluster_secret(cluster, data_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("replica")
     try:
         cluster = load_cluster_config(args.config)
-        me = cluster.replica(args.index)
+        if args.cluster_secret_file:
+            cluster = replace(cluster, cluster_secret=_read_secret(args.cluster_secret_file))
         data_dir = Path(args.data_dir)
+        if args.join:
+            cluster = _joined(args, cluster, data_dir)
+        elif args.address or args.peer_address:
+            raise ConfigError("--address and --peer-address go with --join")
+        me = cluster.replica(args.index)
         db_url = (
             args.db
             or os.environ.get(f"CHAT_DB_URL_{args.index}")
@@ -100,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir,
             args.metrics_address,
             Path(args.trace_spans) if args.trace_spans else None,
+            joined=bool(args.join),
         )
         if cluster.tls is not None:
             from replica.server.stderr_filter import filter_stderr

@@ -309,6 +309,13 @@ class ReplicaSettings:
     data_dir: Path
     metrics_override: str | None = None  # --metrics-address
     spans_file: Path | None = None  # --trace-spans (replica/storage/spans.py)
+    # The membership before any membership event in the log: the config's replicas; none for
+    # a replica that joined a running cluster (--join: it learns the membership from the log).
+    joined: bool = False
+
+    @property
+    def initial_voters(self) -> tuple[int, ...]:
+        return () if self.joined else tuple(r.index for r in self.cluster.replicas)
 
     @property
     def me(self) -> ReplicaAddress:

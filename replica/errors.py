@@ -36,6 +36,12 @@ class ResourceExhausted(ChatError):
         self.retry_after = retry_after
 
 
+class Refused(ChatError):
+    """The request is well formed but the cluster's rules forbid it now (a membership change
+    while another is in progress, a learner promoted while it lags): FAILED_PRECONDITION,
+    which a client does not retry elsewhere (unlike NotPrimary's)."""
+
+
 class Unavailable(ChatError):
     """The replica cannot serve now (shutting down, storage failing, no quorum)."""
 

@@ -109,6 +109,8 @@ class ReplicaSpec:
     """Written as peer_address (set when the cluster has TLS)."""
     metrics_port: int | None = None
     """Written as metrics_address (set with ClusterProcesses(metrics=True))."""
+    join: tuple[str, ...] = ()
+    """Started with --join (these members' addresses) instead of the config file."""
 
     @property
     def metrics_address(self) -> str | None:
@@ -205,6 +207,8 @@ class ClusterProcesses:
                 for key in ("cert_file", "key_file", "ca_file")
             ]
         for spec in self.specs:
+            if spec.join:
+                continue  # (joined the running cluster: not among the config's replicas)
             lines += ["", "[[replicas]]", f"index = {spec.index}"]
             lines.append(f"address = {_toml_value(spec.address)}")
             if spec.peer_address is not None:
@@ -216,6 +220,27 @@ class ClusterProcesses:
     def address(self, index: int) -> str:
         return self.specs[index].address
 
+    def add_joiner(self, host: str = "127.0.0.1", db_url: str | None = None) -> int:
+        """A new replica (the next index) that joins the running cluster with --join through
+        the replicas there are now; started with start(index) like the others."""
+        index = len(self.specs)
+        spec = ReplicaSpec(
+            index=index,
+            host=host,
+            port=free_port(host),
+            data_dir=self.base_dir / f"replica-{index}",
+            log_path=self.base_dir / f"replica-{index}.log",
+            db_url=db_url,
+            join=tuple(s.address for s in self.specs),
+        )
+        if self.tls is not None:
+            spec.peer_port = free_port(host)
+        if self.metrics:
+            spec.metrics_port = free_port(host)
+        self.specs.append(spec)
+        self.replicas = len(self.specs)
+        return index
+
     @property
     def addresses(self) -> list[str]:
         return [s.address for s in self.specs]
@@ -225,6 +250,17 @@ class ClusterProcesses:
     def command(self, index: int) -> list[str]:
         spec = self.specs[index]
         prefix = list(self.launch_prefixes[index]) if self.launch_prefixes else []
+        if spec.join:
+            where = ["--join", ",".join(spec.join), "--address", spec.address]
+            if spec.peer_address is not None:
+                where += ["--peer-address", spec.peer_address]
+            if spec.metrics_address is not None:
+                where += ["--metrics-address", spec.metrics_address]
+            if self.tls is not None:
+                # (for [tls]; its replicas are ignored)
+                where += ["--config", str(self.config_path)]
+        else:
+            where = ["--config", str(self.config_path)]
         cmd = [
             *prefix,
             sys.executable,
@@ -232,8 +268,7 @@ class ClusterProcesses:
             "replica",
             "--index",
             str(index),
-            "--config",
-            str(self.config_path),
+            *where,
             "--data-dir",
             str(spec.data_dir),
             "--log-level",
@@ -252,6 +287,8 @@ class ClusterProcesses:
         # The harness alone decides configuration: no CHAT_* from the developer's shell.
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         env["PYTHONUNBUFFERED"] = "1"
+        # (for a replica started with --join, which reads no config file)
+        env["CHAT_CLUSTER_SECRET"] = self.cluster_secret
         env.update(self.env or {})
         return env
 

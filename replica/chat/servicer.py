@@ -59,6 +59,7 @@ _STATUS: dict[type[errors.ChatError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.NotPrimary: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Refused: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

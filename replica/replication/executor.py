@@ -29,13 +29,13 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import assert_never
+from typing import TypeVar, assert_never
 
 from replica.errors import Unavailable
 from replica.protocol import ProtocolConfig, ReplicaCore, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
-from replica.protocol.membership import Membership
+from replica.protocol.membership import Membership, MembershipChange
 from replica.protocol.rules import LogPosition
 from replica.replication.ports import (
     Answer,
@@ -60,6 +60,7 @@ from replica.storage.watch import stalled_reason
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 class WrongThread(RuntimeError):
@@ -215,9 +216,21 @@ class Executor:
 
     def status(self) -> Future[fx.ReplicaStatus]:
         """The core's status (read on the executor's thread)."""
+        return self.query(lambda core, now: core.status(now))
+
+    def query(self, read: Callable[[ReplicaCore, float], T]) -> Future[T]:
+        """`read(core, now)` on the executor's thread, its result in the future (Unavailable
+        if the replica stops first). It must only read."""
         answer: Future[object] = Future()
-        self.inbox.put(Query(lambda status: status, answer))
+        self.inbox.put(Query(read, answer))
         return answer  # type: ignore[return-value]
+
+    def membership_change_refusal(
+        self, change: MembershipChange, latest: Membership
+    ) -> Future[str | None]:
+        """Why the core would not have `change` written now, if it would not (the writer asks
+        under its lock, with the latest membership it wrote: see ReplicaCore)."""
+        return self.query(lambda core, now: core.membership_change_refusal(change, now, latest))
 
     # -- the executor's thread -------------------------------------------------------------
 
@@ -246,7 +259,10 @@ class Executor:
             case ProbeRound(outcomes):
                 self._probe_round(outcomes)
             case Query(read, answer):
-                answer.set_result(read(self._core.status(self._clock())))
+                try:
+                    answer.set_result(read(self._core, self._clock()))
+                except Exception as exc:  # (a bug in the read: its caller hears of it)
+                    answer.set_exception(exc)
             case Stop():
                 self._stopping = True
             case _:

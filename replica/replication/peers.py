@@ -23,6 +23,7 @@ from replica.protocol import ProtocolConfig, Role
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.replication import ports
+from replica.replication.addresses import AddressBook
 from replica.replication.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
@@ -73,21 +74,30 @@ class ProbeResult:
     process_gone: bool = False
 
 
+class UnknownPeer(KeyError):
+    """No address is known for a replica index (not a member this replica has heard of)."""
+
+
 class Peers:
     def __init__(
-        self, index: int, config: ClusterConfig, secret: bytes, tls: TlsMaterial | None = None
+        self,
+        index: int,
+        config: ClusterConfig,
+        secret: bytes,
+        tls: TlsMaterial | None = None,
+        addresses: AddressBook | None = None,
     ) -> None:
+        """`addresses`: where the replicas are (by default the config's, fixed); channels are
+        opened on first use, and again when a replica's address changed."""
         self.index = index
         self.config = config
+        self.addresses = addresses if addresses is not None else AddressBook(config.replicas)
+        self._tls = tls
         self._metadata = ((CLUSTER_SECRET_KEY, secret.decode("utf-8", "replace")),)
-        self._channels = {
-            p.index: _channel(p.replication_address, tls) for p in config.peers_of(index)
-        }
+        self._lock = threading.Lock()
+        # index -> (the address it was opened to, the channel, its stub)
+        self._open: dict[int, tuple[str, grpc.Channel, rpb_grpc.ReplicationStub]] = {}
         self._refused_by: set[int] = set()  # peers that refused our secret (logged once)
-        self._stubs = {
-            i: rpb_grpc.ReplicationStub(c)  # type: ignore[no-untyped-call]
-            for i, c in self._channels.items()
-        }
         # Checking a failed probe afresh blocks (a TCP connect, a second call): done here,
         # off gRPC's threads, and finished before the channels close.
         self._checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"probe-check-{index}")
@@ -98,17 +108,43 @@ class Peers:
         return self._metadata
 
     def stub(self, index: int) -> rpb_grpc.ReplicationStub:
-        return self._stubs[index]
+        """The stub for replica `index` (UnknownPeer if no address is known for it; ValueError,
+        as a closed channel's, once the replica is stopping)."""
+        peer = self.addresses.get(index)
+        if peer is None:
+            raise UnknownPeer(index)
+        stale = None
+        with self._lock:
+            if self._closed.is_set():
+                raise ValueError("the replica is stopping: its channels are closed")
+            entry = self._open.get(index)
+            if entry is None or entry[0] != peer.replication_address:
+                stale = entry
+                channel = _channel(peer.replication_address, self._tls)
+                stub = rpb_grpc.ReplicationStub(channel)  # type: ignore[no-untyped-call]
+                entry = (peer.replication_address, channel, stub)
+                self._open[index] = entry
+        if stale is not None:
+            stale[1].close()
+        return entry[2]
 
     def probe_all(
         self,
         request: rpb.ProbeRequest,
         timeout: float,
         done: Callable[[list[ProbeResult]], None],
+        targets: Sequence[int] | None = None,
     ) -> None:
-        """Probe every peer at once; `done` gets every result (in config order) when the last
-        call finished or timed out. It runs on a gRPC thread: it must not block."""
-        peers = self.config.peers_of(self.index)
+        """Probe every peer at once (`targets`: these indexes; by default every member but
+        this replica); `done` gets every result (in index order) when the last call finished
+        or timed out. A target whose address is not known is reported unreachable. It runs on
+        a gRPC thread: it must not block."""
+        if targets is None:
+            targets = [m.index for m in self.addresses.members()]
+        peers = [
+            self.addresses.get(i) or ReplicaAddress(i, "")
+            for i in sorted(set(targets) - {self.index})
+        ]
         results: dict[int, ProbeResult] = {}
         lock = threading.Lock()
 
@@ -139,10 +175,10 @@ class Peers:
         deadline = time.monotonic() + timeout
         for peer in peers:
             try:
-                call = self._stubs[peer.index].Probe.future(
+                call = self.stub(peer.index).Probe.future(
                     request, timeout=timeout, metadata=self._metadata
                 )
-            except ValueError:  # the channel closed: the replica is stopping
+            except (ValueError, UnknownPeer):  # stopping, or nowhere to call
                 store(ProbeResult(peer, None))
                 continue
             call.add_done_callback(lambda c, peer=peer: finished(peer, c))
@@ -182,13 +218,13 @@ class Peers:
             return ProbeResult(peer, None, refused=gone, process_gone=gone)
         # Something listens there now: ask once more, waiting for the channel to connect.
         try:
-            retry = self._stubs[peer.index].Probe.future(
+            retry = self.stub(peer.index).Probe.future(
                 request,
                 timeout=max(0.0, deadline - time.monotonic()),
                 metadata=self._metadata,
                 wait_for_ready=True,
             )
-        except ValueError:  # the channel closed meanwhile: the replica is stopping
+        except (ValueError, UnknownPeer):  # the replica is stopping
             return ProbeResult(peer, None)
         again = self._probe_result(peer, retry)
         if again.refused and not _answered_by_peer(retry):
@@ -237,10 +273,10 @@ class Peers:
 
         for index in indexes:
             try:
-                call = self._stubs[index].RequestVote.future(
+                call = self.stub(index).RequestVote.future(
                     request, timeout=timeout, metadata=self._metadata
                 )
-            except ValueError:  # the channel closed: the replica is stopping
+            except (ValueError, UnknownPeer):  # stopping, or nowhere to call
                 on_reply(index, None)
                 continue
             call.add_done_callback(lambda c, index=index: finished(index, c))
@@ -249,7 +285,10 @@ class Peers:
         """Finish the probe checks under way, then close the channels."""
         self._closed.set()
         self._checks.shutdown(wait=True, cancel_futures=True)
-        for channel in self._channels.values():
+        with self._lock:
+            channels = [channel for _, channel, _ in self._open.values()]
+            self._open.clear()
+        for channel in channels:
             channel.close()
 
 
@@ -273,7 +312,9 @@ class PeerCalls(ports.Peers):
             from_epoch=effect.epoch,
             from_primary=effect.from_primary,
         )
-        self._peers.probe_all(request, self._config.probe_timeout, self._round_done)
+        self._peers.probe_all(
+            request, self._config.probe_timeout, self._round_done, effect.peers or None
+        )
 
     def _round_done(self, results: list[ProbeResult]) -> None:
         self._last_round = results

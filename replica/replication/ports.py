@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
@@ -71,9 +71,10 @@ class ProbeRound:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """Read the core's state on the executor's thread (for status pages and metrics)."""
+    """Read the core's state on the executor's thread (status pages, metrics, the rules of a
+    membership change): `read(core, now)`; it must not change the core."""
 
-    read: Callable[[fx.ReplicaStatus], object]
+    read: Callable[[Any, float], object]  # (the core: ReplicaCore, not imported by the ports)
     answer: Future[object]
 
 

@@ -23,7 +23,7 @@ from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.protocol.rules import LogPosition
 from replica.replication import ports
-from replica.replication.peers import Peers
+from replica.replication.peers import Peers, UnknownPeer
 from replica.storage.spans import DISABLED, Spans
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,12 @@ class _Stream:
             log.debug("replica %d: stream to replica %d ended: %s", owner.index, self.primary, exc)
         except ValueError as exc:  # the channel closed: the replica is stopping
             log.debug("replica %d: stream not opened: %s", owner.index, exc)
+        except UnknownPeer:
+            log.warning(
+                "replica %d: replica %d leads, but its address is not known here yet",
+                owner.index,
+                self.primary,
+            )
         finally:
             self.outbox.close()
             with self._lock:

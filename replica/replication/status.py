@@ -3,10 +3,11 @@ said of the others, and the primary's view of who is in sync."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from protos import replication_pb2
-from replica.config import ClusterConfig
+from replica.config import ReplicaAddress
 from replica.protocol import Role
 from replica.protocol.effects import MemberStatus, ReplicaStatus
 from replica.replication.peers import ProbeResult
@@ -36,7 +37,7 @@ class ClusterView:
 
 
 def cluster_view(
-    config: ClusterConfig,
+    replicas: Sequence[ReplicaAddress],
     index: int,
     facts: LogFacts,
     snap: RoleSnapshot,
@@ -59,7 +60,7 @@ def cluster_view(
     if primary_reply is not None:
         primary_last = primary_reply.self.position.seq
     views = []
-    for replica in config.replicas:
+    for replica in replicas:
         if replica.index == index:
             role, epoch, last_seq, applied_seq, reachable = (
                 snap.role.value,

@@ -16,14 +16,22 @@ import sqlalchemy as sa
 
 import eventlog
 import projections
-from eventlog import Position
+from eventlog import Event, Position
+from projections.events import MemberRecord
 from protos import replication_pb2 as rpb
+from replica.config import ReplicaAddress
 from replica.protocol import effects as fx
 from replica.protocol import inputs as ins
 from replica.protocol.membership import Membership
+from replica.replication.addresses import AddressBook
 from replica.replication.ports import Inbox, LogFacts, LogReader, Persisted, Storage
 from replica.storage.database import StorageOutageLog, storage_problem
-from replica.storage.membership import MEMBERSHIP_EVENT_TYPES, membership_in_log
+from replica.storage.membership import (
+    MEMBERSHIP_EVENT_TYPES,
+    members_in_log,
+    membership_after,
+    membership_in_log,
+)
 from replica.storage.spans import DISABLED, Spans
 from replica.storage.wire import event_from_proto
 from replica.storage.writer import LogWriter, NewEvent
@@ -56,15 +64,22 @@ class DatabaseStorage(Storage):
         inbox: Inbox,
         *,
         initial_voters: tuple[int, ...],
+        addresses: AddressBook | None = None,
         spans: Spans = DISABLED,
         on_store_error: Callable[[], None] = lambda: None,
     ) -> None:
         """`initial_voters`: the cluster config's replicas, the membership before any
-        membership event in the log."""
+        membership event in the log. `addresses`: told the members' addresses whenever the
+        membership changes."""
         self.index = index
         self._initial_voters = initial_voters
-        # The membership the executor was last told of (read_membership sets the first).
+        self._addresses = addresses
+        # The membership the executor was last told of (read_membership sets the first), and
+        # whether it may differ from the log's (a write of a membership event failed, its
+        # commit perhaps in doubt: the next job reads it again).
         self.membership: Membership | None = None
+        self._membership_lock = threading.Lock()
+        self._membership_unsure = False
         self._engine = engine
         self._writer = writer
         self._inbox = inbox
@@ -168,8 +183,9 @@ class DatabaseStorage(Storage):
                 end = eventlog.last_position(conn)
                 applied = projections.last_applied_seq(conn)
                 membership = membership_in_log(conn, self._initial_voters)
+                members = members_in_log(conn)
             self._writer.known.set(end, applied)
-        self._tell_membership(membership)  # (the tail cut may have held a change)
+        self._tell_membership(membership, members)  # (the tail cut may have held a change)
         log.warning(
             "replica %d: truncated %d divergent event(s) after seq %d; projections %s in %.3fs",
             self.index,
@@ -193,13 +209,16 @@ class DatabaseStorage(Storage):
                 self._known_stream, self._known_end = stream_id, None
             known, self._known_end = self._known_end, None  # until this one committed
             try:
-                membership = None
+                membership, members = None, None
                 with self._writer.lock:
                     with self._writer.watch.operation(), self._engine.begin() as conn:
                         self._writer.forget_positions()
                         stored, exact = self._store(conn, batch, known)
-                        if any(e.type in MEMBERSHIP_EVENT_TYPES for e in batch.events):
+                        if self._membership_unsure or any(
+                            e.type in MEMBERSHIP_EVENT_TYPES for e in batch.events
+                        ):
                             membership = membership_in_log(conn, self._initial_voters)
+                            members = members_in_log(conn)
                     self._writer.known.set(stored, stored.seq)
             except Exception as exc:
                 self._failed_stream = stream_id
@@ -210,7 +229,7 @@ class DatabaseStorage(Storage):
             # membership it stored, if it changed (a replica removed acks knowing it).
             self._outage.succeeded()
             if membership is not None:
-                self._tell_membership(membership)
+                self._tell_membership(membership, members)
             if exact:
                 self._known_end = stored
             self._spans.mark("stored", stored.seq)
@@ -248,13 +267,64 @@ class DatabaseStorage(Storage):
     def read_membership(self) -> Membership:
         """The membership in the log now (at start-up, before the worker runs)."""
         with self._engine.connect() as conn:
-            self.membership = membership_in_log(conn, self._initial_voters)
-        return self.membership
-
-    def _tell_membership(self, membership: Membership) -> None:
-        if membership != self.membership:
+            membership = membership_in_log(conn, self._initial_voters)
+            members = members_in_log(conn)
+        with self._membership_lock:
             self.membership = membership
-            self._inbox.submit(ins.MembershipChanged(membership))
+            self._membership_unsure = False
+        self._set_addresses(members)
+        return membership
+
+    def _tell_membership(
+        self, membership: Membership, members: tuple[MemberRecord, ...] | None
+    ) -> None:
+        """The membership in the log (as stored or written) is `membership`: the core hears
+        it if it changed, the address book learns its members."""
+        with self._membership_lock:
+            self._membership_unsure = False
+            changed = membership != self.membership
+            self.membership = membership
+            if changed:
+                self._inbox.submit(ins.MembershipChanged(membership))
+        self._set_addresses(members)
+
+    def _set_addresses(self, members: tuple[MemberRecord, ...] | None) -> None:
+        if self._addresses is not None and members is not None:
+            self._addresses.set_members(
+                ReplicaAddress(m.index, m.address, peer_address=m.peer_address) for m in members
+            )
+
+    # -- what the writer tells (under its lock) ----------------------------------------------
+
+    def written(self, events: list[Event]) -> None:
+        """The writer (this replica as primary) decided `events` and streams them: a
+        membership event among them is in force from now on (Raft's rule: the latest in the
+        log, committed or not), so the core hears of it before the events are streamed."""
+        for event in events:
+            if event.type in MEMBERSHIP_EVENT_TYPES:
+                before = self.membership or Membership.initial(self._initial_voters)
+                membership, members = membership_after(event, before)
+                self._tell_membership(membership, members)
+
+    def write_failed(self) -> None:
+        """A written batch did not commit here (or its commit is in doubt): what the core
+        was told at `written` may not be in the log. The next job reads it again (before
+        any read an election waits on), and so does every job after until one succeeds."""
+        with self._membership_lock:
+            self._membership_unsure = True
+        self._jobs.put(self._check_membership)
+
+    def _check_membership(self) -> None:
+        if not self._membership_unsure:
+            return
+        try:
+            with self._writer.watch.operation(), self._engine.connect() as conn:
+                membership = membership_in_log(conn, self._initial_voters)
+                members = members_in_log(conn)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._tell_membership(membership, members)
 
     def append_epoch_started(self, epoch: int) -> None:
         def job() -> None:
@@ -279,6 +349,7 @@ class DatabaseStorage(Storage):
         while_writes_wait: bool = False,
     ) -> None:
         def job() -> None:
+            self._check_membership()
             lock = self._writer.lock if while_writes_wait else contextlib.nullcontext()
             answered = False
             try:

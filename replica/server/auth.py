@@ -27,9 +27,16 @@ class ClusterSecretInterceptor(_Interceptor):
     over mutual TLS (the peer port), so the secret alone is not enough."""
 
     def __init__(
-        self, secret: bytes, protected_prefix: str, *, require_peer_certificate: bool = False
+        self,
+        secret: bytes,
+        protected_prefix: str,
+        *,
+        require_peer_certificate: bool = False,
+        missing: str = "replica-to-replica call without the cluster secret; clients cannot call it",
     ) -> None:
+        """`missing`: what a caller without the secret is told."""
         self._secret = secret
+        self._missing = missing
         self._prefix = protected_prefix
         self._require_peer_certificate = require_peer_certificate
 
@@ -46,7 +53,7 @@ class ClusterSecretInterceptor(_Interceptor):
             return _refusal(
                 handler,
                 grpc.StatusCode.UNAUTHENTICATED,
-                "replica-to-replica call without the cluster secret; clients cannot call it",
+                self._missing,
             )
         if not hmac.compare_digest(str(given).encode("utf-8"), self._secret):
             return _refusal(

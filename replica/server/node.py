@@ -18,7 +18,8 @@ from sqlalchemy.engine import make_url
 
 import eventlog
 import projections
-from protos import chat_pb2, replication_pb2, replication_pb2_grpc
+from eventlog import Event
+from protos import chat_pb2, chat_pb2_grpc, replication_pb2, replication_pb2_grpc
 from protos.wire import REPLICA_MAX_MESSAGE_BYTES
 from replica.chat.service import ChatService
 from replica.chat.servicer import ChatServicer, RateLimits, add_chat_servicer
@@ -27,6 +28,7 @@ from replica.config import ClusterConfig, ReplicaSettings, resolve_cluster_secre
 from replica.errors import Unavailable
 from replica.protocol import ProtocolConfig, Role
 from replica.protocol.effects import ReplicaStatus
+from replica.replication.addresses import AddressBook
 from replica.replication.executor import Executor
 from replica.replication.peers import PeerCalls, Peers
 from replica.replication.ports import Inbox
@@ -36,6 +38,7 @@ from replica.replication.service import ReplicationServicer
 from replica.replication.status import ClusterView, cluster_view
 from replica.replication.storage_worker import DatabaseStorage
 from replica.replication.tls import TlsMaterial, load_tls_material
+from replica.server.admin import ADMIN_SERVICE_NAME, AdminServicer, MembershipCommands
 from replica.server.auth import ClusterSecretInterceptor, StartingInterceptor
 from replica.server.database_monitor import DatabaseMonitor
 from replica.server.metrics import MetricsInterceptor, ReplicaMetrics, counter, gauge
@@ -81,10 +84,16 @@ DB_WAIT_MAX_DELAY = 2.0
 DB_WAIT_LOG_SECONDS = 10.0
 
 
-def protocol_config(index: int, config: ClusterConfig) -> ProtocolConfig:
+def protocol_config(
+    index: int, config: ClusterConfig, initial_voters: tuple[int, ...] | None = None
+) -> ProtocolConfig:
+    """`initial_voters`: the membership before any membership event (default: the config's
+    replicas)."""
     return ProtocolConfig(
         index=index,
-        members=tuple(r.index for r in config.replicas),
+        members=(
+            tuple(r.index for r in config.replicas) if initial_voters is None else initial_voters
+        ),
         min_insync=config.min_insync,
         heartbeat_interval=config.heartbeat_interval_ms / 1000,
         peer_timeout=config.peer_timeout_ms / 1000,
@@ -122,6 +131,21 @@ class ReplicaNode:
         self._build_replication(secret)
         self.servicer = self._chat_servicer()
         self.replication_servicer = ReplicationServicer(self.executor, self.primary_streams)
+        self.admin_servicer = AdminServicer(
+            self.index,
+            MembershipCommands(
+                self.writer,
+                self.executor,
+                self.addresses,
+                self.settings.initial_voters,
+                tls=self.tls is not None,
+            ),
+            self.storage,
+            self.addresses,
+            self.commits,
+            self.settings.cluster,
+            self.cluster_view,
+        )
         self._wire_metrics()
         self._secret = secret
         self.health = health.HealthServicer()
@@ -156,9 +180,9 @@ class ReplicaNode:
     def _build_storage(self, clock: Clock) -> None:
         """The role the writer fences on, the commit tracker, the log writer and those it
         tells: the streams a primary serves, and the live-message notifier."""
-        self.role = RoleState(
-            self.index, {r.index: r.address for r in self.settings.cluster.replicas}
-        )
+        # Where the replicas are: the config's, then what membership events say.
+        self.addresses = AddressBook(self.settings.cluster.replicas)
+        self.role = RoleState(self.index, self.addresses.client_addresses)
         self.spans = Spans(self.settings.spans_file)
         self.commits = CommitTracker(spans=self.spans)
         self.inbox = Inbox()
@@ -171,11 +195,12 @@ class ReplicaNode:
         self.primary_streams = PrimaryStreams(
             self.engine, self.inbox, spans=self.spans, watch=self.storage_watch
         )
+        self.feed = MembershipFirst(self.primary_streams)
         self.writer = LogWriter(
             self.engine,
             self.role,
             self.commits,
-            feed=self.primary_streams,
+            feed=self.feed,
             clock=clock,
             spans=self.spans,
             watch=self.storage_watch,
@@ -189,8 +214,8 @@ class ReplicaNode:
         worker and the streams a secondary follows. It starts as a candidate in the log's
         epoch."""
         cluster = self.settings.cluster
-        protocol = protocol_config(self.index, cluster)
-        self.peers = Peers(self.index, cluster, secret, self.tls)
+        protocol = protocol_config(self.index, cluster, self.settings.initial_voters)
+        self.peers = Peers(self.index, cluster, secret, self.tls, self.addresses)
         self.peer_calls = PeerCalls(self.peers, protocol, self.inbox)
         self.storage = DatabaseStorage(
             self.index,
@@ -200,7 +225,9 @@ class ReplicaNode:
             spans=self.spans,
             on_store_error=self.metrics.database_errors.labels("replicate").inc,
             initial_voters=protocol.members,
+            addresses=self.addresses,
         )
+        self.feed.storage = self.storage
         self.follow = FollowStreams(
             self.index, self.peers, self.storage, self.inbox, spans=self.spans
         )
@@ -263,6 +290,12 @@ class ReplicaNode:
                     f"/{REPLICATION_SERVICE_NAME}/",
                     require_peer_certificate=self.tls is not None,
                 ),
+                ClusterSecretInterceptor(
+                    self._secret,
+                    f"/{ADMIN_SERVICE_NAME}/",
+                    missing="an admin call needs the cluster secret (CHAT_CLUSTER_SECRET or "
+                    "--cluster-secret-file)",
+                ),
                 StartingInterceptor(self._ready, lambda: self._starting),
             ],
         )
@@ -271,9 +304,13 @@ class ReplicaNode:
             self.replication_servicer, server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        chat_pb2_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]
+            self.admin_servicer, server
+        )
         reflection.enable_server_reflection(
             (
                 CHAT_SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
                 REPLICATION_SERVICE_NAME,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
@@ -590,10 +627,34 @@ class ReplicaNode:
         if stalled is not None:
             raise Unavailable(f"replica {self.index}: {stalled}; ask another replica")
         return cluster_view(
-            self.settings.cluster,
+            self.addresses.members(),
             self.index,
             self.storage.known_facts(),
             self.role.snapshot,
             self.status() if status is None else status,
             self.peer_calls.last_round(),
         )
+
+
+class MembershipFirst:
+    """The writer's feed (storage/writer.py ReplicationFeed): the storage side hears of a
+    membership event before the streams do, so that the core acts on a membership from the
+    moment its event is written (Raft's rule) -- and hears again, from the log, when a
+    written batch failed to commit."""
+
+    def __init__(self, streams: PrimaryStreams) -> None:
+        self.streams = streams
+        self.storage: DatabaseStorage | None = None  # (set once it is made)
+
+    def written(self, events: list[Event]) -> None:
+        if self.storage is not None:
+            self.storage.written(events)
+        self.streams.written(events)
+
+    def write_failed(self, epoch: int, reason: str) -> None:
+        if self.storage is not None:
+            self.storage.write_failed()
+        self.streams.write_failed(epoch, reason)
+
+    def appended(self, events: list[Event]) -> None:
+        self.streams.appended(events)

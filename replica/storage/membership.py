@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from projections.events import MemberAdded, MemberPromoted, MemberRemoved
-from projections.queries import latest_memberships
+from eventlog import Event
+from projections.events import MemberAdded, MemberPromoted, MemberRecord, MemberRemoved, decode
+from projections.queries import latest_membership, latest_memberships
 from replica.protocol.membership import Membership
 
 MEMBERSHIP_EVENT_TYPES = frozenset({MemberAdded.TYPE, MemberPromoted.TYPE, MemberRemoved.TYPE})
@@ -23,3 +24,24 @@ def membership_in_log(conn: sa.Connection, initial_voters: tuple[int, ...]) -> M
     newest = latest[0]
     before = latest[1].voters if len(latest) > 1 else frozenset(initial_voters)
     return Membership(newest.voters, newest.learners, frozenset(newest.removed), newest.seq, before)
+
+
+def members_in_log(conn: sa.Connection) -> tuple[MemberRecord, ...] | None:
+    """Every member (with its addresses) the latest membership event names; None before any
+    (the cluster config's replicas are the members then)."""
+    latest = latest_membership(conn)
+    return None if latest is None else latest.members
+
+
+def membership_after(
+    event: Event, before: Membership
+) -> tuple[Membership, tuple[MemberRecord, ...]]:
+    """The membership a membership event sets (written at event.seq, after `before`), and its
+    members with their addresses -- as the log will say once it holds the event."""
+    typed = decode(event)
+    if not isinstance(typed, MemberAdded | MemberPromoted | MemberRemoved):
+        raise TypeError(f"event {event.seq} ({event.type}) is not a membership event")
+    voters = frozenset(m.index for m in typed.members if m.voter)
+    learners = frozenset(m.index for m in typed.members if not m.voter)
+    membership = Membership(voters, learners, frozenset(typed.removed), event.seq, before.voters)
+    return membership, typed.members

@@ -22,9 +22,10 @@ class RoleSnapshot:
 
 class RoleState:
     def __init__(self, index: int, addresses: Mapping[int, str] | None = None) -> None:
-        """`addresses`: each replica's client address, told to clients sent elsewhere."""
+        """`addresses`: each replica's client address, told to clients sent elsewhere (read
+        when the role changes: it may change as replicas join)."""
         self.index = index
-        self._addresses = dict(addresses or {})
+        self._addresses: Mapping[int, str] = addresses if addresses is not None else {}
         self._snapshot = RoleSnapshot(Role.CANDIDATE, 0, None, None)
 
     @property

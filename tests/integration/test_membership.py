@@ -1,0 +1,178 @@
+"""Membership changes with real replica processes (issue 25): a replica started with --join
+and no config file, added as a learner, promoted once caught up, the old primary SIGKILLed and
+removed -- under concurrent sends, nothing acknowledged lost or delivered twice; and the
+refusals an operator meets, each one line."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from protos import chat_pb2, chat_pb2_grpc
+from protos.wire import CLUSTER_SECRET_KEY, SERVICE_ERROR_KEY
+from tests.integration.cluster_checks import (
+    check_exactly_once,
+    db_url,
+    read_inbox,
+    register_users,
+    replica_state,
+    sending,
+    three_replicas,
+    wait_for_primary,
+)
+from testsupport.harness import ClusterProcesses, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(cluster_processes: Callable[..., ClusterProcesses]) -> Iterator[ClusterProcesses]:
+    with three_replicas(cluster_processes, "sqlite", "members") as made:
+        yield made
+
+
+def admin(cluster: ClusterProcesses, index: int) -> chat_pb2_grpc.AdminStub:
+    return chat_pb2_grpc.AdminStub(cluster.channel(index))  # type: ignore[no-untyped-call]
+
+
+def secret(cluster: ClusterProcesses) -> tuple[tuple[str, str], ...]:
+    return ((CLUSTER_SECRET_KEY, cluster.cluster_secret),)
+
+
+def members(cluster: ClusterProcesses, index: int) -> chat_pb2.ListMembersReply:
+    return admin(cluster, index).ListMembers(
+        chat_pb2.ListMembersRequest(), timeout=2, metadata=secret(cluster)
+    )
+
+
+def change(cluster: ClusterProcesses, on: int, method: str, **fields: object) -> object:
+    """An admin change asked of replica `on` (the primary), with a fresh request id."""
+    request_type = {
+        "AddMember": chat_pb2.AddMemberRequest,
+        "PromoteMember": chat_pb2.PromoteMemberRequest,
+        "RemoveMember": chat_pb2.RemoveMemberRequest,
+    }[method]
+    request = request_type(request_id=str(uuid.uuid4()), **fields)
+    return getattr(admin(cluster, on), method)(request, timeout=15, metadata=secret(cluster))
+
+
+def refusal(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def error_kind(error: grpc.RpcError) -> str | None:
+    return dict(error.trailing_metadata() or ()).get(SERVICE_ERROR_KEY)  # type: ignore[attr-defined]
+
+
+def promote_when_caught_up(cluster: ClusterProcesses, primary: int, index: int) -> None:
+    """Promote `index`, retrying while the primary refuses it as still catching up."""
+
+    def promoted() -> bool:
+        try:
+            change(cluster, primary, "PromoteMember", index=index)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "catching up" in (
+                exc.details() or ""
+            ):
+                return False
+            raise
+        return True
+
+    wait_until(
+        promoted, 30, lambda: f"replica {index} never promotable: {members(cluster, primary)}"
+    )
+
+
+def test_add_promote_kill_and_remove_the_old_primary_under_load(
+    cluster: ClusterProcesses,
+) -> None:
+    primary = wait_for_primary(cluster)
+    register_users(cluster, ["alice", "bob", "dave"])
+    with sending(cluster, ["alice", "bob"], "dave") as load:
+        load.wait_for_acks(20)
+        new = cluster.add_joiner(host="127.0.0.14")
+        cluster.start(new)
+        added = change(cluster, primary, "AddMember", index=new, address=cluster.address(new))
+        assert [(m.index, m.voter) for m in added.members] == [  # type: ignore[attr-defined]
+            (0, True),
+            (1, True),
+            (2, True),
+            (new, False),
+        ]
+        # A learner: streamed to, caught up, but in nobody's count.
+        wait_until(
+            lambda: any(
+                m.index == new and m.reachable and m.lag == 0 and not m.voter
+                for m in members(cluster, primary).members
+            ),
+            30,
+            lambda: f"the learner never caught up: {members(cluster, primary)}",
+        )
+        load.wait_for_acks(load.acknowledged_count() + 20)
+        promote_when_caught_up(cluster, primary, new)
+        listed = members(cluster, primary)
+        assert [m.index for m in listed.members if m.voter] == [0, 1, 2, new]
+        load.wait_for_acks(load.acknowledged_count() + 20)
+        cluster.kill(primary)
+        survivors = [i for i in range(4) if i != primary]
+        new_primary = wait_for_primary(cluster, survivors)
+        load.wait_for_acks(load.acknowledged_count() + 20)
+        removed = change(cluster, new_primary, "RemoveMember", index=primary)
+        assert list(removed.removed) == [primary]  # type: ignore[attr-defined]
+        load.wait_for_acks(load.acknowledged_count() + 20)
+    check_exactly_once(load.log, read_inbox(cluster, "dave"))
+    # The three left hold the same log and projections, the new replica's from its own log.
+    wait_until(
+        lambda: len({replica_state(db_url(cluster, i))[2] for i in survivors}) == 1,
+        30,
+        "the remaining replicas did not converge",
+    )
+    # Its index is never used again.
+    error = refusal(
+        lambda: change(cluster, new_primary, "AddMember", index=primary, address="127.0.0.15:1")
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error
+    assert "never reused" in (error.details() or "")
+
+
+def test_the_rules_refuse_with_one_clear_line(cluster: ClusterProcesses) -> None:
+    primary = wait_for_primary(cluster)
+    secondary = (primary + 1) % 3
+    # Not the primary: sent there, as a client's write is.
+    error = refusal(lambda: change(cluster, secondary, "RemoveMember", index=primary))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_kind(error) == "NotPrimary"
+    # The primary cannot remove itself; nobody removes a stranger; an index in use is taken.
+    error = refusal(lambda: change(cluster, primary, "RemoveMember", index=primary))
+    assert (error.code(), error_kind(error)) == (grpc.StatusCode.FAILED_PRECONDITION, "Refused")
+    assert "cannot remove itself" in (error.details() or "")
+    error = refusal(lambda: change(cluster, primary, "RemoveMember", index=7))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    error = refusal(lambda: change(cluster, primary, "PromoteMember", index=secondary))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    error = refusal(
+        lambda: change(cluster, primary, "AddMember", index=secondary, address="127.0.0.15:1")
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    error = refusal(lambda: change(cluster, primary, "AddMember", index=3, address="nowhere"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A learner that is not running lags: its promotion is refused, saying so.
+    change(cluster, primary, "AddMember", index=3, address="127.0.0.15:1")
+    error = refusal(lambda: change(cluster, primary, "PromoteMember", index=3))
+    assert (error.code(), error_kind(error)) == (grpc.StatusCode.FAILED_PRECONDITION, "Refused")
+    assert "replica 3" in (error.details() or ""), error.details()
+    # Without the secret: refused before anything is read.
+    stub = admin(cluster, primary)
+    error = refusal(lambda: stub.ListMembers(chat_pb2.ListMembersRequest(), timeout=2))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Removing the learner that never came: fine, and the membership says so.
+    change(cluster, primary, "RemoveMember", index=3)
+    listed = members(cluster, primary)
+    assert [m.index for m in listed.members] == [0, 1, 2]
+    assert list(listed.removed) == [3]
+    assert listed.change_committed
