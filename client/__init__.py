@@ -11,6 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from client.admin import (
+        AdminClient,
+    )
     from client.aio import (
         AsyncChatClient,
         AsyncSubscription,
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
         NotLoggedInError,
         PermissionDenied,
         RateLimited,
+        Refused,
         ResourceExhausted,
         Unauthenticated,
         Unavailable,
@@ -40,6 +44,9 @@ if TYPE_CHECKING:
     from client.models import (
         CaughtUp,
         ClusterStatus,
+        Member,
+        Membership,
+        MembershipChange,
         Message,
         ReplicaStatus,
     )
@@ -53,6 +60,7 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS: dict[str, str] = {
+    "AdminClient": "client.admin",
     "AsyncChatClient": "client.aio",
     "AsyncSubscription": "client.aio",
     "AlreadyExists": "client.errors",
@@ -67,11 +75,15 @@ _EXPORTS: dict[str, str] = {
     "InvalidArgument": "client.errors",
     "Liveness": "client.failover",
     "LoginResult": "client.library",
+    "Member": "client.models",
+    "Membership": "client.models",
+    "MembershipChange": "client.models",
     "Message": "client.models",
     "NotFound": "client.errors",
     "NotLoggedInError": "client.errors",
     "PermissionDenied": "client.errors",
     "RateLimited": "client.errors",
+    "Refused": "client.errors",
     "ReplicaStatus": "client.models",
     "ResourceExhausted": "client.errors",
     "Session": "client.library",
@@ -82,6 +94,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "AdminClient",
     "AlreadyExists",
     "AsyncChatClient",
     "AsyncSubscription",
@@ -96,11 +109,15 @@ __all__ = [
     "InvalidArgument",
     "Liveness",
     "LoginResult",
+    "Member",
+    "Membership",
+    "MembershipChange",
     "Message",
     "NotFound",
     "NotLoggedInError",
     "PermissionDenied",
     "RateLimited",
+    "Refused",
     "ReplicaStatus",
     "ResourceExhausted",
     "Session",

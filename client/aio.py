@@ -32,10 +32,10 @@ import grpc.aio
 
 from client.errors import ChatError, ChatUnavailableError, NotLoggedInError
 from client.failover import (
-    RETRYABLE_CODES,
     Retries,
     primary_address_in,
     primary_named_by,
+    retryable,
 )
 from client.library import LoginResult, Session
 from client.models import ClusterStatus, Message
@@ -144,7 +144,7 @@ class _Failover:
                     raise ChatError(grpc.StatusCode.CANCELLED, "client closed") from None
                 raise
             except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE_CODES:
+                if not retryable(error):
                     raise ChatError.from_rpc_error(error) from None
                 call.failed(error, address, uses_tls=self.channels.uses_tls)
                 hint = await self._primary_hint(error, address, remaining)
@@ -251,7 +251,7 @@ class AsyncSubscription:
             except grpc.aio.AioRpcError as error:
                 if self._cancelled:
                     return
-                if error.code() not in RETRYABLE_CODES:
+                if not retryable(error):
                     raise ChatError.from_rpc_error(error) from None
                 logger.info("subscription broke (%s); reconnecting", error.code().name)
             except asyncio.CancelledError:

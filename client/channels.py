@@ -1,10 +1,11 @@
-"""One long-lived gRPC channel (and stub) per replica address, created on first use; TLS when
-the pool is given the cluster's CA certificate."""
+"""One long-lived gRPC channel (and its stubs) per replica address, created on first use; TLS
+when the pool is given the cluster's CA certificate."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -52,6 +53,31 @@ class ChatStub(Protocol):
     ]
 
 
+class AdminStub(Protocol):
+    """The typed shape of the generated (untyped) `chat_pb2_grpc.AdminStub`."""
+
+    ListMembers: grpc.UnaryUnaryMultiCallable[
+        chat_pb2.ListMembersRequest, chat_pb2.ListMembersReply
+    ]
+    AddMember: grpc.UnaryUnaryMultiCallable[chat_pb2.AddMemberRequest, chat_pb2.MembershipReply]
+    PromoteMember: grpc.UnaryUnaryMultiCallable[
+        chat_pb2.PromoteMemberRequest, chat_pb2.MembershipReply
+    ]
+    RemoveMember: grpc.UnaryUnaryMultiCallable[
+        chat_pb2.RemoveMemberRequest, chat_pb2.MembershipReply
+    ]
+
+
+@dataclass
+class _Channel:
+    """A channel and the stubs on it; the Admin stub only once asked for (most clients never
+    administer)."""
+
+    channel: grpc.Channel
+    chat: ChatStub
+    admin: AdminStub | None = None
+
+
 class ChannelPool:
     """Channels keyed by "host:port"; thread-safe; closing it ends every open call. With
     `root_certificates` (PEM: the CA that signed the replicas' certificates) they use TLS."""
@@ -69,33 +95,46 @@ class ChannelPool:
             else grpc.ssl_channel_credentials(root_certificates=root_certificates)
         )
         self._lock = threading.Lock()
-        self._channels: dict[str, tuple[grpc.Channel, ChatStub]] = {}
+        self._channels: dict[str, _Channel] = {}
         self._closed = False
 
     def stub(self, address: str) -> ChatStub:
         with self._lock:
-            if self._closed:
-                raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
-            entry = self._channels.get(address)
-            if entry is None:
-                if self._credentials is None:
-                    channel = grpc.insecure_channel(address, options=self._options)
-                else:
-                    channel = grpc.secure_channel(address, self._credentials, self._options)
-                stub: ChatStub = chat_pb2_grpc.ChatStub(channel)  # type: ignore[no-untyped-call]
-                entry = (channel, stub)
-                self._channels[address] = entry
-            return entry[1]
+            return self._entry(address).chat
+
+    def admin_stub(self, address: str) -> AdminStub:
+        """The Admin service's stub on the same channel as stub(address) (both replaced
+        together when discard() closes it)."""
+        with self._lock:
+            entry = self._entry(address)
+            if entry.admin is None:
+                entry.admin = chat_pb2_grpc.AdminStub(entry.channel)  # type: ignore[no-untyped-call]
+            return entry.admin
+
+    def _entry(self, address: str) -> _Channel:
+        if self._closed:
+            raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
+        entry = self._channels.get(address)
+        if entry is None:
+            if self._credentials is None:
+                channel = grpc.insecure_channel(address, options=self._options)
+            else:
+                channel = grpc.secure_channel(address, self._credentials, self._options)
+            stub: ChatStub = chat_pb2_grpc.ChatStub(channel)  # type: ignore[no-untyped-call]
+            entry = _Channel(channel, stub)
+            self._channels[address] = entry
+        return entry
 
     def discard(self, address: str, stub: ChatStub) -> None:
-        """Close the channel behind `stub` (every call on it ends CANCELLED) if it is still
-        the one kept for `address`; the next stub(address) opens a new one."""
+        """Close the channel behind `stub` (every call on it ends CANCELLED, the Admin stub's
+        too) if it is still the one kept for `address`; the next stub(address) or
+        admin_stub(address) opens a new one."""
         with self._lock:
             entry = self._channels.get(address)
-            if entry is None or entry[1] is not stub:
+            if entry is None or entry.chat is not stub:
                 return
             del self._channels[address]
-        entry[0].close()
+        entry.channel.close()
 
     @property
     def uses_tls(self) -> bool:
@@ -104,7 +143,7 @@ class ChannelPool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            channels = [channel for channel, _ in self._channels.values()]
+            channels = [entry.channel for entry in self._channels.values()]
             self._channels.clear()
         for channel in channels:
             channel.close()

@@ -11,6 +11,8 @@ a transport failure, from the status code alone):
     ├── PermissionDenied       not yours to do
     ├── ResourceExhausted      a replica's limit (subscriptions, a full disk)
     │   └── RateLimited        too many tries: `retry_after` seconds until the next one
+    ├── Refused                a change the cluster's rules refuse now (a membership change
+    │                          while another is in progress, promoting a lagging learner)
     └── Unavailable            the service cannot answer now (no quorum, storage failing)
         └── ChatUnavailableError  no replica (or no primary) answered before the deadline
 
@@ -52,7 +54,7 @@ class ChatError(Exception):
         details: str | None = error.details()
         message = details or _DEFAULT_MESSAGES.get(code, code.name.lower().replace("_", " "))
         trailers = _trailers(error)
-        kind = _BY_SERVICE_CLASS.get(trailers.get(SERVICE_ERROR_KEY, ""))
+        kind = _BY_SERVICE_CLASS.get(service_error(error) or "")
         if kind is None:
             kind = _BY_CODE.get(code, ChatError)
         if kind is ResourceExhausted and RETRY_AFTER_KEY in trailers:
@@ -103,6 +105,12 @@ class RateLimited(ResourceExhausted):
         self.retry_after = retry_after
 
 
+class Refused(ChatError):
+    """A change the cluster's rules refuse as things stand (FAILED_PRECONDITION): one
+    membership change at a time, a learner promoted while it lags, ... Not retried: every
+    replica would answer the same until the operator (or time) changes something."""
+
+
 class Unavailable(ChatError):
     """The service cannot answer now (too few replicas in sync, its storage failing); a retry
     later may succeed."""
@@ -111,6 +119,10 @@ class Unavailable(ChatError):
 class ChatUnavailableError(Unavailable):
     """No replica (or no primary) answered before the client's deadline."""
 
+
+# The service's name for a refusal by its rules: a FAILED_PRECONDITION that, unlike "not the
+# primary", every replica would answer alike (see client.failover.retryable).
+REFUSED = "Refused"
 
 # The replica's error classes (replica/errors.py) by name, as its SERVICE_ERROR_KEY trailer
 # gives them; NotPrimary is the client's to handle (it follows the primary) and is never raised
@@ -124,6 +136,7 @@ _BY_SERVICE_CLASS: dict[str, type[ChatError]] = {
     "ResourceExhausted": ResourceExhausted,
     "Unavailable": Unavailable,
     "NotPrimary": Unavailable,
+    REFUSED: Refused,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[ChatError]] = {
@@ -143,6 +156,12 @@ def trailers(error: grpc.RpcError) -> list[tuple[str, str | bytes]]:
     trailing = getattr(error, "trailing_metadata", None)
     items: Any = (trailing() if callable(trailing) else None) or ()
     return [(i.key, i.value) if hasattr(i, "key") else (i[0], i[1]) for i in items]
+
+
+def service_error(error: grpc.RpcError) -> str | None:
+    """The error class the replica named in its SERVICE_ERROR_KEY trailer (None: it named
+    none, e.g. a transport failure)."""
+    return _trailers(error).get(SERVICE_ERROR_KEY)
 
 
 def _trailers(error: grpc.RpcError) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Finding the primary and retrying one request across replicas until a deadline.
 
 A request goes first to the replica that answered last. When a replica is down (UNAVAILABLE,
-or silent past the per-attempt timeout) or is not the primary (FAILED_PRECONDITION), the same
+or silent past the per-attempt timeout) or is not the primary (FAILED_PRECONDITION, unless the
+service says it refuses the request by its rules: see `retryable`), the same
 request -- same request_id, so the server applies it at most once -- goes next to the primary
 that replica named in its `chat-primary-address` trailer, else to the one its ClusterStatus
 names, else to the next address in the list. A unary call that gets no answer for a while
@@ -27,8 +28,8 @@ from typing import TypeVar
 
 import grpc
 
-from client.channels import ChannelPool, ChatStub, security_mismatch
-from client.errors import ChatError, ChatUnavailableError, trailers
+from client.channels import AdminStub, ChannelPool, ChatStub, security_mismatch
+from client.errors import REFUSED, ChatError, ChatUnavailableError, service_error, trailers
 from protos import chat_pb2
 from protos.wire import PRIMARY_ADDRESS_KEY, SERVICE_ERROR_KEY
 
@@ -52,6 +53,19 @@ RETRYABLE_CODES = frozenset(
 
 Result = TypeVar("Result")
 Attempt = Callable[[ChatStub, float], Result]
+AdminAttempt = Callable[[AdminStub, float], Result]
+
+
+def retryable(error: grpc.RpcError) -> bool:
+    """Whether the same request may succeed elsewhere or later: a RETRYABLE_CODES status, but
+    not a FAILED_PRECONDITION the service marks as a refusal by its own rules (a membership
+    change while another is in progress, ...). Any replica would refuse it alike, and
+    retrying until the deadline would hide the reason behind "no primary found"."""
+    if error.code() not in RETRYABLE_CODES:
+        return False
+    return not (
+        error.code() == grpc.StatusCode.FAILED_PRECONDITION and service_error(error) == REFUSED
+    )
 
 
 @dataclass(frozen=True)
@@ -308,6 +322,21 @@ class Failover:
         watchdog thread checks on calls that have waited long enough)."""
         return self._retrying(lambda address, t: self._watched(invoke, address, t), timeout=timeout)
 
+    def call_admin(self, invoke: AdminAttempt[Result], *, timeout: float | None = None) -> Result:
+        """call_unary() for the Admin service (`stub.Method(request, timeout=t, metadata=...)`
+        on its stub): the same channels, watchdog, primary hints and retries as Chat's calls,
+        since a membership change goes to the primary just as a send does."""
+
+        def attempt(address: str, timeout: float) -> Result:
+            # The watchdog watches (and may close) the channel through its Chat stub; the Admin
+            # stub is on the same channel -- unless it was replaced between the two look-ups,
+            # and then this try ends by its own timeout only.
+            return self._watched(
+                lambda _chat, t: invoke(self._pool.admin_stub(address), t), address, timeout
+            )
+
+        return self._retrying(attempt, timeout=timeout)
+
     def _watched(self, invoke: Attempt[Result], address: str, timeout: float) -> Result:
         stub = self._pool.stub(address)
         with self._watchdog.watching(address, stub) as watch:
@@ -382,7 +411,7 @@ class Failover:
             try:
                 result = run(address, min(remaining, self._attempt_timeout))
             except grpc.RpcError as error:
-                if error.code() not in RETRYABLE_CODES:
+                if not retryable(error):
                     raise ChatError.from_rpc_error(error) from None
                 call.failed(error, address, uses_tls=self._pool.uses_tls)
                 hint = self._primary_hint(error, address, remaining)

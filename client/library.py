@@ -30,6 +30,27 @@ class LoginResult:
     unread_by_sender: tuple[tuple[str, int], ...] = ()  # most first
 
 
+def connect(
+    servers: Sequence[str], settings: ClientSettings, hooks: ClientHooks
+) -> tuple[ChannelPool, Failover]:
+    """The channels to `servers` and the failover over them, as `settings` and `hooks` say
+    (one place for every client built on them: ChatClient, AdminClient)."""
+    pool = ChannelPool(settings.channel_options, root_certificates=settings.root_certificates)
+    failover = Failover(
+        servers,
+        pool,
+        timeout=settings.timeout,
+        attempt_timeout=settings.attempt_timeout,
+        backoff=settings.backoff,
+        clock=hooks.clock,
+        sleep=hooks.sleep,
+        on_replica_change=hooks.on_replica_change,
+        liveness=settings.liveness,
+        on_unreachable=hooks.on_unreachable,
+    )
+    return pool, failover
+
+
 class ChatClient:
     """A client for the chat cluster at `servers` ("host:port" of every replica), configured
     by `settings` (ClientSettings: timeouts, TLS, ...) and `hooks` (ClientHooks: callbacks,
@@ -52,21 +73,7 @@ class ChatClient:
         settings = settings if settings is not None else ClientSettings()
         hooks = hooks if hooks is not None else ClientHooks()
         self.settings = settings
-        self._pool = ChannelPool(
-            settings.channel_options, root_certificates=settings.root_certificates
-        )
-        self._failover = Failover(
-            servers,
-            self._pool,
-            timeout=settings.timeout,
-            attempt_timeout=settings.attempt_timeout,
-            backoff=settings.backoff,
-            clock=hooks.clock,
-            sleep=hooks.sleep,
-            on_replica_change=hooks.on_replica_change,
-            liveness=settings.liveness,
-            on_unreachable=hooks.on_unreachable,
-        )
+        self._pool, self._failover = connect(servers, settings, hooks)
         self._request_ids = hooks.request_ids
         self._lock = threading.Lock()
         self._session: Session | None = None

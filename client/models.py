@@ -92,3 +92,81 @@ class ClusterStatus:
             int(reply.primary_index) if reply.primary_known else None,
             tuple(ReplicaStatus.from_proto(r) for r in reply.replicas),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One replica of the membership. `voter` False: a learner (catching up, counted for
+    nothing). `peer_address` is where replicas reach it ("" when the same as `address`). The
+    rest is the answering replica's view (the primary's when it answered), as in ReplicaStatus."""
+
+    index: int
+    address: str
+    peer_address: str
+    voter: bool
+    role: str  # "primary", "secondary", "candidate", "unknown"
+    epoch: int
+    in_sync: bool
+    lag: int  # events behind the primary's log
+    reachable: bool
+
+    @classmethod
+    def from_proto(cls, member: chat_pb2.Member) -> Member:
+        return cls(
+            int(member.index),
+            member.address,
+            member.peer_address,
+            bool(member.voter),
+            member.role,
+            int(member.epoch),
+            bool(member.in_sync),
+            int(member.lag),
+            bool(member.reachable),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """The cluster's members as one replica (`answered_by`) sees them. `membership_seq`: the
+    log event that set them (0: the cluster config's); until `change_committed`, that change
+    is in progress and no other is accepted. `removed`: indexes never to be used again."""
+
+    answered_by: int
+    primary_index: int | None
+    members: tuple[Member, ...]
+    removed: tuple[int, ...]
+    membership_seq: int
+    change_committed: bool
+
+    @classmethod
+    def from_proto(cls, reply: chat_pb2.ListMembersReply) -> Membership:
+        return cls(
+            int(reply.answered_by),
+            int(reply.primary_index) if reply.primary_known else None,
+            tuple(Member.from_proto(m) for m in reply.members),
+            tuple(int(i) for i in reply.removed),
+            int(reply.membership_seq),
+            bool(reply.change_committed),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """A committed membership change: its event's `seq` in the log, and the members after it
+    (their index, addresses and `voter` only: the primary sends no view of their state with a
+    change; list_members() has it)."""
+
+    seq: int
+    members: tuple[Member, ...]
+    removed: tuple[int, ...]
+
+    def member(self, index: int) -> Member | None:
+        return next((m for m in self.members if m.index == index), None)
+
+    @classmethod
+    def from_proto(cls, reply: chat_pb2.MembershipReply) -> MembershipChange:
+        return cls(
+            int(reply.seq),
+            tuple(Member.from_proto(m) for m in reply.members),
+            tuple(int(i) for i in reply.removed),
+        )

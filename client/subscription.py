@@ -12,7 +12,7 @@ import grpc
 
 from client.channels import ChatStub
 from client.errors import ChatError
-from client.failover import RETRYABLE_CODES, Failover
+from client.failover import Failover, retryable
 from client.models import CaughtUp, Message
 from protos import chat_pb2
 
@@ -83,7 +83,7 @@ class Subscription:
             except grpc.RpcError as error:
                 if self._cancelled.is_set():
                     return
-                if error.code() not in RETRYABLE_CODES:
+                if not retryable(error):
                     raise ChatError.from_rpc_error(error) from None
                 logger.info(
                     "subscription at %s broke (%s); reconnecting",

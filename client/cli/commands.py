@@ -13,8 +13,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from client import ChatClient, ChatError, ClientHooks, ClientSettings, Message
-from client.cli.output import escape_field, history_line, inbox_line, status_table
+from client import (
+    AdminClient,
+    ChatClient,
+    ChatError,
+    ClientHooks,
+    ClientSettings,
+    Message,
+    PermissionDenied,
+    Unauthenticated,
+)
+from client.cli.output import (
+    escape_field,
+    history_line,
+    inbox_line,
+    member_added_line,
+    member_promoted_line,
+    member_removed_line,
+    members_table,
+    status_table,
+)
 from protos.wire import MAX_ACK_IDS, MAX_PAGE_SIZE
 
 logger = logging.getLogger(__name__)
@@ -23,6 +41,7 @@ DEFAULT_SERVERS = ("127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")
 SERVERS_ENV = "CHAT_SERVERS"
 PASSWORD_ENV = "CHAT_PASSWORD"
 TLS_CA_ENV = "CHAT_TLS_CA"
+CLUSTER_SECRET_ENV = "CHAT_CLUSTER_SECRET"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -45,8 +64,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments: the options every command takes, then the commands."""
     parser = _Parser(
-        # (the `chat` console script, or python -m client)
-        prog="chat" if os.path.basename(sys.argv[0]) == "chat" else "python -m client",
+        prog=_prog(),
         description="Chat client. Without a command: an interactive chat.",
         epilog=f"Passwords come from ${PASSWORD_ENV} or a prompt.",
     )
@@ -79,7 +97,8 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
         "-q",
         "--quiet",
         action="store_true",
-        help="print no confirming line (register, send, delete-account); data still prints",
+        help="print no confirming line (register, send, delete-account, admin member changes);"
+        " data still prints",
     )
 
 
@@ -153,16 +172,94 @@ def _add_commands(commands: Any) -> None:
         " that answers sees them; '-' where it does not know.",
     )
 
+    _add_admin_commands(commands)
+
+
+def _add_admin_commands(commands: Any) -> None:
+    """`admin member list|add|promote|remove`: the operator's, with the cluster secret."""
+    admin = commands.add_parser(
+        "admin",
+        help="administer the cluster (needs the cluster secret)",
+        description=f"Operator commands; each needs the replicas' cluster secret: "
+        f"${CLUSTER_SECRET_ENV} or --cluster-secret-file FILE.",
+    )
+    admin_commands = admin.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
+    member = admin_commands.add_parser(
+        "member",
+        help="list, add, promote or remove replicas",
+        description="The cluster's replicas: a new one joins as a learner (it catches up and"
+        " counts for nothing), is promoted to voter once caught up, and a removed one's index"
+        " is never used again. One change at a time.",
+    )
+    members = member.add_subparsers(dest="member_command", metavar="COMMAND", required=True)
+    # (On each command rather than on `admin`, so that it may come anywhere after it.)
+    secret = _Parser(add_help=False)
+    secret.add_argument(
+        "--cluster-secret-file",
+        metavar="FILE",
+        help=f"read the cluster secret from FILE, e.g. a replica's DATA_DIR/cluster.secret "
+        f"(default: ${CLUSTER_SECRET_ENV})",
+    )
+    members.add_parser(
+        "list",
+        parents=[secret],
+        help="show the members",
+        description="Each member's address, voter or learner, role, in-sync state, lag,"
+        " reachability and epoch, as the replica that answers sees them ('-' where it does not"
+        " know); whether a change is in progress; the removed indexes.",
+    )
+    add = members.add_parser(
+        "add",
+        parents=[secret],
+        help="add a replica as a learner",
+        description="Add replica N as a learner; start it with `python -m replica --index N"
+        " --address H:P --join ...`, and promote it once it has caught up.",
+    )
+    add.add_argument("--index", required=True, type=_member_index, metavar="N", help="a new index")
+    add.add_argument(
+        "--address", required=True, type=_address, metavar="H:P", help="where clients reach it"
+    )
+    add.add_argument(
+        "--peer-address",
+        type=_address,
+        metavar="H:P",
+        help="where replicas reach it (default: --address; required in a TLS cluster)",
+    )
+    promote = members.add_parser(
+        "promote",
+        parents=[secret],
+        help="make a caught-up learner a voter",
+        description="Make learner N a voter; refused while it lags the log's end.",
+    )
+    promote.add_argument("index", type=_member_index, metavar="N", help="the learner's index")
+    remove = members.add_parser(
+        "remove",
+        parents=[secret],
+        help="remove a replica for good",
+        description="Remove replica N (voter or learner) for good: its index is never used"
+        " again, and its process stops by itself once it hears of the removal.",
+    )
+    remove.add_argument("index", type=_member_index, metavar="N", help="the replica's index")
+
+
+def _prog() -> str:
+    """The CLI's name as typed: the `chat` console script, or python -m client."""
+    return "chat" if os.path.basename(sys.argv[0]) == "chat" else "python -m client"
+
 
 def parse_servers(text: str) -> tuple[str, ...]:
     servers = tuple(part.strip() for part in text.split(",") if part.strip())
     if not servers:
         raise UsageError("no servers given")
     for server in servers:
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not _is_host_port(server):
             raise UsageError(f"server address {server!r} is not host:port")
     return servers
+
+
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isascii() and port.isdigit() and 0 < int(port) < 65536
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -204,13 +301,58 @@ def _run(args: argparse.Namespace, servers: Sequence[str], environ: Mapping[str,
         from client.cli.interactive import run_interactive
 
         return run_interactive(servers, timeout=args.timeout, root_certificates=root_certificates)
-    with ChatClient(
-        servers,
-        ClientSettings(timeout=args.timeout, root_certificates=root_certificates),
-        hooks=ClientHooks(on_unreachable=_say_unreachable),
-    ) as client:
+    settings = ClientSettings(timeout=args.timeout, root_certificates=root_certificates)
+    hooks = ClientHooks(on_unreachable=_say_unreachable)
+    if command == "admin":
+        _run_admin(args, servers, settings, hooks, environ)
+        return EXIT_OK
+    with ChatClient(servers, settings, hooks=hooks) as client:
         _COMMANDS[command](client, args, lambda prompt: _password(prompt, environ))
     return EXIT_OK
+
+
+def _run_admin(
+    args: argparse.Namespace,
+    servers: Sequence[str],
+    settings: ClientSettings,
+    hooks: ClientHooks,
+    environ: Mapping[str, str],
+) -> None:
+    secret, source = _cluster_secret(args.cluster_secret_file, environ)
+    try:
+        admin = AdminClient(servers, secret, settings, hooks=hooks)
+    except ValueError as error:  # (a secret gRPC metadata cannot carry)
+        raise CliError(str(error)) from None
+    with admin:
+        try:
+            _MEMBER_COMMANDS[args.member_command](admin, args)
+        except (Unauthenticated, PermissionDenied) as error:
+            raise CliError(
+                f"{error}; check the cluster secret (this one came from {source})"
+            ) from None
+
+
+def _cluster_secret(path: str | None, environ: Mapping[str, str]) -> tuple[str, str]:
+    """The secret and where it came from: `path` if given (stripped of surrounding whitespace,
+    as a replica reads its cluster.secret file), else the environment (as is, as a replica
+    reads it)."""
+    if path is None:
+        secret = environ.get(CLUSTER_SECRET_ENV, "")
+        if not secret:
+            raise CliError(
+                f"no cluster secret: set {CLUSTER_SECRET_ENV} or give --cluster-secret-file FILE"
+            )
+        return secret, CLUSTER_SECRET_ENV
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except OSError as error:
+        raise CliError(f"cannot read the cluster secret file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"the cluster secret file {path} is not UTF-8 text") from None
+    if not secret:
+        raise CliError(f"the cluster secret file {path} is empty")
+    return secret, f"--cluster-secret-file {path}"
 
 
 PasswordSource = Callable[[str], str]
@@ -320,6 +462,37 @@ _COMMANDS: dict[str, Callable[[ChatClient, argparse.Namespace, PasswordSource], 
 }
 
 
+def _member_list(admin: AdminClient, args: argparse.Namespace) -> None:
+    print(members_table(admin.list_members()))
+
+
+def _member_add(admin: AdminClient, args: argparse.Namespace) -> None:
+    change = admin.add_member(args.index, args.address, args.peer_address)
+    if not args.quiet:
+        promote = f"{_prog()} admin member promote {args.index}"
+        print(member_added_line(change, args.index, args.address, promote))
+
+
+def _member_promote(admin: AdminClient, args: argparse.Namespace) -> None:
+    change = admin.promote_member(args.index)
+    if not args.quiet:
+        print(member_promoted_line(change, args.index))
+
+
+def _member_remove(admin: AdminClient, args: argparse.Namespace) -> None:
+    change = admin.remove_member(args.index)
+    if not args.quiet:
+        print(member_removed_line(change, args.index))
+
+
+_MEMBER_COMMANDS: dict[str, Callable[[AdminClient, argparse.Namespace], None]] = {
+    "list": _member_list,
+    "add": _member_add,
+    "promote": _member_promote,
+    "remove": _member_remove,
+}
+
+
 @contextmanager
 def _logged_in(client: ChatClient, username: str, password: PasswordSource) -> Iterator[str]:
     """Logs in for the duration of one command; yields the password."""
@@ -362,6 +535,18 @@ def _positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def _member_index(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a replica index (0, 1, 2, ...)")
+    return int(text)
+
+
+def _address(text: str) -> str:
+    if not _is_host_port(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
+    return text
 
 
 def _non_negative_seconds(text: str) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from client import ClusterStatus, Message
+from client import ClusterStatus, Membership, MembershipChange, Message
 
 _ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
 # Every other C0 control, DEL and every C1 control, as \xNN: nothing a sender writes can
@@ -90,6 +90,81 @@ def status_table(status: ClusterStatus) -> str:
     primary = f"replica {status.primary_index}" if status.primary_known else "unknown"
     footer = f"primary: {primary} (answered by replica {status.answered_by})"
     return "\n".join([*_aligned([_STATUS_HEADER, *rows]), footer])
+
+
+_MEMBERS_HEADER = ("index", "address", "member", "role", "in-sync", "lag", "reachable", "epoch")
+
+
+def members_table(membership: Membership) -> str:
+    """One row per member, `-` where the answering replica does not know (as status_table),
+    a "peer address" column when some member has one; then whether a change is in progress,
+    the removed indexes and the primary."""
+    with_peers = any(member.peer_address for member in membership.members)
+    header = (*_MEMBERS_HEADER, "peer address") if with_peers else _MEMBERS_HEADER
+    rows = []
+    for member in sorted(membership.members, key=lambda member: member.index):
+        known = member.reachable or member.index == membership.answered_by
+        primary_known = membership.primary_index is not None
+        row = (
+            str(member.index),
+            escape_field(member.address),
+            "voter" if member.voter else "learner",
+            escape_field(member.role) if known else UNKNOWN,
+            _yes_no(member.in_sync) if primary_known else UNKNOWN,
+            str(member.lag) if known and primary_known else UNKNOWN,
+            _yes_no(member.reachable),
+            str(member.epoch) if known else UNKNOWN,
+        )
+        rows.append((*row, escape_field(member.peer_address) or UNKNOWN) if with_peers else row)
+    if membership.membership_seq == 0:
+        change = "membership: the cluster config's (seq 0)"
+    elif membership.change_committed:
+        change = f"membership: seq {membership.membership_seq}, committed"
+    else:
+        change = (
+            f"membership: seq {membership.membership_seq}, a change in progress (not committed"
+            " yet; no other change is accepted until it is)"
+        )
+    removed = ", ".join(map(str, sorted(membership.removed))) or "none"
+    primary = (
+        "unknown" if membership.primary_index is None else f"replica {membership.primary_index}"
+    )
+    return "\n".join(
+        [
+            *_aligned([header, *rows]),
+            change,
+            f"removed: {removed}",
+            f"primary: {primary} (answered by replica {membership.answered_by})",
+        ]
+    )
+
+
+def member_added_line(
+    change: MembershipChange, index: int, address: str, promote_command: str
+) -> str:
+    """`address`: the one asked for, should the reply not list the new member."""
+    member = change.member(index)
+    address = member.address if member is not None else address
+    peers = (
+        f", replicas reach it at {escape_field(member.peer_address)}"
+        if member and member.peer_address
+        else ""
+    )
+    return (
+        f"replica {index} added as a learner at {escape_field(address)}{peers} (seq {change.seq});"
+        f" promote it once it has caught up: {promote_command}"
+    )
+
+
+def member_promoted_line(change: MembershipChange, index: int) -> str:
+    return f"replica {index} promoted to voter (seq {change.seq})"
+
+
+def member_removed_line(change: MembershipChange, index: int) -> str:
+    return (
+        f"replica {index} removed (seq {change.seq}); its index is never used again, and its"
+        " process stops by itself"
+    )
 
 
 def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:

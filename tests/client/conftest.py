@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.client.admin_fakes import FakeAdminReplica, start_admin_replica
 from tests.client.chat_fakes import FakeReplica, FakeTime, start_replica, stop_replica
 
 
@@ -29,3 +30,12 @@ def dead_address() -> str:
 @pytest.fixture
 def fake_time() -> FakeTime:
     return FakeTime()
+
+
+@pytest.fixture
+def admin_replicas() -> Iterator[list[FakeAdminReplica]]:
+    """Two scripted replicas serving the Admin service too."""
+    started = [start_admin_replica() for _ in range(2)]
+    yield started
+    for replica in started:
+        stop_replica(replica)
