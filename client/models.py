@@ -55,6 +55,7 @@ class ReplicaStatus:
     in_sync: bool
     reachable: bool
     knows_in_sync: bool
+    learner: bool = False  # added, catching up, counted for nothing (admin member promote)
 
     @classmethod
     def from_proto(cls, status: chat_pb2.ReplicaStatus) -> ReplicaStatus:
@@ -69,6 +70,7 @@ class ReplicaStatus:
             bool(status.in_sync),
             bool(status.reachable),
             bool(status.knows_in_sync),
+            bool(status.learner),
         )
 
 

@@ -297,7 +297,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("index", "address", "role", "epoch", "last_seq", "applied_seq", "lag", "in_sync", "reachable", "knows_in_sync")
+    __slots__ = ("index", "address", "role", "epoch", "last_seq", "applied_seq", "lag", "in_sync", "reachable", "knows_in_sync", "learner")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +308,7 @@ class ReplicaStatus(_message.Message):
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     KNOWS_IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
     index: int
     address: str
     role: str
@@ -318,7 +319,8 @@ class ReplicaStatus(_message.Message):
     in_sync: bool
     reachable: bool
     knows_in_sync: bool
-    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., last_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., lag: _Optional[int] = ..., in_sync: _Optional[bool] = ..., reachable: _Optional[bool] = ..., knows_in_sync: _Optional[bool] = ...) -> None: ...
+    learner: bool
+    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., last_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., lag: _Optional[int] = ..., in_sync: _Optional[bool] = ..., reachable: _Optional[bool] = ..., knows_in_sync: _Optional[bool] = ..., learner: _Optional[bool] = ...) -> None: ...
 
 class ClusterStatusReply(_message.Message):
     __slots__ = ("answered_by", "primary_index", "primary_known", "replicas")

@@ -77,7 +77,8 @@ def status_table(status: ClusterStatus) -> str:
             (
                 str(replica.index),
                 escape_field(replica.address),
-                escape_field(replica.role) if known else UNKNOWN,
+                (escape_field(replica.role) if known else UNKNOWN)
+                + (" (learner)" if replica.learner else ""),
                 str(replica.epoch) if known else UNKNOWN,
                 str(replica.last_seq) if known else UNKNOWN,
                 str(replica.applied_seq) if known else UNKNOWN,

@@ -27,6 +27,7 @@ class ReplicaStatusView:
     in_sync: bool
     reachable: bool
     knows_in_sync: bool
+    learner: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ def cluster_view(
     snap: RoleSnapshot,
     status: ReplicaStatus,
     last_round: list[ProbeResult],
+    learners: frozenset[int] = frozenset(),
 ) -> ClusterView:
     """`facts`: this replica's log as of its last commit (kept in memory: a status never
     waits on the database); `status`: the executor's (its core's view of itself, and as
@@ -93,6 +95,7 @@ def cluster_view(
                 in_sync=is_primary or bool(in_view and in_view.in_sync),
                 reachable=reachable,
                 knows_in_sync=knows,
+                learner=replica.index in learners,
             )
         )
     return ClusterView(index, snap.primary_index, views)

@@ -562,6 +562,12 @@ class ReplicaNode:
             "1 if the replica answered this one's last probe.",
             labels=["replica"],
         )
+        voter = GaugeMetricFamily(
+            "chat_replica_voter",
+            "1 for a voter, 0 for a learner (added, catching up, counted for nothing), among "
+            "the members this replica knows.",
+            labels=["replica"],
+        )
         # The primary knows each secondary's acked position exactly; the others, as of the
         # last probe of the primary.
         members = {}
@@ -573,7 +579,8 @@ class ReplicaNode:
             lag.add_metric([str(r.index)], float(behind))
             in_sync.add_metric([str(r.index)], 1.0 if r.in_sync else 0.0)
             reachable.add_metric([str(r.index)], 1.0 if r.reachable else 0.0)
-        out += [lag, in_sync, reachable]
+            voter.add_metric([str(r.index)], 0.0 if r.learner else 1.0)
+        out += [lag, in_sync, reachable, voter]
         known = 0.0 if view.primary_index is None else 1.0
         out.append(gauge("chat_has_primary", "1 if this replica knows a live primary.", known))
         return out
@@ -633,6 +640,7 @@ class ReplicaNode:
             self.role.snapshot,
             self.status() if status is None else status,
             self.peer_calls.last_round(),
+            self.storage.membership.learners if self.storage.membership else frozenset(),
         )
 
 

@@ -176,3 +176,26 @@ def test_the_rules_refuse_with_one_clear_line(cluster: ClusterProcesses) -> None
     assert [m.index for m in listed.members] == [0, 1, 2]
     assert list(listed.removed) == [3]
     assert listed.change_committed
+
+
+def test_shrink_to_one_voter_each_removed_replica_stops_by_itself(
+    cluster: ClusterProcesses,
+) -> None:
+    primary = wait_for_primary(cluster)
+    register_users(cluster, ["alice", "dave"])
+    others = [i for i in range(3) if i != primary]
+    with sending(cluster, ["alice"], "dave") as load:
+        load.wait_for_acks(10)
+        for index in others:
+            change(cluster, primary, "RemoveMember", index=index)
+            # Told it is out once the removal is committed, it leaves: exit status 0, and
+            # one line says why.
+            assert cluster.wait_exit(index, 20) == 0
+            assert "removed from the cluster" in cluster.log_text(index), cluster.log_tail(index)
+            load.wait_for_acks(load.acknowledged_count() + 10)
+        listed = members(cluster, primary)
+        assert [(m.index, m.voter) for m in listed.members] == [(primary, True)]
+        # The last voter stays.
+        error = refusal(lambda: change(cluster, primary, "RemoveMember", index=primary))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    check_exactly_once(load.log, read_inbox(cluster, "dave"))
