@@ -281,6 +281,13 @@ class ReplicaCore:
             return m.voters
         return m.voters_before
 
+    def _being_removed(self) -> frozenset[int]:
+        """The voter the latest membership change removes, while it is not known committed."""
+        m = self.membership
+        if m.voters_before is None or self._change_known_committed():
+            return frozenset()
+        return m.voters_before - m.voters
+
     def probe_targets(self) -> tuple[int, ...]:
         """The replicas a probe round asks: every member, and a voter being removed while an
         election still needs its vote (election_voters)."""
@@ -670,12 +677,16 @@ class ReplicaCore:
         # A voter being removed (its removal not known committed) is no candidate and stands
         # for no one, but must vote, as a silent one must: it may still vouch for its log.
         asking = self.election_voters()
-        leaving = tuple(
-            v.index
+        leaving_views = [
+            rules.CandidateView(v.index, v.position, v.epoch, v.vouches, v.claim)
             for v in live
             if v.role is not Role.PRIMARY and v.index not in voters and v.index in asking
-        )
-        choice = rules.choose_primary(electorate, voters)
+        ]
+        leaving = tuple(c.index for c in leaving_views)
+        # Every replica names the same candidate: a voter being removed (this one too, which
+        # counts itself in the membership before the change) only if its log is strictly
+        # ahead; otherwise two would stand against each other in every round.
+        choice = rules.choose_primary(electorate, voters, leaving_views, self._being_removed())
         self.role = Role.CANDIDATE
         self.primary_index = None
         self._note_electorate(electorate, choice, silent)

@@ -108,11 +108,24 @@ def may_be_vouching_unheard(
     )
 
 
-def choose_primary(electorate: Sequence[CandidateView], voters: Collection[int]) -> int | None:
-    """The index the live replicas should elect, or None when no safe choice exists yet."""
+def choose_primary(
+    electorate: Sequence[CandidateView],
+    voters: Collection[int],
+    leaving: Sequence[CandidateView] = (),
+    removing: Collection[int] = (),
+) -> int | None:
+    """The index the live replicas should elect, or None when no safe choice exists yet.
+    `removing`: the voter a membership change not known committed removes; `leaving`: its
+    view when it is live but not among `voters` (not counted for electability). It is
+    chosen only if its log is strictly ahead of every other's (it may hold what no one else
+    does), so that every replica -- the one leaving too, which counts itself among the
+    voters before the change -- names the same candidate."""
     if not electorate or not electable(electorate, voters):
         return None
-    return max(electorate, key=log_order_key).index
+    return max(
+        [*electorate, *leaving],
+        key=lambda c: (c.position.epoch, c.position.seq, c.index not in removing, -c.index),
+    ).index
 
 
 def next_epoch(max_known_epoch: int, index: int) -> int:

@@ -264,13 +264,14 @@ def test_until_a_change_is_known_committed_elections_count_the_voters_before_it_
 
 def test_a_voter_being_removed_that_answers_must_vote_but_is_no_candidate() -> None:
     """The removal is not known committed: the replica being removed may vouch, and must
-    vote (its vote ends its vouch); it is never chosen, nor stands for an absent voter."""
+    vote (its vote ends its vouch); it is not chosen unless its log is strictly ahead (see
+    below), nor stands for an absent voter."""
     core = ReplicaCore(config(0), 3, 0.0)
     core.step(0.0, ins.MembershipChanged(THREE.changed(change(REMOVE, 1), 6)))
     out = core.step(
         5.0,
         ins.ProbesAnswered(
-            Position(3, 6), (view(1, seq=9, in_sync=True, vouches=True), view(2, seq=5))
+            Position(3, 6), (view(1, seq=6, in_sync=True, vouches=True), view(2, seq=5))
         ),
     )
     (request,) = of(out, fx.RequestVotes)
@@ -326,3 +327,30 @@ def test_a_replica_removed_by_a_change_not_yet_committed_may_still_lead_and_then
         out = core.step(5.4, ins.SecondaryAcked(s, div.stream_id, 5, True))
     assert of(out, fx.StepDown) and of(out, fx.LeaveCluster), "it stayed after its removal"
     assert core.role is not Role.PRIMARY
+
+
+def test_the_replica_being_removed_and_the_others_name_the_same_candidate() -> None:
+    """Found by the membership model: the removal of replica 0 written everywhere, not known
+    committed, logs equal. Replica 0 (electing in the membership before its removal, where
+    it is a voter) named itself on the lowest index; replica 1 (where 0 is no candidate)
+    named itself; both stood in every round and refused each other: no primary, ever. A
+    replica being removed is chosen only with a log strictly ahead of every other's."""
+    removal = THREE.changed(change(ADD, 3), 2).changed(change(PROMOTE, 3), 3)
+    removal = removal.changed(change(REMOVE, 0), 4)
+    equal = (view(1, seq=4), view(2, seq=4), view(3, seq=4))
+    leaving = ReplicaCore(config(0), 3, 0.0)
+    leaving.step(0.0, ins.MembershipChanged(removal))
+    assert not of(leaving.step(5.0, ins.ProbesAnswered(Position(3, 4), equal)), fx.RequestVotes)
+    staying = ReplicaCore(config(1), 3, 0.0)
+    staying.step(0.0, ins.MembershipChanged(removal))
+    others = (view(0, seq=4), view(2, seq=4), view(3, seq=4))
+    (request,) = of(staying.step(5.0, ins.ProbesAnswered(Position(3, 4), others)), fx.RequestVotes)
+    assert 0 in request.voters, "the replica being removed must still vote"
+    # Strictly ahead, the one being removed is everyone's choice: it stands, the others wait.
+    ahead = ReplicaCore(config(0), 3, 0.0)
+    ahead.step(0.0, ins.MembershipChanged(removal))
+    assert of(ahead.step(5.0, ins.ProbesAnswered(Position(3, 5), equal)), fx.RequestVotes)
+    staying = ReplicaCore(config(1), 3, 0.0)
+    staying.step(0.0, ins.MembershipChanged(removal))
+    others = (view(0, seq=5), view(2, seq=4), view(3, seq=4))
+    assert not of(staying.step(5.0, ins.ProbesAnswered(Position(3, 4), others)), fx.RequestVotes)

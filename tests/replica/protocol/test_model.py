@@ -1231,9 +1231,15 @@ class ProtocolModel(RuleBasedStateMachine):
             core = n.core
             role = core.role.value if core else "down"
             epoch = core.current_epoch if core else n.disk.epoch
+            member = (
+                f" ({core.membership.describe()} as of {core.membership.seq})"
+                if core and core.membership.seq
+                else ""
+            )
             lines.append(
                 f"  replica {n.index}: {role} epoch {epoch} committed "
                 f"{n.commits.committed_seq} log {[(e.epoch, e.request_id) for e in n.disk.log]}"
+                + member
             )
         return "\n".join(lines)
 
