@@ -14,6 +14,7 @@ from projections.events import (
     AccountDeleted,
     AccountRegistered,
     ChatEvent,
+    ClusterForced,
     EpochStarted,
     MalformedEvent,
     MemberAdded,
@@ -51,6 +52,7 @@ class EventTypes:
     MEMBER_ADDED: Final = MemberAdded.TYPE
     MEMBER_PROMOTED: Final = MemberPromoted.TYPE
     MEMBER_REMOVED: Final = MemberRemoved.TYPE
+    CLUSTER_FORCED: Final = ClusterForced.TYPE
 
 
 def statements_for(event: Event) -> list[sa.Executable]:
@@ -97,7 +99,7 @@ def _statements(event: Event, e: ChatEvent) -> list[sa.Executable]:
             ]
         case EpochStarted():
             return []
-        case MemberAdded() | MemberPromoted() | MemberRemoved():
+        case MemberAdded() | MemberPromoted() | MemberRemoved() | ClusterForced():
             return [membership_changes.insert().values(**membership_row(event, e))]
         case _:
             assert_never(e)
@@ -250,7 +252,7 @@ class Applier:
                 self._messages.append(message_row(event, e))
             case EpochStarted():
                 pass
-            case MemberAdded() | MemberPromoted() | MemberRemoved():
+            case MemberAdded() | MemberPromoted() | MemberRemoved() | ClusterForced():
                 # Rare, and in a table of its own that nothing held back touches: at once.
                 for statement in _statements(event, e):
                     self._conn.execute(statement)

@@ -195,7 +195,23 @@ class MemberRemoved(_MembershipEvent, frozen=True, omit_defaults=True, kw_only=T
         return None
 
 
-MembershipEvent: TypeAlias = MemberAdded | MemberPromoted | MemberRemoved
+class ClusterForced(_MembershipEvent, frozen=True, omit_defaults=True, kw_only=True):
+    """The disaster override (`python -m replica --force-new-cluster`): replica `index` made
+    itself the one voter of a new cluster from its own log, every other member removed for
+    good -- what only they held is lost (docs/replication.md). Never written automatically:
+    {"index": 1, "members": [{"index": 1, "address": "h1:50051", "voter": true}],
+     "removed": [0, 2]}."""
+
+    TYPE: ClassVar[str] = "cluster_forced"
+    KIND: ClassVar[str] = "forced"
+
+    def _subject_problem(self, member: MemberRecord | None) -> str | None:
+        if member is None or not member.voter or len(self.members) != 1:
+            return "forced a new cluster but is not its one member, a voter"
+        return None
+
+
+MembershipEvent: TypeAlias = MemberAdded | MemberPromoted | MemberRemoved | ClusterForced
 
 ChatEvent: TypeAlias = (
     AccountRegistered
@@ -208,6 +224,7 @@ ChatEvent: TypeAlias = (
     | MemberAdded
     | MemberPromoted
     | MemberRemoved
+    | ClusterForced
 )
 
 EVENT_CLASSES: Final[tuple[type[ChatEvent], ...]] = (
@@ -221,6 +238,7 @@ EVENT_CLASSES: Final[tuple[type[ChatEvent], ...]] = (
     MemberAdded,
     MemberPromoted,
     MemberRemoved,
+    ClusterForced,
 )
 _BY_TYPE: Final[dict[str, type[ChatEvent]]] = {cls.TYPE: cls for cls in EVENT_CLASSES}
 

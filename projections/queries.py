@@ -223,6 +223,7 @@ class MembershipRecord:
     seq: int
     members: tuple[MemberRecord, ...]
     removed: tuple[int, ...]
+    kind: str = ""  # the event's KIND ("added", "promoted", "removed", "forced")
 
     @property
     def voters(self) -> frozenset[int]:
@@ -248,12 +249,14 @@ def latest_membership(conn: sa.Connection) -> MembershipRecord | None:
 def latest_memberships(conn: sa.Connection, count: int) -> list[MembershipRecord]:
     """The memberships set by the latest `count` membership events applied, newest first."""
     rows = conn.execute(
-        sa.select(membership_changes.c.seq, membership_changes.c.membership)
+        sa.select(
+            membership_changes.c.seq, membership_changes.c.kind, membership_changes.c.membership
+        )
         .order_by(membership_changes.c.seq.desc())
         .limit(count)
     ).all()
     records = []
     for row in rows:
         stored = msgspec.json.decode(row.membership, type=_StoredMembership)
-        records.append(MembershipRecord(int(row.seq), stored.members, stored.removed))
+        records.append(MembershipRecord(int(row.seq), stored.members, stored.removed, row.kind))
     return records

@@ -23,6 +23,7 @@ from projections.apply import (
 from projections.events import (
     AccountDeleted,
     AccountRegistered,
+    ClusterForced,
     EpochStarted,
     MemberAdded,
     MemberPromoted,
@@ -107,7 +108,7 @@ def _undo_one(conn: sa.Connection, event: Event, record: dict[str, Any]) -> None
             conn.execute(accounts.delete().where(accounts.c.account_id == event.seq))
         case SessionOpened():
             conn.execute(sessions.delete().where(sessions.c.session_id == e.session_id))
-        case MemberAdded() | MemberPromoted() | MemberRemoved():
+        case MemberAdded() | MemberPromoted() | MemberRemoved() | ClusterForced():
             conn.execute(membership_changes.delete().where(membership_changes.c.seq == event.seq))
         case MessagesAcked():
             if e.message_ids:

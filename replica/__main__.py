@@ -87,6 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " or DATA_DIR/cluster.secret)",
     )
     parser.add_argument(
+        "--force-new-cluster",
+        action="store_true",
+        help="DISASTER OVERRIDE: make this replica the one voter of a new cluster from its own"
+        " log, every other member removed for good; what only they held is lost (see"
+        " docs/replication.md). Needs min_insync = 1. Never automatic",
+    )
+    parser.add_argument(
         "--trace-spans",
         default=os.environ.get("CHAT_TRACE_SPANS"),
         metavar="FILE",
@@ -162,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             args.metrics_address,
             Path(args.trace_spans) if args.trace_spans else None,
             joined=bool(args.join),
+            force_new_cluster=args.force_new_cluster,
         )
+        if args.force_new_cluster and cluster.min_insync != 1:
+            raise ConfigError(
+                "--force-new-cluster makes a cluster of one voter: run it with min_insync = 1 "
+                f"(CHAT_MIN_INSYNC=1; the config says {cluster.min_insync}), and raise it again "
+                "once new replicas are promoted"
+            )
         if cluster.tls is not None:
             from replica.server.stderr_filter import filter_stderr
 

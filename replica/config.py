@@ -312,6 +312,8 @@ class ReplicaSettings:
     # The membership before any membership event in the log: the config's replicas; none for
     # a replica that joined a running cluster (--join: it learns the membership from the log).
     joined: bool = False
+    # --force-new-cluster: the disaster override (replica/server/node.py, docs/replication.md).
+    force_new_cluster: bool = False
 
     @property
     def initial_voters(self) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 import eventlog
 import projections
 from eventlog import Event
+from projections.events import ClusterForced, MemberRecord
 from protos import chat_pb2, chat_pb2_grpc, replication_pb2, replication_pb2_grpc
 from protos.wire import REPLICA_MAX_MESSAGE_BYTES
 from replica.chat.service import ChatService
@@ -26,7 +27,7 @@ from replica.chat.servicer import ChatServicer, RateLimits, add_chat_servicer
 from replica.chat.tokens import SessionTokens
 from replica.config import ClusterConfig, ReplicaSettings, resolve_cluster_secret
 from replica.errors import Unavailable
-from replica.protocol import ProtocolConfig, Role
+from replica.protocol import ProtocolConfig, Role, rules
 from replica.protocol.effects import ReplicaStatus
 from replica.replication.addresses import AddressBook
 from replica.replication.executor import Executor
@@ -54,11 +55,12 @@ from replica.storage.database import (
     storage_problem,
     upgrade_schema,
 )
+from replica.storage.membership import membership_in_log
 from replica.storage.notifier import InboxNotifier
 from replica.storage.role import RoleState
 from replica.storage.spans import Spans
 from replica.storage.watch import KnownLog, StorageWatch
-from replica.storage.writer import Clock, LogWriter, utc_now
+from replica.storage.writer import Clock, LogWriter, NewEvent, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +332,8 @@ class ReplicaNode:
         if epoch is None:
             return
         self._recover_projections()
+        if self.settings.force_new_cluster:
+            epoch = self._force_new_cluster(epoch)
         with self.engine.connect() as conn:
             self.known_log.set(eventlog.last_position(conn), projections.last_applied_seq(conn))
         self.role.set(Role.CANDIDATE, epoch, None)
@@ -345,6 +349,44 @@ class ReplicaNode:
             " and ".join(me.listen_addresses),
             "" if self.tls is None else " (TLS; mutual TLS for replicas on the second)",
         )
+
+    def _force_new_cluster(self, epoch: int) -> int:
+        """The disaster override: a `cluster_forced` event in a new epoch of this replica's,
+        making it the one voter of the cluster from its own log, every other member removed
+        for good (they stop by themselves if they come back). What only they held -- events
+        acknowledged while this replica lagged or was away -- is lost. The epoch it returns
+        is the log's now."""
+        with self.engine.connect() as conn:
+            membership = membership_in_log(conn, self.settings.initial_voters)
+        others = (membership.members | membership.removed | set(self.settings.initial_voters)) - {
+            self.index
+        }
+        me = self.settings.me
+        event = ClusterForced(
+            index=self.index,
+            members=(
+                MemberRecord(
+                    index=self.index, address=me.address, peer_address=me.peer_address, voter=True
+                ),
+            ),
+            removed=tuple(sorted(others)),
+        )
+        forced_epoch = rules.next_epoch(epoch, self.index)
+        with self.engine.begin() as conn:
+            eventlog.raise_current_epoch(conn, forced_epoch)
+        written = self.writer.append_system_event(
+            NewEvent(*projections.encode(event)), forced_epoch
+        )
+        log.warning(
+            "replica %d: FORCED A NEW CLUSTER (--force-new-cluster): it is the one voter from "
+            "its own log (seq %d); replicas %s are removed for good, and whatever only they "
+            "held is lost. Add new replicas with python -m client admin member add, and restart "
+            "this one without the flag",
+            self.index,
+            written.seq,
+            ", ".join(str(i) for i in sorted(others)) or "none",
+        )
+        return forced_epoch
 
     def _set_serving(self, serving: bool) -> None:
         status = (

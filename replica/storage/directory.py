@@ -22,6 +22,7 @@ from projections import queries as q
 from projections.events import (
     AccountDeleted,
     AccountRegistered,
+    ClusterForced,
     EpochStarted,
     MemberAdded,
     MemberPromoted,
@@ -93,7 +94,7 @@ class Directory:
                         del sessions[sid]
             case AccountRegistered() | MessageSent() | MessagesAcked() | EpochStarted():
                 pass  # (it removes nothing the directory holds)
-            case MemberAdded() | MemberPromoted() | MemberRemoved():
+            case MemberAdded() | MemberPromoted() | MemberRemoved() | ClusterForced():
                 pass  # (nor does a membership change)
             case _:
                 assert_never(e)

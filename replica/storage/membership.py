@@ -9,11 +9,20 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from eventlog import Event
-from projections.events import MemberAdded, MemberPromoted, MemberRecord, MemberRemoved, decode
+from projections.events import (
+    ClusterForced,
+    MemberAdded,
+    MemberPromoted,
+    MemberRecord,
+    MemberRemoved,
+    decode,
+)
 from projections.queries import latest_membership, latest_memberships
 from replica.protocol.membership import Membership
 
-MEMBERSHIP_EVENT_TYPES = frozenset({MemberAdded.TYPE, MemberPromoted.TYPE, MemberRemoved.TYPE})
+MEMBERSHIP_EVENT_TYPES = frozenset(
+    {MemberAdded.TYPE, MemberPromoted.TYPE, MemberRemoved.TYPE, ClusterForced.TYPE}
+)
 
 
 def membership_in_log(conn: sa.Connection, initial_voters: tuple[int, ...]) -> Membership:
@@ -23,6 +32,9 @@ def membership_in_log(conn: sa.Connection, initial_voters: tuple[int, ...]) -> M
         return Membership.initial(initial_voters)
     newest = latest[0]
     before = latest[1].voters if len(latest) > 1 else frozenset(initial_voters)
+    if newest.kind == ClusterForced.KIND:
+        # A forced cluster has no voters before it: the override waits for no one.
+        return Membership(newest.voters, newest.learners, frozenset(newest.removed), newest.seq)
     return Membership(newest.voters, newest.learners, frozenset(newest.removed), newest.seq, before)
 
 
@@ -39,9 +51,10 @@ def membership_after(
     """The membership a membership event sets (written at event.seq, after `before`), and its
     members with their addresses -- as the log will say once it holds the event."""
     typed = decode(event)
-    if not isinstance(typed, MemberAdded | MemberPromoted | MemberRemoved):
+    if not isinstance(typed, MemberAdded | MemberPromoted | MemberRemoved | ClusterForced):
         raise TypeError(f"event {event.seq} ({event.type}) is not a membership event")
     voters = frozenset(m.index for m in typed.members if m.voter)
     learners = frozenset(m.index for m in typed.members if not m.voter)
-    membership = Membership(voters, learners, frozenset(typed.removed), event.seq, before.voters)
+    previous = None if isinstance(typed, ClusterForced) else before.voters
+    membership = Membership(voters, learners, frozenset(typed.removed), event.seq, previous)
     return membership, typed.members

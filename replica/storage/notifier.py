@@ -16,6 +16,7 @@ from projections.events import (
     AccountDeleted,
     AccountRegistered,
     ChatEvent,
+    ClusterForced,
     EpochStarted,
     MemberAdded,
     MemberPromoted,
@@ -148,7 +149,7 @@ class InboxNotifier:
                         self._live[e.account_id] = _Live(event.seq)
                 case AccountRegistered() | SessionOpened() | SessionClosed() | EpochStarted():
                     pass
-                case MemberAdded() | MemberPromoted() | MemberRemoved():
+                case MemberAdded() | MemberPromoted() | MemberRemoved() | ClusterForced():
                     pass  # (no client hears of membership)
                 case _:
                     assert_never(e)

@@ -21,6 +21,7 @@ from tests.integration.cluster_checks import (
     replica_state,
     sending,
     three_replicas,
+    wait_all_running_follow,
     wait_for_primary,
 )
 from testsupport.harness import ClusterProcesses, wait_until
@@ -199,3 +200,37 @@ def test_shrink_to_one_voter_each_removed_replica_stops_by_itself(
         error = refusal(lambda: change(cluster, primary, "RemoveMember", index=primary))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     check_exactly_once(load.log, read_inbox(cluster, "dave"))
+
+
+def test_force_new_cluster_after_a_total_loss(
+    cluster: ClusterProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every replica down, and only replica 1 ever comes back: the override makes it the one
+    voter, from its own log (everything it held is kept), and writes go on. Replica 0, back
+    later, learns it was removed and stops by itself."""
+    primary = wait_for_primary(cluster)
+    register_users(cluster, ["alice", "bob", "dave"])
+    with sending(cluster, ["alice"], "dave") as load:
+        load.wait_for_acks(20)
+    wait_all_running_follow(cluster, primary)
+    cluster.kill_together([0, 1, 2])
+    plain = cluster.command
+    monkeypatch.setattr(
+        cluster, "command", lambda i: plain(i) + (["--force-new-cluster"] if i == 1 else [])
+    )
+    cluster.start(1)
+    assert wait_for_primary(cluster, [1]) == 1
+    assert "FORCED A NEW CLUSTER" in cluster.log_text(1)
+    listed = members(cluster, 1)
+    assert [(m.index, m.voter) for m in listed.members] == [(1, True)]
+    assert list(listed.removed) == [0, 2]
+    with sending(cluster, ["bob"], "dave") as more:  # (other bodies than the first load's)
+        more.wait_for_acks(10)
+    log = load.log
+    log.acknowledged.update(more.log.acknowledged)
+    log.failed.extend(more.log.failed)
+    # Replica 1 was in sync when the cluster went down: nothing acknowledged is lost.
+    check_exactly_once(log, read_inbox(cluster, "dave"))
+    cluster.start(0, wait=False)
+    assert cluster.wait_exit(0, 30) == 0, cluster.log_tail(0)
+    assert "removed from the cluster" in cluster.log_text(0)

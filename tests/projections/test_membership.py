@@ -14,6 +14,7 @@ import eventlog
 from eventlog import Event
 from projections import (
     Applier,
+    ClusterForced,
     EventTypes,
     MalformedEvent,
     MemberAdded,
@@ -86,6 +87,12 @@ STORED: list[tuple[MembershipEvent, str]] = [
         '{"address":"h3:50051","index":3,"peer_address":"h3:50061","voter":true},'
         '{"address":"h4:50051","index":4,"voter":false}],"removed":[1]}',
     ),
+    (
+        ClusterForced(index=3, members=(H3_VOTER,), removed=(0, 1, 2, 4)),
+        '{"index":3,"members":['
+        '{"address":"h3:50051","index":3,"peer_address":"h3:50061","voter":true}],'
+        '"removed":[0,1,2,4]}',
+    ),
 ]
 
 
@@ -149,6 +156,10 @@ L3 = {"index": 3, "address": "h3:50051", "voter": False}
         ("member_promoted", _payload(PROMOTED, removed=[1, 9]), "indexes [1] are removed"),
         ("member_removed", _payload(REMOVED, members=[{**V0, "voter": False}]),
          "a membership needs a voter"),
+        ("cluster_forced", {"index": 0, "members": [V0, V1]},
+         "replica 0 forced a new cluster but is not its one member, a voter"),
+        ("cluster_forced", {"index": 1, "members": [V0]},
+         "replica 1 forced a new cluster but is not its one member, a voter"),
     ],
 )  # fmt: skip
 def test_a_malformed_membership_event_is_refused_naming_its_seq(
@@ -206,7 +217,7 @@ def expected_latest(log: list[Event], seq: int) -> MembershipRecord | None:
     for event in reversed(log[:seq]):
         e = decode(event)
         if isinstance(e, MemberAdded | MemberPromoted | MemberRemoved):
-            return MembershipRecord(event.seq, e.members, e.removed)
+            return MembershipRecord(event.seq, e.members, e.removed, e.KIND)
     return None
 
 
