@@ -5,6 +5,7 @@ refusals an operator meets, each one line."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -71,15 +72,15 @@ def error_kind(error: grpc.RpcError) -> str | None:
 
 
 def promote_when_caught_up(cluster: ClusterProcesses, primary: int, index: int) -> None:
-    """Promote `index`, retrying while the primary refuses it as still catching up."""
+    """Promote `index`, retrying while the primary refuses it as not connected yet or still
+    catching up."""
 
     def promoted() -> bool:
         try:
             change(cluster, primary, "PromoteMember", index=index)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "catching up" in (
-                exc.details() or ""
-            ):
+            # (not connected yet, or catching up: the rules say so, and wait)
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and error_kind(exc) == "Refused":
                 return False
             raise
         return True
@@ -144,6 +145,9 @@ def test_add_promote_kill_and_remove_the_old_primary_under_load(
 def test_the_rules_refuse_with_one_clear_line(cluster: ClusterProcesses) -> None:
     primary = wait_for_primary(cluster)
     secondary = (primary + 1) % 3
+    # (a write committed: so is the start of the primary's epoch, before which it refuses
+    # every change -- "try again shortly")
+    register_users(cluster, ["alice"])
     # Not the primary: sent there, as a client's write is.
     error = refusal(lambda: change(cluster, secondary, "RemoveMember", index=primary))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -234,3 +238,52 @@ def test_force_new_cluster_after_a_total_loss(
     cluster.start(0, wait=False)
     assert cluster.wait_exit(0, 30) == 0, cluster.log_tail(0)
     assert "removed from the cluster" in cluster.log_text(0)
+
+
+def test_replace_a_replica_whose_database_was_deleted(cluster: ClusterProcesses) -> None:
+    """A host lost with its disk: the operator removes it, starts a new replica with an empty
+    database under a new index, waits and promotes it -- sends going on throughout."""
+    primary = wait_for_primary(cluster)
+    lost = (primary + 1) % 3
+    register_users(cluster, ["alice", "dave"])
+    with sending(cluster, ["alice"], "dave") as load:
+        load.wait_for_acks(20)
+        cluster.kill(lost)
+        shutil.rmtree(cluster.specs[lost].data_dir)  # (its SQLite database with it)
+        change(cluster, primary, "RemoveMember", index=lost)
+        load.wait_for_acks(load.acknowledged_count() + 10)
+        new = cluster.add_joiner(host="127.0.0.14")
+        cluster.start(new)
+        change(cluster, primary, "AddMember", index=new, address=cluster.address(new))
+        promote_when_caught_up(cluster, primary, new)
+        load.wait_for_acks(load.acknowledged_count() + 20)
+    listed = members(cluster, primary)
+    assert [(m.index, m.voter) for m in listed.members] == sorted(
+        [(primary, True), (3 - primary - lost, True), (new, True)]
+    )
+    check_exactly_once(load.log, read_inbox(cluster, "dave"))
+    running = [i for i in range(4) if i != lost]
+    wait_until(
+        lambda: len({replica_state(db_url(cluster, i))[2] for i in running}) == 1,
+        30,
+        "the replicas did not converge",
+    )
+
+
+def test_grow_to_five_voters_and_back_to_one(cluster: ClusterProcesses) -> None:
+    primary = wait_for_primary(cluster)
+    register_users(cluster, ["alice", "dave"])
+    with sending(cluster, ["alice"], "dave") as load:
+        for host in ("127.0.0.14", "127.0.0.15"):
+            new = cluster.add_joiner(host=host)
+            cluster.start(new)
+            change(cluster, primary, "AddMember", index=new, address=cluster.address(new))
+            promote_when_caught_up(cluster, primary, new)
+            load.wait_for_acks(load.acknowledged_count() + 10)
+        assert [m.index for m in members(cluster, primary).members if m.voter] == [0, 1, 2, 3, 4]
+        for index in [i for i in range(5) if i != primary]:
+            change(cluster, primary, "RemoveMember", index=index)
+            assert cluster.wait_exit(index, 20) == 0, cluster.log_tail(index)
+            load.wait_for_acks(load.acknowledged_count() + 10)
+    assert [(m.index, m.voter) for m in members(cluster, primary).members] == [(primary, True)]
+    check_exactly_once(load.log, read_inbox(cluster, "dave"))
