@@ -20,6 +20,7 @@ STORAGE = "replica/replication/storage_worker.py"
 WRITER = "replica/storage/writer.py"
 WATCH = "replica/storage/watch.py"
 MEMBERSHIP = "replica/protocol/membership.py"
+NODE = "replica/server/node.py"
 
 
 @dataclass(frozen=True)
@@ -728,5 +729,41 @@ MUTANTS = (
         "new-membership-elects-at-once",
         "an election counts only the latest membership's voters before its change committed",
         ((CORE, "        return m.voters_in_transition", "        return m.voters"),),
+    ),
+    Mutant(
+        "removed-replica-wins-ties",
+        "a replica being removed is chosen on a tie (it and the others name different candidates)",
+        (
+            (
+                RULES,
+                "        key=lambda c: (c.position.epoch, c.position.seq, c.index not in removing, "
+                "-c.index),",
+                "        key=lambda c: (c.position.epoch, c.position.seq, True, -c.index),",
+            ),
+        ),
+    ),
+    Mutant(
+        "failed-membership-write-not-reread",
+        "after a written batch failed to commit, the core keeps the membership it never stored",
+        (
+            (
+                STORAGE,
+                "        with self._membership_lock:\n            self._membership_unsure = True\n",
+                "",
+            ),
+        ),
+    ),
+    Mutant(
+        "membership-told-after-streamed",
+        "the core hears of the primary's membership event only after it was streamed",
+        (
+            (
+                NODE,
+                "        if self.storage is not None:\n            self.storage.written(events)\n"
+                "        self.streams.written(events)",
+                "        self.streams.written(events)\n        if self.storage is not None:\n"
+                "            self.storage.written(events)",
+            ),
+        ),
     ),
 )
