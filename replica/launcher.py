@@ -29,6 +29,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from protos import chat_pb2, chat_pb2_grpc
 from replica.config import ClusterConfig, ConfigError, ReplicaAddress, load_cluster_config
 
 COLOURS = ("\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m")
@@ -201,6 +202,40 @@ class Launcher:
                 )
             else:
                 lines.append(f"replica {r.index}: not running ({r.exit_text or 'not started'})")
+        return lines + self._membership_lines()
+
+    def _membership_lines(self) -> list[str]:
+        """What the cluster says of its members beyond this launcher's processes: learners,
+        replicas that joined elsewhere (`--join`), and launched ones no longer members."""
+        reply = None
+        for r in self.replicas:
+            channel = self._channels.get(r.index)
+            if channel is None or not r.serving:
+                continue
+            try:
+                reply = chat_pb2_grpc.ChatStub(channel).ClusterStatus(  # type: ignore[no-untyped-call]
+                    chat_pb2.ClusterStatusRequest(), timeout=HEALTH_TIMEOUT
+                )
+                break
+            except grpc.RpcError:
+                continue
+        if reply is None:
+            return []
+        launched = {r.index for r in self.replicas}
+        members = {m.index: m for m in reply.replicas}
+        lines = []
+        for m in sorted(reply.replicas, key=lambda m: m.index):
+            kind = "learner" if m.learner else "voter"
+            if m.index not in launched:
+                lines.append(
+                    f"replica {m.index}: a {kind} at {m.address} (joined; not run by this "
+                    f"launcher), lag {m.lag}"
+                )
+            elif m.learner:
+                lines.append(f"replica {m.index}: a learner (lag {m.lag})")
+        lines += [
+            f"replica {i}: no longer a member (removed)" for i in sorted(launched - set(members))
+        ]
         return lines
 
     def _command(self, text: str) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from testsupport.harness import REPO_ROOT, free_port
+from client import AdminClient, ChatError, ClientSettings
+from testsupport.harness import REPO_ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -215,3 +216,47 @@ def test_with_every_port_taken_it_exits_non_zero_with_one_line(
     assert errors[0].startswith("error: no replica could start: replica 0 exited with code 1")
     assert "replica 1 exited with code 1" in errors[0]
     assert "serving" not in "\n".join(run.seen)
+
+
+def test_status_shows_learners_joined_elsewhere_and_members_removed(
+    tmp_path: Path, launched: list[Launched]
+) -> None:
+    ports = [free_port("127.0.0.1") for _ in range(3)]
+    run = Launched(tmp_path, ports)
+    launched.append(run)
+    run.expect("all 3 replicas serving")
+    joiner_address = f"127.0.0.1:{free_port('127.0.0.1')}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env["CHAT_CLUSTER_SECRET"] = "launcher-test-secret"
+    joiner = subprocess.Popen(
+        [sys.executable, "-m", "replica", "--index", "3", "--address", joiner_address,
+         "--join", f"127.0.0.1:{ports[0]}", "--data-dir", str(tmp_path / "joiner")],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        with AdminClient(
+            [f"127.0.0.1:{p}" for p in ports], "launcher-test-secret", ClientSettings(timeout=20)
+        ) as admin:
+            wait_until(lambda: _added(admin, joiner_address), 20, "replica 3 was never added")
+            run.send("status")
+            run.expect(f"replica 3: a learner at {joiner_address} (joined; not run by this")
+            primary = admin.list_members().primary_index
+            removed = next(i for i in range(3) if i != primary)
+            admin.remove_member(removed)
+            # It stopped by itself, and the launcher says why.
+            line = run.expect(f"replica {removed} (pid")
+            assert "exited with code 0" in line and "removed from the cluster" in line, line
+            run.send("status")
+            run.expect(f"replica {removed}: no longer a member (removed)")
+    finally:
+        joiner.kill()
+        joiner.wait(10)
+
+
+def _added(admin: AdminClient, address: str) -> bool:
+    try:
+        admin.add_member(3, address)
+    except ChatError as exc:
+        return "in use" in str(exc)
+    return True
