@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import ClientSettings
+from client import AdminClient, ChatError, ClientSettings, Refused
 from client.errors import ChatUnavailableError
 from client.library import ChatClient
 from client.models import Message
@@ -297,3 +297,38 @@ def test_handshake_lines_are_summed_up_when_the_minute_ends() -> None:
     (summary,) = lines.tick()
     assert summary.startswith(b"... and 4 more TLS handshake failure(s) in the last 60 s")
     assert lines.line(failed) == [failed]  # a new minute: the first passes again
+
+
+def test_a_replica_joins_a_tls_cluster_and_becomes_a_voter(tmp_path: Path, tls: TlsConfig) -> None:
+    """--join with --peer-address and the cluster's certificate (the [tls] of a config whose
+    replicas it ignores): added over the client port with the secret, caught up over mutual
+    TLS, promoted; refused without a peer address."""
+    with ClusterProcesses(tmp_path / "cluster", 3, tls=tls) as cluster:
+        cluster.start_all()
+        primary = wait_for_primary(cluster)
+        new = cluster.add_joiner()
+        cluster.start(new)
+        spec = cluster.specs[new]
+        settings = ClientSettings(timeout=20, root_certificates=tls.ca_file.read_bytes())
+        with AdminClient(cluster.addresses[:3], DEFAULT_SECRET, settings) as admin:
+            with pytest.raises(ChatError, match="needs a peer_address"):
+                admin.add_member(new, spec.address)
+            admin.add_member(new, spec.address, spec.peer_address)
+
+            def promoted() -> bool:
+                try:
+                    admin.promote_member(new)
+                except Refused:
+                    return False
+                return True
+
+            wait_until(promoted, 30, lambda: cluster.log_tail(new))
+            voters = [m.index for m in admin.list_members().members if m.voter]
+        assert voters == [0, 1, 2, new]
+        with tls_client(cluster, tls) as client:
+            client.register("dave", PASSWORD)
+        cluster.kill(primary)
+        survivors = [i for i in range(4) if i != primary]
+        wait_for_primary(cluster, survivors)
+        with tls_client(cluster, tls) as client:
+            client.login("dave", PASSWORD)
