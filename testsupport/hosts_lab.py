@@ -14,17 +14,22 @@ import shlex
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
+from client import AdminClient, ChatError, ClientSettings, Refused
+from client.cli.output import members_table
 from protos import chat_pb2, chat_pb2_grpc
-from testsupport.harness import ClusterProcesses, ReplicaProcessError
+from testsupport.harness import ClusterProcesses, ReplicaProcessError, ReplicaSpec
 from testsupport.netns import CLIENT, HostsUnavailable, LinkFault, TestHosts, hosts_problem
 
 PORT = 7000
 SETTINGS = {"heartbeat_interval_ms": 100, "peer_timeout_ms": 600, "insync_timeout_ms": 1000}
+
+SPARE_HOSTS = 2  # test hosts made for replicas added at the prompt (`add`)
 
 HELP = """commands (replicas are 0, 1, 2; `clients` is this machine's side of the switch):
   status                 each replica's role, epoch and last seq, as the clients see it
@@ -38,13 +43,21 @@ HELP = """commands (replicas are 0, 1, 2; `clients` is this machine's side of th
   kill N | pause N | resume N | start N
                          SIGKILL, SIGSTOP, SIGCONT the replica process, or start it again
   log N                  the last lines of replica N's log
+  add                    start a new replica on a spare host (--join) and add it as a learner
+  promote N | remove N   make learner N a voter (once caught up) | remove member N for good
+  members                the membership, as the primary says it
   quit                   stop everything and remove the hosts"""
 
 
 class Lab:
-    def __init__(self, hosts: TestHosts, cluster: ClusterProcesses) -> None:
+    def __init__(self, hosts: TestHosts, cluster: ClusterProcesses, spare: int = 0) -> None:
+        """`spare`: test hosts beyond the cluster's, for replicas added at the prompt."""
         self.hosts = hosts
         self.cluster = cluster
+        self.spare = spare
+        self.admin = AdminClient(
+            cluster.addresses, cluster.cluster_secret, ClientSettings(timeout=10)
+        )
         self.commands: dict[str, Callable[[list[str]], str]] = {
             "status": self.status,
             "cut": lambda a: self._add(self.hosts.cut(*self._pair(a))),
@@ -61,6 +74,10 @@ class Lab:
             "resume": lambda a: self._signal(a, signal.SIGCONT),
             "start": self.start,
             "log": lambda a: self.cluster.log_tail(self._replica(a), 20),
+            "add": self.add,
+            "promote": self.promote,
+            "remove": self.remove,
+            "members": lambda a: members_table(self.admin.list_members()),
             "help": lambda a: HELP,
         }
 
@@ -109,6 +126,57 @@ class Lab:
             raise ValueError(str(exc)) from None
         return f"replica {index} starting"
 
+    def add(self, args: list[str]) -> str:
+        if args:
+            raise ValueError("add takes no arguments: the next index, on the next spare host")
+        index = len(self.cluster.specs)
+        if index >= 3 + self.spare:
+            raise ValueError(f"no spare test host left ({self.spare} were made)")
+        host = self.hosts.address(index)
+        spec = ReplicaSpec(
+            index=index,
+            host=host,
+            port=PORT,
+            data_dir=self.cluster.base_dir / f"replica-{index}",
+            log_path=self.cluster.base_dir / f"replica-{index}.log",
+            join=tuple(s.address for s in self.cluster.specs),
+        )
+        self.cluster.specs.append(spec)
+        assert isinstance(self.cluster.launch_prefixes, list)
+        self.cluster.launch_prefixes.append(self.hosts.exec_prefix(index))
+        self.cluster.start(index, wait=False)
+        give_up = time.monotonic() + 10
+        while True:
+            try:
+                changed = self.admin.add_member(index, spec.address)
+                break
+            except Refused as exc:  # (a new primary's epoch start not committed yet, ...)
+                if time.monotonic() > give_up:
+                    return f"replica {index} started, but not added: {exc}"
+                time.sleep(0.5)
+            except ChatError as exc:
+                return f"replica {index} started, but not added: {exc}"
+        return (
+            f"replica {index} started on {host} and added as a learner (seq {changed.seq}); "
+            f"`promote {index}` once `members` shows it caught up"
+        )
+
+    def promote(self, args: list[str]) -> str:
+        index = self._replica(args)
+        try:
+            changed = self.admin.promote_member(index)
+        except ChatError as exc:
+            raise ValueError(str(exc)) from None
+        return f"replica {index} promoted to voter (seq {changed.seq})"
+
+    def remove(self, args: list[str]) -> str:
+        index = self._replica(args)
+        try:
+            changed = self.admin.remove_member(index)
+        except ChatError as exc:
+            raise ValueError(str(exc)) from None
+        return f"replica {index} removed (seq {changed.seq}); it stops by itself if running"
+
     def status(self, args: list[str]) -> str:
         lines = []
         for spec in self.cluster.specs:
@@ -150,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     base = args.data_dir or Path(tempfile.mkdtemp(prefix="chat-hosts-"))
-    with TestHosts(3) as hosts:
+    with TestHosts(3 + SPARE_HOSTS) as hosts:
         cluster = ClusterProcesses(
             base,
             3,
@@ -161,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         with cluster:
             cluster.start_all()
-            lab = Lab(hosts, cluster)
+            lab = Lab(hosts, cluster, spare=SPARE_HOSTS)
             servers = ",".join(cluster.addresses)
             print(f"three replicas on their own hosts (min_insync {args.min_insync}):")
             print(lab.status([]))
@@ -181,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(output, flush=True)
             except KeyboardInterrupt:
                 print()
+            lab.admin.close()
             for spec in cluster.specs:  # a paused process would outlive its SIGKILL's wait
                 if cluster.is_running(spec.index):
                     os.kill(cluster.process(spec.index).pid, signal.SIGCONT)
