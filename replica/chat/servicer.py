@@ -87,9 +87,11 @@ def database_unavailable(exc: sa.exc.DBAPIError) -> errors.Unavailable:
     )
 
 
-def _maps_errors(method: Callable[..., R]) -> Callable[..., R]:
+def maps_errors(method: Callable[..., R]) -> Callable[..., R]:
+    """A servicer method whose domain errors (and database failures) become statuses."""
+
     @functools.wraps(method)
-    def wrapper(self: ChatServicer, request: Any, context: grpc.ServicerContext) -> R:
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         try:
             return method(self, request, context)
         except errors.ChatError as exc:
@@ -247,7 +249,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         self._stopping.set()
         self._notifier.close()
 
-    @_maps_errors
+    @maps_errors
     def Register(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.RegisterReply:
         address = client_address(context.peer())
         wait = self._registrations.wait(address)
@@ -259,7 +261,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         name = self._service.register(request.request_id, request.username, request.password)
         return chat_pb2.RegisterReply(username=name)
 
-    @_maps_errors
+    @maps_errors
     def Login(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.LoginReply:
         address = client_address(context.peer())
         account = str(request.username).strip().lower()[:64]
@@ -289,12 +291,12 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             ],
         )
 
-    @_maps_errors
+    @maps_errors
     def Logout(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.LogoutReply:
         self._service.logout(request.request_id, request.session_token)
         return chat_pb2.LogoutReply()
 
-    @_maps_errors
+    @maps_errors
     def ListAccounts(
         self, request: Any, context: grpc.ServicerContext
     ) -> chat_pb2.ListAccountsReply:
@@ -303,21 +305,21 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             usernames=page.items, next_page_token=page.next_page_token
         )
 
-    @_maps_errors
+    @maps_errors
     def Send(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.SendReply:
         message_id = self._service.send(
             request.request_id, request.session_token, request.recipient, request.body
         )
         return chat_pb2.SendReply(message_id=message_id)
 
-    @_maps_errors
+    @maps_errors
     def Ack(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.AckReply:
         count = self._service.ack(
             request.request_id, request.session_token, list(request.message_ids)
         )
         return chat_pb2.AckReply(acked_count=count)
 
-    @_maps_errors
+    @maps_errors
     def History(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.HistoryReply:
         page = self._service.history(
             request.session_token,
@@ -330,14 +332,14 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             messages=[_message(m) for m in page.items], next_page_token=page.next_page_token
         )
 
-    @_maps_errors
+    @maps_errors
     def DeleteAccount(
         self, request: Any, context: grpc.ServicerContext
     ) -> chat_pb2.DeleteAccountReply:
         self._service.delete_account(request.request_id, request.session_token, request.password)
         return chat_pb2.DeleteAccountReply()
 
-    @_maps_errors
+    @maps_errors
     def ClusterStatus(
         self, request: Any, context: grpc.ServicerContext
     ) -> chat_pb2.ClusterStatusReply:

@@ -34,7 +34,7 @@ from projections.events import (
 from protos import chat_pb2, chat_pb2_grpc
 from replica import errors
 from replica.chat import validation as v
-from replica.chat.servicer import abort_with, database_unavailable
+from replica.chat.servicer import maps_errors
 from replica.config import ClusterConfig, ConfigError, parse_host_port
 from replica.protocol.membership import ChangeKind, Membership, MembershipChange
 from replica.replication.addresses import AddressBook
@@ -236,20 +236,6 @@ def _member(record: MemberRecord) -> chat_pb2.Member:
     )
 
 
-def _maps_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapper(self: AdminServicer, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except errors.ChatError as exc:
-            abort_with(context, exc)
-            raise
-        except sa.exc.DBAPIError as exc:
-            abort_with(context, database_unavailable(exc))
-            raise
-
-    return wrapper
-
-
 class AdminServicer(chat_pb2_grpc.AdminServicer):
     def __init__(
         self,
@@ -269,7 +255,7 @@ class AdminServicer(chat_pb2_grpc.AdminServicer):
         self._cluster = cluster
         self._cluster_view = cluster_view
 
-    @_maps_errors
+    @maps_errors
     def ListMembers(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.ListMembersReply:
         membership = self._storage.membership
         if membership is None:
@@ -311,7 +297,7 @@ class AdminServicer(chat_pb2_grpc.AdminServicer):
             ),
         )
 
-    @_maps_errors
+    @maps_errors
     def AddMember(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.MembershipReply:
         return _reply(
             self._commands.add(
@@ -319,13 +305,13 @@ class AdminServicer(chat_pb2_grpc.AdminServicer):
             )
         )
 
-    @_maps_errors
+    @maps_errors
     def PromoteMember(
         self, request: Any, context: grpc.ServicerContext
     ) -> chat_pb2.MembershipReply:
         return _reply(self._commands.promote(request.request_id, request.index))
 
-    @_maps_errors
+    @maps_errors
     def RemoveMember(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.MembershipReply:
         return _reply(self._commands.remove(request.request_id, request.index))
 
