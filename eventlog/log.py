@@ -126,14 +126,30 @@ def truncate_after(conn: sa.Connection, seq: int) -> int:
 
 def epoch_end_seq(conn: sa.Connection, epoch: int) -> Position:
     """The last position of the log among events whose epoch is <= `epoch` (Kafka's
-    OffsetsForLeaderEpoch): a follower whose log goes past it diverged there."""
-    row = conn.execute(
-        sa.select(events.c.epoch, events.c.seq)
-        .where(events.c.epoch <= epoch)
-        .order_by(events.c.seq.desc())
-        .limit(1)
-    ).first()
-    return Position(0, 0) if row is None else Position(row.epoch, row.seq)
+    OffsetsForLeaderEpoch): a follower whose log goes past it diverged there.
+
+    Epochs never decrease along the log (each primary's are above its predecessors', and a
+    truncation cuts a tail), so this is a binary search over seqs: a few dozen primary-key
+    lookups however long the log and however old `epoch` (an empty secondary asks for epoch 0).
+    A scan of `epoch <= E ORDER BY seq DESC` walked every later event instead: 4.8 s over a
+    million on MySQL, past a primary's storage timeout."""
+    last = last_position(conn)
+    if last.epoch <= epoch:
+        return last
+    # Invariant (seqs run from 1 without gaps): every event up to `low` has an epoch <=
+    # `epoch` (low = 0: none yet); the event at `high` has a later one.
+    low, high = 0, last.seq
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _epoch_at(conn, middle) <= epoch:
+            low = middle
+        else:
+            high = middle
+    return Position(0, 0) if low == 0 else Position(_epoch_at(conn, low), low)
+
+
+def _epoch_at(conn: sa.Connection, seq: int) -> int:
+    return int(conn.execute(sa.select(events.c.epoch).where(events.c.seq == seq)).scalar_one())
 
 
 CURRENT_EPOCH = "current_epoch"

@@ -6,6 +6,8 @@ import datetime as dt
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventlog import (
     Event,
@@ -22,6 +24,7 @@ from eventlog import (
     read_events,
     truncate_after,
 )
+from eventlog.schema import metadata
 from testsupport.databases import iter_all_events
 
 T0 = dt.datetime(2030, 1, 2, 3, 4, 5, 123456)
@@ -176,6 +179,26 @@ def test_epoch_end_seq_finds_where_each_epoch_ends(engine: sa.Engine) -> None:
         assert epoch_end_seq(conn, 5) == Position(3, 5)
         assert epoch_end_seq(conn, 6) == Position(6, 6)
         assert epoch_end_seq(conn, 99) == Position(6, 6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.integers(0, 3), min_size=0, max_size=40))
+def test_epoch_end_seq_agrees_with_a_scan_of_the_log(steps: list[int]) -> None:
+    """The binary search against the plain definition, on any log whose epochs never
+    decrease (a step of 0 keeps the epoch), for every epoch."""
+    engine = sa.create_engine("sqlite://")
+    metadata.create_all(engine)
+    epochs, epoch = [], 1
+    for step in steps:
+        epoch += step
+        epochs.append(epoch)
+    if epochs:
+        append(engine, [event(1 + i, epoch=e) for i, e in enumerate(epochs)])
+    with engine.connect() as conn:
+        for asked in range(0, (epochs[-1] if epochs else 0) + 2):
+            at = [i for i, e in enumerate(epochs) if e <= asked]
+            expected = Position(epochs[at[-1]], 1 + at[-1]) if at else Position(0, 0)
+            assert epoch_end_seq(conn, asked) == expected, (epochs, asked)
 
 
 def test_find_by_request_id(engine: sa.Engine) -> None:
