@@ -126,7 +126,8 @@ def _joined(args: argparse.Namespace, cluster: ClusterConfig, data_dir: Path) ->
         raise ConfigError("in a TLS cluster, --join needs --peer-address")
     me = ReplicaAddress(args.index, args.address, args.db, args.peer_address or None)
     joins = [a.strip() for a in args.join.split(",") if a.strip()]
-    return joined_config(cluster, me, joins, resolve_cluster_secret(cluster, data_dir))
+    secret = resolve_cluster_secret(cluster, data_dir)
+    return joined_config(cluster, me, joins, secret, data_dir=data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,15 +4,22 @@ membership -- each member's addresses -- and the cluster's settings (min_insync 
 timeouts, which every replica must share), and starts with an empty membership of its own: it
 learns who votes from the log it catches up on (the event that added it carries the whole
 membership). An operator adds it with `python -m client admin member add`; until then the
-primary refuses its stream and it waits."""
+primary refuses its stream and it waits.
+
+What the cluster said is saved in the data directory (SAVED_FILE): restarted with the same
+command while no member answers -- after a total crash, every member may be one that joined
+this way -- it starts from that within a few seconds, and its own log says the rest (the
+membership and every member's addresses, read at start-up)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -24,6 +31,12 @@ log = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 2.0  # per member asked
 KEEP_ASKING = 60.0  # a cluster that does not answer at all: give up after this long
+ASK_AGAIN = 3.0  # ...or, with what it saved when it joined, start from that after this long
+SAVED_FILE = "joined-cluster.json"
+
+
+class NoAnswer(ConfigError):
+    """No member of the cluster answered."""
 
 
 def joined_config(
@@ -32,23 +45,43 @@ def joined_config(
     join: Sequence[str],
     secret: bytes,
     *,
+    data_dir: Path | None = None,
     keep_asking: float = KEEP_ASKING,
     interrupted: Callable[[], bool] = lambda: False,
 ) -> ClusterConfig:
     """`base` (defaults, CHAT_* variables, TLS files) with the cluster's members and settings
-    as a member at one of `join` tells them, and `me` among the replicas. ConfigError if no
-    member answers within `keep_asking`, or if this index was removed from the cluster."""
+    as a member at one of `join` tells them (or, if none answers, as it told this replica when
+    it joined: saved in `data_dir`), and `me` among the replicas. ConfigError if no member
+    answers within `keep_asking` and nothing was saved, or if this index was removed."""
     for address in join:
         parse_host_port(address, "--join")
-    reply = _ask(base, join, secret, keep_asking, interrupted)
-    if me.index in reply.removed:
+    saved_path = None if data_dir is None else data_dir / SAVED_FILE
+    saved = _load(saved_path)
+    try:
+        asked = _ask(base, join, secret, ASK_AGAIN if saved else keep_asking, interrupted)
+    except NoAnswer as exc:
+        if saved is None:
+            raise
+        log.warning(
+            "%s; replica %d starts from what the cluster told it when it joined (%s): its own "
+            "log says who the members are now",
+            exc,
+            me.index,
+            saved_path,
+        )
+        reply = saved
+    else:
+        reply = _as_dict(asked)
+        if saved_path is not None:
+            _save(saved_path, reply)
+    if me.index in reply["removed"]:
         raise ConfigError(
             f"replica {me.index} was removed from the cluster; indexes are never reused "
             "(join under a new index)"
         )
     replicas = {
-        m.index: ReplicaAddress(m.index, m.address, peer_address=m.peer_address or None)
-        for m in reply.members
+        m["index"]: ReplicaAddress(m["index"], m["address"], peer_address=m["peer_address"])
+        for m in reply["members"]
     }
     known = replicas.get(me.index)
     if known is not None and (known.address, known.peer_address) != (
@@ -70,16 +103,55 @@ def joined_config(
             f" --peer-address {me.peer_address}" if me.peer_address else "",
         )
     replicas[me.index] = me
-    s = reply.settings
+    s = reply["settings"]
     return replace(
         base,
         replicas=tuple(replicas[i] for i in sorted(replicas)),
-        min_insync=s.min_insync or base.min_insync,
-        heartbeat_interval_ms=s.heartbeat_interval_ms or base.heartbeat_interval_ms,
-        peer_timeout_ms=s.peer_timeout_ms or base.peer_timeout_ms,
-        insync_timeout_ms=s.insync_timeout_ms or base.insync_timeout_ms,
-        storage_timeout_ms=s.storage_timeout_ms,
+        min_insync=s["min_insync"] or base.min_insync,
+        heartbeat_interval_ms=s["heartbeat_interval_ms"] or base.heartbeat_interval_ms,
+        peer_timeout_ms=s["peer_timeout_ms"] or base.peer_timeout_ms,
+        insync_timeout_ms=s["insync_timeout_ms"] or base.insync_timeout_ms,
+        storage_timeout_ms=s["storage_timeout_ms"],
     )
+
+
+_SETTINGS = (
+    "min_insync",
+    "heartbeat_interval_ms",
+    "peer_timeout_ms",
+    "insync_timeout_ms",
+    "storage_timeout_ms",
+)
+
+
+def _as_dict(reply: chat_pb2.ListMembersReply) -> dict[str, Any]:
+    return {
+        "members": [
+            {"index": m.index, "address": m.address, "peer_address": m.peer_address or None}
+            for m in reply.members
+        ],
+        "removed": list(reply.removed),
+        "settings": {name: getattr(reply.settings, name) for name in _SETTINGS},
+    }
+
+
+def _load(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path} ({exc}); delete it to join afresh") from None
+    if not isinstance(saved, dict) or not {"members", "removed", "settings"} <= set(saved):
+        raise ConfigError(f"{path} is not what this replica saved when it joined; delete it")
+    return saved
+
+
+def _save(path: Path, reply: dict[str, Any]) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(reply, indent=1) + "\n")
+    temporary.replace(path)
 
 
 def _ask(
@@ -123,7 +195,7 @@ def _ask(
             finally:
                 channel.close()
         if time.monotonic() >= give_up or interrupted():
-            raise ConfigError(
+            raise NoAnswer(
                 "no member of the cluster answered at "
                 + "; ".join(f"{a} ({p})" for a, p in problems.items())
             )

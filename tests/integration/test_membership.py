@@ -287,3 +287,34 @@ def test_grow_to_five_voters_and_back_to_one(cluster: ClusterProcesses) -> None:
             load.wait_for_acks(load.acknowledged_count() + 10)
     assert [(m.index, m.voter) for m in members(cluster, primary).members] == [(primary, True)]
     check_exactly_once(load.log, read_inbox(cluster, "dave"))
+
+
+def test_a_cluster_of_joined_replicas_restarts_after_a_total_crash(
+    cluster: ClusterProcesses,
+) -> None:
+    """Every replica of the config replaced by ones that joined (found by the chaos runner):
+    after a total crash none of the addresses they joined through answers; each starts from
+    what it saved when it joined and its own log, and they elect a primary."""
+    primary = wait_for_primary(cluster)
+    register_users(cluster, ["alice", "dave"])
+    joined = []
+    for host in ("127.0.0.14", "127.0.0.15"):
+        new = cluster.add_joiner(host=host)
+        cluster.start(new)
+        change(cluster, primary, "AddMember", index=new, address=cluster.address(new))
+        promote_when_caught_up(cluster, primary, new)
+        joined.append(new)
+    for index in [i for i in range(3) if i != primary]:
+        change(cluster, primary, "RemoveMember", index=index)
+        assert cluster.wait_exit(index, 20) == 0
+    cluster.kill(primary)
+    successor = wait_for_primary(cluster, joined)
+    change(cluster, successor, "RemoveMember", index=primary)
+    with sending(cluster, ["alice"], "dave") as load:
+        load.wait_for_acks(10)
+    cluster.kill_together(joined)
+    for index in joined:
+        cluster.start(index, wait=False)
+    wait_for_primary(cluster, joined, timeout=30)
+    assert "starts from what the cluster told it when it joined" in cluster.log_text(joined[0])
+    check_exactly_once(load.log, read_inbox(cluster, "dave"))
