@@ -223,23 +223,48 @@ class ClusterProcesses:
     def add_joiner(self, host: str = "127.0.0.1", db_url: str | None = None) -> int:
         """A new replica (the next index) that joins the running cluster with --join through
         the replicas there are now; started with start(index) like the others."""
+        return self.add_joiner_at(host, db_url=db_url, join=[s.address for s in self.specs])
+
+    def add_joiner_at(
+        self,
+        host: str,
+        *,
+        port: int | None = None,
+        db_url: str | None = None,
+        join: Sequence[str],
+        launch_prefix: Sequence[str] = (),
+    ) -> int:
+        """Like add_joiner, at a given port (default: a free one of `host`, which must then be
+        an address of this namespace), joining through `join` (the members there are now),
+        and run behind `launch_prefix` (e.g. a test host's `ip netns exec NS`)."""
         index = len(self.specs)
         spec = ReplicaSpec(
             index=index,
             host=host,
-            port=free_port(host),
+            port=port or free_port(host),
             data_dir=self.base_dir / f"replica-{index}",
             log_path=self.base_dir / f"replica-{index}.log",
             db_url=db_url,
-            join=tuple(s.address for s in self.specs),
+            join=tuple(join),
         )
         if self.tls is not None:
-            spec.peer_port = free_port(host)
+            spec.peer_port = spec.port + 1 if port else free_port(host)
         if self.metrics:
             spec.metrics_port = free_port(host)
+        if self.launch_prefixes is not None or launch_prefix:
+            earlier = self.launch_prefixes or [[] for _ in self.specs]
+            self.launch_prefixes = [*earlier, list(launch_prefix)]
         self.specs.append(spec)
         self.replicas = len(self.specs)
         return index
+
+    def rejoin_through(self, index: int, join: Sequence[str]) -> None:
+        """Replica `index` (started with --join) asks `join` for the membership when it is
+        next started: the members it joined through may have been removed since."""
+        spec = self.specs[index]
+        if not spec.join:
+            raise ValueError(f"replica {index} starts from the config file, not with --join")
+        spec.join = tuple(join)
 
     @property
     def addresses(self) -> list[str]:

@@ -23,7 +23,7 @@ import grpc
 from client import AdminClient, ChatError, ClientSettings, Refused
 from client.cli.output import members_table
 from protos import chat_pb2, chat_pb2_grpc
-from testsupport.harness import ClusterProcesses, ReplicaProcessError, ReplicaSpec
+from testsupport.harness import ClusterProcesses, ReplicaProcessError
 from testsupport.netns import CLIENT, HostsUnavailable, LinkFault, TestHosts, hosts_problem
 
 PORT = 7000
@@ -133,17 +133,13 @@ class Lab:
         if index >= 3 + self.spare:
             raise ValueError(f"no spare test host left ({self.spare} were made)")
         host = self.hosts.address(index)
-        spec = ReplicaSpec(
-            index=index,
-            host=host,
+        self.cluster.add_joiner_at(
+            host,
             port=PORT,
-            data_dir=self.cluster.base_dir / f"replica-{index}",
-            log_path=self.cluster.base_dir / f"replica-{index}.log",
-            join=tuple(s.address for s in self.cluster.specs),
+            join=[s.address for s in self.cluster.specs],
+            launch_prefix=self.hosts.exec_prefix(index),
         )
-        self.cluster.specs.append(spec)
-        assert isinstance(self.cluster.launch_prefixes, list)
-        self.cluster.launch_prefixes.append(self.hosts.exec_prefix(index))
+        spec = self.cluster.specs[index]
         self.cluster.start(index, wait=False)
         give_up = time.monotonic() + 10
         while True:

@@ -3,6 +3,11 @@
 On test hosts (root; see testsupport/netns.py), with the network faults:
 `python -m tests.chaos --hosts netns --min-insync 2 --faults
 partition_primary,isolate_primary,partition_secondary,partition_ring,one_way,flaky_link,kill_one,pause_primary`
+
+Membership faults run only when named: `python -m tests.chaos --backend sqlite --faults
+add_replica,remove_replica,replace_replica,kill_one,pause_primary` (replicas join, leave and
+are replaced through the Admin API, keeping 2 to 5 voters; on test hosts a new replica takes a
+host no member holds, of six).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.chaos.faults import FAULTS, faults_for
+from tests.chaos.faults import FAULTS, MEMBERSHIP_FAULTS, faults_for
 from tests.chaos.runner import run_chaos
 
 
@@ -23,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="replay a run (printed in every report)")
     parser.add_argument(
         "--faults",
-        help="comma-separated subset of: " + ", ".join(f.name for f in FAULTS),
+        help="comma-separated subset of: "
+        + ", ".join(f.name for f in FAULTS)
+        + " (default: every one that applies, but the membership faults: "
+        + ", ".join(MEMBERSHIP_FAULTS)
+        + ")",
     )
     parser.add_argument("--schedule", choices=["random", "cycle"], default="random")
     parser.add_argument("--senders", type=int, default=4)

@@ -6,37 +6,53 @@ broken (restarts killed replicas) and, in most rounds, waits for every replica t
 sync before the next round. Network faults (on test hosts, `--hosts netns`) are rules on the
 switch between the hosts (testsupport/netns.py): packets dropped silently, as in a real
 partition; each fault heals its network itself after a random time.
+
+Membership faults (add_replica, remove_replica, replace_replica; only when named) change who
+the replicas are, through the Admin API as an operator would (tests/chaos/membership.py): the
+other faults act on the members there are now, and run only where the voters they leave can
+still elect and acknowledge (`Fault.fits`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from client.models import Membership
+from tests.chaos.load import FollowingSenders
+from tests.chaos.membership import (
+    ChangeFailed,
+    Operator,
+    Placement,
+    members_seen_by,
+    size_fits,
+)
 from tests.integration.cluster_checks import (
-    Senders,
     primary_of,
     seen_by,
     wait_all_running_follow,
     wait_for_primary,
 )
-from testsupport.harness import ClusterProcesses, wait_until
+from testsupport.harness import ClusterProcesses, ReplicaProcessError, wait_until
 from testsupport.host_mariadb import HostMariaDB
 from testsupport.netns import LinkFault, TestHosts
 from testsupport.tcpproxy import TcpProxy
 
 PROGRESS_TIMEOUT = 45.0  # a fault after which no send is acknowledged for this long is a failure
 STEP_DOWN_TIMEOUT = 15.0
+REMOVED_EXIT_TIMEOUT = 30.0  # a removed replica that runs stops by itself within this
+INITIAL_VOTERS = 3
 
 
 class ChaosFailure(AssertionError):
@@ -46,7 +62,7 @@ class ChaosFailure(AssertionError):
 @dataclass
 class ChaosContext:
     cluster: ClusterProcesses
-    load: Senders
+    load: FollowingSenders
     rng: random.Random
     backend: str
     hosts: TestHosts | None = None  # each replica on its own test host (network faults)
@@ -56,6 +72,82 @@ class ChaosContext:
     proxies: list[TcpProxy] = field(default_factory=list)
     max_fault_seconds: float = 30.0  # how long a stall or a slow database may last
     recovery: float | None = None  # seconds from the last fault to its first acknowledged send
+    min_insync: int = 1
+    # Where the replicas live and where a new one goes (made from the above if not given).
+    placement: Placement | None = None
+    removed: set[int] = field(default_factory=set)  # never started again, never asked
+    joining: set[int] = field(default_factory=set)  # started, not added yet
+
+    def __post_init__(self) -> None:
+        if self.placement is None:
+            self.placement = Placement(self.backend, self.hosts, self.databases, self.proxies)
+
+    # -- who the replicas are ----------------------------------------------------------------
+
+    def members(self) -> list[int]:
+        """The replicas of the membership (voters, but for a learner while it is promoted)."""
+        return [
+            s.index
+            for s in self.cluster.specs
+            if s.index not in self.removed and s.index not in self.joining
+        ]
+
+    def addresses(self) -> list[str]:
+        """The members' client addresses (the load's clients use them)."""
+        return [self.cluster.address(i) for i in self.members()]
+
+    def host(self, index: int) -> int:
+        """The test host replica `index` runs on."""
+        assert self.placement is not None
+        return self.placement.host(index)
+
+    @property
+    def operator(self) -> Operator:
+        return Operator(self.cluster, self.members)
+
+    def new_replica(self) -> int:
+        """A new replica, with the next index and an empty database, set up to join through
+        the members (not started, not added)."""
+        assert self.placement is not None
+        index = self.placement.new_replica(self.cluster, self.members())
+        self.joining.add(index)
+        return index
+
+    def start(self, index: int, *, wait: bool = True) -> None:
+        """(Re)start member `index`; one that joined at run time asks the members there are
+        now (those it joined through may have been removed since)."""
+        if self.cluster.specs[index].join:
+            others = [self.cluster.address(i) for i in self.members() if i != index]
+            self.cluster.rejoin_through(index, others)
+        self.cluster.start(index, wait=wait)
+
+    def wait_members_settled(self) -> Membership:
+        """Until the primary lists exactly the members this run made (ListMembers), every one
+        a voter and in sync, and the last change committed; that membership."""
+        expected = set(self.members())
+        seen: list[Membership | None] = [None]
+
+        def settled() -> Membership | None:
+            primaries = [i for i in self.running() if primary_of(self.cluster, i) is not None]
+            if len(primaries) != 1:
+                return None
+            listed = members_seen_by(self.cluster, primaries[0])
+            seen[0] = listed
+            if listed is None or {m.index for m in listed.members} != expected:
+                return None
+            ok = listed.change_committed and all(m.voter and m.in_sync for m in listed.members)
+            return listed if ok else None
+
+        try:
+            return wait_until(
+                settled,
+                PROGRESS_TIMEOUT,
+                lambda: f"the members {sorted(expected)} all voters and in sync: {seen[0]}",
+            )
+        except TimeoutError as exc:
+            raise ChaosFailure(f"membership did not settle: {exc}") from None
+
+    # -- progress and sync -------------------------------------------------------------------
 
     def acked(self) -> int:
         return self.load.acknowledged_count()
@@ -81,7 +173,8 @@ class ChaosContext:
         self.recovery = first[0] if first else 0.0
 
     def running(self) -> list[int]:
-        return [s.index for s in self.cluster.specs if self.cluster.is_running(s.index)]
+        """The members whose process runs."""
+        return [i for i in self.members() if self.cluster.is_running(i)]
 
     def current_primary(self) -> int:
         try:
@@ -142,10 +235,38 @@ class Fault:
     inject: Callable[[ChaosContext], str]  # returns a description of what it did
     backends: tuple[str, ...] = ("sqlite", "mysql")
     network: bool = False  # needs test hosts (--hosts netns)
-    # The largest min_insync under which the replicas it leaves running still acknowledge
-    # (what the round waits for): two of three need min_insync <= 2, a lone one 1.
-    max_min_insync: int = 3
+    # How many voters it stops or cuts off while the others must go on acknowledging (what
+    # the round waits for): of three, two need min_insync <= 2, a lone one 1 (`fits`).
+    takes_out: int = 0
+    voter_change: int = 0  # voters after it minus voters before
+    dip: int = 0  # the fewest voters during it, minus voters before
+    # A secondary cut off (not dead: it may still claim to be in sync) leaves the primary
+    # going on only with another secondary in sync; a link cut needs a third replica to see
+    # both ends.
+    min_voters: int = 1
     loopback_only: bool = False  # needs the database proxies (not on test hosts)
+    membership: bool = False  # changes the membership: only when named (--faults)
+    # Restarts every member: one must start from the config file, since a replica started
+    # with --join asks a live member first (after a total crash there is none).
+    needs_config_member: bool = False
+
+    def fits(self, voters: int, min_insync: int) -> bool:
+        """Whether it may run on a cluster of `voters` voters (see membership.size_fits)."""
+        return voters >= self.min_voters and size_fits(
+            voters,
+            min_insync,
+            takes_out=self.takes_out,
+            voter_change=self.voter_change,
+            dip=self.dip,
+        )
+
+    def applies(self, ctx: ChaosContext) -> bool:
+        """Whether it may run on the cluster as it is now."""
+        if not self.fits(len(ctx.members()), ctx.min_insync):
+            return False
+        if self.needs_config_member:
+            return any(not ctx.cluster.specs[i].join for i in ctx.members())
+        return True
 
 
 # -- process faults ----------------------------------------------------------------------------
@@ -177,15 +298,16 @@ def kill_two(ctx: ChaosContext) -> str:
 
 
 def kill_all(ctx: ChaosContext) -> str:
-    for index in range(len(ctx.cluster.specs)):
+    order = ctx.members()
+    for index in order:
         ctx.cluster.kill(index)
     before = ctx.acked()
-    order = list(range(len(ctx.cluster.specs)))
     ctx.rng.shuffle(order)
     for index in order:
-        ctx.cluster.start(index, wait=False)
-    ctx.wait_progress(before, 10, "SIGKILL of all three replicas and restart")
-    return f"SIGKILL all three, restarted in order {order}"
+        ctx.start(index, wait=False)
+    every = "all three" if len(order) == 3 else f"all {len(order)}"
+    ctx.wait_progress(before, 10, f"SIGKILL of {every} replicas and restart")
+    return f"SIGKILL {every}, restarted in order {order}"
 
 
 def pause_primary(ctx: ChaosContext) -> str:
@@ -263,7 +385,7 @@ def restart_mariadb(ctx: ChaosContext) -> str:
     """Shut the MySQL server down under all three replicas and start it again (on test
     hosts: one host's server, under its replica)."""
     if ctx.databases:
-        server = ctx.rng.choice(ctx.databases)
+        server = ctx.rng.choice([ctx.databases[ctx.host(i)] for i in ctx.members()])
         server.stop()
         before = ctx.acked()
         down = ctx.rng.uniform(0.2, 2.0)
@@ -332,7 +454,7 @@ def _database_victim(ctx: ChaosContext) -> tuple[int, str]:
 
 def _freeze(ctx: ChaosContext, index: int) -> None:
     if ctx.databases:
-        pid = ctx.databases[index].pid
+        pid = ctx.databases[ctx.host(index)].pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
     else:
@@ -424,21 +546,26 @@ def _hold_partition(
 
 
 def _secondaries(ctx: ChaosContext, primary: int) -> list[int]:
-    return [i for i in range(len(ctx.cluster.specs)) if i != primary]
+    return [i for i in ctx.members() if i != primary]
+
+
+def _cut(ctx: ChaosContext, a: int, b: int, *, percent: int = 100) -> list[LinkFault]:
+    """Both directions between replicas `a` and `b` (their hosts)."""
+    return _network(ctx).cut(ctx.host(a), ctx.host(b), percent=percent)
 
 
 def partition_primary(ctx: ChaosContext) -> str:
-    """The primary cut off from both secondaries; the clients still reach it."""
+    """The primary cut off from every secondary; the clients still reach it."""
     primary = ctx.wait_for_a_successor()
-    hosts = _network(ctx)
-    links = [f for s in _secondaries(ctx, primary) for f in hosts.cut(primary, s)]
+    links = [f for s in _secondaries(ctx, primary) for f in _cut(ctx, primary, s)]
     _hold_partition(ctx, links, f"cutting primary {primary} off", deposed=primary)
-    return f"primary {primary} cut off from both secondaries (clients reach it)"
+    every = "both" if len(ctx.members()) == 3 else "all"
+    return f"primary {primary} cut off from {every} secondaries (clients reach it)"
 
 
 def isolate_primary(ctx: ChaosContext) -> str:
     primary = ctx.wait_for_a_successor()
-    links = _network(ctx).isolate(primary)
+    links = _network(ctx).isolate(ctx.host(primary))
     _hold_partition(ctx, links, f"isolating primary {primary}")
     return f"primary {primary} cut off from everyone"
 
@@ -447,7 +574,7 @@ def partition_secondary(ctx: ChaosContext) -> str:
     primary = ctx.current_primary()
     victim = ctx.rng.choice(_secondaries(ctx, primary))
     from_clients = ctx.rng.random() < 0.5
-    links = _network(ctx).isolate(victim, from_clients=from_clients)
+    links = _network(ctx).isolate(ctx.host(victim), from_clients=from_clients)
     _hold_partition(ctx, links, f"isolating secondary {victim}")
     seen = "clients cut too" if from_clients else "clients reach it"
     return f"secondary {victim} cut off from the replicas ({seen})"
@@ -456,10 +583,11 @@ def partition_secondary(ctx: ChaosContext) -> str:
 def partition_ring(ctx: ChaosContext) -> str:
     """One link cut: its two ends each see a different majority (with the third replica)."""
     primary = ctx.current_primary()
+    secondaries = _secondaries(ctx, primary)
     a, b = ctx.rng.choice(
-        [(primary, s) for s in _secondaries(ctx, primary)] + [tuple(_secondaries(ctx, primary))]
+        [(primary, s) for s in secondaries] + list(itertools.combinations(secondaries, 2))
     )
-    _hold_partition(ctx, _network(ctx).cut(a, b), f"cutting the link {a}-{b}")
+    _hold_partition(ctx, _cut(ctx, a, b), f"cutting the link {a}-{b}")
     return f"link {a}-{b} cut (each sees a different majority)"
 
 
@@ -467,7 +595,8 @@ def one_way(ctx: ChaosContext) -> str:
     """The primary's packets to one secondary dropped; the other direction works."""
     primary = ctx.current_primary()
     victim = ctx.rng.choice(_secondaries(ctx, primary))
-    _hold_partition(ctx, [LinkFault(primary, victim)], f"dropping {primary}->{victim}")
+    link = LinkFault(ctx.host(primary), ctx.host(victim))
+    _hold_partition(ctx, [link], f"dropping {primary}->{victim}")
     return f"packets {primary}->{victim} dropped (the other way works)"
 
 
@@ -483,8 +612,8 @@ def flaky_link(ctx: ChaosContext) -> str:
         percent = 25
     hosts = _network(ctx)
     if kbit is not None:
-        hosts.set_rate(victim, kbit)
-    links = hosts.cut(primary, victim, percent=percent) if percent else []
+        hosts.set_rate(ctx.host(victim), kbit)
+    links = _cut(ctx, primary, victim, percent=percent) if percent else []
     _hold_partition(ctx, links, f"a flaky link to {victim}")  # its heal lifts the rate too
     slow = f"; {victim}'s link limited to {kbit} kbit/s" if kbit else ""
     return f"{percent}% of packets lost between {primary} and {victim}{slow}"
@@ -503,12 +632,12 @@ def slow_link(ctx: ChaosContext) -> str:
     hosts = _network(ctx)
     before = ctx.acked()
     started = time.monotonic()
-    hosts.set_rate(victim, kbit, latency_ms=5000)
+    hosts.set_rate(ctx.host(victim), kbit, latency_ms=5000)
     try:
         ctx.wait_progress(before, 10, f"slowing replica {victim}'s link", started)
         time.sleep(max(0.0, started + seconds - time.monotonic()))  # (the fault's length)
     finally:
-        hosts.set_rate(victim, None)
+        hosts.set_rate(ctx.host(victim), None)
     return f"replica {victim}'s ({role}) link limited to {kbit} kbit/s for {seconds:.1f}s"
 
 
@@ -517,8 +646,8 @@ def split_all(ctx: ChaosContext) -> str:
     a majority, so none may acknowledge, and none may go on saying it is primary. (Before the
     protocol core knew partitions, all three were primary at once with min_insync = 1.)"""
     hosts = _network(ctx)
-    count = len(ctx.cluster.specs)
-    links = [f for a in range(count) for b in range(a + 1, count) for f in hosts.cut(a, b)]
+    pairs = itertools.combinations(ctx.members(), 2)
+    links = [f for a, b in pairs for f in _cut(ctx, a, b)]
     hosts.set_faults(links)
     try:
         try:
@@ -542,8 +671,11 @@ def split_all(ctx: ChaosContext) -> str:
             raise ChaosFailure(f"replica(s) {primaries} primary with no majority")
     finally:
         hosts.heal()
-    ctx.wait_progress(ctx.acked(), 10, "healing a three-way split")  # recovery: from the heal
-    return f"all three cut off from each other for {held:.1f}s: no primary, no acks"
+    count = len(ctx.members())
+    ways = "three" if count == 3 else str(count)
+    ctx.wait_progress(ctx.acked(), 10, f"healing a {ways}-way split")  # recovery: from the heal
+    every = "all three" if count == 3 else f"all {count}"
+    return f"{every} cut off from each other for {held:.1f}s: no primary, no acks"
 
 
 def break_stream(ctx: ChaosContext) -> str:
@@ -552,43 +684,175 @@ def break_stream(ctx: ChaosContext) -> str:
     victim = ctx.rng.choice(_secondaries(ctx, primary))
     hosts = _network(ctx)
     before = ctx.acked()
-    hosts.run_on(victim, "ss", "-K", "dst", hosts.address(primary))
+    hosts.run_on(ctx.host(victim), "ss", "-K", "dst", hosts.address(ctx.host(primary)))
     ctx.wait_progress(before, 10, f"resetting {victim}'s connections to {primary}")
     return f"replica {victim}'s connections to primary {primary} reset"
 
 
+# -- membership faults -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _change_failures() -> Iterator[None]:
+    """A change the cluster refused for good or did not make in time, or a replica that did
+    not start or stop: the round fails."""
+    try:
+        yield
+    except (ChangeFailed, ReplicaProcessError) as exc:
+        raise ChaosFailure(str(exc)) from None
+
+
+def _join(ctx: ChaosContext) -> tuple[int, float, float]:
+    """A new replica (the next index, an empty database) started with --join, added as a
+    learner and promoted once caught up; its index, and the seconds from its start to its
+    addition and from there to its promotion."""
+    index = ctx.new_replica()
+    started = time.monotonic()
+    with _change_failures():
+        ctx.cluster.start(index)
+        ctx.operator.add(index)
+        ctx.joining.discard(index)  # a member: the load, the checks and the heal count it
+        added = time.monotonic()
+        ctx.operator.promote(index)  # (refused while it is catching up: retried)
+    return index, added - started, time.monotonic() - added
+
+
+def _remove(ctx: ChaosContext, victim: int) -> None:
+    """Remove member `victim`; if its process runs, it must stop by itself (exit status 0)."""
+    running = ctx.cluster.is_running(victim)
+    with _change_failures():
+        ctx.operator.remove(victim)
+    ctx.removed.add(victim)
+    if running:
+        try:
+            code = ctx.cluster.wait_exit(victim, REMOVED_EXIT_TIMEOUT)
+        except ReplicaProcessError as exc:
+            raise ChaosFailure(f"replica {victim}, removed, still runs: {exc}") from None
+        # (one that was restarting with --join when the removal committed refuses to start,
+        # saying so: also a replica that stops by itself)
+        refused = "was removed from the cluster" in ctx.cluster.log_tail(victim, 5)
+        if code != 0 and not refused:
+            raise ChaosFailure(
+                f"replica {victim}, removed, exited with status {code}\n"
+                + ctx.cluster.log_tail(victim)
+            )
+
+
+def _kill_for_good(ctx: ChaosContext, victim: int) -> str:
+    """SIGKILL member `victim` (the primary only once a secondary is in sync to take over)
+    and wait for acknowledged sends without it; its role."""
+    primary = ctx.current_primary()
+    role = "primary" if victim == primary else "secondary"
+    if role == "primary":
+        ctx.wait_for_a_successor()
+    ctx.cluster.kill(victim)
+    ctx.wait_progress(ctx.acked(), 10, f"SIGKILL of replica {victim} ({role})")
+    return role
+
+
+def _acked_after_change(ctx: ChaosContext, what: str) -> None:
+    """Until sends are acknowledged after the change too. A change stops nobody: the round's
+    recovery is that of the SIGKILL it began with, if any, else from the change's end."""
+    recovery = ctx.recovery
+    ctx.wait_progress(ctx.acked(), 10, what)
+    if recovery is not None:
+        ctx.recovery = recovery
+
+
+def add_replica(ctx: ChaosContext) -> str:
+    """A new replica joins under load: started with --join and an empty database, added as a
+    learner, promoted once it keeps up."""
+    index, to_add, to_promote = _join(ctx)
+    _acked_after_change(ctx, f"adding replica {index}")
+    assert ctx.placement is not None
+    return (
+        f"replica {index} at {ctx.placement.where(ctx.cluster, index)} added after "
+        f"{to_add:.1f}s, promoted after {to_promote:.1f}s more; voters {ctx.members()}"
+    )
+
+
+def remove_replica(ctx: ChaosContext) -> str:
+    """A voter removed: a secondary (running: it must stop by itself; or down: it stays
+    down), or, a third of the time, the primary -- which cannot remove itself, so it is
+    SIGKILLed first and removed by the primary that follows it."""
+    primary = ctx.current_primary()
+    if ctx.rng.random() < 1 / 3:
+        victim = ctx.wait_for_a_successor()
+        how = f"{_kill_for_good(ctx, victim)}, SIGKILLed first"
+    else:
+        victim = ctx.rng.choice(_secondaries(ctx, primary))
+        how = "secondary, " + ("running" if ctx.cluster.is_running(victim) else "down")
+    for _ in range(3):
+        try:
+            _remove(ctx, victim)
+            break
+        except ChaosFailure as exc:
+            # It took over meanwhile (an election after an overlapping fault): a primary
+            # cannot remove itself, so it goes as a primary does.
+            if "cannot remove itself" not in str(exc):
+                raise
+            how = f"{_kill_for_good(ctx, victim)} by then, SIGKILLed first"
+    _acked_after_change(ctx, f"removing replica {victim}")
+    return f"replica {victim} ({how}) removed; voters {ctx.members()}"
+
+
+def replace_replica(ctx: ChaosContext) -> str:
+    """A host lost for good: a voter (the primary as likely as any) SIGKILLed, removed, its
+    data deleted; a new replica under a new index, with an empty database, added, caught up
+    and promoted."""
+    victim = ctx.rng.choice(ctx.members())
+    role = _kill_for_good(ctx, victim)
+    _remove(ctx, victim)
+    assert ctx.placement is not None
+    ctx.placement.forget(ctx.cluster, victim)
+    index, to_add, to_promote = _join(ctx)
+    _acked_after_change(ctx, f"replacing replica {victim}")
+    return (
+        f"replica {victim} ({role}) SIGKILLed, removed, its data deleted; replica {index} at "
+        f"{ctx.placement.where(ctx.cluster, index)} added after {to_add:.1f}s, promoted after "
+        f"{to_promote:.1f}s more; voters {ctx.members()}"
+    )
+
+
 FAULTS = (
-    Fault("kill_one", kill_one, max_min_insync=2),
-    Fault("kill_two", kill_two, max_min_insync=1),
-    Fault("kill_all", kill_all),
-    Fault("pause_primary", pause_primary, max_min_insync=2),
+    Fault("kill_one", kill_one, takes_out=1),
+    Fault("kill_two", kill_two, takes_out=2),
+    Fault("kill_all", kill_all, needs_config_member=True),
+    Fault("pause_primary", pause_primary, takes_out=1),
     Fault("drop_connections", drop_connections, ("mysql",)),
     Fault("restart_mariadb", restart_mariadb, ("mysql",)),
-    Fault("stall_db", stall_db, ("mysql",), max_min_insync=2),
+    Fault("stall_db", stall_db, ("mysql",), takes_out=1),
     Fault("slow_db", slow_db, ("mysql",), loopback_only=True),
-    Fault("partition_primary", partition_primary, network=True, max_min_insync=2),
-    Fault("isolate_primary", isolate_primary, network=True, max_min_insync=2),
-    Fault("partition_secondary", partition_secondary, network=True, max_min_insync=2),
-    Fault("partition_ring", partition_ring, network=True),
-    Fault("one_way", one_way, network=True),
-    Fault("flaky_link", flaky_link, network=True),
+    Fault("partition_primary", partition_primary, network=True, takes_out=1),
+    Fault("isolate_primary", isolate_primary, network=True, takes_out=1),
+    Fault("partition_secondary", partition_secondary, network=True, takes_out=1, min_voters=3),
+    Fault("partition_ring", partition_ring, network=True, min_voters=3),
+    Fault("one_way", one_way, network=True, min_voters=3),
+    Fault("flaky_link", flaky_link, network=True, min_voters=3),
     Fault("break_stream", break_stream, network=True),
     Fault("split_all", split_all, network=True),
     Fault("slow_link", slow_link, network=True),
+    Fault("add_replica", add_replica, voter_change=1, membership=True),
+    Fault("remove_replica", remove_replica, takes_out=1, voter_change=-1, dip=-1, membership=True),
+    Fault("replace_replica", replace_replica, takes_out=1, dip=-1, membership=True),
 )
+MEMBERSHIP_FAULTS = tuple(f.name for f in FAULTS if f.membership)
 
 
 def faults_for(
     backend: str, names: list[str] | None = None, *, network: bool = False, min_insync: int = 1
 ) -> list[Fault]:
-    """The faults that apply (without `names`: every one that does)."""
+    """The faults that apply to the three voters a run starts with (without `names`: every
+    one that does, but the membership faults, which run only when named)."""
     chosen = [
         f
         for f in FAULTS
         if backend in f.backends
         and (network or not f.network)
         and not (network and f.loopback_only)
-        and min_insync <= f.max_min_insync
+        # (a membership fault may fit only once others changed the size: checked each round)
+        and (f.membership or f.fits(INITIAL_VOTERS, min_insync))
+        and (names or not f.membership)
     ]
     if names:
         unknown = set(names) - {f.name for f in FAULTS}
@@ -601,7 +865,11 @@ def faults_for(
         wrong = [f.name for f in FAULTS if f.name in names and backend not in f.backends]
         if wrong:
             raise ValueError(f"{', '.join(wrong)} need(s) --backend mysql")
-        stalling = [f.name for f in FAULTS if f.name in names and min_insync > f.max_min_insync]
+        stalling = [
+            f.name
+            for f in FAULTS
+            if f.name in names and not f.membership and not f.fits(INITIAL_VOTERS, min_insync)
+        ]
         if stalling:
             raise ValueError(
                 f"with min_insync {min_insync}, {', '.join(stalling)} leave(s) too few replicas "

@@ -10,6 +10,11 @@ end every replica's log and projections must be identical, and the recipient's i
 hold every acknowledged send exactly once: `lost` and `duplicated` must be 0. Each round also
 records the longest time without any acknowledged send.
 
+With membership faults (named only: add_replica, remove_replica, replace_replica) the
+replicas change: new ones join under new indexes, removed ones stay gone, and "every replica"
+means every member the primary lists (ListMembers); each round's fault is drawn among those
+that fit the cluster's size then (faults.Fault.applies).
+
 The fault sequence comes from a seeded generator, printed with the report, so that a failing
 run can be replayed (`--seed`).
 """
@@ -37,20 +42,22 @@ from tests.chaos.faults import (
     start_mariadb,
     thaw_databases,
 )
+from tests.chaos.load import FollowingSenders
+from tests.chaos.membership import HOSTS_WITH_MEMBERSHIP, Placement
 from tests.conftest import MYSQL_SERVER_URL
 from tests.integration.cluster_checks import (
     HOSTS,
     SETTINGS,
-    Senders,
     SendLog,
+    db_url,
     read_inbox,
     register_users,
+    replica_state,
     wait_all_running_follow,
-    wait_converged,
     wait_for_primary,
 )
 from testsupport.databases import drop_mysql_database
-from testsupport.harness import ClusterProcesses
+from testsupport.harness import ClusterProcesses, wait_until
 from testsupport.host_mariadb import HostMariaDB, start_host_servers
 from testsupport.netns import TestHosts
 from testsupport.tcpproxy import TcpProxy
@@ -90,6 +97,7 @@ class ChaosReport:
     converged: bool = False
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    members: list[int] | None = None  # at the end, when membership faults changed them
 
     @property
     def ok(self) -> bool:
@@ -125,6 +133,7 @@ class ChaosReport:
             f"{self.unacknowledged_attempts}   delivered: {self.delivered}",
             f"  lost: {self.lost}   duplicated: {self.duplicated}   invented: {self.invented}"
             f"   wrong ids: {self.wrong_ids}   replicas converged: {self.converged}",
+            *([f"  members at the end: {self.members}"] if self.members is not None else []),
             "  fault -> first acknowledged send (p50, max), and the longest time without one:",
             f"    {'fault':<20} {'rounds':>6} {'p50':>10} {'max':>10} {'longest gap':>12}",
         ]
@@ -169,17 +178,17 @@ def longest_gap(ack_times: list[float], start: float, end: float) -> float:
 
 
 def heal(ctx: ChaosContext, *, under_load: bool = True, wait: bool = True) -> None:
-    """Restart every replica that is down and (`wait`) wait until all three follow one
-    primary (and, `under_load`, acknowledge sends again)."""
+    """Restart every member that is down and (`wait`) wait until all follow one primary,
+    which lists them all as voters in sync (and, `under_load`, acknowledge sends again)."""
     thaw_databases(ctx)
     if ctx.databases:
         for server in ctx.databases:
             server.start()
     elif ctx.backend == "mysql":
         start_mariadb()
-    down = [s.index for s in ctx.cluster.specs if not ctx.cluster.is_running(s.index)]
+    down = [i for i in ctx.members() if not ctx.cluster.is_running(i)]
     for index in down:
-        ctx.cluster.start(index, wait=False)
+        ctx.start(index, wait=False)
     if not wait:
         return
     for index in down:
@@ -189,6 +198,7 @@ def heal(ctx: ChaosContext, *, under_load: bool = True, wait: bool = True) -> No
         wait_all_running_follow(ctx.cluster, primary, timeout=HEAL_TIMEOUT)
     except TimeoutError as exc:
         raise ChaosFailure(f"replicas did not get back in sync: {exc}") from None
+    ctx.wait_members_settled()
     if not under_load:
         return
     before = ctx.acked()
@@ -214,8 +224,45 @@ def _cluster(
     )
 
 
+def wait_members_converged(ctx: ChaosContext, timeout: float) -> str:
+    """Until every member's log and projections are identical (by digest, straight from each
+    member's own database); the common digest. (Removed replicas' databases are left behind
+    or deleted.)"""
+    members = ctx.members()
+
+    def states() -> list[tuple[int, int, str]]:
+        return [replica_state(db_url(ctx.cluster, i)) for i in members]
+
+    def converged() -> str | None:
+        now = states()
+        if len({s[2] for s in now}) == 1 and all(s[0] == s[1] for s in now):
+            return now[0][2]
+        return None
+
+    return wait_until(
+        converged,
+        timeout,
+        lambda: f"members {members} did not converge: {[s[:2] for s in states()]}",
+        interval=0.2,
+    )
+
+
+def choose_fault(
+    faults: list[Fault], number: int, schedule: str, rng: random.Random, fits: list[Fault]
+) -> Fault | None:
+    """Round `number`'s fault among `faults`, of those that `fits` the cluster now: drawn, or
+    the next in turn that fits ("cycle"); None if none fits."""
+    if not fits:
+        return None
+    if schedule == "cycle":
+        start = (number - 1) % len(faults)
+        turn = faults[start:] + faults[:start]
+        return next(f for f in turn if f in fits)
+    return rng.choice(fits)
+
+
 def _round(
-    ctx: ChaosContext, load: Senders, number: int, fault: Fault, overlapped: bool
+    ctx: ChaosContext, load: FollowingSenders, number: int, fault: Fault, overlapped: bool
 ) -> RoundResult:
     """One fault under load and its healing (not waited for when `overlapped`: the next fault
     comes at once); ChaosFailure if it could not be healed."""
@@ -245,7 +292,7 @@ def _judge(report: ChaosReport, ctx: ChaosContext, send_log: SendLog) -> None:
     cluster = ctx.cluster
     try:
         heal(ctx, under_load=False)
-        wait_converged(cluster, timeout=HEAL_TIMEOUT)
+        wait_members_converged(ctx, timeout=HEAL_TIMEOUT)
         report.converged = True
     except (ChaosFailure, TimeoutError) as exc:
         report.failures.append(f"after the last round: {exc}")
@@ -256,6 +303,8 @@ def _judge(report: ChaosReport, ctx: ChaosContext, send_log: SendLog) -> None:
     if not report.ok:
         for spec in cluster.specs:
             report.failures.append(cluster.log_tail(spec.index, 30))
+    if ctx.removed or len(cluster.specs) > len(HOSTS):
+        report.members = ctx.members()
 
 
 def run_chaos(
@@ -284,22 +333,22 @@ def run_chaos(
     )
     report = ChaosReport(backend, seed, rounds, hosts, min_insync)
     started = time.monotonic()
+    placement = Placement(backend, replica_port=REPLICA_PORT)
     urls: list[str | None] = [None] * len(HOSTS)
     proxies: list[TcpProxy] = []
     if backend == "mysql" and hosts != "netns":
         # Each replica's database behind a proxy of its own (stall_db, slow_db).
-        tag = os.urandom(4).hex()
-        server = make_url(MYSQL_SERVER_URL)
-        proxies = [TcpProxy((server.host or "127.0.0.1", server.port or 3306)) for _ in HOSTS]
-        urls = [
-            server.set(port=proxy.port, database=f"chat_chaos_{tag}_{i}").render_as_string(
-                hide_password=False
-            )
-            for i, proxy in enumerate(proxies)
-        ]
+        placement.mysql_server_url = MYSQL_SERVER_URL
+        placement.mysql_tag = os.urandom(4).hex()
+        mysql = make_url(MYSQL_SERVER_URL)
+        proxies = [TcpProxy((mysql.host or "127.0.0.1", mysql.port or 3306)) for _ in HOSTS]
+        urls = [placement.mysql_url(i, proxy.port) for i, proxy in enumerate(proxies)]
     names = [f"sender{i}" for i in range(senders)]
     settings = {**SETTINGS, "min_insync": min_insync}
-    test_hosts = TestHosts(len(HOSTS)) if hosts == "netns" else None
+    # With membership faults, test hosts for the most voters there may be, and one more.
+    changes_members = any(f.membership for f in faults)
+    host_count = HOSTS_WITH_MEMBERSHIP if changes_members else len(HOSTS)
+    test_hosts = TestHosts(host_count) if hosts == "netns" else None
     servers: list[HostMariaDB] = []
     if test_hosts is not None and backend == "mysql":
         try:
@@ -307,14 +356,19 @@ def run_chaos(
         except BaseException:
             test_hosts.close()
             raise
-        urls = [server.url(f"chat_chaos_{i}") for i, server in enumerate(servers)]
+        urls = [servers[i].url(f"chat_chaos_{i}") for i in range(len(HOSTS))]
+    placement.hosts = test_hosts
+    placement.servers = servers
+    placement.proxies = proxies
+    placement.urls = list(urls)
     cluster = _cluster(base_dir, test_hosts, urls, settings)
     try:
         cluster.start_all()
         primary = wait_for_primary(cluster)
         register_users(cluster, [*names, RECIPIENT])
         wait_all_running_follow(cluster, primary)
-        load = Senders(cluster, names, RECIPIENT)
+        # (its clients follow the members: `ctx` is bound below, before the load starts)
+        load = FollowingSenders(lambda: ctx.addresses(), names, RECIPIENT)
         ctx = ChaosContext(
             cluster,
             load,
@@ -324,13 +378,22 @@ def run_chaos(
             servers,
             proxies=proxies,
             max_fault_seconds=max_fault_seconds,
+            min_insync=min_insync,
+            placement=placement,
         )
         load.start()
         try:
             load.wait_for_acks(20)
             for number in range(1, rounds + 1):
-                fault = faults[(number - 1) % len(faults)] if schedule == "cycle" else None
-                fault = fault or rng.choice(faults)
+                fits = [f for f in faults if f.applies(ctx)]
+                chosen = choose_fault(faults, number, schedule, rng, fits)
+                if chosen is None:
+                    report.failures.append(
+                        f"round {number}: none of {[f.name for f in faults]} fits the cluster"
+                        f" now (members {ctx.members()}, min_insync {min_insync})"
+                    )
+                    break
+                fault = chosen
                 overlapped = number < rounds and rng.random() < overlap
                 try:
                     result = _round(ctx, load, number, fault, overlapped)
@@ -362,7 +425,7 @@ def run_chaos(
             test_hosts.close()
         if backend == "mysql" and not servers:
             start_mariadb()
-            for url in urls:
+            for url in placement.urls:
                 if url is None:
                     continue
                 if report.ok:

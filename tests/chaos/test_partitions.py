@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.faults import faults_for
+from tests.chaos.faults import MEMBERSHIP_FAULTS, faults_for
 from tests.chaos.runner import run_chaos
 from tests.conftest import require_test_hosts
 
@@ -37,3 +37,25 @@ def test_every_network_fault_loses_and_duplicates_nothing(min_insync: int, tmp_p
     assert report.ok, report.summary()
     assert {r.fault for r in report.rounds} == set(NETWORK_FAULTS)
     assert report.acknowledged >= 20 * len(NETWORK_FAULTS), "too little load to prove anything"
+
+
+def test_membership_faults_mixed_with_partitions_lose_and_duplicate_nothing(
+    tmp_path: Path,
+) -> None:
+    """Replicas added, removed and replaced on test hosts (a new one on a host no member
+    holds), between partitions of the primary and of a secondary."""
+    require_test_hosts()
+    names = [*MEMBERSHIP_FAULTS, "partition_primary", "partition_secondary"]
+    report = run_chaos(
+        tmp_path / "cluster",
+        rounds=len(names) + 1,
+        backend="sqlite",
+        seed=20261206,
+        fault_names=names,
+        schedule="cycle",
+        hosts="netns",
+        overlap=0.25,
+    )
+    print(report.summary())
+    assert report.ok, report.summary()
+    assert {r.fault for r in report.rounds} == set(names)
