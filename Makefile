@@ -63,6 +63,8 @@ bench: $(STAMP)
 # On test hosts with the network faults (root):
 # CHAOS_ARGS="--hosts netns --min-insync 2" (faults that would leave too few replicas running
 # for min_insync are left out; --faults partition_primary,... names some).
+# Membership faults only when named: CHAOS_ARGS="--faults add_replica,remove_replica,
+# replace_replica,kill_one,pause_primary" (replicas joined, promoted, removed, replaced).
 chaos: $(STAMP) host-tools
 	$(BIN)/python -m tests.chaos --rounds 100 --backend mysql $(CHAOS_ARGS)
 
