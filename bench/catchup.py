@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 import eventlog
 from bench.cluster import REPLICAS, BenchCluster
+from bench.cpu import CpuMeter
 from bench.databases import Databases
 from bench.memory import RssSampler
 from bench.seed import LogSeeder
@@ -52,6 +53,15 @@ class CatchupRun:
     sampled_peak_rss_kb: dict[int, int]  # highest VmRSS seen by sampling meanwhile
     # epoch_started events past the first: leadership changed although nothing failed.
     extra_elections: int
+    # CPU seconds of each replica over `seconds` (by index; start-up excluded).
+    cpu_s: dict[int, float]
+
+    @property
+    def lagging_cpu_ms_per_event(self) -> float | None:
+        cpu = self.cpu_s.get(LAGGING)
+        if cpu is None or self.caught_up_events <= 0:
+            return None
+        return cpu * 1000 / self.caught_up_events
 
 
 def scenarios(sizes: Sizes) -> list[CatchupScenario]:
@@ -109,7 +119,10 @@ def run_catchup(
     with BenchCluster(base_dir, urls) as cluster:
         launched = time.monotonic()
         cluster.start_all(wait=False)
-        with RssSampler({i: cluster.pid(i) for i in range(REPLICAS)}) as sampler:
+        pids = {i: cluster.pid(i) for i in range(REPLICAS)}
+        meter = CpuMeter({str(i): pid for i, pid in pids.items()})
+        meter.start()
+        with RssSampler(pids) as sampler:
             unelected_at = launched
             deadline = launched + timeout
             next_progress = launched + PROGRESS_EVERY
@@ -120,6 +133,7 @@ def run_catchup(
                 after = time.monotonic()
                 if leading_seq <= scenario.log_size:
                     unelected_at = before
+                    meter.start()  # (the last start before the election counts)
                 elif lagging_seq >= leading_seq:
                     level_at = after
                     break
@@ -135,6 +149,7 @@ def run_catchup(
                 if exited:
                     raise RuntimeError(f"replicas {exited} exited\n{cluster.log_tails()}")
                 time.sleep(POLL)
+            cpu = meter.use().seconds
             peak = {i: cluster.rss_kb(i, "VmHWM") or 0 for i in range(REPLICAS)}
         primary = cluster.primary()
     for reader in readers:
@@ -151,4 +166,5 @@ def run_catchup(
         peak_rss_kb=peak,
         sampled_peak_rss_kb=dict(sampler.peak_kb),
         extra_elections=leading_seq - scenario.log_size - 1,
+        cpu_s={int(name): seconds for name, seconds in cpu.items()},
     )

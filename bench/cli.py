@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="PHASE",
         help=f"run only these phases (repeat or comma-separate): {', '.join(PHASES)}; "
-        "the baselines always run; without it: all but scale (smoke runs: all)",
+        "the baselines always run; without it: all but membership and scale (smoke runs: all)",
     )
     parser.add_argument(
         "--mysql-url",
@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scale-sizes",
         metavar="SMALL,LARGE",
         help="accounts and messages of the scale phase's two datasets (default 100000,1000000)",
+    )
+    parser.add_argument(
+        "--membership-sizes",
+        metavar="N[,N...]",
+        help="events in the log when the membership phase adds a replica (default 100000,1000000)",
     )
     parser.add_argument("--table", type=Path, metavar="JSON", help="print a saved run's table")
     parser.add_argument("--markdown", action="store_true", help="with --table: as Markdown")
@@ -114,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             print("--scale-sizes needs 200 <= SMALL < LARGE", file=sys.stderr)
             return 2
         sizes = replace(sizes, scale_sizes=(small, large))
+    if args.membership_sizes:
+        try:
+            membership_sizes = tuple(int(v) for v in args.membership_sizes.split(","))
+        except ValueError:
+            print("--membership-sizes takes numbers: N[,N...]", file=sys.stderr)
+            return 2
+        if not membership_sizes or min(membership_sizes) < 10:
+            print("--membership-sizes needs sizes of at least 10", file=sys.stderr)
+            return 2
+        sizes = replace(sizes, membership_sizes=membership_sizes)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

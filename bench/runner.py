@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import catchup, failover, latency, path, scale, throughput, users
+from bench import catchup, failover, latency, membership, path, scale, throughput, users
 from bench.baselines import Rate, commit_rate, grpc_noop_rate
 from bench.cluster import REPLICAS, BenchCluster
 from bench.cpu import CLIENTS, DATABASE_SERVER, CpuMeter, mysql_server_pid
@@ -21,9 +21,10 @@ from bench.sizes import Sizes
 from bench.stats import percentile
 from client.library import ChatClient
 
-PHASES = ("throughput", "latency", "failover", "path", "catchup", "scale")
-# A full run leaves out the scale phase unless asked for (`--only scale`): its 10^6 datasets
-# take about ten minutes per backend. Smoke runs do everything.
+PHASES = ("throughput", "latency", "failover", "path", "catchup", "membership", "scale")
+# A full run leaves out the scale and membership phases unless asked for (`--only scale`,
+# `--only catchup,membership`): their 10^6-event logs take minutes per backend to write and
+# catch up on. Smoke runs do everything.
 DEFAULT_PHASES = ("throughput", "latency", "failover", "path", "catchup")
 SETUP_TIMEOUT = 60.0
 FAILOVER_TIMEOUT = 30.0
@@ -35,6 +36,8 @@ KILL_P50_TARGET = Target("<=", 100)
 KILL_MAX_TARGET = Target("<=", 500)
 STOP_MAX_TARGET = Target("<=", 1500)
 CATCHUP_TARGET = Target(">=", 20_000)
+# Sends while a new replica catches up, against the same senders just before it was added.
+MEMBERSHIP_SEND_TARGET = Target(">=", 0.7, "ratio")
 LATENCY_P50_TARGET = Target("<=", 5)
 LATENCY_P99_TARGET = Target("<=", 25)
 RSS_TARGET = Target("<=", 150)
@@ -103,6 +106,9 @@ class Runner:
                 if "catchup" in self.options.phases:
                     with self._phase(backend, "catchup"):
                         self._catchup(backend, databases)
+                if "membership" in self.options.phases:
+                    with self._phase(backend, "membership"):
+                        self._membership(backend, databases)
                 if "scale" in self.options.phases:
                     with self._phase(backend, "scale"):
                         self._scale(backend, databases)
@@ -556,8 +562,12 @@ class Runner:
             "seconds": round(run.seconds, 3),
             "launch_to_level_s": round(run.launch_to_level_s, 3),
             "extra_elections": run.extra_elections,
+            "cpu_s": {str(i): round(cpu, 3) for i, cpu in run.cpu_s.items()},
+            "lagging_cpu_ms_per_event": _round_or_none(run.lagging_cpu_ms_per_event, 4),
         }
         note = f"{run.seconds:.2f} s"
+        if run.lagging_cpu_ms_per_event is not None:
+            note += f", lagging replica CPU {run.lagging_cpu_ms_per_event * 1000:.0f} µs/event"
         if run.extra_elections:
             note += f"; {run.extra_elections} unprovoked election(s)"
             self._anomaly(
@@ -600,6 +610,116 @@ class Runner:
                 "roles": {str(i): role for i, role in roles.items()},
             },
             note="VmHWM " + ", ".join(f"{roles[i]} {mb:.0f}" for i, mb in peak.items()) + " MB",
+        )
+
+    # -- membership ------------------------------------------------------------------------
+
+    def _membership(self, backend: str, databases: Databases) -> None:
+        sizes = self.sizes
+        template = membership.LogTemplate(databases, sizes.seed_batch)
+        try:
+            for size in sorted(sizes.membership_sizes):
+                run = membership.run_size(
+                    databases,
+                    template,
+                    size,
+                    senders=sizes.membership_senders,
+                    window=sizes.membership_window_s,
+                    base_dir=self.options.work_dir / f"membership-{backend}-{size}",
+                    database_pid=self._database_pid,
+                    say=lambda text: self.say(f"[{backend}] {text}"),
+                )
+                self._membership_figures(backend, run)
+        finally:
+            template.close()
+
+    def _catchup_cpu_per_event(self, backend: str) -> float | None:
+        """The restarted secondary's CPU per event in this run's first catch-up, if run."""
+        for scenario in catchup.scenarios(self.sizes):
+            figure = self.results.figures.get(f"catchup_rate.{backend}.{scenario.name}")
+            if figure is not None:
+                value = figure.details.get("lagging_cpu_ms_per_event")
+                return value if isinstance(value, float) else None
+        return None
+
+    def _membership_figures(self, backend: str, run: membership.SizeRun) -> None:
+        n = run.size
+        # The restarted secondary's catch-up of the same run when there is one (its first
+        # scenario: the whole log missing); else the batched-insert baseline, as it has.
+        restarted = next(
+            (
+                f"catchup_rate.{backend}.{s.name}"
+                for s in catchup.scenarios(self.sizes)
+                if f"catchup_rate.{backend}.{s.name}" in self.results.figures
+            ),
+            f"commit_batched.{backend}",
+        )
+        sends = f"{self.sizes.membership_senders} senders"
+        restarted_cpu = self._catchup_cpu_per_event(backend)
+        idle_key = f"member_join_rate.{backend}.n_{n}"
+        for key, join, baseline, what in (
+            (idle_key, run.idle, restarted, "idle"),
+            (
+                f"member_join_rate_loaded.{backend}.n_{n}",
+                run.loaded.join,
+                idle_key,
+                f"{sends} sending",
+            ),
+        ):
+            details: dict[str, object] = {**join.as_dict(), "seed_s": round(run.seed_s, 3)}
+            learner_cpu = join.learner_cpu_ms_per_event
+            # CPU per event holds on a shared machine, where the rates move with the load.
+            versus = learner_cpu / restarted_cpu if learner_cpu and restarted_cpu else None
+            if versus is not None:
+                details["learner_cpu_vs_restarted_secondary"] = round(versus, 3)
+            note = _join_note(join, versus)
+            if join.elections:
+                note += f"; {join.elections} unprovoked election(s)"
+                self._anomaly(
+                    backend,
+                    f"member join ({what}, {n:,}-event log): {join.elections} election(s) with "
+                    "no fault injected",
+                )
+            self.results.compared(
+                key,
+                f"member add -> promotable learner, {n:,}-event log ({what})",
+                backend,
+                join.per_second,
+                "events/s",
+                baseline,
+                target=CATCHUP_TARGET,
+                details=details,
+                note=note,
+            )
+        before, during = run.loaded.before, run.loaded.during
+        before_key = f"member_send_before.{backend}.n_{n}"
+        self.results.add(
+            _baseline(
+                before_key,
+                f"send throughput just before member add ({sends}, {n:,}-event log)",
+                backend,
+                before.per_second,
+                "msg/s",
+                None,
+                {
+                    **_send_details(before),
+                    "cpu_s": _rounded(run.loaded.cpu_before_s),
+                },
+                f"{before.seconds:.1f} s window; send p50 {before.send_latency.p50_ms:.1f} ms; "
+                + membership.cpu_note(run.loaded.cpu_before_s, before.seconds),
+            )
+        )
+        self.results.compared(
+            f"member_send_during.{backend}.n_{n}",
+            f"send throughput while that learner catches up ({sends})",
+            backend,
+            during.per_second,
+            "msg/s",
+            before_key,
+            target=MEMBERSHIP_SEND_TARGET,
+            details=_send_details(during),
+            note=f"{during.seconds:.1f} s window; send p50 {during.send_latency.p50_ms:.1f} ms, "
+            f"p99 {during.send_latency.p99_ms:.1f} ms, {during.errors} errors",
         )
 
     # -- scale -----------------------------------------------------------------------------
@@ -726,6 +846,42 @@ class _ScaleFigures:
             details={"accounts": n, "messages": n, "log_events": self.run.events},
             note=note,
         )
+
+
+def _join_note(join: membership.JoinRun, cpu_vs_restarted: float | None) -> str:
+    """e.g. "4.31 s: add 12 ms, first event 0.10 s, level 3.70 s, promotion wait 0.61 s; ..."."""
+
+    def at(seconds: float | None) -> str:
+        return "never" if seconds is None else f"{seconds:.2f} s"
+
+    note = (
+        f"{join.seconds:.2f} s: add {join.add_s * 1000:.0f} ms, first event "
+        f"{at(join.first_event_s)}, level {at(join.level_s)}, promotion wait "
+        f"{at(join.promotion_wait_s)}; {membership.cpu_note(join.cpu_s, join.seconds)}"
+    )
+    if join.learner_cpu_ms_per_event is not None:
+        note += f"; learner CPU {join.learner_cpu_ms_per_event * 1000:.0f} µs/event"
+        if cpu_vs_restarted is not None:
+            note += f" ({cpu_vs_restarted:.2f}x a restarted secondary's)"
+    note += (
+        f"; {join.stream_restarts} stream restart(s), longest stall {join.longest_stall_s:.2f} s"
+    )
+    return note
+
+
+def _send_details(run: throughput.ThroughputRun) -> dict[str, object]:
+    return {
+        "senders": run.senders,
+        "seconds": round(run.seconds, 3),
+        "acknowledged": run.acknowledged,
+        "errors": run.errors,
+        "error_sample": run.error_sample,
+        "send_latency": run.send_latency.as_dict(),
+    }
+
+
+def _round_or_none(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _rounded(per: dict[str, float]) -> dict[str, float]:

@@ -26,6 +26,9 @@ class Sizes:
     seed_batch: int  # events per transaction when writing a log directly
     scale_sizes: tuple[int, int]  # accounts and messages of the scale phase's two datasets
     path_sends: int  # sends, one after another, whose critical path is traced
+    membership_sizes: tuple[int, ...]  # events in the log when a replica is added
+    membership_senders: int  # closed-loop senders during the loaded join
+    membership_window_s: float  # the throughput window just before the loaded join's add
 
     @property
     def max_senders(self) -> int:
@@ -49,6 +52,9 @@ FULL = Sizes(
     seed_batch=5_000,
     scale_sizes=(100_000, 1_000_000),
     path_sends=500,
+    membership_sizes=(100_000, 1_000_000),
+    membership_senders=8,
+    membership_window_s=10.0,
 )
 
 SMOKE = Sizes(
@@ -68,4 +74,7 @@ SMOKE = Sizes(
     seed_batch=200,
     scale_sizes=(200, 1_000),
     path_sends=50,
+    membership_sizes=(300,),  # (one size: each join costs make test seconds)
+    membership_senders=4,
+    membership_window_s=1.0,
 )

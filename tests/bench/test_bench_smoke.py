@@ -18,11 +18,13 @@ import eventlog
 import projections
 from bench.databases import Databases
 from bench.seed import LogSeeder
+from bench.sizes import SMOKE
 from tests.conftest import MYSQL_SERVER_URL, DatabaseFactory
 from testsupport.databases import iter_table_rows
 from testsupport.harness import REPO_ROOT
 
-SMOKE_TIMEOUT = 240
+SMOKE_TIMEOUT = 300
+MEMBERSHIP_SIZES = SMOKE.membership_sizes
 
 
 def _state(engine: sa.Engine) -> tuple[list[tuple[Any, ...]], list[tuple[str, list[Any]]]]:
@@ -97,6 +99,11 @@ def _expected_figures(backend: str) -> list[str]:
         )
         for n in (200, 1000)
     ]
+    keys += [
+        f"member_{what}.{backend}.n_{n}"
+        for what in ("join_rate", "join_rate_loaded", "send_before", "send_during")
+        for n in MEMBERSHIP_SIZES
+    ]
     return keys
 
 
@@ -147,7 +154,16 @@ def test_smoke_run_reports_every_figure(backend: str, tmp_path: Path) -> None:
             assert isinstance(figure["passed"], bool), key
     for key in _expected_figures(backend):
         if key.startswith(
-            ("send_throughput", "cpu_per_send", "delivery", "failover", "catchup", "scale")
+            (
+                "send_throughput",
+                "cpu_per_send",
+                "delivery",
+                "failover",
+                "catchup",
+                "scale",
+                "member_join",
+                "member_send_during",
+            )
         ):
             assert figures[key]["baseline"] is not None, key
     # Every replica's CPU is in the per-send figure, and it adds up.
@@ -161,6 +177,14 @@ def test_smoke_run_reports_every_figure(backend: str, tmp_path: Path) -> None:
     traced = figures[f"critical_path.{backend}"]["details"]
     assert traced["traced"] == traced["sends"] > 0, traced
     assert len(traced["spans"]) == 12 and all(s["p50_ms"] >= 0 for s in traced["spans"].values())
+    # Each new replica was promoted (accepted once it held the whole seeded log), and the
+    # senders were acknowledged while it caught up.
+    for n in MEMBERSHIP_SIZES:
+        for what in ("join_rate", "join_rate_loaded"):
+            join = figures[f"member_{what}.{backend}.n_{n}"]["details"]
+            assert join["events"] >= n and join["level_s"] is not None, join
+            assert join["promotion_attempts"] >= 1 and "learner" in join["cpu_s"], join
+        assert figures[f"member_send_during.{backend}.n_{n}"]["details"]["acknowledged"] > 0
     # The repair took the tail back from undo information, not by a rebuild.
     for n in (200, 1000):
         assert "projections undone" in figures[f"scale_repair.{backend}.n_{n}"]["note"]
