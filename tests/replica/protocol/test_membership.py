@@ -354,3 +354,20 @@ def test_the_replica_being_removed_and_the_others_name_the_same_candidate() -> N
     staying.step(0.0, ins.MembershipChanged(removal))
     others = (view(0, seq=5), view(2, seq=4), view(3, seq=4))
     assert not of(staying.step(5.0, ins.ProbesAnswered(Position(3, 4), others)), fx.RequestVotes)
+
+
+def test_a_learner_storing_slowly_keeps_its_stream_and_vouches_for_nothing() -> None:
+    """A voter whose store outlasts the vouch window reconnects for fresh news of "in sync";
+    a learner has none to care about: it keeps its stream (a new one would only resend what
+    was in flight) and still neither vouches nor claims."""
+    s = Secondary()
+    s.step(ins.MembershipChanged(THREE.changed(change(ADD, 3), 2).changed(change(REMOVE, 1), 3)))
+    assert not s.core.is_voter
+    stream = s.stream
+    s.step(ins.BatchReceived(stream, 3, Position(3, 6)))
+    for _ in range(5):
+        s.step(ins.Tick(), after=0.1)  # (0.55 s in all: past the vouch window)
+    out = s.step(ins.BatchStored(stream, Position(3, 6), 5, True))
+    assert not of(out, fx.CancelStream), "a non-voter reconnected for news it has no use for"
+    assert of(out, fx.SendAck)
+    assert not s.core.vouches(s.now) and s.core.claim() is None
