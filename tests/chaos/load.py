@@ -6,20 +6,18 @@ two sends."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from client import ClientSettings
 from client.errors import ChatError
 from client.library import ChatClient
-from tests.integration.cluster_checks import PASSWORD, SendLog
-from testsupport.harness import wait_until
+from tests.integration.cluster_checks import PASSWORD, SenderThreads
 
 LOGIN_RETRY_PAUSE = 0.2
 
 
-class FollowingSenders:
+class FollowingSenders(SenderThreads):
     """`senders` threads, each logged in as its own user, sending numbered messages to
     `recipient` until stopped, through clients on `addresses()` (asked before each send).
     Every send that returned is recorded as acknowledged, every one that raised as failed."""
@@ -31,14 +29,8 @@ class FollowingSenders:
         recipient: str,
         timeout: float = 20.0,
     ) -> None:
+        super().__init__(senders, recipient, timeout)
         self._addresses = addresses
-        self._senders = senders
-        self._recipient = recipient
-        self._timeout = timeout
-        self.log = SendLog()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._errors: list[BaseException] = []
         self.reconnects = 0  # clients opened again on a new membership
 
     def _client(self, user: str, addresses: list[str]) -> ChatClient | None:
@@ -83,23 +75,3 @@ class FollowingSenders:
         finally:
             if client is not None:
                 client.close()
-
-    def start(self) -> None:
-        for user in self._senders:
-            thread = threading.Thread(target=self._run, args=(user,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def acknowledged_count(self) -> int:
-        with self.log.lock:
-            return len(self.log.acknowledged)
-
-    def wait_for_acks(self, count: int, timeout: float = 30.0) -> None:
-        wait_until(lambda: self.acknowledged_count() >= count, timeout, f"{count} acked sends")
-
-    def stop(self) -> SendLog:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self._timeout + 10)
-        assert not self._errors, f"sender failed: {self._errors!r}"
-        return self.log

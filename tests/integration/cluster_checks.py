@@ -157,14 +157,11 @@ class SendLog:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class Senders:
-    """`count` threads, each logged in as its own user, sending numbered messages to a
-    recipient until stopped. Every send that returned is recorded as acknowledged."""
+class SenderThreads:
+    """One thread per sender (`_run(user)`, until stopped), what they sent in `log`, and what
+    any of them raised reported by stop()."""
 
-    def __init__(
-        self, cluster: ClusterProcesses, senders: list[str], recipient: str, timeout: float = 20.0
-    ) -> None:
-        self._cluster = cluster
+    def __init__(self, senders: list[str], recipient: str, timeout: float = 20.0) -> None:
         self._senders = senders
         self._recipient = recipient
         self._timeout = timeout
@@ -172,6 +169,40 @@ class Senders:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
+
+    def _run(self, user: str) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        for user in self._senders:
+            thread = threading.Thread(target=self._run, args=(user,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def acknowledged_count(self) -> int:
+        with self.log.lock:
+            return len(self.log.acknowledged)
+
+    def wait_for_acks(self, count: int, timeout: float = 30.0) -> None:
+        wait_until(lambda: self.acknowledged_count() >= count, timeout, f"{count} acked sends")
+
+    def stop(self) -> SendLog:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self._timeout + 10)
+        assert not self._errors, f"sender failed: {self._errors!r}"
+        return self.log
+
+
+class Senders(SenderThreads):
+    """`count` threads, each logged in as its own user, sending numbered messages to a
+    recipient until stopped. Every send that returned is recorded as acknowledged."""
+
+    def __init__(
+        self, cluster: ClusterProcesses, senders: list[str], recipient: str, timeout: float = 20.0
+    ) -> None:
+        super().__init__(senders, recipient, timeout)
+        self._cluster = cluster
 
     def _run(self, user: str) -> None:
         try:
@@ -194,26 +225,6 @@ class Senders:
                         self.log.ack_times.append(time.monotonic())
         except BaseException as exc:  # reported by stop()
             self._errors.append(exc)
-
-    def start(self) -> None:
-        for user in self._senders:
-            thread = threading.Thread(target=self._run, args=(user,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def acknowledged_count(self) -> int:
-        with self.log.lock:
-            return len(self.log.acknowledged)
-
-    def wait_for_acks(self, count: int, timeout: float = 30.0) -> None:
-        wait_until(lambda: self.acknowledged_count() >= count, timeout, f"{count} acked sends")
-
-    def stop(self) -> SendLog:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self._timeout + 10)
-        assert not self._errors, f"sender failed: {self._errors!r}"
-        return self.log
 
 
 @contextmanager
