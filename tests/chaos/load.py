@@ -6,7 +6,6 @@ two sends."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from client import ClientSettings
@@ -60,16 +59,7 @@ class FollowingSenders(SenderThreads):
                         self._stop.wait(LOGIN_RETRY_PAUSE)
                         continue
                 n += 1
-                body = f"{user}#{n}"
-                try:
-                    message_id = client.send(self._recipient, body)
-                except ChatError:
-                    with self.log.lock:
-                        self.log.failed.append(body)
-                    continue
-                with self.log.lock:
-                    self.log.acknowledged[body] = message_id
-                    self.log.ack_times.append(time.monotonic())
+                self._send(client, f"{user}#{n}")
         except BaseException as exc:  # reported by stop()
             self._errors.append(exc)
         finally:

@@ -173,6 +173,18 @@ class SenderThreads:
     def _run(self, user: str) -> None:
         raise NotImplementedError
 
+    def _send(self, client: ChatClient, body: str) -> None:
+        """One send, recorded as acknowledged (with its id) or, if it raised, as failed."""
+        try:
+            message_id = client.send(self._recipient, body)
+        except ChatError:
+            with self.log.lock:
+                self.log.failed.append(body)
+            return
+        with self.log.lock:
+            self.log.acknowledged[body] = message_id
+            self.log.ack_times.append(time.monotonic())
+
     def start(self) -> None:
         for user in self._senders:
             thread = threading.Thread(target=self._run, args=(user,), daemon=True)
@@ -213,16 +225,7 @@ class Senders(SenderThreads):
                 n = 0
                 while not self._stop.is_set():
                     n += 1
-                    body = f"{user}#{n}"
-                    try:
-                        message_id = client.send(self._recipient, body)
-                    except ChatError:
-                        with self.log.lock:
-                            self.log.failed.append(body)
-                        continue
-                    with self.log.lock:
-                        self.log.acknowledged[body] = message_id
-                        self.log.ack_times.append(time.monotonic())
+                    self._send(client, f"{user}#{n}")
         except BaseException as exc:  # reported by stop()
             self._errors.append(exc)
 
