@@ -388,9 +388,10 @@ class Applier:
 
 
 def sends_pipeline(conn: sa.Connection, batch: Sequence[Event]) -> Pipeline | None:
-    """A pipeline for appending and applying `batch` if it holds sends only: the log's INSERT,
-    the messages' INSERT and the position's update then read nothing the others write, and
-    may travel together (eventlog.statements.Pipeline). None for any other batch."""
+    """A pipeline for applying `batch` if it holds sends only: the messages' INSERT and the
+    position's update then read nothing the other writes, and may travel together
+    (eventlog.statements.Pipeline; the log's own INSERT may join it too). None for any other
+    batch."""
     if batch and all(e.type == MessageSent.TYPE for e in batch):
         return Pipeline(conn)
     return None

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,8 +92,13 @@ class _Command:
     error: ChatError | None = None
 
 
+class _RequestIdLogged(Exception):
+    """The log's unique index refused a batch's INSERT: one of its request ids is logged."""
+
+
 class LogWriter:
     MAX_BATCH = 256
+    RECENT_REQUESTS = 16_384
 
     def __init__(
         self,
@@ -140,6 +146,20 @@ class LogWriter:
         self.directory = Directory()
         self._cached_epoch: int | None = None  # the epoch the two below belong to
         self._last_seq: int | None = None  # the log's end == the projections' position
+        # The events of this tenure's latest committed request ids (a retry of one is answered
+        # without a query); forgotten with the rest. Any other logged request id is caught by
+        # the log's unique index.
+        self._recent: OrderedDict[str, Event] = OrderedDict()
+        # Batches the log's unique index refused (a logged request id this writer did not
+        # hold in memory), each then written again with the lookup.
+        self.request_ids_refused = 0
+        # The epoch the batch being written was handed to the streams in (None: not yet).
+        self._streamed: int | None = None
+
+    def queued(self) -> int:
+        """Commands waiting for the next batch (a test composes a batch with it)."""
+        with self._queue_lock:
+            return len(self._queue)
 
     @property
     def lock(self) -> threading.Lock:
@@ -204,40 +224,22 @@ class LogWriter:
         """Decide, append and apply each command in turn in one transaction (each decides on
         the state the ones before it left); a command's domain error fails that command only."""
         appended: list[Event] = []
-        streamed: int | None = None  # the epoch the batch was handed to the streams in
+        self._streamed = None
         locked_ns = time.monotonic_ns() if self._spans.enabled else 0
         try:
             epoch = self._admit_batch(batch)
-            known = self._last_seq
-            self._last_seq = None  # until this batch is known to have committed
-            with self.watch.operation(), self._engine.begin() as conn:
-                start = eventlog.last_position(conn).seq if known is None else known
-                logged = eventlog.find_by_request_ids(
-                    conn, [c.request_id for c in batch if c.request_id is not None]
-                )
-                applier = projections.Applier(conn, position=known)
-                appended = self._decide_batch(conn, batch, epoch, start, logged, applier)
-                seq = appended[-1].seq if appended else start
-                if appended:
-                    # The secondaries store them while this transaction writes and commits
-                    # them: the core acknowledges nothing before Appended says they are
-                    # durable here too, and a failure from here on deposes this primary.
-                    streamed = epoch
-                    self._feed.written(appended)
-                # One INSERT for the batch's events: nothing a decide() reads comes from the
-                # log itself (request ids are looked up above and kept in `logged`). A batch
-                # of sends only: that INSERT, the messages' and the position's update go to
-                # MySQL in one round trip (nothing reads between them).
-                pipeline = projections.sends_pipeline(conn, appended)
-                eventlog.append_events(conn, appended, after_seq=start, pipeline=pipeline)
-                applied = applier.finish(pipeline)
-                if pipeline is not None:
-                    pipeline.flush()
-            self.directory.committed()
-            if appended:
-                self.known.set(appended[-1].position, applied)
-            if applied == seq:
-                self._last_seq = seq
+            try:
+                appended = self._transaction(batch, epoch, look_up=False)
+            except _RequestIdLogged:
+                # A request id this tenure has not seen is in the log already (a retry after a
+                # failover, or one older than what is kept): the unique index refused the
+                # INSERT before anything was streamed. Written again with the lookup, the
+                # duplicate is answered with its first result as before; the rest is written.
+                self.request_ids_refused += 1
+                self._forget()
+                for command in batch:
+                    command.outcome, command.error = None, None
+                appended = self._transaction(batch, epoch, look_up=True)
         except ChatError as exc:  # not the primary: nothing was written
             self._forget()
             self._fail(batch, exc)
@@ -248,14 +250,68 @@ class LogWriter:
             log.error("replica %d: the database refused a write: %s", self._role.index, exc.orig)
             if self.on_database_error is not None:
                 self.on_database_error()
-            self._failed(batch, storage_error(exc), streamed, str(exc.orig))
+            self._failed(batch, storage_error(exc), self._streamed, str(exc.orig))
             appended = []
         except Exception as exc:
             log.exception("replica %d: writing a batch of commands failed", self._role.index)
             error = Unavailable(f"the write failed ({exc.__class__.__name__}); retry")
-            self._failed(batch, error, streamed, exc.__class__.__name__)
+            self._failed(batch, error, self._streamed, exc.__class__.__name__)
             appended = []
         self._finish_batch(batch, appended, locked_ns)
+
+    def _transaction(self, batch: list[_Command], epoch: int, *, look_up: bool) -> list[Event]:
+        """The batch's transaction; its events once committed. Without `look_up` no query
+        looks for logged request ids: those of this tenure's recent commits are known
+        (`_recent`), and the log's unique index refuses any other (_RequestIdLogged, raised
+        before the events are streamed); with it, the batch's request ids are read first."""
+        known = self._last_seq
+        self._last_seq = None  # until this batch is known to have committed
+        with self.watch.operation(), self._engine.begin() as conn:
+            start = eventlog.last_position(conn).seq if known is None else known
+            logged: dict[str, Event] = {}
+            if look_up:
+                logged = eventlog.find_by_request_ids(
+                    conn, [c.request_id for c in batch if c.request_id is not None]
+                )
+            applier = projections.Applier(conn, position=known)
+            appended = self._decide_batch(conn, batch, epoch, start, logged, applier)
+            seq = appended[-1].seq if appended else start
+            if appended:
+                # The log's INSERT first, on its own: a request id already logged is refused
+                # here, before any secondary was sent the batch. Nothing a decide() reads
+                # comes from the log itself (request ids are checked in `logged`/`_recent`).
+                try:
+                    eventlog.append_events(conn, appended, after_seq=start)
+                except sa.exc.IntegrityError as exc:
+                    if look_up or not any(e.request_id is not None for e in appended):
+                        raise
+                    raise _RequestIdLogged() from exc
+                # The secondaries store them while this transaction applies and commits
+                # them: the core acknowledges nothing before Appended says they are durable
+                # here too, and a failure from here on deposes this primary.
+                self._streamed = epoch
+                self._feed.written(appended)
+            # A batch of sends only: the messages' INSERT and the position's update go to
+            # MySQL in one round trip (nothing reads between them).
+            pipeline = projections.sends_pipeline(conn, appended)
+            applied = applier.finish(pipeline)
+            if pipeline is not None:
+                pipeline.flush()
+        self.directory.committed()
+        self._remember(appended)
+        if appended:
+            self.known.set(appended[-1].position, applied)
+        if applied == seq:
+            self._last_seq = seq
+        return appended
+
+    def _remember(self, committed: list[Event]) -> None:
+        recent = self._recent
+        for event in committed:
+            if event.request_id is not None:
+                recent[event.request_id] = event
+        while len(recent) > self.RECENT_REQUESTS:
+            recent.popitem(last=False)
 
     def _admit_batch(self, batch: list[_Command]) -> int:
         """The epoch the batch is written in; raises Unavailable (a ChatError) when this
@@ -323,7 +379,7 @@ class LogWriter:
         events of request ids already in the log or earlier in this batch."""
         request_id = command.request_id
         if request_id is not None:
-            existing = logged.get(request_id)
+            existing = logged.get(request_id) or self._recent.get(request_id)
             if existing is not None:
                 command.outcome = Outcome(existing, duplicate=True)
                 return None
@@ -367,6 +423,7 @@ class LogWriter:
         self._cached_epoch = None
         self._last_seq = None
         self.directory.clear()
+        self._recent.clear()
 
     def forget_positions(self) -> None:
         """The log or the projections were written by another path (replication, repair);

@@ -38,6 +38,7 @@ UNIT_TESTS = (
     "tests/replica/protocol",
     "tests/replica/test_peers.py",
     "tests/replica/test_stream_before_commit.py",
+    "tests/properties/test_request_ids.py",
     "tests/replica/test_storage_watch.py",
     "--ignore",
     MODEL_TEST,

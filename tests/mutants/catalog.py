@@ -669,6 +669,19 @@ MUTANTS = (
         "core stepped down",
         ((WRITER, "            self._fenced_epoch = streamed\n", ""),),
     ),
+    # -- deduplication without a query (issue 27): tests/properties/test_request_ids.py --
+    Mutant(
+        "request-ids-kept-past-truncation",
+        "the writer's memory of request ids outlives a new tenure and a truncated tail: a retry "
+        "of a request whose event was cut off is answered as a duplicate and never stored",
+        ((WRITER, "        self._recent.clear()\n", ""),),
+    ),
+    Mutant(
+        "refused-batch-not-looked-up",
+        "a batch the log's unique index refused is written again without looking up its "
+        "request ids: a retry after a failover fails instead of getting its first result",
+        ((WRITER, "            if look_up:\n", "            if False:\n"),),
+    ),
     # -- membership changes (issue 25) --
     Mutant(
         "change-before-previous-committed",

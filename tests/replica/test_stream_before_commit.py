@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import eventlog
+import projections
 from eventlog import Event
 from replica.errors import NotFound, Unavailable
 from tests.inprocess import InProcessReplica
@@ -68,7 +69,8 @@ def test_a_streamed_batch_whose_commit_fails_is_reported_and_not_acknowledged(
     def refuse(*_args: object, **_kw: object) -> None:
         raise sa.exc.OperationalError("INSERT", {}, Exception("connection lost"))
 
-    monkeypatch.setattr(eventlog, "append_events", refuse)
+    # After the log's INSERT (the batch is streamed then), before the commit.
+    monkeypatch.setattr(projections.Applier, "finish", refuse)
     with pytest.raises(Unavailable):
         replica.service.send("s-1", token, "alice", "hello")
     assert streams.written_seqs == [[before + 1]]
@@ -96,3 +98,23 @@ def test_a_batch_that_decided_nothing_is_neither_streamed_nor_reported(
     with pytest.raises(NotFound):
         replica.service.send("s-1", token, "nobody", "hello")
     assert streams.written_seqs == [] and streams.failed == []
+
+
+def test_a_batch_whose_log_insert_fails_is_not_streamed_and_fences_nothing(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's INSERT runs before the batch is streamed (a logged request id is refused
+    there): a failure of it leaves the secondaries unsent, so the epoch stays writable."""
+    replica, streams, token = start(engine)
+    before = last_seq(engine)
+
+    def refuse(*_args: object, **_kw: object) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(eventlog, "append_events", refuse)
+    with pytest.raises(Unavailable):
+        replica.service.send("s-1", token, "alice", "hello")
+    assert streams.written_seqs == [] and streams.failed == []
+    monkeypatch.undo()
+    seq = replica.service.send("s-1", token, "alice", "hello")
+    assert seq == before + 1 and streams.written_seqs == [[seq]]
