@@ -183,21 +183,80 @@ else:
     _Interceptor = grpc.ServerInterceptor
 
 
+class _MethodMetrics:
+    """One RPC method's metric children, resolved once (`.labels()` hashes and locks on every
+    call), and the wrappers that count and time its calls."""
+
+    def __init__(self, m: ReplicaMetrics, full: str, kind: str, is_send: bool) -> None:
+        service, _, method = full.lstrip("/").rpartition("/")
+        self._labels = (kind, service, method)
+        self._m = m
+        self._kind = kind
+        self._started = m.grpc_started.labels(kind, service, method)
+        self._seconds = m.grpc_seconds.labels(kind, service, method)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+        self._send_seconds = m.send_seconds if is_send else None
+
+    def finished(self, began: float, code: grpc.StatusCode) -> None:
+        took = time.perf_counter() - began
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled[code] = self._m.grpc_handled.labels(*self._labels, code.name)
+        handled.inc()
+        self._seconds.observe(took)
+        if self._send_seconds is not None and code is grpc.StatusCode.OK:
+            self._send_seconds.observe(took)
+
+    def unary(self, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+            self._started.inc()
+            began = time.perf_counter()
+            try:
+                reply = inner(request, context)
+            except BaseException:
+                self.finished(began, _code_of(context, grpc.StatusCode.UNKNOWN))
+                raise
+            self.finished(began, _code_of(context, grpc.StatusCode.OK))
+            return reply
+
+        return unary_unary
+
+    def streamed(self, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        """The handler of a server or bidi stream (its request is a message or an iterator),
+        counted when the stream ends: CANCELLED when the client left."""
+
+        def behaviour(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            self._started.inc()
+            began = time.perf_counter()
+            try:
+                yield from inner(request, context)
+            except GeneratorExit:
+                self.finished(began, grpc.StatusCode.CANCELLED)
+                raise
+            except BaseException:
+                self.finished(began, _code_of(context, grpc.StatusCode.UNKNOWN))
+                raise
+            self.finished(began, _code_of(context, grpc.StatusCode.OK))
+
+        return behaviour
+
+
+def _code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+    code = context.code()  # type: ignore[attr-defined]  # set by abort / set_code
+    return code if isinstance(code, grpc.StatusCode) else default
+
+
 class MetricsInterceptor(_Interceptor):
-    """Counts and times every RPC by service, method and status code."""
+    """Counts and times every RPC by service, method and status code. A method's wrapped
+    handler is built once and reused while the handler beneath it is the same object (the
+    servicers' are; the peer-certificate check makes one per call, wrapped afresh)."""
 
     def __init__(self, metrics: ReplicaMetrics, send_method: str) -> None:
         self._m = metrics
         self._send_method = send_method
-        # (metric, labels) -> child: .labels() hashes and locks on every call.
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        # Method -> (the handler beneath, the one wrapping it).
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
+        self._methods: dict[str, _MethodMetrics] = {}
 
     def intercept_service(
         self,
@@ -208,67 +267,38 @@ class MetricsInterceptor(_Interceptor):
         if handler is None:
             return None
         full = handler_call_details.method  # "/chat.v1.Chat/Send"
-        service, _, method = full.lstrip("/").rpartition("/")
-        m = self._m
-        is_send = full == self._send_method
+        cached = self._wrapped.get(full)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(full, handler)
+        self._wrapped[full] = (handler, wrapped)
+        return wrapped
 
-        def finished(kind: str, began: float, code: grpc.StatusCode) -> None:
-            took = time.perf_counter() - began
-            self._child(m.grpc_handled, kind, service, method, code.name).inc()
-            self._child(m.grpc_seconds, kind, service, method).observe(took)
-            if is_send and code is grpc.StatusCode.OK:
-                m.send_seconds.observe(took)
+    def _metrics_of(self, full: str, kind: str) -> _MethodMetrics:
+        found = self._methods.get(full)
+        if found is None:
+            found = _MethodMetrics(self._m, full, kind, full == self._send_method)
+            self._methods[full] = found
+        return found
 
-        def code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
-            code = context.code()  # type: ignore[attr-defined]  # set by abort / set_code
-            return code if isinstance(code, grpc.StatusCode) else default
-
+    def _wrap(
+        self, full: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-                self._child(m.grpc_started, "unary", service, method).inc()
-                began = time.perf_counter()
-                try:
-                    reply = inner_uu(request, context)
-                except BaseException:
-                    finished("unary", began, code_of(context, grpc.StatusCode.UNKNOWN))
-                    raise
-                finished("unary", began, code_of(context, grpc.StatusCode.OK))
-                return reply
-
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+                self._metrics_of(full, "unary").unary(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
-
-        def streamed(kind: str, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
-            """The handler of a server or bidi stream (its request is a message or an
-            iterator), counted when the stream ends: CANCELLED when the client left."""
-
-            def behaviour(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                self._child(m.grpc_started, kind, service, method).inc()
-                began = time.perf_counter()
-                try:
-                    yield from inner(request, context)
-                except GeneratorExit:
-                    finished(kind, began, grpc.StatusCode.CANCELLED)
-                    raise
-                except BaseException:
-                    finished(kind, began, code_of(context, grpc.StatusCode.UNKNOWN))
-                    raise
-                finished(kind, began, code_of(context, grpc.StatusCode.OK))
-
-            return behaviour
-
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                streamed("server_stream", handler.unary_stream),
+                self._metrics_of(full, "server_stream").streamed(handler.unary_stream),
                 handler.request_deserializer,
                 handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                streamed("bidi_stream", handler.stream_stream),
+                self._metrics_of(full, "bidi_stream").streamed(handler.stream_stream),
                 handler.request_deserializer,
                 handler.response_serializer,
             )
