@@ -392,7 +392,9 @@ class LogWriter:
         if new is None:
             command.outcome = Outcome(None, duplicate=False)
             return None
-        event = Event(seq, epoch, new.type, new.payload, request_id, self._clock())
+        # Encoded once: the log's INSERT and the streams' messages both carry this text.
+        payload_json = eventlog.encode_payload(new.payload)
+        event = Event(seq, epoch, new.type, new.payload, request_id, self._clock(), payload_json)
         applier.add(event)
         self.directory.applied(event)
         if request_id is not None:
