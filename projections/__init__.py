@@ -12,11 +12,11 @@ from projections.apply import (
     EventTypes,
     PositionMoved,
     apply_events,
+    apply_pipeline,
     catch_up,
     last_applied_seq,
     rebuild,
     reset_projections,
-    sends_pipeline,
     statements_for,
 )
 from projections.events import (
@@ -70,6 +70,7 @@ __all__ = [
     "SessionOpened",
     "accounts",
     "apply_events",
+    "apply_pipeline",
     "catch_up",
     "decode",
     "encode",
@@ -81,7 +82,6 @@ __all__ = [
     "rebuild",
     "reset_projections",
     "roll_back",
-    "sends_pipeline",
     "sessions",
     "statements_for",
     "undo",

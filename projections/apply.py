@@ -387,14 +387,13 @@ class Applier:
         return self.position
 
 
-def sends_pipeline(conn: sa.Connection, batch: Sequence[Event]) -> Pipeline | None:
-    """A pipeline for applying `batch` if it holds sends only: the messages' INSERT and the
-    position's update then read nothing the other writes, and may travel together
-    (eventlog.statements.Pipeline; the log's own INSERT may join it too). None for any other
-    batch."""
-    if batch and all(e.type == MessageSent.TYPE for e in batch):
-        return Pipeline(conn)
-    return None
+def apply_pipeline(conn: sa.Connection, batch: Sequence[Event]) -> Pipeline | None:
+    """A pipeline for the writes that close a batch's apply (the held-back inserts and the
+    position's update, Applier.finish) and, if the caller wishes, the log's INSERT: nothing
+    reads them before the commit, and every statement an event runs at once (an ack, a
+    deletion) ran before them, with what was held back before it written first -- so on MySQL
+    they travel in one round trip, whatever the batch holds. None for an empty batch."""
+    return Pipeline(conn) if batch else None
 
 
 def apply_events(

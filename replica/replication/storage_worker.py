@@ -252,10 +252,10 @@ class DatabaseStorage(Storage):
         fresh = [e for e in events if e.seq > last.seq]
         if not fresh:
             return last, known is not None
-        # Sends only (the common batch): the log's INSERT, the messages' INSERT and the
-        # position's update read nothing the others write, so on MySQL they travel in one
+        # The log's INSERT, and the apply's closing writes (the messages' INSERT, the
+        # position's update...) read nothing the others write, so on MySQL they travel in one
         # round trip instead of three.
-        pipeline = projections.sends_pipeline(conn, fresh)
+        pipeline = projections.apply_pipeline(conn, fresh)
         eventlog.append_events(conn, fresh, after_seq=last.seq, pipeline=pipeline)
         position = None if known is None else known.seq
         applied = projections.apply_events(conn, fresh, position=position, pipeline=pipeline)

@@ -296,9 +296,9 @@ class LogWriter:
                 # here too, and a failure from here on deposes this primary.
                 self._streamed = epoch
                 self._feed.written(appended)
-            # A batch of sends only: the messages' INSERT and the position's update go to
-            # MySQL in one round trip (nothing reads between them).
-            pipeline = projections.sends_pipeline(conn, appended)
+            # The apply's closing writes (the messages' INSERT, the position's update...) go
+            # to MySQL in one round trip (nothing reads between them).
+            pipeline = projections.apply_pipeline(conn, appended)
             applied = applier.finish(pipeline)
             if pipeline is not None:
                 pipeline.flush()

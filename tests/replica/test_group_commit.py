@@ -10,9 +10,14 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 import eventlog
+import projections
+from protos import replication_pb2 as rpb
 from replica.errors import AlreadyExists, ChatError
+from replica.replication.storage_worker import DatabaseStorage
+from replica.storage.wire import event_to_proto
 from replica.storage.writer import LogWriter, NewEvent
-from tests.inprocess import InProcessReplica
+from tests.conftest import DatabaseFactory
+from tests.inprocess import InProcessReplica, snapshot
 from testsupport.harness import wait_until
 
 THREADS = 16
@@ -150,3 +155,56 @@ def test_a_command_returns_once_its_batch_is_written_not_after_the_next_one(
 
 def wait_until_queued(writer: LogWriter, count: int) -> None:
     wait_until(lambda: len(writer._queue) == count, 10, "commands never queued")
+
+
+def test_a_mixed_batch_applies_as_its_log_replays(databases: DatabaseFactory) -> None:
+    """Sends, acks, a login and a logout written as ONE batch (the apply's closing writes go
+    through one pipeline whatever the batch holds): the projections are what replaying its
+    log gives, on the primary and on a secondary that stores the same events."""
+    engine = databases.engine()
+    replica = InProcessReplica.start(engine)
+    service = replica.service
+    service.register("r-erin", "erin", "pw")
+    service.register("r-fred", "fred", "pw")
+    erin = service.login("l-erin", "erin", "pw").session_token
+    fred = service.login("l-fred", "fred", "pw").session_token
+    first = [service.send(f"s-{i}", fred, "erin", f"m{i}") for i in range(3)]
+    commands: list[Callable[[], object]] = [
+        lambda: service.send("b-1", fred, "erin", "in the batch"),
+        lambda: service.ack("b-2", erin, first[:2]),
+        lambda: service.login("b-3", "fred", "pw"),
+        lambda: service.send("b-4", erin, "fred", "back"),
+        lambda: service.logout("b-5", fred),
+        lambda: service.ack("b-6", erin, first[2:]),
+    ]
+    writer = replica.writer
+    results: list[object] = [None] * len(commands)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = commands[i]()
+        except ChatError as exc:
+            results[i] = exc
+
+    with writer.lock:  # queued meanwhile: one batch once released
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(commands))]
+        for t in threads:
+            t.start()
+        wait_until(lambda: writer.queued() == len(commands), timeout=10)
+    for t in threads:
+        t.join(10)
+    assert not any(isinstance(r, ChatError) for r in results), results
+    live = snapshot(engine)
+    with engine.connect() as conn:
+        log = eventlog.read_events(conn, 0, 10_000)
+    assert {e.request_id for e in log} >= {f"b-{i}" for i in range(1, 7)}
+    # A secondary storing the whole log as one replication batch.
+    secondary = databases.engine()
+    with secondary.begin() as conn:
+        batch = rpb.Batch(events=[event_to_proto(e) for e in log])
+        DatabaseStorage._store(conn, batch, None)
+    assert snapshot(secondary) == live
+    # A replay in place.
+    with engine.begin() as conn:
+        assert projections.rebuild(conn) == live.log_end.seq
+    assert snapshot(engine) == live
