@@ -270,9 +270,9 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         self._open_lock = threading.Lock()
         # Called with the seconds from a message's sent_at to its push, for live messages.
         self.on_delivered: Callable[[float], None] | None = None
-        # Called with the seconds a send on a Session stream took, for those answered OK (the
-        # unary Send's are timed by the metrics interceptor).
-        self.on_session_send: Callable[[float], None] | None = None
+        # Called for each send or ack answered on a Session stream ("send" or "ack", its status
+        # code's name, its seconds); unary calls are counted by the metrics interceptor.
+        self.on_session_answer: Callable[[str, str, float], None] | None = None
         self._max_in_flight = max_in_flight_per_session
         self._workers = RequestWorkers(self._carry_out, request_workers)
         self._sessions: set[SessionStream] = set()
@@ -560,6 +560,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             if isinstance(item, chat_pb2.SessionReply):
                 yield item
             elif item is None:
+                if not context.is_active():  # cancelled, rather than closed by the client
+                    context.set_code(grpc.StatusCode.CANCELLED)
                 return
             else:
                 abort_with(context, item)
@@ -608,16 +610,16 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
     def _carry_out(self, stream: SessionStream, request: Any) -> None:
         """A worker: one send or ack of `stream`, answered on it."""
         reply = chat_pb2.SessionReply(correlation_id=request.correlation_id)
+        kind = "send" if request.HasField("send") else "ack"
+        began = time.perf_counter()
+        code = "OK"
         try:
-            if request.HasField("send"):
+            if kind == "send":
                 send = request.send
                 self._check_token(stream, send.session_token)
-                began = time.perf_counter()
                 reply.send.message_id = self._service.send(
                     send.request_id, stream.token, send.recipient, send.body
                 )
-                if self.on_session_send is not None:
-                    self.on_session_send(time.perf_counter() - began)
             else:
                 ack = request.ack
                 self._check_token(stream, ack.session_token)
@@ -628,12 +630,17 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             # No answer: the client sends it again, same request id, wherever it reconnects.
             stream.end(exc)
             stream.answered(None)
-            return
+            code = _STATUS[type(exc)].name
         except errors.ChatError as exc:
             reply.error.CopyFrom(request_error(exc))
+            code = _STATUS.get(type(exc), grpc.StatusCode.UNKNOWN).name
         except sa.exc.DBAPIError as exc:
             reply.error.CopyFrom(request_error(database_unavailable(exc)))
-        stream.answered(reply)
+            code = grpc.StatusCode.UNAVAILABLE.name
+        if code == "OK" or reply.HasField("error"):
+            stream.answered(reply)
+        if self.on_session_answer is not None:
+            self.on_session_answer(kind, code, time.perf_counter() - began)
 
     @staticmethod
     def _check_token(stream: SessionStream, token: str) -> None:

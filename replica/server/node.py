@@ -518,7 +518,7 @@ class ReplicaNode:
         m = self.metrics
         self.writer.on_database_error = m.database_errors.labels("write").inc
         self.servicer.on_delivered = m.delivery_seconds.observe
-        self.servicer.on_session_send = m.send_seconds.observe
+        self.servicer.on_session_answer = m.session_answered
         self.storage_watch.on_duration = m.storage_seconds.observe
         m.add_state(self._state_metrics)
 
