@@ -42,6 +42,20 @@ class _Cancelled(Exception):
     """Raised inside an open attempt to leave the failover loop after close()."""
 
 
+class _ChannelClosed(grpc.RpcError):
+    """A stream started or read on a channel closed under it (Failover abandoned its replica):
+    handled as that replica being unavailable."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the channel to the replica was closed"
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+
 class _Pending:
     """One request awaiting its result; `done` is released once `reply` or `error` is set."""
 
@@ -95,6 +109,7 @@ class SessionStream:
         self._limit = 1
         self._outbox: _Outbox | None = None  # the open stream's request side
         self._call: _Call | None = None
+        self._address: str | None = None  # where the open stream is
         self._error: ChatError | None = None
         self._closed = False
         self._subscribers: list[SessionSubscription] = []
@@ -191,8 +206,8 @@ class SessionStream:
         """A request waited long: ask its replica whether it answers at all (a frozen process
         keeps its connections open); if not, abandon it, which breaks the stream, and the
         reader reopens it elsewhere. One probe at a time per stream."""
-        address = self._failover.connected_address
         with self._cond:
+            address = self._address if self._outbox is not None else None
             now = self._clock()
             if address is None or self._probing or now < self._next_probe or not self._pending:
                 return
@@ -236,6 +251,14 @@ class SessionStream:
     # -- the reader thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        except BaseException as exc:  # never leave callers waiting on a dead reader
+            logger.exception("the session stream's reader failed")
+            self._end(ChatError(grpc.StatusCode.UNKNOWN, f"the session stream failed: {exc!r}"))
+            raise
+
+    def _follow(self) -> None:
         while True:
             with self._cond:
                 if self._closed:
@@ -250,20 +273,23 @@ class SessionStream:
             except ChatError as error:
                 self._end(error)
                 return
+            with self._cond:
+                self._address = self._failover.connected_address
             try:
                 for reply in replies:
                     self._accept(reply)
-            except grpc.RpcError as error:
+            except (grpc.RpcError, ValueError) as caught:
                 if self._is_closed():
                     return
-                if not retryable(error):
-                    self._end(ChatError.from_rpc_error(error))
+                broken = caught if isinstance(caught, grpc.RpcError) else _ChannelClosed()
+                if not retryable(broken):
+                    self._end(ChatError.from_rpc_error(broken))
                     return
-                self._failover.follow(error)
+                self._failover.follow(broken)
                 logger.info(
                     "session stream at %s broke (%s); reconnecting, %d requests to send again",
                     self._failover.connected_address,
-                    error.code().name,
+                    broken.code().name,
                     self.in_flight,
                 )
             else:
@@ -293,7 +319,10 @@ class SessionStream:
                 open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
             )
         )
-        call: _Call = stub.Session(iter(outbox.get, _CLOSE))
+        try:
+            call: _Call = stub.Session(iter(outbox.get, _CLOSE))
+        except ValueError:  # its channel was closed under it: try elsewhere
+            raise _ChannelClosed() from None
         replies = iter(call)
         with self._cond:
             self._call = call
@@ -306,6 +335,9 @@ class SessionStream:
             if closed:
                 raise _Cancelled
             first = next(replies)
+        except ValueError:
+            outbox.put(_CLOSE)
+            raise _ChannelClosed() from None
         except BaseException:
             outbox.put(_CLOSE)
             _cancel(call)

@@ -36,6 +36,10 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
         self.refused_beyond_bound = 0
         self._replies: queue.SimpleQueue[Any] | None = None
         self._stepped_down: tuple[grpc.StatusCode, str, str] | None = None
+        # Until thawed, its ClusterStatus (a liveness probe) answers only after 0.2 s.
+        self.thawed = threading.Event()
+        self.thawed.set()
+        self.probes = 0
 
     # -- what the test does ------------------------------------------------------------------
 
@@ -88,6 +92,9 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
         return chat_pb2.LoginReply(session_token=TOKEN, username=request.username)
 
     def ClusterStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._cond:
+            self.probes += 1
+        self.thawed.wait(0.2)
         return chat_pb2.ClusterStatusReply()
 
     def Send(self, request: Any, context: grpc.ServicerContext) -> Any:

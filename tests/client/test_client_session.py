@@ -14,7 +14,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from client import Backoff, ChatClient, ClientSettings, NotFound
+from client import Backoff, ChatClient, ClientSettings, Liveness, NotFound
 from protos import chat_pb2
 from tests.client.chat_fakes import answer, start_replica, stop_replica
 from tests.client.session_fakes import (
@@ -22,6 +22,7 @@ from tests.client.session_fakes import (
     start_session_replica,
     stop_session_replica,
 )
+from testsupport.harness import wait_until
 
 SETTINGS = ClientSettings(timeout=10.0, backoff=Backoff(initial=0.01, maximum=0.05))
 
@@ -181,3 +182,21 @@ def test_close_fails_a_waiting_send_at_once(cluster: Callable[..., FakeSessionRe
     with pytest.raises(Exception, match="client closed"):
         sent.result(timeout=10)
     closer.join(10)
+
+
+def test_a_replica_that_stops_answering_is_left_and_the_request_sent_again(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(answer_at_once=False)
+    quick = Liveness(check_after=0.05, probe_timeout=0.05, suspect_for=0.1)
+    with client_of(replica, settings=ClientSettings(timeout=10.0, liveness=quick)) as client:
+        replica.thawed.clear()
+        [sent] = sends_from_threads(client, 1)
+        replica.wait_held(1)
+        wait_until(lambda: replica.probes > 0, 5, "no liveness probe")
+        replica.answer_at_once = True  # it answers what comes on the next stream
+        wait_until(lambda: len(replica.sent_request_ids()) >= 2, 5, "the send was not sent again")
+        replica.thawed.set()
+        assert sent.result(timeout=5) == 1
+    first, *again = replica.sent_request_ids()
+    assert again and set(again) == {first}
