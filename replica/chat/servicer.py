@@ -670,6 +670,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         try:
             with self._notifier.watching(stream.account_id):
                 for item in self._deliver(stream.account_id, stream.token, active, True):
+                    if not active():  # stopped meanwhile: a new pusher sends the backlog anew
+                        return
                     stream.replies.put(chat_pb2.SessionReply(push=item))
         except errors.ChatError as exc:
             stream.end(exc)
