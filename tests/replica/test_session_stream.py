@@ -264,3 +264,49 @@ def test_a_stream_must_begin_with_open(replica: InProcessReplica) -> None:
     error: Any = info.value
     assert error.code() == Code.INVALID_ARGUMENT
     assert "begins with an `open` request" in error.details()
+
+
+def test_a_streams_requests_are_carried_out_together(replica: InProcessReplica) -> None:
+    """Pipelined sends wait for their commit side by side (so the writer batches them), not one
+    after another."""
+    alice, _bob = logged_in(replica, "alice", "bob")
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    real_send = replica.service.send
+
+    def held_send(*args: Any) -> int:
+        started.release()
+        release.wait(30)
+        return real_send(*args)
+
+    replica.service.send = held_send  # type: ignore[method-assign]
+    with serve_grpc(replica) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        requests, call, replies = open_session(stub, alice)
+        next(replies)
+        for cid in range(1, 6):
+            requests.put(send(cid, f"s-{cid}", "bob", f"m{cid}"))
+        for _ in range(5):  # all five under way before any is let through
+            assert started.acquire(timeout=10)
+        release.set()
+        assert sorted(next(replies).correlation_id for _ in range(5)) == [1, 2, 3, 4, 5]
+        call.cancel()
+
+
+def test_pushes_start_and_stop_on_request(replica: InProcessReplica) -> None:
+    alice, bob = logged_in(replica, "alice", "bob")
+    with serve_grpc(replica, recheck_interval=0.05) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        requests, call, replies = open_session(stub, alice)  # no pushes yet
+        next(replies)
+        requests.put(chat_pb2.SessionRequest(pushes=chat_pb2.SetPushes(on=True)))
+        assert next(replies).push.WhichOneof("item") == "caught_up"
+        requests.put(chat_pb2.SessionRequest(pushes=chat_pb2.SetPushes(on=False)))
+        # Once stopped, a message for alice is not pushed; a send's result still comes.
+        requests.put(send(1, "s-1", "bob", "marker"))
+        assert next(replies).correlation_id == 1
+        replica.service.send("s-2", bob, "alice", "not pushed")
+        requests.put(send(2, "s-3", "bob", "after"))
+        reply = next(replies)
+        assert (reply.correlation_id, reply.WhichOneof("item")) == (2, "send")
+        call.cancel()
