@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from client.channels import ChatStub
-from client.errors import ChatError, ChatUnavailableError
+from client.errors import ChatError, ChatUnavailableError, service_error
 from client.failover import Backoff, Failover, Liveness, retryable
 from client.models import CaughtUp, Message
 from client.subscription import accept
@@ -67,6 +67,15 @@ class _Pending:
         self.done.acquire()
         self.reply: chat_pb2.SessionReply | None = None
         self.error: ChatError | None = None
+
+
+def stream_broke(error: grpc.RpcError) -> bool:
+    """Whether a session stream ended by a transport failure to retry elsewhere, beyond the
+    retryable codes: gRPC ends a stream whose connection broke under a write with INTERNAL
+    ("Internal error from Core", a failed SendMessageOperation; seen with grpc.aio), which a
+    replica never answers itself (it names its error class). Sending the unanswered requests
+    again is safe: their request ids make each apply once."""
+    return error.code() == grpc.StatusCode.INTERNAL and service_error(error) is None
 
 
 def request_error(error: chat_pb2.RequestError) -> ChatError:
@@ -282,7 +291,7 @@ class SessionStream:
                 if self._is_closed():
                     return
                 broken = caught if isinstance(caught, grpc.RpcError) else _ChannelClosed()
-                if not retryable(broken):
+                if not (retryable(broken) or stream_broke(broken)):
                     self._end(ChatError.from_rpc_error(broken))
                     return
                 self._failover.follow(broken)

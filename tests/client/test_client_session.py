@@ -7,6 +7,7 @@ requests in flight."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -14,7 +15,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from client import Backoff, ChatClient, ClientSettings, Liveness, NotFound
+from client import AsyncChatClient, Backoff, ChatClient, ClientSettings, Liveness, NotFound
 from protos import chat_pb2
 from tests.client.chat_fakes import answer, start_replica, stop_replica
 from tests.client.session_fakes import (
@@ -200,3 +201,56 @@ def test_a_replica_that_stops_answering_is_left_and_the_request_sent_again(
         assert sent.result(timeout=5) == 1
     first, *again = replica.sent_request_ids()
     assert again and set(again) == {first}
+
+
+# -- the asyncio client: the same stream ------------------------------------------------------
+
+
+def test_async_sends_are_pipelined_and_sent_again_on_the_new_primary(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    old, new = cluster(answer_at_once=False), cluster()
+
+    async def scenario() -> list[int]:
+        async with AsyncChatClient([old.address, new.address], SETTINGS) as client:
+            await client.login("alice", "pw")
+            sends = [asyncio.create_task(client.send("bob", f"message {i}")) for i in range(5)]
+            await asyncio.to_thread(old.wait_held, 5)  # all five in flight at once
+            old.apply_held()  # committed there, no reply goes out
+            old.end_stream(grpc.StatusCode.FAILED_PRECONDITION, "not the primary", new.address)
+            results = await asyncio.gather(*sends)
+            assert client.connected_address == new.address
+            return results
+
+    results = asyncio.run(scenario())
+    assert sorted(new.sent_request_ids()) == sorted(old.sent_request_ids())
+    assert len(old.log) == 5
+    by_body = {r.send.body: old.log[r.send.request_id] for r in new.received}
+    assert results == [by_body[f"message {i}"] for i in range(5)]
+
+
+def test_async_client_keeps_within_the_replicas_bound(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(max_in_flight=2, answer_at_once=False)
+
+    def answer_two_at_a_time() -> None:
+        answered = 0
+        while answered < 10:
+            replica.wait_held(min(2, 10 - answered))
+            held = len(replica.received) - answered
+            replica.answer_held()
+            answered += held
+
+    async def scenario() -> list[int]:
+        async with AsyncChatClient([replica.address], SETTINGS) as client:
+            await client.login("alice", "pw")
+            driver = asyncio.create_task(asyncio.to_thread(answer_two_at_a_time))
+            sent = await asyncio.gather(*(client.send("bob", f"m{i}") for i in range(10)))
+            await driver
+            return sent
+
+    assert sorted(asyncio.run(scenario())) == list(range(1, 11))
+    assert replica.unary_sends == []
+    assert replica.most_in_flight == 2
+    assert replica.refused_beyond_bound == 0
