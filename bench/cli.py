@@ -72,6 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N[,N...]",
         help="events in the log when the membership phase adds a replica (default 100000,1000000)",
     )
+    parser.add_argument(
+        "--client-calls",
+        choices=("session", "unary"),
+        default="session",
+        help="how the load's clients send: over their Session stream (the client library's "
+        "default) or a unary call per send",
+    )
     parser.add_argument("--table", type=Path, metavar="JSON", help="print a saved run's table")
     parser.add_argument("--markdown", action="store_true", help="with --table: as Markdown")
     args = parser.parse_args(argv)
@@ -148,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(args.mysql_url if "mysql" in backends else None),
         "sizes": asdict(sizes),
         "cluster_settings": SETTINGS,
+        "client_calls": args.client_calls,
     }
     options = Options(
         sizes=sizes,
@@ -156,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=work_dir,
         mysql_url=args.mysql_url,
         tag=secrets.token_hex(3),
+        session_stream=args.client_calls == "session",
     )
     runner = Runner(options, results, say)
     try:

@@ -61,6 +61,9 @@ class Options:
     work_dir: Path
     mysql_url: str
     tag: str
+    # The load's clients send over their Session stream (the library's default), or with a
+    # unary call per send (--client-calls unary), to compare the two.
+    session_stream: bool = True
 
 
 def _rate_details(rate: Rate) -> dict[str, object]:
@@ -217,7 +220,9 @@ class Runner:
             primary = cluster.wait_primary(SETUP_TIMEOUT)
             cluster.wait_in_sync(primary, SETUP_TIMEOUT)
             users.register(cluster.addresses, ["path_sender", "path_recipient"])
-            (client,) = users.logged_in_clients(cluster.addresses, ["path_sender"])
+            (client,) = users.logged_in_clients(
+                cluster.addresses, ["path_sender"], session_stream=self.options.session_stream
+            )
             try:
                 run = path.run_path(
                     client,
@@ -307,7 +312,11 @@ class Runner:
         users.register(
             cluster.addresses, [*senders, *recipients, latency_recipient, failover_recipient]
         )
-        clients = users.logged_in_clients(cluster.addresses, [*senders, latency_recipient])
+        clients = users.logged_in_clients(
+            cluster.addresses,
+            [*senders, latency_recipient],
+            session_stream=self.options.session_stream,
+        )
         sender_clients, recipient_client = clients[:-1], clients[-1]
         primary = cluster.wait_primary(SETUP_TIMEOUT)
         epoch = cluster.epoch_of(primary)

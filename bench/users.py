@@ -25,13 +25,20 @@ def register(addresses: Sequence[str], names: Sequence[str]) -> None:
         list(pool.map(one, names))
 
 
-def logged_in_clients(addresses: Sequence[str], names: Sequence[str]) -> list[ChatClient]:
-    """One ChatClient per name (default timeouts), logged in; the caller closes them."""
+def logged_in_clients(
+    addresses: Sequence[str], names: Sequence[str], *, session_stream: bool = True
+) -> list[ChatClient]:
+    """One ChatClient per name (default timeouts), logged in; the caller closes them.
+    `session_stream`: sends go over each client's Session stream (the default), else unary."""
 
     def one(name: str) -> ChatClient:
         client = ChatClient(
             addresses,
-            ClientSettings(timeout=CLIENT_TIMEOUT, attempt_timeout=CLIENT_ATTEMPT_TIMEOUT),
+            ClientSettings(
+                timeout=CLIENT_TIMEOUT,
+                attempt_timeout=CLIENT_ATTEMPT_TIMEOUT,
+                session_stream=session_stream,
+            ),
         )
         try:
             client.login(name, PASSWORD)

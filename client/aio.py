@@ -7,7 +7,9 @@ down or slow is left for the next, a mutating call keeps one request id through 
 (so a retry after a failover is applied once). Each try is bounded by
 `settings.attempt_timeout`; unlike the threaded client there is no liveness watchdog -- a
 replica that stops answering mid-call costs that attempt's timeout. A subscription is an
-async iterator that follows the primary across failovers.
+async iterator that follows the primary across failovers. Sends, acks and subscriptions go
+over one Session stream per login (AsyncSessionStream, as ChatClient's), unless
+`settings.session_stream` is False or the replica has no Session method.
 
     async with AsyncChatClient(servers) as chat:
         await chat.login("alice", "correct horse")
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -39,6 +42,7 @@ from client.failover import (
 )
 from client.library import LoginResult, Session
 from client.models import ClusterStatus, Message
+from client.session import request_error, stream_broke
 from client.settings import ClientHooks, ClientSettings
 from client.subscription import SubscriptionItem, accept
 from protos import chat_pb2, chat_pb2_grpc
@@ -183,6 +187,13 @@ class _Failover:
             return None
         return primary_address_in(status)
 
+    def follow(self, error: grpc.aio.AioRpcError) -> None:
+        """A stream outside call() ended with `error`: if it names the primary, the next
+        call starts there."""
+        named = primary_named_by(error)
+        if error.code() == grpc.StatusCode.FAILED_PRECONDITION and named is not None:
+            self._preferred = named
+
     def _next_untried(self, after: str, tried: set[str]) -> str | None:
         start = self.addresses.index(after) + 1 if after in self.addresses else 0
         order = [
@@ -295,6 +306,276 @@ class _Hung(grpc.aio.AioRpcError):
         )
 
 
+class AsyncSessionStream:
+    """The asyncio twin of client.session.SessionStream: one logged-in client's Session
+    stream, its sends and acks pipelined (each awaiting its result by correlation id), the
+    pushed messages handed to its subscriptions; reopened where the primary is when it breaks,
+    every unanswered request sent again with its request id. Used from one event loop."""
+
+    def __init__(
+        self, failover: _Failover, session_token: str, settings: ClientSettings, hooks: ClientHooks
+    ) -> None:
+        self.session_token = session_token
+        self._failover = failover
+        self._settings = settings
+        self._clock = hooks.clock
+        self._pending: dict[int, tuple[chat_pb2.SessionRequest, asyncio.Future[Any]]] = {}
+        self._ids = itertools.count(1)
+        self._limit = 1  # until the replica has said its bound
+        self._room = asyncio.Event()  # set whenever a place may have come free
+        self._outbox: asyncio.Queue[chat_pb2.SessionRequest | None] | None = None
+        self._call: Any = None
+        self._error: ChatError | None = None
+        self._closed = False
+        self._subscribers: list[AsyncSessionSubscription] = []
+        self._reader = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def ended(self) -> bool:
+        return self._error is not None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)
+        if self._call is not None:
+            self._call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ChatError):
+            await self._reader
+        self._end(ChatError(grpc.StatusCode.CANCELLED, "client closed"))
+
+    async def request(self, kind: str, message: Any) -> chat_pb2.SessionReply:
+        """As SessionStream.request: the result, or the ChatError a unary call would raise."""
+        deadline = self._clock() + self._settings.timeout
+        delays = self._settings.backoff.delays()
+        while True:
+            reply = await self._once(kind, message, deadline)
+            if reply.WhichOneof("item") != "error":
+                return reply
+            error = request_error(reply.error)
+            remaining = deadline - self._clock()
+            if error.code is not grpc.StatusCode.UNAVAILABLE or remaining <= 0:
+                raise error
+            await self._failover.pause(min(next(delays), remaining))
+
+    async def _once(self, kind: str, message: Any, deadline: float) -> chat_pb2.SessionReply:
+        while self._error is None and len(self._pending) >= self._limit:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise ChatUnavailableError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{len(self._pending)} requests in flight on the session stream got no "
+                    f"answer within {self._settings.timeout} s",
+                )
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), remaining)
+        if self._error is not None:
+            raise self._error
+        request = chat_pb2.SessionRequest(correlation_id=next(self._ids), **{kind: message})
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request.correlation_id] = (request, answered)
+        if self._outbox is not None:
+            self._outbox.put_nowait(request)
+        try:
+            return await asyncio.wait_for(asyncio.shield(answered), deadline - self._clock())
+        except TimeoutError:
+            self._pending.pop(request.correlation_id, None)
+            self._room.set()
+            raise ChatUnavailableError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no answer from the primary within {self._settings.timeout} s",
+            ) from None
+
+    def subscribe(
+        self, reconnect_timeout: float | None, fallback: Callable[[], AsyncSubscription]
+    ) -> AsyncSessionSubscription:
+        subscription = AsyncSessionSubscription(self, reconnect_timeout, fallback)
+        if self._error is not None:
+            subscription.fail(self._error)
+            return subscription
+        self._subscribers.append(subscription)
+        if len(self._subscribers) == 1 and self._outbox is not None:
+            self._outbox.put_nowait(chat_pb2.SessionRequest(pushes=chat_pb2.SetPushes(on=True)))
+        return subscription
+
+    def unsubscribe(self, subscription: AsyncSessionSubscription) -> None:
+        if subscription not in self._subscribers:
+            return
+        self._subscribers.remove(subscription)
+        if not self._subscribers and self._outbox is not None:
+            self._outbox.put_nowait(chat_pb2.SessionRequest(pushes=chat_pb2.SetPushes(on=False)))
+
+    async def _run(self) -> None:
+        try:
+            await self._follow()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # never leave callers waiting on a dead reader
+            logger.exception("the session stream's reader failed")
+            self._end(ChatError(grpc.StatusCode.UNKNOWN, f"the session stream failed: {exc!r}"))
+            raise
+
+    async def _follow(self) -> None:
+        while not self._closed:
+            waits = [s.reconnect_timeout for s in self._subscribers]
+            reconnect = max(
+                (self._settings.timeout if w is None else w for w in waits), default=None
+            )
+            try:
+                call = await self._failover.call(self._open, timeout=reconnect)
+            except ChatError as error:
+                self._end(error)
+                return
+            try:
+                while (reply := await call.read()) is not _EOF:
+                    self._accept(reply)
+            except grpc.aio.AioRpcError as error:
+                if self._closed:
+                    return
+                if not (retryable(error) or stream_broke(error)):
+                    self._end(ChatError.from_rpc_error(error))
+                    return
+                self._failover.follow(error)
+                logger.info(
+                    "session stream broke (%s); reconnecting, %d requests to send again",
+                    error.code().name,
+                    len(self._pending),
+                )
+            else:
+                logger.info("the replica ended the session stream; reconnecting")
+                await self._failover.pause(0.1)
+            finally:
+                if self._outbox is not None:
+                    self._outbox.put_nowait(None)
+                self._outbox = None
+                self._call = None
+                call.cancel()
+
+    async def _open(self, stub: Stub, attempt_timeout: float) -> Any:
+        if self._closed:
+            raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
+        outbox: asyncio.Queue[chat_pb2.SessionRequest | None] = asyncio.Queue()
+        push = bool(self._subscribers)
+        outbox.put_nowait(
+            chat_pb2.SessionRequest(
+                open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
+            )
+        )
+
+        async def requests() -> AsyncIterator[chat_pb2.SessionRequest]:
+            while (request := await outbox.get()) is not None:
+                yield request
+
+        call = stub.Session(requests())
+        self._call = call
+        try:
+            first = await asyncio.wait_for(call.read(), attempt_timeout)
+        except TimeoutError:
+            call.cancel()
+            outbox.put_nowait(None)
+            raise _Hung() from None
+        except BaseException:
+            call.cancel()
+            outbox.put_nowait(None)
+            raise
+        if first is _EOF:
+            outbox.put_nowait(None)
+            raise _Hung()
+        announced = first.opened.max_in_flight or self._settings.max_in_flight
+        self._limit = min(self._settings.max_in_flight, announced)
+        self._outbox = outbox
+        if bool(self._subscribers) != push:  # subscribed or cancelled while opening
+            pushes = chat_pb2.SetPushes(on=bool(self._subscribers))
+            outbox.put_nowait(chat_pb2.SessionRequest(pushes=pushes))
+        for correlation_id in sorted(self._pending):  # unanswered: again, same ids
+            outbox.put_nowait(self._pending[correlation_id][0])
+        self._room.set()
+        return call
+
+    def _accept(self, reply: chat_pb2.SessionReply) -> None:
+        if reply.correlation_id:
+            entry = self._pending.pop(reply.correlation_id, None)
+            self._room.set()
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(reply)
+            return
+        if reply.HasField("push"):
+            for subscription in list(self._subscribers):
+                subscription.deliver(reply.push)
+
+    def _end(self, error: ChatError) -> None:
+        if self._error is None:
+            self._error = error
+        pending, self._pending = list(self._pending.values()), {}
+        subscribers, self._subscribers = self._subscribers, []
+        self._room.set()
+        for _request, answered in pending:
+            if not answered.done():
+                answered.set_exception(error)
+        for subscription in subscribers:
+            subscription.fail(error)
+
+
+_END: Any = object()
+
+
+class AsyncSessionSubscription:
+    """AsyncSubscription's items from a Session stream's pushes (see SessionSubscription);
+    with a replica that has no Session method it carries on as `fallback()`."""
+
+    def __init__(
+        self,
+        session: AsyncSessionStream,
+        reconnect_timeout: float | None,
+        fallback: Callable[[], AsyncSubscription],
+    ) -> None:
+        self.reconnect_timeout = reconnect_timeout
+        self._session = session
+        self._fallback = fallback
+        self._instead: AsyncSubscription | None = None
+        self._items: asyncio.Queue[Any] = asyncio.Queue()
+        self._last_yielded_id = 0
+        self._finished = False
+
+    def __aiter__(self) -> AsyncSessionSubscription:
+        return self
+
+    async def __anext__(self) -> SubscriptionItem:
+        if self._instead is not None:
+            return await self._instead.__anext__()
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._items.get()
+        if item is _END:
+            self._finished = True
+            raise StopAsyncIteration
+        if isinstance(item, ChatError):
+            if item.code is grpc.StatusCode.UNIMPLEMENTED:
+                self._instead = self._fallback()
+                return await self._instead.__anext__()
+            self._finished = True
+            if item.code is grpc.StatusCode.CANCELLED:  # the client was closed
+                raise StopAsyncIteration
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        self._session.unsubscribe(self)
+        if self._instead is not None:
+            self._instead.cancel()
+        self._items.put_nowait(_END)
+
+    def deliver(self, push: chat_pb2.SubscribeReply) -> None:
+        items, self._last_yielded_id = accept(push, self._last_yielded_id)
+        for item in items:
+            self._items.put_nowait(item)
+
+    def fail(self, error: ChatError) -> None:
+        self._items.put_nowait(error)
+
+
 class AsyncChatClient:
     """ChatClient's API as coroutines, on grpc.aio (see the module's docstring). Not
     thread-safe: use it from one event loop."""
@@ -310,6 +591,8 @@ class AsyncChatClient:
         self._hooks = hooks if hooks is not None else ClientHooks()
         self._failover = _Failover(servers, self.settings, self._hooks)
         self._session: Session | None = None
+        self._unary = not self.settings.session_stream
+        self._stream: AsyncSessionStream | None = None
 
     @property
     def connected_address(self) -> str | None:
@@ -320,6 +603,7 @@ class AsyncChatClient:
         return self._session
 
     async def close(self) -> None:
+        await self._end_stream()
         await self._failover.close()
 
     async def __aenter__(self) -> AsyncChatClient:
@@ -346,6 +630,7 @@ class AsyncChatClient:
         )
         reply = await self._call("Login", request)
         self._session = Session(reply.username, reply.session_token)
+        await self._end_stream()
         return LoginResult(
             reply.username,
             reply.undelivered_count,
@@ -354,6 +639,7 @@ class AsyncChatClient:
 
     async def logout(self) -> None:
         session, self._session = self._session, None
+        await self._end_stream()
         if session is None:
             return
         request = chat_pb2.LogoutRequest(
@@ -375,8 +661,17 @@ class AsyncChatClient:
             page_token = page.next_page_token
 
     async def send(self, recipient: str, body: str) -> int:
+        request_id = self._hooks.request_ids()
+        stream = self._session_stream()
+        if stream is not None:
+            sent = chat_pb2.SendRequest(request_id=request_id, recipient=recipient, body=body)
+            try:
+                return int((await stream.request("send", sent)).send.message_id)
+            except ChatError as exc:
+                if not self._no_session_method(exc):
+                    raise
         request = chat_pb2.SendRequest(
-            request_id=self._hooks.request_ids(),
+            request_id=request_id,
             session_token=self._token(),
             recipient=recipient,
             body=body,
@@ -384,8 +679,19 @@ class AsyncChatClient:
         reply = await self._call("Send", request)
         return int(reply.message_id)
 
-    def subscribe(self, *, reconnect_timeout: float | None = None) -> AsyncSubscription:
-        return AsyncSubscription(self._failover, self._token(), reconnect_timeout=reconnect_timeout)
+    def subscribe(
+        self, *, reconnect_timeout: float | None = None
+    ) -> AsyncSubscription | AsyncSessionSubscription:
+        token = self._token()
+        stream = self._session_stream()
+
+        def unary() -> AsyncSubscription:
+            self._unary = True
+            return AsyncSubscription(self._failover, token, reconnect_timeout=reconnect_timeout)
+
+        if stream is None:
+            return unary()
+        return stream.subscribe(reconnect_timeout, unary)
 
     async def ack(self, message_ids: Iterable[int]) -> int:
         ids = list(message_ids)
@@ -396,9 +702,45 @@ class AsyncChatClient:
                 session_token=self._token(),
                 message_ids=ids[start : start + MAX_ACK_IDS],
             )
-            reply = await self._call("Ack", request)
-            acked += int(reply.acked_count)
+            acked += await self._ack_once(request)
         return acked
+
+    async def _ack_once(self, request: chat_pb2.AckRequest) -> int:
+        stream = self._session_stream()
+        if stream is not None:
+            acked = chat_pb2.AckRequest(
+                request_id=request.request_id, message_ids=request.message_ids
+            )
+            try:
+                return int((await stream.request("ack", acked)).ack.acked_count)
+            except ChatError as exc:
+                if not self._no_session_method(exc):
+                    raise
+        reply = await self._call("Ack", request)
+        return int(reply.acked_count)
+
+    def _session_stream(self) -> AsyncSessionStream | None:
+        """As ChatClient's: the session's stream, opened now if needed; None when unary."""
+        if self._unary:
+            return None
+        token = self._token()
+        stream = self._stream
+        if stream is not None and not stream.ended and stream.session_token == token:
+            return stream
+        # (One that ended has no reader left; login and logout close theirs.)
+        self._stream = AsyncSessionStream(self._failover, token, self.settings, self._hooks)
+        return self._stream
+
+    def _no_session_method(self, error: ChatError) -> bool:
+        if error.code is not grpc.StatusCode.UNIMPLEMENTED:
+            return False
+        self._unary = True
+        return True
+
+    async def _end_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()
 
     async def history(
         self, other_user: str, *, page_size: int = 0, newest_first: bool = False
@@ -425,6 +767,7 @@ class AsyncChatClient:
         )
         await self._call("DeleteAccount", request)
         self._session = None
+        await self._end_stream()
 
     async def cluster_status(self) -> ClusterStatus:
         request = chat_pb2.ClusterStatusRequest()
@@ -446,4 +789,10 @@ class AsyncChatClient:
         return self._session.session_token
 
 
-__all__ = ["AsyncChatClient", "AsyncSubscription", "ChatUnavailableError"]
+__all__ = [
+    "AsyncChatClient",
+    "AsyncSessionStream",
+    "AsyncSessionSubscription",
+    "AsyncSubscription",
+    "ChatUnavailableError",
+]

@@ -44,6 +44,7 @@ class ChatStub(Protocol):
     Send: grpc.UnaryUnaryMultiCallable[chat_pb2.SendRequest, chat_pb2.SendReply]
     Subscribe: grpc.UnaryStreamMultiCallable[chat_pb2.SubscribeRequest, chat_pb2.SubscribeReply]
     Ack: grpc.UnaryUnaryMultiCallable[chat_pb2.AckRequest, chat_pb2.AckReply]
+    Session: grpc.StreamStreamMultiCallable[chat_pb2.SessionRequest, chat_pb2.SessionReply]
     History: grpc.UnaryUnaryMultiCallable[chat_pb2.HistoryRequest, chat_pb2.HistoryReply]
     DeleteAccount: grpc.UnaryUnaryMultiCallable[
         chat_pb2.DeleteAccountRequest, chat_pb2.DeleteAccountReply

@@ -51,17 +51,29 @@ class ChatError(Exception):
         """The exception of the class the replica named (its SERVICE_ERROR_KEY trailer), or
         else of the one its status code means."""
         code: grpc.StatusCode = error.code()
-        details: str | None = error.details()
+        retry_after = _trailers(error).get(RETRY_AFTER_KEY)
+        try:
+            seconds = float(retry_after) if retry_after is not None else None
+        except ValueError:
+            seconds = None
+        return cls.from_status(code, error.details(), service_error(error), seconds)
+
+    @classmethod
+    def from_status(
+        cls,
+        code: grpc.StatusCode,
+        details: str | None,
+        service_class: str | None,
+        retry_after: float | None = None,
+    ) -> ChatError:
+        """The exception for a status: of the class the replica named (`service_class`),
+        else of the one the code means; a rate limit's with its `retry_after` seconds."""
         message = details or _DEFAULT_MESSAGES.get(code, code.name.lower().replace("_", " "))
-        trailers = _trailers(error)
-        kind = _BY_SERVICE_CLASS.get(service_error(error) or "")
+        kind = _BY_SERVICE_CLASS.get(service_class or "")
         if kind is None:
             kind = _BY_CODE.get(code, ChatError)
-        if kind is ResourceExhausted and RETRY_AFTER_KEY in trailers:
-            try:
-                return RateLimited(code, message, float(trailers[RETRY_AFTER_KEY]))
-            except ValueError:
-                pass
+        if kind is ResourceExhausted and retry_after is not None:
+            return RateLimited(code, message, retry_after)
         return kind(code, message)
 
 

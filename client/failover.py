@@ -349,6 +349,24 @@ class Failover:
                     raise _Unresponsive(address) from None
                 raise
 
+    def follow(self, error: grpc.RpcError) -> None:
+        """A call outside call() ended with `error`: if it names the primary ("not the
+        primary" with a trailer), the next call starts there."""
+        named = primary_named_by(error)
+        if error.code() == grpc.StatusCode.FAILED_PRECONDITION and named is not None:
+            with self._lock:
+                self._preferred = named
+
+    def answers(self, address: str) -> bool:
+        """Whether the replica at `address` still answers at all (a ClusterStatus within the
+        liveness probe's timeout)."""
+        return self._answers(address)
+
+    def abandon(self, address: str) -> None:
+        """Give up on `address` as the watchdog does on a silent replica: tried last for a
+        while, and its channel closed under every call on it (a stream included)."""
+        self._abandoned(address, self._pool.stub(address))
+
     def _answers(self, address: str, stub: ChatStub | None = None) -> bool:
         stub = self._pool.stub(address) if stub is None else stub
         try:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+import grpc
+
 from client.channels import ChannelPool
-from client.errors import NotLoggedInError
+from client.errors import ChatError, NotLoggedInError
 from client.failover import Failover
 from client.models import ClusterStatus, Message
+from client.session import SessionStream, SessionSubscription
 from client.settings import ClientHooks, ClientSettings
 from client.subscription import Subscription
 from protos import chat_pb2
@@ -61,6 +64,10 @@ class ChatClient:
     raise the ChatError subclass that names them (client.errors: NotFound, AlreadyExists,
     RateLimited, ...); no answer in time raises ChatUnavailableError. After `login` the client holds
     the session and uses it for the calls that need one. Thread-safe.
+
+    Sends, acks and subscriptions go over one Session stream per login (client.session):
+    several threads' sends are pipelined on it. `settings.session_stream=False` makes them
+    unary calls (and a Subscribe stream) instead, as does a replica without Session.
     """
 
     def __init__(
@@ -77,6 +84,9 @@ class ChatClient:
         self._request_ids = hooks.request_ids
         self._lock = threading.Lock()
         self._session: Session | None = None
+        self._hooks = hooks
+        self._unary = not settings.session_stream
+        self._stream: SessionStream | None = None
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -93,6 +103,7 @@ class ChatClient:
 
     def close(self) -> None:
         """Ends every open call (a running subscription included) and releases the channels."""
+        self._end_stream()
         self._failover.close()
         self._pool.close()
 
@@ -126,6 +137,7 @@ class ChatClient:
         )
         with self._lock:
             self._session = Session(reply.username, reply.session_token)
+        self._end_stream()
         return LoginResult(
             reply.username,
             reply.undelivered_count,
@@ -136,6 +148,7 @@ class ChatClient:
         """Revokes the session; the client forgets it even if the server could not be told."""
         with self._lock:
             session, self._session = self._session, None
+        self._end_stream()
         if session is None:
             return
         request = chat_pb2.LogoutRequest(
@@ -155,8 +168,18 @@ class ChatClient:
 
     def send(self, recipient: str, body: str) -> int:
         """Sends a message; returns its message_id."""
+        request_id = self._request_ids()
+        stream = self._session_stream()
+        if stream is not None:
+            # The stream's session token is the request's: none is carried.
+            sent = chat_pb2.SendRequest(request_id=request_id, recipient=recipient, body=body)
+            try:
+                return int(stream.request("send", sent).send.message_id)
+            except ChatError as exc:
+                if not self._no_session_method(exc):
+                    raise
         request = chat_pb2.SendRequest(
-            request_id=self._request_ids(),
+            request_id=request_id,
             session_token=self._token(),
             recipient=recipient,
             body=body,
@@ -164,13 +187,31 @@ class ChatClient:
         reply = self._failover.call_unary(lambda stub, timeout: stub.Send(request, timeout=timeout))
         return reply.message_id
 
-    def subscribe(self, *, reconnect_timeout: float | None = None) -> Subscription:
+    def subscribe(
+        self, *, reconnect_timeout: float | None = None
+    ) -> Subscription | SessionSubscription:
         """Undelivered messages, a CaughtUp marker, then new messages live (see Subscription).
 
         `reconnect_timeout` bounds each reconnect (default: the client's timeout; pass
         math.inf to keep trying until cancelled).
         """
-        return Subscription(self._failover, self._token(), reconnect_timeout=reconnect_timeout)
+        token = self._token()
+        stream = self._session_stream()
+
+        def unary() -> Subscription:
+            return Subscription(self._failover, token, reconnect_timeout=reconnect_timeout)
+
+        if stream is None:
+            return unary()
+        return stream.subscribe(reconnect_timeout, fallback=self._unary_subscription(unary))
+
+    def _unary_subscription(self, make: Callable[[], Subscription]) -> Callable[[], Subscription]:
+        def fallback() -> Subscription:
+            with self._lock:
+                self._unary = True
+            return make()
+
+        return fallback
 
     def ack(self, message_ids: Iterable[int]) -> int:
         """Marks messages delivered so they are not sent again; returns how many were acked.
@@ -188,8 +229,58 @@ class ChatClient:
         return acked
 
     def _ack_once(self, request: chat_pb2.AckRequest) -> int:
+        stream = self._session_stream()
+        if stream is not None:
+            acked = chat_pb2.AckRequest(
+                request_id=request.request_id, message_ids=request.message_ids
+            )
+            try:
+                return int(stream.request("ack", acked).ack.acked_count)
+            except ChatError as exc:
+                if not self._no_session_method(exc):
+                    raise
         reply = self._failover.call_unary(lambda stub, timeout: stub.Ack(request, timeout=timeout))
         return int(reply.acked_count)
+
+    def _session_stream(self) -> SessionStream | None:
+        """The logged-in session's stream (opened now if none is open, or the last one
+        ended), or None where calls go unary."""
+        with self._lock:
+            if self._unary:
+                return None
+            if self._session is None:
+                raise NotLoggedInError
+            token = self._session.session_token
+            stream = self._stream
+            if stream is not None and not stream.ended and stream.session_token == token:
+                return stream
+            self._stream = SessionStream(
+                self._failover,
+                token,
+                max_in_flight=self.settings.max_in_flight,
+                timeout=self.settings.timeout,
+                backoff=self.settings.backoff,
+                liveness=self.settings.liveness,
+                clock=self._hooks.clock,
+            )
+        if stream is not None:
+            stream.close()
+        return self._stream
+
+    def _no_session_method(self, error: ChatError) -> bool:
+        """Whether `error` says the replica has no Session method (an older server): the
+        client goes unary from now on, and the request (never applied) is made so."""
+        if error.code is not grpc.StatusCode.UNIMPLEMENTED:
+            return False
+        with self._lock:
+            self._unary = True
+        return True
+
+    def _end_stream(self) -> None:
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
     def history(
         self, other_user: str, *, page_size: int = 0, newest_first: bool = False
@@ -216,6 +307,7 @@ class ChatClient:
         )
         with self._lock:
             self._session = None
+        self._end_stream()
 
     def cluster_status(self) -> ClusterStatus:
         """The cluster as the replica that answered sees it (any replica: no primary needed)."""

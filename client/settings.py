@@ -22,7 +22,11 @@ class ClientSettings:
     """`timeout`: how long a call keeps retrying across replicas before ChatUnavailableError;
     `attempt_timeout`: one try at one replica; `backoff`: the pause between rounds of tries;
     `liveness`: how a replica that stopped answering is noticed mid-call; `root_certificates`:
-    PEM bytes of the cluster's CA, to talk TLS; `channel_options`: gRPC channel arguments."""
+    PEM bytes of the cluster's CA, to talk TLS; `channel_options`: gRPC channel arguments;
+    `session_stream`: sends, acks and subscriptions go over one Session stream (False: a
+    unary call per send and ack, a Subscribe stream per subscription); `max_in_flight`: the
+    most requests awaiting results on that stream (callers beyond wait; a replica's own lower
+    bound wins)."""
 
     timeout: float = 10.0
     attempt_timeout: float = 3.0
@@ -30,8 +34,12 @@ class ClientSettings:
     liveness: Liveness = field(default_factory=Liveness)
     root_certificates: bytes | None = None
     channel_options: tuple[tuple[str, int | str], ...] = DEFAULT_CHANNEL_OPTIONS
+    session_stream: bool = True
+    max_in_flight: int = 64
 
     def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {self.max_in_flight}")
         if self.timeout <= 0 or self.attempt_timeout <= 0:
             raise ValueError(
                 f"timeouts must be positive (timeout {self.timeout}, "

@@ -256,6 +256,68 @@ class AckReply(_message.Message):
     acked_count: int
     def __init__(self, acked_count: _Optional[int] = ...) -> None: ...
 
+class SessionRequest(_message.Message):
+    __slots__ = ("correlation_id", "open", "send", "ack", "pushes")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    open: SessionOpen
+    send: SendRequest
+    ack: AckRequest
+    pushes: SetPushes
+    def __init__(self, correlation_id: _Optional[int] = ..., open: _Optional[_Union[SessionOpen, _Mapping]] = ..., send: _Optional[_Union[SendRequest, _Mapping]] = ..., ack: _Optional[_Union[AckRequest, _Mapping]] = ..., pushes: _Optional[_Union[SetPushes, _Mapping]] = ...) -> None: ...
+
+class SessionOpen(_message.Message):
+    __slots__ = ("session_token", "push")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    push: bool
+    def __init__(self, session_token: _Optional[str] = ..., push: _Optional[bool] = ...) -> None: ...
+
+class SetPushes(_message.Message):
+    __slots__ = ("on",)
+    ON_FIELD_NUMBER: _ClassVar[int]
+    on: bool
+    def __init__(self, on: _Optional[bool] = ...) -> None: ...
+
+class SessionOpened(_message.Message):
+    __slots__ = ("max_in_flight",)
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    max_in_flight: int
+    def __init__(self, max_in_flight: _Optional[int] = ...) -> None: ...
+
+class RequestError(_message.Message):
+    __slots__ = ("code", "message", "error", "retry_after_seconds")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    error: str
+    retry_after_seconds: float
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., error: _Optional[str] = ..., retry_after_seconds: _Optional[float] = ...) -> None: ...
+
+class SessionReply(_message.Message):
+    __slots__ = ("correlation_id", "opened", "send", "ack", "error", "push")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    opened: SessionOpened
+    send: SendReply
+    ack: AckReply
+    error: RequestError
+    push: SubscribeReply
+    def __init__(self, correlation_id: _Optional[int] = ..., opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., send: _Optional[_Union[SendReply, _Mapping]] = ..., ack: _Optional[_Union[AckReply, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., push: _Optional[_Union[SubscribeReply, _Mapping]] = ...) -> None: ...
+
 class HistoryRequest(_message.Message):
     __slots__ = ("session_token", "other_user", "page_size", "page_token", "newest_first")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]

@@ -79,6 +79,11 @@ class ChatStub:
                 request_serializer=protos_dot_chat__pb2.AckRequest.SerializeToString,
                 response_deserializer=protos_dot_chat__pb2.AckReply.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/chat.v1.Chat/Session',
+                request_serializer=protos_dot_chat__pb2.SessionRequest.SerializeToString,
+                response_deserializer=protos_dot_chat__pb2.SessionReply.FromString,
+                _registered_method=True)
         self.History = channel.unary_unary(
                 '/chat.v1.Chat/History',
                 request_serializer=protos_dot_chat__pb2.HistoryRequest.SerializeToString,
@@ -154,6 +159,23 @@ class ChatServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """One stream per logged-in client for its sends and acks and the messages pushed to it (a
+        Subscribe without a second stream). The first request is `open` (the session token); the
+        first reply is `opened`. Sends and acks are pipelined: each carries a client-chosen
+        `correlation_id` and its result (or its error) carries it back, in any order; at most
+        `opened.max_in_flight` may await their results, one beyond is answered RESOURCE_EXHAUSTED.
+        A request refused by the service is answered with a `RequestError` (the status code and
+        message the unary call would give) and the stream goes on; a stream opened on a replica
+        that is not the primary, or whose session ends, or whose replica loses the primary role or
+        shuts down, ends with that status (FAILED_PRECONDITION with `chat-primary-address`,
+        UNAUTHENTICATED, UNAVAILABLE) as Send and Subscribe do: reconnect and send every request
+        still unanswered again, with the same request ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def History(self, request, context):
         """Messages exchanged with one other user, oldest first, paginated.
         """
@@ -210,6 +232,11 @@ def add_ChatServicer_to_server(servicer, server):
                     servicer.Ack,
                     request_deserializer=protos_dot_chat__pb2.AckRequest.FromString,
                     response_serializer=protos_dot_chat__pb2.AckReply.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=protos_dot_chat__pb2.SessionRequest.FromString,
+                    response_serializer=protos_dot_chat__pb2.SessionReply.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
@@ -426,6 +453,33 @@ class Chat:
             '/chat.v1.Chat/Ack',
             protos_dot_chat__pb2.AckRequest.SerializeToString,
             protos_dot_chat__pb2.AckReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chat.v1.Chat/Session',
+            protos_dot_chat__pb2.SessionRequest.SerializeToString,
+            protos_dot_chat__pb2.SessionReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -96,7 +96,10 @@ class ClusterConfig:
     # A database operation slower than this is counted and logged (at most once a minute).
     slow_storage_ms: int = 200
     min_insync: int = 1
-    max_subscriptions: int = 1000
+    max_subscriptions: int = 1000  # Subscribe and Session streams (each holds a thread)
+    # Requests one Session stream may have awaiting their results; one more is refused with
+    # RESOURCE_EXHAUSTED (the client library keeps below it by itself).
+    max_in_flight_per_session: int = 64
     max_sessions_per_account: int = 100  # a login beyond it ends the oldest session
     # Rate limits (token buckets, replica/chat/ratelimit.py): tries allowed at once, then one per
     # 10 s (per account) or per second (per client address).
@@ -243,6 +246,8 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
         raise ConfigError(f"{source}: storage_timeout_ms must be positive (or 0: the default)")
     for name in (
         "slow_storage_ms",
+        "max_subscriptions",
+        "max_in_flight_per_session",
         "min_password_length",
         "failed_logins_per_account",
         "failed_logins_per_address",

@@ -154,6 +154,7 @@ def serve_grpc(
     max_subscriptions: int = 16,
     recheck_interval: float = 1.0,
     limits: RateLimits | None = None,
+    max_in_flight_per_session: int = 64,
 ) -> Iterator[grpc.Channel]:
     """The real ChatServicer over `replica`, on a gRPC server in this process (so status codes
     and details are what a client gets); a channel to it. Everything stops on exit."""
@@ -165,6 +166,7 @@ def serve_grpc(
         notifier,
         lambda: ClusterView(0, 0, []),
         max_subscriptions=max_subscriptions,
+        max_in_flight_per_session=max_in_flight_per_session,
         recheck_interval=recheck_interval,
         limits=limits,
     )

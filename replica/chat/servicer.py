@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from protos.wire import PRIMARY_ADDRESS_KEY, RETRY_AFTER_KEY, SERVICE_ERROR_KEY
 from replica import errors
 from replica.chat.ratelimit import TokenBuckets, client_address, retry_text
 from replica.chat.service import ChatService, sent_at_unix_ms
+from replica.chat.session import RequestWorkers, SessionStream
 from replica.replication.status import ClusterView
 from replica.storage.database import storage_problem
 from replica.storage.notifier import InboxNotifier
@@ -104,6 +106,25 @@ def maps_errors(method: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+def request_error(error: errors.ChatError) -> chat_pb2.RequestError:
+    """A refused request's answer on a Session stream: what abort_with would have said."""
+    code = _STATUS.get(type(error), grpc.StatusCode.UNKNOWN)
+    retry_after = 0.0
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+        retry_after = max(error.retry_after, 0.001)
+    return chat_pb2.RequestError(
+        code=code.value[0],
+        message=str(error),
+        error=type(error).__name__,
+        retry_after_seconds=retry_after,
+    )
+
+
+# Refusals that are the stream's, not one request's: the client must go elsewhere (or log in
+# again) for every request, so the stream ends with the status.
+_ENDS_STREAM = (errors.NotPrimary, errors.Unauthenticated)
+
+
 def _message(m: StoredMessage) -> chat_pb2.Message:
     return chat_pb2.Message(
         message_id=m.message_id,
@@ -160,6 +181,13 @@ def add_chat_servicer(servicer: ChatServicer, server: grpc.Server) -> None:
     for method in CHAT_SERVICE.methods:
         request_class = getattr(chat_pb2, method.input_type.name)
         reply_class = getattr(chat_pb2, method.output_type.name)
+        if method.client_streaming:  # Session: each request is checked as it arrives
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                getattr(servicer, method.name),
+                request_deserializer=_lenient_decoder(request_class),
+                response_serializer=reply_class.SerializeToString,
+            )
+            continue
         behavior = _refusing_malformed(getattr(servicer, method.name))
         make = (
             grpc.unary_stream_rpc_method_handler
@@ -219,6 +247,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         cluster_view: Callable[[], ClusterView],
         *,
         max_subscriptions: int,
+        max_in_flight_per_session: int = 64,
+        request_workers: int = 64,
         recheck_interval: float = 1.0,
         limits: RateLimits | None = None,
     ) -> None:
@@ -240,6 +270,12 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         self._open_lock = threading.Lock()
         # Called with the seconds from a message's sent_at to its push, for live messages.
         self.on_delivered: Callable[[float], None] | None = None
+        # Called for each send or ack answered on a Session stream ("send" or "ack", its status
+        # code's name, its seconds); unary calls are counted by the metrics interceptor.
+        self.on_session_answer: Callable[[str, str, float], None] | None = None
+        self._max_in_flight = max_in_flight_per_session
+        self._workers = RequestWorkers(self._carry_out, request_workers)
+        self._sessions: set[SessionStream] = set()
 
     @property
     def open_subscriptions(self) -> int:
@@ -247,6 +283,11 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
 
     def stop(self) -> None:
         self._stopping.set()
+        with self._open_lock:
+            sessions = list(self._sessions)
+        for stream in sessions:
+            stream.end(errors.Unavailable("the replica is shutting down; reconnect"))
+        self._workers.stop()
         self._notifier.close()
 
     @maps_errors
@@ -364,19 +405,13 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             abort_with(context, database_unavailable(exc))
             return
         if not self._subscriptions.acquire(blocking=False):
-            abort_with(
-                context,
-                errors.ResourceExhausted(
-                    f"this replica already serves {self._max_subscriptions} subscriptions; "
-                    "retry later"
-                ),
-            )
+            abort_with(context, self._subscriptions_full())
         with self._open_lock:
             self._open += 1
         try:
             with self._notifier.watching(account.account_id):
                 yield from self._deliver(
-                    account.account_id, request.session_token, context, request.batches
+                    account.account_id, request.session_token, context.is_active, request.batches
                 )
         except errors.ChatError as exc:
             abort_with(context, exc)
@@ -387,8 +422,13 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
                 self._open -= 1
             self._subscriptions.release()
 
+    def _subscriptions_full(self) -> errors.ResourceExhausted:
+        return errors.ResourceExhausted(
+            f"this replica already serves {self._max_subscriptions} subscriptions; retry later"
+        )
+
     def _deliver(
-        self, account_id: int, token: str, context: grpc.ServicerContext, batches: bool
+        self, account_id: int, token: str, active: Callable[[], bool], batches: bool
     ) -> Iterator[chat_pb2.SubscribeReply]:
         last_id = 0
         caught_up = False
@@ -398,7 +438,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         # Every undelivered message up to this seq has been yielded (once caught up, woken
         # subscriptions take new messages from the notifier while it covers them).
         seen_through = 0
-        while context.is_active() and not self._stopping.is_set():
+        while active() and not self._stopping.is_set():
             version = self._notifier.version(account_id)
             batch, through = next_page(
                 self._service,
@@ -442,4 +482,198 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             if self._role.snapshot.role is not Role.PRIMARY:
                 self._role.require_primary()
         if self._stopping.is_set():
-            abort_with(context, errors.Unavailable("the replica is shutting down; reconnect"))
+            raise errors.Unavailable("the replica is shutting down; reconnect")
+
+    # -- Session streams (replica/chat/session.py) -------------------------------------------
+
+    def Session(
+        self, requests: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[chat_pb2.SessionReply]:
+        try:
+            first = next(requests, None)
+        except grpc.RpcError:  # the client left before its first request
+            return
+        if first is None:
+            return
+        if isinstance(first, MalformedRequest) or first.WhichOneof("item") != "open":
+            abort_with(
+                context,
+                errors.InvalidArgument(
+                    "a Session stream begins with an `open` request (the session token)"
+                ),
+            )
+        token = first.open.session_token
+        try:
+            self._role.require_primary()
+            account = self._service.authenticate(token)
+        except errors.ChatError as exc:
+            abort_with(context, exc)
+            return
+        except sa.exc.DBAPIError as exc:
+            abort_with(context, database_unavailable(exc))
+            return
+        # A session replaces a Subscribe stream, and holds a server thread as one does.
+        if not self._subscriptions.acquire(blocking=False):
+            abort_with(context, self._subscriptions_full())
+        stream = SessionStream(token, account.account_id, self._max_in_flight)
+        with self._open_lock:
+            self._open += 1
+            self._sessions.add(stream)
+        try:
+            context.add_callback(functools.partial(stream.end, None))
+            yield chat_pb2.SessionReply(
+                opened=chat_pb2.SessionOpened(max_in_flight=self._max_in_flight)
+            )
+            if first.open.push:
+                self._start_pushes(stream)
+            threading.Thread(
+                target=self._read_session,
+                args=(stream, requests),
+                name=f"session-reader-{account.account_id}",
+                daemon=True,
+            ).start()
+            yield from self._session_replies(stream, context)
+        finally:
+            stream.ended.set()
+            if stream.pushes is not None:
+                stream.pushes.set()
+            with self._open_lock:
+                self._open -= 1
+                self._sessions.discard(stream)
+            self._subscriptions.release()
+
+    def _session_replies(
+        self, stream: SessionStream, context: grpc.ServicerContext
+    ) -> Iterator[chat_pb2.SessionReply]:
+        replies = stream.replies
+        while True:
+            try:
+                item = replies.get(timeout=self._recheck_interval)
+            except queue.Empty:
+                # A quiet stream still ends when its replica stops being the primary.
+                if self._role.snapshot.role is not Role.PRIMARY:
+                    try:
+                        self._role.require_primary()
+                    except errors.ChatError as exc:
+                        abort_with(context, exc)
+                continue
+            if isinstance(item, chat_pb2.SessionReply):
+                yield item
+            elif item is None:
+                if not context.is_active():  # cancelled, rather than closed by the client
+                    context.set_code(grpc.StatusCode.CANCELLED)
+                return
+            else:
+                abort_with(context, item)
+
+    def _read_session(self, stream: SessionStream, requests: Iterator[Any]) -> None:
+        """The stream's reader thread: each request to a worker (or refused at once)."""
+        try:
+            for request in requests:
+                if stream.ended.is_set():
+                    return
+                kind = None if isinstance(request, MalformedRequest) else request.WhichOneof("item")
+                if kind == "send" or kind == "ack":
+                    if stream.admit():
+                        self._workers.submit(stream, request)
+                    else:
+                        stream.replies.put(self._too_many_in_flight(stream, request))
+                elif kind == "pushes":
+                    if request.pushes.on:
+                        self._start_pushes(stream)
+                    elif stream.pushes is not None:
+                        stream.pushes.set()
+                        stream.pushes = None
+                else:
+                    reason = (
+                        f"the request is not a valid {request.message_type} message "
+                        f"({request.reason})"
+                        if isinstance(request, MalformedRequest)
+                        else "a Session stream takes `open` once, first, then sends, acks "
+                        "and pushes"
+                    )
+                    stream.end(errors.InvalidArgument(reason))
+                    return
+        except grpc.RpcError:
+            return  # the stream was cancelled: its callback ended it
+        stream.client_done()
+
+    def _too_many_in_flight(self, stream: SessionStream, request: Any) -> chat_pb2.SessionReply:
+        error = errors.ResourceExhausted(
+            f"more than {stream.max_in_flight} requests in flight on this Session stream; "
+            "wait for a result before sending more"
+        )
+        return chat_pb2.SessionReply(
+            correlation_id=request.correlation_id, error=request_error(error)
+        )
+
+    def _carry_out(self, stream: SessionStream, request: Any) -> None:
+        """A worker: one send or ack of `stream`, answered on it."""
+        reply = chat_pb2.SessionReply(correlation_id=request.correlation_id)
+        kind = "send" if request.HasField("send") else "ack"
+        began = time.perf_counter()
+        code = "OK"
+        try:
+            if kind == "send":
+                send = request.send
+                self._check_token(stream, send.session_token)
+                reply.send.message_id = self._service.send(
+                    send.request_id, stream.token, send.recipient, send.body
+                )
+            else:
+                ack = request.ack
+                self._check_token(stream, ack.session_token)
+                reply.ack.acked_count = self._service.ack(
+                    ack.request_id, stream.token, list(ack.message_ids)
+                )
+        except _ENDS_STREAM as exc:
+            # No answer: the client sends it again, same request id, wherever it reconnects.
+            stream.end(exc)
+            stream.answered(None)
+            code = _STATUS[type(exc)].name
+        except errors.ChatError as exc:
+            reply.error.CopyFrom(request_error(exc))
+            code = _STATUS.get(type(exc), grpc.StatusCode.UNKNOWN).name
+        except sa.exc.DBAPIError as exc:
+            reply.error.CopyFrom(request_error(database_unavailable(exc)))
+            code = grpc.StatusCode.UNAVAILABLE.name
+        if code == "OK" or reply.HasField("error"):
+            stream.answered(reply)
+        if self.on_session_answer is not None:
+            self.on_session_answer(kind, code, time.perf_counter() - began)
+
+    @staticmethod
+    def _check_token(stream: SessionStream, token: str) -> None:
+        if token and token != stream.token:
+            raise errors.InvalidArgument(
+                "a request on a Session stream carries the stream's session token or none"
+            )
+
+    def _start_pushes(self, stream: SessionStream) -> None:
+        if stream.pushes is not None:
+            return  # already pushing
+        stop = threading.Event()
+        stream.pushes = stop
+        threading.Thread(
+            target=self._push,
+            args=(stream, stop),
+            name=f"session-pusher-{stream.account_id}",
+            daemon=True,
+        ).start()
+
+    def _push(self, stream: SessionStream, stop: threading.Event) -> None:
+        """A pusher thread: what a Subscribe stream would yield, onto the session's queue."""
+
+        def active() -> bool:
+            return not (stop.is_set() or stream.ended.is_set())
+
+        try:
+            with self._notifier.watching(stream.account_id):
+                for item in self._deliver(stream.account_id, stream.token, active, True):
+                    if not active():  # stopped meanwhile: a new pusher sends the backlog anew
+                        return
+                    stream.replies.put(chat_pb2.SessionReply(push=item))
+        except errors.ChatError as exc:
+            stream.end(exc)
+        except sa.exc.DBAPIError as exc:
+            stream.end(database_unavailable(exc))

@@ -96,6 +96,14 @@ class ReplicaMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.session_requests = Counter(
+            "chat_session_requests",
+            "Sends and acks answered on Session streams, by status code (the streams themselves "
+            "are counted as RPCs by grpc_server_*).",
+            ["request", "grpc_code"],
+            registry=r,
+        )
+        self._session_children: dict[tuple[str, str], Any] = {}
         labels = ["grpc_type", "grpc_service", "grpc_method"]
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.", labels, registry=r
@@ -137,6 +145,16 @@ class ReplicaMetrics:
                 self.in_sync_shrinks.inc()
             case _:
                 pass
+
+    def session_answered(self, request: str, code: str, seconds: float) -> None:
+        """A send or ack answered on a Session stream, with its status code's name."""
+        key = (request, code)
+        child = self._session_children.get(key)
+        if child is None:
+            child = self._session_children[key] = self.session_requests.labels(request, code)
+        child.inc()
+        if request == "send" and code == "OK":
+            self.send_seconds.observe(seconds)
 
     # -- serving ---------------------------------------------------------------------------
 

@@ -263,6 +263,7 @@ class ReplicaNode:
             self.notifier,
             self.cluster_view,
             max_subscriptions=cluster.max_subscriptions,
+            max_in_flight_per_session=cluster.max_in_flight_per_session,
             limits=RateLimits(
                 login_burst=cluster.failed_logins_per_account,
                 address_login_burst=cluster.failed_logins_per_address,
@@ -517,6 +518,7 @@ class ReplicaNode:
         m = self.metrics
         self.writer.on_database_error = m.database_errors.labels("write").inc
         self.servicer.on_delivered = m.delivery_seconds.observe
+        self.servicer.on_session_answer = m.session_answered
         self.storage_watch.on_duration = m.storage_seconds.observe
         m.add_state(self._state_metrics)
 

@@ -230,6 +230,39 @@ class Senders(SenderThreads):
             self._errors.append(exc)
 
 
+class PipelinedSenders(SenderThreads):
+    """`threads` threads sharing one client logged in as `user` (so one Session stream, with
+    up to `threads` sends in flight on it), sending numbered messages until stopped;
+    `most_at_once` is the most sends that were awaiting their results together."""
+
+    def __init__(self, cluster: ClusterProcesses, user: str, threads: int, recipient: str) -> None:
+        super().__init__([f"{user}/{i}" for i in range(threads)], recipient)
+        self._client = ChatClient(cluster.addresses, ClientSettings(timeout=self._timeout))
+        self._client.login(user, PASSWORD)
+        self._at_once = 0
+        self.most_at_once = 0
+
+    def _run(self, label: str) -> None:
+        try:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                with self.log.lock:
+                    self._at_once += 1
+                    self.most_at_once = max(self.most_at_once, self._at_once)
+                self._send(self._client, f"{label}#{n}")
+                with self.log.lock:
+                    self._at_once -= 1
+        except BaseException as exc:  # reported by stop()
+            self._errors.append(exc)
+
+    def stop(self) -> SendLog:
+        try:
+            return super().stop()
+        finally:
+            self._client.close()
+
+
 @contextmanager
 def sending(cluster: ClusterProcesses, senders: list[str], recipient: str) -> Iterator[Senders]:
     load = Senders(cluster, senders, recipient)

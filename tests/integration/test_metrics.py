@@ -92,26 +92,27 @@ def send_five_to_a_subscriber_and_scrape(cluster: ClusterProcesses, primary: int
             with pytest.raises(ChatError):
                 alice.send("nobody", "refused")
         wait_until(lambda: len(received) == 5, 20, "the live messages did not arrive")
-        samples = scrape(cluster, primary)
-        assert value(samples, "chat_open_subscriptions") == 1
+        # bob's Session stream (alice's, closed, may take the server a moment to see go).
+        samples = wait_until(
+            lambda: (
+                (s := scrape(cluster, primary)) and value(s, "chat_open_subscriptions") == 1 and s
+            ),
+            10,
+            "alice's stream did not end",
+        )
         subscription.cancel()
         listener.join(10)
     return samples
 
 
 def assert_rpcs_and_latencies(samples: Samples) -> None:
-    """The five sends and the refused one, by gRPC code, and their latencies."""
-    chat = {"grpc_type": "unary", "grpc_service": "chat.v1.Chat"}
-    assert (
-        value(samples, "grpc_server_handled_total", **chat, grpc_method="Send", grpc_code="OK") == 5
-    )
-    assert (
-        value(
-            samples, "grpc_server_handled_total", **chat, grpc_method="Send", grpc_code="NOT_FOUND"
-        )
-        == 1
-    )
-    assert value(samples, "grpc_server_handling_seconds_count", **chat, grpc_method="Send") == 6
+    """The five sends and the refused one (over alice's Session stream, counted per request),
+    by gRPC code, and their latencies; the streams themselves counted as RPCs."""
+    assert value(samples, "chat_session_requests_total", request="send", grpc_code="OK") == 5
+    assert value(samples, "chat_session_requests_total", request="send", grpc_code="NOT_FOUND") == 1
+    chat = {"grpc_type": "bidi_stream", "grpc_service": "chat.v1.Chat", "grpc_method": "Session"}
+    assert value(samples, "grpc_server_started_total", **chat) == 2  # alice's and bob's
+    assert value(samples, "grpc_server_handled_total", **chat, grpc_code="CANCELLED") == 1
     assert value(samples, "chat_send_latency_seconds_count") == 5
     assert (value(samples, "chat_delivery_latency_seconds_count") or 0) >= 5
 

@@ -23,6 +23,18 @@ def test_max_sessions_per_account_must_be_positive(tmp_path: Path) -> None:
         load_cluster_config(path, env={})
 
 
+@pytest.mark.parametrize("name", ["max_in_flight_per_session", "max_subscriptions"])
+def test_stream_limits_can_be_set_and_must_be_positive(tmp_path: Path, name: str) -> None:
+    defaults = load_cluster_config(None, env={})
+    assert (defaults.max_in_flight_per_session, defaults.max_subscriptions) == (64, 1000)
+    path = tmp_path / "cluster.toml"
+    path.write_text(f"{name} = 8\n")
+    assert getattr(load_cluster_config(path, env={}), name) == 8
+    path.write_text(f"{name} = 0\n")
+    with pytest.raises(ConfigError, match=f"{name} must be at least 1"):
+        load_cluster_config(path, env={})
+
+
 def test_allow_unsafe_durability_is_off_by_default_and_takes_only_a_boolean(
     tmp_path: Path,
 ) -> None:

@@ -1,0 +1,256 @@
+"""ChatClient over the Session stream, against replicas whose stream the test drives: sends go
+over the stream by default (unary when asked, or when the replica has no Session method),
+several threads' sends are in flight at once and each caller gets its own result, a broken
+stream is reopened on the new primary with every unanswered request sent again under the
+same request id (each applied once), and the client stays within the replica's bound on
+requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from client import AsyncChatClient, Backoff, ChatClient, ClientSettings, Liveness, NotFound
+from protos import chat_pb2
+from tests.client.chat_fakes import answer, start_replica, stop_replica
+from tests.client.session_fakes import (
+    FakeSessionReplica,
+    start_session_replica,
+    stop_session_replica,
+)
+from testsupport.harness import wait_until
+
+SETTINGS = ClientSettings(timeout=10.0, backoff=Backoff(initial=0.01, maximum=0.05))
+
+
+@pytest.fixture
+def cluster() -> Iterator[Callable[..., FakeSessionReplica]]:
+    started: list[FakeSessionReplica] = []
+    log: dict[str, int] = {}
+
+    def start(**kwargs: object) -> FakeSessionReplica:
+        replica = start_session_replica(FakeSessionReplica(log, **kwargs))  # type: ignore[arg-type]
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        stop_session_replica(replica)
+
+
+def client_of(*replicas: FakeSessionReplica, settings: ClientSettings = SETTINGS) -> ChatClient:
+    client = ChatClient([r.address for r in replicas], settings)
+    client.login("alice", "pw")
+    return client
+
+
+def sends_from_threads(client: ChatClient, count: int) -> list[futures.Future[int]]:
+    pool = futures.ThreadPoolExecutor(max_workers=count)
+    sent = [pool.submit(client.send, "bob", f"message {i}") for i in range(count)]
+    pool.shutdown(wait=False)
+    return sent
+
+
+def test_sends_go_over_the_stream_by_default_and_unary_when_asked(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    with client_of(replica) as client:
+        first = client.send("bob", "over the stream")
+    with client_of(replica, settings=ClientSettings(session_stream=False)) as client:
+        second = client.send("bob", "unary")
+    assert [r.send.body for r in replica.received] == ["over the stream"]
+    assert [r.body for r in replica.unary_sends] == ["unary"]
+    assert replica.log == {
+        replica.received[0].send.request_id: first,
+        replica.unary_sends[0].request_id: second,
+    }
+
+
+def test_a_replica_without_session_gets_unary_calls() -> None:
+    server = start_replica()  # its Session is the generated servicer's: UNIMPLEMENTED
+    try:
+        server.script("Login", answer(chat_pb2.LoginReply(session_token="t", username="alice")))
+        server.script("Send", answer(chat_pb2.SendReply(message_id=3)))
+        with ChatClient([server.address], SETTINGS) as client:
+            client.login("alice", "pw")
+            assert client.send("bob", "one") == 3
+            assert client.send("bob", "two") == 3
+        assert [r.body for r in server.requests("Send")] == ["one", "two"]
+    finally:
+        stop_replica(server)
+
+
+def test_sends_of_many_threads_are_pipelined_and_each_gets_its_own_result(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(answer_at_once=False)
+    with client_of(replica) as client:
+        sent = sends_from_threads(client, 8)
+        replica.wait_held(8)  # all eight in flight on the one stream at once
+        replica.answer_held()  # answered in reverse order
+        results = [f.result(timeout=10) for f in sent]
+    by_body = {r.send.body: replica.log[r.send.request_id] for r in replica.received}
+    assert results == [by_body[f"message {i}"] for i in range(8)]
+    assert sorted(results) == list(range(1, 9))
+
+
+def test_a_broken_stream_is_reopened_on_the_primary_and_unanswered_requests_sent_again(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    old, new = cluster(answer_at_once=False), cluster()
+    with client_of(old, new) as client:
+        sent = sends_from_threads(client, 5)
+        old.wait_held(5)
+        applied = old.apply_held()  # committed there, but no reply goes out
+        old.end_stream(grpc.StatusCode.FAILED_PRECONDITION, "not the primary", new.address)
+        results = [f.result(timeout=10) for f in sent]
+        assert client.connected_address == new.address
+    # The same five request ids, once each, and each caller got what the log holds for its id.
+    assert sorted(new.sent_request_ids()) == sorted(old.sent_request_ids()) == sorted(applied)
+    assert len(old.log) == 5
+    by_body = {r.send.body: old.log[r.send.request_id] for r in new.received}
+    assert results == [by_body[f"message {i}"] for i in range(5)]
+
+
+def test_a_stream_that_drops_is_reopened_and_its_requests_answered_once(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(answer_at_once=False)
+    with client_of(replica) as client:
+        sent = sends_from_threads(client, 3)
+        replica.wait_held(3)
+        replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+        replica.wait_held(3)  # sent again on the new stream
+        replica.answer_held()
+        results = [f.result(timeout=10) for f in sent]
+    ids = replica.sent_request_ids()
+    assert len(ids) == 6 and sorted(set(ids)) == sorted(ids[:3])
+    assert sorted(results) == [1, 2, 3]
+
+
+def test_the_client_keeps_within_the_replicas_bound(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(max_in_flight=3, answer_at_once=False)
+    with client_of(replica) as client:  # its own bound is 64: the replica's 3 wins
+        sent = sends_from_threads(client, 10)
+        replica.wait_held(3)
+        answered = 0
+        while answered < 10:
+            replica.wait_held(min(3, 10 - answered))
+            held = len(replica.received) - answered
+            replica.answer_held()
+            answered += held
+        results = [f.result(timeout=10) for f in sent]
+    assert sorted(results) == list(range(1, 11))
+    assert replica.most_in_flight == 3
+    assert replica.refused_beyond_bound == 0
+
+
+def test_a_refused_request_raises_its_own_class(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    refusal = chat_pb2.RequestError(code=5, message="no such user: zed", error="NotFound")
+    original = replica._apply
+
+    def refuse_zed(request: chat_pb2.SessionRequest) -> chat_pb2.SessionReply:
+        if request.send.recipient == "zed":
+            return chat_pb2.SessionReply(correlation_id=request.correlation_id, error=refusal)
+        return original(request)
+
+    replica._apply = refuse_zed  # type: ignore[method-assign]
+    with client_of(replica) as client:
+        with pytest.raises(NotFound) as info:
+            client.send("zed", "hi")
+        assert info.value.message == "no such user: zed"
+        assert client.send("bob", "still fine") == 1
+
+
+def test_close_fails_a_waiting_send_at_once(cluster: Callable[..., FakeSessionReplica]) -> None:
+    replica = cluster(answer_at_once=False)
+    client = client_of(replica)
+    [sent] = sends_from_threads(client, 1)
+    replica.wait_held(1)
+    closer = threading.Thread(target=client.close)
+    closer.start()
+    with pytest.raises(Exception, match="client closed"):
+        sent.result(timeout=10)
+    closer.join(10)
+
+
+def test_a_replica_that_stops_answering_is_left_and_the_request_sent_again(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(answer_at_once=False)
+    quick = Liveness(check_after=0.05, probe_timeout=0.05, suspect_for=0.1)
+    with client_of(replica, settings=ClientSettings(timeout=10.0, liveness=quick)) as client:
+        replica.thawed.clear()
+        [sent] = sends_from_threads(client, 1)
+        replica.wait_held(1)
+        wait_until(lambda: replica.probes > 0, 5, "no liveness probe")
+        replica.answer_at_once = True  # it answers what comes on the next stream
+        wait_until(lambda: len(replica.sent_request_ids()) >= 2, 5, "the send was not sent again")
+        replica.thawed.set()
+        assert sent.result(timeout=5) == 1
+    first, *again = replica.sent_request_ids()
+    assert again and set(again) == {first}
+
+
+# -- the asyncio client: the same stream ------------------------------------------------------
+
+
+def test_async_sends_are_pipelined_and_sent_again_on_the_new_primary(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    old, new = cluster(answer_at_once=False), cluster()
+
+    async def scenario() -> list[int]:
+        async with AsyncChatClient([old.address, new.address], SETTINGS) as client:
+            await client.login("alice", "pw")
+            sends = [asyncio.create_task(client.send("bob", f"message {i}")) for i in range(5)]
+            await asyncio.to_thread(old.wait_held, 5)  # all five in flight at once
+            old.apply_held()  # committed there, no reply goes out
+            old.end_stream(grpc.StatusCode.FAILED_PRECONDITION, "not the primary", new.address)
+            results = await asyncio.gather(*sends)
+            assert client.connected_address == new.address
+            return results
+
+    results = asyncio.run(scenario())
+    assert sorted(new.sent_request_ids()) == sorted(old.sent_request_ids())
+    assert len(old.log) == 5
+    by_body = {r.send.body: old.log[r.send.request_id] for r in new.received}
+    assert results == [by_body[f"message {i}"] for i in range(5)]
+
+
+def test_async_client_keeps_within_the_replicas_bound(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(max_in_flight=2, answer_at_once=False)
+
+    def answer_two_at_a_time() -> None:
+        answered = 0
+        while answered < 10:
+            replica.wait_held(min(2, 10 - answered))
+            held = len(replica.received) - answered
+            replica.answer_held()
+            answered += held
+
+    async def scenario() -> list[int]:
+        async with AsyncChatClient([replica.address], SETTINGS) as client:
+            await client.login("alice", "pw")
+            driver = asyncio.create_task(asyncio.to_thread(answer_two_at_a_time))
+            sent = await asyncio.gather(*(client.send("bob", f"m{i}") for i in range(10)))
+            await driver
+            return sent
+
+    assert sorted(asyncio.run(scenario())) == list(range(1, 11))
+    assert replica.unary_sends == []
+    assert replica.most_in_flight == 2
+    assert replica.refused_beyond_bound == 0
