@@ -641,8 +641,12 @@ class ReplicaCore:
         live = [o.view for o in event.outcomes if o.view is not None]
         # Only members' epochs depose a primary: a removed replica's candidacies must not
         # disrupt the others. (A primary is followed whoever it is: one elected after a
-        # change this replica has not stored yet may be no member in its eyes.)
-        newest = max((v.epoch for v in live if self.membership.is_member(v.index)), default=0)
+        # change this replica has not stored yet may be no member in its eyes.) A voter whose
+        # removal is not committed yet counts: it may still be elected in the membership
+        # before it (electing_voters) -- the membership model found a primary that had
+        # written such a removal ignore that voter's newer epoch for good.
+        deposing = self.membership.members | self.election_voters()
+        newest = max((v.epoch for v in live if v.index in deposing), default=0)
         iss = self.in_sync_set
         if iss is not None:
             if newest > self.current_epoch:
