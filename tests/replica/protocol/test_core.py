@@ -1052,11 +1052,14 @@ def test_a_round_begun_as_primary_elects_no_one_after_a_step_down() -> None:
     assert probed(out) in (None, (2,))
     p.step(ins.LocalWriteFailed(p.epoch, "failed"))
     assert p.core.role is not Role.PRIMARY
-    partial = ins.ProbesAnswered(Position(p.epoch, 6), (view(2, Role.SECONDARY, p.epoch, 6),))
+    # (2 vouches: on its word alone, 0 and 2 could elect -- without 1, which may vouch too.)
+    partial = ins.ProbesAnswered(
+        Position(p.epoch, 6), (view(2, Role.SECONDARY, p.epoch, 6, vouches=True),)
+    )
     out = p.step(partial, after=1.0)
     assert not of(out, fx.RequestVotes) and p.core.role is not Role.PRIMARY
     full = ins.ProbesAnswered(
         Position(p.epoch, 6),
-        (view(1, Role.SECONDARY, p.epoch, 5), view(2, Role.SECONDARY, p.epoch, 6)),
+        (view(1, Role.SECONDARY, p.epoch, 5), view(2, Role.SECONDARY, p.epoch, 6, vouches=True)),
     )
     assert of(p.step(full), fx.RequestVotes)
