@@ -68,6 +68,14 @@ class ProtocolConfig:
         return max(4 * self.heartbeat_interval, self.peer_timeout / 2)
 
     @property
+    def stream_quiet_after(self) -> float:
+        """A replication stream on which nothing was heard for this long is quiet: its two ends
+        probe each other again (while it is alive, heartbeats and acks prove what a probe would
+        -- every heartbeat interval). Well under the peer timeout, so that a secondary's probe
+        rounds are under way before it may elect."""
+        return min(3 * self.heartbeat_interval, self.peer_timeout / 2)
+
+    @property
     def awake_window(self) -> float:
         """Removing a silent secondary is safe only once a primary has been running, and so
         heartbeating, for longer than a secondary waits before electing."""

@@ -294,6 +294,39 @@ class ReplicaCore:
         targets = self.membership.members | self.election_voters()
         return tuple(sorted(targets - {self.config.index}))
 
+    def probe_round_targets(self, now: float) -> tuple[int, ...]:
+        """The replicas this tick's probe round asks: the probe targets whose replication
+        stream with this replica is not alive. A live stream proves what a probe would: a
+        primary hears each streaming secondary ack every heartbeat (it runs, follows this
+        epoch -- one that learns of a newer epoch ends its stream at the next message -- and
+        its log ends where it acked); a secondary hears its primary's heartbeats (alive, and
+        primary of an epoch it accepts). So a primary probes only the peers whose streams are
+        quiet or absent -- and every peer until it has run for the awake window since it began
+        or woke from a pause, when it must learn of any newer epoch first -- and a secondary
+        whose stream is alive probes no one: a newer primary reaches it with its own probes
+        (it probes every replica not streaming from it), and its primary, once deposed, stops
+        streaming to it. Empty: no round."""
+        targets = self.probe_targets()
+        iss = self.in_sync_set
+        if iss is not None:
+            if self.role is not Role.PRIMARY or not iss.awake(now):
+                return targets
+            streaming = iss.streaming(now)
+            return tuple(p for p in targets if p not in streaming)
+        if self.stream_alive(now):
+            return ()
+        return targets
+
+    def stream_alive(self, now: float) -> bool:
+        """As a secondary: its stream is past its divergence exchange and its primary was heard
+        on it within stream_quiet_after (a heartbeat, a batch)."""
+        f = self.following
+        return (
+            f.stream_id is not None
+            and f.streaming
+            and now - f.last_contact <= self.config.stream_quiet_after
+        )
+
     def voter_peers(self) -> tuple[int, ...]:
         return tuple(sorted(self.membership.voters - {self.config.index}))
 
@@ -358,7 +391,7 @@ class ReplicaCore:
             in_sync=primary or self.following.in_sync,
             vouches=self.vouches(now),
             following_live_primary=self.following_live_primary(now),
-            secondaries=iss.statuses() if primary and iss is not None else (),
+            secondaries=iss.statuses(now) if primary and iss is not None else (),
             claim=self.claim(),
         )
 
@@ -548,9 +581,16 @@ class ReplicaCore:
 
     def _tick(self, event: Tick, now: float) -> None:
         self._check_storage(event.storage_busy_since, now)
-        self._out.append(
-            ProbeAll(self.current_epoch, self.role is Role.PRIMARY, peers=self.probe_targets())
-        )
+        peers = self.probe_round_targets(now)
+        primary = self.in_sync_set is not None and self.role is Role.PRIMARY
+        if peers or not (primary or self.stream_alive(now)):
+            # (A round with nobody to ask still comes back: a lone voter elects on it.)
+            self._out.append(ProbeAll(self.current_epoch, primary, peers=peers))
+        elif primary:
+            # Every peer streams: what a round would bring -- answers, no one gone, no newer
+            # epoch -- the streams brought. The in-sync set's timeouts and the cut-off check
+            # run as after a round (a laggard acking heartbeats is removed all the same).
+            self._round_heard((), now)
         f = self.following
         if (
             f.stream_id is not None
@@ -601,16 +641,18 @@ class ReplicaCore:
         live = [o.view for o in event.outcomes if o.view is not None]
         # Only members' epochs depose a primary: a removed replica's candidacies must not
         # disrupt the others. (A primary is followed whoever it is: one elected after a
-        # change this replica has not stored yet may be no member in its eyes.)
-        newest = max((v.epoch for v in live if self.membership.is_member(v.index)), default=0)
+        # change this replica has not stored yet may be no member in its eyes.) A voter whose
+        # removal is not committed yet counts: it may still be elected in the membership
+        # before it (electing_voters) -- the membership model found a primary that had
+        # written such a removal ignore that voter's newer epoch for good.
+        deposing = self.membership.members | self.election_voters()
+        newest = max((v.epoch for v in live if v.index in deposing), default=0)
         iss = self.in_sync_set
         if iss is not None:
             if newest > self.current_epoch:
                 self._observe_epoch(newest)
             elif self.role is Role.PRIMARY:
-                gone = {o.index for o in event.outcomes if o.process_gone}
-                iss.evaluate(now, gone, self._out)
-                self._check_cut_off(event.outcomes, now)
+                self._round_heard(event.outcomes, now)
             return  # (or waiting for its epoch_started event to be durable)
         if event.ended_at is not None and now - event.ended_at > self.config.probe_timeout:
             # Heard long after it ended (its own position's read waited behind a stalled
@@ -624,6 +666,13 @@ class ReplicaCore:
             # Not streaming from it yet: the vouch ends with the stream anyway (`vouches`).
             return
         if self.following_live_primary(now) or self.election is not None:
+            return
+        asked = {o.index for o in event.outcomes} | {self.config.index}
+        if not self.election_voters() <= asked:
+            # A round that asked only some voters -- begun as primary, of the peers whose
+            # streams were silent -- says nothing of the others: one may be running and
+            # vouching. An election waits for a round that asked them all (the membership
+            # model found an election without a vouching voter on such a round).
             return
         if self.config.index not in self.electing_voters():
             return  # a learner (or a removed replica) follows; it never elects
@@ -650,6 +699,16 @@ class ReplicaCore:
         voting = tuple(o for o in event.outcomes if o.index in electing)
         silent = rules.may_be_vouching_unheard(voting, lost, self.config.min_insync)
         self._elect(live, event.own_position, now, silent)
+
+    def _round_heard(self, outcomes: tuple[ProbeOutcome, ...], now: float) -> None:
+        """As primary: a probe round's outcomes (of the peers it asked: those whose streams are
+        not alive) are in. Members gone or silent too long leave the in-sync set; a primary
+        that hears no one steps down."""
+        iss = self.in_sync_set
+        assert iss is not None
+        gone = {o.index for o in outcomes if o.process_gone}
+        iss.evaluate(now, gone, self._out)
+        self._check_cut_off(outcomes, now)
 
     def _elect(
         self,
@@ -1084,6 +1143,9 @@ class ReplicaCore:
         if iss is not None:
             self._last_answer[event.secondary] = now
             self._last_ack[event.secondary] = now
+            # (It runs: a "gone" from an earlier round, before it restarted, is stale -- and
+            # while it streams, no round asks it again.)
+            self._gone.discard(event.secondary)
             iss.acked(
                 event.secondary,
                 event.stream_id,

@@ -136,7 +136,9 @@ class ProbeAll:
     from_primary: bool
     announce: bool = False
     # Whom to probe: every member of the latest membership and every voter an election
-    # still counts (ReplicaCore.probe_targets); empty: the ports' own list.
+    # still counts (ReplicaCore.probe_targets), but none whose replication stream with this
+    # replica is alive (ReplicaCore.probe_round_targets); empty: the ports' own list (the core
+    # emits no round with nobody to ask).
     peers: tuple[int, ...] = ()
 
 
@@ -150,6 +152,11 @@ class MemberStatus:
     acked_seq: int
     lag: int
     voter: bool = True  # (False: a learner, or a replica being removed)
+    # What its last ack said: it knows it is in sync (its claim, seen from the primary).
+    knows_in_sync: bool = False
+    # Its stream is alive (acks heard within stream_quiet_after): the primary does not probe
+    # it, and what it knows of it comes from the stream.
+    streaming: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ class Member:
     # removal unheard leaves it no stream: see evaluate).
     unconfirmed: bool = False
     last_ack_at: float = float("-inf")
+    knows_in_sync: bool = False  # what its last ack said
     gone_at: float | None = None  # first seen dead (connection refused) while disconnected
     # Since when its lag has stayed within the promotion threshold (None: beyond it now): a
     # learner is promoted only once it keeps up (InSyncSet.promotion_refusal).
@@ -241,6 +242,7 @@ class InSyncSet:
             stream.tips = {t for t in stream.tips if t > seq}
         m.stream.last_ack_id = max(m.stream.last_ack_id, ack_id)
         m.last_ack_at = now
+        m.knows_in_sync = knows_in_sync
         if not knows_in_sync and not m.in_sync:
             m.unconfirmed = False  # it knows it is out
         m.acked_seq = max(m.acked_seq, seq)
@@ -461,7 +463,27 @@ class InSyncSet:
         m = self.members.get(secondary)
         return m is not None and m.told_in_sync
 
-    def statuses(self) -> tuple[MemberStatus, ...]:
+    def streaming(self, now: float) -> frozenset[int]:
+        """The members whose stream is alive: connected, past its first ack, and acking within
+        stream_quiet_after (it acks every heartbeat). What a probe of one would show -- that it
+        runs, follows this primary in this epoch (one that learns of a newer epoch ends its
+        stream at this primary's next message), where its log ends -- the stream shows, so it
+        is not probed (ReplicaCore.probe_round_targets)."""
+        quiet_after = self._config.stream_quiet_after
+        return frozenset(
+            m.index
+            for m in self.members.values()
+            if m.connected and now - m.last_ack_at <= quiet_after
+        )
+
+    def awake(self, now: float) -> bool:
+        """Running long enough since its start or its last pause for its streams to tell what
+        its peers do now (awake_window): until then it probes every peer, so it learns first of
+        any newer epoch elected meanwhile."""
+        return now - self.awake_since >= self._config.awake_window
+
+    def statuses(self, now: float | None = None) -> tuple[MemberStatus, ...]:
+        streaming = self.streaming(now) if now is not None else frozenset()
         return tuple(
             MemberStatus(
                 m.index,
@@ -470,6 +492,8 @@ class InSyncSet:
                 m.acked_seq,
                 max(0, self.last_seq - m.acked_seq),
                 self.membership.is_voter(m.index),
+                m.knows_in_sync,
+                m.index in streaming,
             )
             for m in self.members.values()
         )

@@ -296,15 +296,31 @@ class PeerCalls(ports.Peers):
     """The executor's port to the other replicas: probe rounds and vote requests over
     `Peers`, their outcomes reported to the inbox."""
 
-    def __init__(self, peers: Peers, config: ProtocolConfig, inbox: ports.Inbox) -> None:
+    def __init__(
+        self,
+        peers: Peers,
+        config: ProtocolConfig,
+        inbox: ports.Inbox,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._peers = peers
         self._config = config
         self._inbox = inbox
-        self._last_round: list[ProbeResult] = []
+        self._clock = clock
+        # What each peer said in the latest round that asked it, and when that round ended: a
+        # round asks only the peers whose streams are not alive (ReplicaCore.probe_round_targets).
+        self._heard: dict[int, tuple[float, ProbeResult]] = {}
 
-    def last_round(self) -> list[ProbeResult]:
-        """What the peers said in the last probe round (for cluster status)."""
-        return list(self._last_round)
+    def last_round(self, within: float | None = None) -> list[ProbeResult]:
+        """What each peer said in the latest round that asked it (for cluster status); with
+        `within`, only what was said that many seconds ago at most -- a peer that streams is
+        not asked, and an old answer is no news of it."""
+        now = self._clock()
+        return [
+            result
+            for index, (at, result) in sorted(self._heard.items())
+            if within is None or now - at <= within
+        ]
 
     def probe_all(self, effect: fx.ProbeAll) -> None:
         request = rpb.ProbeRequest(
@@ -317,7 +333,9 @@ class PeerCalls(ports.Peers):
         )
 
     def _round_done(self, results: list[ProbeResult]) -> None:
-        self._last_round = results
+        now = self._clock()
+        for result in results:
+            self._heard[result.peer.index] = (now, result)
         self._inbox.put(ports.ProbeRound(tuple(probe_outcome(r) for r in results)))
 
     def request_votes(self, effect: fx.RequestVotes) -> None:

@@ -48,7 +48,8 @@ def cluster_view(
 ) -> ClusterView:
     """`facts`: this replica's log as of its last commit (kept in memory: a status never
     waits on the database); `status`: the executor's (its core's view of itself, and as
-    primary of its secondaries); `last_round`: what the peers said in the last probe round."""
+    primary of its secondaries); `last_round`: what the peers said in the latest probe rounds that
+    asked them (lately: a peer whose stream is alive is not probed, and its stream tells)."""
     last, applied = facts.last, facts.applied_seq
     probes = {p.peer.index: p.reply for p in last_round}
     primary_reply = probes.get(snap.primary_index) if snap.primary_index is not None else None
@@ -75,7 +76,20 @@ def cluster_view(
         else:
             reply = probes.get(replica.index)
             knows = reply is not None and reply.claims
-            if reply is None:
+            streamed = primary_view.get(replica.index) if snap.role is Role.PRIMARY else None
+            if isinstance(streamed, MemberStatus) and streamed.streaming:
+                # Not probed while its stream is alive: the stream says what a probe would (a
+                # secondary applies what it stores in the same transaction, and acks it).
+                role, epoch, reachable = Role.SECONDARY.value, status.epoch, True
+                last_seq = applied_seq = streamed.acked_seq
+                knows = streamed.knows_in_sync and streamed.voter
+            elif replica.index == snap.primary_index and status.following_live_primary:
+                # Its primary, heard on the stream (not probed while the stream is alive): its
+                # log ends about where this replica's does (the stream keeps them a batch apart).
+                role, epoch, reachable = Role.PRIMARY.value, status.epoch, True
+                last_seq = reply.self.position.seq if reply is not None else last.seq
+                applied_seq = reply.self.applied_seq if reply is not None else applied
+            elif reply is None:
                 role, epoch, last_seq, applied_seq, reachable = "unknown", 0, 0, 0, False
             else:
                 role, epoch = reply.self.role, reply.self.epoch

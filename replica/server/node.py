@@ -79,6 +79,8 @@ REPLAY_PROGRESS_SECONDS = 2.0
 CHAT_SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name
 REPLICATION_SERVICE_NAME = replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name
 STATUS_WAIT = 2.0  # seconds a status page or a scrape waits for the executor
+# A peer's probe answer older than this is no news of it in a cluster status.
+STATUS_PROBES_WITHIN = 3.0
 # A database that does not answer at start-up is tried again after 0.1 s, then twice as long
 # each time up to 2 s; the wait is logged at once, then every 10 s.
 DB_WAIT_FIRST_DELAY = 0.1
@@ -683,7 +685,9 @@ class ReplicaNode:
             self.storage.known_facts(),
             self.role.snapshot,
             self.status() if status is None else status,
-            self.peer_calls.last_round(),
+            # (A secondary that follows a live primary probes no one: what the others said
+            # long ago is no news of them.)
+            self.peer_calls.last_round(within=STATUS_PROBES_WITHIN),
             self.storage.membership.learners if self.storage.membership else frozenset(),
         )
 

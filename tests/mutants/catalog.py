@@ -779,4 +779,69 @@ MUTANTS = (
             ),
         ),
     ),
+    Mutant(
+        "secondary-with-a-primary-never-probes",
+        "a secondary that has a primary to follow takes its stream for alive, however silent or"
+        " gone: it probes no one, so it never elects",
+        (
+            (
+                CORE,
+                "        return (\n            f.stream_id is not None\n"
+                "            and f.streaming\n"
+                "            and now - f.last_contact <= self.config.stream_quiet_after\n"
+                "        )",
+                "        return f.target is not None",
+            ),
+        ),
+    ),
+    Mutant(
+        "open-stream-counts-as-alive",
+        "a primary takes a secondary's open stream for alive however long its acks have"
+        " stopped: it never probes a peer cut off behind an open stream",
+        (
+            (
+                IN_SYNC,
+                "            if m.connected and now - m.last_ack_at <= quiet_after",
+                "            if m.connected",
+            ),
+        ),
+    ),
+    Mutant(
+        "in-sync-timeouts-only-after-a-round",
+        "a primary whose secondaries all stream runs the in-sync set's timeouts only when a"
+        " probe round comes back: a laggard acking heartbeats is never removed",
+        (
+            (
+                CORE,
+                "            # run as after a round (a laggard acking heartbeats is removed all the"
+                " same).\n            self._round_heard((), now)",
+                "            # run as after a round (a laggard acking heartbeats is removed all the"
+                " same).\n            pass",
+            ),
+        ),
+    ),
+    Mutant(
+        "woken-primary-trusts-its-streams",
+        "a primary that woke from a pause skips the streaming peers at once instead of probing"
+        " every peer for the awake window",
+        (
+            (
+                CORE,
+                "            if self.role is not Role.PRIMARY or not iss.awake(now):",
+                "            if self.role is not Role.PRIMARY:",
+            ),
+        ),
+    ),
+    Mutant(
+        "partial-round-elects",
+        "a replica elects on a round that asked only some voters (begun as primary, of the"
+        " peers whose streams were silent), blind to a voter that still vouches",
+        (
+            (
+                CORE,
+                "        if not self.election_voters() <= asked:",
+                "        if False:",
+            ),
+        ),
+    ),
 )

@@ -68,6 +68,12 @@ MAX_DELAY = 0.15
 # from the last answer's round, which the core hears when the round ends: up to a probe
 # timeout after the answer came (a peer that refused at once, one that timed out beside it).
 CUT_OFF_BOUND = INSYNC_TIMEOUT + 2 * PROBE_TIMEOUT + 2 * HEARTBEAT
+# How long a running replica may go without hearing a peer on a stream and without probing it
+# (probes go only where a stream is silent: ReplicaCore.probe_round_targets): the stream counts
+# as quiet after stream_quiet_after, a tick notices, and a round to other peers may still be
+# under way (the executor starts the next once it ended, or after two probe timeouts).
+STREAM_QUIET_AFTER = min(3 * HEARTBEAT, PEER_TIMEOUT / 2)
+UNWATCHED_BOUND = STREAM_QUIET_AFTER + 2 * PROBE_TIMEOUT + 3 * HEARTBEAT
 
 
 def _kind(text: str) -> str:
@@ -523,7 +529,9 @@ class SimPeers(Peers):
         node, world = self.node, self.world
         round_id = next(world.ids)
         self.rounds[round_id] = {}
-        peers = list(effect.peers)  # (the core's choice: ReplicaCore.probe_targets)
+        peers = list(effect.peers)  # (the core's choice: ReplicaCore.probe_round_targets)
+        for peer in peers:
+            node.probed_at[peer] = world.now
         self.expected[round_id] = len(peers)
         if not peers:
             del self.rounds[round_id], self.expected[round_id]
@@ -635,6 +643,12 @@ class Node:
     # refusal, an ack on a stream): the cut-off primary check.
     primary_since: float | None = None
     heard_at: float = float("-inf")
+    # When each peer's ack on a stream last reached it (as primary), when its primary's
+    # message last reached it on its stream (as secondary), and when it last started a probe
+    # round asking each peer: the check that every silent peer is watched (UNWATCHED_BOUND).
+    acked_by: dict[int, float] = field(default_factory=dict)
+    stream_heard_at: float = float("-inf")
+    probed_at: dict[int, float] = field(default_factory=dict)
     # Since when it has run with every input it received processed in time (the fair
     # schedule of `settle`; time passing without that, a pause or a crash starts it over).
     ran_since: float = 0.0
@@ -1164,6 +1178,7 @@ class World:
                 self.break_link(link)  # not what was decided: the primary's call ends it
                 return
             batch = SimBatch(entries, effect.committed_seq, effect.in_sync, effect.echo)
+            node.stream_heard_at = self.now
             last_seq, last = batch.entries[-1]
             node.inbox.put(
                 Envelope(
@@ -1172,6 +1187,7 @@ class World:
                 )
             )
         else:
+            node.stream_heard_at = self.now
             node.inbox.submit(
                 ins.HeartbeatReceived(
                     sid, body["epoch"], body["committed"], body["in_sync"], body["echo"]
@@ -1195,6 +1211,7 @@ class World:
         else:
             assert link.primary_stream is not None
             node.heard_at = self.now
+            node.acked_by[link.secondary] = self.now
             node.inbox.submit(
                 ins.SecondaryAcked(
                     link.secondary,
@@ -1616,6 +1633,7 @@ class World:
             self.check()
             self._not_run()
             self._check_cut_off()
+            self._check_silence_watched()
             if until():
                 return True
             step = HEARTBEAT / 2
@@ -1690,6 +1708,43 @@ class World:
                     f"replica {node.index} heard from no peer for {self.now - since:.2f}s and "
                     "still says it is primary"
                 )
+
+    def _check_silence_watched(self) -> None:
+        """Probes go only where a stream is silent: so a running primary hears every probe
+        target ack on its stream or probes it, and a running secondary hears its primary on
+        its stream or probes every target -- each within UNWATCHED_BOUND. (Otherwise a primary
+        might miss a newer epoch or a dead peer behind an open stream, and a secondary never
+        elect while it believes a silent stream alive.)"""
+        for node in self.nodes:
+            core = node.core
+            if not node.running or core is None or node.left:
+                continue
+            bound = UNWATCHED_BOUND + node.lag
+            targets = core.probe_targets()
+            if node.primary_since is not None:
+                for peer in targets:
+                    since = max(
+                        node.acked_by.get(peer, float("-inf")),
+                        node.probed_at.get(peer, float("-inf")),
+                        node.primary_since,
+                        node.ran_since,
+                    )
+                    if self.now - since > bound:
+                        raise self.violation(
+                            f"primary {node.index} neither heard replica {peer} on a stream "
+                            f"nor probed it for {self.now - since:.2f}s"
+                        )
+            elif targets and core.in_sync_set is None:
+                since = max(
+                    node.stream_heard_at,
+                    max(node.probed_at.get(p, float("-inf")) for p in targets),
+                    node.ran_since,
+                )
+                if self.now - since > bound:
+                    raise self.violation(
+                        f"replica {node.index} neither heard a primary on a stream nor probed "
+                        f"anyone for {self.now - since:.2f}s"
+                    )
 
     def primaries(self) -> list[Node]:
         return [n for n in self.nodes if n.core is not None and n.core.role is Role.PRIMARY]

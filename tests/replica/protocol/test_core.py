@@ -913,3 +913,153 @@ def test_a_voter_that_found_its_new_primary_does_not_wait_on_its_vote_any_longer
     core.step(1.02, ins.ProbeReceived(2, 8, True))  # the winner reaches it
     assert core.following.target == (2, 8)
     assert core.following.voted_at == float("-inf")
+
+
+# -- probes only when a stream is silent ------------------------------------------------------
+
+
+def probed(effects: Sequence[fx.Effect]) -> tuple[int, ...] | None:
+    """Whom the step's probe round asks (None: no round)."""
+    rounds = of(effects, fx.ProbeAll)
+    return rounds[0].peers if rounds else None
+
+
+def awake_primary() -> Primary:
+    """A primary past its awake window, both secondaries acking every heartbeat."""
+    p = Primary()
+    p.keep_streaming(1.0)
+    return p
+
+
+def heartbeat_round(p: Primary, acking: Sequence[int] = (1, 2)) -> list[fx.Effect]:
+    """A heartbeat interval: the secondaries in `acking` ack it, then the tick."""
+    for s in acking:
+        p.send(s)
+        p.ack(s, 6)
+    return p.step(ins.Tick(), after=0.1)
+
+
+def test_a_primary_probes_no_secondary_whose_stream_acks() -> None:
+    p = awake_primary()
+    for _ in range(10):
+        assert probed(heartbeat_round(p)) is None
+    assert p.core.role is Role.PRIMARY
+
+
+def test_a_primary_probes_a_secondary_whose_stream_went_quiet() -> None:
+    """Acks stop (a partition, a paused secondary): within stream_quiet_after it is asked
+    again every heartbeat, and the other, still acking, is not."""
+    p = awake_primary()
+    rounds = [probed(heartbeat_round(p, acking=(1,))) for _ in range(5)]
+    assert rounds[0] is None
+    assert rounds[-1] == (2,)
+
+
+def test_a_primary_probes_a_secondary_whose_stream_ended() -> None:
+    p = awake_primary()
+    p.step(ins.SecondaryDisconnected(2, p.streams[2]))
+    assert probed(heartbeat_round(p, acking=(1,))) == (2,)
+
+
+def test_a_primary_probes_every_peer_until_awake_after_a_pause() -> None:
+    """After a pause a newer epoch may exist: the primary learns of it first, by probing
+    everyone, whatever its streams still deliver."""
+    p = awake_primary()
+    p.ack(1, 6)
+    p.ack(2, 6)
+    out = p.step(ins.Tick(), after=0.4)  # (paused: longer than the pause threshold)
+    assert probed(out) == (1, 2)
+    assert probed(heartbeat_round(p)) == (1, 2)
+    p.keep_streaming(1.0)
+    assert probed(heartbeat_round(p)) is None
+
+
+def test_a_primary_whose_secondaries_all_stream_still_removes_a_laggard() -> None:
+    """No round comes back while every peer streams: the in-sync set's timeouts run on the
+    tick (a stalled secondary acks heartbeats and stores nothing)."""
+    p = awake_primary()
+    p.lag(2)
+    for _ in range(30):
+        p.send(1)
+        p.ack(1, 9)
+        p.send(2)
+        p.ack(2, 6, knows=not p.core.in_sync_set.members[2].leaving_since)  # type: ignore[union-attr]
+        assert probed(p.step(ins.Tick(), after=0.1)) is None
+    assert not p.core.in_sync_set.members[2].in_sync  # type: ignore[union-attr]
+
+
+def test_a_primary_whose_streams_went_quiet_steps_down_when_cut_off() -> None:
+    """Its streams fall silent (cut off): it probes them, hears nothing, and steps down
+    within the in-sync timeout."""
+    p = awake_primary()
+    for _ in range(round(1.5 / 0.1)):
+        out = p.step(ins.Tick(), after=0.1)
+        if of(out, fx.StepDown):
+            break
+        if probed(out):
+            p.tick_probes(silent=(1, 2), after=0.0)
+    assert p.core.role is not Role.PRIMARY
+
+
+def test_a_deposed_primary_learns_the_newer_epoch_from_the_secondary_that_left_it() -> None:
+    """A secondary that hears of a newer epoch ends its stream: the primary probes it, and its
+    answer deposes it."""
+    p = awake_primary()
+    p.step(ins.SecondaryDisconnected(2, p.streams[2]))
+    out = heartbeat_round(p, acking=(1,))
+    assert probed(out) == (2,)
+    answer = ins.ProbesAnswered(None, (view(2, Role.SECONDARY, p.epoch + 10, 6),))
+    assert of(p.step(answer), fx.StepDown)
+
+
+def test_a_secondary_whose_stream_is_alive_probes_no_one() -> None:
+    s = Secondary()
+    for _ in range(10):
+        s.step(ins.HeartbeatReceived(s.stream, 3, 5, True), after=0.05)
+        assert probed(s.step(ins.Tick(), after=0.05)) is None
+
+
+def test_a_secondary_whose_stream_went_quiet_probes_everyone_then_elects() -> None:
+    """The primary falls silent (paused, cut off): the secondary probes every replica before
+    the peer timeout is out, and elects once it is."""
+    s = Secondary()
+    rounds = [probed(s.step(ins.Tick(), after=0.1)) for _ in range(4)]
+    assert rounds[0] is None
+    assert rounds[-1] == (0, 2)
+    s.step(ins.Tick(), after=0.4)
+    answer = ins.ProbesAnswered(
+        Position(3, 5), (ins.ProbeOutcome(0, None), view(2, Role.SECONDARY, 3, 5, vouches=True))
+    )
+    out = s.step(answer)
+    assert of(out, fx.RequestVotes) or s.core.role is Role.CANDIDATE
+
+
+def test_a_secondary_following_a_live_primary_still_follows_a_newer_primary_that_announces() -> (
+    None
+):
+    s = Secondary()
+    s.step(ins.HeartbeatReceived(s.stream, 3, 5, True))
+    out = s.step(ins.ProbeReceived(2, 5, True))
+    assert of(out, fx.OpenStream)
+    assert s.core.primary_index == 2
+
+
+def test_a_round_begun_as_primary_elects_no_one_after_a_step_down() -> None:
+    """A primary's round asks only the peers whose streams were silent; heard after it stepped
+    down, it says nothing of the others -- one may be vouching -- so no election on it."""
+    p = awake_primary()
+    out = heartbeat_round(p, acking=(1,))
+    assert probed(out) in (None, (2,))
+    p.step(ins.LocalWriteFailed(p.epoch, "failed"))
+    assert p.core.role is not Role.PRIMARY
+    # (2 vouches: on its word alone, 0 and 2 could elect -- without 1, which may vouch too.)
+    partial = ins.ProbesAnswered(
+        Position(p.epoch, 6), (view(2, Role.SECONDARY, p.epoch, 6, vouches=True),)
+    )
+    out = p.step(partial, after=1.0)
+    assert not of(out, fx.RequestVotes) and p.core.role is not Role.PRIMARY
+    full = ins.ProbesAnswered(
+        Position(p.epoch, 6),
+        (view(1, Role.SECONDARY, p.epoch, 5), view(2, Role.SECONDARY, p.epoch, 6, vouches=True)),
+    )
+    assert of(p.step(full), fx.RequestVotes)

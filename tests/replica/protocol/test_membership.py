@@ -371,3 +371,15 @@ def test_a_learner_storing_slowly_keeps_its_stream_and_vouches_for_nothing() -> 
     assert not of(out, fx.CancelStream), "a non-voter reconnected for news it has no use for"
     assert of(out, fx.SendAck)
     assert not s.core.vouches(s.now) and s.core.claim() is None
+
+
+def test_a_primary_is_deposed_by_a_voter_whose_removal_it_has_not_committed() -> None:
+    """Found by the membership model: a primary wrote the removal of an in-sync voter, which,
+    cut off, elected itself in the membership before that removal (its claim, min_insync 1);
+    the old primary probed it but ignored its newer epoch (no member in its eyes) for good."""
+    p = Primary()
+    removal = Membership.initial((0, 1, 2)).changed(MembershipChange(REMOVE, 2), 7)
+    p.step(ins.MembershipChanged(removal))
+    assert 2 in p.core.probe_targets()
+    out = p.step(ins.ProbesAnswered(None, (view(2, Role.PRIMARY, p.epoch + 10, 6),)))
+    assert of(out, fx.StepDown)
