@@ -28,7 +28,10 @@ from replica.replication.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 
-CONNECTION_REFUSED = "Connection refused"  # gRPC core's wording of ECONNREFUSED
+CONNECTION_REFUSED = "Connection refused"
+# How long a renewed channel stays open for the calls already made on it (a probe's deadline
+# is well under this).
+RETIRED_CHANNEL_GRACE = 5.0  # gRPC core's wording of ECONNREFUSED
 
 PEER_CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", REPLICA_MAX_MESSAGE_BYTES),
@@ -41,6 +44,9 @@ PEER_CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 500),
+    # Subchannels of its own: a renewed channel (Peers.renew) must not take over the old one's
+    # connection state from gRPC's process-wide pool, back-off and all.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
@@ -97,6 +103,7 @@ class Peers:
         self._lock = threading.Lock()
         # index -> (the address it was opened to, the channel, its stub)
         self._open: dict[int, tuple[str, grpc.Channel, rpb_grpc.ReplicationStub]] = {}
+        self._retired: list[grpc.Channel] = []  # renewed, closed after RETIRED_CHANNEL_GRACE
         self._refused_by: set[int] = set()  # peers that refused our secret (logged once)
         # Checking a failed probe afresh blocks (a TCP connect, a second call): done here,
         # off gRPC's threads, and finished before the channels close.
@@ -281,13 +288,36 @@ class Peers:
                 continue
             call.add_done_callback(lambda c, index=index: finished(index, c))
 
+    def renew(self, index: int) -> None:
+        """The next call to replica `index` goes over a new channel. A channel that failed to
+        connect (its peer was down) and carried nothing since stays in reconnect back-off and
+        fails a call at once with its last error, though the peer may have restarted long
+        ago; a new one connects at its first call. The old channel is closed a little later,
+        once calls already made on it (probes) are over."""
+        with self._lock:
+            entry = self._open.pop(index, None)
+            if entry is not None:
+                self._retired.append(entry[1])
+        if entry is not None:
+            timer = threading.Timer(RETIRED_CHANNEL_GRACE, self._close_retired, (entry[1],))
+            timer.daemon = True
+            timer.start()
+
+    def _close_retired(self, channel: grpc.Channel) -> None:
+        with self._lock:
+            if channel not in self._retired:
+                return  # closed with the rest
+            self._retired.remove(channel)
+        channel.close()
+
     def close(self) -> None:
         """Finish the probe checks under way, then close the channels."""
         self._closed.set()
         self._checks.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            channels = [channel for _, channel, _ in self._open.values()]
+            channels = [channel for _, channel, _ in self._open.values()] + self._retired
             self._open.clear()
+            self._retired = []
         for channel in channels:
             channel.close()
 

@@ -82,6 +82,7 @@ class _Stream:
 
     def _read(self) -> None:
         owner = self.owner
+        heard = False  # anything from the primary on this stream
         try:
             responses = owner.peers.stub(self.primary).Replicate(
                 iter(self.outbox), metadata=owner.peers.metadata
@@ -91,9 +92,14 @@ class _Stream:
                 if self._cancelled:
                     responses.cancel()
             for message in responses:
+                heard = True
                 owner.received(self, message)
         except grpc.RpcError as exc:
             log.debug("replica %d: stream to replica %d ended: %s", owner.index, self.primary, exc)
+            if not heard and exc.code() is grpc.StatusCode.UNAVAILABLE:
+                # Perhaps only the channel's own past (a restart it has not noticed): the next
+                # stream goes over a new channel.
+                owner.peers.renew(self.primary)
         except ValueError as exc:  # the channel closed: the replica is stopping
             log.debug("replica %d: stream not opened: %s", owner.index, exc)
         except UnknownPeer:
@@ -149,6 +155,7 @@ class FollowStreams(ports.FollowStreams):
         self._spans = spans
         self._lock = threading.Lock()
         self._current: _Stream | None = None
+        self._last_primary: int | None = None  # of the latest stream opened
 
     def _stream(self, stream_id: int) -> _Stream | None:
         with self._lock:
@@ -161,6 +168,13 @@ class FollowStreams(ports.FollowStreams):
         stream = _Stream(self, effect)
         with self._lock:
             old, self._current = self._current, stream
+            another = effect.primary != self._last_primary
+            self._last_primary = effect.primary
+        if another:
+            # A new primary (a failover): its channel may not have carried anything since the
+            # replica last went down -- a live stream means no probes -- and would fail at
+            # once from its back-off; a new channel connects now.
+            self.peers.renew(effect.primary)
         if old is not None:
             old.cancel()
         self._storage.read(

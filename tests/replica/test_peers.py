@@ -74,3 +74,22 @@ def test_a_channel_in_back_off_does_not_report_a_listening_peer_gone(
         assert result.reply is not None and result.reply.primary_index == 7, result
     finally:
         server.stop(None)
+
+
+def test_a_renewed_channel_reaches_a_restarted_peer_at_once(peers: Peers, peer_port: int) -> None:
+    """A secondary following a new primary renews its channel (FollowStreams.open): the old
+    one, idle since its peer went down, fails a call at once with its stale refusal -- even a
+    new channel would, sharing gRPC's process-wide subchannel, without a pool of its own."""
+    request = rpb.ProbeRequest(from_index=0, from_epoch=0)
+    for _ in range(6):  # the channel's reconnect back-off grows to its maximum (500 ms)
+        assert probe(peers, 0.5).process_gone
+    server = start_peer(peer_port)
+    try:
+        with pytest.raises(grpc.RpcError) as stale:
+            peers.stub(1).Probe(request, timeout=2, metadata=peers.metadata)
+        assert stale.value.code() is grpc.StatusCode.UNAVAILABLE  # the old channel's past
+        peers.renew(1)
+        reply = peers.stub(1).Probe(request, timeout=2, metadata=peers.metadata)
+        assert reply.primary_index == 7
+    finally:
+        server.stop(None)
