@@ -65,9 +65,9 @@ class ChatClient:
     RateLimited, ...); no answer in time raises ChatUnavailableError. After `login` the client holds
     the session and uses it for the calls that need one. Thread-safe.
 
-    Sends, acks and subscriptions go over one Session stream per login (client.session):
-    several threads' sends are pipelined on it. `settings.session_stream=False` makes them
-    unary calls (and a Subscribe stream) instead, as does a replica without Session.
+    Sends and acks are unary calls and a subscription a Subscribe stream, unless
+    `settings.session_stream` asks for one Session stream per login (client.session), on which
+    several threads' sends are pipelined (a replica without Session gets unary calls anyway).
     """
 
     def __init__(

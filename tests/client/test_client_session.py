@@ -1,5 +1,5 @@
 """ChatClient over the Session stream, against replicas whose stream the test drives: sends go
-over the stream by default (unary when asked, or when the replica has no Session method),
+over the stream when asked (unary by default, or when the replica has no Session method),
 several threads' sends are in flight at once and each caller gets its own result, a broken
 stream is reopened on the new primary with every unanswered request sent again under the
 same request id (each applied once), and the client stays within the replica's bound on
@@ -25,7 +25,9 @@ from tests.client.session_fakes import (
 )
 from testsupport.harness import wait_until
 
-SETTINGS = ClientSettings(timeout=10.0, backoff=Backoff(initial=0.01, maximum=0.05))
+SETTINGS = ClientSettings(
+    timeout=10.0, backoff=Backoff(initial=0.01, maximum=0.05), session_stream=True
+)
 
 
 @pytest.fixture
@@ -56,13 +58,13 @@ def sends_from_threads(client: ChatClient, count: int) -> list[futures.Future[in
     return sent
 
 
-def test_sends_go_over_the_stream_by_default_and_unary_when_asked(
+def test_sends_go_over_the_stream_when_asked_and_unary_by_default(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
     replica = cluster()
     with client_of(replica) as client:
         first = client.send("bob", "over the stream")
-    with client_of(replica, settings=ClientSettings(session_stream=False)) as client:
+    with client_of(replica, settings=ClientSettings()) as client:
         second = client.send("bob", "unary")
     assert [r.send.body for r in replica.received] == ["over the stream"]
     assert [r.body for r in replica.unary_sends] == ["unary"]
@@ -190,7 +192,9 @@ def test_a_replica_that_stops_answering_is_left_and_the_request_sent_again(
 ) -> None:
     replica = cluster(answer_at_once=False)
     quick = Liveness(check_after=0.05, probe_timeout=0.05, suspect_for=0.1)
-    with client_of(replica, settings=ClientSettings(timeout=10.0, liveness=quick)) as client:
+    with client_of(
+        replica, settings=ClientSettings(timeout=10.0, liveness=quick, session_stream=True)
+    ) as client:
         replica.thawed.clear()
         [sent] = sends_from_threads(client, 1)
         replica.wait_held(1)

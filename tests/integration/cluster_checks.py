@@ -237,7 +237,9 @@ class PipelinedSenders(SenderThreads):
 
     def __init__(self, cluster: ClusterProcesses, user: str, threads: int, recipient: str) -> None:
         super().__init__([f"{user}/{i}" for i in range(threads)], recipient)
-        self._client = ChatClient(cluster.addresses, ClientSettings(timeout=self._timeout))
+        self._client = ChatClient(
+            cluster.addresses, ClientSettings(timeout=self._timeout, session_stream=True)
+        )
         self._client.login(user, PASSWORD)
         self._at_once = 0
         self.most_at_once = 0
