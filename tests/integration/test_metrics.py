@@ -28,6 +28,11 @@ pytestmark = pytest.mark.slow
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+# Sends and the subscription over Session streams (asked for: unary is the client's default),
+# whose per-request metrics these tests read.
+STREAMING = ClientSettings(timeout=20.0, session_stream=True)
+
+
 def scrape(cluster: ClusterProcesses, index: int) -> Samples:
     address = cluster.specs[index].metrics_address
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
@@ -71,7 +76,7 @@ def send_five_to_a_subscriber_and_scrape(cluster: ClusterProcesses, primary: int
     samples once bob has the five, scraped while his subscription is still open."""
     received: list[Message] = []
     subscribed = threading.Event()
-    with ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as bob:
+    with ChatClient(cluster.addresses, STREAMING) as bob:
         bob.login("bob", PASSWORD)
         subscription = bob.subscribe()
 
@@ -85,7 +90,7 @@ def send_five_to_a_subscriber_and_scrape(cluster: ClusterProcesses, primary: int
         listener = threading.Thread(target=listen, daemon=True)
         listener.start()
         assert subscribed.wait(20)
-        with ChatClient(cluster.addresses, ClientSettings(timeout=20.0)) as alice:
+        with ChatClient(cluster.addresses, STREAMING) as alice:
             alice.login("alice", PASSWORD)
             for n in range(5):
                 alice.send("bob", f"m{n}")
