@@ -56,9 +56,13 @@ class FakePeers:
             queue.SimpleQueue()
         )
         self.metadata = ()
+        self.renewed: list[int] = []  # channels renewed (a stream to a new primary)
 
     def probe_all(self, effect: fx.ProbeAll) -> None:
         self.rounds.append(effect)
+
+    def renew(self, index: int) -> None:
+        self.renewed.append(index)
 
     def request_votes(self, effect: fx.RequestVotes) -> None:
         with self._engine.connect() as conn:
