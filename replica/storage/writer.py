@@ -150,7 +150,9 @@ class LogWriter:
         # The events of this tenure's latest committed request ids (a retry of one is answered
         # without a query); forgotten with the rest. Any other logged request id is caught by
         # the log's unique index.
-        self._recent: OrderedDict[str, Event] = OrderedDict()
+        # Seqs only: an event may hold a 4 KiB body twice over (payload and its JSON), and a
+        # retry that finds its request here reads its event back, one row by seq.
+        self._recent: OrderedDict[str, int] = OrderedDict()
         # Batches the log's unique index refused (a logged request id this writer did not
         # hold in memory), each then written again with the lookup.
         self.request_ids_refused = 0
@@ -314,7 +316,7 @@ class LogWriter:
         recent = self._recent
         for event in committed:
             if event.request_id is not None:
-                recent[event.request_id] = event
+                recent[event.request_id] = event.seq
         while len(recent) > self.RECENT_REQUESTS:
             recent.popitem(last=False)
 
@@ -384,7 +386,7 @@ class LogWriter:
         events of request ids already in the log or earlier in this batch."""
         request_id = command.request_id
         if request_id is not None:
-            existing = logged.get(request_id) or self._recent.get(request_id)
+            existing = logged.get(request_id) or self._recalled(conn, request_id)
             if existing is not None:
                 command.outcome = Outcome(existing, duplicate=True)
                 return None
@@ -406,6 +408,20 @@ class LogWriter:
             logged[request_id] = event
         command.outcome = Outcome(event, duplicate=False)
         return event
+
+    def _recalled(self, conn: sa.Connection, request_id: str) -> Event | None:
+        """The logged event of a request id this tenure committed recently, read back by seq;
+        None if it is not among them."""
+        seq = self._recent.get(request_id)
+        if seq is None:
+            return None
+        found = eventlog.read_events(conn, seq - 1, 1)
+        if not found or found[0].seq != seq or found[0].request_id != request_id:
+            # (Cannot happen while the memory is forgotten with the log's every other writer;
+            # the unique index still guards the request if it does.)
+            log.error("replica %d: request %s is not at seq %d", self._role.index, request_id, seq)
+            return None
+        return found[0]
 
     def _mark_batch(self, batch: list[_Command], locked_ns: int, last_seq: int) -> None:
         self._spans.mark("local_commit", last_seq)

@@ -672,9 +672,17 @@ MUTANTS = (
     # -- deduplication without a query (issue 27): tests/properties/test_request_ids.py --
     Mutant(
         "request-ids-kept-past-truncation",
-        "the writer's memory of request ids outlives a new tenure and a truncated tail: a retry "
-        "of a request whose event was cut off is answered as a duplicate and never stored",
-        ((WRITER, "        self._recent.clear()\n", ""),),
+        "the writer's memory of request ids outlives a new tenure and a truncated tail, and what "
+        "it recalls is not checked against the log: a retry of a request whose event was cut "
+        "off is answered with whatever event now holds that seq",
+        (
+            (WRITER, "        self._recent.clear()\n", ""),
+            (
+                WRITER,
+                "        if not found or found[0].seq != seq or found[0].request_id != request_id:",
+                "        if not found:",
+            ),
+        ),
     ),
     Mutant(
         "refused-batch-not-looked-up",

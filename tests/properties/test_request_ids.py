@@ -20,6 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -54,6 +55,7 @@ class RequestIdMachine(RuleBasedStateMachine):
         # Request ids sent whose result was never acknowledged (failed, or cut off): a retry
         # may store them (once), or find them stored.
         self.unacked: set[str] = set()
+        self.capacity = 3
         self.start_primary()
         service = self.replica.service
         service.register("r-alice", "alice", "pw")
@@ -65,8 +67,9 @@ class RequestIdMachine(RuleBasedStateMachine):
         if hasattr(self, "replica"):
             self.outcomes["index"] += self.replica.writer.request_ids_refused
         self.replica = InProcessReplica.start(self.engine)
-        # Small enough that the memory's eviction is exercised within an example.
-        self.replica.writer.RECENT_REQUESTS = 3
+        # Small enough that the memory's eviction is exercised within an example (or large
+        # enough that it remembers everything: initialize below).
+        self.replica.writer.RECENT_REQUESTS = self.capacity
 
     def log_end(self) -> int:
         with self.engine.connect() as conn:
@@ -111,6 +114,10 @@ class RequestIdMachine(RuleBasedStateMachine):
                 assert rid not in self.acked, f"{rid} was acknowledged; its retry failed"
                 self.unacked.add(rid)
                 self.outcomes["failed"] += 1
+
+    @initialize(capacity=st.sampled_from([3, 1000]))
+    def memory(self, capacity: int) -> None:
+        self.capacity = self.replica.writer.RECENT_REQUESTS = capacity
 
     @rule(
         new=st.integers(0, 3),
