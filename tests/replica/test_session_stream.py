@@ -77,6 +77,21 @@ def replica(engine: sa.Engine) -> InProcessReplica:
     return InProcessReplica.start(engine)
 
 
+def hold_sends(replica: InProcessReplica) -> tuple[threading.Event, threading.Semaphore]:
+    """Every send waits until `release` is set; `started` counts the sends that began."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    real_send = replica.service.send
+
+    def held_send(*args: Any) -> int:
+        started.release()
+        release.wait(30)
+        return real_send(*args)
+
+    replica.service.send = held_send  # type: ignore[method-assign]
+    return release, started
+
+
 def test_pipelined_sends_are_answered_by_correlation_id(replica: InProcessReplica) -> None:
     alice, bob = logged_in(replica, "alice", "bob")
     with serve_grpc(replica) as channel:
@@ -172,16 +187,7 @@ def test_a_refused_request_gets_the_unary_status_and_the_stream_goes_on(
 
 def test_requests_beyond_the_bound_are_resource_exhausted(replica: InProcessReplica) -> None:
     alice, _bob = logged_in(replica, "alice", "bob")
-    release = threading.Event()
-    started = threading.Semaphore(0)
-    real_send = replica.service.send
-
-    def held_send(*args: Any) -> int:
-        started.release()
-        release.wait(30)
-        return real_send(*args)
-
-    replica.service.send = held_send  # type: ignore[method-assign]
+    release, started = hold_sends(replica)
     with serve_grpc(replica, max_in_flight_per_session=2) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
         requests, call, replies = open_session(stub, alice)
@@ -270,16 +276,7 @@ def test_a_streams_requests_are_carried_out_together(replica: InProcessReplica) 
     """Pipelined sends wait for their commit side by side (so the writer batches them), not one
     after another."""
     alice, _bob = logged_in(replica, "alice", "bob")
-    release = threading.Event()
-    started = threading.Semaphore(0)
-    real_send = replica.service.send
-
-    def held_send(*args: Any) -> int:
-        started.release()
-        release.wait(30)
-        return real_send(*args)
-
-    replica.service.send = held_send  # type: ignore[method-assign]
+    release, started = hold_sends(replica)
     with serve_grpc(replica) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
         requests, call, replies = open_session(stub, alice)
