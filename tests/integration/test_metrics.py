@@ -45,6 +45,9 @@ def scrape(cluster: ClusterProcesses, index: int) -> Samples:
     }
 
 
+SESSION_RPC = {"grpc_type": "bidi_stream", "grpc_service": "chat.v1.Chat", "grpc_method": "Session"}
+
+
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
@@ -97,10 +100,15 @@ def send_five_to_a_subscriber_and_scrape(cluster: ClusterProcesses, primary: int
             with pytest.raises(ChatError):
                 alice.send("nobody", "refused")
         wait_until(lambda: len(received) == 5, 20, "the live messages did not arrive")
-        # bob's Session stream (alice's, closed, may take the server a moment to see go).
+        # bob's Session stream (alice's, closed, may take the server a moment to see go: the
+        # subscription gauge drops in the handler, its RPC is counted handled once the handler
+        # returned -- a moment later).
         samples = wait_until(
             lambda: (
-                (s := scrape(cluster, primary)) and value(s, "chat_open_subscriptions") == 1 and s
+                (s := scrape(cluster, primary))
+                and value(s, "chat_open_subscriptions") == 1
+                and value(s, "grpc_server_handled_total", **SESSION_RPC, grpc_code="CANCELLED")
+                and s
             ),
             10,
             "alice's stream did not end",
@@ -115,9 +123,8 @@ def assert_rpcs_and_latencies(samples: Samples) -> None:
     by gRPC code, and their latencies; the streams themselves counted as RPCs."""
     assert value(samples, "chat_session_requests_total", request="send", grpc_code="OK") == 5
     assert value(samples, "chat_session_requests_total", request="send", grpc_code="NOT_FOUND") == 1
-    chat = {"grpc_type": "bidi_stream", "grpc_service": "chat.v1.Chat", "grpc_method": "Session"}
-    assert value(samples, "grpc_server_started_total", **chat) == 2  # alice's and bob's
-    assert value(samples, "grpc_server_handled_total", **chat, grpc_code="CANCELLED") == 1
+    assert value(samples, "grpc_server_started_total", **SESSION_RPC) == 2  # alice's and bob's
+    assert value(samples, "grpc_server_handled_total", **SESSION_RPC, grpc_code="CANCELLED") == 1
     assert value(samples, "chat_send_latency_seconds_count") == 5
     assert (value(samples, "chat_delivery_latency_seconds_count") or 0) >= 5
 
