@@ -6,9 +6,11 @@ For every mutant it runs the unit tests (tests/replica/protocol but the model --
 executor, its ports, commit tenures -- the peers' and the writer's streaming) and the model
 (tests/replica/protocol/test_model.py, a fixed seed, up to --model-seconds), both whatever the
 other found, and prints what caught it: the failing unit tests, and how many examples and
-seconds the model took. Exits 1 if any mutant survived both, or if the model alone caught
-fewer than 80% of them. First it runs the model unmutated, with the same seed and budget: a
-failure there would "catch" every mutant whose run lasts longer, so it stops the run.
+seconds the model took (not run for a mutant in code the model does not run: the writer's
+SQL, the gRPC streams). Exits 1 if any mutant survived both, or if the model alone caught fewer
+than 80% of those in code it runs. First it runs the model unmutated, with the same seed and
+budget: a failure there would "catch" every mutant whose run lasts longer, so it stops the
+run.
 
     python -m tests.mutants [--only NAME,...] [--model-seconds 240] [--jobs 2]
                             [--model-only | --unit-only]
@@ -154,7 +156,7 @@ def judge(
                 # A mutant that breaks collection or times out tells nothing about the tests.
                 raise SystemExit(f"mutant {mutant.name}: the unit tests did not run (exit {code})")
             unit_failures = re.findall(r"^FAILED (\S+)", output, re.M)
-        if not model:
+        if not model or mutant.beyond_model:
             verdict = Verdict(mutant, unit_failures, False, None, 0.0, "")
             caught = "caught" if verdict.caught else "SURVIVED"
             print(f"{mutant.name}: {caught} ({len(unit_failures)} unit failures)", flush=True)
@@ -236,8 +238,8 @@ def main() -> int:
     print(f"\n{'mutant':30} {'where':6} {'unit tests':12} {'model':28}  what")
     for v in verdicts:
         unit = f"{len(v.unit_failures)} failed" if v.unit_failures else "passed"
-        if args.unit_only:
-            model = "not run"
+        if args.unit_only or v.mutant.beyond_model:
+            model = "not run" if args.unit_only else "beyond the model"
         elif v.model_caught:
             examples = "?" if v.model_examples is None else str(v.model_examples)
             model = f"caught: {examples} ex, {v.model_seconds:.0f}s"
@@ -250,7 +252,9 @@ def main() -> int:
         if v.model_message:
             print(f"{'':30}   model: {v.model_message[:150]}")
     survivors = [v.mutant.name for v in verdicts if not v.caught]
-    by_model = sum(1 for v in verdicts if v.model_caught)
+    # (Mutants in code the model does not run count neither way.)
+    reachable = [v for v in verdicts if not v.mutant.beyond_model]
+    by_model = sum(1 for v in reachable if v.model_caught)
     shell = [v for v in verdicts if v.mutant.shell]
     print(
         f"\n{len(verdicts) - len(survivors)} of {len(verdicts)} mutants caught"
@@ -258,7 +262,8 @@ def main() -> int:
         + (
             " the model was not run"
             if args.unit_only
-            else f" the model alone caught {by_model} ({by_model / max(1, len(verdicts)):.0%})"
+            else f" the model alone caught {by_model} of the {len(reachable)} in code it runs"
+            f" ({by_model / max(1, len(reachable)):.0%})"
         )
         + (f"; SURVIVED: {', '.join(survivors)}" if survivors else "")
     )
@@ -268,7 +273,7 @@ def main() -> int:
         return 1 if any(not v.unit_failures for v in verdicts) else 0
     if survivors:
         return 1
-    return 0 if args.only or by_model >= MODEL_SHARE * len(verdicts) else 1
+    return 0 if args.only or by_model >= MODEL_SHARE * len(reachable) else 1
 
 
 if __name__ == "__main__":

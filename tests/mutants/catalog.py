@@ -2,7 +2,11 @@
 ports, the commit tracker, the writer): each one a plausible bug that the model and the fast
 unit tests must catch (`make mutants`). A mutant is a set of exact text replacements; each
 `old` must occur exactly once, so a catalog that no longer matches the code fails loudly
-instead of testing nothing. `shell` marks the mutants outside replica/protocol/."""
+instead of testing nothing. `shell` marks the mutants outside replica/protocol/;
+`beyond_model` those in code the model does not run (tests/replica/protocol/sim.py drives the
+core, the executor and its ports over simulated storage and peers: not the storage worker's
+transactions, the writer, the peers' calls, the gRPC streams, the node's wiring): only the unit
+tests can catch them, and they do not count in the share the model alone must catch."""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ PEERS = "replica/replication/peers.py"
 STORAGE = "replica/replication/storage_worker.py"
 WRITER = "replica/storage/writer.py"
 WATCH = "replica/storage/watch.py"
+SECONDARY = "replica/replication/secondary.py"
+# Outside replica/protocol/, the code tests/replica/protocol/sim.py runs for real.
+MODEL_RUNS = frozenset({EXECUTOR, PORTS, COMMIT, WATCH, "replica/storage/role.py"})
 MEMBERSHIP = "replica/protocol/membership.py"
 NODE = "replica/server/node.py"
 
@@ -32,6 +39,13 @@ class Mutant:
     @property
     def shell(self) -> bool:
         return not all(file.startswith("replica/protocol/") for file, _, _ in self.replacements)
+
+    @property
+    def beyond_model(self) -> bool:
+        return not any(
+            file.startswith("replica/protocol/") or file in MODEL_RUNS
+            for file, _, _ in self.replacements
+        )
 
     def apply(self, root: Path) -> dict[str, str]:
         """The mutated text of each file it changes under `root`. ValueError if a replacement
@@ -689,6 +703,13 @@ MUTANTS = (
         "a batch the log's unique index refused is written again without looking up its "
         "request ids: a retry after a failover fails instead of getting its first result",
         ((WRITER, "            if look_up:\n", "            if False:\n"),),
+    ),
+    Mutant(
+        "new-primary-over-old-channel",
+        "a secondary's first stream to a new primary goes over its old channel, which may sit "
+        "in gRPC's reconnect back-off since that replica restarted (a live stream means no "
+        "probes to keep it fresh): the failover waits out the back-off",
+        ((SECONDARY, "            self.peers.renew(effect.primary)\n", "            pass\n"),),
     ),
     # -- membership changes (issue 25) --
     Mutant(

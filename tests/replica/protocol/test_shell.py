@@ -569,3 +569,26 @@ def test_the_secondary_truncates_a_divergent_tail_before_acking(replica: Replica
         primary_message(7, divergence=rpb.Divergence(primary_end=rpb.LogPosition(epoch=3, seq=1)))
     )
     assert next(said).ack.position.seq == 1
+
+
+def test_a_stream_to_a_new_primary_goes_over_a_renewed_channel(replica: Replica) -> None:
+    """A secondary whose stream is alive probes no one, so its channel to a replica that went
+    down and came back may sit in gRPC's reconnect back-off: the first stream to each new
+    primary asks for a fresh channel. A stream reopened to the same primary does not (its
+    channel just carried the last one)."""
+    replica.executor.probe(ins.ProbeReceived(1, 4, True)).result(5)
+    requests, call = replica.peers.streams.get(timeout=5)
+    assert next(iter(requests)).hello.secondary_epoch == 4
+    assert replica.peers.renewed == [1]
+    call.cancel()  # the stream ends (the primary's call ended); the same primary again
+    requests, call = replica.peers.streams.get(timeout=5)
+    assert next(iter(requests)).hello.secondary_epoch == 4
+    assert replica.peers.renewed == [1], "a stream to the same primary renewed its channel"
+    replica.executor.probe(ins.ProbeReceived(2, 5, True)).result(5)
+    wait_until(lambda: call.cancelled.is_set(), 5, "the stream to the old primary went on")
+    deadline = time.monotonic() + 5
+    while True:  # (streams reopened to 1 before the probe from 2 arrived are skipped)
+        requests, call = replica.peers.streams.get(timeout=max(0.01, deadline - time.monotonic()))
+        if next(iter(requests)).hello.secondary_epoch == 5:
+            break
+    assert replica.peers.renewed == [1, 2]
