@@ -385,12 +385,17 @@ class ClusterProcesses:
         return process.wait(10)
 
     def kill_together(self, indexes: list[int]) -> list[int]:
-        """SIGKILL these replicas at once (every signal sent before any is reaped: the others
-        get no time to react to the first death), then reap them; their exit codes."""
+        """SIGKILL these replicas at once, then reap them; their exit codes. Each is stopped
+        (SIGSTOP) before any is killed: a killed replica's connections reset at once, and a
+        peer still running may react within milliseconds -- elect, vote -- while this process
+        is descheduled between two signals (seen on a loaded machine); a stopped one is only
+        silent, which its peers notice after the peer timeout, long after the last SIGKILL."""
         processes = [self.process(index) for index in indexes]
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
+        alive = [process for process in processes if process.poll() is None]
+        for process in alive:
+            process.send_signal(signal.SIGSTOP)
+        for process in alive:
+            process.send_signal(signal.SIGKILL)
         return [process.wait(10) for process in processes]
 
     def terminate(self, index: int, timeout: float = 15.0) -> int:
