@@ -309,8 +309,9 @@ class _Hung(grpc.aio.AioRpcError):
 class AsyncSessionStream:
     """The asyncio twin of client.session.SessionStream: one logged-in client's Session
     stream, its sends and acks pipelined (each awaiting its result by correlation id), the
-    pushed messages handed to its subscriptions; reopened where the primary is when it breaks,
-    every unanswered request sent again with its request id. Used from one event loop."""
+    pushed messages handed to its subscriptions; reopened where the primary is when it breaks
+    (at once while in use, else by its next request), every unanswered request sent again
+    with its request id. Used from one event loop."""
 
     def __init__(
         self, failover: _Failover, session_token: str, settings: ClientSettings, hooks: ClientHooks
@@ -323,6 +324,7 @@ class AsyncSessionStream:
         self._ids = itertools.count(1)
         self._limit = 1  # until the replica has said its bound
         self._room = asyncio.Event()  # set whenever a place may have come free
+        self._wanted = asyncio.Event()  # set whenever the stream may be needed (see _follow)
         self._outbox: asyncio.Queue[chat_pb2.SessionRequest | None] | None = None
         self._call: Any = None
         self._error: ChatError | None = None
@@ -336,6 +338,7 @@ class AsyncSessionStream:
 
     async def close(self) -> None:
         self._closed = True
+        self._wanted.set()
         if self._outbox is not None:
             self._outbox.put_nowait(None)
         if self._call is not None:
@@ -378,6 +381,7 @@ class AsyncSessionStream:
         self._pending[request.correlation_id] = (request, answered)
         if self._outbox is not None:
             self._outbox.put_nowait(request)
+        self._wanted.set()
         try:
             return await asyncio.wait_for(asyncio.shield(answered), deadline - self._clock())
         except TimeoutError:
@@ -398,6 +402,7 @@ class AsyncSessionStream:
         self._subscribers.append(subscription)
         if len(self._subscribers) == 1 and self._outbox is not None:
             self._outbox.put_nowait(chat_pb2.SessionRequest(pushes=chat_pb2.SetPushes(on=True)))
+        self._wanted.set()
         return subscription
 
     def unsubscribe(self, subscription: AsyncSessionSubscription) -> None:
@@ -419,6 +424,12 @@ class AsyncSessionStream:
 
     async def _follow(self) -> None:
         while not self._closed:
+            # As SessionStream's: an idle stream is opened again only by its next request.
+            while not (self._closed or self._pending or self._subscribers):
+                self._wanted.clear()
+                await self._wanted.wait()
+            if self._closed:
+                return
             waits = [s.reconnect_timeout for s in self._subscribers]
             reconnect = max(
                 (self._settings.timeout if w is None else w for w in waits), default=None

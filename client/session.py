@@ -6,7 +6,9 @@ stream opens it (through Failover, as any call finds the primary), takes the rep
 each result to the request it answers by correlation id. When the stream breaks (a replica
 down, not the primary any more, silent), the reader opens it again where Failover leads and
 sends every request still unanswered again, with the same request ids: the primary's
-deduplication makes each apply once. At most `max_in_flight` requests (or the replica's own
+deduplication makes each apply once. It does so at once only if a request awaits its result
+or a subscriber listens; an idle stream is opened again by its next request, as a unary call
+would find the primary then. At most `max_in_flight` requests (or the replica's own
 bound, if lower) await results at once: a caller beyond waits for a place."""
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class SessionStream:
         with self._cond:
             self._closed = True
             call, outbox = self._call, self._outbox
+            self._cond.notify_all()
         if outbox is not None:
             outbox.put(_CLOSE)
         if call is not None:
@@ -187,6 +190,8 @@ class SessionStream:
             self._pending[request.correlation_id] = pending
             if self._outbox is not None:
                 self._outbox.put(request)
+            else:  # (the reader may be waiting for a reason to open the stream)
+                self._cond.notify_all()
         return pending
 
     def _wait(self, pending: _Pending, deadline: float) -> chat_pb2.SessionReply:
@@ -247,6 +252,7 @@ class SessionStream:
             first = len(self._subscribers) == 1
             if first and self._outbox is not None:
                 self._outbox.put(chat_pb2.SessionRequest(pushes=chat_pb2.SetPushes(on=True)))
+            self._cond.notify_all()
         return subscription
 
     def unsubscribe(self, subscription: SessionSubscription) -> None:
@@ -270,6 +276,12 @@ class SessionStream:
     def _follow(self) -> None:
         while True:
             with self._cond:
+                # Opened only while needed: after a break, an idle stream (no request awaiting
+                # its result, no subscriber) waits for its next request. Reopening every idle
+                # client's stream at once when the primary dies is a herd that slows the
+                # election's winner and the clients' own sends (docs/bench.md).
+                while not (self._closed or self._pending or self._subscribers):
+                    self._cond.wait()
                 if self._closed:
                     return
                 # A subscriber that asked to wait longer for a primary keeps the stream trying.

@@ -40,6 +40,7 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
         self.thawed = threading.Event()
         self.thawed.set()
         self.probes = 0
+        self.opens = 0  # Session streams begun
 
     # -- what the test does ------------------------------------------------------------------
 
@@ -106,6 +107,8 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
     def Session(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         first = next(requests)
         assert first.open.session_token == TOKEN
+        with self._cond:
+            self.opens += 1
         if self._stepped_down is not None:
             code, details, primary = self._stepped_down
             context.set_trailing_metadata((("chat-primary-address", primary),))

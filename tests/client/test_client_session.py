@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 
@@ -207,6 +208,35 @@ def test_a_replica_that_stops_answering_is_left_and_the_request_sent_again(
     assert again and set(again) == {first}
 
 
+# Long beside the backoff (10-50 ms): a stream reopened at once would have been by then.
+IDLE_WAIT = 0.3
+
+
+def test_an_idle_stream_that_breaks_is_opened_again_by_its_next_request(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    with client_of(replica) as client:
+        assert client.send("bob", "before") == 1
+        replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+        time.sleep(IDLE_WAIT)
+        assert replica.opens == 1  # nothing awaits a result, nobody listens: not yet
+        assert client.send("bob", "after") == 2
+        assert replica.opens == 2
+
+
+def test_a_stream_with_a_subscriber_is_opened_again_at_once(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    with client_of(replica) as client:
+        subscription = client.subscribe()
+        wait_until(lambda: replica.opens == 1, 5, "the subscription opened no stream")
+        replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+        wait_until(lambda: replica.opens == 2, 5, "the subscriber's stream was not reopened")
+        subscription.cancel()
+
+
 # -- the asyncio client: the same stream ------------------------------------------------------
 
 
@@ -258,3 +288,21 @@ def test_async_client_keeps_within_the_replicas_bound(
     assert replica.unary_sends == []
     assert replica.most_in_flight == 2
     assert replica.refused_beyond_bound == 0
+
+
+def test_async_idle_stream_that_breaks_is_opened_again_by_its_next_request(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+
+    async def scenario() -> list[int]:
+        async with AsyncChatClient([replica.address], SETTINGS) as client:
+            await client.login("alice", "pw")
+            before = await client.send("bob", "before")
+            replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+            await asyncio.sleep(IDLE_WAIT)
+            opens_while_idle = replica.opens
+            after = await client.send("bob", "after")
+            return [before, opens_while_idle, after, replica.opens]
+
+    assert asyncio.run(scenario()) == [1, 1, 2, 2]
