@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from client.channels import OWN_SUBCHANNELS
 from client.errors import ChatError, ChatUnavailableError, NotLoggedInError
 from client.failover import (
     Retries,
@@ -68,6 +69,7 @@ class _Channels:
             else grpc.ssl_channel_credentials(root_certificates=settings.root_certificates)
         )
         self._channels: dict[str, tuple[grpc.aio.Channel, Stub]] = {}
+        self._renewed: set[str] = set()  # addresses whose channels have subchannels of their own
         self.closed = False
 
     @property
@@ -79,13 +81,23 @@ class _Channels:
             raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
         entry = self._channels.get(address)
         if entry is None:
+            options = self._options + ((OWN_SUBCHANNELS,) if address in self._renewed else ())
             channel = (
-                grpc.aio.insecure_channel(address, options=self._options)
+                grpc.aio.insecure_channel(address, options=options)
                 if self._credentials is None
-                else grpc.aio.secure_channel(address, self._credentials, options=self._options)
+                else grpc.aio.secure_channel(address, self._credentials, options=options)
             )
             entry = self._channels[address] = (channel, chat_pb2_grpc.ChatStub(channel))  # type: ignore[no-untyped-call]
         return entry[1]
+
+    async def renew(self, address: str, stub: Stub) -> None:
+        """As ChannelPool.renew: close the channel behind `stub` if it is still the one kept
+        for `address`; the next one connects afresh, on subchannels of its own."""
+        self._renewed.add(address)
+        entry = self._channels.get(address)
+        if entry is not None and entry[1] is stub:
+            del self._channels[address]
+            await entry[0].close(None)
 
     async def close(self) -> None:
         self.closed = True
@@ -139,10 +151,9 @@ class _Failover:
                 raise call.give_up(self.addresses)
             call.tried.add(address)
             call.attempts += 1
+            stub = self.channels.stub(address)
             try:
-                result = await attempt(
-                    self.channels.stub(address), min(remaining, settings.attempt_timeout)
-                )
+                result = await attempt(stub, min(remaining, settings.attempt_timeout))
             except asyncio.CancelledError:
                 if self._closed.is_set():  # (close() cancelled the call under way)
                     raise ChatError(grpc.StatusCode.CANCELLED, "client closed") from None
@@ -151,12 +162,15 @@ class _Failover:
                 if not retryable(error):
                     raise ChatError.from_rpc_error(error) from None
                 call.failed(error, address, uses_tls=self.channels.uses_tls)
+                if call.stale_channel(error, address):
+                    await self.channels.renew(address, stub)
+                    continue
                 hint = await self._primary_hint(error, address, remaining)
             else:
                 self._record_success(address, announce=call.told)
                 return result
             if hint is not None:
-                call.round_start = hint
+                call.round_start = call.named = hint
             following = hint if hint is not None and hint not in call.tried else None
             following = following or self._next_untried(address, call.tried)
             if following is None:

@@ -216,6 +216,25 @@ class Retries:
     mismatch_rounds: int = 0  # rounds running in which every replica failed as a mismatch
     told: bool = False  # the caller heard that no replica answers
     answered_this_round: bool = False
+    named: str | None = None  # the primary a replica named last
+    renewed: set[str] = field(default_factory=set)  # addresses given a fresh channel
+
+    def stale_channel(self, error: grpc.RpcError, address: str) -> bool:
+        """Whether to try `address` again at once on a fresh channel: a replica named it the
+        primary, yet the attempt failed to reach it. A channel that failed to connect to a
+        replica while it was down goes on failing calls at once, with that old error, until
+        its reconnect backoff (up to a second) runs out -- though the replica is back and
+        has just been elected. Once per address and call: a primary named but really down
+        fails again at once (a refused connection), and the call goes on as before."""
+        if (
+            error.code() != grpc.StatusCode.UNAVAILABLE
+            or _from_service(error)
+            or address != self.named
+            or address in self.renewed
+        ):
+            return False
+        self.renewed.add(address)
+        return True
 
     def failed(self, error: grpc.RpcError, address: str, *, uses_tls: bool) -> None:
         """Note a retryable failure of the attempt on `address`."""
@@ -426,18 +445,23 @@ class Failover:
                 raise call.give_up(self.addresses)
             call.tried.add(address)
             call.attempts += 1
+            stub = self._pool.stub(address)
             try:
                 result = run(address, min(remaining, self._attempt_timeout))
             except grpc.RpcError as error:
                 if not retryable(error):
                     raise ChatError.from_rpc_error(error) from None
                 call.failed(error, address, uses_tls=self._pool.uses_tls)
+                if call.stale_channel(error, address):
+                    logger.debug("trying the named primary %s on a fresh channel", address)
+                    self._pool.renew(address, stub)
+                    continue
                 hint = self._primary_hint(error, address, remaining)
             else:
                 self._record_success(address, announce=call.told)
                 return result
             if hint is not None:
-                call.round_start = hint
+                call.round_start = call.named = hint
             usable_hint = hint is not None and hint not in call.tried and not self._suspect(hint)
             following = hint if usable_hint else None
             address = (

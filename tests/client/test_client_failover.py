@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent import futures
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from client import (
     NotLoggedInError,
 )
 from client.models import CaughtUp, Message
-from protos import chat_pb2
+from protos import chat_pb2, chat_pb2_grpc
 from tests.client.chat_fakes import (
     CAUGHT_UP,
     FakeReplica,
@@ -43,8 +44,9 @@ def make_client(
     backoff: Backoff | None = None,
     on_replica_change: Callable[[str], None] | None = None,
     on_unreachable: Callable[[str], None] | None = None,
+    settings: ClientSettings | None = None,
 ) -> ChatClient:
-    settings = ClientSettings(timeout=timeout, backoff=backoff or Backoff())
+    settings = settings or ClientSettings(timeout=timeout, backoff=backoff or Backoff())
     hooks = ClientHooks(
         on_replica_change=on_replica_change,
         on_unreachable=on_unreachable,
@@ -82,6 +84,38 @@ def test_follows_the_primary_hint_with_the_same_request_id(
     assert changes == [r0.address, r2.address]
     assert fake_time.sleeps == []
     assert client.connected_address == r2.address
+
+
+def test_a_named_primary_that_came_back_is_reached_on_a_fresh_channel(
+    replicas: list[FakeReplica], dead_address: str, fake_time: FakeTime
+) -> None:
+    r0 = replicas[0]
+    # A reconnect backoff far beyond the call's timeout: a channel that failed to connect
+    # keeps failing at once with that stale error for the whole call.
+    slow_reconnect = (
+        ("grpc.initial_reconnect_backoff_ms", 60_000),
+        ("grpc.min_reconnect_backoff_ms", 60_000),
+        ("grpc.max_reconnect_backoff_ms", 60_000),
+    )
+    settings = ClientSettings(timeout=5.0, channel_options=slow_reconnect)
+    client = make_client([dead_address, r0.address], fake_time, settings=settings)
+    logged_in(client, r0)  # tried the dead address first: its channel failed to connect
+    back = FakeReplica()  # the replica at that address is back, and elected
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    chat_pb2_grpc.add_ChatServicer_to_server(back, server)  # type: ignore[no-untyped-call]
+    server.add_insecure_port(dead_address)
+    server.start()
+    try:
+        back.script("Send", SENT)
+        r0.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, primary=dead_address))
+
+        assert client.send("alice", "hello") == 7
+
+        assert fake_time.sleeps == []  # no round of backoff: the hint was followed at once
+        assert client.connected_address == dead_address
+    finally:
+        client.close()
+        server.stop(None).wait()
 
 
 def test_stays_with_the_new_primary(replicas: list[FakeReplica], fake_time: FakeTime) -> None:
