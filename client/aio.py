@@ -162,15 +162,19 @@ class _Failover:
                 if not retryable(error):
                     raise ChatError.from_rpc_error(error) from None
                 call.failed(error, address, uses_tls=self.channels.uses_tls)
-                if call.stale_channel(error, address):
-                    await self.channels.renew(address, stub)
-                    continue
                 hint = await self._primary_hint(error, address, remaining)
             else:
                 self._record_success(address, announce=call.told)
                 return result
             if hint is not None:
                 call.round_start = call.named = hint
+            afresh = call.named if hint is not None else address
+            if afresh is not None and call.try_afresh(afresh):
+                await self.channels.renew(
+                    afresh, stub if afresh == address else self.channels.stub(afresh)
+                )
+                address = afresh
+                continue
             following = hint if hint is not None and hint not in call.tried else None
             following = following or self._next_untried(address, call.tried)
             if following is None:

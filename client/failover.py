@@ -217,21 +217,17 @@ class Retries:
     told: bool = False  # the caller heard that no replica answers
     answered_this_round: bool = False
     named: str | None = None  # the primary a replica named last
-    renewed: set[str] = field(default_factory=set)  # addresses given a fresh channel
+    unreached: set[str] = field(default_factory=set)  # failed to connect to, in this call
+    renewed: set[str] = field(default_factory=set)  # given a fresh channel, in this call
 
-    def stale_channel(self, error: grpc.RpcError, address: str) -> bool:
-        """Whether to try `address` again at once on a fresh channel: a replica named it the
-        primary, yet the attempt failed to reach it. A channel that failed to connect to a
-        replica while it was down goes on failing calls at once, with that old error, until
+    def try_afresh(self, address: str) -> bool:
+        """Whether to try `address` again at once, on a fresh channel: a replica names it the
+        primary, yet this call failed to connect to it. A channel that failed to connect to a
+        replica while it was down goes on failing calls at once with that old error until
         its reconnect backoff (up to a second) runs out -- though the replica is back and
         has just been elected. Once per address and call: a primary named but really down
-        fails again at once (a refused connection), and the call goes on as before."""
-        if (
-            error.code() != grpc.StatusCode.UNAVAILABLE
-            or _from_service(error)
-            or address != self.named
-            or address in self.renewed
-        ):
+        (a stale name) fails again at once, and the call goes on as before."""
+        if address != self.named or address not in self.unreached or address in self.renewed:
             return False
         self.renewed.add(address)
         return True
@@ -246,6 +242,8 @@ class Retries:
         )
         if error.code() == grpc.StatusCode.UNAVAILABLE and _from_service(error):
             self.refusal = f"{error.details()} (replica at {address})"
+        elif error.code() == grpc.StatusCode.UNAVAILABLE:
+            self.unreached.add(address)
         mismatch = security_mismatch(error, address, uses_tls=uses_tls)
         if mismatch is None:
             self.mismatches.pop(address, None)
@@ -452,16 +450,18 @@ class Failover:
                 if not retryable(error):
                     raise ChatError.from_rpc_error(error) from None
                 call.failed(error, address, uses_tls=self._pool.uses_tls)
-                if call.stale_channel(error, address):
-                    logger.debug("trying the named primary %s on a fresh channel", address)
-                    self._pool.renew(address, stub)
-                    continue
                 hint = self._primary_hint(error, address, remaining)
             else:
                 self._record_success(address, announce=call.told)
                 return result
             if hint is not None:
                 call.round_start = call.named = hint
+            afresh = call.named if hint is not None else address
+            if afresh is not None and not self._suspect(afresh) and call.try_afresh(afresh):
+                logger.debug("trying the named primary %s again on a fresh channel", afresh)
+                self._pool.renew(afresh, stub if afresh == address else self._pool.stub(afresh))
+                address = afresh
+                continue
             usable_hint = hint is not None and hint not in call.tried and not self._suspect(hint)
             following = hint if usable_hint else None
             address = (
