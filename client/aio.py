@@ -492,6 +492,9 @@ class AsyncSessionStream:
                 open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
             )
         )
+        early = sorted(self._pending)  # right behind `open`, as SessionStream's
+        for correlation_id in early:
+            outbox.put_nowait(self._pending[correlation_id][0])
 
         async def requests() -> AsyncIterator[chat_pb2.SessionRequest]:
             while (request := await outbox.get()) is not None:
@@ -518,7 +521,7 @@ class AsyncSessionStream:
         if bool(self._subscribers) != push:  # subscribed or cancelled while opening
             pushes = chat_pb2.SetPushes(on=bool(self._subscribers))
             outbox.put_nowait(chat_pb2.SessionRequest(pushes=pushes))
-        for correlation_id in sorted(self._pending):  # unanswered: again, same ids
+        for correlation_id in sorted(self._pending.keys() - early):  # came meanwhile
             outbox.put_nowait(self._pending[correlation_id][0])
         self._room.set()
         return call

@@ -5,10 +5,10 @@ Callers on any thread submit requests and wait for their results; a reader threa
 stream opens it (through Failover, as any call finds the primary), takes the replies and hands
 each result to the request it answers by correlation id. When the stream breaks (a replica
 down, not the primary any more, silent), the reader opens it again where Failover leads and
-sends every request still unanswered again, with the same request ids: the primary's
-deduplication makes each apply once. It does so at once only if a request awaits its result
-or a subscriber listens; an idle stream is opened again by its next request, as a unary call
-would find the primary then. At most `max_in_flight` requests (or the replica's own
+sends every request still unanswered again (right behind its `open`), with the same request
+ids: the primary's deduplication makes each apply once. It does so at once only if a request
+awaits its result or a subscriber listens; an idle stream is opened again by its next request,
+as a unary call would find the primary then. At most `max_in_flight` requests (or the replica's own
 bound, if lower) await results at once: a caller beyond waits for a place."""
 
 from __future__ import annotations
@@ -335,11 +335,17 @@ class SessionStream:
             if self._closed:
                 raise _Cancelled
             push = bool(self._subscribers)
-        outbox.put(
-            chat_pb2.SessionRequest(
-                open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
+            # Unanswered requests go right behind `open`, not a round trip after its answer:
+            # a stream the replica refuses drops them unread, and their request ids make
+            # each apply once wherever they are sent again.
+            early = sorted(self._pending)
+            outbox.put(
+                chat_pb2.SessionRequest(
+                    open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
+                )
             )
-        )
+            for correlation_id in early:
+                outbox.put(self._pending[correlation_id].request)
         try:
             call: _Call = stub.Session(iter(outbox.get, _CLOSE))
         except ValueError:  # its channel was closed under it: try elsewhere
@@ -372,7 +378,7 @@ class SessionStream:
             if bool(self._subscribers) != push:  # subscribed or cancelled while opening
                 pushes = chat_pb2.SetPushes(on=bool(self._subscribers))
                 outbox.put(chat_pb2.SessionRequest(pushes=pushes))
-            for correlation_id in sorted(self._pending):  # unanswered: again, same ids
+            for correlation_id in sorted(self._pending.keys() - early):  # came meanwhile
                 outbox.put(self._pending[correlation_id].request)
             self._cond.notify_all()
         return call, replies, outbox

@@ -41,6 +41,10 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
         self.thawed.set()
         self.probes = 0
         self.opens = 0  # Session streams begun
+        # Before answering `open`, wait (up to 2 s) for this many sends on the new stream, and
+        # note how many came: a client that sends only once opened would have sent none.
+        self.hold_open_for_sends = 0
+        self.sends_before_opened: list[int] = []
 
     # -- what the test does ------------------------------------------------------------------
 
@@ -117,7 +121,15 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
         with self._cond:
             self._replies = replies
         context.add_callback(lambda: replies.put(None))
+        with self._cond:
+            received_before = len(self.received)
         threading.Thread(target=self._read, args=(requests, replies), daemon=True).start()
+        if self.hold_open_for_sends:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: len(self.received) - received_before >= self.hold_open_for_sends, 2
+                )
+                self.sends_before_opened.append(len(self.received) - received_before)
         yield chat_pb2.SessionReply(opened=chat_pb2.SessionOpened(max_in_flight=self.max_in_flight))
         while True:
             item = replies.get()

@@ -137,6 +137,21 @@ def test_a_stream_that_drops_is_reopened_and_its_requests_answered_once(
     assert sorted(results) == [1, 2, 3]
 
 
+def test_unanswered_requests_go_again_right_behind_open_not_after_its_answer(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(answer_at_once=False)
+    with client_of(replica) as client:
+        sent = sends_from_threads(client, 1)
+        replica.wait_held(1)
+        replica.hold_open_for_sends = 1
+        replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+        replica.wait_held(1)
+        replica.answer_held()
+        assert [f.result(timeout=10) for f in sent] == [1]
+    assert replica.sends_before_opened == [1]  # a round trip saved
+
+
 def test_the_client_keeps_within_the_replicas_bound(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
