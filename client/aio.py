@@ -37,6 +37,7 @@ from client.channels import OWN_SUBCHANNELS
 from client.errors import ChatError, ChatUnavailableError, NotLoggedInError
 from client.failover import (
     Retries,
+    give_up,
     primary_address_in,
     primary_named_by,
     retryable,
@@ -137,12 +138,20 @@ class _Failover:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), seconds)
 
-    async def call(self, attempt: Attempt[Result], *, timeout: float | None = None) -> Result:
+    async def call(
+        self,
+        attempt: Attempt[Result],
+        *,
+        timeout: float | None = None,
+        retries: Retries | None = None,
+    ) -> Result:
+        """As Failover.call (`retries`: a fresh one to keep what the attempts learn in)."""
         settings, clock = self._settings, self._hooks.clock
         deadline = clock() + (settings.timeout if timeout is None else timeout)
         delays = settings.backoff.delays()
         address = self._preferred
-        call = Retries(round_start=address)
+        call = Retries(round_start=address) if retries is None else retries
+        call.round_start = address
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
@@ -343,6 +352,7 @@ class AsyncSessionStream:
         self._limit = 1  # until the replica has said its bound
         self._room = asyncio.Event()  # set whenever a place may have come free
         self._wanted = asyncio.Event()  # set whenever the stream may be needed (see _follow)
+        self._retries: Retries | None = None  # what the reader's latest reopening learnt
         self._outbox: asyncio.Queue[chat_pb2.SessionRequest | None] | None = None
         self._call: Any = None
         self._error: ChatError | None = None
@@ -384,11 +394,7 @@ class AsyncSessionStream:
         while self._error is None and len(self._pending) >= self._limit:
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise ChatUnavailableError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{len(self._pending)} requests in flight on the session stream got no "
-                    f"answer within {self._settings.timeout} s",
-                )
+                raise self._unavailable()
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), remaining)
@@ -405,10 +411,13 @@ class AsyncSessionStream:
         except TimeoutError:
             self._pending.pop(request.correlation_id, None)
             self._room.set()
-            raise ChatUnavailableError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"no answer from the primary within {self._settings.timeout} s",
-            ) from None
+            raise self._unavailable() from None
+
+    def _unavailable(self) -> ChatUnavailableError:
+        """As SessionStream's: the error a unary call would end with at its deadline."""
+        if self._outbox is None and self._retries is not None:
+            return self._retries.give_up(self._failover.addresses)
+        return give_up(self._failover.addresses, False, None, {})
 
     def subscribe(
         self, reconnect_timeout: float | None, fallback: Callable[[], AsyncSubscription]
@@ -452,8 +461,9 @@ class AsyncSessionStream:
             reconnect = max(
                 (self._settings.timeout if w is None else w for w in waits), default=None
             )
+            self._retries = retries = Retries(round_start="")
             try:
-                call = await self._failover.call(self._open, timeout=reconnect)
+                call = await self._failover.call(self._open, timeout=reconnect, retries=retries)
             except ChatError as error:
                 self._end(error)
                 return

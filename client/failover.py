@@ -252,7 +252,8 @@ class Retries:
             self.answered_this_round = True
 
     def give_up(self, addresses: Sequence[str]) -> ChatUnavailableError:
-        return give_up(addresses, self.saw_not_primary, self.refusal, self.mismatches)
+        # (A copy: a SessionStream's caller may ask while its reader's attempts go on.)
+        return give_up(addresses, self.saw_not_primary, self.refusal, dict(self.mismatches))
 
     def end_round(self, remaining: float, addresses: Sequence[str]) -> bool:
         """Every replica failed this round. Raises the give-up error once the deadline passed
@@ -323,14 +324,24 @@ class Failover:
     def pause(self, seconds: float) -> None:
         self._sleep(seconds)
 
-    def call(self, attempt: Attempt[Result], *, timeout: float | None = None) -> Result:
+    def call(
+        self,
+        attempt: Attempt[Result],
+        *,
+        timeout: float | None = None,
+        retries: Retries | None = None,
+    ) -> Result:
         """Run `attempt(stub, attempt_timeout)` against replicas until one succeeds.
 
         Raises ChatError at once for a domain error, ChatUnavailableError once `timeout`
-        (default: the client's) has passed without an answer from the primary.
+        (default: the client's) has passed without an answer from the primary. `retries`: a
+        fresh Retries to keep what the attempts learn in, for a caller that may have to say
+        why meanwhile (the give-up error's wording).
         """
         return self._retrying(
-            lambda address, t: attempt(self._pool.stub(address), t), timeout=timeout
+            lambda address, t: attempt(self._pool.stub(address), t),
+            timeout=timeout,
+            retries=retries,
         )
 
     def call_unary(self, invoke: Attempt[Result], *, timeout: float | None = None) -> Result:
@@ -426,7 +437,11 @@ class Failover:
             return until is not None
 
     def _retrying(
-        self, run: Callable[[str, float], Result], *, timeout: float | None = None
+        self,
+        run: Callable[[str, float], Result],
+        *,
+        timeout: float | None = None,
+        retries: Retries | None = None,
     ) -> Result:
         deadline = self._clock() + (self._timeout if timeout is None else timeout)
         delays = self._backoff.delays()
@@ -434,7 +449,8 @@ class Failover:
             address = self._preferred
         if self._suspect(address):
             address = self._next_untried(address, {address}) or address
-        call = Retries(round_start=address)
+        call = Retries(round_start=address) if retries is None else retries
+        call.round_start = address
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")

@@ -24,7 +24,7 @@ import grpc
 
 from client.channels import ChatStub
 from client.errors import ChatError, ChatUnavailableError, service_error
-from client.failover import Backoff, Failover, Liveness, retryable
+from client.failover import Backoff, Failover, Liveness, Retries, give_up, retryable
 from client.models import CaughtUp, Message
 from client.subscription import accept
 from protos import chat_pb2
@@ -126,6 +126,7 @@ class SessionStream:
         self._subscribers: list[SessionSubscription] = []
         self._next_probe = 0.0
         self._probing = False
+        self._retries: Retries | None = None  # what the reader's latest reopening learnt
         self._reader = threading.Thread(target=self._run, name="chat-session", daemon=True)
         self._reader.start()
 
@@ -179,11 +180,7 @@ class SessionStream:
                     break
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    raise ChatUnavailableError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"{len(self._pending)} requests in flight on the session stream "
-                        f"got no answer within {self._timeout} s",
-                    )
+                    raise self._unavailable_locked()
                 self._cond.wait(remaining)
             request = chat_pb2.SessionRequest(correlation_id=next(self._ids), **{kind: message})
             pending = _Pending(request)
@@ -205,16 +202,23 @@ class SessionStream:
                 with self._cond:
                     gave_up = self._pending.pop(pending.request.correlation_id, None) is not None
                     self._cond.notify()
+                    unavailable = self._unavailable_locked()
                 if gave_up:
-                    raise ChatUnavailableError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"no answer from the primary within {self._timeout} s",
-                    )
+                    raise unavailable
                 pending.done.acquire()  # answered meanwhile
             if pending.error is not None:
                 raise pending.error
             assert pending.reply is not None
             return pending.reply
+
+    def _unavailable_locked(self) -> ChatUnavailableError:
+        """A request's deadline passed: the error a unary call would end with -- why the
+        reader found no primary so far, or, on an open stream that did not answer, "no
+        replica reachable" (as a unary call whose every attempt timed out)."""
+        retries = self._retries if self._outbox is None else None
+        if retries is not None:
+            return retries.give_up(self._failover.addresses)
+        return give_up(self._failover.addresses, False, None, {})
 
     def _check_liveness(self) -> None:
         """A request waited long: ask its replica whether it answers at all (a frozen process
@@ -287,8 +291,13 @@ class SessionStream:
                 # A subscriber that asked to wait longer for a primary keeps the stream trying.
                 waits = [s.reconnect_timeout for s in self._subscribers]
             reconnect = max((self._timeout if w is None else w for w in waits), default=None)
+            retries = Retries(round_start="")
+            with self._cond:
+                self._retries = retries
             try:
-                call, replies, outbox = self._failover.call(self._open, timeout=reconnect)
+                call, replies, outbox = self._failover.call(
+                    self._open, timeout=reconnect, retries=retries
+                )
             except _Cancelled:
                 return
             except ChatError as error:

@@ -16,7 +16,15 @@ from concurrent import futures
 import grpc
 import pytest
 
-from client import AsyncChatClient, Backoff, ChatClient, ClientSettings, Liveness, NotFound
+from client import (
+    AsyncChatClient,
+    Backoff,
+    ChatClient,
+    ChatUnavailableError,
+    ClientSettings,
+    Liveness,
+    NotFound,
+)
 from protos import chat_pb2
 from tests.client.chat_fakes import answer, start_replica, stop_replica
 from tests.client.session_fakes import (
@@ -321,3 +329,34 @@ def test_async_idle_stream_that_breaks_is_opened_again_by_its_next_request(
             return [before, opens_while_idle, after, replica.opens]
 
     assert asyncio.run(scenario()) == [1, 1, 2, 2]
+
+
+def test_a_request_past_its_deadline_says_what_a_unary_call_would(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    settings = ClientSettings(timeout=0.5, backoff=Backoff(0.01, 0.05), session_stream=True)
+    with client_of(replica, settings=settings) as client:
+        assert client.send("bob", "before") == 1
+        stop_session_replica(replica)
+        with pytest.raises(ChatUnavailableError) as raised:
+            client.send("bob", "after")
+    assert raised.value.message == f"no replica reachable at {replica.address}"
+
+
+def test_async_request_past_its_deadline_says_what_a_unary_call_would(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    settings = ClientSettings(timeout=0.5, backoff=Backoff(0.01, 0.05), session_stream=True)
+
+    async def scenario() -> str:
+        async with AsyncChatClient([replica.address], settings) as client:
+            await client.login("alice", "pw")
+            await client.send("bob", "before")
+            stop_session_replica(replica)
+            with pytest.raises(ChatUnavailableError) as raised:
+                await client.send("bob", "after")
+            return raised.value.message
+
+    assert asyncio.run(scenario()) == f"no replica reachable at {replica.address}"
