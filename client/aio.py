@@ -33,9 +33,11 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from client.channels import OWN_SUBCHANNELS
 from client.errors import ChatError, ChatUnavailableError, NotLoggedInError
 from client.failover import (
     Retries,
+    give_up,
     primary_address_in,
     primary_named_by,
     retryable,
@@ -68,6 +70,7 @@ class _Channels:
             else grpc.ssl_channel_credentials(root_certificates=settings.root_certificates)
         )
         self._channels: dict[str, tuple[grpc.aio.Channel, Stub]] = {}
+        self._renewed: set[str] = set()  # addresses whose channels have subchannels of their own
         self.closed = False
 
     @property
@@ -79,13 +82,23 @@ class _Channels:
             raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
         entry = self._channels.get(address)
         if entry is None:
+            options = self._options + ((OWN_SUBCHANNELS,) if address in self._renewed else ())
             channel = (
-                grpc.aio.insecure_channel(address, options=self._options)
+                grpc.aio.insecure_channel(address, options=options)
                 if self._credentials is None
-                else grpc.aio.secure_channel(address, self._credentials, options=self._options)
+                else grpc.aio.secure_channel(address, self._credentials, options=options)
             )
             entry = self._channels[address] = (channel, chat_pb2_grpc.ChatStub(channel))  # type: ignore[no-untyped-call]
         return entry[1]
+
+    async def renew(self, address: str, stub: Stub) -> None:
+        """As ChannelPool.renew: close the channel behind `stub` if it is still the one kept
+        for `address`; the next one connects afresh, on subchannels of its own."""
+        self._renewed.add(address)
+        entry = self._channels.get(address)
+        if entry is not None and entry[1] is stub:
+            del self._channels[address]
+            await entry[0].close(None)
 
     async def close(self) -> None:
         self.closed = True
@@ -125,12 +138,20 @@ class _Failover:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), seconds)
 
-    async def call(self, attempt: Attempt[Result], *, timeout: float | None = None) -> Result:
+    async def call(
+        self,
+        attempt: Attempt[Result],
+        *,
+        timeout: float | None = None,
+        retries: Retries | None = None,
+    ) -> Result:
+        """As Failover.call (`retries`: a fresh one to keep what the attempts learn in)."""
         settings, clock = self._settings, self._hooks.clock
         deadline = clock() + (settings.timeout if timeout is None else timeout)
         delays = settings.backoff.delays()
         address = self._preferred
-        call = Retries(round_start=address)
+        call = Retries(round_start=address) if retries is None else retries
+        call.round_start = address
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
@@ -139,10 +160,9 @@ class _Failover:
                 raise call.give_up(self.addresses)
             call.tried.add(address)
             call.attempts += 1
+            stub = self.channels.stub(address)
             try:
-                result = await attempt(
-                    self.channels.stub(address), min(remaining, settings.attempt_timeout)
-                )
+                result = await attempt(stub, min(remaining, settings.attempt_timeout))
             except asyncio.CancelledError:
                 if self._closed.is_set():  # (close() cancelled the call under way)
                     raise ChatError(grpc.StatusCode.CANCELLED, "client closed") from None
@@ -156,7 +176,14 @@ class _Failover:
                 self._record_success(address, announce=call.told)
                 return result
             if hint is not None:
-                call.round_start = hint
+                call.round_start = call.named = hint
+            afresh = call.named if hint is not None else address
+            if afresh is not None and call.try_afresh(afresh):
+                await self.channels.renew(
+                    afresh, stub if afresh == address else self.channels.stub(afresh)
+                )
+                address = afresh
+                continue
             following = hint if hint is not None and hint not in call.tried else None
             following = following or self._next_untried(address, call.tried)
             if following is None:
@@ -309,8 +336,9 @@ class _Hung(grpc.aio.AioRpcError):
 class AsyncSessionStream:
     """The asyncio twin of client.session.SessionStream: one logged-in client's Session
     stream, its sends and acks pipelined (each awaiting its result by correlation id), the
-    pushed messages handed to its subscriptions; reopened where the primary is when it breaks,
-    every unanswered request sent again with its request id. Used from one event loop."""
+    pushed messages handed to its subscriptions; reopened where the primary is when it breaks
+    (at once while in use, else by its next request), every unanswered request sent again
+    with its request id. Used from one event loop."""
 
     def __init__(
         self, failover: _Failover, session_token: str, settings: ClientSettings, hooks: ClientHooks
@@ -323,6 +351,8 @@ class AsyncSessionStream:
         self._ids = itertools.count(1)
         self._limit = 1  # until the replica has said its bound
         self._room = asyncio.Event()  # set whenever a place may have come free
+        self._wanted = asyncio.Event()  # set whenever the stream may be needed (see _follow)
+        self._retries: Retries | None = None  # what the reader's latest reopening learnt
         self._outbox: asyncio.Queue[chat_pb2.SessionRequest | None] | None = None
         self._call: Any = None
         self._error: ChatError | None = None
@@ -336,6 +366,7 @@ class AsyncSessionStream:
 
     async def close(self) -> None:
         self._closed = True
+        self._wanted.set()
         if self._outbox is not None:
             self._outbox.put_nowait(None)
         if self._call is not None:
@@ -363,11 +394,7 @@ class AsyncSessionStream:
         while self._error is None and len(self._pending) >= self._limit:
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise ChatUnavailableError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{len(self._pending)} requests in flight on the session stream got no "
-                    f"answer within {self._settings.timeout} s",
-                )
+                raise self._unavailable()
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), remaining)
@@ -378,15 +405,19 @@ class AsyncSessionStream:
         self._pending[request.correlation_id] = (request, answered)
         if self._outbox is not None:
             self._outbox.put_nowait(request)
+        self._wanted.set()
         try:
             return await asyncio.wait_for(asyncio.shield(answered), deadline - self._clock())
         except TimeoutError:
             self._pending.pop(request.correlation_id, None)
             self._room.set()
-            raise ChatUnavailableError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"no answer from the primary within {self._settings.timeout} s",
-            ) from None
+            raise self._unavailable() from None
+
+    def _unavailable(self) -> ChatUnavailableError:
+        """As SessionStream's: the error a unary call would end with at its deadline."""
+        if self._outbox is None and self._retries is not None:
+            return self._retries.give_up(self._failover.addresses)
+        return give_up(self._failover.addresses, False, None, {})
 
     def subscribe(
         self, reconnect_timeout: float | None, fallback: Callable[[], AsyncSubscription]
@@ -398,6 +429,7 @@ class AsyncSessionStream:
         self._subscribers.append(subscription)
         if len(self._subscribers) == 1 and self._outbox is not None:
             self._outbox.put_nowait(chat_pb2.SessionRequest(pushes=chat_pb2.SetPushes(on=True)))
+        self._wanted.set()
         return subscription
 
     def unsubscribe(self, subscription: AsyncSessionSubscription) -> None:
@@ -419,12 +451,19 @@ class AsyncSessionStream:
 
     async def _follow(self) -> None:
         while not self._closed:
+            # As SessionStream's: an idle stream is opened again only by its next request.
+            while not (self._closed or self._pending or self._subscribers):
+                self._wanted.clear()
+                await self._wanted.wait()
+            if self._closed:
+                return
             waits = [s.reconnect_timeout for s in self._subscribers]
             reconnect = max(
                 (self._settings.timeout if w is None else w for w in waits), default=None
             )
+            self._retries = retries = Retries(round_start="")
             try:
-                call = await self._failover.call(self._open, timeout=reconnect)
+                call = await self._failover.call(self._open, timeout=reconnect, retries=retries)
             except ChatError as error:
                 self._end(error)
                 return
@@ -463,6 +502,9 @@ class AsyncSessionStream:
                 open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
             )
         )
+        early = sorted(self._pending)  # right behind `open`, as SessionStream's
+        for correlation_id in early:
+            outbox.put_nowait(self._pending[correlation_id][0])
 
         async def requests() -> AsyncIterator[chat_pb2.SessionRequest]:
             while (request := await outbox.get()) is not None:
@@ -489,7 +531,7 @@ class AsyncSessionStream:
         if bool(self._subscribers) != push:  # subscribed or cancelled while opening
             pushes = chat_pb2.SetPushes(on=bool(self._subscribers))
             outbox.put_nowait(chat_pb2.SessionRequest(pushes=pushes))
-        for correlation_id in sorted(self._pending):  # unanswered: again, same ids
+        for correlation_id in sorted(self._pending.keys() - early):  # came meanwhile
             outbox.put_nowait(self._pending[correlation_id][0])
         self._room.set()
         return call

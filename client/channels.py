@@ -30,6 +30,9 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 )
+# A renewed channel's subchannels are its own: from gRPC's process-wide pool it would take the
+# old channel's connection state, back-off and stale failure included (renew()).
+OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
 
 
 class ChatStub(Protocol):
@@ -97,6 +100,7 @@ class ChannelPool:
         )
         self._lock = threading.Lock()
         self._channels: dict[str, _Channel] = {}
+        self._renewed: set[str] = set()  # addresses whose channels have subchannels of their own
         self._closed = False
 
     def stub(self, address: str) -> ChatStub:
@@ -117,10 +121,11 @@ class ChannelPool:
             raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
         entry = self._channels.get(address)
         if entry is None:
+            options = self._options + ((OWN_SUBCHANNELS,) if address in self._renewed else ())
             if self._credentials is None:
-                channel = grpc.insecure_channel(address, options=self._options)
+                channel = grpc.insecure_channel(address, options=options)
             else:
-                channel = grpc.secure_channel(address, self._credentials, self._options)
+                channel = grpc.secure_channel(address, self._credentials, options)
             stub: ChatStub = chat_pb2_grpc.ChatStub(channel)  # type: ignore[no-untyped-call]
             entry = _Channel(channel, stub)
             self._channels[address] = entry
@@ -136,6 +141,14 @@ class ChannelPool:
                 return
             del self._channels[address]
         entry.channel.close()
+
+    def renew(self, address: str, stub: ChatStub) -> None:
+        """discard(), and the next channel to `address` connects afresh: its subchannels are
+        its own, not the ones gRPC shares between a process's channels to one address (still
+        in reconnect back-off after failing to connect to a replica that was down)."""
+        with self._lock:
+            self._renewed.add(address)
+        self.discard(address, stub)
 
     @property
     def uses_tls(self) -> bool:

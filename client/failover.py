@@ -216,6 +216,21 @@ class Retries:
     mismatch_rounds: int = 0  # rounds running in which every replica failed as a mismatch
     told: bool = False  # the caller heard that no replica answers
     answered_this_round: bool = False
+    named: str | None = None  # the primary a replica named last
+    unreached: set[str] = field(default_factory=set)  # failed to connect to, in this call
+    renewed: set[str] = field(default_factory=set)  # given a fresh channel, in this call
+
+    def try_afresh(self, address: str) -> bool:
+        """Whether to try `address` again at once, on a fresh channel: a replica names it the
+        primary, yet this call failed to connect to it. A channel that failed to connect to a
+        replica while it was down goes on failing calls at once with that old error until
+        its reconnect backoff (up to a second) runs out -- though the replica is back and
+        has just been elected. Once per address and call: a primary named but really down
+        (a stale name) fails again at once, and the call goes on as before."""
+        if address != self.named or address not in self.unreached or address in self.renewed:
+            return False
+        self.renewed.add(address)
+        return True
 
     def failed(self, error: grpc.RpcError, address: str, *, uses_tls: bool) -> None:
         """Note a retryable failure of the attempt on `address`."""
@@ -227,6 +242,8 @@ class Retries:
         )
         if error.code() == grpc.StatusCode.UNAVAILABLE and _from_service(error):
             self.refusal = f"{error.details()} (replica at {address})"
+        elif error.code() == grpc.StatusCode.UNAVAILABLE:
+            self.unreached.add(address)
         mismatch = security_mismatch(error, address, uses_tls=uses_tls)
         if mismatch is None:
             self.mismatches.pop(address, None)
@@ -235,7 +252,8 @@ class Retries:
             self.answered_this_round = True
 
     def give_up(self, addresses: Sequence[str]) -> ChatUnavailableError:
-        return give_up(addresses, self.saw_not_primary, self.refusal, self.mismatches)
+        # (A copy: a SessionStream's caller may ask while its reader's attempts go on.)
+        return give_up(addresses, self.saw_not_primary, self.refusal, dict(self.mismatches))
 
     def end_round(self, remaining: float, addresses: Sequence[str]) -> bool:
         """Every replica failed this round. Raises the give-up error once the deadline passed
@@ -306,14 +324,24 @@ class Failover:
     def pause(self, seconds: float) -> None:
         self._sleep(seconds)
 
-    def call(self, attempt: Attempt[Result], *, timeout: float | None = None) -> Result:
+    def call(
+        self,
+        attempt: Attempt[Result],
+        *,
+        timeout: float | None = None,
+        retries: Retries | None = None,
+    ) -> Result:
         """Run `attempt(stub, attempt_timeout)` against replicas until one succeeds.
 
         Raises ChatError at once for a domain error, ChatUnavailableError once `timeout`
-        (default: the client's) has passed without an answer from the primary.
+        (default: the client's) has passed without an answer from the primary. `retries`: a
+        fresh Retries to keep what the attempts learn in, for a caller that may have to say
+        why meanwhile (the give-up error's wording).
         """
         return self._retrying(
-            lambda address, t: attempt(self._pool.stub(address), t), timeout=timeout
+            lambda address, t: attempt(self._pool.stub(address), t),
+            timeout=timeout,
+            retries=retries,
         )
 
     def call_unary(self, invoke: Attempt[Result], *, timeout: float | None = None) -> Result:
@@ -409,7 +437,11 @@ class Failover:
             return until is not None
 
     def _retrying(
-        self, run: Callable[[str, float], Result], *, timeout: float | None = None
+        self,
+        run: Callable[[str, float], Result],
+        *,
+        timeout: float | None = None,
+        retries: Retries | None = None,
     ) -> Result:
         deadline = self._clock() + (self._timeout if timeout is None else timeout)
         delays = self._backoff.delays()
@@ -417,7 +449,8 @@ class Failover:
             address = self._preferred
         if self._suspect(address):
             address = self._next_untried(address, {address}) or address
-        call = Retries(round_start=address)
+        call = Retries(round_start=address) if retries is None else retries
+        call.round_start = address
         while True:
             if self._closed.is_set():
                 raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
@@ -426,6 +459,7 @@ class Failover:
                 raise call.give_up(self.addresses)
             call.tried.add(address)
             call.attempts += 1
+            stub = self._pool.stub(address)
             try:
                 result = run(address, min(remaining, self._attempt_timeout))
             except grpc.RpcError as error:
@@ -437,7 +471,13 @@ class Failover:
                 self._record_success(address, announce=call.told)
                 return result
             if hint is not None:
-                call.round_start = hint
+                call.round_start = call.named = hint
+            afresh = call.named if hint is not None else address
+            if afresh is not None and not self._suspect(afresh) and call.try_afresh(afresh):
+                logger.debug("trying the named primary %s again on a fresh channel", afresh)
+                self._pool.renew(afresh, stub if afresh == address else self._pool.stub(afresh))
+                address = afresh
+                continue
             usable_hint = hint is not None and hint not in call.tried and not self._suspect(hint)
             following = hint if usable_hint else None
             address = (

@@ -5,8 +5,10 @@ Callers on any thread submit requests and wait for their results; a reader threa
 stream opens it (through Failover, as any call finds the primary), takes the replies and hands
 each result to the request it answers by correlation id. When the stream breaks (a replica
 down, not the primary any more, silent), the reader opens it again where Failover leads and
-sends every request still unanswered again, with the same request ids: the primary's
-deduplication makes each apply once. At most `max_in_flight` requests (or the replica's own
+sends every request still unanswered again (right behind its `open`), with the same request
+ids: the primary's deduplication makes each apply once. It does so at once only if a request
+awaits its result or a subscriber listens; an idle stream is opened again by its next request,
+as a unary call would find the primary then. At most `max_in_flight` requests (or the replica's own
 bound, if lower) await results at once: a caller beyond waits for a place."""
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import grpc
 
 from client.channels import ChatStub
 from client.errors import ChatError, ChatUnavailableError, service_error
-from client.failover import Backoff, Failover, Liveness, retryable
+from client.failover import Backoff, Failover, Liveness, Retries, give_up, retryable
 from client.models import CaughtUp, Message
 from client.subscription import accept
 from protos import chat_pb2
@@ -124,6 +126,7 @@ class SessionStream:
         self._subscribers: list[SessionSubscription] = []
         self._next_probe = 0.0
         self._probing = False
+        self._retries: Retries | None = None  # what the reader's latest reopening learnt
         self._reader = threading.Thread(target=self._run, name="chat-session", daemon=True)
         self._reader.start()
 
@@ -141,6 +144,7 @@ class SessionStream:
         with self._cond:
             self._closed = True
             call, outbox = self._call, self._outbox
+            self._cond.notify_all()
         if outbox is not None:
             outbox.put(_CLOSE)
         if call is not None:
@@ -176,17 +180,15 @@ class SessionStream:
                     break
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    raise ChatUnavailableError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"{len(self._pending)} requests in flight on the session stream "
-                        f"got no answer within {self._timeout} s",
-                    )
+                    raise self._unavailable_locked()
                 self._cond.wait(remaining)
             request = chat_pb2.SessionRequest(correlation_id=next(self._ids), **{kind: message})
             pending = _Pending(request)
             self._pending[request.correlation_id] = pending
             if self._outbox is not None:
                 self._outbox.put(request)
+            else:  # (the reader may be waiting for a reason to open the stream)
+                self._cond.notify_all()
         return pending
 
     def _wait(self, pending: _Pending, deadline: float) -> chat_pb2.SessionReply:
@@ -200,16 +202,23 @@ class SessionStream:
                 with self._cond:
                     gave_up = self._pending.pop(pending.request.correlation_id, None) is not None
                     self._cond.notify()
+                    unavailable = self._unavailable_locked()
                 if gave_up:
-                    raise ChatUnavailableError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"no answer from the primary within {self._timeout} s",
-                    )
+                    raise unavailable
                 pending.done.acquire()  # answered meanwhile
             if pending.error is not None:
                 raise pending.error
             assert pending.reply is not None
             return pending.reply
+
+    def _unavailable_locked(self) -> ChatUnavailableError:
+        """A request's deadline passed: the error a unary call would end with -- why the
+        reader found no primary so far, or, on an open stream that did not answer, "no
+        replica reachable" (as a unary call whose every attempt timed out)."""
+        retries = self._retries if self._outbox is None else None
+        if retries is not None:
+            return retries.give_up(self._failover.addresses)
+        return give_up(self._failover.addresses, False, None, {})
 
     def _check_liveness(self) -> None:
         """A request waited long: ask its replica whether it answers at all (a frozen process
@@ -247,6 +256,7 @@ class SessionStream:
             first = len(self._subscribers) == 1
             if first and self._outbox is not None:
                 self._outbox.put(chat_pb2.SessionRequest(pushes=chat_pb2.SetPushes(on=True)))
+            self._cond.notify_all()
         return subscription
 
     def unsubscribe(self, subscription: SessionSubscription) -> None:
@@ -270,13 +280,24 @@ class SessionStream:
     def _follow(self) -> None:
         while True:
             with self._cond:
+                # Opened only while needed: after a break, an idle stream (no request awaiting
+                # its result, no subscriber) waits for its next request. Reopening every idle
+                # client's stream at once when the primary dies is a herd that slows the
+                # election's winner and the clients' own sends (docs/bench.md).
+                while not (self._closed or self._pending or self._subscribers):
+                    self._cond.wait()
                 if self._closed:
                     return
                 # A subscriber that asked to wait longer for a primary keeps the stream trying.
                 waits = [s.reconnect_timeout for s in self._subscribers]
             reconnect = max((self._timeout if w is None else w for w in waits), default=None)
+            retries = Retries(round_start="")
+            with self._cond:
+                self._retries = retries
             try:
-                call, replies, outbox = self._failover.call(self._open, timeout=reconnect)
+                call, replies, outbox = self._failover.call(
+                    self._open, timeout=reconnect, retries=retries
+                )
             except _Cancelled:
                 return
             except ChatError as error:
@@ -323,11 +344,17 @@ class SessionStream:
             if self._closed:
                 raise _Cancelled
             push = bool(self._subscribers)
-        outbox.put(
-            chat_pb2.SessionRequest(
-                open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
+            # Unanswered requests go right behind `open`, not a round trip after its answer:
+            # a stream the replica refuses drops them unread, and their request ids make
+            # each apply once wherever they are sent again.
+            early = sorted(self._pending)
+            outbox.put(
+                chat_pb2.SessionRequest(
+                    open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
+                )
             )
-        )
+            for correlation_id in early:
+                outbox.put(self._pending[correlation_id].request)
         try:
             call: _Call = stub.Session(iter(outbox.get, _CLOSE))
         except ValueError:  # its channel was closed under it: try elsewhere
@@ -360,7 +387,7 @@ class SessionStream:
             if bool(self._subscribers) != push:  # subscribed or cancelled while opening
                 pushes = chat_pb2.SetPushes(on=bool(self._subscribers))
                 outbox.put(chat_pb2.SessionRequest(pushes=pushes))
-            for correlation_id in sorted(self._pending):  # unanswered: again, same ids
+            for correlation_id in sorted(self._pending.keys() - early):  # came meanwhile
                 outbox.put(self._pending[correlation_id].request)
             self._cond.notify_all()
         return call, replies, outbox

@@ -40,6 +40,11 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
         self.thawed = threading.Event()
         self.thawed.set()
         self.probes = 0
+        self.opens = 0  # Session streams begun
+        # Before answering `open`, wait (up to 2 s) for this many sends on the new stream, and
+        # note how many came: a client that sends only once opened would have sent none.
+        self.hold_open_for_sends = 0
+        self.sends_before_opened: list[int] = []
 
     # -- what the test does ------------------------------------------------------------------
 
@@ -106,6 +111,8 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
     def Session(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         first = next(requests)
         assert first.open.session_token == TOKEN
+        with self._cond:
+            self.opens += 1
         if self._stepped_down is not None:
             code, details, primary = self._stepped_down
             context.set_trailing_metadata((("chat-primary-address", primary),))
@@ -114,7 +121,15 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
         with self._cond:
             self._replies = replies
         context.add_callback(lambda: replies.put(None))
+        with self._cond:
+            received_before = len(self.received)
         threading.Thread(target=self._read, args=(requests, replies), daemon=True).start()
+        if self.hold_open_for_sends:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: len(self.received) - received_before >= self.hold_open_for_sends, 2
+                )
+                self.sends_before_opened.append(len(self.received) - received_before)
         yield chat_pb2.SessionReply(opened=chat_pb2.SessionOpened(max_in_flight=self.max_in_flight))
         while True:
             item = replies.get()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
 
 import grpc
 import pytest
@@ -18,7 +20,7 @@ from client import (
     NotLoggedInError,
 )
 from client.models import CaughtUp, Message
-from protos import chat_pb2
+from protos import chat_pb2, chat_pb2_grpc
 from tests.client.chat_fakes import (
     CAUGHT_UP,
     FakeReplica,
@@ -43,8 +45,9 @@ def make_client(
     backoff: Backoff | None = None,
     on_replica_change: Callable[[str], None] | None = None,
     on_unreachable: Callable[[str], None] | None = None,
+    settings: ClientSettings | None = None,
 ) -> ChatClient:
-    settings = ClientSettings(timeout=timeout, backoff=backoff or Backoff())
+    settings = settings or ClientSettings(timeout=timeout, backoff=backoff or Backoff())
     hooks = ClientHooks(
         on_replica_change=on_replica_change,
         on_unreachable=on_unreachable,
@@ -82,6 +85,70 @@ def test_follows_the_primary_hint_with_the_same_request_id(
     assert changes == [r0.address, r2.address]
     assert fake_time.sleeps == []
     assert client.connected_address == r2.address
+
+
+# A reconnect backoff far beyond a call's timeout: a channel that failed to connect keeps
+# failing at once, with that stale error, for the whole call.
+SLOW_RECONNECT = ClientSettings(
+    timeout=5.0,
+    channel_options=(
+        ("grpc.initial_reconnect_backoff_ms", 60_000),
+        ("grpc.min_reconnect_backoff_ms", 60_000),
+        ("grpc.max_reconnect_backoff_ms", 60_000),
+    ),
+)
+
+
+@contextlib.contextmanager
+def replica_back_at(address: str) -> Iterator[FakeReplica]:
+    """A scripted replica listening at `address` (one that was down is back)."""
+    back = FakeReplica()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    chat_pb2_grpc.add_ChatServicer_to_server(back, server)  # type: ignore[no-untyped-call]
+    server.add_insecure_port(address)
+    server.start()
+    try:
+        yield back
+    finally:
+        server.stop(None).wait()
+
+
+def test_a_named_primary_that_came_back_is_reached_on_a_fresh_channel(
+    replicas: list[FakeReplica], dead_address: str, fake_time: FakeTime
+) -> None:
+    r0 = replicas[0]
+    client = make_client([dead_address, r0.address], fake_time, settings=SLOW_RECONNECT)
+    with client:
+        logged_in(client, r0)  # tried the dead address first: its channel failed to connect
+        with replica_back_at(dead_address) as back:  # back, and elected
+            back.script("Send", SENT)
+            r0.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, primary=dead_address))
+
+            assert client.send("alice", "hello") == 7
+
+        assert fake_time.sleeps == []  # no round of backoff: the hint was followed at once
+        assert client.connected_address == dead_address
+
+
+def test_a_primary_named_after_failing_to_connect_is_tried_again_at_once_afresh(
+    replicas: list[FakeReplica], dead_address: str, fake_time: FakeTime
+) -> None:
+    r0, r1, _ = replicas
+    client = make_client([dead_address, r1.address, r0.address], fake_time, settings=SLOW_RECONNECT)
+    with client:
+        r1.script("Login", fail(grpc.StatusCode.FAILED_PRECONDITION, "no primary yet"))
+        r0.script("Login", LOGGED_IN)
+        client.login("bob", "secret")  # tried the dead address first: its channel failed
+        with replica_back_at(dead_address) as back:
+            back.script("Send", SENT)
+            # r0 knows no primary; the dead address fails (stale) in this round; r1 names it.
+            r0.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, "no primary yet"))
+            r1.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, primary=dead_address))
+
+            assert client.send("alice", "hello") == 7
+
+        assert fake_time.sleeps == []
+        assert [len(back.requests("Send")), len(r1.requests("Send"))] == [1, 1]
 
 
 def test_stays_with_the_new_primary(replicas: list[FakeReplica], fake_time: FakeTime) -> None:

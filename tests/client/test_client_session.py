@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
 import pytest
 
-from client import AsyncChatClient, Backoff, ChatClient, ClientSettings, Liveness, NotFound
+from client import (
+    AsyncChatClient,
+    Backoff,
+    ChatClient,
+    ChatUnavailableError,
+    ClientSettings,
+    Liveness,
+    NotFound,
+)
 from protos import chat_pb2
 from tests.client.chat_fakes import answer, start_replica, stop_replica
 from tests.client.session_fakes import (
@@ -136,6 +145,21 @@ def test_a_stream_that_drops_is_reopened_and_its_requests_answered_once(
     assert sorted(results) == [1, 2, 3]
 
 
+def test_unanswered_requests_go_again_right_behind_open_not_after_its_answer(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster(answer_at_once=False)
+    with client_of(replica) as client:
+        sent = sends_from_threads(client, 1)
+        replica.wait_held(1)
+        replica.hold_open_for_sends = 1
+        replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+        replica.wait_held(1)
+        replica.answer_held()
+        assert [f.result(timeout=10) for f in sent] == [1]
+    assert replica.sends_before_opened == [1]  # a round trip saved
+
+
 def test_the_client_keeps_within_the_replicas_bound(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
@@ -207,6 +231,35 @@ def test_a_replica_that_stops_answering_is_left_and_the_request_sent_again(
     assert again and set(again) == {first}
 
 
+# Long beside the backoff (10-50 ms): a stream reopened at once would have been by then.
+IDLE_WAIT = 0.3
+
+
+def test_an_idle_stream_that_breaks_is_opened_again_by_its_next_request(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    with client_of(replica) as client:
+        assert client.send("bob", "before") == 1
+        replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+        time.sleep(IDLE_WAIT)
+        assert replica.opens == 1  # nothing awaits a result, nobody listens: not yet
+        assert client.send("bob", "after") == 2
+        assert replica.opens == 2
+
+
+def test_a_stream_with_a_subscriber_is_opened_again_at_once(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    with client_of(replica) as client:
+        subscription = client.subscribe()
+        wait_until(lambda: replica.opens == 1, 5, "the subscription opened no stream")
+        replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+        wait_until(lambda: replica.opens == 2, 5, "the subscriber's stream was not reopened")
+        subscription.cancel()
+
+
 # -- the asyncio client: the same stream ------------------------------------------------------
 
 
@@ -258,3 +311,52 @@ def test_async_client_keeps_within_the_replicas_bound(
     assert replica.unary_sends == []
     assert replica.most_in_flight == 2
     assert replica.refused_beyond_bound == 0
+
+
+def test_async_idle_stream_that_breaks_is_opened_again_by_its_next_request(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+
+    async def scenario() -> list[int]:
+        async with AsyncChatClient([replica.address], SETTINGS) as client:
+            await client.login("alice", "pw")
+            before = await client.send("bob", "before")
+            replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
+            await asyncio.sleep(IDLE_WAIT)
+            opens_while_idle = replica.opens
+            after = await client.send("bob", "after")
+            return [before, opens_while_idle, after, replica.opens]
+
+    assert asyncio.run(scenario()) == [1, 1, 2, 2]
+
+
+def test_a_request_past_its_deadline_says_what_a_unary_call_would(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    settings = ClientSettings(timeout=0.5, backoff=Backoff(0.01, 0.05), session_stream=True)
+    with client_of(replica, settings=settings) as client:
+        assert client.send("bob", "before") == 1
+        stop_session_replica(replica)
+        with pytest.raises(ChatUnavailableError) as raised:
+            client.send("bob", "after")
+    assert raised.value.message == f"no replica reachable at {replica.address}"
+
+
+def test_async_request_past_its_deadline_says_what_a_unary_call_would(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    replica = cluster()
+    settings = ClientSettings(timeout=0.5, backoff=Backoff(0.01, 0.05), session_stream=True)
+
+    async def scenario() -> str:
+        async with AsyncChatClient([replica.address], settings) as client:
+            await client.login("alice", "pw")
+            await client.send("bob", "before")
+            stop_session_replica(replica)
+            with pytest.raises(ChatUnavailableError) as raised:
+                await client.send("bob", "after")
+            return raised.value.message
+
+    assert asyncio.run(scenario()) == f"no replica reachable at {replica.address}"
