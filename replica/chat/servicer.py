@@ -10,13 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 import sqlalchemy as sa
 from google.protobuf.message import DecodeError, Message
 
-from projections.queries import StoredMessage
+from projections.queries import Account, StoredMessage
 from protos import chat_pb2, chat_pb2_grpc
 from protos.wire import PRIMARY_ADDRESS_KEY, RETRY_AFTER_KEY, SERVICE_ERROR_KEY
 from replica import errors
@@ -65,7 +65,7 @@ _STATUS: dict[type[errors.ChatError], grpc.StatusCode] = {
 }
 
 
-def abort_with(context: grpc.ServicerContext, error: errors.ChatError) -> None:
+def abort_with(context: grpc.ServicerContext, error: errors.ChatError) -> NoReturn:
     # Marks the status as the service's own answer (not a transport failure), so a client
     # that gives up can repeat the reason, e.g. "too few replicas in sync".
     metadata = [(SERVICE_ERROR_KEY, type(error).__name__)]
@@ -76,6 +76,7 @@ def abort_with(context: grpc.ServicerContext, error: errors.ChatError) -> None:
         metadata.append((RETRY_AFTER_KEY, f"{max(error.retry_after, 0.001):.3f}"))
     context.set_trailing_metadata(tuple(metadata))
     context.abort(_STATUS.get(type(error), grpc.StatusCode.UNKNOWN), str(error))
+    raise AssertionError("ServicerContext.abort returned instead of raising")  # (it raises)
 
 
 R = TypeVar("R")
@@ -392,22 +393,33 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             replicas=[chat_pb2.ReplicaStatus(**vars(r)) for r in view.replicas],
         )
 
-    def Subscribe(
-        self, request: Any, context: grpc.ServicerContext
-    ) -> Iterator[chat_pb2.SubscribeReply]:
+    def _open_stream(self, token: str, context: grpc.ServicerContext) -> Account:
+        """What a Subscribe or Session stream does first: on the primary only, for a valid
+        session, and holding one of max_subscriptions places (each stream holds a server
+        thread), counted open; else the call ends with why. The caller gives the place back
+        with _stream_closed()."""
         try:
             self._role.require_primary()
-            account = self._service.authenticate(request.session_token)
+            account = self._service.authenticate(token)
         except errors.ChatError as exc:
             abort_with(context, exc)
-            return
         except sa.exc.DBAPIError as exc:
             abort_with(context, database_unavailable(exc))
-            return
         if not self._subscriptions.acquire(blocking=False):
             abort_with(context, self._subscriptions_full())
         with self._open_lock:
             self._open += 1
+        return account
+
+    def _stream_closed(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+        self._subscriptions.release()
+
+    def Subscribe(
+        self, request: Any, context: grpc.ServicerContext
+    ) -> Iterator[chat_pb2.SubscribeReply]:
+        account = self._open_stream(request.session_token, context)
         try:
             with self._notifier.watching(account.account_id):
                 yield from self._deliver(
@@ -418,9 +430,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         except sa.exc.DBAPIError as exc:
             abort_with(context, database_unavailable(exc))
         finally:
-            with self._open_lock:
-                self._open -= 1
-            self._subscriptions.release()
+            self._stream_closed()
 
     def _subscriptions_full(self) -> errors.ResourceExhausted:
         return errors.ResourceExhausted(
@@ -503,21 +513,10 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
                 ),
             )
         token = first.open.session_token
-        try:
-            self._role.require_primary()
-            account = self._service.authenticate(token)
-        except errors.ChatError as exc:
-            abort_with(context, exc)
-            return
-        except sa.exc.DBAPIError as exc:
-            abort_with(context, database_unavailable(exc))
-            return
-        # A session replaces a Subscribe stream, and holds a server thread as one does.
-        if not self._subscriptions.acquire(blocking=False):
-            abort_with(context, self._subscriptions_full())
+        # (A session replaces a Subscribe stream, and holds a server thread as one does.)
+        account = self._open_stream(token, context)
         stream = SessionStream(token, account.account_id, self._max_in_flight)
         with self._open_lock:
-            self._open += 1
             self._sessions.add(stream)
         try:
             context.add_callback(functools.partial(stream.end, None))
@@ -538,9 +537,8 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             if stream.pushes is not None:
                 stream.pushes.set()
             with self._open_lock:
-                self._open -= 1
                 self._sessions.discard(stream)
-            self._subscriptions.release()
+            self._stream_closed()
 
     def _session_replies(
         self, stream: SessionStream, context: grpc.ServicerContext
