@@ -76,6 +76,28 @@ class ProtocolConfig:
         return min(3 * self.heartbeat_interval, self.peer_timeout / 2)
 
     @property
+    def idle_after(self) -> float:
+        """A stream sent no events for this long is idle: its heartbeats go out every
+        idle_heartbeat_interval. (A write's commit point still reaches the secondaries within
+        a heartbeat interval: its stream was busy a moment ago.)"""
+        return 10 * self.heartbeat_interval
+
+    @property
+    def idle_heartbeat_interval(self) -> float:
+        """How often an idle stream hears a heartbeat (and so acks): up to twice as seldom as a
+        busy one -- the heartbeats and their acks are most of an idle cluster's CPU -- yet so
+        that every threshold reading them still hears one in time: at least one and a half
+        per quiet threshold (stream_alive, InSyncSet.streaming: or the ends would probe) and
+        two and a half per vouch window (a secondary's word of being in sync, renewed by
+        every heartbeat that echoes its ack, must not lapse between two)."""
+        return max(
+            self.heartbeat_interval,
+            min(
+                2 * self.heartbeat_interval, self.stream_quiet_after / 1.5, self.vouch_window / 2.5
+            ),
+        )
+
+    @property
     def awake_window(self) -> float:
         """Removing a silent secondary is safe only once a primary has been running, and so
         heartbeating, for longer than a secondary waits before electing."""

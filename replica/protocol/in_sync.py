@@ -46,6 +46,7 @@ class ServedStream:
     tips: set[int] = field(default_factory=set)
     told_in_sync: bool | None = None
     last_sent_at: float = float("-inf")
+    last_events_at: float = float("-inf")  # when it was last sent events (not a heartbeat)
     last_ack_id: int = 0  # echoed in every message sent (the secondary's vouch counts from it)
 
 
@@ -301,7 +302,7 @@ class InSyncSet:
             after = stream.sent_seq
             through = min(self.last_seq, after + config.batch_events)
             stream.sent_seq = through
-            stream.last_sent_at = now
+            stream.last_sent_at = stream.last_events_at = now
             stream.told_in_sync = in_sync
             if through >= self.last_seq:
                 stream.tips.add(through)
@@ -319,8 +320,15 @@ class InSyncSet:
             )
             return
         # A secondary learns at once that it joined or left the in-sync set: until it
-        # knows, it cannot vouch for holding every acknowledged event in an election.
-        if now - stream.last_sent_at >= config.heartbeat_interval or in_sync != stream.told_in_sync:
+        # knows, it cannot vouch for holding every acknowledged event in an election. A
+        # stream sent no events for a while hears heartbeats less often (and acks them so).
+        # (Ticks come a heartbeat interval apart or more: the idle heartbeat goes with the
+        # tick nearest its time, not the one after, which could be a whole interval late.)
+        idle = now - stream.last_events_at >= config.idle_after
+        interval = config.heartbeat_interval
+        if idle:
+            interval = max(interval, config.idle_heartbeat_interval - interval / 2)
+        if now - stream.last_sent_at >= interval or in_sync != stream.told_in_sync:
             stream.last_sent_at = now
             stream.told_in_sync = in_sync
             if stream.sent_seq >= self.last_seq:

@@ -705,6 +705,19 @@ MUTANTS = (
         ((WRITER, "            if look_up:\n", "            if False:\n"),),
     ),
     Mutant(
+        "idle-heartbeats-too-seldom",
+        "an idle stream's heartbeats come four times as seldom as they may: past the quiet "
+        "threshold (both ends probe), the vouch window (a secondary's word of being in sync "
+        "lapses between two) and the peer timeout (the secondary gives its stream up)",
+        (
+            (
+                IN_SYNC,
+                "interval = max(interval, config.idle_heartbeat_interval - interval / 2)",
+                "interval = 4 * config.idle_heartbeat_interval",
+            ),
+        ),
+    ),
+    Mutant(
         "new-primary-over-old-channel",
         "a secondary's first stream to a new primary goes over its old channel, which may sit "
         "in gRPC's reconnect back-off since that replica restarted (a live stream means no "

@@ -4,11 +4,12 @@ primary's recent-events cache."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 from eventlog import Event
 from projections import EventTypes
 from replica.protocol import ProtocolConfig
-from replica.protocol.effects import AdvanceCommit, Effect
+from replica.protocol.effects import AdvanceCommit, Effect, SendEvents, SendHeartbeat
 from replica.protocol.in_sync import InSyncSet
 from replica.replication.primary import RecentEvents
 
@@ -182,3 +183,55 @@ def test_the_cache_holds_an_event_by_its_epoch_not_by_its_seq_alone() -> None:
     recent.add([started])  # (the same event again, once durable: kept once)
     recent.add([Event(2, 6, EventTypes.EPOCH_STARTED, {}, None, dt.datetime(2030, 1, 1))])
     assert [(e.seq, e.epoch) for e in recent.after(0, 10) or []] == [(1, 6), (2, 6)]
+
+
+def heartbeat_times(iss: InSyncSet, start: float, seconds: float, tick: float) -> list[float]:
+    """Ticks every `tick` seconds from `start` for `seconds`: when secondary 1's stream was
+    sent a heartbeat (each tick asks it what to send, as the executor does)."""
+    sent: list[float] = []
+    for n in range(round(seconds / tick)):
+        now = start + n * tick
+        out: list[Effect] = []
+        iss.next_send(1, STREAMS[1], now, out)
+        sent += [now for e in out if isinstance(e, SendHeartbeat)]
+    return sent
+
+
+def test_an_idle_stream_hears_heartbeats_half_as_often_and_a_write_wakes_it() -> None:
+    """Heartbeats and their acks are most of an idle cluster's CPU: a stream sent no events
+    for idle_after hears one every idle_heartbeat_interval instead of every heartbeat
+    interval -- still within every threshold that reads them (the quiet one here)."""
+    iss, now = set_with_two_secondaries()
+    tick = CONFIG.heartbeat_interval + 0.001  # (the executor's ticks come that far apart or more)
+    out: list[Effect] = []
+    iss.appended(2, now, out)
+    iss.next_send(1, STREAMS[1], now, out)
+    assert [e.through_seq for e in out if isinstance(e, SendEvents)] == [2]
+    busy = heartbeat_times(iss, now + tick, CONFIG.idle_after - 2 * tick, tick)
+    assert len(busy) == round(CONFIG.idle_after / tick) - 2, busy  # every tick
+    idle_from = now + CONFIG.idle_after
+    idle = heartbeat_times(iss, idle_from, 2.0, tick)
+    gaps = [b - a for a, b in itertools.pairwise(idle)]
+    assert len(idle) == round(2.0 / (2 * tick)), idle  # every other tick
+    assert max(gaps) <= 2 * tick + 1e-9 and max(gaps) < 0.7 * CONFIG.stream_quiet_after, gaps
+    # A write: its events go at once, and its commit point follows within a heartbeat.
+    now = idle_from + 2.0
+    out = []
+    iss.appended(3, now, out)
+    iss.next_send(1, STREAMS[1], now, out)
+    assert [e.through_seq for e in out if isinstance(e, SendEvents)] == [3]
+    assert heartbeat_times(iss, now + tick, 5 * tick, tick) == [now + n * tick for n in range(1, 6)]
+
+
+def test_idle_heartbeats_never_come_more_often_nor_past_the_thresholds() -> None:
+    """Whatever the configuration: no more often than busy ones, and at least one and a half
+    per quiet threshold and two and a half per vouch window."""
+    for heartbeat, peer, insync in [(0.1, 0.6, 1.0), (0.1, 0.3, 1.0), (0.05, 2.0, 0.2), (1, 6, 10)]:
+        config = ProtocolConfig(
+            0, (0, 1, 2), heartbeat_interval=heartbeat, peer_timeout=peer, insync_timeout=insync
+        )
+        idle = config.idle_heartbeat_interval
+        assert config.heartbeat_interval <= idle <= 2 * config.heartbeat_interval
+        if idle > config.heartbeat_interval:
+            assert idle * 1.5 <= config.stream_quiet_after + 1e-9
+            assert idle * 2.5 <= config.vouch_window + 1e-9
