@@ -42,6 +42,9 @@ LATENCY_BUCKETS = (
 )
 
 
+SESSION_KINDS = ("send", "ack")  # the requests a Session stream answers (chat.v1.SessionRequest)
+
+
 class ReplicaMetrics:
     def __init__(self, index: int) -> None:
         self.index = index
@@ -103,7 +106,11 @@ class ReplicaMetrics:
             ["request", "grpc_code"],
             registry=r,
         )
-        self._session_children: dict[tuple[str, str], Any] = {}
+        # Exported (at 0) before the first Session request, as prometheus-client advises for
+        # known labels: an alert or a rate over it has a series from the start.
+        self._session_children: dict[tuple[str, str], Any] = {
+            (kind, "OK"): self.session_requests.labels(kind, "OK") for kind in SESSION_KINDS
+        }
         labels = ["grpc_type", "grpc_service", "grpc_method"]
         self.grpc_started = Counter(
             "grpc_server_started", "RPCs started on the server.", labels, registry=r
