@@ -71,9 +71,9 @@ chaos: $(STAMP) host-tools
 # Known-wrong changes to the protocol core and to its shell -- the executor, its ports, the
 # commit tracker, the writer (tests/mutants/catalog.py) -- each applied to a copy of the
 # repository: the unit tests and the model must catch every one, the model alone at least
-# 80% of those in code it runs (8 of the 71 are in code it does not: the writer, the storage
-# worker, the peers' calls, the secondary's stream, the node -- the unit tests alone catch
-# them, and the model is not run for them; docs/replication.md has the history).
+# 80% of those in code it runs (the rest -- the writer, the storage worker, the peers' calls,
+# the secondary's stream, the node -- the unit tests alone catch, and the model is not run for
+# them; the run prints how many of each; docs/replication.md has the history).
 # Over an hour; MUTANTS_ARGS="--only NAME --model-seconds 120" narrows it.
 mutants: $(STAMP)
 	$(BIN)/python -m tests.mutants $(MUTANTS_ARGS)
