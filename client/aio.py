@@ -44,7 +44,7 @@ from client.failover import (
 )
 from client.library import LoginResult, Session
 from client.models import ClusterStatus, Message
-from client.session import request_error, stream_broke
+from client.session import UNARY_CALLS, StreamBroke, request_error, stream_broke
 from client.settings import ClientHooks, ClientSettings
 from client.subscription import SubscriptionItem, accept
 from protos import chat_pb2, chat_pb2_grpc
@@ -336,9 +336,10 @@ class _Hung(grpc.aio.AioRpcError):
 class AsyncSessionStream:
     """The asyncio twin of client.session.SessionStream: one logged-in client's Session
     stream, its sends and acks pipelined (each awaiting its result by correlation id), the
-    pushed messages handed to its subscriptions; reopened where the primary is when it breaks
-    (at once while in use, else by its next request), every unanswered request sent again
-    with its request id. Used from one event loop."""
+    pushed messages handed to its subscriptions. The same fast path, never the only one: once
+    an attempt to open it failed or it broke, a request waiting on it carries on as its unary
+    call (same request id), and so does one that finds it closed while it opens again (at once
+    if a subscriber listens, else by the next request). Used from one event loop."""
 
     def __init__(
         self, failover: _Failover, session_token: str, settings: ClientSettings, hooks: ClientHooks
@@ -352,7 +353,8 @@ class AsyncSessionStream:
         self._limit = 1  # until the replica has said its bound
         self._room = asyncio.Event()  # set whenever a place may have come free
         self._wanted = asyncio.Event()  # set whenever the stream may be needed (see _follow)
-        self._retries: Retries | None = None  # what the reader's latest reopening learnt
+        self._want_open = False  # a request found the stream closed: open it
+        self._fresh = True  # until an attempt to open it fails or it breaks (SessionStream's)
         self._outbox: asyncio.Queue[chat_pb2.SessionRequest | None] | None = None
         self._call: Any = None
         self._error: ChatError | None = None
@@ -382,6 +384,8 @@ class AsyncSessionStream:
         delays = self._settings.backoff.delays()
         while True:
             reply = await self._once(kind, message, deadline)
+            if reply is None:
+                return await self._unary(kind, message, deadline)
             if reply.WhichOneof("item") != "error":
                 return reply
             error = request_error(reply.error)
@@ -390,16 +394,25 @@ class AsyncSessionStream:
                 raise error
             await self._failover.pause(min(next(delays), remaining))
 
-    async def _once(self, kind: str, message: Any, deadline: float) -> chat_pb2.SessionReply:
-        while self._error is None and len(self._pending) >= self._limit:
+    async def _once(self, kind: str, message: Any, deadline: float) -> chat_pb2.SessionReply | None:
+        """The request's reply on the stream, or None if it is to go unary (the stream failed
+        under it, or is closed after a failure)."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._outbox is None:
+                self._want_open = True
+                self._wanted.set()
+                if not self._fresh:
+                    return None
+            if len(self._pending) < self._limit:
+                break
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise self._unavailable()
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), remaining)
-        if self._error is not None:
-            raise self._error
         request = chat_pb2.SessionRequest(correlation_id=next(self._ids), **{kind: message})
         answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request.correlation_id] = (request, answered)
@@ -408,15 +421,31 @@ class AsyncSessionStream:
         self._wanted.set()
         try:
             return await asyncio.wait_for(asyncio.shield(answered), deadline - self._clock())
+        except StreamBroke:
+            return None
         except TimeoutError:
             self._pending.pop(request.correlation_id, None)
             self._room.set()
             raise self._unavailable() from None
 
+    async def _unary(self, kind: str, message: Any, deadline: float) -> chat_pb2.SessionReply:
+        """As SessionStream's: the request as its unary call, within what is left of its
+        deadline."""
+        method, request_type = UNARY_CALLS[kind]
+        request = request_type()
+        request.CopyFrom(message)
+        request.session_token = self.session_token
+
+        def attempt(stub: Stub, timeout: float) -> Awaitable[Any]:
+            call: Awaitable[Any] = getattr(stub, method)(request, timeout=timeout)
+            return call
+
+        reply = await self._failover.call(attempt, timeout=max(0.0, deadline - self._clock()))
+        return chat_pb2.SessionReply(**{kind: reply})
+
     def _unavailable(self) -> ChatUnavailableError:
-        """As SessionStream's: the error a unary call would end with at its deadline."""
-        if self._outbox is None and self._retries is not None:
-            return self._retries.give_up(self._failover.addresses)
+        """As SessionStream's: the error a request on an open stream that did not answer ends
+        with at its deadline."""
         return give_up(self._failover.addresses, False, None, {})
 
     def subscribe(
@@ -452,18 +481,18 @@ class AsyncSessionStream:
     async def _follow(self) -> None:
         while not self._closed:
             # As SessionStream's: an idle stream is opened again only by its next request.
-            while not (self._closed or self._pending or self._subscribers):
+            while not (self._closed or self._want_open or self._pending or self._subscribers):
                 self._wanted.clear()
                 await self._wanted.wait()
             if self._closed:
                 return
+            self._want_open = False
             waits = [s.reconnect_timeout for s in self._subscribers]
             reconnect = max(
                 (self._settings.timeout if w is None else w for w in waits), default=None
             )
-            self._retries = retries = Retries(round_start="")
             try:
-                call = await self._failover.call(self._open, timeout=reconnect, retries=retries)
+                call = await self._failover.call(self._open, timeout=reconnect)
             except ChatError as error:
                 self._end(error)
                 return
@@ -478,21 +507,39 @@ class AsyncSessionStream:
                     return
                 self._failover.follow(error)
                 logger.info(
-                    "session stream broke (%s); reconnecting, %d requests to send again",
+                    "session stream broke (%s); %d requests go on as unary calls",
                     error.code().name,
                     len(self._pending),
                 )
             else:
-                logger.info("the replica ended the session stream; reconnecting")
+                logger.info("the replica ended the session stream")
                 await self._failover.pause(0.1)
             finally:
                 if self._outbox is not None:
                     self._outbox.put_nowait(None)
                 self._outbox = None
                 self._call = None
+                self._hand_over_to_unary()
                 call.cancel()
 
+    def _hand_over_to_unary(self) -> None:
+        """As SessionStream's: every request waiting on the failed stream goes on as its unary
+        call, and so do later ones until it is open again."""
+        self._fresh = False
+        pending, self._pending = list(self._pending.values()), {}
+        self._room.set()
+        for _request, answered in pending:
+            if not answered.done():
+                answered.set_exception(StreamBroke())
+
     async def _open(self, stub: Stub, attempt_timeout: float) -> Any:
+        try:
+            return await self._open_on(stub, attempt_timeout)
+        except BaseException:
+            self._hand_over_to_unary()
+            raise
+
+    async def _open_on(self, stub: Stub, attempt_timeout: float) -> Any:
         if self._closed:
             raise ChatError(grpc.StatusCode.CANCELLED, "client closed")
         outbox: asyncio.Queue[chat_pb2.SessionRequest | None] = asyncio.Queue()
@@ -502,7 +549,7 @@ class AsyncSessionStream:
                 open=chat_pb2.SessionOpen(session_token=self.session_token, push=push)
             )
         )
-        early = sorted(self._pending)  # right behind `open`, as SessionStream's
+        early = sorted(self._pending)  # the first ones right behind `open`, as SessionStream's
         for correlation_id in early:
             outbox.put_nowait(self._pending[correlation_id][0])
 
@@ -528,6 +575,7 @@ class AsyncSessionStream:
         announced = first.opened.max_in_flight or self._settings.max_in_flight
         self._limit = min(self._settings.max_in_flight, announced)
         self._outbox = outbox
+        self._want_open = False
         if bool(self._subscribers) != push:  # subscribed or cancelled while opening
             pushes = chat_pb2.SetPushes(on=bool(self._subscribers))
             outbox.put_nowait(chat_pb2.SessionRequest(pushes=pushes))

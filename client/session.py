@@ -3,13 +3,19 @@ client's sends and acks, pipelined, and the messages pushed to it, on one stream
 
 Callers on any thread submit requests and wait for their results; a reader thread per
 stream opens it (through Failover, as any call finds the primary), takes the replies and hands
-each result to the request it answers by correlation id. When the stream breaks (a replica
-down, not the primary any more, silent), the reader opens it again where Failover leads and
-sends every request still unanswered again (right behind its `open`), with the same request
-ids: the primary's deduplication makes each apply once. It does so at once only if a request
-awaits its result or a subscriber listens; an idle stream is opened again by its next request,
-as a unary call would find the primary then. At most `max_in_flight` requests (or the replica's own
-bound, if lower) await results at once: a caller beyond waits for a place."""
+each result to the request it answers by correlation id.
+
+The stream is the fast path, never the only one. The first requests go right behind its first
+`open`; but once an attempt to open it failed or it broke (a replica down, not the primary any
+more, silent), a request waiting on it carries on as the unary call (Send, Ack), with the
+same request id -- the primary's deduplication makes it apply once, whichever way it reached
+it -- and a request that finds it closed goes unary too while the reader opens it again. So a
+failover costs a stream's requests what it costs unary calls, finding the primary, and not
+also an `open` on a just-elected primary before the request (docs/bench.md). The reader opens
+a broken stream again at once only if a subscriber listens; an idle one is opened again when
+its next request comes (which meanwhile goes unary): no herd of reconnections when the
+primary dies. At most `max_in_flight` requests (or the replica's own bound, if lower)
+await results on the stream at once: a caller beyond waits for a place."""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import grpc
 
 from client.channels import ChatStub
 from client.errors import ChatError, ChatUnavailableError, service_error
-from client.failover import Backoff, Failover, Liveness, Retries, give_up, retryable
+from client.failover import Backoff, Failover, Liveness, give_up, retryable
 from client.models import CaughtUp, Message
 from client.subscription import accept
 from protos import chat_pb2
@@ -58,6 +64,18 @@ class _ChannelClosed(grpc.RpcError):
         return ()
 
 
+class StreamBroke(Exception):
+    """Given to a request whose stream failed before its result came: it carries on as a unary
+    call."""
+
+
+# The unary call that carries a stream request of each kind, and that call's request type.
+UNARY_CALLS: dict[str, tuple[str, type[Any]]] = {
+    "send": ("Send", chat_pb2.SendRequest),
+    "ack": ("Ack", chat_pb2.AckRequest),
+}
+
+
 class _Pending:
     """One request awaiting its result; `done` is released once `reply` or `error` is set."""
 
@@ -68,7 +86,7 @@ class _Pending:
         self.done = threading.Lock()
         self.done.acquire()
         self.reply: chat_pb2.SessionReply | None = None
-        self.error: ChatError | None = None
+        self.error: ChatError | StreamBroke | None = None
 
 
 def stream_broke(error: grpc.RpcError) -> bool:
@@ -119,6 +137,9 @@ class SessionStream:
         # Until the replica has said its bound, one request at a time (it may be below ours).
         self._limit = 1
         self._outbox: _Outbox | None = None  # the open stream's request side
+        self._wanted = False  # a request found the stream closed: open it
+        # Until an attempt to open it fails or it breaks, requests wait behind its `open`.
+        self._fresh = True
         self._call: _Call | None = None
         self._address: str | None = None  # where the open stream is
         self._error: ChatError | None = None
@@ -126,7 +147,6 @@ class SessionStream:
         self._subscribers: list[SessionSubscription] = []
         self._next_probe = 0.0
         self._probing = False
-        self._retries: Retries | None = None  # what the reader's latest reopening learnt
         self._reader = threading.Thread(target=self._run, name="chat-session", daemon=True)
         self._reader.start()
 
@@ -134,6 +154,12 @@ class SessionStream:
     def ended(self) -> bool:
         with self._cond:
             return self._error is not None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether requests go on the stream now (else they go as unary calls)."""
+        with self._cond:
+            return self._outbox is not None
 
     @property
     def in_flight(self) -> int:
@@ -156,12 +182,18 @@ class SessionStream:
     def request(self, kind: str, message: Any) -> chat_pb2.SessionReply:
         """Sends `message` as the request `kind` ("send", "ack") and waits for its result,
         retrying it (same request id) while the service answers UNAVAILABLE, until the
-        client's timeout. Raises the ChatError a unary call would raise."""
+        client's timeout; on the stream while it is open, else (or once it breaks) as the
+        unary call. Raises the ChatError a unary call would raise."""
         deadline = self._clock() + self._timeout
         delays = self._backoff.delays()
         while True:
             pending = self._submit(kind, message, deadline)
-            reply = self._wait(pending, deadline)
+            try:
+                if pending is None:
+                    raise StreamBroke
+                reply = self._wait(pending, deadline)
+            except StreamBroke:
+                return self._unary(kind, message, deadline)
             if reply.WhichOneof("item") != "error":
                 return reply
             error = request_error(reply.error)
@@ -171,11 +203,19 @@ class SessionStream:
             logger.debug("the primary could not answer now (%s); trying again", error)
             self._failover.pause(min(next(delays), remaining))
 
-    def _submit(self, kind: str, message: Any, deadline: float) -> _Pending:
+    def _submit(self, kind: str, message: Any, deadline: float) -> _Pending | None:
+        """The request, sent on the open stream (or queued behind its first `open`); None if
+        it is to go unary: the stream is closed after a failure (the reader is told to open it
+        again)."""
         with self._cond:
             while True:
                 if self._error is not None:
                     raise self._error
+                if self._outbox is None:
+                    self._wanted = True
+                    self._cond.notify_all()
+                    if not self._fresh:
+                        return None
                 if len(self._pending) < self._limit:
                     break
                 remaining = deadline - self._clock()
@@ -187,9 +227,20 @@ class SessionStream:
             self._pending[request.correlation_id] = pending
             if self._outbox is not None:
                 self._outbox.put(request)
-            else:  # (the reader may be waiting for a reason to open the stream)
-                self._cond.notify_all()
         return pending
+
+    def _unary(self, kind: str, message: Any, deadline: float) -> chat_pb2.SessionReply:
+        """The request as its unary call, with its request id and this stream's session, within
+        what is left of its deadline."""
+        method, request_type = UNARY_CALLS[kind]
+        request = request_type()
+        request.CopyFrom(message)
+        request.session_token = self.session_token
+        reply = self._failover.call_unary(
+            lambda stub, timeout: getattr(stub, method)(request, timeout=timeout),
+            timeout=max(0.0, deadline - self._clock()),
+        )
+        return chat_pb2.SessionReply(**{kind: reply})
 
     def _wait(self, pending: _Pending, deadline: float) -> chat_pb2.SessionReply:
         check_after = self._liveness.check_after
@@ -207,17 +258,13 @@ class SessionStream:
                     raise unavailable
                 pending.done.acquire()  # answered meanwhile
             if pending.error is not None:
-                raise pending.error
+                raise pending.error  # (a StreamBroke: request() goes on as a unary call)
             assert pending.reply is not None
             return pending.reply
 
     def _unavailable_locked(self) -> ChatUnavailableError:
-        """A request's deadline passed: the error a unary call would end with -- why the
-        reader found no primary so far, or, on an open stream that did not answer, "no
-        replica reachable" (as a unary call whose every attempt timed out)."""
-        retries = self._retries if self._outbox is None else None
-        if retries is not None:
-            return retries.give_up(self._failover.addresses)
+        """A request's deadline passed on an open stream that did not answer: "no replica
+        reachable", as a unary call whose every attempt timed out would say."""
         return give_up(self._failover.addresses, False, None, {})
 
     def _check_liveness(self) -> None:
@@ -280,24 +327,20 @@ class SessionStream:
     def _follow(self) -> None:
         while True:
             with self._cond:
-                # Opened only while needed: after a break, an idle stream (no request awaiting
-                # its result, no subscriber) waits for its next request. Reopening every idle
-                # client's stream at once when the primary dies is a herd that slows the
-                # election's winner and the clients' own sends (docs/bench.md).
-                while not (self._closed or self._pending or self._subscribers):
+                # Opened only while needed: by a subscriber, or by a request that found it
+                # closed (and went unary meanwhile). Reopening every idle client's stream at
+                # once when the primary dies is a herd that slows the election's winner and
+                # the clients' own sends (docs/bench.md).
+                while not (self._closed or self._wanted or self._subscribers):
                     self._cond.wait()
                 if self._closed:
                     return
+                self._wanted = False
                 # A subscriber that asked to wait longer for a primary keeps the stream trying.
                 waits = [s.reconnect_timeout for s in self._subscribers]
             reconnect = max((self._timeout if w is None else w for w in waits), default=None)
-            retries = Retries(round_start="")
-            with self._cond:
-                self._retries = retries
             try:
-                call, replies, outbox = self._failover.call(
-                    self._open, timeout=reconnect, retries=retries
-                )
+                call, replies, outbox = self._failover.call(self._open, timeout=reconnect)
             except _Cancelled:
                 return
             except ChatError as error:
@@ -317,20 +360,33 @@ class SessionStream:
                     return
                 self._failover.follow(broken)
                 logger.info(
-                    "session stream at %s broke (%s); reconnecting, %d requests to send again",
+                    "session stream at %s broke (%s); %d requests go on as unary calls",
                     self._failover.connected_address,
                     broken.code().name,
                     self.in_flight,
                 )
             else:
-                logger.info("the replica ended the session stream; reconnecting")
+                logger.info("the replica ended the session stream")
                 self._failover.pause(0.1)  # an immediately ending stream is no busy loop
             finally:
                 with self._cond:
                     self._outbox = None
                     self._call = None
+                self._hand_over_to_unary()
                 outbox.put(_CLOSE)
                 _cancel(call)
+
+    def _hand_over_to_unary(self) -> None:
+        """The stream failed (an attempt to open it, or it broke): every request waiting on it
+        carries on as its unary call, and so do later ones until it is open again."""
+        with self._cond:
+            self._fresh = False
+            broke = list(self._pending.values())
+            self._pending.clear()
+            self._cond.notify_all()
+        for pending in broke:
+            pending.error = StreamBroke()
+            pending.done.release()
 
     def _is_closed(self) -> bool:
         with self._cond:
@@ -339,14 +395,22 @@ class SessionStream:
     def _open(
         self, stub: ChatStub, attempt_timeout: float
     ) -> tuple[_Call, Iterator[chat_pb2.SessionReply], _Outbox]:
+        try:
+            return self._open_on(stub, attempt_timeout)
+        except BaseException:
+            self._hand_over_to_unary()
+            raise
+
+    def _open_on(
+        self, stub: ChatStub, attempt_timeout: float
+    ) -> tuple[_Call, Iterator[chat_pb2.SessionReply], _Outbox]:
         outbox: _Outbox = queue.SimpleQueue()
         with self._cond:
             if self._closed:
                 raise _Cancelled
             push = bool(self._subscribers)
-            # Unanswered requests go right behind `open`, not a round trip after its answer:
-            # a stream the replica refuses drops them unread, and their request ids make
-            # each apply once wherever they are sent again.
+            # The first requests go right behind the first `open`, not a round trip after its
+            # answer (after a failure there are none: they went unary).
             early = sorted(self._pending)
             outbox.put(
                 chat_pb2.SessionRequest(
@@ -384,6 +448,7 @@ class SessionStream:
             announced = first.opened.max_in_flight or self._max_in_flight
             self._limit = min(self._max_in_flight, announced)
             self._outbox = outbox
+            self._wanted = False  # (whoever found it closed while it opened: it is open now)
             if bool(self._subscribers) != push:  # subscribed or cancelled while opening
                 pushes = chat_pb2.SetPushes(on=bool(self._subscribers))
                 outbox.put(chat_pb2.SessionRequest(pushes=pushes))

@@ -79,6 +79,11 @@ class FakeSessionReplica(chat_pb2_grpc.ChatServicer):
         assert replies is not None
         replies.put((code, details, primary))
 
+    def step_down(self, primary: str) -> None:
+        """From now on, refuse Session streams as "not the primary", naming `primary`."""
+        with self._cond:
+            self._stepped_down = (grpc.StatusCode.FAILED_PRECONDITION, "not the primary", primary)
+
     def sent_request_ids(self) -> list[str]:
         with self._cond:
             return [r.send.request_id for r in self.received if r.HasField("send")]

@@ -1,9 +1,10 @@
 """ChatClient over the Session stream, against replicas whose stream the test drives: sends go
 over the stream when asked (unary by default, or when the replica has no Session method),
-several threads' sends are in flight at once and each caller gets its own result, a broken
-stream is reopened on the new primary with every unanswered request sent again under the
-same request id (each applied once), and the client stays within the replica's bound on
-requests in flight."""
+several threads' sends are in flight at once and each caller gets its own result, the first
+ones right behind `open`; once the stream fails (it breaks, or an attempt to open it is
+refused) every unanswered request carries on as a unary call under the same request id (each
+applied once) and later ones go unary until the stream is open again; and the client stays
+within the replica's bound on requests in flight."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from client import (
 from protos import chat_pb2
 from tests.client.chat_fakes import answer, start_replica, stop_replica
 from tests.client.session_fakes import (
+    TOKEN,
     FakeSessionReplica,
     start_session_replica,
     stop_session_replica,
@@ -58,6 +60,11 @@ def client_of(*replicas: FakeSessionReplica, settings: ClientSettings = SETTINGS
     client = ChatClient([r.address for r in replicas], settings)
     client.login("alice", "pw")
     return client
+
+
+def client_stream_open(client: ChatClient) -> bool:
+    stream = client._stream
+    return stream is not None and stream.is_open
 
 
 def sends_from_threads(client: ChatClient, count: int) -> list[futures.Future[int]]:
@@ -111,7 +118,7 @@ def test_sends_of_many_threads_are_pipelined_and_each_gets_its_own_result(
     assert sorted(results) == list(range(1, 9))
 
 
-def test_a_broken_stream_is_reopened_on_the_primary_and_unanswered_requests_sent_again(
+def test_requests_on_a_stream_that_breaks_carry_on_as_unary_calls_to_the_new_primary(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
     old, new = cluster(answer_at_once=False), cluster()
@@ -122,42 +129,57 @@ def test_a_broken_stream_is_reopened_on_the_primary_and_unanswered_requests_sent
         old.end_stream(grpc.StatusCode.FAILED_PRECONDITION, "not the primary", new.address)
         results = [f.result(timeout=10) for f in sent]
         assert client.connected_address == new.address
+        # Not over a stream opened on the new primary first: as unary calls, which found it.
+        assert new.opens == 0
+        assert {r.session_token for r in new.unary_sends} == {TOKEN}
     # The same five request ids, once each, and each caller got what the log holds for its id.
-    assert sorted(new.sent_request_ids()) == sorted(old.sent_request_ids()) == sorted(applied)
+    assert sorted(r.request_id for r in new.unary_sends) == sorted(old.sent_request_ids())
+    assert sorted(applied) == sorted(old.sent_request_ids())
     assert len(old.log) == 5
-    by_body = {r.send.body: old.log[r.send.request_id] for r in new.received}
+    by_body = {r.body: old.log[r.request_id] for r in new.unary_sends}
     assert results == [by_body[f"message {i}"] for i in range(5)]
 
 
-def test_a_stream_that_drops_is_reopened_and_its_requests_answered_once(
+def test_a_request_that_finds_the_stream_broken_goes_unary_while_it_opens_again(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
-    replica = cluster(answer_at_once=False)
+    replica = cluster()
     with client_of(replica) as client:
         sent = sends_from_threads(client, 3)
-        replica.wait_held(3)
+        assert sorted(f.result(timeout=10) for f in sent) == [1, 2, 3]
         replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
-        replica.wait_held(3)  # sent again on the new stream
-        replica.answer_held()
-        results = [f.result(timeout=10) for f in sent]
-    ids = replica.sent_request_ids()
-    assert len(ids) == 6 and sorted(set(ids)) == sorted(ids[:3])
-    assert sorted(results) == [1, 2, 3]
+        wait_until(lambda: not client_stream_open(client), 5, "the stream did not close")
+        assert client.send("bob", "while closed") == 4
+        wait_until(lambda: replica.opens == 2, 5, "the stream was not opened again")
+        wait_until(lambda: client_stream_open(client), 5, "the stream did not open")
+        assert client.send("bob", "on the stream again") == 5
+    assert [r.body for r in replica.unary_sends] == ["while closed"]
+    assert [r.send.body for r in replica.received][-1] == "on the stream again"
+    assert len(replica.received) == 4
 
 
-def test_unanswered_requests_go_again_right_behind_open_not_after_its_answer(
+def test_the_first_requests_go_right_behind_open_not_after_its_answer(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
-    replica = cluster(answer_at_once=False)
+    replica = cluster()
+    replica.hold_open_for_sends = 1
     with client_of(replica) as client:
-        sent = sends_from_threads(client, 1)
-        replica.wait_held(1)
-        replica.hold_open_for_sends = 1
-        replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
-        replica.wait_held(1)
-        replica.answer_held()
-        assert [f.result(timeout=10) for f in sent] == [1]
+        assert client.send("bob", "first") == 1
     assert replica.sends_before_opened == [1]  # a round trip saved
+    assert replica.unary_sends == []
+
+
+def test_requests_go_unary_when_the_first_attempt_to_open_fails(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    deposed, primary = cluster(), cluster()
+    with client_of(deposed, primary) as client:  # logged in at the first
+        deposed.step_down(primary.address)  # it refuses streams from now on
+        assert client.send("bob", "hello") == 1
+        wait_until(lambda: primary.opens == 1, 5, "the stream did not follow the primary")
+    assert deposed.opens == 1
+    assert [r.body for r in deposed.unary_sends] == ["hello"]  # (its unary Send still answers)
+    assert deposed.received == primary.received == []
 
 
 def test_the_client_keeps_within_the_replicas_bound(
@@ -211,7 +233,7 @@ def test_close_fails_a_waiting_send_at_once(cluster: Callable[..., FakeSessionRe
     closer.join(10)
 
 
-def test_a_replica_that_stops_answering_is_left_and_the_request_sent_again(
+def test_a_replica_that_stops_answering_is_left_and_the_request_goes_unary(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
     replica = cluster(answer_at_once=False)
@@ -223,12 +245,10 @@ def test_a_replica_that_stops_answering_is_left_and_the_request_sent_again(
         [sent] = sends_from_threads(client, 1)
         replica.wait_held(1)
         wait_until(lambda: replica.probes > 0, 5, "no liveness probe")
-        replica.answer_at_once = True  # it answers what comes on the next stream
-        wait_until(lambda: len(replica.sent_request_ids()) >= 2, 5, "the send was not sent again")
+        wait_until(lambda: replica.unary_sends, 5, "the send did not go on as a unary call")
         replica.thawed.set()
         assert sent.result(timeout=5) == 1
-    first, *again = replica.sent_request_ids()
-    assert again and set(again) == {first}
+    assert [r.request_id for r in replica.unary_sends] == replica.sent_request_ids()
 
 
 # Long beside the backoff (10-50 ms): a stream reopened at once would have been by then.
@@ -244,8 +264,8 @@ def test_an_idle_stream_that_breaks_is_opened_again_by_its_next_request(
         replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
         time.sleep(IDLE_WAIT)
         assert replica.opens == 1  # nothing awaits a result, nobody listens: not yet
-        assert client.send("bob", "after") == 2
-        assert replica.opens == 2
+        assert client.send("bob", "after") == 2  # (unary, while the stream opens)
+        wait_until(lambda: replica.opens == 2, 5, "the next request opened no stream")
 
 
 def test_a_stream_with_a_subscriber_is_opened_again_at_once(
@@ -263,7 +283,7 @@ def test_a_stream_with_a_subscriber_is_opened_again_at_once(
 # -- the asyncio client: the same stream ------------------------------------------------------
 
 
-def test_async_sends_are_pipelined_and_sent_again_on_the_new_primary(
+def test_async_sends_are_pipelined_and_carry_on_as_unary_calls_to_the_new_primary(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
     old, new = cluster(answer_at_once=False), cluster()
@@ -277,13 +297,35 @@ def test_async_sends_are_pipelined_and_sent_again_on_the_new_primary(
             old.end_stream(grpc.StatusCode.FAILED_PRECONDITION, "not the primary", new.address)
             results = await asyncio.gather(*sends)
             assert client.connected_address == new.address
+            assert new.opens == 0  # (no request found the stream closed since)
             return results
 
     results = asyncio.run(scenario())
-    assert sorted(new.sent_request_ids()) == sorted(old.sent_request_ids())
+    assert sorted(r.request_id for r in new.unary_sends) == sorted(old.sent_request_ids())
+    assert {r.session_token for r in new.unary_sends} == {TOKEN}
     assert len(old.log) == 5
-    by_body = {r.send.body: old.log[r.send.request_id] for r in new.received}
+    by_body = {r.body: old.log[r.request_id] for r in new.unary_sends}
     assert results == [by_body[f"message {i}"] for i in range(5)]
+
+
+def test_async_requests_go_unary_when_the_first_attempt_to_open_fails(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    deposed, primary = cluster(), cluster()
+
+    async def scenario() -> int:
+        async with AsyncChatClient([deposed.address, primary.address], SETTINGS) as client:
+            await client.login("alice", "pw")  # at the first
+            deposed.step_down(primary.address)
+            sent = await client.send("bob", "hello")
+            await asyncio.to_thread(
+                wait_until, lambda: primary.opens == 1, 5, "the stream did not follow"
+            )
+            return sent
+
+    assert asyncio.run(scenario()) == 1
+    assert [r.body for r in deposed.unary_sends] == ["hello"]
+    assert deposed.received == primary.received == []
 
 
 def test_async_client_keeps_within_the_replicas_bound(
@@ -325,10 +367,14 @@ def test_async_idle_stream_that_breaks_is_opened_again_by_its_next_request(
             replica.end_stream(grpc.StatusCode.UNAVAILABLE, "going down")
             await asyncio.sleep(IDLE_WAIT)
             opens_while_idle = replica.opens
-            after = await client.send("bob", "after")
-            return [before, opens_while_idle, after, replica.opens]
+            after = await client.send("bob", "after")  # (unary, while the stream opens)
+            await asyncio.to_thread(
+                wait_until, lambda: replica.opens == 2, 5, "the next request opened no stream"
+            )
+            return [before, opens_while_idle, after]
 
-    assert asyncio.run(scenario()) == [1, 1, 2, 2]
+    assert asyncio.run(scenario()) == [1, 1, 2]
+    assert [r.body for r in replica.unary_sends] == ["after"]
 
 
 def test_a_request_past_its_deadline_says_what_a_unary_call_would(
