@@ -184,7 +184,7 @@ class _Failover:
                 )
                 address = afresh
                 continue
-            following = hint if hint is not None and hint not in call.tried else None
+            following = hint if hint is not None and call.follows(hint) else None
             following = following or self._next_untried(address, call.tried)
             if following is None:
                 # Every replica failed this round: pause, then start over.

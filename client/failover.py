@@ -219,6 +219,20 @@ class Retries:
     named: str | None = None  # the primary a replica named last
     unreached: set[str] = field(default_factory=set)  # failed to connect to, in this call
     renewed: set[str] = field(default_factory=set)  # given a fresh channel, in this call
+    revisited: set[str] = field(default_factory=set)  # tried again this round, being named
+
+    def follows(self, hint: str) -> bool:
+        """Whether to go where a replica's answer names the primary: yes if not tried this
+        round; if tried, once more per round -- an election may have ended since it said
+        "not the primary" (a replica that waited for the election names its winner, often
+        one asked a moment before). Once, so that replicas naming each other from stale
+        views cannot keep a round going."""
+        if hint not in self.tried:
+            return True
+        if hint in self.revisited:
+            return False
+        self.revisited.add(hint)
+        return True
 
     def try_afresh(self, address: str) -> bool:
         """Whether to try `address` again at once, on a fresh channel: a replica names it the
@@ -270,6 +284,7 @@ class Retries:
 
     def next_round(self) -> None:
         self.tried.clear()
+        self.revisited.clear()
         self.answered_this_round = False
 
 
@@ -478,7 +493,7 @@ class Failover:
                 self._pool.renew(afresh, stub if afresh == address else self._pool.stub(afresh))
                 address = afresh
                 continue
-            usable_hint = hint is not None and hint not in call.tried and not self._suspect(hint)
+            usable_hint = hint is not None and not self._suspect(hint) and call.follows(hint)
             following = hint if usable_hint else None
             address = (
                 following

@@ -263,6 +263,21 @@ def test_gives_up_at_the_deadline(replicas: list[FakeReplica], fake_time: FakeTi
     assert len({request.request_id for request in requests}) == 1
 
 
+def test_a_replica_named_after_it_refused_in_this_round_is_asked_again_at_once(
+    replicas: list[FakeReplica], fake_time: FakeTime
+) -> None:
+    # r0 knew no primary yet; by the time r1 answers, the election made r0 the primary.
+    r0, r1, _ = replicas
+    client = logged_in(make_client([r0.address, r1.address], fake_time), r0)
+    r0.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, "no primary yet"), SENT)
+    r1.script("Send", fail(grpc.StatusCode.FAILED_PRECONDITION, primary=r0.address))
+
+    assert client.send("alice", "hello") == 7
+
+    assert fake_time.sleeps == []  # not a back-off later, in a round of its own
+    assert len(r0.requests("Send")) == 2
+
+
 def test_replicas_pointing_at_each_other_end_in_no_primary(
     replicas: list[FakeReplica], fake_time: FakeTime
 ) -> None:
