@@ -155,6 +155,7 @@ def serve_grpc(
     recheck_interval: float = 1.0,
     limits: RateLimits | None = None,
     max_in_flight_per_session: int = 64,
+    primary_wait: float = 0.0,
 ) -> Iterator[grpc.Channel]:
     """The real ChatServicer over `replica`, on a gRPC server in this process (so status codes
     and details are what a client gets); a channel to it. Everything stops on exit."""
@@ -169,6 +170,7 @@ def serve_grpc(
         max_in_flight_per_session=max_in_flight_per_session,
         recheck_interval=recheck_interval,
         limits=limits,
+        primary_wait=primary_wait,
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_subscriptions + 8))
     add_chat_servicer(servicer, server)

@@ -107,6 +107,18 @@ def maps_errors(method: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+def waits_for_primary(method: Callable[..., R]) -> Callable[..., R]:
+    """A servicer method that writes: on a replica that knows no primary (an election under
+    way), it first waits a moment for one (ChatServicer._await_primary)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+        self._await_primary(context)
+        return method(self, request, context)
+
+    return wrapper
+
+
 def request_error(error: errors.ChatError) -> chat_pb2.RequestError:
     """A refused request's answer on a Session stream: what abort_with would have said."""
     code = _STATUS.get(type(error), grpc.StatusCode.UNKNOWN)
@@ -252,7 +264,10 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         request_workers: int = 64,
         recheck_interval: float = 1.0,
         limits: RateLimits | None = None,
+        primary_wait: float = 0.0,
     ) -> None:
+        """`primary_wait`: how long a write or a stream waits, on a replica that knows no
+        primary, for an election to name one before it is handled (0: not at all)."""
         self._service = service
         self._role = role
         self._notifier = notifier
@@ -260,6 +275,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         self._subscriptions = threading.BoundedSemaphore(max_subscriptions)
         self._max_subscriptions = max_subscriptions
         self._recheck_interval = recheck_interval
+        self._primary_wait = primary_wait
         self._stopping = threading.Event()
         limits = limits or RateLimits()
         self._failed_logins = TokenBuckets(limits.login_burst, limits.login_interval)
@@ -292,6 +308,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         self._notifier.close()
 
     @maps_errors
+    @waits_for_primary
     def Register(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.RegisterReply:
         address = client_address(context.peer())
         wait = self._registrations.wait(address)
@@ -304,6 +321,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         return chat_pb2.RegisterReply(username=name)
 
     @maps_errors
+    @waits_for_primary
     def Login(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.LoginReply:
         address = client_address(context.peer())
         account = str(request.username).strip().lower()[:64]
@@ -334,6 +352,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         )
 
     @maps_errors
+    @waits_for_primary
     def Logout(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.LogoutReply:
         self._service.logout(request.request_id, request.session_token)
         return chat_pb2.LogoutReply()
@@ -348,6 +367,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         )
 
     @maps_errors
+    @waits_for_primary
     def Send(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.SendReply:
         message_id = self._service.send(
             request.request_id, request.session_token, request.recipient, request.body
@@ -355,6 +375,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         return chat_pb2.SendReply(message_id=message_id)
 
     @maps_errors
+    @waits_for_primary
     def Ack(self, request: Any, context: grpc.ServicerContext) -> chat_pb2.AckReply:
         count = self._service.ack(
             request.request_id, request.session_token, list(request.message_ids)
@@ -375,6 +396,7 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
         )
 
     @maps_errors
+    @waits_for_primary
     def DeleteAccount(
         self, request: Any, context: grpc.ServicerContext
     ) -> chat_pb2.DeleteAccountReply:
@@ -393,11 +415,27 @@ class ChatServicer(chat_pb2_grpc.ChatServicer):
             replicas=[chat_pb2.ReplicaStatus(**vars(r)) for r in view.replicas],
         )
 
+    def _await_primary(self, context: grpc.ServicerContext) -> None:
+        """On a replica that knows no primary (an election under way, or the primary it names
+        went silent a moment ago: its stream from it ended), wait up to `primary_wait`
+        (within the call's deadline) for one to be known, so that the request is then served
+        here (elected) or refused naming the new primary: the client goes straight there,
+        instead of to a dead one, or pausing between rounds of asking every replica and
+        finding out a back-off later. Not longer: a replica cut off from the others knows no
+        primary for as long as the cut lasts."""
+        if self._primary_wait <= 0 or self._role.primary_known():
+            return
+        remaining = context.time_remaining()
+        wait = self._primary_wait if remaining is None else min(self._primary_wait, remaining / 2)
+        if wait > 0:
+            self._role.await_primary(wait)
+
     def _open_stream(self, token: str, context: grpc.ServicerContext) -> Account:
-        """What a Subscribe or Session stream does first: on the primary only, for a valid
-        session, and holding one of max_subscriptions places (each stream holds a server
-        thread), counted open; else the call ends with why. The caller gives the place back
-        with _stream_closed()."""
+        """What a Subscribe or Session stream does first: on the primary only (waiting for an
+        election under way, as a write does), for a valid session, and holding one of
+        max_subscriptions places (each stream holds a server thread), counted open; else the
+        call ends with why. The caller gives the place back with _stream_closed()."""
+        self._await_primary(context)
         try:
             self._role.require_primary()
             account = self._service.authenticate(token)

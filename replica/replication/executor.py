@@ -287,6 +287,12 @@ class Executor:
                 self._feed.update(self._serving)  # (heartbeats)
             case ins.MembershipChanged(membership):
                 self._membership = membership  # (for a core made after this one)
+            case ins.HeartbeatReceived() | ins.BatchReceived():
+                self._role.heard_from_primary()
+            case ins.ReplicationStreamEnded():
+                # Until it hears from a primary again, a write asked of this replica waits a
+                # moment for the election that may follow (ChatServicer._await_primary).
+                self._role.stream_from_primary_ended()
             case _:
                 pass
         ready = core.step(self._clock(), event)

@@ -266,6 +266,9 @@ class ReplicaNode:
             self.cluster_view,
             max_subscriptions=cluster.max_subscriptions,
             max_in_flight_per_session=cluster.max_in_flight_per_session,
+            # Within the time a secondary waits before electing, not the election's few tens
+            # of ms: a replica cut off from the rest must not hold its callers long.
+            primary_wait=cluster.peer_timeout_ms / 2000,
             limits=RateLimits(
                 login_burst=cluster.failed_logins_per_account,
                 address_login_burst=cluster.failed_logins_per_address,

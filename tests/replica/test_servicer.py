@@ -4,8 +4,9 @@ INTERNAL "Exception deserializing request!"), and hostile tokens get UNAUTHENTIC
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -13,10 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from protos import chat_pb2, chat_pb2_grpc
-from protos.wire import SERVICE_ERROR_KEY
+from protos.wire import PRIMARY_ADDRESS_KEY, SERVICE_ERROR_KEY
 from replica.chat.service import ChatService
 from replica.chat.servicer import CHAT_SERVICE
+from replica.storage.role import Role
 from tests.inprocess import (
+    ADDRESSES,
     InProcessReplica,
     assert_unchanged,
     fast_hash_password,
@@ -221,3 +224,149 @@ def test_a_subscription_looks_its_session_up_when_it_may_have_ended_not_per_mess
         code, details = refusal(lambda: next(items))
     assert code == Code.UNAUTHENTICATED
     assert details.startswith("your session has ended")
+
+
+# -- during an election: a write waits for the new primary (ChatServicer._await_primary) ------
+
+
+def _mid_election(engine: sa.Engine) -> tuple[InProcessReplica, str]:
+    """A replica with alice logged in, that then knows no primary (its own term ended)."""
+    replica = InProcessReplica.start(engine)
+    replica.service.register("r-1", "alice", "pw")
+    token = replica.service.login("l-1", "alice", "pw").session_token
+    replica.role.set(Role.CANDIDATE, replica.role.snapshot.epoch, None)
+    return replica, token
+
+
+def _later(seconds: float, then: Callable[[], None]) -> threading.Timer:
+    timer = threading.Timer(seconds, then)
+    timer.start()
+    return timer
+
+
+def test_a_write_during_an_election_is_refused_naming_the_primary_elected_meanwhile(
+    engine: sa.Engine,
+) -> None:
+    replica, token = _mid_election(engine)
+    epoch = replica.role.snapshot.epoch
+    with serve_grpc(replica, primary_wait=30) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        send = chat_pb2.SendRequest(
+            request_id="s-1", session_token=token, recipient="alice", body="hi"
+        )
+        elected = _later(0.2, lambda: replica.role.set(Role.SECONDARY, epoch + 1, 1))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Send(send, timeout=20)
+        elected.join()
+    error: Any = info.value
+    # Answered at once, it would have said "no primary is known yet" and named none.
+    assert error.code() == Code.FAILED_PRECONDITION
+    assert error.details() == (
+        f"replica 0 is not the primary; the primary is replica 1 at {ADDRESSES[1]}"
+    )
+    assert (PRIMARY_ADDRESS_KEY, ADDRESSES[1]) in error.trailing_metadata()
+
+
+def test_a_write_during_an_election_this_replica_wins_is_carried_out_here(
+    engine: sa.Engine,
+) -> None:
+    replica, token = _mid_election(engine)
+    epoch = replica.role.snapshot.epoch
+    with serve_grpc(replica, primary_wait=30) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        send = chat_pb2.SendRequest(
+            request_id="s-1", session_token=token, recipient="alice", body="hi"
+        )
+        elected = _later(0.2, lambda: replica.role.set(Role.PRIMARY, epoch + 1, 0))
+        reply = stub.Send(send, timeout=20)
+        elected.join()
+        assert stub.Send(send, timeout=20).message_id == reply.message_id  # (once)
+    assert reply.message_id > 0
+
+
+def test_a_session_stream_opened_during_an_election_opens_on_the_winner(
+    engine: sa.Engine,
+) -> None:
+    replica, token = _mid_election(engine)
+    epoch = replica.role.snapshot.epoch
+    with serve_grpc(replica, primary_wait=30) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        opening = chat_pb2.SessionRequest(open=chat_pb2.SessionOpen(session_token=token))
+        elected = _later(0.2, lambda: replica.role.set(Role.PRIMARY, epoch + 1, 0))
+        stream = stub.Session(iter([opening]), timeout=20)
+        first = next(iter(stream))
+        elected.join()
+        stream.cancel()
+    assert first.WhichOneof("item") == "opened"
+
+
+def test_a_replica_that_knows_no_primary_answers_within_its_wait(engine: sa.Engine) -> None:
+    replica, token = _mid_election(engine)
+    with serve_grpc(replica, primary_wait=0.2) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        send = chat_pb2.SendRequest(
+            request_id="s-1", session_token=token, recipient="alice", body="hi"
+        )
+        started = time.monotonic()
+        code, details = refusal(lambda: stub.Send(send, timeout=20))
+        waited = time.monotonic() - started
+    assert (code, details) == (
+        Code.FAILED_PRECONDITION,
+        "replica 0 is not the primary; no primary is known yet; retry shortly",
+    )
+    assert waited >= 0.2  # it did wait, and then answered (not at the call's 20 s deadline)
+
+
+def test_reads_do_not_wait_for_an_election(engine: sa.Engine) -> None:
+    replica, _token = _mid_election(engine)
+    with serve_grpc(replica, primary_wait=30) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        page = stub.ListAccounts(chat_pb2.ListAccountsRequest(pattern="*"), timeout=5)
+    assert list(page.usernames) == ["alice"]
+
+
+def test_a_write_on_a_secondary_whose_primary_went_silent_waits_for_the_election(
+    engine: sa.Engine,
+) -> None:
+    replica, token = _mid_election(engine)
+    epoch = replica.role.snapshot.epoch
+    replica.role.set(Role.SECONDARY, epoch, 2)
+    replica.role.stream_from_primary_ended()  # replica 2 was SIGKILLed a moment ago
+    with serve_grpc(replica, primary_wait=30) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        send = chat_pb2.SendRequest(
+            request_id="s-1", session_token=token, recipient="alice", body="hi"
+        )
+        elected = _later(0.2, lambda: replica.role.set(Role.SECONDARY, epoch + 1, 1))
+        code, details = refusal(lambda: stub.Send(send, timeout=20))
+        elected.join()
+    # Answered at once, it would have named replica 2, which is gone.
+    assert (code, details) == (
+        Code.FAILED_PRECONDITION,
+        f"replica 0 is not the primary; the primary is replica 1 at {ADDRESSES[1]}",
+    )
+
+
+def test_a_secondary_that_hears_from_its_primary_again_names_it_at_once(
+    engine: sa.Engine,
+) -> None:
+    replica, token = _mid_election(engine)
+    epoch = replica.role.snapshot.epoch
+    replica.role.set(Role.SECONDARY, epoch, 2)
+    replica.role.stream_from_primary_ended()
+    with serve_grpc(replica, primary_wait=30) as channel:
+        stub: Any = chat_pb2_grpc.ChatStub(channel)
+        send = chat_pb2.SendRequest(
+            request_id="s-1", session_token=token, recipient="alice", body="hi"
+        )
+        heard = _later(0.2, replica.role.heard_from_primary)  # its stream came back
+        code, details = refusal(lambda: stub.Send(send, timeout=20))
+        heard.join()
+        assert replica.role.primary_known()
+        started = time.monotonic()
+        assert refusal(lambda: stub.Send(send, timeout=20)) == (code, details)
+        assert time.monotonic() - started < 10  # (no wait: it names a primary it hears)
+    assert (code, details) == (
+        Code.FAILED_PRECONDITION,
+        f"replica 0 is not the primary; the primary is replica 2 at {ADDRESSES[2]}",
+    )
