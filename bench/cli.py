@@ -75,9 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--client-calls",
         choices=("session", "unary"),
-        default="unary",
-        help="how the load's clients send: a unary call per send (the client library's "
-        "default) or over their Session stream",
+        default="session",
+        help="how the load's clients send: over their Session stream (the client library's "
+        "default) or a unary call per send",
     )
     parser.add_argument("--table", type=Path, metavar="JSON", help="print a saved run's table")
     parser.add_argument("--markdown", action="store_true", help="with --table: as Markdown")

@@ -63,7 +63,7 @@ class Options:
     tag: str
     # The load's clients send over their Session stream (the library's default), or with a
     # unary call per send (--client-calls unary), to compare the two.
-    session_stream: bool = False
+    session_stream: bool = True
 
 
 def _rate_details(rate: Rate) -> dict[str, object]:

@@ -26,10 +26,10 @@ def register(addresses: Sequence[str], names: Sequence[str]) -> None:
 
 
 def logged_in_clients(
-    addresses: Sequence[str], names: Sequence[str], *, session_stream: bool = False
+    addresses: Sequence[str], names: Sequence[str], *, session_stream: bool = True
 ) -> list[ChatClient]:
     """One ChatClient per name (default timeouts), logged in; the caller closes them.
-    `session_stream`: sends go over each client's Session stream, else (the library's default)
+    `session_stream`: sends go over each client's Session stream (the library's default), else
     unary calls."""
 
     def one(name: str) -> ChatClient:

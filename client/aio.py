@@ -7,9 +7,9 @@ down or slow is left for the next, a mutating call keeps one request id through 
 (so a retry after a failover is applied once). Each try is bounded by
 `settings.attempt_timeout`; unlike the threaded client there is no liveness watchdog -- a
 replica that stops answering mid-call costs that attempt's timeout. A subscription is an
-async iterator that follows the primary across failovers. With `settings.session_stream`,
-sends, acks and subscriptions go over one Session stream per login (AsyncSessionStream, as
-ChatClient's), unless the replica has no Session method.
+async iterator that follows the primary across failovers. Sends, acks and subscriptions go
+over one Session stream per login (AsyncSessionStream, as ChatClient's) unless
+`settings.session_stream` is False or the replica has no Session method.
 
     async with AsyncChatClient(servers) as chat:
         await chat.login("alice", "correct horse")

@@ -65,9 +65,10 @@ class ChatClient:
     RateLimited, ...); no answer in time raises ChatUnavailableError. After `login` the client holds
     the session and uses it for the calls that need one. Thread-safe.
 
-    Sends and acks are unary calls and a subscription a Subscribe stream, unless
-    `settings.session_stream` asks for one Session stream per login (client.session), on which
-    several threads' sends are pipelined (a replica without Session gets unary calls anyway).
+    Sends, acks and subscriptions go over one Session stream per login (client.session), on
+    which several threads' sends are pipelined; unary calls and a Subscribe stream where
+    `settings.session_stream` is False, while the stream is not open (after a failover: the
+    request carries on as its unary call), or with a replica that has no Session method.
     """
 
     def __init__(

@@ -23,9 +23,10 @@ class ClientSettings:
     `attempt_timeout`: one try at one replica; `backoff`: the pause between rounds of tries;
     `liveness`: how a replica that stopped answering is noticed mid-call; `root_certificates`:
     PEM bytes of the cluster's CA, to talk TLS; `channel_options`: gRPC channel arguments;
-    `session_stream`: sends, acks and subscriptions go over one Session stream (False, the
-    default: a unary call per send and ack, a Subscribe stream per subscription -- with
-    grpcio's threaded API the stream is no cheaper, and its failover is slower: docs/bench.md);
+    `session_stream`: sends, acks and subscriptions go over one Session stream per login (the
+    default; a request goes as its unary call while the stream is not open, e.g. right after
+    a failover: client.session), or (False) a unary call per send and ack and a Subscribe
+    stream per subscription;
     `max_in_flight`: the most requests awaiting results on that stream (callers beyond wait; a
     replica's own lower bound wins)."""
 
@@ -35,7 +36,7 @@ class ClientSettings:
     liveness: Liveness = field(default_factory=Liveness)
     root_certificates: bytes | None = None
     channel_options: tuple[tuple[str, int | str], ...] = DEFAULT_CHANNEL_OPTIONS
-    session_stream: bool = False
+    session_stream: bool = True
     max_in_flight: int = 64
 
     def __post_init__(self) -> None:

@@ -301,7 +301,10 @@ def _run(args: argparse.Namespace, servers: Sequence[str], environ: Mapping[str,
         from client.cli.interactive import run_interactive
 
         return run_interactive(servers, timeout=args.timeout, root_certificates=root_certificates)
-    settings = ClientSettings(timeout=args.timeout, root_certificates=root_certificates)
+    # One request and out: a Session stream would only add its `open` and a reader thread.
+    settings = ClientSettings(
+        timeout=args.timeout, root_certificates=root_certificates, session_stream=False
+    )
     hooks = ClientHooks(on_unreachable=_say_unreachable)
     if command == "admin":
         _run_admin(args, servers, settings, hooks, environ)

@@ -1,5 +1,5 @@
 """ChatClient over the Session stream, against replicas whose stream the test drives: sends go
-over the stream when asked (unary by default, or when the replica has no Session method),
+over the stream by default (unary when asked, or when the replica has no Session method),
 several threads' sends are in flight at once and each caller gets its own result, the first
 ones right behind `open`; once the stream fails (it breaks, or an attempt to open it is
 refused) every unanswered request carries on as a unary call under the same request id (each
@@ -74,13 +74,13 @@ def sends_from_threads(client: ChatClient, count: int) -> list[futures.Future[in
     return sent
 
 
-def test_sends_go_over_the_stream_when_asked_and_unary_by_default(
+def test_sends_go_over_the_stream_by_default_and_unary_when_asked(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
     replica = cluster()
-    with client_of(replica) as client:
-        first = client.send("bob", "over the stream")
     with client_of(replica, settings=ClientSettings()) as client:
+        first = client.send("bob", "over the stream")
+    with client_of(replica, settings=ClientSettings(session_stream=False)) as client:
         second = client.send("bob", "unary")
     assert [r.send.body for r in replica.received] == ["over the stream"]
     assert [r.body for r in replica.unary_sends] == ["unary"]
