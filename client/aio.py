@@ -37,6 +37,7 @@ from client.channels import OWN_SUBCHANNELS
 from client.errors import ChatError, ChatUnavailableError, NotLoggedInError
 from client.failover import (
     Retries,
+    from_service,
     give_up,
     primary_address_in,
     primary_named_by,
@@ -214,12 +215,13 @@ class _Failover:
             return None
         return primary_address_in(status)
 
-    def follow(self, error: grpc.aio.AioRpcError) -> None:
-        """A stream outside call() ended with `error`: if it names the primary, the next
-        call starts there."""
+    def follow(self, error: grpc.aio.AioRpcError, address: str | None = None) -> None:
+        """As Failover.follow: a stream outside call(), on `address`, ended with `error`."""
         named = primary_named_by(error)
         if error.code() == grpc.StatusCode.FAILED_PRECONDITION and named is not None:
             self._preferred = named
+        elif address is not None and not from_service(error) and self._preferred == address:
+            self._preferred = self._next_untried(address, {address}) or address
 
     def _next_untried(self, after: str, tried: set[str]) -> str | None:
         start = self.addresses.index(after) + 1 if after in self.addresses else 0
@@ -496,6 +498,7 @@ class AsyncSessionStream:
             except ChatError as error:
                 self._end(error)
                 return
+            address = self._failover.connected
             try:
                 while (reply := await call.read()) is not _EOF:
                     self._accept(reply)
@@ -505,7 +508,7 @@ class AsyncSessionStream:
                 if not (retryable(error) or stream_broke(error)):
                     self._end(ChatError.from_rpc_error(error))
                     return
-                self._failover.follow(error)
+                self._failover.follow(error, address)
                 logger.info(
                     "session stream broke (%s); %d requests go on as unary calls",
                     error.code().name,

@@ -392,13 +392,22 @@ class Failover:
                     raise _Unresponsive(address) from None
                 raise
 
-    def follow(self, error: grpc.RpcError) -> None:
-        """A call outside call() ended with `error`: if it names the primary ("not the
-        primary" with a trailer), the next call starts there."""
+    def follow(self, error: grpc.RpcError, address: str | None = None) -> None:
+        """A call outside call() (a stream), on `address`, ended with `error`: if it names the
+        primary ("not the primary" with a trailer), the next call starts there; if the
+        replica itself failed (a broken connection, not its answer), at the replica after it,
+        as that call's own next attempt would have."""
         named = primary_named_by(error)
         if error.code() == grpc.StatusCode.FAILED_PRECONDITION and named is not None:
             with self._lock:
                 self._preferred = named
+            return
+        if address is None or _from_service(error):
+            return
+        after = self._next_untried(address, {address})
+        with self._lock:
+            if after is not None and self._preferred == address:
+                self._preferred = after
 
     def answers(self, address: str) -> bool:
         """Whether the replica at `address` still answers at all (a ClusterStatus within the

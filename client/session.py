@@ -358,7 +358,7 @@ class SessionStream:
                 if not (retryable(broken) or stream_broke(broken)):
                     self._end(ChatError.from_rpc_error(broken))
                     return
-                self._failover.follow(broken)
+                self._failover.follow(broken, self._address)
                 logger.info(
                     "session stream at %s broke (%s); %d requests go on as unary calls",
                     self._failover.connected_address,

@@ -140,6 +140,20 @@ def test_requests_on_a_stream_that_breaks_carry_on_as_unary_calls_to_the_new_pri
     assert results == [by_body[f"message {i}"] for i in range(5)]
 
 
+def test_a_request_whose_replica_broke_the_stream_goes_on_at_the_next_replica(
+    cluster: Callable[..., FakeSessionReplica],
+) -> None:
+    gone, primary = cluster(answer_at_once=False), cluster()
+    with client_of(gone, primary) as client:
+        [sent] = sends_from_threads(client, 1)
+        gone.wait_held(1)
+        gone.end_stream(grpc.StatusCode.UNAVAILABLE, "connection reset")  # (not its answer)
+        assert sent.result(timeout=10) == 1
+    # Not first back to the replica whose connection broke, as a unary call would not either.
+    assert gone.unary_sends == []
+    assert [r.body for r in primary.unary_sends] == ["message 0"]
+
+
 def test_a_request_that_finds_the_stream_broken_goes_unary_while_it_opens_again(
     cluster: Callable[..., FakeSessionReplica],
 ) -> None:
