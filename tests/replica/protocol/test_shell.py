@@ -202,6 +202,20 @@ def test_an_election_records_the_epoch_before_asking_and_starts_it_in_the_log(
     wait_until(lambda: replica.peers.rounds[-1].announce, 5, "a new primary announces itself")
 
 
+def test_the_primary_named_goes_silent_when_the_stream_from_it_ends_until_heard_again(
+    replica: Replica,
+) -> None:
+    """What the executor tells RoleState for the servicer's hold (ChatServicer._await_primary):
+    a secondary whose stream from its primary ended does not vouch that it is there."""
+    wait_until(lambda: replica.peers.rounds, 5, "the executor did not start")
+    replica.role.set(Role.SECONDARY, 3, 1)  # (as SetRole would: following replica 1)
+    assert replica.role.primary_known()
+    replica.inbox.submit(ins.ReplicationStreamEnded(41))
+    wait_until(lambda: not replica.role.primary_known(), 5, "the named primary stayed known")
+    replica.inbox.submit(ins.HeartbeatReceived(42, 3, 0, False))
+    wait_until(replica.role.primary_known, 5, "a heartbeat did not make it known again")
+
+
 def test_a_vote_is_on_disk_when_it_is_granted(replica: Replica) -> None:
     answer = replica.executor.vote_requested(2, 5, Position(0, 0)).result(5)
     (reply,) = answer.replies
