@@ -238,6 +238,10 @@ def _mid_election(engine: sa.Engine) -> tuple[InProcessReplica, str]:
     return replica, token
 
 
+def _send(token: str) -> chat_pb2.SendRequest:
+    return chat_pb2.SendRequest(request_id="s-1", session_token=token, recipient="alice", body="hi")
+
+
 def _later(seconds: float, then: Callable[[], None]) -> threading.Timer:
     timer = threading.Timer(seconds, then)
     timer.start()
@@ -251,9 +255,7 @@ def test_a_write_during_an_election_is_refused_naming_the_primary_elected_meanwh
     epoch = replica.role.snapshot.epoch
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
-        send = chat_pb2.SendRequest(
-            request_id="s-1", session_token=token, recipient="alice", body="hi"
-        )
+        send = _send(token)
         elected = _later(0.2, lambda: replica.role.set(Role.SECONDARY, epoch + 1, 1))
         with pytest.raises(grpc.RpcError) as info:
             stub.Send(send, timeout=20)
@@ -274,9 +276,7 @@ def test_a_write_during_an_election_this_replica_wins_is_carried_out_here(
     epoch = replica.role.snapshot.epoch
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
-        send = chat_pb2.SendRequest(
-            request_id="s-1", session_token=token, recipient="alice", body="hi"
-        )
+        send = _send(token)
         elected = _later(0.2, lambda: replica.role.set(Role.PRIMARY, epoch + 1, 0))
         reply = stub.Send(send, timeout=20)
         elected.join()
@@ -304,9 +304,7 @@ def test_a_replica_that_knows_no_primary_answers_within_its_wait(engine: sa.Engi
     replica, token = _mid_election(engine)
     with serve_grpc(replica, primary_wait=0.2) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
-        send = chat_pb2.SendRequest(
-            request_id="s-1", session_token=token, recipient="alice", body="hi"
-        )
+        send = _send(token)
         started = time.monotonic()
         code, details = refusal(lambda: stub.Send(send, timeout=20))
         waited = time.monotonic() - started
@@ -334,9 +332,7 @@ def test_a_write_on_a_secondary_whose_primary_went_silent_waits_for_the_election
     replica.role.stream_from_primary_ended()  # replica 2 was SIGKILLed a moment ago
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
-        send = chat_pb2.SendRequest(
-            request_id="s-1", session_token=token, recipient="alice", body="hi"
-        )
+        send = _send(token)
         elected = _later(0.2, lambda: replica.role.set(Role.SECONDARY, epoch + 1, 1))
         code, details = refusal(lambda: stub.Send(send, timeout=20))
         elected.join()
@@ -356,9 +352,7 @@ def test_a_secondary_that_hears_from_its_primary_again_names_it_at_once(
     replica.role.stream_from_primary_ended()
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
-        send = chat_pb2.SendRequest(
-            request_id="s-1", session_token=token, recipient="alice", body="hi"
-        )
+        send = _send(token)
         heard = _later(0.2, replica.role.heard_from_primary)  # its stream came back
         code, details = refusal(lambda: stub.Send(send, timeout=20))
         heard.join()
