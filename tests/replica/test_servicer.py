@@ -242,10 +242,25 @@ def _send(token: str) -> chat_pb2.SendRequest:
     return chat_pb2.SendRequest(request_id="s-1", session_token=token, recipient="alice", body="hi")
 
 
-def _later(seconds: float, then: Callable[[], None]) -> threading.Timer:
-    timer = threading.Timer(seconds, then)
-    timer.start()
-    return timer
+def _once_held(replica: InProcessReplica, then: Callable[[], None]) -> threading.Thread:
+    """Runs `then` (an election's outcome) once a request is held waiting for a primary --
+    not after a guessed delay: a request that is never held never sees it."""
+    held = threading.Event()
+    await_primary = replica.role.await_primary
+
+    def holding(timeout: float) -> bool:
+        held.set()
+        return await_primary(timeout)
+
+    replica.role.await_primary = holding  # type: ignore[method-assign]
+
+    def run() -> None:
+        if held.wait(10):
+            then()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_a_write_during_an_election_is_refused_naming_the_primary_elected_meanwhile(
@@ -256,7 +271,7 @@ def test_a_write_during_an_election_is_refused_naming_the_primary_elected_meanwh
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
         send = _send(token)
-        elected = _later(0.2, lambda: replica.role.set(Role.SECONDARY, epoch + 1, 1))
+        elected = _once_held(replica, lambda: replica.role.set(Role.SECONDARY, epoch + 1, 1))
         with pytest.raises(grpc.RpcError) as info:
             stub.Send(send, timeout=20)
         elected.join()
@@ -277,7 +292,7 @@ def test_a_write_during_an_election_this_replica_wins_is_carried_out_here(
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
         send = _send(token)
-        elected = _later(0.2, lambda: replica.role.set(Role.PRIMARY, epoch + 1, 0))
+        elected = _once_held(replica, lambda: replica.role.set(Role.PRIMARY, epoch + 1, 0))
         reply = stub.Send(send, timeout=20)
         elected.join()
         assert stub.Send(send, timeout=20).message_id == reply.message_id  # (once)
@@ -292,7 +307,7 @@ def test_a_session_stream_opened_during_an_election_opens_on_the_winner(
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
         opening = chat_pb2.SessionRequest(open=chat_pb2.SessionOpen(session_token=token))
-        elected = _later(0.2, lambda: replica.role.set(Role.PRIMARY, epoch + 1, 0))
+        elected = _once_held(replica, lambda: replica.role.set(Role.PRIMARY, epoch + 1, 0))
         stream = stub.Session(iter([opening]), timeout=20)
         first = next(iter(stream))
         elected.join()
@@ -333,7 +348,7 @@ def test_a_write_on_a_secondary_whose_primary_went_silent_waits_for_the_election
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
         send = _send(token)
-        elected = _later(0.2, lambda: replica.role.set(Role.SECONDARY, epoch + 1, 1))
+        elected = _once_held(replica, lambda: replica.role.set(Role.SECONDARY, epoch + 1, 1))
         code, details = refusal(lambda: stub.Send(send, timeout=20))
         elected.join()
     # Answered at once, it would have named replica 2, which is gone.
@@ -353,7 +368,7 @@ def test_a_secondary_that_hears_from_its_primary_again_names_it_at_once(
     with serve_grpc(replica, primary_wait=30) as channel:
         stub: Any = chat_pb2_grpc.ChatStub(channel)
         send = _send(token)
-        heard = _later(0.2, replica.role.heard_from_primary)  # its stream came back
+        heard = _once_held(replica, replica.role.heard_from_primary)  # its stream came back
         code, details = refusal(lambda: stub.Send(send, timeout=20))
         heard.join()
         assert replica.role.primary_known()
